@@ -1,0 +1,332 @@
+//! The reader stage: walks the source, skips unchanged files, chunks,
+//! hashes and dedups. Runs on its own thread.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fastcdc::v2020::{Normalization, StreamCDC};
+
+use super::{BackupInput, Progress, RawChunk};
+use crate::crypto::Id;
+use crate::error::{Error, Result};
+use crate::format::ChunkerParams;
+use crate::manifest::{path_cmp, write_entry, EntryKind, EntryReader, Summary, TreeEntry};
+use crate::repo::{IndexedRepo, Snapshot};
+
+pub(super) struct ReaderCtx {
+    pub repo: IndexedRepo,
+    pub handle: tokio::runtime::Handle,
+    pub chunk_tx: crossbeam_channel::Sender<RawChunk>,
+    pub progress: Arc<Progress>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub(super) struct ReadOutput {
+    pub tree: Vec<Id>,
+    pub parent: Option<Id>,
+    pub summary: Summary,
+}
+
+struct Reader {
+    ctx: ReaderCtx,
+    params: ChunkerParams,
+    seed: u64,
+    dispatched: HashSet<Id>,
+    summary: Summary,
+}
+
+/// The chunker's gear table is seeded from the repository's secret id key, so
+/// chunk boundaries (and sizes) do not reveal known content either.
+pub(crate) fn chunker_seed(id_key_hash: &Id) -> u64 {
+    u64::from_le_bytes(id_key_hash.0[..8].try_into().expect("8 bytes"))
+}
+
+pub(super) fn run(ctx: ReaderCtx, input: BackupInput, parent: Option<Snapshot>) -> Result<ReadOutput> {
+    let params = ctx.repo.repo.config().chunker;
+    let seed = chunker_seed(&ctx.repo.repo.hasher().id(b"trireme chunker seed v1"));
+    let mut r = Reader {
+        ctx,
+        params,
+        seed,
+        dispatched: HashSet::new(),
+        summary: Summary::default(),
+    };
+    let tree_file = tempfile::tempfile().map_err(|e| Error::io("creating temp file", std::env::temp_dir(), e))?;
+    let mut tree = BufWriter::with_capacity(1 << 20, tree_file);
+    let parent_id = parent.as_ref().map(|p| p.id);
+    match input {
+        BackupInput::Tree(root) => r.walk(&root, parent, &mut tree)?,
+        BackupInput::Stream { name, reader } => {
+            let (chunks, size) = r.chunk_stream(reader, &name)?;
+            r.summary.files = 1;
+            r.summary.bytes = size;
+            let entry = TreeEntry {
+                path: name.into_bytes(),
+                kind: EntryKind::File,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                mtime_ns: crate::repo::now_ns(),
+                ctime_ns: 0,
+                inode: 0,
+                size,
+                target: Vec::new(),
+                chunks,
+            };
+            write_entry(&mut tree, &entry).map_err(|e| Error::io("writing temp file", "tree", e))?;
+        }
+    }
+    let mut tree_file = tree
+        .into_inner()
+        .map_err(|e| Error::io("writing temp file", "tree", e.into_error()))?;
+    tree_file
+        .rewind()
+        .map_err(|e| Error::io("reading temp file", "tree", e))?;
+    // The tree stream is metadata: keep it out of the source's byte counts.
+    let bytes_read = r.summary.bytes_read;
+    let (tree, _) = r.chunk_stream(tree_file, "tree")?;
+    r.summary.bytes_read = bytes_read;
+    Ok(ReadOutput {
+        tree,
+        parent: parent_id,
+        summary: r.summary,
+    })
+}
+
+impl Reader {
+    fn stopped(&self) -> Error {
+        Error::Pipeline("stopped".into())
+    }
+
+    /// Hash a chunk and send it on unless the repository (or this backup) has it.
+    fn add_chunk(&mut self, data: Vec<u8>) -> Result<Id> {
+        let id = self.ctx.repo.repo.hasher().id(&data);
+        if !self.ctx.repo.index.contains(&id) && self.dispatched.insert(id) {
+            self.summary.new_chunks += 1;
+            self.summary.new_bytes += data.len() as u64;
+            self.ctx
+                .chunk_tx
+                .send(RawChunk { id, data })
+                .map_err(|_| self.stopped())?;
+        }
+        Ok(id)
+    }
+
+    /// Chunk a whole reader; returns the chunk ids and the byte count.
+    fn chunk_stream(&mut self, src: impl Read, name: &str) -> Result<(Vec<Id>, u64)> {
+        let p = self.params;
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        let cdc = StreamCDC::with_level_and_seed(
+            src,
+            p.min as usize,
+            p.avg as usize,
+            p.max as usize,
+            Normalization::Level1,
+            self.seed,
+        );
+        for chunk in cdc {
+            if self.ctx.stop.load(Ordering::Relaxed) {
+                return Err(self.stopped());
+            }
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(io) => Error::io("reading", name, io),
+                other => Error::Pipeline(format!("chunking {name}: {other}")),
+            })?;
+            total += chunk.length as u64;
+            self.ctx
+                .progress
+                .bytes_read
+                .fetch_add(chunk.length as u64, Ordering::Relaxed);
+            ids.push(self.add_chunk(chunk.data)?);
+        }
+        self.summary.bytes_read += total;
+        Ok((ids, total))
+    }
+
+    /// Read one file; small files skip the chunker (they are one chunk anyway).
+    fn chunk_file(&mut self, path: &Path, size_hint: u64) -> Result<(Vec<Id>, u64)> {
+        let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
+        if size_hint < self.params.min as u64 {
+            let mut data = Vec::with_capacity(size_hint as usize + 1);
+            f.read_to_end(&mut data).map_err(|e| Error::io("reading", path, e))?;
+            if data.len() < self.params.min as usize {
+                let n = data.len() as u64;
+                self.summary.bytes_read += n;
+                self.ctx.progress.bytes_read.fetch_add(n, Ordering::Relaxed);
+                if n == 0 {
+                    return Ok((Vec::new(), 0));
+                }
+                return Ok((vec![self.add_chunk(data)?], n));
+            }
+            // It grew while we looked: chunk what we have plus the rest.
+            return self.chunk_stream(std::io::Cursor::new(data).chain(f), &path.to_string_lossy());
+        }
+        self.chunk_stream(f, &path.to_string_lossy())
+    }
+
+    fn walk(&mut self, root: &Path, parent: Option<Snapshot>, tree: &mut impl Write) -> Result<()> {
+        let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io("reading", root, e))?;
+        if !meta.is_dir() {
+            return Err(Error::io(
+                "backing up",
+                root,
+                std::io::Error::other("not a directory (back up its parent directory, or use a stream source)"),
+            ));
+        }
+        let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
+        let walker = walkdir::WalkDir::new(root)
+            .follow_links(false)
+            .sort_by_file_name();
+        for item in walker {
+            if self.ctx.stop.load(Ordering::Relaxed) {
+                return Err(self.stopped());
+            }
+            let item = match item {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(error = %e, "skipping unreadable entry");
+                    self.summary.errors += 1;
+                    continue;
+                }
+            };
+            let rel = item.path().strip_prefix(root).expect("walk stays under root");
+            let rel_bytes = rel.as_os_str().as_bytes().to_vec();
+            let meta = match item.metadata() {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(path = %item.path().display(), error = %e, "skipping entry");
+                    self.summary.errors += 1;
+                    continue;
+                }
+            };
+            let ft = meta.file_type();
+            let mut entry = TreeEntry {
+                path: rel_bytes,
+                kind: EntryKind::Dir,
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+                ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+                inode: meta.ino(),
+                size: 0,
+                target: Vec::new(),
+                chunks: Vec::new(),
+            };
+            if ft.is_dir() {
+                self.summary.dirs += 1;
+            } else if ft.is_symlink() {
+                entry.kind = EntryKind::Symlink;
+                entry.target = match std::fs::read_link(item.path()) {
+                    Ok(t) => t.as_os_str().as_bytes().to_vec(),
+                    Err(e) => {
+                        tracing::warn!(path = %item.path().display(), error = %e, "skipping symlink");
+                        self.summary.errors += 1;
+                        continue;
+                    }
+                };
+                self.summary.others += 1;
+            } else if ft.is_file() {
+                entry.kind = EntryKind::File;
+                entry.size = meta.len();
+                self.summary.files += 1;
+                self.ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+                let prev = match parent.as_mut() {
+                    Some(p) => p.find(&entry.path),
+                    None => None,
+                };
+                match prev.filter(|p| self.unchanged(p, &entry)) {
+                    Some(p) => {
+                        entry.size = p.size;
+                        entry.chunks = p.chunks;
+                        self.summary.files_unchanged += 1;
+                        self.ctx
+                            .progress
+                            .bytes_skipped
+                            .fetch_add(entry.size, Ordering::Relaxed);
+                    }
+                    None => match self.chunk_file(item.path(), meta.len()) {
+                        Ok((chunks, size)) => {
+                            entry.chunks = chunks;
+                            entry.size = size;
+                        }
+                        Err(e @ Error::Io { .. }) => {
+                            tracing::warn!(error = %e, "skipping file");
+                            self.summary.errors += 1;
+                            self.summary.files -= 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
+                self.summary.bytes += entry.size;
+            } else {
+                tracing::warn!(path = %item.path().display(), "skipping special file (socket, fifo or device)");
+                continue;
+            }
+            write_entry(tree, &entry).map_err(|e| Error::io("writing temp file", "tree", e))?;
+        }
+        Ok(())
+    }
+
+    /// A file is unchanged when type, size, mtime, ctime and inode match the
+    /// parent's entry and all its chunks are still indexed.
+    fn unchanged(&self, prev: &TreeEntry, cur: &TreeEntry) -> bool {
+        prev.kind == EntryKind::File
+            && prev.size == cur.size
+            && prev.mtime_ns == cur.mtime_ns
+            && prev.ctime_ns == cur.ctime_ns
+            && prev.inode == cur.inode
+            && prev.chunks.iter().all(|c| self.ctx.repo.index.contains(c))
+    }
+}
+
+/// Walks the parent snapshot's tree stream alongside the current walk (both
+/// are in the same depth-first, name-sorted order).
+struct ParentCursor {
+    entries: Option<EntryReader<crate::repo::ChunkReader>>,
+    peeked: Option<TreeEntry>,
+}
+
+impl ParentCursor {
+    fn new(ctx: &ReaderCtx, parent: Snapshot) -> Self {
+        let reader = ctx.repo.chunk_reader(ctx.handle.clone(), parent.manifest.tree.clone());
+        ParentCursor {
+            entries: Some(EntryReader::new(reader, format!("snapshots/{}", parent.id))),
+            peeked: None,
+        }
+    }
+
+    fn find(&mut self, path: &[u8]) -> Option<TreeEntry> {
+        loop {
+            let entries = self.entries.as_mut()?;
+            if self.peeked.is_none() {
+                match entries.next_entry() {
+                    Ok(Some(e)) => self.peeked = Some(e),
+                    Ok(None) => {
+                        self.entries = None;
+                        return None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the parent snapshot; reading every file");
+                        self.entries = None;
+                        return None;
+                    }
+                }
+            }
+            let p = self.peeked.as_ref().expect("just filled");
+            match path_cmp(&p.path, path) {
+                std::cmp::Ordering::Less => self.peeked = None,
+                std::cmp::Ordering::Equal => return self.peeked.take(),
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+    }
+}

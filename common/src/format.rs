@@ -1,0 +1,419 @@
+//! Repository format v1: the byte layout of packs, sealed objects and the
+//! config. `docs/format.md` is the reference; this module is its code.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::crypto::{DataKey, Id, SEAL_OVERHEAD};
+use crate::error::{Error, Result};
+use crate::keys::WrappedKey;
+
+/// The repository format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Magic of pack objects.
+pub const PACK_MAGIC: [u8; 4] = *b"TRPK";
+/// Magic of index objects.
+pub const INDEX_MAGIC: [u8; 4] = *b"TRIX";
+/// Magic of snapshot manifests.
+pub const SNAPSHOT_MAGIC: [u8; 4] = *b"TRSN";
+/// Magic of the repository config.
+pub const CONFIG_MAGIC: [u8; 4] = *b"TRCF";
+
+/// Fixed size of a pack's trailer: header length (u32), wrapped key length
+/// (u16), magic.
+pub const PACK_TRAILER_LEN: usize = 4 + 2 + 4;
+const PACK_HEADER_AAD: &[u8] = b"TRPK\x01 header";
+
+/// Content-defined chunking parameters, fixed per repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Smallest chunk (bytes), except a file's last.
+    pub min: u32,
+    /// Target average chunk (bytes).
+    pub avg: u32,
+    /// Largest chunk (bytes).
+    pub max: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            min: 256 * 1024,
+            avg: 1024 * 1024,
+            max: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// The repository config, stored in plain CBOR under `config`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    /// Format version of the repository.
+    pub version: u8,
+    /// Random repository id.
+    pub id: uuid::Uuid,
+    /// Creation time, Unix seconds.
+    pub created: i64,
+    /// Chunking parameters every writer must use, so chunks dedupe.
+    pub chunker: ChunkerParams,
+    /// The secret key of chunk ids (keyed BLAKE3), wrapped by the master key.
+    #[serde(with = "serde_bytes")]
+    pub id_key: Vec<u8>,
+}
+
+impl RepoConfig {
+    /// Encode: magic, version byte, CBOR.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = CONFIG_MAGIC.to_vec();
+        out.push(self.version);
+        ciborium::into_writer(self, &mut out).expect("CBOR to memory");
+        out
+    }
+
+    /// Decode and check the version.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedFormat`] for another version, [`Error::Corrupt`] for garbage.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let body = check_magic("config", bytes, CONFIG_MAGIC)?;
+        let cfg: RepoConfig = ciborium::from_reader(body)
+            .map_err(|e| Error::corrupt("config", format!("cannot decode: {e}")))?;
+        if cfg.chunker.min == 0 || cfg.chunker.min > cfg.chunker.avg || cfg.chunker.avg > cfg.chunker.max {
+            return Err(Error::corrupt("config", "chunker parameters out of order"));
+        }
+        Ok(cfg)
+    }
+
+    /// The wrapped id key.
+    pub fn wrapped_id_key(&self) -> WrappedKey {
+        WrappedKey(self.id_key.clone())
+    }
+}
+
+/// Checks `magic || version` at the start of an object and returns the rest.
+fn check_magic<'a>(key: &str, bytes: &'a [u8], magic: [u8; 4]) -> Result<&'a [u8]> {
+    if bytes.len() < 5 || bytes[..4] != magic {
+        return Err(Error::corrupt(
+            key,
+            format!("not a Trireme {} object (bad magic)", String::from_utf8_lossy(&magic)),
+        ));
+    }
+    if bytes[4] != FORMAT_VERSION {
+        return Err(Error::UnsupportedFormat {
+            key: key.to_string(),
+            reason: format!(
+                "format version {} (this build reads version {FORMAT_VERSION}; upgrade Trireme)",
+                bytes[4]
+            ),
+        });
+    }
+    Ok(&bytes[5..])
+}
+
+/// Seal a CBOR payload into an index or snapshot object:
+/// `magic || version || wrapped key len (u16 LE) || wrapped key || sealed(zstd(CBOR))`.
+/// The AAD is everything before the sealed part.
+pub fn seal_object<T: Serialize>(
+    magic: [u8; 4],
+    key: &DataKey,
+    wrapped: &WrappedKey,
+    payload: &T,
+) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    ciborium::into_writer(payload, &mut cbor).expect("CBOR to memory");
+    let compressed = zstd::bulk::compress(&cbor, 3).expect("zstd to memory");
+    let mut out = magic.to_vec();
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&(wrapped.0.len() as u16).to_le_bytes());
+    out.extend_from_slice(&wrapped.0);
+    let aad = out.clone();
+    key.seal_into(&aad, &compressed, &mut out);
+    out
+}
+
+/// The wrapped key of a sealed object, read without decrypting it.
+///
+/// # Errors
+/// [`Error::Corrupt`] or [`Error::UnsupportedFormat`] naming `name`.
+pub fn sealed_object_key(name: &str, bytes: &[u8], magic: [u8; 4]) -> Result<(WrappedKey, usize)> {
+    let body = check_magic(name, bytes, magic)?;
+    if body.len() < 2 {
+        return Err(Error::corrupt(name, "truncated header"));
+    }
+    let wlen = u16::from_le_bytes([body[0], body[1]]) as usize;
+    if body.len() < 2 + wlen + SEAL_OVERHEAD {
+        return Err(Error::corrupt(name, "truncated"));
+    }
+    Ok((WrappedKey(body[2..2 + wlen].to_vec()), 5 + 2 + wlen))
+}
+
+/// Open an object made by [`seal_object`] with its (already unwrapped) key.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `name` when authentication or decoding fails.
+pub fn open_object<T: DeserializeOwned>(
+    name: &str,
+    bytes: &[u8],
+    header_len: usize,
+    key: &DataKey,
+) -> Result<T> {
+    let plain = key
+        .open(&bytes[..header_len], &bytes[header_len..])
+        .map_err(|_| Error::corrupt(name, "authentication failed (damaged or altered)"))?;
+    let cbor = zstd::stream::decode_all(&plain[..])
+        .map_err(|e| Error::corrupt(name, format!("cannot decompress: {e}")))?;
+    ciborium::from_reader(&cbor[..]).map_err(|e| Error::corrupt(name, format!("cannot decode: {e}")))
+}
+
+/// One chunk's place in a pack, as listed in the pack header and the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobEntry {
+    /// Chunk id (keyed BLAKE3 of the plaintext).
+    pub id: Id,
+    /// Offset of the sealed blob from the start of the pack.
+    pub offset: u32,
+    /// Length of the sealed blob (nonce, ciphertext, tag).
+    pub length: u32,
+    /// Length of the chunk's plaintext.
+    pub raw_len: u32,
+    /// Whether the sealed bytes are zstd-compressed.
+    pub zstd: bool,
+}
+
+impl BlobEntry {
+    /// The AAD a blob is sealed with: its chunk id and compression flag, so a
+    /// blob cannot be passed off as another chunk.
+    pub fn aad(id: &Id, zstd: bool) -> [u8; 33] {
+        let mut a = [0u8; 33];
+        a[..32].copy_from_slice(&id.0);
+        a[32] = zstd as u8;
+        a
+    }
+}
+
+/// Builds one pack: `magic || version || blobs… || sealed header || wrapped
+/// key || header len (u32 LE) || wrapped key len (u16 LE) || magic`.
+#[derive(Debug)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<BlobEntry>,
+}
+
+impl PackBuilder {
+    /// A new pack with room for about `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity + 64 * 1024);
+        buf.extend_from_slice(&PACK_MAGIC);
+        buf.push(FORMAT_VERSION);
+        PackBuilder {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Append an already-sealed blob.
+    pub fn push(&mut self, id: Id, sealed: &[u8], raw_len: u32, zstd: bool) {
+        self.entries.push(BlobEntry {
+            id,
+            offset: self.buf.len() as u32,
+            length: sealed.len() as u32,
+            raw_len,
+            zstd,
+        });
+        self.buf.extend_from_slice(sealed);
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no blob was added.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Seal the header and close the pack; returns its bytes and entries.
+    pub fn finish(mut self, key: &DataKey, wrapped: &WrappedKey) -> (Vec<u8>, Vec<BlobEntry>) {
+        let mut header = Vec::new();
+        ciborium::into_writer(&self.entries, &mut header).expect("CBOR to memory");
+        let start = self.buf.len();
+        key.seal_into(PACK_HEADER_AAD, &header, &mut self.buf);
+        let header_len = (self.buf.len() - start) as u32;
+        self.buf.extend_from_slice(&wrapped.0);
+        self.buf.extend_from_slice(&header_len.to_le_bytes());
+        self.buf.extend_from_slice(&(wrapped.0.len() as u16).to_le_bytes());
+        self.buf.extend_from_slice(&PACK_MAGIC);
+        (self.buf, self.entries)
+    }
+}
+
+/// The parts of a pack's tail: where its sealed header is and its wrapped key.
+#[derive(Debug, Clone)]
+pub struct PackTail {
+    /// Offset of the sealed header.
+    pub header_offset: usize,
+    /// Length of the sealed header.
+    pub header_len: usize,
+    /// The pack's wrapped data key.
+    pub wrapped: WrappedKey,
+}
+
+/// Parse the tail of a whole pack.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `name` when the layout does not hold.
+pub fn pack_tail(name: &str, pack: &[u8]) -> Result<PackTail> {
+    check_magic(name, pack, PACK_MAGIC)?;
+    let n = pack.len();
+    if n < 5 + PACK_TRAILER_LEN || pack[n - 4..] != PACK_MAGIC {
+        return Err(Error::corrupt(name, "pack trailer missing (truncated?)"));
+    }
+    let t = &pack[n - PACK_TRAILER_LEN..];
+    let header_len = u32::from_le_bytes(t[0..4].try_into().expect("4 bytes")) as usize;
+    let wlen = u16::from_le_bytes(t[4..6].try_into().expect("2 bytes")) as usize;
+    let header_offset = (n - PACK_TRAILER_LEN)
+        .checked_sub(wlen + header_len)
+        .filter(|o| *o >= 5)
+        .ok_or_else(|| Error::corrupt(name, "pack trailer lengths out of range"))?;
+    let wrapped = WrappedKey(pack[header_offset + header_len..n - PACK_TRAILER_LEN].to_vec());
+    Ok(PackTail {
+        header_offset,
+        header_len,
+        wrapped,
+    })
+}
+
+/// Decrypt a pack's header with its unwrapped key.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `name`.
+pub fn pack_header(name: &str, pack: &[u8], tail: &PackTail, key: &DataKey) -> Result<Vec<BlobEntry>> {
+    let sealed = &pack[tail.header_offset..tail.header_offset + tail.header_len];
+    let plain = key
+        .open(PACK_HEADER_AAD, sealed)
+        .map_err(|_| Error::corrupt(name, "pack header failed authentication"))?;
+    let entries: Vec<BlobEntry> = ciborium::from_reader(&plain[..])
+        .map_err(|e| Error::corrupt(name, format!("cannot decode pack header: {e}")))?;
+    for e in &entries {
+        if (e.offset as usize) < 5 || e.offset as usize + e.length as usize > tail.header_offset {
+            return Err(Error::corrupt(name, format!("blob {} lies outside the pack body", e.id.short())));
+        }
+    }
+    Ok(entries)
+}
+
+/// Open one sealed blob and return the chunk's plaintext, checking it hashes
+/// to its id.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming the pack and chunk.
+pub fn open_blob(
+    pack_name: &str,
+    entry: &BlobEntry,
+    sealed: &[u8],
+    key: &DataKey,
+    hasher: &crate::crypto::ChunkHasher,
+) -> Result<Vec<u8>> {
+    let bad = |why: &str| Error::corrupt(pack_name, format!("chunk {}: {why}", entry.id.short()));
+    let plain = key
+        .open(&BlobEntry::aad(&entry.id, entry.zstd), sealed)
+        .map_err(|_| bad("failed authentication"))?;
+    let data = if entry.zstd {
+        zstd::bulk::decompress(&plain, entry.raw_len as usize).map_err(|_| bad("cannot decompress"))?
+    } else {
+        plain
+    };
+    if data.len() != entry.raw_len as usize {
+        return Err(bad("wrong length"));
+    }
+    if hasher.id(&data) != entry.id {
+        return Err(bad("content does not match its id"));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::ChunkHasher;
+
+    #[test]
+    fn pack_round_trip_and_damage() {
+        let key = DataKey::generate();
+        let wrapped = WrappedKey(vec![7; 69]);
+        let h = ChunkHasher::new([3; 32]);
+        let chunks: Vec<Vec<u8>> = vec![b"alpha".to_vec(), vec![0; 5000], b"".to_vec()];
+        let mut pb = PackBuilder::new(1024);
+        for c in &chunks {
+            let id = h.id(c);
+            let z = zstd::bulk::compress(c, 3).unwrap();
+            let (data, zst) = if z.len() < c.len() { (z, true) } else { (c.clone(), false) };
+            let sealed = key.seal(&BlobEntry::aad(&id, zst), &data);
+            pb.push(id, &sealed, c.len() as u32, zst);
+        }
+        let (pack, entries) = pb.finish(&key, &wrapped);
+        let tail = pack_tail("p", &pack).unwrap();
+        assert_eq!(tail.wrapped, wrapped);
+        let hdr = pack_header("p", &pack, &tail, &key).unwrap();
+        assert_eq!(hdr, entries);
+        for (e, c) in hdr.iter().zip(&chunks) {
+            let sealed = &pack[e.offset as usize..(e.offset + e.length) as usize];
+            assert_eq!(&open_blob("p", e, sealed, &key, &h).unwrap(), c);
+        }
+        assert!(hdr[1].zstd && !hdr[0].zstd);
+
+        // A flipped byte anywhere in a blob fails that blob.
+        let e = hdr[1];
+        let mut bad = pack.clone();
+        bad[e.offset as usize + 20] ^= 0x40;
+        let sealed = &bad[e.offset as usize..(e.offset + e.length) as usize];
+        let err = open_blob("packs/xx", &e, sealed, &key, &h).unwrap_err().to_string();
+        assert!(err.contains("packs/xx") && err.contains("authentication"), "{err}");
+        // Truncation loses the trailer.
+        assert!(pack_tail("p", &pack[..pack.len() - 3]).is_err());
+        // Damaged header.
+        let mut bad = pack.clone();
+        bad[tail.header_offset + 13] ^= 1;
+        assert!(pack_header("p", &bad, &tail, &key).is_err());
+    }
+
+    #[test]
+    fn sealed_object_round_trip_and_version_check() {
+        let key = DataKey::generate();
+        let wrapped = WrappedKey(vec![1, 2, 3]);
+        let obj = seal_object(INDEX_MAGIC, &key, &wrapped, &vec![1u32, 2, 3]);
+        let (w, hl) = sealed_object_key("i", &obj, INDEX_MAGIC).unwrap();
+        assert_eq!(w, wrapped);
+        let back: Vec<u32> = open_object("i", &obj, hl, &key).unwrap();
+        assert_eq!(back, vec![1, 2, 3]);
+        // Wrong magic, future version, flipped byte.
+        assert!(sealed_object_key("i", &obj, SNAPSHOT_MAGIC).is_err());
+        let mut v2 = obj.clone();
+        v2[4] = 2;
+        let err = sealed_object_key("index/ab", &v2, INDEX_MAGIC).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
+        let mut bad = obj.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let err = open_object::<Vec<u32>>("index/ab", &bad, hl, &key).unwrap_err().to_string();
+        assert!(err.contains("index/ab"), "{err}");
+        // The wrapped key is authenticated too.
+        let mut bad = obj.clone();
+        bad[7] ^= 1;
+        assert!(open_object::<Vec<u32>>("i", &bad, hl, &key).is_err());
+    }
+
+    #[test]
+    fn config_round_trip() {
+        let cfg = RepoConfig {
+            version: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4(),
+            created: 1,
+            chunker: ChunkerParams::default(),
+            id_key: vec![9; 69],
+        };
+        let back = RepoConfig::decode(&cfg.encode()).unwrap();
+        assert_eq!(back.id, cfg.id);
+        assert!(RepoConfig::decode(b"junk").is_err());
+    }
+}

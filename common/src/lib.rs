@@ -1,0 +1,32 @@
+//! Trireme's shared core: the repository format, its crypto, storage backends
+//! and location URLs. See `docs/format.md` for the on-disk format.
+//!
+//! Layers, bottom up: [`backend`] moves opaque objects; [`crypto`] and
+//! [`keys`] seal and unwrap; [`format`], [`index`] and [`manifest`] define
+//! the bytes; [`repo`] ties them to a location; [`backup`], [`restore`] and
+//! [`check`] are the operations.
+
+pub mod backend;
+pub mod backup;
+pub mod check;
+pub mod crypto;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod keys;
+pub mod location;
+pub mod manifest;
+pub mod repo;
+pub mod restore;
+
+pub use backend::{Backend, DynBackend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
+pub use backup::{BackupInput, BackupOptions, Progress};
+pub use check::CheckReport;
+pub use crypto::Id;
+pub use error::{Error, Result};
+pub use format::ChunkerParams;
+pub use keys::{DynKeyProvider, KeyProvider, LocalKeyFile, WrappedKey};
+pub use location::Location;
+pub use manifest::{ContentKind, SnapshotManifest, Summary, TreeEntry};
+pub use repo::{IndexedRepo, Repository, Snapshot};
+pub use restore::{RestoreOptions, RestoreSummary};

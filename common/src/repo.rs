@@ -1,0 +1,419 @@
+//! The repository: a location's objects read and written through the format.
+//!
+//! [`Repository`] is an opened repository (config read, id key unwrapped);
+//! [`IndexedRepo`] adds the loaded index, and only it can read chunks, back
+//! up, restore or check.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::{DynBackend, ObjectKey, ObjectKind};
+use crate::crypto::{sha256, ChunkHasher, DataKey, Id};
+use crate::error::{Error, Result};
+use crate::format::{
+    open_blob, open_object, seal_object, sealed_object_key, ChunkerParams, RepoConfig,
+    FORMAT_VERSION, INDEX_MAGIC, SNAPSHOT_MAGIC,
+};
+use crate::index::{Index, IndexFile};
+use crate::keys::{DynKeyProvider, KeyCache, WrappedKey};
+use crate::manifest::SnapshotManifest;
+
+/// How many objects are fetched at once when loading the index or snapshots.
+const LOAD_CONCURRENCY: usize = 16;
+
+/// An opened repository.
+#[derive(Debug)]
+pub struct Repository {
+    backend: DynBackend,
+    keys: KeyCache,
+    config: RepoConfig,
+    hasher: ChunkHasher,
+}
+
+/// A snapshot: its id (the manifest object's SHA-256) and manifest.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Id, also the manifest object's name.
+    pub id: Id,
+    /// The manifest.
+    pub manifest: SnapshotManifest,
+}
+
+/// A data key for one write session: used now, stored wrapped.
+#[derive(Debug, Clone)]
+pub struct SessionKey {
+    /// The plaintext key.
+    pub key: Arc<DataKey>,
+    /// The same key wrapped by the master key.
+    pub wrapped: WrappedKey,
+}
+
+impl Repository {
+    /// Create a repository at an empty location.
+    ///
+    /// # Errors
+    /// [`Error::RepositoryExists`] if there is one; storage and key errors.
+    pub async fn init(backend: DynBackend, keys: DynKeyProvider, chunker: ChunkerParams) -> Result<Self> {
+        if backend.head(&ObjectKey::config()).await?.is_some() {
+            return Err(Error::RepositoryExists(backend.location().to_string()));
+        }
+        let (id_key, wrapped) = keys.generate().await?;
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: uuid::Uuid::new_v4(),
+            created: now_ns() / 1_000_000_000,
+            chunker,
+            id_key: wrapped.0,
+        };
+        let bytes = config.encode();
+        let sum = sha256(&bytes);
+        backend.put(&ObjectKey::config(), Bytes::from(bytes), sum).await?;
+        Ok(Repository {
+            hasher: ChunkHasher::new(*id_key.as_bytes()),
+            backend,
+            keys: KeyCache::new(keys),
+            config,
+        })
+    }
+
+    /// Open the repository at a location.
+    ///
+    /// # Errors
+    /// [`Error::NoRepository`] when there is none, [`Error::WrongKey`] when the
+    /// key provider's master key is not this repository's.
+    pub async fn open(backend: DynBackend, keys: DynKeyProvider) -> Result<Self> {
+        let raw = match backend.get(&ObjectKey::config()).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository(backend.location().to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        let config = RepoConfig::decode(&raw)?;
+        let keys = KeyCache::new(keys);
+        let id_key = keys.unwrap(&config.wrapped_id_key()).await?;
+        Ok(Repository {
+            hasher: ChunkHasher::new(*id_key.as_bytes()),
+            backend,
+            keys,
+            config,
+        })
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &DynBackend {
+        &self.backend
+    }
+
+    /// The repository config.
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+
+    /// The chunk id function.
+    pub fn hasher(&self) -> &ChunkHasher {
+        &self.hasher
+    }
+
+    /// The key cache (unwrapped keys of this process).
+    pub fn keys(&self) -> &KeyCache {
+        &self.keys
+    }
+
+    /// A fresh data key for a write session.
+    ///
+    /// # Errors
+    /// When the key provider fails.
+    pub async fn new_session_key(&self) -> Result<SessionKey> {
+        let (key, wrapped) = self.keys.provider().generate().await?;
+        let key = Arc::new(key);
+        self.keys.insert(wrapped.clone(), key.clone());
+        Ok(SessionKey { key, wrapped })
+    }
+
+    /// Store bytes under their SHA-256; returns the id.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn put_content(&self, kind: ObjectKind, bytes: Vec<u8>) -> Result<Id> {
+        let sum = sha256(&bytes);
+        let id = Id(sum);
+        self.backend
+            .put(&ObjectKey::new(kind, id.to_hex()), Bytes::from(bytes), sum)
+            .await?;
+        Ok(id)
+    }
+
+    /// Read a content-addressed object and check its bytes hash to its name.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Corrupt`] naming the object, storage errors.
+    pub async fn get_verified(&self, key: &ObjectKey) -> Result<Bytes> {
+        let bytes = self.backend.get(key).await?;
+        if key.is_content_addressed() && hex::encode(sha256(&bytes)) != key.name {
+            return Err(Error::corrupt(
+                key.path(),
+                format!("content does not match its SHA-256 name ({} bytes read)", bytes.len()),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    async fn open_sealed<T: serde::de::DeserializeOwned>(&self, key: &ObjectKey, magic: [u8; 4]) -> Result<T> {
+        let bytes = self.get_verified(key).await?;
+        let name = key.path();
+        let (wrapped, header_len) = sealed_object_key(&name, &bytes, magic)?;
+        let dek = self.keys.unwrap(&wrapped).await?;
+        open_object(&name, &bytes, header_len, &dek)
+    }
+
+    /// Write an index object.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn write_index(&self, session: &SessionKey, index: &IndexFile) -> Result<(Id, u64)> {
+        let bytes = seal_object(INDEX_MAGIC, &session.key, &session.wrapped, index);
+        let len = bytes.len() as u64;
+        Ok((self.put_content(ObjectKind::Index, bytes).await?, len))
+    }
+
+    /// Read one index object.
+    ///
+    /// # Errors
+    /// Storage, key and corruption errors naming the object.
+    pub async fn read_index(&self, key: &ObjectKey) -> Result<IndexFile> {
+        self.open_sealed(key, INDEX_MAGIC).await
+    }
+
+    /// Load every index object into memory.
+    ///
+    /// # Errors
+    /// As [`Repository::read_index`]; a damaged index object fails the load.
+    pub async fn load_index(self: &Arc<Self>) -> Result<IndexedRepo> {
+        let listed = self.backend.list(ObjectKind::Index).await?;
+        let files: Vec<IndexFile> = futures::stream::iter(listed)
+            .map(|o| async move { self.read_index(&o.key).await })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut index = Index::new();
+        for f in &files {
+            for p in &f.packs {
+                index.add_pack(p);
+            }
+        }
+        Ok(IndexedRepo {
+            repo: self.clone(),
+            index: Arc::new(index),
+        })
+    }
+
+    /// Write a snapshot manifest; returns its id.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn write_snapshot(&self, session: &SessionKey, m: &SnapshotManifest) -> Result<(Id, u64)> {
+        let bytes = seal_object(SNAPSHOT_MAGIC, &session.key, &session.wrapped, m);
+        let len = bytes.len() as u64;
+        Ok((self.put_content(ObjectKind::Snapshot, bytes).await?, len))
+    }
+
+    /// Read one snapshot manifest.
+    ///
+    /// # Errors
+    /// Storage, key and corruption errors naming the object.
+    pub async fn read_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let key = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
+        let manifest = self.open_sealed(&key, SNAPSHOT_MAGIC).await?;
+        Ok(Snapshot { id: *id, manifest })
+    }
+
+    /// Every snapshot, oldest first.
+    ///
+    /// # Errors
+    /// As [`Repository::read_snapshot`].
+    pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let listed = self.backend.list(ObjectKind::Snapshot).await?;
+        let mut snaps: Vec<Snapshot> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let id = Id::from_hex(&o.key.name)
+                    .ok_or_else(|| Error::corrupt(o.key.path(), "name is not a SHA-256"))?;
+                self.read_snapshot(&id).await
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        snaps.sort_by_key(|s| (s.manifest.started_ns, s.id));
+        Ok(snaps)
+    }
+
+    /// Find a snapshot by id prefix (at least 4 hex digits), or `latest`
+    /// (optionally restricted to one source).
+    ///
+    /// # Errors
+    /// [`Error::Snapshot`] when nothing or more than one snapshot matches.
+    pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<Snapshot> {
+        let snaps = self.snapshots().await?;
+        let of_source = |s: &&Snapshot| source.is_none_or(|src| s.manifest.source == src);
+        if spec == "latest" {
+            return snaps.iter().rev().find(of_source).cloned().ok_or_else(|| {
+                Error::Snapshot(match source {
+                    Some(s) => format!("latest: no snapshot of source {s:?} in this repository"),
+                    None => "latest: the repository has no snapshots".into(),
+                })
+            });
+        }
+        let spec = spec.to_ascii_lowercase();
+        if spec.len() < 4 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Snapshot(format!(
+                "{spec:?}: give `latest` or at least 4 hex digits of a snapshot id"
+            )));
+        }
+        let hits: Vec<&Snapshot> = snaps
+            .iter()
+            .filter(of_source)
+            .filter(|s| s.id.to_hex().starts_with(&spec))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(Error::Snapshot(format!("{spec}: no such snapshot (see `snapshots`)"))),
+            many => Err(Error::Snapshot(format!(
+                "{spec}: matches {} snapshots; give more digits",
+                many.len()
+            ))),
+        }
+    }
+}
+
+/// A repository with its index loaded: it can read chunks.
+#[derive(Debug, Clone)]
+pub struct IndexedRepo {
+    /// The repository.
+    pub repo: Arc<Repository>,
+    /// Its index at load time.
+    pub index: Arc<Index>,
+}
+
+impl IndexedRepo {
+    /// Read, authenticate, decompress and verify one chunk.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the pack (or the snapshot when the chunk is
+    /// not in the index), storage and key errors.
+    pub async fn read_chunk(&self, id: &Id) -> Result<Vec<u8>> {
+        let (pack, entry) = self.index.get(id).ok_or_else(|| {
+            Error::corrupt(
+                format!("chunk {}", id.to_hex()),
+                "referenced but not in any index (missing pack or index object)",
+            )
+        })?;
+        let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
+        let dek = self.repo.keys.unwrap(&pack.key).await?;
+        let sealed = self
+            .repo
+            .backend
+            .get_range(&key, entry.offset as u64, entry.length as u64)
+            .await?;
+        let hasher = self.repo.hasher.clone();
+        let name = key.path();
+        tokio::task::spawn_blocking(move || open_blob(&name, &entry, &sealed, &dek, &hasher))
+            .await
+            .map_err(|e| Error::Pipeline(format!("decrypt task: {e}")))?
+    }
+}
+
+/// Now, as Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl IndexedRepo {
+    /// Like [`IndexedRepo::read_chunk`], for a plain thread (not a runtime
+    /// worker): fetches through `handle`, decrypts on the calling thread.
+    ///
+    /// # Errors
+    /// As [`IndexedRepo::read_chunk`].
+    pub fn read_chunk_blocking(&self, handle: &tokio::runtime::Handle, id: &Id) -> Result<Vec<u8>> {
+        let (pack, entry) = self.index.get(id).ok_or_else(|| {
+            Error::corrupt(
+                format!("chunk {}", id.to_hex()),
+                "referenced but not in any index (missing pack or index object)",
+            )
+        })?;
+        let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
+        let (dek, sealed) = handle.block_on(async {
+            let dek = self.repo.keys.unwrap(&pack.key).await?;
+            let sealed = self
+                .repo
+                .backend
+                .get_range(&key, entry.offset as u64, entry.length as u64)
+                .await?;
+            Ok::<_, Error>((dek, sealed))
+        })?;
+        open_blob(&key.path(), &entry, &sealed, &dek, &self.repo.hasher)
+    }
+
+    /// A reader over the concatenated plaintext of `ids`, fetching a few
+    /// chunks ahead. Use it from a plain thread (e.g. `spawn_blocking`).
+    pub fn chunk_reader(&self, handle: tokio::runtime::Handle, ids: Vec<Id>) -> ChunkReader {
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let this = self.clone();
+        handle.spawn(async move {
+            let mut fetches = futures::stream::iter(ids)
+                .map(|id| {
+                    let this = this.clone();
+                    async move { this.read_chunk(&id).await }
+                })
+                .buffered(READ_AHEAD);
+            while let Some(r) = fetches.next().await {
+                let stop = r.is_err();
+                // The receiver may have gone; then stop fetching.
+                if tx.send(r).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        ChunkReader {
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+/// Chunks fetched ahead by a [`ChunkReader`].
+const READ_AHEAD: usize = 4;
+
+/// Reads the plaintext of a list of chunks in order (see
+/// [`IndexedRepo::chunk_reader`]). Errors surface as `io::Error`s wrapping
+/// the crate's [`Error`].
+#[derive(Debug)]
+pub struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(std::io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
