@@ -88,7 +88,11 @@ pub struct BackupOptions {
 
 impl BackupOptions {
     /// Defaults for a source: zstd 3, 16 MiB packs, one worker per core.
-    pub fn new(source: impl Into<String>, source_kind: impl Into<String>, host: impl Into<String>) -> Self {
+    pub fn new(
+        source: impl Into<String>,
+        source_kind: impl Into<String>,
+        host: impl Into<String>,
+    ) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         BackupOptions {
             source: source.into(),
@@ -316,7 +320,10 @@ fn seal_worker(
         .map_err(|e| Error::Pipeline(format!("zstd level {level}: {e}")))?;
     for c in rx {
         let raw_len = c.data.len() as u32;
-        let compressed = comp.compress(&c.data).ok().filter(|z| z.len() < c.data.len());
+        let compressed = comp
+            .compress(&c.data)
+            .ok()
+            .filter(|z| z.len() < c.data.len());
         let zstd = compressed.is_some();
         let payload = compressed.as_deref().unwrap_or(&c.data);
         let sealed = key.seal(&BlobEntry::aad(&c.id, zstd), payload);

@@ -142,7 +142,9 @@ impl Repository {
         let mut referenced: HashSet<Id> = HashSet::new();
         for o in snaps {
             let Some(id) = Id::from_hex(&o.key.name) else {
-                report.problems.push(format!("{}: name is not a SHA-256", o.key));
+                report
+                    .problems
+                    .push(format!("{}: name is not a SHA-256", o.key));
                 continue;
             };
             let snap = match self.read_snapshot(&id).await {
@@ -154,9 +156,10 @@ impl Repository {
             };
             let r = indexed_repo.clone();
             let handle = tokio::runtime::Handle::current();
-            let (problems, chunks) = tokio::task::spawn_blocking(move || r.check_tree(&handle, &snap))
-                .await
-                .map_err(|e| Error::Pipeline(format!("check task: {e}")))?;
+            let (problems, chunks) =
+                tokio::task::spawn_blocking(move || r.check_tree(&handle, &snap))
+                    .await
+                    .map_err(|e| Error::Pipeline(format!("check task: {e}")))?;
             report.problems.extend(problems);
             referenced.extend(chunks);
         }
@@ -167,7 +170,11 @@ impl Repository {
 
 impl IndexedRepo {
     /// Walk a snapshot's tree stream; every chunk must be indexed.
-    fn check_tree(&self, handle: &tokio::runtime::Handle, snap: &crate::repo::Snapshot) -> (Vec<String>, HashSet<Id>) {
+    fn check_tree(
+        &self,
+        handle: &tokio::runtime::Handle,
+        snap: &crate::repo::Snapshot,
+    ) -> (Vec<String>, HashSet<Id>) {
         let name = format!("snapshots/{}", snap.id);
         let mut problems = Vec::new();
         let mut chunks = HashSet::new();
@@ -180,7 +187,10 @@ impl IndexedRepo {
         if !problems.is_empty() {
             return (problems, chunks);
         }
-        let mut entries = EntryReader::new(self.chunk_reader(handle.clone(), snap.manifest.tree.clone()), name.clone());
+        let mut entries = EntryReader::new(
+            self.chunk_reader(handle.clone(), snap.manifest.tree.clone()),
+            name.clone(),
+        );
         loop {
             match entries.next_entry() {
                 Ok(Some(e)) => {
@@ -218,13 +228,17 @@ impl IndexedRepo {
         let this = self.clone();
         let problems = tokio::task::spawn_blocking(move || -> Vec<String> {
             if sha256(&bytes) != id.0 {
-                return vec![format!("{name}: content does not match its SHA-256 name (bit rot or tampering)")];
+                return vec![format!(
+                    "{name}: content does not match its SHA-256 name (bit rot or tampering)"
+                )];
             }
             let tail = match pack_tail(&name, &bytes) {
                 Ok(t) => t,
                 Err(e) => return vec![e.to_string()],
             };
-            let dek = match tokio::runtime::Handle::current().block_on(this.repo.keys().unwrap(&tail.wrapped)) {
+            let dek = match tokio::runtime::Handle::current()
+                .block_on(this.repo.keys().unwrap(&tail.wrapped))
+            {
                 Ok(k) => k,
                 Err(e) => return vec![format!("{name}: {e}")],
             };
@@ -236,7 +250,10 @@ impl IndexedRepo {
             for e in &entries {
                 if let Some((p, ie)) = this.index.get(&e.id) {
                     if p.id == id && ie != *e {
-                        problems.push(format!("{name}: chunk {} disagrees with the index", e.id.short()));
+                        problems.push(format!(
+                            "{name}: chunk {} disagrees with the index",
+                            e.id.short()
+                        ));
                     }
                 }
                 let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];

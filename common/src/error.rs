@@ -105,7 +105,13 @@ impl Error {
     /// Whether the operation may succeed if retried later (network outage,
     /// throttling, a 5xx from the object store). Everything else is permanent.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Error::Storage { temporary: true, .. })
+        matches!(
+            self,
+            Error::Storage {
+                temporary: true,
+                ..
+            }
+        )
     }
 
     /// Shorthand for an [`Error::Io`].

@@ -78,7 +78,10 @@ impl RepoConfig {
         let body = check_magic("config", bytes, CONFIG_MAGIC)?;
         let cfg: RepoConfig = ciborium::from_reader(body)
             .map_err(|e| Error::corrupt("config", format!("cannot decode: {e}")))?;
-        if cfg.chunker.min == 0 || cfg.chunker.min > cfg.chunker.avg || cfg.chunker.avg > cfg.chunker.max {
+        if cfg.chunker.min == 0
+            || cfg.chunker.min > cfg.chunker.avg
+            || cfg.chunker.avg > cfg.chunker.max
+        {
             return Err(Error::corrupt("config", "chunker parameters out of order"));
         }
         Ok(cfg)
@@ -95,7 +98,10 @@ fn check_magic<'a>(key: &str, bytes: &'a [u8], magic: [u8; 4]) -> Result<&'a [u8
     if bytes.len() < 5 || bytes[..4] != magic {
         return Err(Error::corrupt(
             key,
-            format!("not a Trireme {} object (bad magic)", String::from_utf8_lossy(&magic)),
+            format!(
+                "not a Trireme {} object (bad magic)",
+                String::from_utf8_lossy(&magic)
+            ),
         ));
     }
     if bytes[4] != FORMAT_VERSION {
@@ -162,7 +168,8 @@ pub fn open_object<T: DeserializeOwned>(
         .map_err(|_| Error::corrupt(name, "authentication failed (damaged or altered)"))?;
     let cbor = zstd::stream::decode_all(&plain[..])
         .map_err(|e| Error::corrupt(name, format!("cannot decompress: {e}")))?;
-    ciborium::from_reader(&cbor[..]).map_err(|e| Error::corrupt(name, format!("cannot decode: {e}")))
+    ciborium::from_reader(&cbor[..])
+        .map_err(|e| Error::corrupt(name, format!("cannot decode: {e}")))
 }
 
 /// One chunk's place in a pack, as listed in the pack header and the index.
@@ -242,7 +249,8 @@ impl PackBuilder {
         let header_len = (self.buf.len() - start) as u32;
         self.buf.extend_from_slice(&wrapped.0);
         self.buf.extend_from_slice(&header_len.to_le_bytes());
-        self.buf.extend_from_slice(&(wrapped.0.len() as u16).to_le_bytes());
+        self.buf
+            .extend_from_slice(&(wrapped.0.len() as u16).to_le_bytes());
         self.buf.extend_from_slice(&PACK_MAGIC);
         (self.buf, self.entries)
     }
@@ -288,7 +296,12 @@ pub fn pack_tail(name: &str, pack: &[u8]) -> Result<PackTail> {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming `name`.
-pub fn pack_header(name: &str, pack: &[u8], tail: &PackTail, key: &DataKey) -> Result<Vec<BlobEntry>> {
+pub fn pack_header(
+    name: &str,
+    pack: &[u8],
+    tail: &PackTail,
+    key: &DataKey,
+) -> Result<Vec<BlobEntry>> {
     let sealed = &pack[tail.header_offset..tail.header_offset + tail.header_len];
     let plain = key
         .open(PACK_HEADER_AAD, sealed)
@@ -297,7 +310,10 @@ pub fn pack_header(name: &str, pack: &[u8], tail: &PackTail, key: &DataKey) -> R
         .map_err(|e| Error::corrupt(name, format!("cannot decode pack header: {e}")))?;
     for e in &entries {
         if (e.offset as usize) < 5 || e.offset as usize + e.length as usize > tail.header_offset {
-            return Err(Error::corrupt(name, format!("blob {} lies outside the pack body", e.id.short())));
+            return Err(Error::corrupt(
+                name,
+                format!("blob {} lies outside the pack body", e.id.short()),
+            ));
         }
     }
     Ok(entries)
@@ -320,7 +336,8 @@ pub fn open_blob(
         .open(&BlobEntry::aad(&entry.id, entry.zstd), sealed)
         .map_err(|_| bad("failed authentication"))?;
     let data = if entry.zstd {
-        zstd::bulk::decompress(&plain, entry.raw_len as usize).map_err(|_| bad("cannot decompress"))?
+        zstd::bulk::decompress(&plain, entry.raw_len as usize)
+            .map_err(|_| bad("cannot decompress"))?
     } else {
         plain
     };
@@ -348,7 +365,11 @@ mod tests {
         for c in &chunks {
             let id = h.id(c);
             let z = zstd::bulk::compress(c, 3).unwrap();
-            let (data, zst) = if z.len() < c.len() { (z, true) } else { (c.clone(), false) };
+            let (data, zst) = if z.len() < c.len() {
+                (z, true)
+            } else {
+                (c.clone(), false)
+            };
             let sealed = key.seal(&BlobEntry::aad(&id, zst), &data);
             pb.push(id, &sealed, c.len() as u32, zst);
         }
@@ -368,8 +389,13 @@ mod tests {
         let mut bad = pack.clone();
         bad[e.offset as usize + 20] ^= 0x40;
         let sealed = &bad[e.offset as usize..(e.offset + e.length) as usize];
-        let err = open_blob("packs/xx", &e, sealed, &key, &h).unwrap_err().to_string();
-        assert!(err.contains("packs/xx") && err.contains("authentication"), "{err}");
+        let err = open_blob("packs/xx", &e, sealed, &key, &h)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("packs/xx") && err.contains("authentication"),
+            "{err}"
+        );
         // Truncation loses the trailer.
         assert!(pack_tail("p", &pack[..pack.len() - 3]).is_err());
         // Damaged header.
@@ -395,7 +421,9 @@ mod tests {
         assert!(matches!(err, Error::UnsupportedFormat { .. }), "{err}");
         let mut bad = obj.clone();
         *bad.last_mut().unwrap() ^= 1;
-        let err = open_object::<Vec<u32>>("index/ab", &bad, hl, &key).unwrap_err().to_string();
+        let err = open_object::<Vec<u32>>("index/ab", &bad, hl, &key)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("index/ab"), "{err}");
         // The wrapped key is authenticated too.
         let mut bad = obj.clone();

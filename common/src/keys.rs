@@ -137,7 +137,12 @@ impl LocalKeyFile {
 
 impl fmt::Debug for LocalKeyFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LocalKeyFile({}, id {})", self.path.display(), self.key_id())
+        write!(
+            f,
+            "LocalKeyFile({}, id {})",
+            self.path.display(),
+            self.key_id()
+        )
     }
 }
 
@@ -164,7 +169,11 @@ impl KeyProvider for LocalKeyFile {
             None => return Err(Error::Key("empty wrapped key".into())),
         }
         if w.len() != 1 + 8 + 32 + SEAL_OVERHEAD {
-            return Err(Error::Key(format!("wrapped key has {} bytes, expected {}", w.len(), 1 + 8 + 32 + SEAL_OVERHEAD)));
+            return Err(Error::Key(format!(
+                "wrapped key has {} bytes, expected {}",
+                w.len(),
+                1 + 8 + 32 + SEAL_OVERHEAD
+            )));
         }
         if w[1..9] != self.id {
             return Err(Error::WrongKey(format!(
@@ -178,7 +187,9 @@ impl KeyProvider for LocalKeyFile {
             .master
             .open(WRAP_AAD, &w[9..])
             .map_err(|_| Error::Key("wrapped data key failed authentication (damaged)".into()))?;
-        let raw: [u8; 32] = raw.try_into().map_err(|_| Error::Key("bad data key length".into()))?;
+        let raw: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| Error::Key("bad data key length".into()))?;
         Ok(DataKey::from_bytes(raw))
     }
 }
@@ -223,7 +234,10 @@ impl KeyCache {
     /// Remember a key this process generated, so reading back what it wrote
     /// needs no unwrap.
     pub fn insert(&self, wrapped: WrappedKey, key: Arc<DataKey>) {
-        self.cache.lock().expect("key cache lock").insert(wrapped, key);
+        self.cache
+            .lock()
+            .expect("key cache lock")
+            .insert(wrapped, key);
     }
 }
 
@@ -236,12 +250,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         let kf = LocalKeyFile::create(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(LocalKeyFile::create(&p).is_err(), "no overwrite");
         let (dek, wrapped) = kf.generate().await.unwrap();
         let loaded = LocalKeyFile::load(&p).unwrap();
         assert_eq!(loaded.key_id(), kf.key_id());
-        assert_eq!(loaded.unwrap(&wrapped).await.unwrap().as_bytes(), dek.as_bytes());
+        assert_eq!(
+            loaded.unwrap(&wrapped).await.unwrap().as_bytes(),
+            dek.as_bytes()
+        );
 
         let other = LocalKeyFile::create(&dir.path().join("k2")).unwrap();
         let err = other.unwrap(&wrapped).await.unwrap_err();

@@ -170,7 +170,10 @@ impl<R: Read> EntryReader<R> {
         }
         let len = u32::from_le_bytes(len);
         if len > MAX_ENTRY_LEN {
-            return Err(Error::corrupt(&self.name, format!("tree entry of {len} bytes")));
+            return Err(Error::corrupt(
+                &self.name,
+                format!("tree entry of {len} bytes"),
+            ));
         }
         let mut buf = vec![0u8; len as usize];
         self.inner.read_exact(&mut buf).map_err(|e| {
@@ -190,7 +193,11 @@ impl<R: Read> EntryReader<R> {
 /// `io::Error`; take it back out so the object name survives.
 pub(crate) fn unwrap_io(e: std::io::Error, name: &str) -> Error {
     if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
-        return *e.into_inner().expect("checked").downcast::<Error>().expect("checked");
+        return *e
+            .into_inner()
+            .expect("checked")
+            .downcast::<Error>()
+            .expect("checked");
     }
     Error::Pipeline(format!("reading {name}: {e}"))
 }

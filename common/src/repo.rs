@@ -55,7 +55,11 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::RepositoryExists`] if there is one; storage and key errors.
-    pub async fn init(backend: DynBackend, keys: DynKeyProvider, chunker: ChunkerParams) -> Result<Self> {
+    pub async fn init(
+        backend: DynBackend,
+        keys: DynKeyProvider,
+        chunker: ChunkerParams,
+    ) -> Result<Self> {
         if backend.head(&ObjectKey::config()).await?.is_some() {
             return Err(Error::RepositoryExists(backend.location().to_string()));
         }
@@ -69,7 +73,9 @@ impl Repository {
         };
         let bytes = config.encode();
         let sum = sha256(&bytes);
-        backend.put(&ObjectKey::config(), Bytes::from(bytes), sum).await?;
+        backend
+            .put(&ObjectKey::config(), Bytes::from(bytes), sum)
+            .await?;
         Ok(Repository {
             hasher: ChunkHasher::new(*id_key.as_bytes()),
             backend,
@@ -155,13 +161,20 @@ impl Repository {
         if key.is_content_addressed() && hex::encode(sha256(&bytes)) != key.name {
             return Err(Error::corrupt(
                 key.path(),
-                format!("content does not match its SHA-256 name ({} bytes read)", bytes.len()),
+                format!(
+                    "content does not match its SHA-256 name ({} bytes read)",
+                    bytes.len()
+                ),
             ));
         }
         Ok(bytes)
     }
 
-    async fn open_sealed<T: serde::de::DeserializeOwned>(&self, key: &ObjectKey, magic: [u8; 4]) -> Result<T> {
+    async fn open_sealed<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &ObjectKey,
+        magic: [u8; 4],
+    ) -> Result<T> {
         let bytes = self.get_verified(key).await?;
         let name = key.path();
         let (wrapped, header_len) = sealed_object_key(&name, &bytes, magic)?;
@@ -214,7 +227,11 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors.
-    pub async fn write_snapshot(&self, session: &SessionKey, m: &SnapshotManifest) -> Result<(Id, u64)> {
+    pub async fn write_snapshot(
+        &self,
+        session: &SessionKey,
+        m: &SnapshotManifest,
+    ) -> Result<(Id, u64)> {
         let bytes = seal_object(SNAPSHOT_MAGIC, &session.key, &session.wrapped, m);
         let len = bytes.len() as u64;
         Ok((self.put_content(ObjectKind::Snapshot, bytes).await?, len))
@@ -278,7 +295,9 @@ impl Repository {
             .collect();
         match hits.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(Error::Snapshot(format!("{spec}: no such snapshot (see `snapshots`)"))),
+            [] => Err(Error::Snapshot(format!(
+                "{spec}: no such snapshot (see `snapshots`)"
+            ))),
             many => Err(Error::Snapshot(format!(
                 "{spec}: matches {} snapshots; give more digits",
                 many.len()

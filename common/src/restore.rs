@@ -1,32 +1,39 @@
 //! Restore: a snapshot back to a directory (or a stream to a writer),
 //! verifying every chunk on the way.
 //!
-//! One thread reads the tree stream, creates directories and symlinks, and
-//! hands file pieces (a few chunks each) to worker threads that fetch,
-//! decrypt, verify and write them in place, so large files restore in
-//! parallel too. Metadata (mode, owner, mtime) is applied when a file's last
-//! piece lands; directories get theirs at the end, deepest first.
+//! The tree stream is read in order: directories and symlinks are created at
+//! once, files are created at their full size and gathered into batches.
+//! Each batch is then restored pack by pack, several packs at a time: a pack
+//! that is mostly needed is fetched whole and checked against its SHA-256
+//! name (one request, every byte verified), otherwise only its needed blobs
+//! are fetched. Every chunk is authenticated and re-hashed to its id before
+//! it is written to each place it belongs. A file's metadata (mode, owner,
+//! mtime) is applied when its last chunk lands; directories get theirs at the
+//! end, deepest first.
 
-use std::fs::{File, OpenOptions};
+use std::collections::HashMap;
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use crate::crypto::Id;
+use futures::StreamExt;
+
+use crate::backend::{ObjectKey, ObjectKind};
+use crate::crypto::{sha256, Id};
 use crate::error::{Error, Result};
+use crate::format::{open_blob, BlobEntry};
+use crate::index::PackInfo;
 use crate::manifest::{ContentKind, EntryKind, EntryReader, TreeEntry};
 use crate::repo::{IndexedRepo, Snapshot};
-
-/// Chunks per work item handed to a restore worker.
-const PIECE_CHUNKS: usize = 4;
 
 /// Settings of a restore.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
-    /// Worker threads fetching and writing chunks.
+    /// Packs fetched and written at once.
     pub workers: usize,
     /// Restore file owners (uid/gid); needs root.
     pub owners: bool,
@@ -55,28 +62,18 @@ pub struct RestoreSummary {
     pub bytes: u64,
 }
 
-/// A file being restored, shared by its pieces.
-struct OpenFile {
-    file: File,
-    path: PathBuf,
-    entry: TreeEntry,
-    remaining: AtomicUsize,
-}
-
-/// A few consecutive chunks of one file.
-struct Piece {
-    file: Arc<OpenFile>,
-    offset: u64,
-    chunks: Vec<Id>,
-}
-
 impl IndexedRepo {
     /// Restore a tree snapshot into `target`, which must be empty or absent.
     ///
     /// # Errors
     /// [`Error::Corrupt`] naming the object when data fails verification;
     /// storage, key and I/O errors.
-    pub async fn restore_to_dir(&self, snap: &Snapshot, target: &Path, opts: &RestoreOptions) -> Result<RestoreSummary> {
+    pub async fn restore_to_dir(
+        &self,
+        snap: &Snapshot,
+        target: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreSummary> {
         prepare_target(target)?;
         let this = self.clone();
         let snap = snap.clone();
@@ -92,7 +89,15 @@ impl IndexedRepo {
     ///
     /// # Errors
     /// As [`IndexedRepo::restore_to_dir`]; [`Error::Snapshot`] for a tree snapshot.
-    pub async fn restore_stream(&self, snap: &Snapshot, mut out: impl Write + Send + 'static) -> Result<u64> {
+    /// Write a stream snapshot's bytes to `out`; returns the byte count.
+    ///
+    /// # Errors
+    /// As [`IndexedRepo::restore_to_dir`]; [`Error::Snapshot`] for a tree snapshot.
+    pub async fn restore_stream(
+        &self,
+        snap: &Snapshot,
+        mut out: impl Write + Send + 'static,
+    ) -> Result<u64> {
         if snap.manifest.content != ContentKind::Stream {
             return Err(Error::Snapshot(format!(
                 "{} is a directory tree; restore it to a directory with --target",
@@ -110,12 +115,14 @@ impl IndexedRepo {
                 .next_entry()?
                 .ok_or_else(|| Error::corrupt(&name, "stream snapshot has no entry"))?;
             let mut data = this.chunk_reader(handle, entry.chunks.clone());
-            let n = std::io::copy(&mut data, &mut out).map_err(|e| {
-                crate::manifest::unwrap_io(e, &name)
-            })?;
+            let n = std::io::copy(&mut data, &mut out)
+                .map_err(|e| crate::manifest::unwrap_io(e, &name))?;
             out.flush().map_err(|e| Error::io("writing", "output", e))?;
             if n != entry.size {
-                return Err(Error::corrupt(&name, format!("stream restored {n} bytes, manifest says {}", entry.size)));
+                return Err(Error::corrupt(
+                    &name,
+                    format!("stream restored {n} bytes, manifest says {}", entry.size),
+                ));
             }
             Ok(n)
         })
@@ -131,166 +138,263 @@ impl IndexedRepo {
         opts: &RestoreOptions,
     ) -> Result<RestoreSummary> {
         let name = format!("snapshots/{}", snap.id);
-        let (tx, rx) = crossbeam_channel::bounded::<Piece>(opts.workers * 2);
-        let first_err: Arc<Mutex<Option<Error>>> = Arc::default();
-        let bytes = Arc::new(AtomicU64::new(0));
-        let mut workers = Vec::new();
-        for _ in 0..opts.workers.max(1) {
-            let rx = rx.clone();
-            let repo = self.clone();
-            let handle = handle.clone();
-            let first_err = first_err.clone();
-            let bytes = bytes.clone();
-            let owners = opts.owners;
-            workers.push(std::thread::spawn(move || {
-                for piece in rx {
-                    if first_err.lock().expect("lock").is_some() {
-                        continue; // drain
-                    }
-                    match write_piece(&repo, &handle, &piece, owners) {
-                        Ok(n) => {
-                            bytes.fetch_add(n, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            first_err.lock().expect("lock").get_or_insert(e);
-                        }
-                    }
-                }
-            }));
-        }
-        drop(rx);
-
         let mut summary = RestoreSummary::default();
         let mut dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
         let tree = self.chunk_reader(handle.clone(), snap.manifest.tree.clone());
         let mut entries = EntryReader::new(tree, name.clone());
-        let walk = (|| -> Result<()> {
-            while let Some(entry) = entries.next_entry()? {
-                if first_err.lock().expect("lock").is_some() {
-                    break;
+        let mut batch = Batch::default();
+        while let Some(entry) = entries.next_entry()? {
+            let path = safe_join(target, &entry.path, &name)?;
+            match entry.kind {
+                EntryKind::Dir => {
+                    std::fs::create_dir_all(&path)
+                        .map_err(|e| Error::io("creating directory", &path, e))?;
+                    summary.dirs += 1;
+                    dirs.push((path, entry));
                 }
-                let path = safe_join(target, &entry.path, &name)?;
-                match entry.kind {
-                    EntryKind::Dir => {
-                        std::fs::create_dir_all(&path).map_err(|e| Error::io("creating directory", &path, e))?;
-                        summary.dirs += 1;
-                        dirs.push((path, entry));
+                EntryKind::Symlink => {
+                    let t = std::ffi::OsStr::from_bytes(&entry.target);
+                    std::os::unix::fs::symlink(t, &path)
+                        .map_err(|e| Error::io("creating symlink", &path, e))?;
+                    if opts.owners {
+                        let _ = std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid));
                     }
-                    EntryKind::Symlink => {
-                        let t = std::ffi::OsStr::from_bytes(&entry.target);
-                        std::os::unix::fs::symlink(t, &path).map_err(|e| Error::io("creating symlink", &path, e))?;
-                        if opts.owners {
-                            let _ = std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid));
-                        }
-                        let mtime = filetime_of(entry.mtime_ns);
-                        filetime::set_symlink_file_times(&path, mtime, mtime)
-                            .map_err(|e| Error::io("setting times of", &path, e))?;
-                        summary.symlinks += 1;
-                    }
-                    EntryKind::File => {
-                        summary.files += 1;
-                        let file = OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(&path)
-                            .map_err(|e| Error::io("creating", &path, e))?;
-                        file.set_len(entry.size).map_err(|e| Error::io("sizing", &path, e))?;
-                        let pieces: Vec<Vec<Id>> = entry.chunks.chunks(PIECE_CHUNKS).map(|c| c.to_vec()).collect();
-                        let open = Arc::new(OpenFile {
-                            file,
-                            path,
-                            remaining: AtomicUsize::new(pieces.len()),
-                            entry,
-                        });
-                        if pieces.is_empty() {
-                            finish_file(&open, opts.owners)?;
-                            continue;
-                        }
-                        let mut offset = 0u64;
-                        let mut chunk_at = 0usize;
-                        for chunks in pieces {
-                            let n = chunks.len();
-                            tx.send(Piece {
-                                file: open.clone(),
-                                offset,
-                                chunks,
-                            })
-                            .map_err(|_| Error::Pipeline("restore workers stopped".into()))?;
-                            // Offsets come from chunk lengths, known from the index.
-                            for id in &open.entry.chunks[chunk_at..chunk_at + n] {
-                                let (_, e) = self.index.get(id).ok_or_else(|| {
-                                    Error::corrupt(&name, format!("chunk {} is in no index", id.short()))
-                                })?;
-                                offset += e.raw_len as u64;
-                            }
-                            chunk_at += n;
-                        }
-                        if offset != open.entry.size {
-                            return Err(Error::corrupt(
-                                &name,
-                                format!(
-                                    "{}: chunks add up to {offset} bytes, manifest says {}",
-                                    open.path.display(),
-                                    open.entry.size
-                                ),
-                            ));
-                        }
+                    let mtime = filetime_of(entry.mtime_ns);
+                    filetime::set_symlink_file_times(&path, mtime, mtime)
+                        .map_err(|e| Error::io("setting times of", &path, e))?;
+                    summary.symlinks += 1;
+                }
+                EntryKind::File => {
+                    summary.files += 1;
+                    summary.bytes += entry.size;
+                    batch.add_file(self, &name, path, entry, opts.owners)?;
+                    if batch.is_full() {
+                        self.restore_batch(handle, std::mem::take(&mut batch), opts)?;
                     }
                 }
             }
-            Ok(())
-        })();
-        drop(tx);
-        for w in workers {
-            let _ = w.join();
         }
-        let worker_err = first_err.lock().expect("lock").take();
-        walk?;
-        if let Some(e) = worker_err {
-            return Err(e);
-        }
+        self.restore_batch(handle, batch, opts)?;
         // Directories last, deepest first, so writing into them does not
         // disturb their mtimes.
         for (path, entry) in dirs.iter().rev() {
             apply_meta(path, entry, opts.owners)?;
         }
-        summary.bytes = bytes.load(Ordering::Relaxed);
         Ok(summary)
     }
-}
 
-fn write_piece(repo: &IndexedRepo, handle: &tokio::runtime::Handle, piece: &Piece, owners: bool) -> Result<u64> {
-    let mut offset = piece.offset;
-    for id in &piece.chunks {
-        let data = repo.read_chunk_blocking(handle, id)?;
-        // All-zero chunks stay holes: the file was sized up front.
-        if data.iter().any(|b| *b != 0) {
-            piece
-                .file
-                .file
-                .write_all_at(&data, offset)
-                .map_err(|e| Error::io("writing", &piece.file.path, e))?;
+    /// Fetch every pack the batch needs and write each chunk to every place
+    /// it belongs, `opts.workers` packs at a time.
+    fn restore_batch(
+        &self,
+        handle: &tokio::runtime::Handle,
+        batch: Batch,
+        opts: &RestoreOptions,
+    ) -> Result<()> {
+        let Batch { files, packs, .. } = batch;
+        let files = Arc::new(files);
+        let owners = opts.owners;
+        handle.block_on(async {
+            let mut work = futures::stream::iter(packs.into_values().map(|(pack, blobs)| {
+                let files = files.clone();
+                async move { self.restore_pack(pack, blobs, files, owners).await }
+            }))
+            .buffer_unordered(opts.workers.max(1));
+            while let Some(r) = work.next().await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Restore the needed blobs of one pack. A pack that is mostly needed is
+    /// fetched whole and verified against its SHA-256 name; otherwise just
+    /// the needed blobs are fetched.
+    async fn restore_pack(
+        &self,
+        pack: PackInfo,
+        blobs: Vec<NeededBlob>,
+        files: Arc<Vec<PendingFile>>,
+        owners: bool,
+    ) -> Result<()> {
+        let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
+        let dek = self.repo.keys().unwrap(&pack.key).await?;
+        let needed: u64 = blobs.iter().map(|b| b.entry.length as u64).sum();
+        let backend = self.repo.backend().clone();
+        let whole = if needed * 2 >= pack.size {
+            let bytes = backend.get(&key).await?;
+            if bytes.len() as u64 != pack.size {
+                return Err(Error::corrupt(
+                    key.path(),
+                    format!("size {} but the index records {}", bytes.len(), pack.size),
+                ));
+            }
+            Some(bytes)
+        } else {
+            None
+        };
+        let mut ranges = Vec::new();
+        if whole.is_none() {
+            for b in &blobs {
+                ranges.push(
+                    backend
+                        .get_range(&key, b.entry.offset as u64, b.entry.length as u64)
+                        .await?,
+                );
+            }
         }
-        offset += data.len() as u64;
+        let hasher = self.repo.hasher().clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let name = key.path();
+            if let Some(bytes) = &whole {
+                if sha256(bytes) != pack.id.0 {
+                    return Err(Error::corrupt(
+                        &name,
+                        "content does not match its SHA-256 name",
+                    ));
+                }
+            }
+            for (i, b) in blobs.iter().enumerate() {
+                let sealed = match &whole {
+                    Some(bytes) => {
+                        let start = b.entry.offset as usize;
+                        &bytes[start..start + b.entry.length as usize]
+                    }
+                    None => &ranges[i][..],
+                };
+                let data = open_blob(&name, &b.entry, sealed, &dek, &hasher)?;
+                let zero = data.iter().all(|x| *x == 0);
+                for (file, offset) in &b.targets {
+                    let f = &files[*file as usize];
+                    // All-zero chunks stay holes: the file was sized up front.
+                    if !zero {
+                        let out = OpenOptions::new()
+                            .write(true)
+                            .open(&f.path)
+                            .map_err(|e| Error::io("opening", &f.path, e))?;
+                        out.write_all_at(&data, *offset)
+                            .map_err(|e| Error::io("writing", &f.path, e))?;
+                    }
+                    if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        apply_meta(&f.path, &f.entry, owners)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("restore task: {e}")))?
     }
-    if piece.file.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        finish_file(&piece.file, owners)?;
-    }
-    Ok(offset - piece.offset)
 }
 
-fn finish_file(f: &OpenFile, owners: bool) -> Result<()> {
-    if owners {
-        std::os::unix::fs::fchown(&f.file, Some(f.entry.uid), Some(f.entry.gid))
-            .map_err(|e| Error::io("setting owner of", &f.path, e))?;
+/// Largest batch, in files and in chunk placements: bounds memory however
+/// many files a snapshot has.
+const BATCH_FILES: usize = 50_000;
+const BATCH_TARGETS: usize = 200_000;
+
+/// Files whose chunks are fetched together, pack by pack.
+#[derive(Default)]
+struct Batch {
+    files: Vec<PendingFile>,
+    /// Needed blobs by pack.
+    packs: HashMap<Id, (PackInfo, Vec<NeededBlob>)>,
+    /// Where a chunk already sits in `packs` (pack, position).
+    blob_pos: HashMap<Id, (Id, usize)>,
+    /// Chunk placements so far.
+    targets: usize,
+}
+
+impl Batch {
+    fn is_full(&self) -> bool {
+        self.files.len() >= BATCH_FILES || self.targets >= BATCH_TARGETS
     }
-    f.file
-        .set_permissions(std::fs::Permissions::from_mode(f.entry.mode))
-        .map_err(|e| Error::io("setting mode of", &f.path, e))?;
-    let mtime = filetime_of(f.entry.mtime_ns);
-    filetime::set_file_handle_times(&f.file, Some(mtime), Some(mtime))
-        .map_err(|e| Error::io("setting times of", &f.path, e))
+
+    /// Create the file at its final size and note where each chunk goes.
+    fn add_file(
+        &mut self,
+        repo: &IndexedRepo,
+        snapshot: &str,
+        path: PathBuf,
+        entry: TreeEntry,
+        owners: bool,
+    ) -> Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("creating", &path, e))?;
+        file.set_len(entry.size)
+            .map_err(|e| Error::io("sizing", &path, e))?;
+        drop(file);
+        let idx = self.files.len() as u32;
+        let mut offset = 0u64;
+        for id in &entry.chunks {
+            let (pack, blob) = repo.index.get(id).ok_or_else(|| {
+                Error::corrupt(
+                    snapshot,
+                    format!(
+                        "{}: chunk {} is in no index (missing pack or index object)",
+                        path.display(),
+                        id.to_hex()
+                    ),
+                )
+            })?;
+            let packs = &mut self.packs;
+            let (pid, pos) = *self.blob_pos.entry(*id).or_insert_with(|| {
+                let slot = packs
+                    .entry(pack.id)
+                    .or_insert_with(|| (pack.clone(), Vec::new()));
+                slot.1.push(NeededBlob {
+                    entry: blob,
+                    targets: Vec::new(),
+                });
+                (pack.id, slot.1.len() - 1)
+            });
+            self.packs.get_mut(&pid).expect("inserted").1[pos]
+                .targets
+                .push((idx, offset));
+            self.targets += 1;
+            offset += blob.raw_len as u64;
+        }
+        if offset != entry.size {
+            return Err(Error::corrupt(
+                snapshot,
+                format!(
+                    "{}: chunks add up to {offset} bytes, manifest says {}",
+                    path.display(),
+                    entry.size
+                ),
+            ));
+        }
+        let n_chunks = entry.chunks.len();
+        let pending = PendingFile {
+            path,
+            remaining: AtomicUsize::new(n_chunks),
+            entry: TreeEntry {
+                chunks: Vec::new(),
+                ..entry
+            },
+        };
+        if n_chunks == 0 {
+            apply_meta(&pending.path, &pending.entry, owners)?;
+        }
+        self.files.push(pending);
+        Ok(())
+    }
+}
+
+/// A file being restored.
+struct PendingFile {
+    path: PathBuf,
+    entry: TreeEntry,
+    remaining: AtomicUsize,
+}
+
+/// A chunk needed from a pack, and where it goes: (file, offset).
+struct NeededBlob {
+    entry: BlobEntry,
+    targets: Vec<(u32, u64)>,
 }
 
 fn apply_meta(path: &Path, entry: &TreeEntry, owners: bool) -> Result<()> {
@@ -305,7 +409,10 @@ fn apply_meta(path: &Path, entry: &TreeEntry, owners: bool) -> Result<()> {
 }
 
 fn filetime_of(ns: i64) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000) as u32)
+    filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
 }
 
 /// The target must be absent or an empty directory: a restore never
@@ -317,7 +424,9 @@ fn prepare_target(target: &Path) -> Result<()> {
                 return Err(Error::io(
                     "restoring into",
                     target,
-                    std::io::Error::other("directory is not empty (restore into a new or empty directory)"),
+                    std::io::Error::other(
+                        "directory is not empty (restore into a new or empty directory)",
+                    ),
                 ));
             }
             Ok(())

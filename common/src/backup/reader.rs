@@ -47,7 +47,11 @@ pub(crate) fn chunker_seed(id_key_hash: &Id) -> u64 {
     u64::from_le_bytes(id_key_hash.0[..8].try_into().expect("8 bytes"))
 }
 
-pub(super) fn run(ctx: ReaderCtx, input: BackupInput, parent: Option<Snapshot>) -> Result<ReadOutput> {
+pub(super) fn run(
+    ctx: ReaderCtx,
+    input: BackupInput,
+    parent: Option<Snapshot>,
+) -> Result<ReadOutput> {
     let params = ctx.repo.repo.config().chunker;
     let seed = chunker_seed(&ctx.repo.repo.hasher().id(b"trireme chunker seed v1"));
     let mut r = Reader {
@@ -57,7 +61,8 @@ pub(super) fn run(ctx: ReaderCtx, input: BackupInput, parent: Option<Snapshot>) 
         dispatched: HashSet::new(),
         summary: Summary::default(),
     };
-    let tree_file = tempfile::tempfile().map_err(|e| Error::io("creating temp file", std::env::temp_dir(), e))?;
+    let tree_file = tempfile::tempfile()
+        .map_err(|e| Error::io("creating temp file", std::env::temp_dir(), e))?;
     let mut tree = BufWriter::with_capacity(1 << 20, tree_file);
     let parent_id = parent.as_ref().map(|p| p.id);
     match input {
@@ -79,7 +84,8 @@ pub(super) fn run(ctx: ReaderCtx, input: BackupInput, parent: Option<Snapshot>) 
                 target: Vec::new(),
                 chunks,
             };
-            write_entry(&mut tree, &entry).map_err(|e| Error::io("writing temp file", "tree", e))?;
+            write_entry(&mut tree, &entry)
+                .map_err(|e| Error::io("writing temp file", "tree", e))?;
         }
     }
     let mut tree_file = tree
@@ -155,7 +161,8 @@ impl Reader {
         let mut f = File::open(path).map_err(|e| Error::io("opening", path, e))?;
         if size_hint < self.params.min as u64 {
             let mut data = Vec::with_capacity(size_hint as usize + 1);
-            f.read_to_end(&mut data).map_err(|e| Error::io("reading", path, e))?;
+            f.read_to_end(&mut data)
+                .map_err(|e| Error::io("reading", path, e))?;
             if data.len() < self.params.min as usize {
                 let n = data.len() as u64;
                 self.summary.bytes_read += n;
@@ -177,7 +184,9 @@ impl Reader {
             return Err(Error::io(
                 "backing up",
                 root,
-                std::io::Error::other("not a directory (back up its parent directory, or use a stream source)"),
+                std::io::Error::other(
+                    "not a directory (back up its parent directory, or use a stream source)",
+                ),
             ));
         }
         let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
@@ -196,7 +205,10 @@ impl Reader {
                     continue;
                 }
             };
-            let rel = item.path().strip_prefix(root).expect("walk stays under root");
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .expect("walk stays under root");
             let rel_bytes = rel.as_os_str().as_bytes().to_vec();
             let meta = match item.metadata() {
                 Ok(m) => m,
@@ -297,7 +309,9 @@ struct ParentCursor {
 
 impl ParentCursor {
     fn new(ctx: &ReaderCtx, parent: Snapshot) -> Self {
-        let reader = ctx.repo.chunk_reader(ctx.handle.clone(), parent.manifest.tree.clone());
+        let reader = ctx
+            .repo
+            .chunk_reader(ctx.handle.clone(), parent.manifest.tree.clone());
         ParentCursor {
             entries: Some(EntryReader::new(reader, format!("snapshots/{}", parent.id))),
             peeked: None,

@@ -1,0 +1,488 @@
+//! End-to-end tests of the repository engine on a real `file://` location:
+//! round trips, metadata, dedup, incremental change, corruption and wrong keys.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use trireme_common::backend::FileBackend;
+use trireme_common::{
+    BackupInput, BackupOptions, ChunkerParams, DynBackend, Error, IndexedRepo, LocalKeyFile,
+    ObjectKind, Repository, RestoreOptions, Snapshot,
+};
+
+/// Small chunks and packs, so small test data crosses many boundaries.
+pub const SMALL: ChunkerParams = ChunkerParams {
+    min: 4 * 1024,
+    avg: 16 * 1024,
+    max: 64 * 1024,
+};
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    backend: DynBackend,
+    repo: Arc<Repository>,
+}
+
+impl Fixture {
+    async fn new(params: ChunkerParams) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = LocalKeyFile::create(&dir.path().join("key")).unwrap();
+        let backend: DynBackend = Arc::new(FileBackend::new(dir.path().join("repo")));
+        let repo = Repository::init(backend.clone(), Arc::new(key), params)
+            .await
+            .unwrap();
+        Fixture {
+            dir,
+            backend,
+            repo: Arc::new(repo),
+        }
+    }
+
+    fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    async fn indexed(&self) -> IndexedRepo {
+        self.repo.load_index().await.unwrap()
+    }
+
+    fn opts(&self, source: &str) -> BackupOptions {
+        let mut o = BackupOptions::new(source, "volume", "test-host");
+        o.pack_size = 256 * 1024;
+        o
+    }
+
+    async fn backup_dir(&self, src: &Path, parent: Option<&Snapshot>) -> Snapshot {
+        let mut o = self.opts("src");
+        o.parent = parent.map(|p| p.id);
+        self.indexed()
+            .await
+            .backup(BackupInput::Tree(src.to_path_buf()), o)
+            .await
+            .unwrap()
+    }
+
+    async fn restore(&self, snap: &Snapshot) -> Result<PathBuf, Error> {
+        let out = self.dir.path().join(format!("restore-{}", snap.id.short()));
+        let _ = std::fs::remove_dir_all(&out);
+        self.indexed()
+            .await
+            .restore_to_dir(snap, &out, &RestoreOptions::default())
+            .await?;
+        Ok(out)
+    }
+
+    async fn count(&self, kind: ObjectKind) -> usize {
+        self.backend.list(kind).await.unwrap().len()
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), compressible when `text`.
+fn data(seed: u64, len: usize, text: bool) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if text {
+            v.extend_from_slice(format!("line {} value {}\n", x % 1000, x % 7).as_bytes());
+        } else {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    v.truncate(len);
+    v
+}
+
+/// Everything a restore must reproduce, keyed by relative path.
+fn describe(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let m = e.path().symlink_metadata().unwrap();
+        let what = if m.file_type().is_symlink() {
+            format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+        } else if m.is_dir() {
+            format!("dir {:o} {}", m.mode() & 0o7777, m.mtime())
+        } else {
+            let bytes = std::fs::read(e.path()).unwrap();
+            format!(
+                "file {:o} {}.{} {} {}",
+                m.mode() & 0o7777,
+                m.mtime(),
+                m.mtime_nsec(),
+                bytes.len(),
+                blake3::hash(&bytes)
+            )
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
+fn set_mtime(p: &Path, secs: i64) {
+    let t = filetime::FileTime::from_unix_time(secs, 123_456_789);
+    filetime::set_symlink_file_times(p, t, t).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tree_round_trip_keeps_data_and_metadata() {
+    let f = Fixture::new(SMALL).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(src.join("empty-dir")).unwrap();
+    let sizes = [
+        0usize, 1, 4095, 4096, 4097, 65535, 65536, 65537, 300_000, 1_000_003,
+    ];
+    for (i, n) in sizes.iter().enumerate() {
+        std::fs::write(src.join(format!("a/f{i}")), data(i as u64, *n, i % 2 == 0)).unwrap();
+    }
+    std::fs::write(src.join("a/b/c/deep.txt"), b"deep").unwrap();
+    std::fs::write(src.join("a/b/exec.sh"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        src.join("a/b/exec.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(src.join("a/f1"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(src.join("a/b/c"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("f1", src.join("a/link-rel")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("dangling")).unwrap();
+    std::fs::write(src.join("name with spaces & ünïcode"), b"x").unwrap();
+    for (i, e) in walkdir::WalkDir::new(&src)
+        .contents_first(true)
+        .into_iter()
+        .enumerate()
+    {
+        set_mtime(e.unwrap().path(), 1_600_000_000 + i as i64 * 1000);
+    }
+
+    let snap = f.backup_dir(&src, None).await;
+    assert_eq!(snap.manifest.summary.files, sizes.len() as u64 + 3);
+    assert_eq!(snap.manifest.summary.errors, 0);
+    let out = f.restore(&snap).await.unwrap();
+    assert_eq!(describe(&src), describe(&out));
+    let report = f.repo.check(true).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert!(report.packs > 1, "small packs: several of them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_round_trip() {
+    let f = Fixture::new(SMALL).await;
+    let input = data(7, 3_000_001, false);
+    let snap = f
+        .indexed()
+        .await
+        .backup(
+            BackupInput::Stream {
+                name: "dump.sql".into(),
+                reader: Box::new(std::io::Cursor::new(input.clone())),
+            },
+            f.opts("db"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(snap.manifest.summary.bytes, input.len() as u64);
+    let (w, buf) = shared_buf();
+    let n = f.indexed().await.restore_stream(&snap, w).await.unwrap();
+    assert_eq!(n, input.len() as u64);
+    assert!(buf.lock().unwrap().as_slice() == input.as_slice());
+    // A stream snapshot restores to a directory as one file too.
+    let out = f.restore(&snap).await.unwrap();
+    assert_eq!(std::fs::read(out.join("dump.sql")).unwrap(), input);
+}
+
+fn shared_buf() -> (SharedWriter, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let b = Arc::new(std::sync::Mutex::new(Vec::new()));
+    (SharedWriter(b.clone()), b)
+}
+
+struct SharedWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, d: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(d);
+        Ok(d.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_data_twice_uploads_no_new_packs() {
+    let f = Fixture::new(SMALL).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..5 {
+        std::fs::write(src.join(format!("f{i}")), data(i, 200_000, i % 2 == 0)).unwrap();
+    }
+    let first = f.backup_dir(&src, None).await;
+    let packs = f.count(ObjectKind::Pack).await;
+    // Without a parent every file is read again, and still nothing is new.
+    let second = f.backup_dir(&src, None).await;
+    assert_eq!(second.manifest.summary.new_chunks, 0);
+    assert_eq!(second.manifest.summary.packs, 0);
+    assert_eq!(second.manifest.summary.bytes_read, 1_000_000);
+    assert_eq!(f.count(ObjectKind::Pack).await, packs);
+    // With the parent, unchanged files are not even read.
+    let third = f.backup_dir(&src, Some(&second)).await;
+    assert_eq!(third.manifest.summary.files_unchanged, 5);
+    assert_eq!(third.manifest.summary.bytes_read, 0);
+    assert_eq!(f.count(ObjectKind::Pack).await, packs);
+    assert_eq!(f.count(ObjectKind::Snapshot).await, 3);
+    assert_eq!(describe(&f.restore(&third).await.unwrap()), describe(&src));
+    let _ = first;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_after_small_change_uploads_little_more_than_the_change() {
+    let f = Fixture::new(SMALL).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        std::fs::write(src.join(format!("f{i}")), data(i, 2_000_000, false)).unwrap();
+    }
+    let first = f.backup_dir(&src, None).await;
+    // Change ~5%: rewrite 1 MB in the middle of one file (same size, new mtime).
+    let mut v = std::fs::read(src.join("f3")).unwrap();
+    v[500_000..1_500_000].copy_from_slice(&data(99, 1_000_000, false));
+    std::fs::write(src.join("f3"), &v).unwrap();
+    let second = f.backup_dir(&src, Some(&first)).await;
+    let s = &second.manifest.summary;
+    assert_eq!(s.files_unchanged, 9);
+    assert_eq!(s.bytes_read, 2_000_000, "only the changed file is read");
+    assert!(s.new_bytes >= 1_000_000, "{s:?}");
+    assert!(
+        s.new_bytes <= 1_000_000 + 2 * SMALL.max as u64,
+        "new data {} should be the change plus at most two boundary chunks",
+        s.new_bytes
+    );
+    assert_eq!(describe(&f.restore(&second).await.unwrap()), describe(&src));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_and_large_files_round_trip() {
+    let f = Fixture::new(ChunkerParams::default()).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(64 * 1024 * 1024).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"header", 0).unwrap();
+    sparse
+        .write_all_at(&data(3, 1 << 20, false), 40 * 1024 * 1024)
+        .unwrap();
+    drop(sparse);
+    std::fs::write(src.join("large.bin"), data(4, 40 * 1024 * 1024 + 17, false)).unwrap();
+    let snap = f.backup_dir(&src, None).await;
+    let out = f.restore(&snap).await.unwrap();
+    assert_eq!(describe(&src), describe(&out));
+    // Zero runs come back as holes, not written blocks.
+    let blocks = std::fs::metadata(out.join("sparse.img")).unwrap().blocks() * 512;
+    assert!(
+        blocks < 16 * 1024 * 1024,
+        "restored sparse file uses {blocks} bytes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_small_files() {
+    let f = Fixture::new(ChunkerParams::default()).await;
+    let src = f.dir.path().join("src");
+    for d in 0..100 {
+        let dir = src.join(format!("d{d:03}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            std::fs::write(dir.join(format!("{i}")), format!("file {d}/{i}\n")).unwrap();
+        }
+    }
+    let snap = f.backup_dir(&src, None).await;
+    assert_eq!(snap.manifest.summary.files, 100_000);
+    let again = f.backup_dir(&src, Some(&snap)).await;
+    assert_eq!(again.manifest.summary.files_unchanged, 100_000);
+    assert_eq!(again.manifest.summary.packs, 0);
+    let out = f.restore(&again).await.unwrap();
+    assert_eq!(describe(&src), describe(&out));
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut v = std::fs::read(path).unwrap();
+    let i = at.min(v.len() - 1);
+    v[i] ^= 0x01;
+    std::fs::write(path, v).unwrap();
+}
+
+fn objects(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.unwrap().into_path())
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+async fn corrupted_fixture() -> (Fixture, PathBuf, Snapshot) {
+    let f = Fixture::new(SMALL).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), data(1, 600_000, false)).unwrap();
+    let snap = f.backup_dir(&src, None).await;
+    (f, src, snap)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_anywhere_is_caught_and_named() {
+    for kind in ["packs", "index", "snapshots"] {
+        // Flip a byte at several places: start (magic), middle, end (trailer / tag).
+        for at in [0usize, 7, 50, 5000, usize::MAX] {
+            let (f, _src, snap) = corrupted_fixture().await;
+            let victim = objects(&f.repo_path().join(kind)).pop().unwrap();
+            let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+            flip_byte(&victim, at);
+            let report = f.repo.check(true).await.unwrap();
+            assert!(
+                report.problems.iter().any(|p| p.contains(&name)),
+                "{kind} byte {at}: deep check must name {name}: {:?}",
+                report.problems
+            );
+            // Restore fails, naming the damaged object.
+            let err = match f.repo.load_index().await {
+                Err(e) => e,
+                Ok(ix) => {
+                    let out = f.dir.path().join("out");
+                    match f.repo.read_snapshot(&snap.id).await {
+                        Err(e) => e,
+                        Ok(s) => ix
+                            .restore_to_dir(&s, &out, &RestoreOptions::default())
+                            .await
+                            .expect_err("restore of damaged data must fail"),
+                    }
+                }
+            };
+            assert!(err.to_string().contains(&name), "{kind} byte {at}: {err}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_truncated_packs_are_reported() {
+    let (f, _src, snap) = corrupted_fixture().await;
+    let mut packs = objects(&f.repo_path().join("packs"));
+    packs.sort();
+    assert!(packs.len() >= 2, "need two packs");
+    let missing = packs[0].clone();
+    let truncated = packs[1].clone();
+    std::fs::remove_file(&missing).unwrap();
+    let v = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &v[..v.len() / 2]).unwrap();
+    let report = f.repo.check(false).await.unwrap();
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&name(&missing)) && p.contains("missing")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(&name(&truncated)) && p.contains("size")),
+        "{:?}",
+        report.problems
+    );
+    let err = f.restore(&snap).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&name(&missing)) || err.contains(&name(&truncated)),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_a_clear_error() {
+    let (f, _src, _snap) = corrupted_fixture().await;
+    let other = LocalKeyFile::create(&f.dir.path().join("other-key")).unwrap();
+    let err = Repository::open(f.backend.clone(), Arc::new(other))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WrongKey(_)), "{err}");
+    assert!(err.to_string().starts_with("wrong key"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_repository_and_existing_repository_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(LocalKeyFile::create(&dir.path().join("k")).unwrap());
+    let backend: DynBackend = Arc::new(FileBackend::new(dir.path().join("none")));
+    let err = Repository::open(backend.clone(), key.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no Trireme repository"), "{err}");
+    Repository::init(backend.clone(), key.clone(), SMALL)
+        .await
+        .unwrap();
+    let err = Repository::init(backend, key, SMALL).await.unwrap_err();
+    assert!(matches!(err, Error::RepositoryExists(_)), "{err}");
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn contents() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(Vec::new()),
+            any::<u8>().prop_map(|b| vec![b]),
+            (0usize..200_000, any::<u64>(), any::<bool>()).prop_map(|(n, s, t)| data(s, n, t)),
+            // Exact chunker boundaries.
+            prop::sample::select(vec![
+                SMALL.min as usize,
+                SMALL.avg as usize,
+                SMALL.max as usize,
+                SMALL.max as usize + 1
+            ])
+            .prop_map(|n| data(5, n, false)),
+            (1usize..100_000).prop_map(|n| vec![0u8; n]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+        #[test]
+        fn any_files_round_trip(files in prop::collection::vec(contents(), 1..6)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let f = Fixture::new(SMALL).await;
+                let src = f.dir.path().join("src");
+                std::fs::create_dir_all(&src).unwrap();
+                for (i, c) in files.iter().enumerate() {
+                    std::fs::write(src.join(format!("f{i}")), c).unwrap();
+                }
+                let snap = f.backup_dir(&src, None).await;
+                let out = f.restore(&snap).await.unwrap();
+                prop_assert_eq!(describe(&src), describe(&out));
+                // And as a stream of the concatenation.
+                let all: Vec<u8> = files.concat();
+                let s = f.indexed().await.backup(
+                    BackupInput::Stream { name: "s".into(), reader: Box::new(std::io::Cursor::new(all.clone())) },
+                    f.opts("s"),
+                ).await.unwrap();
+                let (w, buf) = shared_buf();
+                f.indexed().await.restore_stream(&s, w).await.unwrap();
+                prop_assert!(*buf.lock().unwrap() == all);
+                Ok(())
+            })?;
+        }
+    }
+}
