@@ -1,0 +1,220 @@
+//! The agent's local mode, driven as an operator would: the real binary,
+//! real files, real processes (including one killed mid-backup).
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_trireme-agent");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let e = Env {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = e.run(&["keygen"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let out = e.run(&["init"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        e
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(AGENT);
+        c.args(args)
+            .env("TRIREME_KEY_FILE", self.path("key"))
+            .env("TRIREME_LOCATION", format!("file://{}", self.path("repo").display()))
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn snapshots(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["snapshots", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn tree_digest(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            out.push((rel, std::fs::read(e.path()).unwrap()));
+        }
+    }
+    out
+}
+
+#[test]
+fn backup_snapshots_restore_check_through_the_cli() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.log"), "hello\n".repeat(10_000)).unwrap();
+    std::fs::write(src.join("sub/b.bin"), noise(1, 3_000_000)).unwrap();
+
+    let out = env.run(&["backup", "--source", "vol", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(first["parent"].is_null());
+
+    std::fs::write(src.join("a.log"), "changed\n".repeat(10_000)).unwrap();
+    let out = env.run(&["backup", "--source", "vol", "--json", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(second["parent"], first["snapshot"], "the previous snapshot is the parent");
+    assert_eq!(second["summary"]["files_unchanged"], 1);
+
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(snaps[1]["id"], second["snapshot"]);
+
+    let target = env.path("restored");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree_digest(&src), tree_digest(&target));
+
+    // Restoring into a non-empty directory is refused; nothing is overwritten.
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+
+    let out = env.run(&["check", "--deep"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("no problems found"));
+
+    // A stream through stdin and back through stdout.
+    let data = noise(2, 2_500_000);
+    let mut child = env
+        .cmd(&["backup", "--source", "dump", "--stdin", "--stream-name", "db.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&data).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let out = env.run(&["restore", "latest", "--source", "dump", "--stdout"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout == data, "stream restored byte-identical");
+}
+
+#[test]
+fn operator_errors_are_clear() {
+    let env = Env::new();
+    // Wrong key.
+    let other = env.path("other-key");
+    assert!(Command::new(AGENT).args(["keygen", "--key-file", other.to_str().unwrap()]).status().unwrap().success());
+    let out = env.cmd(&["snapshots"]).env("TRIREME_KEY_FILE", &other).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+    // A key file others can read.
+    std::fs::set_permissions(env.path("key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.run(&["snapshots"]);
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+    std::fs::set_permissions(env.path("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A bad location URL.
+    let out = env.cmd(&["snapshots"]).env("TRIREME_LOCATION", "ftp://x").output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid location"), "{}", stderr(&out));
+    // No repository there.
+    let out = env
+        .cmd(&["snapshots"])
+        .env("TRIREME_LOCATION", format!("file://{}", env.path("nothing").display()))
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("no Trireme repository"), "{}", stderr(&out));
+    // An unknown snapshot.
+    let out = env.run(&["restore", "abcdef12", "--target", env.path("t").to_str().unwrap()]);
+    assert!(stderr(&out).contains("no such snapshot"), "{}", stderr(&out));
+    // A source directory that does not exist.
+    let out = env.run(&["backup", "--source", "x", env.path("missing").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    assert!(env.snapshots().is_empty(), "failed backups leave no snapshot");
+}
+
+#[test]
+fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_works() {
+    let env = Env::new();
+    let mut child = env
+        .cmd(&["backup", "--source", "big", "--stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Feed incompressible data until packs start to land, then kill -9.
+    let packs = env.path("repo/packs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut fed = 0u64;
+    loop {
+        stdin.write_all(&noise(fed + 1, 4 << 20)).unwrap();
+        fed += 4 << 20;
+        let landed = walkdir::WalkDir::new(&packs)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().starts_with('.'));
+        if landed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pack was written after {fed} bytes");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+
+    assert!(env.snapshots().is_empty(), "a killed backup must not leave a snapshot");
+    let out = env.run(&["check"]);
+    assert!(out.status.success(), "the repository stays consistent: {}{}", stdout(&out), stderr(&out));
+
+    // The next backup completes and restores byte-identical.
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), noise(9, 5_000_000)).unwrap();
+    let out = env.run(&["backup", "--source", "big", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let target = env.path("out");
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(tree_digest(&src), tree_digest(&target));
+    let out = env.run(&["check", "--deep"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
