@@ -108,6 +108,10 @@ impl fmt::Debug for S3Credentials {
 
 /// A parsed location URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per command; plain variants keep matching simple"
+)]
 pub enum Location {
     /// A directory on this machine (or a mount).
     File(PathBuf),
@@ -128,7 +132,9 @@ impl Location {
         };
         if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
-                return Err(bad("a file:// location needs an absolute path, e.g. file:///var/lib/trireme/repo"));
+                return Err(bad(
+                    "a file:// location needs an absolute path, e.g. file:///var/lib/trireme/repo",
+                ));
             }
             return Ok(Location::File(PathBuf::from(path)));
         }
@@ -137,7 +143,9 @@ impl Location {
                 .map(Location::S3)
                 .map_err(|reason| bad(&reason));
         }
-        Err(bad("unknown scheme: use file:///path or s3://bucket/prefix"))
+        Err(bad(
+            "unknown scheme: use file:///path or s3://bucket/prefix",
+        ))
     }
 
     /// Open a backend for this location.
@@ -206,7 +214,9 @@ fn parse_s3(rest: &str) -> std::result::Result<S3Settings, String> {
             "allow_http" => settings.allow_http = parse_bool(&name, &value)?,
             "credentials_file" => {
                 if value.is_empty() {
-                    return Err("credentials_file is empty: give the path of the credentials file".into());
+                    return Err(
+                        "credentials_file is empty: give the path of the credentials file".into(),
+                    );
                 }
                 let path = PathBuf::from(&value);
                 settings.credentials = Some(read_credentials_file(&path)?);
@@ -217,7 +227,7 @@ fn parse_s3(rest: &str) -> std::result::Result<S3Settings, String> {
     }
     settings.path_style = path_style.unwrap_or(settings.endpoint.is_some());
     if let Some(endpoint) = &settings.endpoint {
-        if endpoint.starts_with("http://") && !settings.allow_http {
+        if endpoint.to_ascii_lowercase().starts_with("http://") && !settings.allow_http {
             return Err(format!(
                 "endpoint {endpoint} is plain http, which sends data and signatures unencrypted: \
                  use an https:// endpoint, or add allow_http=true to the URL (local test servers only)"
@@ -274,15 +284,14 @@ fn parse_bool(name: &str, value: &str) -> std::result::Result<bool, String> {
     match value {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" => Ok(false),
-        _ => Err(format!(
-            "parameter {name}={value:?} must be true or false"
-        )),
+        _ => Err(format!("parameter {name}={value:?} must be true or false")),
     }
 }
 
 /// Check an endpoint URL: http(s), a host, no path beyond `/`, no query.
 fn check_endpoint(value: &str) -> std::result::Result<String, String> {
-    let example = "e.g. endpoint=https://s3.example.com or endpoint=http://127.0.0.1:3900&allow_http=true";
+    let example =
+        "e.g. endpoint=https://s3.example.com or endpoint=http://127.0.0.1:3900&allow_http=true";
     let parsed = url::Url::parse(value)
         .map_err(|e| format!("endpoint {value:?} is not a URL ({e}): {example}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -479,7 +488,9 @@ mod tests {
 
     #[test]
     fn s3_with_endpoint() {
-        let s = s3("s3://trireme/hosts/web1?endpoint=http://127.0.0.1:3900&region=garage&allow_http=true");
+        let s = s3(
+            "s3://trireme/hosts/web1?endpoint=http://127.0.0.1:3900&region=garage&allow_http=true",
+        );
         assert_eq!(s.bucket, "trireme");
         assert_eq!(s.prefix, "hosts/web1/");
         assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:3900"));
@@ -507,7 +518,7 @@ mod tests {
         assert!(reason("s3://key:secret@bucket").contains("never in the URL"));
         let r = reason("s3://bkt?endpoint=http://127.0.0.1:3900");
         assert!(r.contains("allow_http=true"), "{r}");
-        let r = reason("s3://bkt?endpoint=http://h:1&allow_http=false");
+        let r = reason("s3://bkt?endpoint=HTTP://h:1&allow_http=false");
         assert!(r.contains("allow_http=true"), "{r}");
         let r = reason("s3://bkt?endpont=https://h");
         assert!(r.contains("unknown parameter \"endpont\""), "{r}");
@@ -548,6 +559,20 @@ mod tests {
     }
 
     #[test]
+    fn odd_credentials_paths_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a b&c+d%e#f");
+        std::fs::write(&path, "access_key_id = a\nsecret_access_key = b\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut settings = S3Settings::new("bkt", "");
+        settings.credentials = Some(read_credentials_file(&path).unwrap());
+        settings.credentials_file = Some(path.clone());
+        let loc = Location::S3(settings);
+        let parsed = Location::parse(&loc.to_string()).unwrap();
+        assert_eq!(parsed, loc, "{loc}");
+    }
+
+    #[test]
     fn credentials_file_refusals() {
         let f = creds_file("access_key_id = a\nsecret_access_key = b\n", 0o644);
         let r = reason(&format!("s3://bkt?credentials_file={}", f.path().display()));
@@ -556,17 +581,25 @@ mod tests {
         assert!(r.contains("644"), "{r}");
 
         let f = creds_file("access_key_id = a\nsecret_access_key = b\n", 0o640);
-        assert!(reason(&format!("s3://bkt?credentials_file={}", f.path().display()))
-            .contains("chmod 600"));
+        assert!(
+            reason(&format!("s3://bkt?credentials_file={}", f.path().display()))
+                .contains("chmod 600")
+        );
 
         let r = reason("s3://bkt?credentials_file=/nonexistent/creds");
-        assert!(r.contains("cannot read credentials file /nonexistent/creds"), "{r}");
+        assert!(
+            r.contains("cannot read credentials file /nonexistent/creds"),
+            "{r}"
+        );
 
         let f = creds_file("access_key_id = a\n", 0o600);
         let r = reason(&format!("s3://bkt?credentials_file={}", f.path().display()));
         assert!(r.contains("no secret_access_key"), "{r}");
 
-        let f = creds_file("access_key_id = a\nsecret_access_key = topsecret\npassword = x\n", 0o600);
+        let f = creds_file(
+            "access_key_id = a\nsecret_access_key = topsecret\npassword = x\n",
+            0o600,
+        );
         let r = reason(&format!("s3://bkt?credentials_file={}", f.path().display()));
         assert!(r.contains("unknown setting \"password\""), "{r}");
         assert!(!r.contains("topsecret"), "{r}");
@@ -581,11 +614,15 @@ mod tests {
         assert_eq!(c.access_key_id, "id");
         assert_eq!(c.secret_access_key, "sec=ret");
         assert_eq!(c.session_token.as_deref(), Some("tok"));
-        assert!(parse_credentials("secret_access_key = x").unwrap_err().contains("no access_key_id"));
-        assert!(parse_credentials("garbage").unwrap_err().contains("line 1"));
-        assert!(parse_credentials("access_key_id = a\naccess_key_id = b\nsecret_access_key = c")
+        assert!(parse_credentials("secret_access_key = x")
             .unwrap_err()
-            .contains("twice"));
+            .contains("no access_key_id"));
+        assert!(parse_credentials("garbage").unwrap_err().contains("line 1"));
+        assert!(
+            parse_credentials("access_key_id = a\naccess_key_id = b\nsecret_access_key = c")
+                .unwrap_err()
+                .contains("twice")
+        );
     }
 
     #[test]

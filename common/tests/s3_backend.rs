@@ -72,7 +72,9 @@ async fn put_get_range_head_list_delete() {
         .open()
         .await
         .unwrap();
-    assert!(backend.location().starts_with("s3://trireme/repo/a/?endpoint=http://127.0.0.1:"));
+    assert!(backend
+        .location()
+        .starts_with("s3://trireme/repo/a/?endpoint=http://127.0.0.1:"));
 
     let pack = data(300_000, 1);
     let pack_key = key_for(ObjectKind::Pack, &pack);
@@ -82,15 +84,27 @@ async fn put_get_range_head_list_delete() {
     let snap_key = key_for(ObjectKind::Snapshot, &snap);
     let config = Bytes::from_static(b"repository config");
 
-    backend.put(&pack_key, pack.clone(), sha256(&pack)).await.unwrap();
-    backend.put(&index_key, index.clone(), sha256(&index)).await.unwrap();
-    backend.put(&snap_key, snap.clone(), sha256(&snap)).await.unwrap();
+    backend
+        .put(&pack_key, pack.clone(), sha256(&pack))
+        .await
+        .unwrap();
+    backend
+        .put(&index_key, index.clone(), sha256(&index))
+        .await
+        .unwrap();
+    backend
+        .put(&snap_key, snap.clone(), sha256(&snap))
+        .await
+        .unwrap();
     backend
         .put(&ObjectKey::config(), config.clone(), sha256(&config))
         .await
         .unwrap();
     // Putting the same object again is harmless.
-    backend.put(&pack_key, pack.clone(), sha256(&pack)).await.unwrap();
+    backend
+        .put(&pack_key, pack.clone(), sha256(&pack))
+        .await
+        .unwrap();
 
     assert_eq!(backend.get(&pack_key).await.unwrap(), pack);
     assert_eq!(backend.get(&ObjectKey::config()).await.unwrap(), config);
@@ -99,7 +113,10 @@ async fn put_get_range_head_list_delete() {
         pack.slice(1234..6234)
     );
     assert_eq!(
-        backend.get_range(&pack_key, 0, pack.len() as u64).await.unwrap(),
+        backend
+            .get_range(&pack_key, 0, pack.len() as u64)
+            .await
+            .unwrap(),
         pack
     );
     assert_eq!(
@@ -151,7 +168,12 @@ async fn put_get_range_head_list_delete() {
     );
 
     // Strangers under the prefix and objects of other prefixes are not listed.
-    for stray in ["repo/a/packs/zz/.tmp-1", "repo/a/index/sub/dir", "repo/ab/index/x", "repo/b/index/y"] {
+    for stray in [
+        "repo/a/packs/zz/.tmp-1",
+        "repo/a/index/sub/dir",
+        "repo/ab/index/x",
+        "repo/b/index/y",
+    ] {
         raw.put_object()
             .bucket("trireme")
             .key(stray)
@@ -175,9 +197,18 @@ async fn put_get_range_head_list_delete() {
             v
         }
     };
-    assert_eq!(listed(ObjectKind::Pack).await, vec![(pack_key.clone(), pack.len() as u64)]);
-    assert_eq!(listed(ObjectKind::Index).await, vec![(index_key.clone(), 1000)]);
-    assert_eq!(listed(ObjectKind::Snapshot).await, vec![(snap_key.clone(), 10)]);
+    assert_eq!(
+        listed(ObjectKind::Pack).await,
+        vec![(pack_key.clone(), pack.len() as u64)]
+    );
+    assert_eq!(
+        listed(ObjectKind::Index).await,
+        vec![(index_key.clone(), 1000)]
+    );
+    assert_eq!(
+        listed(ObjectKind::Snapshot).await,
+        vec![(snap_key.clone(), 10)]
+    );
     assert_eq!(
         listed(ObjectKind::Config).await,
         vec![(ObjectKey::config(), config.len() as u64)]
@@ -265,8 +296,15 @@ async fn multipart_upload_round_trips() {
         .send()
         .await
         .unwrap();
-    let etag = head.e_tag().unwrap_or_default().trim_matches('"').to_string();
-    assert!(etag.ends_with("-3"), "multipart ETag expected, got {etag:?}");
+    let etag = head
+        .e_tag()
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        etag.ends_with("-3"),
+        "multipart ETag expected, got {etag:?}"
+    );
     let checksum = head.checksum_sha256().unwrap_or_default();
     assert!(
         checksum.ends_with("-3"),
@@ -302,7 +340,10 @@ async fn wrong_checksum_is_refused_by_the_server() {
     let started = Instant::now();
     match backend.put(&key, good.clone(), bad_sha).await {
         Err(Error::Storage {
-            temporary, message, key: k, ..
+            temporary,
+            message,
+            key: k,
+            ..
         }) => {
             eprintln!("Garage refused the wrong checksum: {message}");
             assert!(!temporary, "a checksum mismatch is permanent: {message}");
@@ -316,9 +357,15 @@ async fn wrong_checksum_is_refused_by_the_server() {
         started.elapsed() < Duration::from_secs(10),
         "a refusal is not retried"
     );
-    assert!(backend.head(&key).await.unwrap().is_none(), "nothing was stored");
+    assert!(
+        backend.head(&key).await.unwrap().is_none(),
+        "nothing was stored"
+    );
     // The same bytes with the right checksum go through.
-    backend.put(&key, good.clone(), sha256(&good)).await.unwrap();
+    backend
+        .put(&key, good.clone(), sha256(&good))
+        .await
+        .unwrap();
     assert_eq!(backend.get(&key).await.unwrap(), good);
 }
 
@@ -390,16 +437,23 @@ async fn bad_credentials_are_a_clear_permanent_error() {
     }
     assert!(started.elapsed() < Duration::from_secs(10), "not retried");
     match backend.head(&key).await {
-        Err(Error::Storage { temporary, message, .. }) => {
+        Err(Error::Storage {
+            temporary, message, ..
+        }) => {
             assert!(!temporary);
             assert!(message.contains("HTTP 403"), "{message}");
         }
         other => panic!("head with a wrong secret must not say absent: {other:?}"),
     }
     match backend.list(ObjectKind::Pack).await {
-        Err(Error::Storage { temporary, message, .. }) => {
+        Err(Error::Storage {
+            temporary, message, ..
+        }) => {
             assert!(!temporary);
-            assert!(message.contains("credentials") || message.contains("secret"), "{message}");
+            assert!(
+                message.contains("credentials") || message.contains("secret"),
+                "{message}"
+            );
         }
         other => panic!("list with a wrong secret: {other:?}"),
     }
@@ -434,6 +488,16 @@ async fn bad_credentials_are_a_clear_permanent_error() {
         }
         other => panic!("missing bucket: {other:?}"),
     }
+    // A missing bucket is an error, not a missing object.
+    match backend.get(&key).await {
+        Err(Error::Storage {
+            temporary, message, ..
+        }) => {
+            assert!(!temporary, "{message}");
+            assert!(message.contains("NoSuchBucket"), "{message}");
+        }
+        other => panic!("get from a missing bucket: {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -442,7 +506,10 @@ async fn stopped_server_is_a_temporary_error_in_bounded_time() {
     let backend = open(&garage, "outage").await;
     let body = data(1000, 99);
     let key = key_for(ObjectKind::Snapshot, &body);
-    backend.put(&key, body.clone(), sha256(&body)).await.unwrap();
+    backend
+        .put(&key, body.clone(), sha256(&body))
+        .await
+        .unwrap();
 
     garage.stop_instance(1);
     // Default settings: 6 attempts with exponential backoff.

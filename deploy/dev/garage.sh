@@ -26,6 +26,8 @@
 #   GARAGE_OWNER_PID     if set, each started instance is stopped when that process exits
 #   GARAGE_START_TIMEOUT seconds to wait for an instance to answer (default 60)
 #   GARAGE_INSTALL_WAIT  seconds to wait for a concurrent `cargo install garage` (default 3600)
+#   GARAGE_STOP_GRACE    seconds between SIGTERM and SIGKILL on stop (default 15; Garage
+#                        itself waits up to 10 s for open client connections)
 #
 # Requires bash, coreutils (od, head), and Garage v1 or v2 (the CLI differs; both handled).
 
@@ -36,6 +38,8 @@ REGION=garage
 KEY_NAME=trireme
 START_TIMEOUT=${GARAGE_START_TIMEOUT:-60}
 INSTALL_WAIT=${GARAGE_INSTALL_WAIT:-3600}
+STOP_GRACE=${GARAGE_STOP_GRACE:-15}
+[[ "$STOP_GRACE" =~ ^[1-9][0-9]*$ ]] || { echo "garage.sh: error: GARAGE_STOP_GRACE must be a whole number of seconds >= 1" >&2; exit 1; }
 
 die() {
     echo "garage.sh: error: $*" >&2
@@ -290,47 +294,51 @@ EOF
 start_one() { # i dir
     local i=$1 dir=$2 attempt s3 rpc admin
     mkdir -p "$dir"
-    if instance_pid "$dir" >/dev/null; then
-        log "instance $i already running (pid $(cat "$dir/pid"))"
-        wait_answering "$dir"
-    elif [[ -f "$dir/configured" ]]; then
-        log "restarting instance $i"
-        launch "$dir"
-        wait_answering "$dir"
-    else
-        # First start: a port may be taken between picking and binding; retry.
-        for attempt in 1 2 3; do
-            if [[ ! -f "$dir/ports" || $attempt -gt 1 ]]; then
-                rm -rf "$dir/meta" "$dir/data"
-                read -r s3 rpc admin < <(pick_ports)
-                write_config "$dir" "$s3" "$rpc" "$admin"
-            fi
+    if [[ -f "$dir/configured" ]]; then
+        if instance_pid "$dir" >/dev/null; then
+            log "instance $i already running (pid $(cat "$dir/pid"))"
+        else
+            log "restarting instance $i"
             launch "$dir"
-            if (wait_answering "$dir") 2>/dev/null; then
-                break
-            fi
-            stop_one "$dir" || true
-            if grep -q -i "address already in use" "$dir/garage.log" && ((attempt < 3)); then
-                log "instance $i: port taken, retrying with other ports"
-                continue
-            fi
-            echo "---- last lines of $dir/garage.log:" >&2
-            tail -n 30 "$dir/garage.log" >&2
-            die "garage instance $i in $dir did not start within ${START_TIMEOUT}s (log above)"
-        done
-        configure "$dir"
+        fi
+        wait_answering "$dir"
+        return 0
     fi
+    # First start, or a setup that was interrupted: start from scratch.
+    stop_one "$dir"
+    rm -rf "$dir/meta" "$dir/data" "$dir/ports" "$dir/config.toml" "$dir/key"
+    # A port may be taken between picking and binding: retry with others.
+    for attempt in 1 2 3; do
+        read -r s3 rpc admin < <(pick_ports)
+        [[ -n "$admin" ]] || die "could not pick ports for instance $i"
+        write_config "$dir" "$s3" "$rpc" "$admin"
+        launch "$dir"
+        if (wait_answering "$dir") 2>/dev/null; then
+            break
+        fi
+        stop_one "$dir"
+        if grep -q -i "address already in use" "$dir/garage.log" && ((attempt < 3)); then
+            log "instance $i: port taken, retrying with other ports"
+            rm -rf "$dir/meta" "$dir/data"
+            continue
+        fi
+        echo "---- last lines of $dir/garage.log:" >&2
+        tail -n 30 "$dir/garage.log" >&2
+        die "garage instance $i in $dir did not start within ${START_TIMEOUT}s (log above)"
+    done
+    configure "$dir"
 }
 
 stop_one() { # dir
     local dir=$1 pid waited=0
     if pid=$(instance_pid "$dir"); then
         kill "$pid" 2>/dev/null || true
+        # Garage waits up to 10 s for open client connections to close.
         while kill -0 "$pid" 2>/dev/null; do
             sleep 0.2
             waited=$((waited + 1))
-            if ((waited == 50)); then
-                log "instance in $dir did not stop on SIGTERM within 10s, killing it"
+            if ((waited == STOP_GRACE * 5)); then
+                log "instance in $dir still running ${STOP_GRACE}s after SIGTERM, killing it"
                 kill -9 "$pid" 2>/dev/null || true
             fi
         done

@@ -20,12 +20,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::interceptors::InterceptorContext;
+use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumMode, ChecksumType, CompletedMultipartUpload, CompletedPart,
@@ -43,11 +44,16 @@ use crate::location::S3Credentials;
 /// One MiB.
 const MIB: u64 = 1024 * 1024;
 /// The smallest part S3 accepts in a multipart upload (all parts but the last).
-pub const MIN_PART_SIZE: u64 = 5 * MIB;
+const MIN_PART_SIZE: u64 = 5 * MIB;
 /// The most parts S3 accepts in one multipart upload.
 const MAX_PARTS: u64 = 10_000;
 /// How many parts of one multipart upload are sent at once.
 const PART_CONCURRENCY: usize = 4;
+/// The slowest upload rate an upload attempt is given time for: an attempt
+/// sending `n` bytes may last [`S3Settings::attempt_timeout`] plus `n` divided
+/// by this rate (stalled transfers are cut earlier by the SDK's stalled-stream
+/// protection).
+const MIN_UPLOAD_RATE: u64 = 256 * 1024;
 /// The user metadata entry (`x-amz-meta-sha256`) holding the object's hex SHA-256.
 const SHA256_METADATA: &str = "sha256";
 
@@ -88,7 +94,10 @@ pub struct S3Settings {
     pub max_attempts: u32,
     /// How long to wait for a TCP/TLS connection to the store.
     pub connect_timeout: Duration,
-    /// How long one attempt of one request may take, upload or download included.
+    /// How long one attempt of one request may take until the answer's
+    /// headers arrive. Uploads get this plus their size at 256 KiB/s; the
+    /// body of a download is covered by the SDK's stalled-stream protection
+    /// (an error after 5 s without progress) instead.
     pub attempt_timeout: Duration,
 }
 
@@ -113,7 +122,7 @@ impl S3Settings {
             part_size: 16 * MIB,
             max_attempts: 6,
             connect_timeout: Duration::from_secs(10),
-            attempt_timeout: Duration::from_secs(300),
+            attempt_timeout: Duration::from_secs(30),
         }
     }
 
@@ -123,10 +132,10 @@ impl S3Settings {
         let mut url = format!("s3://{}/{}", self.bucket, self.prefix);
         let mut params: Vec<String> = Vec::new();
         if let Some(endpoint) = &self.endpoint {
-            params.push(format!("endpoint={endpoint}"));
+            params.push(format!("endpoint={}", query_value(endpoint)));
         }
         if self.region != "us-east-1" {
-            params.push(format!("region={}", self.region));
+            params.push(format!("region={}", query_value(&self.region)));
         }
         if self.path_style != self.endpoint.is_some() {
             params.push(format!("path_style={}", self.path_style));
@@ -135,7 +144,10 @@ impl S3Settings {
             params.push("allow_http=true".into());
         }
         if let Some(path) = &self.credentials_file {
-            params.push(format!("credentials_file={}", path.display()));
+            params.push(format!(
+                "credentials_file={}",
+                query_value(&path.to_string_lossy())
+            ));
         }
         if !params.is_empty() {
             url.push('?');
@@ -143,6 +155,23 @@ impl S3Settings {
         }
         url
     }
+}
+
+/// `value` for a URL query: readable (`:` and `/` kept), with the characters
+/// that would change how the query parses percent-encoded.
+fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '%' | '&' | '#' | '+') || c.is_whitespace() || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An S3 (or S3-compatible) bucket and prefix.
@@ -155,6 +184,25 @@ pub struct S3Backend {
 impl fmt::Debug for S3Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("S3Backend").field("url", &self.url).finish()
+    }
+}
+
+/// Retries `429 Too Many Requests` as throttling (the SDK's own classifiers
+/// retry 500, 502, 503, 504 and the throttling error codes such as
+/// `SlowDown`, but not a bare 429, which some S3-compatible stores send).
+#[derive(Debug)]
+struct TooManyRequestsClassifier;
+
+impl ClassifyRetry for TooManyRequestsClassifier {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        match ctx.response() {
+            Some(response) if response.status().as_u16() == 429 => RetryAction::throttling_error(),
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "HTTP 429 Too Many Requests"
     }
 }
 
@@ -180,7 +228,17 @@ impl Failure {
                 let status = service_status(err);
                 let code = err.code().map(str::to_string);
                 let temporary = match (status, code.as_deref()) {
-                    (_, Some("SlowDown" | "Throttling" | "ThrottlingException" | "RequestTimeout" | "InternalError" | "ServiceUnavailable")) => true,
+                    (
+                        _,
+                        Some(
+                            "SlowDown"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "RequestTimeout"
+                            | "InternalError"
+                            | "ServiceUnavailable",
+                        ),
+                    ) => true,
                     (Some(s), _) => s == 429 || s >= 500,
                     _ => false,
                 };
@@ -196,7 +254,7 @@ impl Failure {
                         message.push_str(m);
                     }
                     _ => {
-                        let detail = DisplayErrorContext(service.err()).to_string();
+                        let detail = error_chain(service.err());
                         message.push_str(": ");
                         message.push_str(&detail);
                     }
@@ -207,7 +265,7 @@ impl Failure {
                     message.push(')');
                 }
                 if temporary {
-                    message.push_str(" (gave up after retrying)");
+                    message.push_str(" (temporary: retry later)");
                 }
                 Failure {
                     status,
@@ -219,34 +277,54 @@ impl Failure {
             SdkError::TimeoutError(_) => Failure {
                 status: None,
                 code: None,
-                message: format!("timed out: {}", DisplayErrorContext(err)),
+                message: format!("timed out: {}", error_chain(err)),
                 temporary: true,
             },
-            SdkError::DispatchFailure(_) => Failure {
+            SdkError::DispatchFailure(dispatch) => Failure {
                 status: None,
                 code: None,
-                message: format!("cannot reach the store: {}", DisplayErrorContext(err)),
-                temporary: true,
+                message: format!("cannot reach the store: {}", error_chain(err)),
+                // A user error (e.g. a malformed request) will not get better.
+                temporary: !dispatch.is_user(),
             },
             SdkError::ResponseError(_) => Failure {
                 status: service_status(err),
                 code: None,
-                message: format!("bad or interrupted answer: {}", DisplayErrorContext(err)),
+                message: format!("bad or interrupted answer: {}", error_chain(err)),
                 temporary: true,
             },
             _ => Failure {
                 status: None,
                 code: None,
-                message: DisplayErrorContext(err).to_string(),
+                message: error_chain(err),
                 temporary: false,
             },
         }
     }
 
+    /// Whether the object is absent (a missing bucket is not: that is an error).
     fn is_not_found(&self) -> bool {
-        self.status == Some(404)
-            || matches!(self.code.as_deref(), Some("NoSuchKey" | "NotFound"))
+        match self.code.as_deref() {
+            Some("NoSuchKey" | "NotFound") => true,
+            Some("NoSuchBucket" | "NoSuchUpload") => false,
+            _ => self.status == Some(404),
+        }
     }
+}
+
+/// An error and its sources, `outer: inner: …`, each said once.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// The HTTP status of an SDK error's raw answer, if it got one.
@@ -385,6 +463,7 @@ impl S3Backend {
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .retry_classifier(TooManyRequestsClassifier)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(settings.connect_timeout)
@@ -404,6 +483,17 @@ impl S3Backend {
     /// The settings this backend was opened with.
     pub fn settings(&self) -> &S3Settings {
         &self.settings
+    }
+
+    /// Per-request config giving an upload of `len` bytes time to go through.
+    fn upload_config(&self, len: u64) -> aws_sdk_s3::config::Builder {
+        let timeout = self.settings.attempt_timeout
+            + Duration::from_millis(len.saturating_mul(1000) / MIN_UPLOAD_RATE);
+        aws_sdk_s3::config::Builder::new().timeout_config(
+            TimeoutConfig::builder()
+                .operation_attempt_timeout(timeout)
+                .build(),
+        )
     }
 
     /// The key in the bucket of a repository object.
@@ -441,6 +531,7 @@ impl S3Backend {
     }
 
     async fn put_single(&self, key: &ObjectKey, data: Bytes, sha256: [u8; 32]) -> Result<()> {
+        let config = self.upload_config(data.len() as u64);
         self.client
             .put_object()
             .bucket(&self.settings.bucket)
@@ -449,6 +540,8 @@ impl S3Backend {
             .checksum_sha256(b64_sha256(&sha256))
             .metadata(SHA256_METADATA, hex_sha256(&sha256))
             .body(ByteStream::from(data))
+            .customize()
+            .config_override(config)
             .send()
             .await
             .map_err(|e| self.error(&key.path(), Failure::from_sdk(&e)))?;
@@ -458,11 +551,24 @@ impl S3Backend {
     async fn put_multipart(&self, key: &ObjectKey, data: Bytes, sha256: [u8; 32]) -> Result<()> {
         // The store verifies each part's checksum, but S3 has no full-object
         // SHA-256 for multipart uploads: check the whole here, so that the
-        // `sha256` metadata is never wrong.
-        let check = data.clone();
-        let actual = tokio::task::spawn_blocking(move || sha256_of(&check))
-            .await
-            .map_err(|e| Error::Pipeline(format!("hashing task failed: {e}")))?;
+        // `sha256` metadata is never wrong. Hash the parts in the same pass.
+        let len = data.len() as u64;
+        let part_size = self.settings.part_size.max(len.div_ceil(MAX_PARTS));
+        let parts: Vec<Bytes> = (0..len.div_ceil(part_size))
+            .map(|i| {
+                let start = (i * part_size) as usize;
+                let end = ((i + 1) * part_size).min(len) as usize;
+                data.slice(start..end)
+            })
+            .collect();
+        let to_hash = parts.clone();
+        let (actual, part_hashes) = tokio::task::spawn_blocking(move || {
+            let whole = sha256_of(&data);
+            let parts: Vec<[u8; 32]> = to_hash.iter().map(|p| sha256_of(p)).collect();
+            (whole, parts)
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("hashing task failed: {e}")))?;
         if actual != sha256 {
             return Err(Error::corrupt(
                 key.path(),
@@ -496,7 +602,10 @@ impl S3Backend {
                 },
             ));
         };
-        match self.upload_parts(key, &bucket_key, &upload_id, data).await {
+        match self
+            .upload_parts(key, &bucket_key, &upload_id, parts, part_hashes)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Best effort: the store would otherwise keep the parts.
@@ -513,7 +622,7 @@ impl S3Backend {
                         key = %bucket_key,
                         upload_id,
                         "could not abort failed multipart upload: {}",
-                        DisplayErrorContext(&abort)
+                        error_chain(&abort)
                     );
                 }
                 Err(e)
@@ -526,43 +635,45 @@ impl S3Backend {
         key: &ObjectKey,
         bucket_key: &str,
         upload_id: &str,
-        data: Bytes,
+        parts: Vec<Bytes>,
+        part_hashes: Vec<[u8; 32]>,
     ) -> Result<()> {
-        let len = data.len() as u64;
-        let part_size = self.settings.part_size.max(len.div_ceil(MAX_PARTS));
-        let count = len.div_ceil(part_size).max(1);
-        let uploads = (0..count).map(|i| {
-            let start = (i * part_size) as usize;
-            let end = ((i + 1) * part_size).min(len) as usize;
-            let part = data.slice(start..end);
-            let part_number = i32::try_from(i + 1).expect("at most 10,000 parts");
-            async move {
-                let checksum = b64_sha256(&sha256_of(&part));
-                let out = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.settings.bucket)
-                    .key(bucket_key)
-                    .upload_id(upload_id)
-                    .part_number(part_number)
-                    .checksum_sha256(&checksum)
-                    .body(ByteStream::from(part))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        let mut f = Failure::from_sdk(&e);
-                        f.message = format!("part {part_number}: {}", f.message);
-                        self.error(&key.path(), f)
-                    })?;
-                Ok::<_, Error>(
-                    CompletedPart::builder()
+        let uploads = parts
+            .into_iter()
+            .zip(part_hashes)
+            .enumerate()
+            .map(|(i, (part, hash))| {
+                let part_number = i32::try_from(i + 1).expect("at most 10,000 parts");
+                async move {
+                    let config = self.upload_config(part.len() as u64);
+                    let checksum = b64_sha256(&hash);
+                    let out = self
+                        .client
+                        .upload_part()
+                        .bucket(&self.settings.bucket)
+                        .key(bucket_key)
+                        .upload_id(upload_id)
                         .part_number(part_number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .checksum_sha256(out.checksum_sha256().unwrap_or(&checksum))
-                        .build(),
-                )
-            }
-        });
+                        .checksum_sha256(&checksum)
+                        .body(ByteStream::from(part))
+                        .customize()
+                        .config_override(config)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            let mut f = Failure::from_sdk(&e);
+                            f.message = format!("part {part_number}: {}", f.message);
+                            self.error(&key.path(), f)
+                        })?;
+                    Ok::<_, Error>(
+                        CompletedPart::builder()
+                            .part_number(part_number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .checksum_sha256(out.checksum_sha256().unwrap_or(&checksum))
+                            .build(),
+                    )
+                }
+            });
         let mut parts: Vec<CompletedPart> = futures::stream::iter(uploads)
             .buffer_unordered(PART_CONCURRENCY)
             .try_collect()
@@ -615,7 +726,7 @@ impl Backend for S3Backend {
                 Failure {
                     status: None,
                     code: None,
-                    message: format!("download interrupted: {}", DisplayErrorContext(&e)),
+                    message: format!("download interrupted: {}", error_chain(&e)),
                     temporary: true,
                 },
             )
@@ -669,9 +780,7 @@ impl Backend for S3Backend {
             Ok(out) => out,
             Err(e) => {
                 let failure = Failure::from_sdk(&e);
-                if failure.status == Some(416)
-                    || failure.code.as_deref() == Some("InvalidRange")
-                {
+                if failure.status == Some(416) || failure.code.as_deref() == Some("InvalidRange") {
                     return Err(truncated(None));
                 }
                 return Err(self.object_error(key, &e));
@@ -684,7 +793,7 @@ impl Backend for S3Backend {
                 Failure {
                     status: None,
                     code: None,
-                    message: format!("download interrupted: {}", DisplayErrorContext(&e)),
+                    message: format!("download interrupted: {}", error_chain(&e)),
                     temporary: true,
                 },
             )
@@ -793,7 +902,7 @@ impl Backend for S3Backend {
             Ok(_) => Ok(()),
             Err(e) => {
                 let failure = Failure::from_sdk(&e);
-                if failure.status == Some(404) && failure.code.as_deref() != Some("NoSuchBucket") {
+                if failure.is_not_found() {
                     return Ok(());
                 }
                 Err(self.error(&key.path(), failure))

@@ -21,6 +21,11 @@ use trireme_common::backend::S3Settings;
 use trireme_common::location::S3Credentials;
 use trireme_common::Location;
 
+/// Seconds between SIGTERM and SIGKILL when stopping an instance. Garage
+/// would otherwise wait 10 s for the test's idle keep-alive connections; its
+/// metadata (LMDB) survives a kill, so restarts keep the data.
+const STOP_GRACE: &str = "1";
+
 /// One Garage server, as described by the script's `GARAGE_i_*` lines.
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -71,7 +76,11 @@ pub fn garage_binary() -> PathBuf {
         return bin;
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("garage")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("garage"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/garage"));
     on_path
@@ -93,6 +102,7 @@ fn run_script(args: &[&str], garage_bin: &Path) -> String {
         .args(args)
         .env("GARAGE_BIN", garage_bin)
         .env("GARAGE_OWNER_PID", std::process::id().to_string())
+        .env("GARAGE_STOP_GRACE", STOP_GRACE)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script().display()));
     assert!(
@@ -258,6 +268,7 @@ impl Drop for Garage {
             .arg(script())
             .args(["stop", &dir])
             .env("GARAGE_BIN", &self.garage_bin)
+            .env("GARAGE_STOP_GRACE", STOP_GRACE)
             .output();
     }
 }
