@@ -163,7 +163,10 @@ pub async fn backup(a: BackupArgs) -> Result<ExitCode> {
         );
     }
     if s.errors > 0 {
-        eprintln!("warning: {} entries could not be read and are not in the snapshot (see the log above)", s.errors);
+        eprintln!(
+            "warning: {} entries could not be read and are not in the snapshot (see the log above)",
+            s.errors
+        );
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
@@ -209,10 +212,20 @@ pub async fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let started = Instant::now();
     if a.stdout {
         let n = indexed.restore_stream(&snap, std::io::stdout()).await?;
-        eprintln!("restored {} from snapshot {} in {:.1}s", human_bytes(n), snap.id.short(), started.elapsed().as_secs_f64());
+        eprintln!(
+            "restored {} from snapshot {} in {:.1}s",
+            human_bytes(n),
+            snap.id.short(),
+            started.elapsed().as_secs_f64()
+        );
     } else {
-        let target = a.target.clone().context("--target or --stdout is required")?;
-        let s = indexed.restore_to_dir(&snap, &target, &RestoreOptions::default()).await?;
+        let target = a
+            .target
+            .clone()
+            .context("--target or --stdout is required")?;
+        let s = indexed
+            .restore_to_dir(&snap, &target, &RestoreOptions::default())
+            .await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s ({}/s)",
@@ -257,13 +270,19 @@ pub async fn snapshots(args: &RepoArgs, source: Option<&str>, json: bool) -> Res
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<10} {:<20} {:<16} {:<16} {:>10} {:>8}", "ID", "TIME (UTC)", "SOURCE", "HOST", "SIZE", "FILES");
+    println!(
+        "{:<10} {:<20} {:<16} {:<16} {:>10} {:>8}",
+        "ID", "TIME (UTC)", "SOURCE", "HOST", "SIZE", "FILES"
+    );
     for s in &snaps {
         let m = &s.manifest;
         println!(
             "{:<10} {:<20} {:<16} {:<16} {:>10} {:>8}",
             s.id.short(),
-            humantime::format_rfc3339_seconds(to_system_time(m.started_ns)).to_string().replace('T', " ").trim_end_matches('Z'),
+            humantime::format_rfc3339_seconds(to_system_time(m.started_ns))
+                .to_string()
+                .replace('T', " ")
+                .trim_end_matches('Z'),
             m.source,
             m.host,
             human_bytes(m.summary.bytes),

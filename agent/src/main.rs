@@ -79,7 +79,10 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -92,7 +95,9 @@ fn main() -> std::process::ExitCode {
             Command::Init { repo } => local::init(&repo).await,
             Command::Backup(args) => local::backup(args).await,
             Command::Restore(args) => local::restore(args).await,
-            Command::Snapshots { repo, source, json } => local::snapshots(&repo, source.as_deref(), json).await,
+            Command::Snapshots { repo, source, json } => {
+                local::snapshots(&repo, source.as_deref(), json).await
+            }
             Command::Check { repo, deep, json } => local::check(&repo, deep, json).await,
         }
     });

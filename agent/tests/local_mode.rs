@@ -33,7 +33,10 @@ impl Env {
         let mut c = Command::new(AGENT);
         c.args(args)
             .env("TRIREME_KEY_FILE", self.path("key"))
-            .env("TRIREME_LOCATION", format!("file://{}", self.path("repo").display()))
+            .env(
+                "TRIREME_LOCATION",
+                format!("file://{}", self.path("repo").display()),
+            )
             .env_remove("RUST_LOG");
         c
     }
@@ -75,7 +78,12 @@ fn tree_digest(root: &Path) -> Vec<(String, Vec<u8>)> {
     for e in walkdir::WalkDir::new(root).sort_by_file_name() {
         let e = e.unwrap();
         if e.file_type().is_file() {
-            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             out.push((rel, std::fs::read(e.path()).unwrap()));
         }
     }
@@ -99,7 +107,10 @@ fn backup_snapshots_restore_check_through_the_cli() {
     let out = env.run(&["backup", "--source", "vol", "--json", src.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(second["parent"], first["snapshot"], "the previous snapshot is the parent");
+    assert_eq!(
+        second["parent"], first["snapshot"],
+        "the previous snapshot is the parent"
+    );
     assert_eq!(second["summary"]["files_unchanged"], 1);
 
     let snaps = env.snapshots();
@@ -123,7 +134,14 @@ fn backup_snapshots_restore_check_through_the_cli() {
     // A stream through stdin and back through stdout.
     let data = noise(2, 2_500_000);
     let mut child = env
-        .cmd(&["backup", "--source", "dump", "--stdin", "--stream-name", "db.sql"])
+        .cmd(&[
+            "backup",
+            "--source",
+            "dump",
+            "--stdin",
+            "--stream-name",
+            "db.sql",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -140,8 +158,16 @@ fn operator_errors_are_clear() {
     let env = Env::new();
     // Wrong key.
     let other = env.path("other-key");
-    assert!(Command::new(AGENT).args(["keygen", "--key-file", other.to_str().unwrap()]).status().unwrap().success());
-    let out = env.cmd(&["snapshots"]).env("TRIREME_KEY_FILE", &other).output().unwrap();
+    assert!(Command::new(AGENT)
+        .args(["keygen", "--key-file", other.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    let out = env
+        .cmd(&["snapshots"])
+        .env("TRIREME_KEY_FILE", &other)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
     // A key file others can read.
@@ -150,24 +176,56 @@ fn operator_errors_are_clear() {
     assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
     std::fs::set_permissions(env.path("key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     // A bad location URL.
-    let out = env.cmd(&["snapshots"]).env("TRIREME_LOCATION", "ftp://x").output().unwrap();
+    let out = env
+        .cmd(&["snapshots"])
+        .env("TRIREME_LOCATION", "ftp://x")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("invalid location"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid location"),
+        "{}",
+        stderr(&out)
+    );
     // No repository there.
     let out = env
         .cmd(&["snapshots"])
-        .env("TRIREME_LOCATION", format!("file://{}", env.path("nothing").display()))
+        .env(
+            "TRIREME_LOCATION",
+            format!("file://{}", env.path("nothing").display()),
+        )
         .output()
         .unwrap();
-    assert!(stderr(&out).contains("no Trireme repository"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no Trireme repository"),
+        "{}",
+        stderr(&out)
+    );
     // An unknown snapshot.
-    let out = env.run(&["restore", "abcdef12", "--target", env.path("t").to_str().unwrap()]);
-    assert!(stderr(&out).contains("no such snapshot"), "{}", stderr(&out));
+    let out = env.run(&[
+        "restore",
+        "abcdef12",
+        "--target",
+        env.path("t").to_str().unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("no such snapshot"),
+        "{}",
+        stderr(&out)
+    );
     // A source directory that does not exist.
-    let out = env.run(&["backup", "--source", "x", env.path("missing").to_str().unwrap()]);
+    let out = env.run(&[
+        "backup",
+        "--source",
+        "x",
+        env.path("missing").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
-    assert!(env.snapshots().is_empty(), "failed backups leave no snapshot");
+    assert!(
+        env.snapshots().is_empty(),
+        "failed backups leave no snapshot"
+    );
 }
 
 #[test]
@@ -195,15 +253,26 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_works() {
         if landed {
             break;
         }
-        assert!(Instant::now() < deadline, "no pack was written after {fed} bytes");
+        assert!(
+            Instant::now() < deadline,
+            "no pack was written after {fed} bytes"
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();
     drop(stdin);
 
-    assert!(env.snapshots().is_empty(), "a killed backup must not leave a snapshot");
+    assert!(
+        env.snapshots().is_empty(),
+        "a killed backup must not leave a snapshot"
+    );
     let out = env.run(&["check"]);
-    assert!(out.status.success(), "the repository stays consistent: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "the repository stays consistent: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // The next backup completes and restores byte-identical.
     let src = env.path("src");

@@ -195,16 +195,23 @@ impl IndexedRepo {
             .await
             .inspect_err(|_| stop.store(true, Ordering::Relaxed));
         drop(pack_rx);
-        let read = join(reader, "reader");
-        let mut pipeline_err = None;
-        for s in sealers {
-            if let Err(e) = join(s, "seal worker") {
+        // Join off the runtime: a stopping reader may still wait on a
+        // parent-tree fetch that needs a runtime thread.
+        let (read, pipeline_err) = tokio::task::spawn_blocking(move || {
+            let read = join(reader, "reader");
+            let mut pipeline_err = None;
+            for s in sealers {
+                if let Err(e) = join(s, "seal worker") {
+                    pipeline_err.get_or_insert(e);
+                }
+            }
+            if let Err(e) = join(packer, "packer") {
                 pipeline_err.get_or_insert(e);
             }
-        }
-        if let Err(e) = join(packer, "packer") {
-            pipeline_err.get_or_insert(e);
-        }
+            (read, pipeline_err)
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("joining the pipeline: {e}")))?;
         // The first cause wins: an upload error explains why the reader stopped.
         let mut uploaded = uploaded?;
         let read = read?;

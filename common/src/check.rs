@@ -31,8 +31,8 @@ pub struct CheckReport {
     pub chunks: usize,
     /// Bytes re-read (deep check).
     pub bytes_read: u64,
-    /// Packs no index refers to (left by interrupted backups; harmless, and
-    /// removed by pruning).
+    /// Packs no index refers to (left by interrupted backups; harmless; pruning,
+    /// still to be built, will remove them).
     pub unreferenced_packs: Vec<String>,
     /// Problems, each naming the object at fault.
     pub problems: Vec<String>,
@@ -119,6 +119,7 @@ impl Repository {
         let indexed_repo = IndexedRepo {
             repo: self.clone(),
             index: Arc::new(index),
+            damaged: Arc::default(),
         };
         if deep {
             let results: Vec<(u64, Vec<String>)> =

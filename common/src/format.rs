@@ -35,6 +35,33 @@ pub struct ChunkerParams {
     pub max: u32,
 }
 
+impl ChunkerParams {
+    /// Check the parameters against FastCDC's limits.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the config.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as f;
+        let (min, avg, max) = (self.min as usize, self.avg as usize, self.max as usize);
+        let ok = (f::MINIMUM_MIN..=f::MINIMUM_MAX).contains(&min)
+            && (f::AVERAGE_MIN..=f::AVERAGE_MAX).contains(&avg)
+            && (f::MAXIMUM_MIN..=f::MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && min % 2 == 0
+            && avg % 2 == 0
+            && max % 2 == 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                "config",
+                format!("chunker parameters {min}/{avg}/{max} are outside FastCDC's limits"),
+            ))
+        }
+    }
+}
+
 impl Default for ChunkerParams {
     fn default() -> Self {
         ChunkerParams {
@@ -59,6 +86,11 @@ pub struct RepoConfig {
     /// The secret key of chunk ids (keyed BLAKE3), wrapped by the master key.
     #[serde(with = "serde_bytes")]
     pub id_key: Vec<u8>,
+    /// Keyed BLAKE3 of the config with this field empty, under a key derived
+    /// from the id key: proves the config was written by a holder of the
+    /// master key and not altered since.
+    #[serde(with = "serde_bytes")]
+    pub mac: Vec<u8>,
 }
 
 impl RepoConfig {
@@ -78,13 +110,38 @@ impl RepoConfig {
         let body = check_magic("config", bytes, CONFIG_MAGIC)?;
         let cfg: RepoConfig = ciborium::from_reader(body)
             .map_err(|e| Error::corrupt("config", format!("cannot decode: {e}")))?;
-        if cfg.chunker.min == 0
-            || cfg.chunker.min > cfg.chunker.avg
-            || cfg.chunker.avg > cfg.chunker.max
-        {
-            return Err(Error::corrupt("config", "chunker parameters out of order"));
+        if cfg.version != bytes[4] {
+            return Err(Error::corrupt(
+                "config",
+                "version field disagrees with the header",
+            ));
         }
+        cfg.chunker.validate()?;
         Ok(cfg)
+    }
+
+    /// The MAC of this config under `id_key` (computed with `mac` empty).
+    pub fn compute_mac(&self, id_key: &[u8; 32]) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.mac = Vec::new();
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&unsigned, &mut cbor).expect("CBOR to memory");
+        let key = blake3::derive_key("trireme config mac v1", id_key);
+        blake3::keyed_hash(&key, &cbor).as_bytes().to_vec()
+    }
+
+    /// Check the MAC once the id key is unwrapped.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the config was altered.
+    pub fn verify_mac(&self, id_key: &[u8; 32]) -> Result<()> {
+        if self.mac != self.compute_mac(id_key) {
+            return Err(Error::corrupt(
+                "config",
+                "authentication failed: the config was altered (or its id key swapped)",
+            ));
+        }
+        Ok(())
     }
 
     /// The wrapped id key.
@@ -439,9 +496,23 @@ mod tests {
             created: 1,
             chunker: ChunkerParams::default(),
             id_key: vec![9; 69],
+            mac: Vec::new(),
         };
+        let mut cfg = cfg;
+        cfg.mac = cfg.compute_mac(&[5; 32]);
         let back = RepoConfig::decode(&cfg.encode()).unwrap();
         assert_eq!(back.id, cfg.id);
+        back.verify_mac(&[5; 32]).unwrap();
+        assert!(back.verify_mac(&[6; 32]).is_err(), "another id key");
+        let mut altered = back.clone();
+        altered.chunker.avg = 2 * 1024 * 1024;
+        assert!(altered.verify_mac(&[5; 32]).is_err(), "altered field");
         assert!(RepoConfig::decode(b"junk").is_err());
+        let mut bad = cfg.clone();
+        bad.chunker.min = 3;
+        assert!(
+            RepoConfig::decode(&bad.encode()).is_err(),
+            "odd / tiny chunker sizes"
+        );
     }
 }

@@ -46,7 +46,7 @@ pub struct Summary {
     pub new_bytes: u64,
     /// Packs written.
     pub packs: u64,
-    /// Bytes uploaded (packs, index, manifest).
+    /// Bytes uploaded (packs and index objects; not the manifest itself).
     pub uploaded_bytes: u64,
     /// Entries that could not be read (named in the agent's log).
     pub errors: u64,
@@ -122,8 +122,9 @@ pub struct TreeEntry {
     pub chunks: Vec<Id>,
 }
 
-/// Largest tree entry accepted when reading (a file of ~100 TB of 1 MiB chunks).
-const MAX_ENTRY_LEN: u32 = 64 * 1024 * 1024;
+/// Largest tree entry, written or read: 256 MiB of CBOR, about 7.8 million
+/// chunk ids, so files up to ~7 TiB at the 1 MiB average chunk size.
+pub const MAX_ENTRY_LEN: u32 = 256 * 1024 * 1024;
 
 /// Write one entry as `len (u32 LE) || CBOR`.
 ///
@@ -132,6 +133,13 @@ const MAX_ENTRY_LEN: u32 = 64 * 1024 * 1024;
 pub fn write_entry(w: &mut impl Write, e: &TreeEntry) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(128 + e.chunks.len() * 34);
     ciborium::into_writer(e, &mut buf).map_err(std::io::Error::other)?;
+    if buf.len() > MAX_ENTRY_LEN as usize {
+        return Err(std::io::Error::other(format!(
+            "{}: the file is too large for one tree entry ({} chunks; limit {MAX_ENTRY_LEN} bytes of metadata)",
+            String::from_utf8_lossy(&e.path),
+            e.chunks.len()
+        )));
+    }
     w.write_all(&(buf.len() as u32).to_le_bytes())?;
     w.write_all(&buf)
 }

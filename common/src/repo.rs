@@ -63,14 +63,17 @@ impl Repository {
         if backend.head(&ObjectKey::config()).await?.is_some() {
             return Err(Error::RepositoryExists(backend.location().to_string()));
         }
+        chunker.validate()?;
         let (id_key, wrapped) = keys.generate().await?;
-        let config = RepoConfig {
+        let mut config = RepoConfig {
             version: FORMAT_VERSION,
             id: uuid::Uuid::new_v4(),
             created: now_ns() / 1_000_000_000,
             chunker,
             id_key: wrapped.0,
+            mac: Vec::new(),
         };
+        config.mac = config.compute_mac(id_key.as_bytes());
         let bytes = config.encode();
         let sum = sha256(&bytes);
         backend
@@ -100,6 +103,7 @@ impl Repository {
         let config = RepoConfig::decode(&raw)?;
         let keys = KeyCache::new(keys);
         let id_key = keys.unwrap(&config.wrapped_id_key()).await?;
+        config.verify_mac(id_key.as_bytes())?;
         Ok(Repository {
             hasher: ChunkHasher::new(*id_key.as_bytes()),
             backend,
@@ -206,11 +210,20 @@ impl Repository {
     /// As [`Repository::read_index`]; a damaged index object fails the load.
     pub async fn load_index(self: &Arc<Self>) -> Result<IndexedRepo> {
         let listed = self.backend.list(ObjectKind::Index).await?;
-        let files: Vec<IndexFile> = futures::stream::iter(listed)
-            .map(|o| async move { self.read_index(&o.key).await })
+        let files: Vec<(ObjectKey, Option<IndexFile>)> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let f = skip_corrupt(&o.key, self.read_index(&o.key).await)?;
+                Ok::<_, Error>((o.key, f))
+            })
             .buffer_unordered(LOAD_CONCURRENCY)
             .try_collect()
             .await?;
+        let damaged: Vec<String> = files
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|(k, _)| k.path())
+            .collect();
+        let files: Vec<IndexFile> = files.into_iter().filter_map(|(_, f)| f).collect();
         let mut index = Index::new();
         for f in &files {
             for p in &f.packs {
@@ -220,6 +233,7 @@ impl Repository {
         Ok(IndexedRepo {
             repo: self.clone(),
             index: Arc::new(index),
+            damaged: Arc::new(damaged),
         })
     }
 
@@ -253,15 +267,18 @@ impl Repository {
     /// As [`Repository::read_snapshot`].
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>> {
         let listed = self.backend.list(ObjectKind::Snapshot).await?;
-        let mut snaps: Vec<Snapshot> = futures::stream::iter(listed)
+        let snaps: Vec<Option<Snapshot>> = futures::stream::iter(listed)
             .map(|o| async move {
-                let id = Id::from_hex(&o.key.name)
-                    .ok_or_else(|| Error::corrupt(o.key.path(), "name is not a SHA-256"))?;
-                self.read_snapshot(&id).await
+                let r = match Id::from_hex(&o.key.name) {
+                    Some(id) => self.read_snapshot(&id).await,
+                    None => Err(Error::corrupt(o.key.path(), "name is not a SHA-256")),
+                };
+                skip_corrupt(&o.key, r)
             })
             .buffer_unordered(LOAD_CONCURRENCY)
             .try_collect()
             .await?;
+        let mut snaps: Vec<Snapshot> = snaps.into_iter().flatten().collect();
         snaps.sort_by_key(|s| (s.manifest.started_ns, s.id));
         Ok(snaps)
     }
@@ -272,9 +289,9 @@ impl Repository {
     /// # Errors
     /// [`Error::Snapshot`] when nothing or more than one snapshot matches.
     pub async fn find_snapshot(&self, spec: &str, source: Option<&str>) -> Result<Snapshot> {
-        let snaps = self.snapshots().await?;
-        let of_source = |s: &&Snapshot| source.is_none_or(|src| s.manifest.source == src);
         if spec == "latest" {
+            let snaps = self.snapshots().await?;
+            let of_source = |s: &&Snapshot| source.is_none_or(|src| s.manifest.source == src);
             return snaps.iter().rev().find(of_source).cloned().ok_or_else(|| {
                 Error::Snapshot(match source {
                     Some(s) => format!("latest: no snapshot of source {s:?} in this repository"),
@@ -288,13 +305,27 @@ impl Repository {
                 "{spec:?}: give `latest` or at least 4 hex digits of a snapshot id"
             )));
         }
-        let hits: Vec<&Snapshot> = snaps
-            .iter()
-            .filter(of_source)
-            .filter(|s| s.id.to_hex().starts_with(&spec))
+        // Match names, then read: a damaged manifest is reported, not hidden.
+        let names: Vec<Id> = self
+            .backend
+            .list(ObjectKind::Snapshot)
+            .await?
+            .into_iter()
+            .filter(|o| o.key.name.starts_with(&spec))
+            .filter_map(|o| Id::from_hex(&o.key.name))
             .collect();
-        match hits.as_slice() {
-            [one] => Ok((*one).clone()),
+        match names.as_slice() {
+            [one] => {
+                let s = self.read_snapshot(one).await?;
+                if source.is_some_and(|src| s.manifest.source != src) {
+                    return Err(Error::Snapshot(format!(
+                        "{spec}: snapshot {} is of source {:?}",
+                        one.short(),
+                        s.manifest.source
+                    )));
+                }
+                Ok(s)
+            }
             [] => Err(Error::Snapshot(format!(
                 "{spec}: no such snapshot (see `snapshots`)"
             ))),
@@ -313,21 +344,36 @@ pub struct IndexedRepo {
     pub repo: Arc<Repository>,
     /// Its index at load time.
     pub index: Arc<Index>,
+    /// Index objects skipped as damaged while loading.
+    pub damaged: Arc<Vec<String>>,
 }
 
 impl IndexedRepo {
+    /// The error for a chunk that no loaded index lists, naming any index
+    /// objects that were skipped as damaged (the likely cause).
+    pub fn not_indexed(&self, context: &str, id: &Id) -> Error {
+        let mut reason = format!("chunk {} is in no index", id.to_hex());
+        if self.damaged.is_empty() {
+            reason.push_str(" (missing pack or index object)");
+        } else {
+            reason.push_str(&format!(
+                "; damaged index objects were skipped: {}",
+                self.damaged.join(", ")
+            ));
+        }
+        Error::corrupt(context, reason)
+    }
+
     /// Read, authenticate, decompress and verify one chunk.
     ///
     /// # Errors
     /// [`Error::Corrupt`] naming the pack (or the snapshot when the chunk is
     /// not in the index), storage and key errors.
     pub async fn read_chunk(&self, id: &Id) -> Result<Vec<u8>> {
-        let (pack, entry) = self.index.get(id).ok_or_else(|| {
-            Error::corrupt(
-                format!("chunk {}", id.to_hex()),
-                "referenced but not in any index (missing pack or index object)",
-            )
-        })?;
+        let (pack, entry) = self
+            .index
+            .get(id)
+            .ok_or_else(|| self.not_indexed("snapshot tree", id))?;
         let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
         let dek = self.repo.keys.unwrap(&pack.key).await?;
         let sealed = self
@@ -340,6 +386,21 @@ impl IndexedRepo {
         tokio::task::spawn_blocking(move || open_blob(&name, &entry, &sealed, &dek, &hasher))
             .await
             .map_err(|e| Error::Pipeline(format!("decrypt task: {e}")))?
+    }
+}
+
+/// A damaged index or snapshot object must not make the whole repository
+/// unusable: it is skipped with a warning (its chunks then count as absent,
+/// so new backups store them again), and `check` reports it. Errors that are
+/// not about the object itself (storage, keys) still fail.
+fn skip_corrupt<T>(key: &ObjectKey, r: Result<T>) -> Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedFormat { .. })) => {
+            tracing::warn!(object = %key, error = %e, "skipping a damaged object; run `check --deep`");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -358,12 +419,10 @@ impl IndexedRepo {
     /// # Errors
     /// As [`IndexedRepo::read_chunk`].
     pub fn read_chunk_blocking(&self, handle: &tokio::runtime::Handle, id: &Id) -> Result<Vec<u8>> {
-        let (pack, entry) = self.index.get(id).ok_or_else(|| {
-            Error::corrupt(
-                format!("chunk {}", id.to_hex()),
-                "referenced but not in any index (missing pack or index object)",
-            )
-        })?;
+        let (pack, entry) = self
+            .index
+            .get(id)
+            .ok_or_else(|| self.not_indexed("snapshot tree", id))?;
         let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
         let (dek, sealed) = handle.block_on(async {
             let dek = self.repo.keys.unwrap(&pack.key).await?;

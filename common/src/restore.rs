@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::backend::{ObjectKey, ObjectKind};
 use crate::crypto::{sha256, Id};
@@ -143,7 +143,9 @@ impl IndexedRepo {
         let tree = self.chunk_reader(handle.clone(), snap.manifest.tree.clone());
         let mut entries = EntryReader::new(tree, name.clone());
         let mut batch = Batch::default();
+        let mut order = TreeOrder::default();
         while let Some(entry) = entries.next_entry()? {
+            order.admit(&entry, &name)?;
             let path = safe_join(target, &entry.path, &name)?;
             match entry.kind {
                 EntryKind::Dir => {
@@ -219,9 +221,13 @@ impl IndexedRepo {
     ) -> Result<()> {
         let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
         let dek = self.repo.keys().unwrap(&pack.key).await?;
-        let needed: u64 = blobs.iter().map(|b| b.entry.length as u64).sum();
+        let mut blobs = blobs;
+        blobs.sort_by_key(|b| b.entry.offset);
+        let spans = coalesce(&blobs);
+        let span_bytes: u64 = spans.iter().map(|(s, e)| e - s).sum();
         let backend = self.repo.backend().clone();
-        let whole = if needed * 2 >= pack.size {
+        // Mostly needed: one request for the whole pack, every byte verified.
+        let whole = if span_bytes * 2 >= pack.size {
             let bytes = backend.get(&key).await?;
             if bytes.len() as u64 != pack.size {
                 return Err(Error::corrupt(
@@ -233,16 +239,23 @@ impl IndexedRepo {
         } else {
             None
         };
-        let mut ranges = Vec::new();
-        if whole.is_none() {
-            for b in &blobs {
-                ranges.push(
-                    backend
-                        .get_range(&key, b.entry.offset as u64, b.entry.length as u64)
-                        .await?,
-                );
-            }
-        }
+        // Otherwise: the needed spans, a few requests at a time.
+        let fetched: Vec<(u64, bytes::Bytes)> = if whole.is_none() {
+            futures::stream::iter(spans)
+                .map(|(start, end)| {
+                    let backend = backend.clone();
+                    let key = key.clone();
+                    async move {
+                        let b = backend.get_range(&key, start, end - start).await?;
+                        Ok::<_, Error>((start, b))
+                    }
+                })
+                .buffered(SPAN_FETCHES)
+                .try_collect()
+                .await?
+        } else {
+            Vec::new()
+        };
         let hasher = self.repo.hasher().clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             let name = key.path();
@@ -254,14 +267,22 @@ impl IndexedRepo {
                     ));
                 }
             }
-            for (i, b) in blobs.iter().enumerate() {
-                let sealed = match &whole {
-                    Some(bytes) => {
-                        let start = b.entry.offset as usize;
-                        &bytes[start..start + b.entry.length as usize]
+            let mut span = 0;
+            for b in &blobs {
+                let (base, bytes) = match &whole {
+                    Some(bytes) => (0, bytes),
+                    None => {
+                        // Spans and blobs are both in offset order.
+                        while fetched[span].0 + fetched[span].1.len() as u64
+                            <= b.entry.offset as u64
+                        {
+                            span += 1;
+                        }
+                        (fetched[span].0, &fetched[span].1)
                     }
-                    None => &ranges[i][..],
                 };
+                let start = (b.entry.offset as u64 - base) as usize;
+                let sealed = &bytes[start..start + b.entry.length as usize];
                 let data = open_blob(&name, &b.entry, sealed, &dek, &hasher)?;
                 let zero = data.iter().all(|x| *x == 0);
                 for (file, offset) in &b.targets {
@@ -285,6 +306,28 @@ impl IndexedRepo {
         .await
         .map_err(|e| Error::Pipeline(format!("restore task: {e}")))?
     }
+}
+
+/// Needed blobs closer than this are fetched in one ranged request.
+const SPAN_GAP: u64 = 256 * 1024;
+/// Ranged requests in flight per pack.
+const SPAN_FETCHES: usize = 4;
+
+/// Merge the byte ranges of blobs (sorted by offset) into spans, bridging
+/// gaps up to [`SPAN_GAP`].
+fn coalesce(blobs: &[NeededBlob]) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for b in blobs {
+        let (s, e) = (
+            b.entry.offset as u64,
+            b.entry.offset as u64 + b.entry.length as u64,
+        );
+        match spans.last_mut() {
+            Some(last) if s <= last.1 + SPAN_GAP => last.1 = last.1.max(e),
+            _ => spans.push((s, e)),
+        }
+    }
+    spans
 }
 
 /// Largest batch, in files and in chunk placements: bounds memory however
@@ -330,16 +373,10 @@ impl Batch {
         let idx = self.files.len() as u32;
         let mut offset = 0u64;
         for id in &entry.chunks {
-            let (pack, blob) = repo.index.get(id).ok_or_else(|| {
-                Error::corrupt(
-                    snapshot,
-                    format!(
-                        "{}: chunk {} is in no index (missing pack or index object)",
-                        path.display(),
-                        id.to_hex()
-                    ),
-                )
-            })?;
+            let (pack, blob) = repo
+                .index
+                .get(id)
+                .ok_or_else(|| repo.not_indexed(&format!("{snapshot}: {}", path.display()), id))?;
             let packs = &mut self.packs;
             let (pid, pos) = *self.blob_pos.entry(*id).or_insert_with(|| {
                 let slot = packs
@@ -380,6 +417,60 @@ impl Batch {
             apply_meta(&pending.path, &pending.entry, owners)?;
         }
         self.files.push(pending);
+        Ok(())
+    }
+}
+
+/// Enforces what a well-formed tree stream guarantees, so that a crafted
+/// one cannot make the restore write outside the target: paths strictly
+/// increase in walk order, and every entry's parent is a directory entry
+/// restored just before it (never a symlink).
+#[derive(Default)]
+struct TreeOrder {
+    /// The directories enclosing the current entry, outermost first.
+    dirs: Vec<Vec<u8>>,
+    last: Option<Vec<u8>>,
+}
+
+impl TreeOrder {
+    fn admit(&mut self, entry: &TreeEntry, snapshot: &str) -> Result<()> {
+        let bad = |why: &str| {
+            Error::corrupt(
+                snapshot,
+                format!(
+                    "tree entry {:?} {why}",
+                    String::from_utf8_lossy(&entry.path)
+                ),
+            )
+        };
+        if let Some(last) = &self.last {
+            if crate::manifest::path_cmp(last, &entry.path) != std::cmp::Ordering::Less {
+                return Err(bad("is out of order or repeated"));
+            }
+        }
+        let path = &entry.path;
+        let parent: &[u8] = match path.iter().rposition(|c| *c == b'/') {
+            Some(i) => &path[..i],
+            None if path.is_empty() => {
+                if entry.kind != EntryKind::Dir {
+                    return Err(bad("is the root but not a directory"));
+                }
+                self.dirs = vec![Vec::new()];
+                self.last = Some(path.clone());
+                return Ok(());
+            }
+            None => b"",
+        };
+        while self.dirs.last().is_some_and(|d| d.as_slice() != parent) {
+            self.dirs.pop();
+        }
+        if self.dirs.is_empty() && !(parent.is_empty() && self.last.is_none()) {
+            return Err(bad("does not sit in a directory restored before it"));
+        }
+        if entry.kind == EntryKind::Dir {
+            self.dirs.push(path.clone());
+        }
+        self.last = Some(path.clone());
         Ok(())
     }
 }
@@ -451,4 +542,74 @@ fn safe_join(target: &Path, rel: &[u8], snapshot: &str) -> Result<PathBuf> {
         }
     }
     Ok(target.join(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: EntryKind) -> TreeEntry {
+        TreeEntry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            inode: 0,
+            size: 0,
+            target: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn admit_all(entries: &[(&str, EntryKind)]) -> Result<()> {
+        let mut order = TreeOrder::default();
+        for (p, k) in entries {
+            order.admit(&entry(p, *k), "s")?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn tree_order_accepts_walks_and_refuses_escapes() {
+        use EntryKind::*;
+        admit_all(&[
+            ("", Dir),
+            ("a", Dir),
+            ("a/x", File),
+            ("a/y", Dir),
+            ("a/y/z", File),
+            ("b", Symlink),
+            ("c", File),
+        ])
+        .unwrap();
+        admit_all(&[("stream", File)]).unwrap();
+        // A file under a symlink (the symlink could point anywhere).
+        let err = admit_all(&[("", Dir), ("a", Symlink), ("a/passwd", File)]).unwrap_err();
+        assert!(err.to_string().contains("a/passwd"), "{err}");
+        // Repeated or out-of-order paths.
+        assert!(admit_all(&[("", Dir), ("b", File), ("a", File)]).is_err());
+        assert!(admit_all(&[("", Dir), ("a", Symlink), ("a", Dir)]).is_err());
+        // A parent that never appeared.
+        assert!(admit_all(&[("", Dir), ("x/y", File)]).is_err());
+    }
+
+    #[test]
+    fn coalesce_bridges_small_gaps() {
+        let blob = |offset: u32, length: u32| NeededBlob {
+            entry: BlobEntry {
+                id: Id([0; 32]),
+                offset,
+                length,
+                raw_len: length,
+                zstd: false,
+            },
+            targets: Vec::new(),
+        };
+        let spans = coalesce(&[blob(5, 10), blob(20, 10), blob(2_000_000, 5)]);
+        assert_eq!(spans, vec![(5, 30), (2_000_000, 2_000_005)]);
+        assert!(coalesce(&[]).is_empty());
+    }
 }

@@ -179,7 +179,8 @@ impl Reader {
     }
 
     fn walk(&mut self, root: &Path, parent: Option<Snapshot>, tree: &mut impl Write) -> Result<()> {
-        let meta = std::fs::symlink_metadata(root).map_err(|e| Error::io("reading", root, e))?;
+        // The root may be a symlink to a directory; below it, links are kept as links.
+        let meta = std::fs::metadata(root).map_err(|e| Error::io("reading", root, e))?;
         if !meta.is_dir() {
             return Err(Error::io(
                 "backing up",

@@ -9,5 +9,7 @@ struct Cli {}
 
 fn main() -> anyhow::Result<()> {
     let _ = Cli::parse();
-    anyhow::bail!("the controller daemon is not built yet; use `trireme-agent` local mode (see README)")
+    anyhow::bail!(
+        "the controller daemon is not built yet; use `trireme-agent` local mode (see README)"
+    )
 }

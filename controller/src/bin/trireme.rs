@@ -8,5 +8,7 @@ struct Cli {}
 
 fn main() -> anyhow::Result<()> {
     let _ = Cli::parse();
-    anyhow::bail!("the controller API is not built yet; use `trireme-agent` local mode (see README)")
+    anyhow::bail!(
+        "the controller API is not built yet; use `trireme-agent` local mode (see README)"
+    )
 }
