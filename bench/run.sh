@@ -10,7 +10,11 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 INVOKED_FROM=$PWD
-ORIG_CMD=$0
+ORIG_CMD=""
+for _v in TRIREME_BIN CARGO_TARGET_DIR GARAGE_BIN; do
+  [[ -z ${!_v:-} ]] || ORIG_CMD+="$_v=$(printf '%q' "${!_v}") "
+done
+ORIG_CMD+=$0
 for _a in "$@"; do
   if [[ $_a =~ ^[A-Za-z0-9_./,=:+@%-]+$ ]]; then ORIG_CMD+=" $_a"; else ORIG_CMD+=" $(printf '%q' "$_a")"; fi
 done
@@ -179,7 +183,7 @@ declare -A R=()          # results: R[target.tool.phase.s], .rss, R[target.tool.
 timed() {
   local key=$1; shift
   local tf="$LOGDIR/$key.time" lf="$LOGDIR/$key.log" rc=0
-  printf '+ %q ' "$@" >"$lf"; echo >>"$lf"
+  { printf '+'; printf ' %q' "$@"; echo; } >"$lf"
   /usr/bin/time -f '%e %M' -o "$tf" "$@" >>"$lf" 2>&1 || rc=$?
   if ((rc != 0)); then
     log "FAILED (exit $rc): $key; log: $lf"
@@ -199,7 +203,7 @@ timed() {
 quiet() {
   local key=$1; shift
   local lf="$LOGDIR/$key.log"
-  printf '+ %q ' "$@" >"$lf"; echo >>"$lf"
+  { printf '+'; printf ' %q' "$@"; echo; } >"$lf"
   if ! "$@" >>"$lf" 2>&1; then
     log "FAILED: $key; log: $lf"
     tail -n 15 "$lf" | sed 's/^/    /' >&2
@@ -406,7 +410,7 @@ if ((S3)); then
   [[ -x $GARAGE_SH || -f $GARAGE_SH ]] || die "--s3 needs $GARAGE_SH, which does not exist"
   GARAGE_DIR="$RUN/garage"
   log "starting Garage: deploy/dev/garage.sh start 1 $GARAGE_DIR"
-  bash "$GARAGE_SH" start 1 "$GARAGE_DIR" >"$LOGDIR/garage.log" 2>&1 || {
+  GARAGE_OWNER_PID=$$ bash "$GARAGE_SH" start 1 "$GARAGE_DIR" >"$LOGDIR/garage.log" 2>&1 || {
     tail -n 20 "$LOGDIR/garage.log" >&2; die "garage.sh start failed; log: $LOGDIR/garage.log"; }
   [[ -f $GARAGE_DIR/env ]] || die "garage.sh did not write $GARAGE_DIR/env"
   # shellcheck disable=SC1091
@@ -419,6 +423,7 @@ if ((S3)); then
   done
   run_target s3
   bash "$GARAGE_SH" stop "$GARAGE_DIR" >>"$LOGDIR/garage.log" 2>&1 || log "WARNING: garage.sh stop failed"
+  ((KEEP_REPOS)) || rm -rf "$GARAGE_DIR"
   GARAGE_DIR=""
 fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
