@@ -43,7 +43,7 @@ pub struct BackupArgs {
     #[arg(long, default_value = "stdin")]
     stream_name: String,
     /// zstd compression level (1–19).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    #[arg(long, default_value_t = trireme_common::backup::DEFAULT_ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=19))]
     zstd_level: i32,
     /// Print the result as JSON.
     #[arg(long)]
@@ -110,6 +110,9 @@ pub async fn backup(a: BackupArgs) -> Result<ExitCode> {
     let indexed = repo.load_index().await?;
     let host = a.host.clone().unwrap_or_else(host_name);
     let mut opts = BackupOptions::new(&a.source, &a.kind, &host);
+    if a.repo.is_remote() {
+        opts.uploads = 4;
+    }
     opts.tags = a.tags.clone();
     opts.zstd_level = a.zstd_level;
     let input = if a.stdin {
@@ -223,9 +226,11 @@ pub async fn restore(a: RestoreArgs) -> Result<ExitCode> {
             .target
             .clone()
             .context("--target or --stdout is required")?;
-        let s = indexed
-            .restore_to_dir(&snap, &target, &RestoreOptions::default())
-            .await?;
+        let mut ropts = RestoreOptions::default();
+        if a.repo.is_remote() {
+            ropts.workers = ropts.workers.max(4);
+        }
+        let s = indexed.restore_to_dir(&snap, &target, &ropts).await?;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s ({}/s)",
@@ -345,6 +350,11 @@ pub async fn check(args: &RepoArgs, deep: bool, json: bool) -> Result<ExitCode> 
 }
 
 impl RepoArgs {
+    /// Whether the location is an object store (more latency: more requests in flight).
+    fn is_remote(&self) -> bool {
+        matches!(Location::parse(&self.location), Ok(Location::S3(_)))
+    }
+
     fn location_display(&self) -> String {
         Location::parse(&self.location).map_or_else(|_| self.location.clone(), |l| l.to_string())
     }
