@@ -99,6 +99,42 @@ pub enum Error {
     /// A pipeline stage stopped unexpectedly (a worker thread panicked or a queue closed).
     #[error("backup pipeline failed: {0}")]
     Pipeline(String),
+
+    /// A TLS certificate, key or CRL file is missing, unreadable, malformed or unusable.
+    #[error("certificate file {path}: {reason}")]
+    Certificate {
+        /// The file at fault.
+        path: PathBuf,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+
+    /// A CA directory is missing, damaged, or would be overwritten.
+    #[error("CA directory {dir}: {reason}")]
+    Ca {
+        /// The CA directory (`--dir`).
+        dir: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+
+    /// A `trireme cert` request cannot be carried out as asked (bad name,
+    /// nothing to revoke, an output file that already exists).
+    #[error("{0}")]
+    CertRequest(String),
+
+    /// A certificate is valid X.509 but does not identify a Trireme peer.
+    #[error("certificate {subject} is not a Trireme identity: {reason}")]
+    Identity {
+        /// The certificate's subject.
+        subject: String,
+        /// What is missing and how to get a proper certificate.
+        reason: String,
+    },
+
+    /// A TLS connection or server could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Error {

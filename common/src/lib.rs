@@ -4,7 +4,8 @@
 //! Layers, bottom up: [`backend`] moves opaque objects; [`crypto`] and
 //! [`keys`] seal and unwrap; [`format`], [`index`] and [`manifest`] define
 //! the bytes; [`repo`] ties them to a location; [`backup`], [`restore`] and
-//! [`check`] are the operations.
+//! [`check`] are the operations. [`tls`] is the mTLS layer of the control
+//! plane: roles, the CA, rustls configurations and the authorised server.
 
 pub mod backend;
 pub mod backup;
@@ -18,6 +19,7 @@ pub mod location;
 pub mod manifest;
 pub mod repo;
 pub mod restore;
+pub mod tls;
 
 pub use backend::{Backend, DynBackend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
 pub use backup::{BackupInput, BackupOptions, Progress};
@@ -30,3 +32,4 @@ pub use location::Location;
 pub use manifest::{ContentKind, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexedRepo, Repository, Snapshot};
 pub use restore::{RestoreOptions, RestoreSummary};
+pub use tls::{Identity, Role};

@@ -1,2 +1,15 @@
 //! Trireme controller: scheduling, catalog, replication and verification.
 //! The control plane is built on top of the repository engine in `trireme-common`.
+
+pub mod catalog;
+pub mod cert_cmd;
+pub mod error;
+pub mod jobs;
+pub mod policy;
+pub mod scheduler;
+
+pub use catalog::{Catalog, SourceId};
+pub use error::{Error, Result};
+pub use jobs::{Job, JobEvent, JobId, JobState};
+pub use policy::{BackupMode, Policy};
+pub use scheduler::{Clock, Scheduler, SystemClock};

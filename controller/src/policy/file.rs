@@ -1,0 +1,268 @@
+//! Policy files: TOML with one `[[policy]]` table per source.
+//!
+//! ```toml
+//! [[policy]]
+//! source = "host-a/redis-main"   # agent/source
+//! schedule = "0 2 * * *"         # 5-field cron
+//! mode = "incremental"           # or "full"
+//! full_every = "7d"              # a full backup at least weekly
+//! retention = "daily-30"         # retention class
+//! timezone = "Europe/Paris"      # default "UTC"
+//! max_retries = 3
+//! retry_backoff = "5m"           # doubles for each retry
+//! ```
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    BackupMode, CronExpr, Policy, Timezone, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF,
+    MAX_RETRIES_LIMIT,
+};
+use crate::catalog::{validate_name, SourceId};
+use crate::error::{Error, Result};
+
+/// What a policy table holds, appended to errors about fields.
+pub const POLICY_HELP: &str = "a policy file is [[policy]] tables, each with source, schedule and \
+retention, and optionally mode, full_every, timezone, max_retries and retry_backoff";
+
+/// A policy file as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    /// The policies, one `[[policy]]` table each.
+    #[serde(default)]
+    policy: Vec<RawPolicy>,
+}
+
+/// One `[[policy]]` table as written; validated into a [`Policy`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    /// The source to back up, `agent/source` as the agent reports it, e.g.
+    /// `"host-a/redis-main"`.
+    source: Spanned<String>,
+    /// When to back up: a 5-field cron expression (minute hour day-of-month
+    /// month day-of-week), e.g. `"0 2 * * *"`, or `@daily` and friends.
+    schedule: Spanned<String>,
+    /// `"incremental"` (the default: only what changed since the last
+    /// snapshot is read) or `"full"` (everything, every time).
+    #[serde(default)]
+    mode: Option<Spanned<BackupMode>>,
+    /// With `mode = "incremental"`: make a full backup when the last full
+    /// one is at least this old, e.g. `"7d"`. Unset: always incremental.
+    #[serde(default)]
+    full_every: Option<Spanned<String>>,
+    /// The retention class for this source's snapshots, e.g. `"daily-30"`.
+    retention: Spanned<String>,
+    /// IANA time zone the schedule is read in; default `"UTC"`.
+    #[serde(default)]
+    timezone: Option<Spanned<String>>,
+    /// How many times a failed run is retried before giving up; default 3.
+    #[serde(default)]
+    max_retries: Option<Spanned<u32>>,
+    /// Delay before the first retry, doubling for each further one (at
+    /// most a day), e.g. `"5m"`; default 5 minutes.
+    #[serde(default)]
+    retry_backoff: Option<Spanned<String>>,
+}
+
+/// Where an error is: file, line and column of a byte span.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    /// 1-based line and column of a byte offset.
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+
+    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Error {
+        let (line, column) = span.map_or((1, 1), |s| self.position(s.start));
+        Error::Policy {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// An error about a value, from a domain error (whose message already
+    /// names the setting and the value).
+    fn value_error<T>(&self, v: &Spanned<T>, e: Error) -> Error {
+        self.error(Some(v.span()), e.to_string())
+    }
+}
+
+fn duration(
+    loc: &Locator<'_>,
+    field: &'static str,
+    v: &Spanned<String>,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration> {
+    let d = humantime::parse_duration(v.get_ref().trim()).map_err(|e| {
+        loc.value_error(
+            v,
+            Error::invalid(
+                field,
+                v.get_ref(),
+                format!("{e}; write a duration such as \"7d\", \"12h\" or \"5m\""),
+            ),
+        )
+    })?;
+    if d < min || d > max {
+        return Err(loc.value_error(
+            v,
+            Error::invalid(
+                field,
+                v.get_ref(),
+                format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// Parse a policy file's text. `file` names it in errors.
+///
+/// # Errors
+/// [`Error::Policy`] naming the file, line and column, the problem and what
+/// to write instead: TOML syntax, unknown or missing fields, a bad cron
+/// expression, time zone, duration or source, a source listed twice.
+pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>> {
+    let loc = Locator { file, text };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let mut msg = e.message().trim_end().to_string();
+        if msg.contains("field") {
+            msg = format!("{msg}; {POLICY_HELP}");
+        }
+        loc.error(e.span(), msg)
+    })?;
+    if raw.policy.is_empty() {
+        return Err(loc.error(
+            None,
+            format!("no policies; {POLICY_HELP}, e.g.\n[[policy]]\nsource = \"host-a/redis-main\"\nschedule = \"0 2 * * *\"\nretention = \"daily-30\""),
+        ));
+    }
+    let mut out: Vec<(Policy, Range<usize>)> = Vec::with_capacity(raw.policy.len());
+    for r in &raw.policy {
+        let p = validate(&loc, r)?;
+        if let Some((_, first)) = out.iter().find(|(q, _)| q.source == p.source) {
+            let (line, _) = loc.position(first.start);
+            return Err(loc.error(
+                Some(r.source.span()),
+                format!(
+                    "source {} already has a policy at line {line}; give each source one [[policy]] table",
+                    p.source
+                ),
+            ));
+        }
+        out.push((p, r.source.span()));
+    }
+    Ok(out.into_iter().map(|(p, _)| p).collect())
+}
+
+fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {
+    let source: SourceId = r
+        .source
+        .get_ref()
+        .parse()
+        .map_err(|e| loc.value_error(&r.source, e))?;
+    let schedule =
+        CronExpr::parse(r.schedule.get_ref()).map_err(|e| loc.value_error(&r.schedule, e))?;
+    let mode = r.mode.as_ref().map(|m| *m.get_ref()).unwrap_or_default();
+    let full_every = match &r.full_every {
+        None => None,
+        Some(v) if mode == BackupMode::Full => {
+            return Err(loc.value_error(
+                v,
+                Error::invalid(
+                    "full_every",
+                    v.get_ref(),
+                    "only applies to mode = \"incremental\" (with mode = \"full\" every backup is full); remove it or set mode = \"incremental\"",
+                ),
+            ))
+        }
+        Some(v) => Some(duration(
+            loc,
+            "full_every",
+            v,
+            Duration::from_secs(3600),
+            Duration::from_secs(366 * 24 * 3600),
+        )?),
+    };
+    validate_name("retention", r.retention.get_ref()).map_err(|_| {
+        loc.value_error(
+            &r.retention,
+            Error::invalid(
+                "retention",
+                r.retention.get_ref(),
+                "name a retention class (letters, digits, '.', '-', '_'), e.g. \"daily-30\"",
+            ),
+        )
+    })?;
+    let timezone = match &r.timezone {
+        None => Timezone::default(),
+        Some(v) => v.get_ref().parse().map_err(|e| loc.value_error(v, e))?,
+    };
+    let max_retries = match &r.max_retries {
+        None => DEFAULT_MAX_RETRIES,
+        Some(v) if *v.get_ref() > MAX_RETRIES_LIMIT => {
+            return Err(loc.value_error(
+                v,
+                Error::invalid(
+                    "max_retries",
+                    v.get_ref().to_string(),
+                    format!("at most {MAX_RETRIES_LIMIT}"),
+                ),
+            ))
+        }
+        Some(v) => *v.get_ref(),
+    };
+    let retry_backoff = match &r.retry_backoff {
+        None => DEFAULT_RETRY_BACKOFF,
+        Some(v) => duration(
+            loc,
+            "retry_backoff",
+            v,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        )?,
+    };
+    Ok(Policy {
+        source,
+        schedule,
+        mode,
+        full_every,
+        retention: r.retention.get_ref().clone(),
+        timezone,
+        max_retries,
+        retry_backoff,
+    })
+}
+
+/// Read and parse a policy file.
+///
+/// # Errors
+/// [`Error::PolicyRead`] when it cannot be read; as [`parse_policies`].
+pub fn read_policy_file(path: &Path) -> Result<Vec<Policy>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::PolicyRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_policies(&path.display().to_string(), &text)
+}
