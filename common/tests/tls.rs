@@ -2,146 +2,17 @@
 //! 127.0.0.1:0 behind `tls::serve`, certificates from `tls::ca`, real
 //! rustls clients.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use support::pki::*;
 use tonic::Code;
 use trireme_common::tls::{
-    self, ca, client_config, Authorizer, ClientTls, HealthService, ReloadingServerConfig, Role,
-    TlsFiles,
+    self, ca, client_config, Authorizer, HealthService, ReloadingServerConfig, Role, TlsFiles,
 };
-use trireme_proto::v1::health_client::HealthClient;
 use trireme_proto::v1::health_server::HealthServer;
-use trireme_proto::v1::{PingReply, PingRequest};
-
-/// A CA directory with the controller's server certificate (`localhost`).
-struct Pki {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("ca");
-        ca::init_ca(&dir).unwrap();
-        ca::issue(&dir, Role::Controller, "localhost", 30, &dir).unwrap();
-        Pki { _tmp: tmp, dir }
-    }
-
-    fn issue(&self, role: Role, name: &str) -> ca::Issued {
-        ca::issue(&self.dir, role, name, 30, &self.dir).unwrap()
-    }
-
-    fn files(&self, name: &str) -> TlsFiles {
-        TlsFiles::in_dir(&self.dir, name)
-    }
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    tls: Arc<ReloadingServerConfig>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<trireme_common::Result<()>>>,
-}
-
-impl TestServer {
-    /// The Health service; with `require`, behind an interceptor that admits
-    /// only those roles.
-    async fn start(pki: &Pki, require: Option<&'static [Role]>) -> Self {
-        let tls = Arc::new(ReloadingServerConfig::new(pki.files("localhost")).unwrap());
-        let authz = Authorizer::new(tls.clone());
-        let health = HealthService::new(authz.clone());
-        let routes = match require {
-            None => tonic::service::Routes::new(HealthServer::new(health)),
-            Some(roles) => tonic::service::Routes::new(HealthServer::with_interceptor(
-                health,
-                authz.require(roles),
-            )),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(tls::serve(routes, listener, tls.clone(), async {
-            let _ = stopped.await;
-        }));
-        TestServer {
-            addr,
-            tls,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let res = tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
-            .await
-            .expect("server stops on its shutdown signal");
-        res.unwrap().unwrap();
-    }
-}
-
-async fn channel(
-    addr: SocketAddr,
-    config: rustls::ClientConfig,
-) -> Result<tonic::transport::Channel, String> {
-    tls::connect(
-        &addr.to_string(),
-        ClientTls {
-            config: Arc::new(config),
-            server_name: "localhost".into(),
-            server_role: Some(Role::Controller),
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())
-}
-
-/// Connect with `files` and ping once. With TLS 1.3 the server's refusal of
-/// the client certificate can surface at connect or at the first RPC.
-async fn ping_with(addr: SocketAddr, config: rustls::ClientConfig) -> Result<PingReply, String> {
-    let ch = channel(addr, config).await?;
-    ping_on(&ch).await.map_err(|s| status_chain(&s))
-}
-
-/// Code, message and every source: a transport failure's reason is in the sources.
-fn status_chain(s: &tonic::Status) -> String {
-    let mut out = format!("{:?}: {}", s.code(), s.message());
-    let mut cur = std::error::Error::source(s);
-    while let Some(e) = cur {
-        out.push_str(&format!(": {e}"));
-        cur = e.source();
-    }
-    out
-}
-
-async fn ping_on(ch: &tonic::transport::Channel) -> Result<PingReply, tonic::Status> {
-    HealthClient::new(ch.clone())
-        .ping(PingRequest {})
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn ping(addr: SocketAddr, files: &TlsFiles) -> Result<PingReply, String> {
-    ping_with(addr, client_config(files).unwrap()).await
-}
-
-fn no_client_cert_config(ca_pem: &Path) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tls::config::load_certs(ca_pem).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::config::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    cfg
-}
 
 #[tokio::test]
 async fn valid_agent_pings_and_server_sees_its_name_and_role() {
@@ -335,72 +206,4 @@ async fn client_refuses_a_server_without_the_controller_role() {
     assert!(err.contains("controller"), "{err}");
     let _ = stop.send(());
     task.await.unwrap().unwrap();
-}
-
-/// Log lines captured for one test (`tracing` output as text).
-#[derive(Clone, Default)]
-struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Wait (bounded) for a line containing every one of `needles`.
-    async fn wait_for(&self, needles: &[&str]) -> String {
-        for _ in 0..100 {
-            if let Some(l) = self
-                .text()
-                .lines()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return l.to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("no log line with {needles:?} in:\n{}", self.text());
-    }
-}
-
-#[tokio::test]
-async fn every_refusal_is_logged_with_who_which_rpc_and_why() {
-    let logs = LogBuf::default();
-    let w = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .with_writer(move || w.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let pki = Pki::new();
-    pki.issue(Role::Viewer, "vera");
-    let server = TestServer::start(&pki, Some(&[Role::Operator])).await;
-
-    ping(server.addr, &pki.files("vera")).await.unwrap_err();
-    let line = logs
-        .wait_for(&["WARN", "refused an RPC", "who=vera", "role=viewer"])
-        .await;
-    assert!(line.contains("rpc=/trireme.v1.Health/Ping"), "{line}");
-    assert!(line.contains("needs operator"), "{line}");
-    assert!(line.contains("peer=127.0.0.1:"), "{line}");
-
-    ping_with(server.addr, no_client_cert_config(&pki.dir.join("ca.pem")))
-        .await
-        .unwrap_err();
-    let line = logs
-        .wait_for(&["WARN", "refused a TLS connection", "no certificate"])
-        .await;
-    assert!(line.contains("peer=127.0.0.1:"), "{line}");
-    server.shutdown().await;
 }
