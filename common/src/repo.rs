@@ -413,29 +413,6 @@ pub fn now_ns() -> i64 {
 }
 
 impl IndexedRepo {
-    /// Like [`IndexedRepo::read_chunk`], for a plain thread (not a runtime
-    /// worker): fetches through `handle`, decrypts on the calling thread.
-    ///
-    /// # Errors
-    /// As [`IndexedRepo::read_chunk`].
-    pub fn read_chunk_blocking(&self, handle: &tokio::runtime::Handle, id: &Id) -> Result<Vec<u8>> {
-        let (pack, entry) = self
-            .index
-            .get(id)
-            .ok_or_else(|| self.not_indexed("snapshot tree", id))?;
-        let key = ObjectKey::new(ObjectKind::Pack, pack.id.to_hex());
-        let (dek, sealed) = handle.block_on(async {
-            let dek = self.repo.keys.unwrap(&pack.key).await?;
-            let sealed = self
-                .repo
-                .backend
-                .get_range(&key, entry.offset as u64, entry.length as u64)
-                .await?;
-            Ok::<_, Error>((dek, sealed))
-        })?;
-        open_blob(&key.path(), &entry, &sealed, &dek, &self.repo.hasher)
-    }
-
     /// A reader over the concatenated plaintext of `ids`, fetching a few
     /// chunks ahead. Use it from a plain thread (e.g. `spawn_blocking`).
     pub fn chunk_reader(&self, handle: tokio::runtime::Handle, ids: Vec<Id>) -> ChunkReader {
