@@ -5,6 +5,7 @@ const PROTOS: &[&str] = &[
     "proto/trireme/v1/agent.proto",
     "proto/trireme/v1/operator.proto",
     "proto/trireme/v1/health.proto",
+    "proto/trireme/v1/keys.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

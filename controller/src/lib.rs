@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod cert_cmd;
+pub mod cli;
 pub mod error;
 pub mod jobs;
 pub mod policy;

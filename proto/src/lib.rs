@@ -1,5 +1,5 @@
 //! Trireme's gRPC API, generated from `proto/trireme/v1/*.proto` (one file
-//! per service: `AgentService`, `OperatorService`, `Health`). Generated code
+//! per service: `AgentService`, `OperatorService`, `KeyService`, `Health`). Generated code
 //! only: the logic lives in `trireme-common`, the agent and the controller.
 
 /// Package `trireme.v1`.

@@ -1,0 +1,1 @@
+//! The `trireme` operator CLI (everything but `trireme cert`).
