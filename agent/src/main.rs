@@ -1,8 +1,11 @@
 //! `trireme-agent`: the per-host backup agent.
 //!
-//! Until the controller exists, the agent runs one-shot commands against a
-//! location directly (local mode), which also serves air-gapped hosts.
+//! `trireme-agent run` is the daemon: it dials the controller and runs the
+//! jobs it is given. The other commands work straight against a location
+//! with a local key file (local mode), for air-gapped hosts and recovery
+//! without a controller.
 
+mod daemon;
 mod local;
 
 use std::path::PathBuf;
@@ -33,6 +36,18 @@ pub struct RepoArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent daemon: connect to the controller and run its jobs.
+    Run {
+        /// The configuration file (TOML; see deploy/examples/agent.toml).
+        #[arg(long, short, env = "TRIREME_AGENT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print what it says.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short, env = "TRIREME_AGENT_CONFIG")]
+        config: PathBuf,
+    },
     /// Create a new master key file (mode 0600). Keep it apart from the backups.
     Keygen {
         /// Where to write the key; an existing file is never overwritten.
@@ -74,10 +89,15 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
+    let default_log = match cli.command {
+        Command::Run { .. } if cli.log == "warn" => "info".to_string(),
+        _ => cli.log.clone(),
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or(default_log);
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -91,6 +111,25 @@ fn main() -> std::process::ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
+            Command::Run { config } => {
+                let config = daemon::AgentConfig::load(&config)?;
+                daemon::run(config, shutdown_signal()).await?;
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::CheckConfig { config } => {
+                let c = daemon::AgentConfig::load(&config)?;
+                println!("{}: ok", config.display());
+                println!("agent         {} (host {})", c.name, c.hostname);
+                println!(
+                    "controller    {} (certificate name {})",
+                    c.controller, c.server_name
+                );
+                println!("state_dir     {}", c.state_dir.display());
+                for s in &c.sources {
+                    println!("source        {} ({}) {:?}", s.name, s.kind, s.details());
+                }
+                Ok(std::process::ExitCode::SUCCESS)
+            }
             Command::Keygen { key_file } => local::keygen(&key_file),
             Command::Init { repo } => local::init(&repo).await,
             Command::Backup(args) => local::backup(args).await,
@@ -106,6 +145,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

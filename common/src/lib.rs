@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod repo;
 pub mod restore;
 pub mod tls;
+pub mod wire;
 
 pub use backend::{Backend, DynBackend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
 pub use backup::{BackupInput, BackupOptions, Progress};

@@ -1,1 +1,467 @@
-//! The `trireme` operator CLI (everything but `trireme cert`).
+//! The `trireme` operator CLI: command-line arguments, and the commands that
+//! talk to the controller's `OperatorService` over mTLS (`trireme cert` is in
+//! [`crate::cert_cmd`]).
+//!
+//! - [`connect`](mod@connect): which certificate, which controller, dialling, and
+//!   gRPC statuses turned into operator-readable errors;
+//! - [`output`]: tables, JSON, sizes and times;
+//! - `view`: how each API message looks as a table row, a detail listing
+//!   and a JSON object;
+//! - `commands`: one function per command;
+//! - `watch`: following a job to its end (`jobs watch`, `--wait`).
+//!
+//! Every command prints its result to stdout (`-o json` for scripts) and
+//! errors to stderr as `error: …`; the exit code is 0 on success and 1 on any
+//! error, including a command-line mistake and a watched job that failed or
+//! was cancelled.
+
+mod commands;
+pub mod connect;
+pub mod output;
+mod view;
+mod watch;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use trireme_proto::v1;
+
+use crate::cert_cmd::{self, CertCommand};
+
+/// Default `--controller`.
+pub const DEFAULT_CONTROLLER: &str = "localhost:7443";
+
+/// Trireme operator CLI: agents, sources, policies, backups, jobs, snapshots
+/// and restores, through the controller (mTLS); `trireme cert` manages the CA.
+#[derive(Debug, Parser)]
+#[command(name = "trireme", version, propagate_version = true)]
+pub struct Cli {
+    /// Options shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to reach the controller and how to print; accepted before or after
+/// the subcommand.
+///
+/// `--name` and `--output` share their ids with `trireme cert issue --name`
+/// and `trireme cert ls --output`, whose own arguments win there (clap does
+/// not add a global argument to a subcommand that has one with its id, and
+/// passes values between levels by id, so both must have the same type:
+/// [`cert_cmd::Output`]).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// Controller address.
+    #[arg(long, global = true, env = "TRIREME_CONTROLLER", value_name = "HOST:PORT",
+          default_value = DEFAULT_CONTROLLER)]
+    pub controller: String,
+    /// Directory holding your certificate (NAME.pem, NAME.key) and ca.pem, as
+    /// written by `trireme cert issue --out DIR`.
+    #[arg(long, global = true, env = "TRIREME_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Your certificate's name in --tls-dir.
+    #[arg(long, global = true, env = "TRIREME_CERT_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Your certificate (PEM); overrides --tls-dir.
+    #[arg(long, global = true, env = "TRIREME_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Your private key (PEM, mode 0600); overrides --tls-dir.
+    #[arg(long, global = true, env = "TRIREME_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The Trireme CA certificate (ca.pem); overrides --tls-dir.
+    #[arg(long, global = true, env = "TRIREME_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Name the controller's certificate must carry [default: the host of --controller].
+    #[arg(long, global = true, env = "TRIREME_SERVER_NAME", value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// Output format: tables for people, JSON for scripts.
+    #[arg(short = 'o', long, global = true, env = "TRIREME_OUTPUT", default_value = "table",
+          value_parser = output_parser())]
+    pub output: cert_cmd::Output,
+    /// Log filter for diagnostics on stderr (e.g. `debug`); also RUST_LOG.
+    #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
+    pub log: String,
+}
+
+/// `table` (alias `text`) or `json`, as the [`cert_cmd::Output`] that
+/// `trireme cert ls --output` also uses.
+fn output_parser() -> impl TypedValueParser<Value = cert_cmd::Output> {
+    PossibleValuesParser::new([
+        PossibleValue::new("table")
+            .alias("text")
+            .help("aligned columns"),
+        PossibleValue::new("json").help("JSON: arrays for lists, one object per line for watch"),
+    ])
+    .map(|s| match s.as_str() {
+        "json" => cert_cmd::Output::Json,
+        _ => cert_cmd::Output::Text,
+    })
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Agents the controller knows.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Sources the agents report, and the policy covering each.
+    #[command(subcommand)]
+    Sources(SourcesCmd),
+    /// Backup policies: schedules, modes, retention.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Run a backup now.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Backup and restore jobs: list, show, cancel, watch.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Snapshots in the catalog.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCmd),
+    /// Restore a snapshot onto an agent.
+    Restore(RestoreArgs),
+    /// The controller's health: agents, jobs, problems, and who you are to it.
+    Status,
+    /// Print a shell completion script, e.g. `trireme completions bash > /etc/bash_completion.d/trireme`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Certificates: init-ca, issue, revoke, ls.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `trireme agents …`
+#[derive(Debug, Subcommand)]
+pub enum AgentsCmd {
+    /// List agents: connected or not, version, sources.
+    #[command(visible_alias = "list")]
+    Ls,
+}
+
+/// `trireme sources …`
+#[derive(Debug, Subcommand)]
+pub enum SourcesCmd {
+    /// List sources.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this agent's sources.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+/// `trireme policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Apply a policy file (TOML, `[[policy]]` tables); the controller checks it.
+    Apply {
+        /// The policy file; `-` reads standard input.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the policies in force and their next runs.
+    #[command(visible_alias = "list")]
+    Ls,
+}
+
+/// `trireme backup …`
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Start a backup of one source now.
+    Run {
+        /// The source, as AGENT/SOURCE (see `trireme sources ls`).
+        #[arg(value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+        source: SourceArg,
+        /// Read everything instead of only what changed since the last snapshot.
+        #[arg(long)]
+        full: bool,
+        /// Follow the job until it ends; exit 1 if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// `trireme jobs …`
+#[derive(Debug, Subcommand)]
+pub enum JobsCmd {
+    /// List jobs, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only jobs run by this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only jobs of this source (its name, without the agent).
+        #[arg(long)]
+        source: Option<String>,
+        /// Only jobs in this state.
+        #[arg(long, value_enum)]
+        state: Option<JobStateArg>,
+        /// At most this many jobs [default: the controller's, 50].
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one job: state, progress, result.
+    Show {
+        /// Job id, or a unique prefix of it.
+        id: String,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id, or a unique prefix of it.
+        id: String,
+    },
+    /// Follow a job until it ends; exit 0 if it succeeds, 1 otherwise.
+    Watch {
+        /// Job id, or a unique prefix of it.
+        id: String,
+    },
+}
+
+/// A job state, for `jobs ls --state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobStateArg {
+    /// Waiting for its agent.
+    Queued,
+    /// Assigned to or running on its agent.
+    Running,
+    /// Finished well.
+    Succeeded,
+    /// Finished with an error.
+    Failed,
+    /// Stopped by an operator.
+    Cancelled,
+}
+
+impl From<JobStateArg> for v1::JobState {
+    fn from(s: JobStateArg) -> Self {
+        match s {
+            JobStateArg::Queued => v1::JobState::Queued,
+            JobStateArg::Running => v1::JobState::Running,
+            JobStateArg::Succeeded => v1::JobState::Succeeded,
+            JobStateArg::Failed => v1::JobState::Failed,
+            JobStateArg::Cancelled => v1::JobState::Cancelled,
+        }
+    }
+}
+
+/// `trireme snapshots …`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCmd {
+    /// List snapshots, newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this source's snapshots, as AGENT/SOURCE.
+        #[arg(value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+        source: Option<SourceArg>,
+        /// At most this many snapshots [default: the controller's, 50].
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Show one snapshot: counters, copies and their verification.
+    Show {
+        /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
+        id: String,
+    },
+}
+
+/// `trireme restore …`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Snapshot id, or a unique prefix of it.
+    pub snapshot: String,
+    /// Where to restore, AGENT:TARGET, e.g. `web-2:/srv/restore` (an empty
+    /// or new directory, or a datastore target). `:TARGET` restores on the
+    /// agent that made the snapshot.
+    #[arg(long, value_name = "AGENT:TARGET", value_parser = parse_restore_to)]
+    pub to: RestoreTo,
+    /// Follow the job until it ends; exit 1 if it fails.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// A source named on the command line as `AGENT/SOURCE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceArg {
+    /// The agent's name.
+    pub agent: String,
+    /// The source's name on that agent.
+    pub source: String,
+}
+
+impl From<SourceArg> for v1::SourceRef {
+    fn from(s: SourceArg) -> Self {
+        v1::SourceRef {
+            agent: s.agent,
+            source: s.source,
+        }
+    }
+}
+
+/// `AGENT/SOURCE`, split at the first `/` (agent names have none).
+fn parse_source_ref(s: &str) -> Result<SourceArg, String> {
+    match s.split_once('/') {
+        Some((agent, source)) if !agent.is_empty() && !source.is_empty() => Ok(SourceArg {
+            agent: agent.to_string(),
+            source: source.to_string(),
+        }),
+        _ => Err(format!(
+            "{s:?} is not AGENT/SOURCE; write the agent and the source name with a slash, \
+             e.g. web-1/postgres-main (see `trireme sources ls`)"
+        )),
+    }
+}
+
+/// Where `restore --to` restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreTo {
+    /// The agent that restores; empty: the snapshot's own agent.
+    pub agent: String,
+    /// The directory or datastore target on that agent.
+    pub target: String,
+}
+
+/// `AGENT:TARGET`, split at the first `:` (so the target may hold colons).
+fn parse_restore_to(s: &str) -> Result<RestoreTo, String> {
+    let hint = "write the agent, a colon and the target on that agent, e.g. \
+                --to web-2:/srv/restore (or --to :/srv/restore for the snapshot's own agent)";
+    match s.split_once(':') {
+        None => Err(format!("{s:?} has no ':'; {hint}")),
+        Some((_, "")) => Err(format!("{s:?} has no target after the ':'; {hint}")),
+        Some((agent, target)) => Ok(RestoreTo {
+            agent: agent.to_string(),
+            target: target.to_string(),
+        }),
+    }
+}
+
+/// Run one command. Errors are for [`exit_code`] to print.
+///
+/// # Errors
+/// Anything that went wrong, already worded for the operator; also a watched
+/// job that did not succeed.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let Cli { global, command } = cli;
+    match command {
+        Command::Cert(cmd) => cert_cmd::run(cmd),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "trireme", &mut script);
+            output::println(String::from_utf8_lossy(&script).trim_end())
+        }
+        command => commands::run(&global, command).await,
+    }
+}
+
+/// Parse the command line. Help and version exit 0; mistakes are printed
+/// (`error: …`, with usage) and exit 1, like every other error.
+pub fn parse() -> Cli {
+    Cli::try_parse().unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 1 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code)
+    })
+}
+
+/// Print an error as `error: …` on stderr and turn the result into the exit code.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<output::BrokenPipe>().is_none() {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_to_splits_at_the_first_colon() {
+        assert_eq!(
+            parse_restore_to("web-2:/srv/restore").unwrap(),
+            RestoreTo {
+                agent: "web-2".into(),
+                target: "/srv/restore".into()
+            }
+        );
+        assert_eq!(
+            parse_restore_to("db-1:tidb://10.0.0.5:4000").unwrap(),
+            RestoreTo {
+                agent: "db-1".into(),
+                target: "tidb://10.0.0.5:4000".into()
+            }
+        );
+        assert_eq!(parse_restore_to(":/x").unwrap().agent, "");
+        let err = parse_restore_to("nocolon").unwrap_err();
+        assert!(
+            err.contains("no ':'") && err.contains("--to web-2:/srv/restore"),
+            "{err}"
+        );
+        assert!(parse_restore_to("web-2:")
+            .unwrap_err()
+            .contains("no target"));
+    }
+
+    #[test]
+    fn source_ref_splits_at_the_first_slash() {
+        assert_eq!(
+            parse_source_ref("web-1/www/static").unwrap(),
+            SourceArg {
+                agent: "web-1".into(),
+                source: "www/static".into()
+            }
+        );
+        for bad in ["web-1", "/www", "web-1/", ""] {
+            let err = parse_source_ref(bad).unwrap_err();
+            assert!(err.contains("AGENT/SOURCE"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // clap's own checks, including the ids shared with `trireme cert`.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_subcommand() {
+        let a = Cli::try_parse_from(["trireme", "-o", "json", "jobs", "ls"]).unwrap();
+        let b = Cli::try_parse_from(["trireme", "jobs", "ls", "--output", "json"]).unwrap();
+        assert_eq!(a.global.output, cert_cmd::Output::Json);
+        assert_eq!(b.global.output, cert_cmd::Output::Json);
+        let c = Cli::try_parse_from(["trireme", "status", "--controller", "ctl:1"]).unwrap();
+        assert_eq!(c.global.controller, "ctl:1");
+    }
+
+    #[test]
+    fn cert_keeps_its_own_name_and_output() {
+        let c = Cli::try_parse_from([
+            "trireme", "cert", "issue", "--dir", "d", "--role", "viewer", "--name", "eve",
+        ])
+        .unwrap();
+        assert!(matches!(c.command, Command::Cert(CertCommand::Issue(_))));
+        let c = Cli::try_parse_from(["trireme", "cert", "ls", "--dir", "d", "--output", "json"])
+            .unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Cert(CertCommand::Ls {
+                output: cert_cmd::Output::Json,
+                ..
+            })
+        ));
+    }
+}

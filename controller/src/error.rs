@@ -131,6 +131,29 @@ pub enum Error {
         /// The job that holds it.
         job: String,
     },
+
+    /// A bad configuration file.
+    #[error("configuration {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to write instead.
+        message: String,
+    },
+
+    /// An error from the repository engine, TLS or storage.
+    #[error(transparent)]
+    Common(#[from] trireme_common::Error),
+
+    /// An I/O error outside the catalog.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -141,6 +164,7 @@ impl Error {
         match self {
             Error::Catalog { source, .. } => matches!(source, sled::Error::Io(_)),
             Error::SourceBusy { .. } => true,
+            Error::Common(e) => e.is_temporary(),
             _ => false,
         }
     }
@@ -171,6 +195,23 @@ impl Error {
             field,
             value: value.into(),
             reason: reason.into(),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        let msg = e.to_string();
+        match e {
+            Error::NotFound { .. } => Status::not_found(msg),
+            Error::InvalidValue { .. } | Error::Policy { .. } => Status::invalid_argument(msg),
+            Error::IllegalTransition { .. } | Error::SourceBusy { .. } => {
+                Status::failed_precondition(msg)
+            }
+            Error::WrongAgent { .. } => Status::permission_denied(msg),
+            e if e.is_temporary() => Status::unavailable(msg),
+            _ => Status::internal(msg),
         }
     }
 }

@@ -234,13 +234,35 @@ impl JobEvent {
     }
 }
 
-/// A backup job of one source.
+/// What a job does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum JobKind {
+    /// Back up the job's source on its agent.
+    #[default]
+    Backup,
+    /// Restore a snapshot of the job's source on `agent` (any agent) into
+    /// `target`.
+    Restore {
+        /// The snapshot.
+        snapshot: Id,
+        /// The agent that restores.
+        agent: String,
+        /// Where, on that agent.
+        target: String,
+    },
+}
+
+/// A job: a backup of one source, or a restore of one of its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// The id.
     pub id: JobId,
-    /// The source to back up.
+    /// The source backed up (or whose snapshot is restored).
     pub source: SourceId,
+    /// Backup or restore.
+    #[serde(default)]
+    pub kind: JobKind,
     /// Full or incremental.
     pub mode: BackupMode,
     /// Why it exists.
@@ -267,6 +289,7 @@ impl Job {
         Job {
             id: JobId::new(now),
             source,
+            kind: JobKind::Backup,
             mode,
             trigger,
             attempt,
@@ -274,6 +297,59 @@ impl Job {
             updated: now,
             state: JobState::Queued,
         }
+    }
+
+    /// A queued restore of `snapshot` (of `source`) on `agent` into `target`.
+    pub fn restore(
+        source: SourceId,
+        snapshot: Id,
+        agent: String,
+        target: String,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut job = Job::new(
+            source,
+            BackupMode::Full,
+            Trigger::Manual { by: by.to_string() },
+            1,
+            now,
+        );
+        job.kind = JobKind::Restore {
+            snapshot,
+            agent,
+            target,
+        };
+        job
+    }
+
+    /// The agent that runs the job: the source's for a backup, the chosen
+    /// one for a restore.
+    pub fn agent(&self) -> &str {
+        match &self.kind {
+            JobKind::Backup => &self.source.agent,
+            JobKind::Restore { agent, .. } => agent,
+        }
+    }
+
+    /// The key this job holds in the catalog's `active` tree while it is
+    /// unfinished: its source for a backup (one backup per source at a
+    /// time), `<agent>/_restore.<id>` for a restore (restores run beside
+    /// backups; `_restore.` and a UUID cannot be guessed by a source name). Both start with the running agent's name, which is how
+    /// [`queued_for_agent`] finds them.
+    pub fn active_key(&self) -> SourceId {
+        match &self.kind {
+            JobKind::Backup => self.source.clone(),
+            JobKind::Restore { agent, .. } => SourceId {
+                agent: agent.clone(),
+                name: format!("_restore.{}", self.id),
+            },
+        }
+    }
+
+    /// Whether this is a backup job.
+    pub fn is_backup(&self) -> bool {
+        self.kind == JobKind::Backup
     }
 
     /// The schedule slot this job runs for; its creation time for manual
@@ -316,7 +392,7 @@ impl Job {
         use JobState as S;
         let next = match (&self.state, event) {
             (S::Queued, E::Assign { agent }) => {
-                self.check_agent(&self.source.agent, agent)?;
+                self.check_agent(self.agent(), agent)?;
                 S::Assigned {
                     agent: agent.clone(),
                     at: now,
@@ -379,13 +455,14 @@ impl Job {
 /// Aborts with [`Error::SourceBusy`] when the source already has an
 /// unfinished job.
 pub fn create_in(tx: &Tx<'_>, job: &Job) -> TxResult<()> {
-    if let Some(busy) = tx.active.get(&job.source)? {
+    let key = job.active_key();
+    if let Some(busy) = tx.active.get(&key)? {
         return Err(abort(Error::SourceBusy {
             source_id: job.source.to_string(),
             job: busy.to_string(),
         }));
     }
-    tx.active.insert(&job.source, &job.id)?;
+    tx.active.insert(&key, &job.id)?;
     tx.jobs.insert(&job.id, job)
 }
 
@@ -498,8 +575,12 @@ fn finish_in(tx: &Tx<'_>, job: &Job, now: DateTime<Utc>) -> TxResult<FollowUp> {
     if !job.state.is_terminal() {
         return Ok(FollowUp::None);
     }
-    if tx.active.get(&job.source)? == Some(job.id) {
-        tx.active.remove(&job.source)?;
+    let key = job.active_key();
+    if tx.active.get(&key)? == Some(job.id) {
+        tx.active.remove(&key)?;
+    }
+    if !job.is_backup() {
+        return Ok(FollowUp::None);
     }
     let policy = tx.policies.get(&job.source)?.map(|r| r.policy);
     let mut state = tx.schedule.get(&job.source)?.unwrap_or_default();
@@ -539,7 +620,7 @@ pub fn reconcile_after_restart(
         let Some(job) = catalog.jobs().get(&id)? else {
             continue;
         };
-        let agent = job.source.agent.clone();
+        let agent = job.agent().to_string();
         let reported = reported_running.contains(&id);
         let events = match (&job.state, reported) {
             (JobState::Running { .. }, true) => vec![],
@@ -577,6 +658,82 @@ pub fn reconcile_after_restart(
             out.stray.push(*id);
         }
     }
+    out.stray.sort();
+    Ok(out)
+}
+
+/// What [`settle_agent`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Jobs the agent confirmed it runs (now `running`).
+    pub resumed: Vec<JobId>,
+    /// Jobs assigned to or running on the agent that it no longer runs:
+    /// failed (and retried as their policy says).
+    pub failed: Vec<JobId>,
+    /// Ids the agent runs that the catalog has as finished or does not
+    /// know, or as another agent's: tell the agent to stop them.
+    pub stray: Vec<JobId>,
+}
+
+/// Why [`settle_agent`] fails a job.
+pub const AGENT_LOST_JOB_REASON: &str =
+    "the agent reconnected without this job: it was restarted (or never received the job)";
+
+/// When agent `agent` (re)connects and says which jobs it runs: its
+/// unfinished jobs it confirms become `running`; its assigned or running
+/// jobs it does not confirm fail with [`AGENT_LOST_JOB_REASON`]; queued
+/// jobs stay queued.
+///
+/// # Errors
+/// Catalog errors.
+pub fn settle_agent(
+    catalog: &Catalog,
+    agent: &str,
+    running: &HashSet<JobId>,
+    now: DateTime<Utc>,
+) -> Result<Settled> {
+    let mut out = Settled::default();
+    let mut mine = HashSet::new();
+    for (_, id) in catalog
+        .active()
+        .scan_prefix(format!("{agent}/").as_bytes())?
+    {
+        let Some(job) = catalog.jobs().get(&id)? else {
+            continue;
+        };
+        if job.agent() != agent {
+            continue;
+        }
+        let confirmed = running.contains(&id);
+        if confirmed {
+            mine.insert(id);
+        }
+        let who = agent.to_string();
+        let events = match (&job.state, confirmed) {
+            (JobState::Running { .. }, true) => vec![],
+            (JobState::Assigned { .. }, true) => vec![JobEvent::Start { agent: who }],
+            (JobState::Queued, true) => vec![
+                JobEvent::Assign { agent: who.clone() },
+                JobEvent::Start { agent: who },
+            ],
+            (JobState::Assigned { .. } | JobState::Running { .. }, false) => {
+                vec![JobEvent::Fail {
+                    agent: None,
+                    reason: AGENT_LOST_JOB_REASON.to_string(),
+                }]
+            }
+            _ => continue,
+        };
+        for e in &events {
+            update_job(catalog, &id, e, now)?;
+        }
+        if confirmed {
+            out.resumed.push(id);
+        } else {
+            out.failed.push(id);
+        }
+    }
+    out.stray = running.difference(&mine).copied().collect();
     out.stray.sort();
     Ok(out)
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod jobs;
 pub mod policy;
 pub mod scheduler;
+pub mod server;
 
 pub use catalog::{Catalog, SourceId};
 pub use error::{Error, Result};

@@ -128,8 +128,4 @@ fn cert_cli_round_trip() {
     let empty = tmp.path().join("empty");
     let err = fails(&["cert", "ls", "--dir", empty.to_str().unwrap()]);
     assert!(err.contains("trireme cert init-ca"), "{err}");
-
-    // The controller commands are still to come.
-    let err = fails(&["status"]);
-    assert!(err.contains("not built yet"), "{err}");
 }

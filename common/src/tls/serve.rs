@@ -162,7 +162,11 @@ pub async fn connect(addr: &str, tls: ClientTls) -> Result<Channel> {
         .map_err(|e| Error::Tls(format!("invalid server name {:?}: {e}", tls.server_name)))?;
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::Tls(format!("invalid server address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(10));
+        .connect_timeout(Duration::from_secs(10))
+        // Long-lived streams (the agent's session) notice a dead link.
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let connector = TlsConnector::from(tls.config.clone());
     let want_role = tls.server_role;
     let channel = endpoint

@@ -1,35 +1,29 @@
-use clap::{Parser, Subcommand};
-use trireme_controller::cert_cmd::{self, CertCommand};
+//! `trireme`: the operator CLI. Everything but starting up is in
+//! [`trireme_controller::cli`].
 
-/// The Trireme operator CLI. `trireme cert` manages the CA and certificates;
-/// the commands that talk to the controller are not built yet: use
-/// `trireme-agent` local mode (see README).
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
+use std::process::ExitCode;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Certificates: init-ca, issue, revoke, ls.
-    #[command(subcommand)]
-    Cert(CertCommand),
-    /// Commands that talk to the controller (not built yet).
-    #[command(external_subcommand)]
-    Other(Vec<String>),
-}
+use trireme_controller::cli;
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Some(Command::Cert(cmd)) => cert_cmd::run(cmd),
-        Some(Command::Other(args)) => anyhow::bail!(
-            "`trireme {}`: the controller API is not built yet; use `trireme-agent` local mode (see README)",
-            args.first().map(String::as_str).unwrap_or_default()
-        ),
-        None => anyhow::bail!(
-            "the controller API is not built yet; use `trireme-agent` local mode (see README)"
-        ),
-    }
+fn main() -> ExitCode {
+    let args = cli::parse();
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.global.log.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // Multi-threaded: when the controller refuses this certificate, its TLS
+    // alert reaches the failing RPC more often than on one thread.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    cli::exit_code(rt.block_on(cli::run(args)))
 }

@@ -1,0 +1,138 @@
+//! Data keys from the controller's key service, for one job. Implements the
+//! engine's [`KeyProvider`] seam: the repository code neither knows nor cares
+//! that its keys come over the network.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use trireme_common::crypto::DataKey;
+use trireme_common::tls::{connect, ClientTls};
+use trireme_common::{Error, KeyProvider, Result, WrappedKey};
+use trireme_proto::v1::key_service_client::KeyServiceClient;
+use trireme_proto::v1::{GenerateDataKeyRequest, UnwrapDataKeysRequest};
+
+/// How long a key call keeps retrying while the controller is unreachable
+/// (e.g. restarting) before the job fails.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Keys for job `job_id`, asked of the controller at `addr`.
+pub struct ControllerKeys {
+    addr: String,
+    tls: ClientTls,
+    job_id: String,
+    channel: Mutex<Option<Channel>>,
+}
+
+impl fmt::Debug for ControllerKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ControllerKeys(job {} at {})", self.job_id, self.addr)
+    }
+}
+
+impl ControllerKeys {
+    /// A provider for one job.
+    pub fn new(addr: String, tls: ClientTls, job_id: String) -> Self {
+        ControllerKeys {
+            addr,
+            tls,
+            job_id,
+            channel: Mutex::new(None),
+        }
+    }
+
+    async fn client(&self) -> Result<KeyServiceClient<Channel>> {
+        let mut slot = self.channel.lock().await;
+        if slot.is_none() {
+            *slot = Some(connect(&self.addr, self.tls.clone()).await?);
+        }
+        Ok(KeyServiceClient::new(slot.clone().expect("set above")))
+    }
+
+    /// Run `call`, reconnecting and retrying while the controller is
+    /// unreachable, for up to [`RETRY_FOR`].
+    async fn with_retry<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    where
+        F: Fn(KeyServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = match self.client().await {
+                Ok(c) => call(c).await.map_err(|s| {
+                    (
+                        s.code() == tonic::Code::Unavailable,
+                        s.message().to_string(),
+                    )
+                }),
+                Err(e) => Err((true, e.to_string())),
+            };
+            match attempt {
+                Ok(v) => return Ok(v),
+                Err((true, msg)) if start.elapsed() < RETRY_FOR => {
+                    tracing::warn!(job = %self.job_id, error = %msg, "key service unreachable; retrying");
+                    *self.channel.lock().await = None;
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err((_, msg)) => {
+                    return Err(Error::Key(format!(
+                        "the controller's key service refused to {what} for job {}: {msg}",
+                        self.job_id
+                    )))
+                }
+            }
+        }
+    }
+}
+
+fn key_from(bytes: &[u8]) -> Result<DataKey> {
+    let raw: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::Key(format!("the key service sent a {}-byte key", bytes.len())))?;
+    Ok(DataKey::from_bytes(raw))
+}
+
+#[async_trait]
+impl KeyProvider for ControllerKeys {
+    async fn generate(&self) -> Result<(DataKey, WrappedKey)> {
+        let job_id = self.job_id.clone();
+        let reply = self
+            .with_retry("generate a data key", |mut c| {
+                let job_id = job_id.clone();
+                async move {
+                    c.generate_data_key(GenerateDataKeyRequest { job_id })
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        Ok((key_from(&reply.data_key)?, WrappedKey(reply.wrapped_key)))
+    }
+
+    async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        let job_id = self.job_id.clone();
+        let w = wrapped.0.clone();
+        let reply = self
+            .with_retry("unwrap a data key", |mut c| {
+                let req = UnwrapDataKeysRequest {
+                    job_id: job_id.clone(),
+                    wrapped_keys: vec![w.clone()],
+                };
+                async move {
+                    c.unwrap_data_keys(req)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
+            })
+            .await?;
+        let k = reply
+            .data_keys
+            .first()
+            .ok_or_else(|| Error::Key("the key service sent no key".into()))?;
+        key_from(k)
+    }
+}

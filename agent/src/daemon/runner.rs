@@ -1,0 +1,410 @@
+//! Running the jobs the controller assigns: backups and restores against
+//! the repository, with this host's sources, hooks and the controller's
+//! keys. Jobs outlive sessions: a job keeps running while the agent
+//! reconnects, and its result waits in the spool until acknowledged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::sync::{Notify, Semaphore};
+use trireme_common::tls::ClientTls;
+use trireme_common::wire::summary_to_wire;
+use trireme_common::{
+    BackupInput, BackupOptions, ContentKind, DynKeyProvider, Id, Location, Progress, Repository,
+    RestoreOptions,
+};
+use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSummary};
+
+use super::config::{AgentConfig, SourceConfig};
+use super::keys::ControllerKeys;
+use super::spool::Spool;
+
+/// A job this agent holds (waiting for a slot or running).
+struct Running {
+    progress: Arc<Progress>,
+    bytes_total: u64,
+    cancel: Arc<Notify>,
+    cancel_reason: Arc<Mutex<Option<String>>>,
+    last: (Instant, u64),
+    /// Has a slot (not waiting behind other jobs).
+    started: bool,
+}
+
+/// The jobs of this agent.
+pub struct Runner {
+    config: AgentConfig,
+    tls: ClientTls,
+    spool: Spool,
+    slots: Arc<Semaphore>,
+    running: Mutex<HashMap<String, Running>>,
+    /// Wakes the session when a result is ready to send.
+    pub results_ready: Notify,
+    /// Wakes the session to report progress now (a job started).
+    pub progress_now: Notify,
+}
+
+impl Runner {
+    /// A runner for `config`.
+    pub fn new(config: AgentConfig, tls: ClientTls, spool: Spool) -> Self {
+        Runner {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_jobs)),
+            config,
+            tls,
+            spool,
+            running: Mutex::default(),
+            results_ready: Notify::new(),
+            progress_now: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The spool of unacknowledged results.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Ids of the jobs this agent holds.
+    pub fn running_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Progress of every running job since the last call.
+    pub fn progress(&self) -> Vec<JobProgress> {
+        let mut out = Vec::new();
+        for (id, r) in self.lock().iter_mut().filter(|(_, r)| r.started) {
+            let read = r.progress.bytes_read.load(Ordering::Relaxed);
+            let (t0, b0) = r.last;
+            let secs = t0.elapsed().as_secs_f64().max(0.001);
+            r.last = (Instant::now(), read);
+            out.push(JobProgress {
+                job_id: id.clone(),
+                bytes_read: read,
+                bytes_uploaded: r.progress.bytes_uploaded.load(Ordering::Relaxed),
+                files: r.progress.files.load(Ordering::Relaxed),
+                bytes_per_sec: read.saturating_sub(b0) as f64 / secs,
+                bytes_total: r.bytes_total,
+            });
+        }
+        out
+    }
+
+    /// Stop job `id` (if this agent holds it).
+    pub fn cancel(&self, id: &str, reason: &str) {
+        if let Some(r) = self.lock().get(id) {
+            *r.cancel_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+            r.cancel.notify_one();
+            tracing::info!(job = %id, %reason, "cancelling job");
+        }
+    }
+
+    /// Take on an assigned job: it runs when a slot is free.
+    pub fn start(self: &Arc<Self>, a: JobAssignment) {
+        let id = a.job_id.clone();
+        if self.lock().contains_key(&id) || self.spool.contains(&id) {
+            tracing::info!(job = %id, "job already taken; ignoring the repeated assignment");
+            return;
+        }
+        let progress = Arc::new(Progress::default());
+        let cancel = Arc::new(Notify::new());
+        let cancel_reason = Arc::new(Mutex::new(None));
+        self.lock().insert(
+            id.clone(),
+            Running {
+                progress: progress.clone(),
+                bytes_total: 0,
+                cancel: cancel.clone(),
+                cancel_reason: cancel_reason.clone(),
+                last: (Instant::now(), 0),
+                started: false,
+            },
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let work = async {
+                let _slot = this
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| anyhow!("the agent is shutting down"))?;
+                if let Some(r) = this.lock().get_mut(&id) {
+                    r.started = true;
+                    r.last = (Instant::now(), 0);
+                }
+                this.progress_now.notify_one();
+                tracing::info!(job = %id, source = %a.source_name, kind = ?a.kind(), "job started");
+                this.run(&a, progress.clone()).await
+            };
+            let outcome = tokio::select! {
+                r = work => r,
+                () = cancel.notified() => {
+                    let why = cancel_reason.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Err(anyhow!("cancelled: {}", why.unwrap_or_default()))
+                }
+            };
+            let result = match outcome {
+                Ok(mut r) => {
+                    if let Some(s) = r.summary.as_mut() {
+                        s.duration_secs = started.elapsed().as_secs_f64();
+                    }
+                    tracing::info!(job = %id, snapshot = %r.snapshot_id, "job succeeded");
+                    r
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %format!("{e:#}"), "job failed");
+                    JobResult {
+                        job_id: id.clone(),
+                        ok: false,
+                        error_message: format!("{e:#}"),
+                        ..Default::default()
+                    }
+                }
+            };
+            // Spool first: the result must survive anything from here on.
+            if let Err(e) = this.spool.put(&result) {
+                tracing::error!(job = %id, error = %format!("{e:#}"), "cannot store the job result durably; it will be sent once and lost if that fails");
+            }
+            this.lock().remove(&id);
+            this.results_ready.notify_one();
+        });
+    }
+
+    async fn run(&self, a: &JobAssignment, progress: Arc<Progress>) -> Result<JobResult> {
+        let source = self.config.source(&a.source_name);
+        match a.kind() {
+            JobKind::Backup => {
+                let source = source.ok_or_else(|| {
+                    anyhow!(
+                        "this agent has no source {:?} in its configuration (it has: {})",
+                        a.source_name,
+                        self.config
+                            .sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                self.backup(a, source, progress).await
+            }
+            JobKind::Restore => self.restore(a, progress).await,
+            other => bail!("this agent cannot run {other:?} jobs"),
+        }
+    }
+
+    fn keys(&self, job_id: &str) -> DynKeyProvider {
+        Arc::new(ControllerKeys::new(
+            self.config.controller.clone(),
+            self.tls.clone(),
+            job_id.to_string(),
+        ))
+    }
+
+    /// Open the repository at the first location that answers.
+    async fn open_repo(&self, a: &JobAssignment) -> Result<(Arc<Repository>, String, bool)> {
+        if a.locations.is_empty() {
+            bail!("the controller sent no location for this job");
+        }
+        let keys = self.keys(&a.job_id);
+        let mut errors = Vec::new();
+        for l in &a.locations {
+            let attempt = async {
+                let loc = Location::parse(&l.url)?;
+                let remote = !matches!(loc, Location::File(_));
+                let backend = loc.open().await?;
+                let repo = Repository::open(backend, keys.clone()).await?;
+                Ok::<_, trireme_common::Error>((Arc::new(repo), remote))
+            };
+            match attempt.await {
+                Ok((repo, remote)) => return Ok((repo, l.name.clone(), remote)),
+                // A key problem is not fixed by another location.
+                Err(e @ (trireme_common::Error::WrongKey(_) | trireme_common::Error::Key(_))) => {
+                    return Err(e.into())
+                }
+                Err(e) => {
+                    tracing::warn!(location = %l.name, error = %e, "location unusable; trying the next");
+                    errors.push(format!("{}: {e}", l.name));
+                }
+            }
+        }
+        bail!("no location is usable: {}", errors.join("; "))
+    }
+
+    async fn backup(
+        &self,
+        a: &JobAssignment,
+        source: &SourceConfig,
+        progress: Arc<Progress>,
+    ) -> Result<JobResult> {
+        run_hook(
+            &source.pre_hook,
+            "pre_hook",
+            &source.name,
+            self.config.hook_timeout,
+        )
+        .await?;
+        let result = self.backup_inner(a, source, progress).await;
+        let post = run_hook(
+            &source.post_hook,
+            "post_hook",
+            &source.name,
+            self.config.hook_timeout,
+        )
+        .await;
+        let r = result?;
+        post?;
+        Ok(r)
+    }
+
+    async fn backup_inner(
+        &self,
+        a: &JobAssignment,
+        source: &SourceConfig,
+        progress: Arc<Progress>,
+    ) -> Result<JobResult> {
+        let (repo, location, remote) = self.open_repo(a).await?;
+        let indexed = repo.load_index().await?;
+        let mut opts = BackupOptions::new(&source.name, &source.kind, &self.config.hostname);
+        if remote {
+            opts.uploads = 4;
+        }
+        opts.progress = progress;
+        opts.tags.push(format!("job:{}", a.job_id));
+        if !a.full && !a.parent_snapshot_id.is_empty() {
+            match Id::from_hex(&a.parent_snapshot_id) {
+                Some(p) if repo.read_snapshot(&p).await.is_ok() => opts.parent = Some(p),
+                _ => tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id,
+                    location = %location, "parent snapshot not readable at this location; reading every file"),
+            }
+        }
+        let path = source
+            .path
+            .clone()
+            .context("volume source without a path")?;
+        let snap = indexed.backup(BackupInput::Tree(path), opts).await?;
+        let m = &snap.manifest;
+        Ok(JobResult {
+            job_id: a.job_id.clone(),
+            ok: true,
+            snapshot_id: snap.id.to_hex(),
+            summary: Some(summary_to_wire(&m.summary, 0.0)),
+            datastore_position: m.position.clone().into_iter().collect(),
+            snapshot_time_ns: m.started_ns,
+            location,
+            ..Default::default()
+        })
+    }
+
+    async fn restore(&self, a: &JobAssignment, progress: Arc<Progress>) -> Result<JobResult> {
+        let id = Id::from_hex(&a.snapshot_id)
+            .with_context(|| format!("malformed snapshot id {:?}", a.snapshot_id))?;
+        let target = PathBuf::from(&a.restore_target);
+        if !target.is_absolute() {
+            bail!(
+                "restore target {:?} must be an absolute path",
+                a.restore_target
+            );
+        }
+        let (repo, location, _) = self.open_repo(a).await?;
+        let snap = repo.read_snapshot(&id).await?;
+        if let Some(r) = self.lock().get_mut(&a.job_id) {
+            r.bytes_total = snap.manifest.summary.bytes;
+        }
+        let indexed = repo.load_index().await?;
+        let summary = match snap.manifest.content {
+            ContentKind::Tree => {
+                let s = indexed
+                    .restore_to_dir(&snap, &target, &RestoreOptions::default())
+                    .await?;
+                progress.files.store(s.files, Ordering::Relaxed);
+                progress.bytes_read.store(s.bytes, Ordering::Relaxed);
+                JobSummary {
+                    files: s.files,
+                    dirs: s.dirs,
+                    others: s.symlinks,
+                    bytes: s.bytes,
+                    ..Default::default()
+                }
+            }
+            ContentKind::Stream => {
+                if target.exists() {
+                    bail!(
+                        "restore target {} exists; give a new file name",
+                        target.display()
+                    );
+                }
+                let f = std::fs::File::create(&target)
+                    .with_context(|| format!("cannot create {}", target.display()))?;
+                let n = indexed.restore_stream(&snap, f).await?;
+                progress.bytes_read.store(n, Ordering::Relaxed);
+                JobSummary {
+                    files: 1,
+                    bytes: n,
+                    ..Default::default()
+                }
+            }
+        };
+        tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %target.display(), files = summary.files, bytes = summary.bytes, "restore finished");
+        Ok(JobResult {
+            job_id: a.job_id.clone(),
+            ok: true,
+            snapshot_id: id.to_hex(),
+            summary: Some(summary),
+            location,
+            ..Default::default()
+        })
+    }
+}
+
+/// Run a hook (argv) with a timeout; its failure names the hook and shows
+/// the end of its stderr.
+async fn run_hook(argv: &[String], which: &str, source: &str, timeout: Duration) -> Result<()> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("TRIREME_SOURCE", source)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("source {source}: cannot start {which} {prog:?}"))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "source {source}: {which} {prog:?} did not finish within {}s",
+                timeout.as_secs()
+            )
+        })?
+        .with_context(|| format!("source {source}: {which} {prog:?}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let tail: String = err
+            .trim()
+            .chars()
+            .rev()
+            .take(500)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "source {source}: {which} {prog:?} failed ({}): {tail}",
+            out.status
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! One function per command that talks to the controller: build the
+//! request, call, print.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use trireme_proto::v1::{
+    ApplyPolicyRequest, CancelJobRequest, GetJobRequest, GetSnapshotRequest, JobInfo, JobState,
+    ListAgentsRequest, ListJobsRequest, ListPoliciesRequest, ListSnapshotsRequest,
+    ListSourcesRequest, PingRequest, RestoreRequest, RunBackupRequest, SourceRef, StatusRequest,
+};
+
+use super::connect::Controller;
+use super::output::{print_json, println, Format};
+use super::{
+    view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, PolicyCmd, RestoreArgs,
+    SnapshotsCmd, SourcesCmd,
+};
+
+/// Run a command that needs the controller.
+///
+/// # Errors
+/// Connection and RPC errors, worded for the operator.
+pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
+    let format = Format::from(global.output);
+    // Check what can be checked before dialling.
+    let policy_text = match &command {
+        Command::Policy(PolicyCmd::Apply { file }) => Some(read_policy(file)?),
+        _ => None,
+    };
+    let mut c = Controller::connect(global).await?;
+    match command {
+        Command::Agents(AgentsCmd::Ls) => {
+            let r = c
+                .operator
+                .list_agents(ListAgentsRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(
+                format,
+                &r.agents,
+                view::agent_json,
+                view::agents_table,
+                "no agents have registered yet",
+            )
+        }
+        Command::Sources(SourcesCmd::Ls { agent }) => {
+            let r = c
+                .operator
+                .list_sources(ListSourcesRequest {
+                    agent: agent.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(
+                format,
+                &r.sources,
+                view::source_entry_json,
+                view::sources_table,
+                "no sources",
+            )
+        }
+        Command::Policy(PolicyCmd::Apply { .. }) => {
+            let toml = policy_text.unwrap_or_default();
+            let r = c
+                .operator
+                .apply_policy(ApplyPolicyRequest { toml })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            match format {
+                Format::Json => print_json(
+                    &serde_json::json!({ "applied": r.applied, "warnings": r.warnings }),
+                    false,
+                ),
+                Format::Table => {
+                    for w in &r.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    if r.applied.is_empty() {
+                        println("no policies applied")
+                    } else {
+                        println(&format!("applied {}", r.applied.join(", ")))
+                    }
+                }
+            }
+        }
+        Command::Policy(PolicyCmd::Ls) => {
+            let r = c
+                .operator
+                .list_policies(ListPoliciesRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(
+                format,
+                &r.policies,
+                view::policy_json,
+                view::policies_table,
+                "no policies; add some with `trireme policy apply -f FILE`",
+            )
+        }
+        Command::Backup(BackupCmd::Run { source, full, wait }) => {
+            let job = c
+                .operator
+                .run_backup(RunBackupRequest {
+                    source: Some(source.into()),
+                    full,
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            started(&mut c, format, job, wait).await
+        }
+        Command::Restore(RestoreArgs { snapshot, to, wait }) => {
+            let job = c
+                .operator
+                .restore(RestoreRequest {
+                    snapshot_id: snapshot,
+                    to_agent: to.agent,
+                    target: to.target,
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            started(&mut c, format, job, wait).await
+        }
+        Command::Jobs(JobsCmd::Ls {
+            agent,
+            source,
+            state,
+            limit,
+        }) => {
+            let r = c
+                .operator
+                .list_jobs(ListJobsRequest {
+                    agent: agent.unwrap_or_default(),
+                    source: source.unwrap_or_default(),
+                    state: state.map_or(JobState::Unspecified, Into::into) as i32,
+                    limit: limit.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(format, &r.jobs, view::job_json, view::jobs_table, "no jobs")
+        }
+        Command::Jobs(JobsCmd::Show { id }) => {
+            let job = c
+                .operator
+                .get_job(GetJobRequest { id })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, view::job_json(&job), || view::job_fields(&job))
+        }
+        Command::Jobs(JobsCmd::Cancel { id }) => {
+            let job = c
+                .operator
+                .cancel_job(CancelJobRequest { id })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, view::job_json(&job), || {
+                let state = view::state_name(job.state);
+                if job.state == JobState::Cancelled as i32 {
+                    format!("cancelled {}", view::job_headline(&job))
+                } else if view::is_final(job.state) {
+                    format!("{} had already {state}", view::job_headline(&job))
+                } else {
+                    format!(
+                        "asked {} to stop {}; it is {state} until it does",
+                        or_agent(&job.agent),
+                        view::job_headline(&job)
+                    )
+                }
+            })
+        }
+        Command::Jobs(JobsCmd::Watch { id }) => watch::watch(&mut c, format, &id).await,
+        Command::Snapshots(SnapshotsCmd::Ls { source, limit }) => {
+            let r = c
+                .operator
+                .list_snapshots(ListSnapshotsRequest {
+                    source: source.map(SourceRef::from),
+                    limit: limit.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(
+                format,
+                &r.snapshots,
+                view::snapshot_json,
+                view::snapshots_table,
+                "no snapshots",
+            )
+        }
+        Command::Snapshots(SnapshotsCmd::Show { id }) => {
+            let s = c
+                .operator
+                .get_snapshot(GetSnapshotRequest { id })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, view::snapshot_json(&s), || {
+                view::snapshot_fields(&s)
+            })
+        }
+        Command::Status => {
+            // One after the other: when the controller refuses this
+            // certificate, only the first RPC learns why.
+            let ping = c
+                .health
+                .ping(PingRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            let status = c
+                .operator
+                .status(StatusRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, view::status_json(&c.addr, &ping, &status), || {
+                view::status_fields(&c.addr, &ping, &status)
+            })
+        }
+        Command::Cert(_) | Command::Completions { .. } => {
+            unreachable!("handled without a controller")
+        }
+    }
+}
+
+/// Print a list: a JSON array, or a table (a note when empty).
+fn list<T>(
+    format: Format,
+    items: &[T],
+    json: fn(&T) -> Value,
+    table: fn(&[T]) -> String,
+    empty: &str,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&Value::Array(items.iter().map(json).collect()), false),
+        Format::Table if items.is_empty() => println(empty),
+        Format::Table => println(&table(items)),
+    }
+}
+
+/// Print one object: JSON, or the text made by `text`.
+fn one(format: Format, json: Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&json, false),
+        Format::Table => println(&text()),
+    }
+}
+
+/// A new job: print it, then follow it when asked.
+async fn started(
+    c: &mut Controller,
+    format: Format,
+    job: JobInfo,
+    wait: bool,
+) -> anyhow::Result<()> {
+    if !wait {
+        return one(format, view::job_json(&job), || {
+            format!(
+                "started {}: {}",
+                view::job_headline(&job),
+                view::state_name(job.state)
+            )
+        });
+    }
+    // With --wait -o json, the watch's first line is the job itself.
+    if format == Format::Table {
+        println(&format!("started {}", view::job_headline(&job)))?;
+    }
+    watch::watch(c, format, &job.id).await
+}
+
+fn or_agent(agent: &str) -> &str {
+    if agent.is_empty() {
+        "the agent"
+    } else {
+        agent
+    }
+}
+
+/// The policy file's text (`-`: standard input).
+fn read_policy(file: &Path) -> anyhow::Result<String> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the policy from standard input")?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the policy file {}", file.display()))?
+    };
+    if text.trim().is_empty() {
+        let what = if file == Path::new("-") {
+            "standard input".to_string()
+        } else {
+            file.display().to_string()
+        };
+        bail!(
+            "the policy in {what} is empty; a policy file is [[policy]] tables, each with \
+             source, schedule and retention"
+        );
+    }
+    Ok(text)
+}

@@ -1,0 +1,677 @@
+//! How each API message looks: a table row, a `key: value` listing, and a
+//! JSON object. The JSON shapes are the CLI's stable interface for scripts
+//! (documented in the README's CLI section); they change only by adding
+//! fields.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+use trireme_proto::v1::{
+    AgentInfo, JobInfo, JobKind, JobProgress, JobState, JobSummary, PingReply, PolicyInfo,
+    SnapshotInfo, SourceEntry, SourceRef, StatusReply,
+};
+
+use super::output::{
+    duration, elapsed, fields, json_str, json_time, or_dash, rate, size, table, time,
+};
+
+/// Snapshot ids in tables: as many hex digits as `Id::short` (enough for a
+/// prefix the controller resolves).
+const SHORT_SNAPSHOT: usize = 8;
+
+/// A job state as a lowercase word.
+pub fn state_name(state: i32) -> &'static str {
+    match JobState::try_from(state) {
+        Ok(JobState::Queued) => "queued",
+        Ok(JobState::Running) => "running",
+        Ok(JobState::Succeeded) => "succeeded",
+        Ok(JobState::Failed) => "failed",
+        Ok(JobState::Cancelled) => "cancelled",
+        Ok(JobState::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// Whether a job in this state will not change any more.
+pub fn is_final(state: i32) -> bool {
+    matches!(
+        JobState::try_from(state),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+/// A job kind as a lowercase word.
+pub fn kind_name(kind: i32) -> &'static str {
+    match JobKind::try_from(kind) {
+        Ok(JobKind::Backup) => "backup",
+        Ok(JobKind::Restore) => "restore",
+        Ok(JobKind::Check) => "check",
+        Ok(JobKind::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn short(id: &str, n: usize) -> String {
+    if id.is_empty() {
+        "-".into()
+    } else {
+        id.chars().take(n).collect()
+    }
+}
+
+/// `agent/source`, `-` when unset.
+pub fn source_text(s: Option<&SourceRef>) -> String {
+    match s {
+        Some(s) if !s.agent.is_empty() || !s.source.is_empty() => {
+            format!("{}/{}", s.agent, s.source)
+        }
+        _ => "-".into(),
+    }
+}
+
+fn source_json(s: Option<&SourceRef>) -> Value {
+    match s {
+        Some(s) if !s.agent.is_empty() || !s.source.is_empty() => {
+            json!({ "agent": s.agent, "name": s.source })
+        }
+        _ => Value::Null,
+    }
+}
+
+fn details_text(d: &std::collections::HashMap<String, String>) -> String {
+    let sorted: BTreeMap<_, _> = d.iter().collect();
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn details_json(d: &std::collections::HashMap<String, String>) -> Value {
+    json!(d.iter().collect::<BTreeMap<_, _>>())
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+// ---- agents and sources ----
+
+/// `agents ls` as a table.
+pub fn agents_table(agents: &[AgentInfo]) -> String {
+    let rows = agents
+        .iter()
+        .map(|a| {
+            let sources: Vec<&str> = a.sources.iter().map(|s| s.name.as_str()).collect();
+            vec![
+                a.name.clone(),
+                if a.connected { "connected" } else { "offline" }.into(),
+                or_dash(&a.hostname),
+                or_dash(&a.version),
+                time(a.last_seen_unix),
+                if sources.is_empty() {
+                    "-".into()
+                } else {
+                    sources.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "HOSTNAME",
+            "VERSION",
+            "LAST SEEN",
+            "SOURCES",
+        ],
+        rows,
+    )
+}
+
+/// An agent as JSON.
+pub fn agent_json(a: &AgentInfo) -> Value {
+    json!({
+        "name": a.name,
+        "connected": a.connected,
+        "hostname": json_str(&a.hostname),
+        "version": json_str(&a.version),
+        "last_seen": json_time(a.last_seen_unix),
+        "sources": a.sources.iter().map(|s| json!({
+            "name": s.name,
+            "kind": json_str(&s.kind),
+            "details": details_json(&s.details),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `sources ls` as a table.
+pub fn sources_table(sources: &[SourceEntry]) -> String {
+    let rows = sources
+        .iter()
+        .map(|e| {
+            let s = e.source.clone().unwrap_or_default();
+            vec![
+                e.agent.clone(),
+                s.name,
+                or_dash(&s.kind),
+                or_dash(&e.policy),
+                details_text(&s.details),
+            ]
+        })
+        .collect();
+    table(&["AGENT", "SOURCE", "KIND", "POLICY", "DETAILS"], rows)
+}
+
+/// A source as JSON.
+pub fn source_entry_json(e: &SourceEntry) -> Value {
+    let s = e.source.clone().unwrap_or_default();
+    json!({
+        "agent": e.agent,
+        "name": s.name,
+        "kind": json_str(&s.kind),
+        "policy": json_str(&e.policy),
+        "details": details_json(&s.details),
+    })
+}
+
+// ---- policies ----
+
+/// The fields of a policy the table shows, read from its TOML (a
+/// `[[policy]]` table); missing ones are `-`.
+fn policy_summary(toml_text: &str) -> [String; 4] {
+    let table: Option<toml::Table> = toml::from_str(toml_text).ok();
+    let policy = table.as_ref().and_then(|t| match t.get("policy") {
+        Some(toml::Value::Array(a)) => a.first().and_then(toml::Value::as_table),
+        Some(toml::Value::Table(t)) => Some(t),
+        _ => None,
+    });
+    let get = |k: &str| {
+        policy
+            .and_then(|p| p.get(k))
+            .map(|v| match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => "-".into(),
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    [
+        get("schedule"),
+        get("timezone"),
+        get("mode"),
+        get("retention"),
+    ]
+}
+
+/// `policy ls` as a table.
+pub fn policies_table(policies: &[PolicyInfo]) -> String {
+    let rows = policies
+        .iter()
+        .map(|p| {
+            let [schedule, tz, mode, retention] = policy_summary(&p.toml);
+            vec![
+                p.name.clone(),
+                schedule,
+                tz,
+                mode,
+                retention,
+                time(p.next_run_unix),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "MODE",
+            "RETENTION",
+            "NEXT RUN",
+        ],
+        rows,
+    )
+}
+
+/// A policy as JSON.
+pub fn policy_json(p: &PolicyInfo) -> Value {
+    json!({
+        "name": p.name,
+        "next_run": json_time(p.next_run_unix),
+        "toml": p.toml,
+    })
+}
+
+// ---- jobs ----
+
+/// One line of progress: `read 1.2 GiB, uploaded 300.0 MiB, 1234 files, 45.6 MiB/s`.
+pub fn progress_text(p: &JobProgress) -> String {
+    let read = if p.bytes_total > 0 {
+        format!(
+            "read {} of {} ({:.0}%)",
+            size(p.bytes_read),
+            size(p.bytes_total),
+            100.0 * p.bytes_read as f64 / p.bytes_total as f64
+        )
+    } else {
+        format!("read {}", size(p.bytes_read))
+    };
+    format!(
+        "{read}, uploaded {}, {} files, {}",
+        size(p.bytes_uploaded),
+        p.files,
+        rate(p.bytes_per_sec)
+    )
+}
+
+fn progress_json(p: &JobProgress) -> Value {
+    json!({
+        "bytes_read": p.bytes_read,
+        "bytes_uploaded": p.bytes_uploaded,
+        "files": p.files,
+        "bytes_per_sec": p.bytes_per_sec,
+        "bytes_total": if p.bytes_total > 0 { json!(p.bytes_total) } else { Value::Null },
+    })
+}
+
+/// A job summary as `key: value` rows.
+pub fn summary_fields(s: &JobSummary) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        (
+            "files",
+            format!(
+                "{} ({} unchanged), {} dirs, {} others",
+                s.files, s.files_unchanged, s.dirs, s.others
+            ),
+        ),
+        ("size", size(s.bytes)),
+        ("read", size(s.bytes_read)),
+        (
+            "new",
+            format!("{} in {} chunks", size(s.new_bytes), s.new_chunks),
+        ),
+        (
+            "uploaded",
+            format!("{} in {} packs", size(s.uploaded_bytes), s.packs),
+        ),
+    ];
+    if s.errors > 0 {
+        v.push((
+            "errors",
+            format!(
+                "{} entries could not be read (named in the agent's log)",
+                s.errors
+            ),
+        ));
+    }
+    if s.duration_secs > 0.0 {
+        v.push(("took", duration(s.duration_secs)));
+    }
+    v
+}
+
+/// A job summary as JSON.
+pub fn summary_json(s: &JobSummary) -> Value {
+    json!({
+        "files": s.files,
+        "dirs": s.dirs,
+        "others": s.others,
+        "bytes": s.bytes,
+        "files_unchanged": s.files_unchanged,
+        "bytes_read": s.bytes_read,
+        "new_chunks": s.new_chunks,
+        "new_bytes": s.new_bytes,
+        "packs": s.packs,
+        "uploaded_bytes": s.uploaded_bytes,
+        "errors": s.errors,
+        "duration_secs": s.duration_secs,
+    })
+}
+
+/// What a job table's INFO column says: progress, result or error.
+fn job_info_text(j: &JobInfo) -> String {
+    let first_line = |s: &str| -> String {
+        let l = s.lines().next().unwrap_or("");
+        if l.chars().count() > 80 {
+            format!("{}…", l.chars().take(79).collect::<String>())
+        } else {
+            l.to_string()
+        }
+    };
+    match JobState::try_from(j.state) {
+        Ok(JobState::Running) => j
+            .progress
+            .as_ref()
+            .map_or_else(|| "starting".into(), progress_text),
+        Ok(JobState::Succeeded) if !j.snapshot_id.is_empty() => {
+            format!("snapshot {}", short(&j.snapshot_id, SHORT_SNAPSHOT))
+        }
+        Ok(JobState::Failed | JobState::Cancelled) if !j.error_message.is_empty() => {
+            first_line(&j.error_message)
+        }
+        _ if !j.restore_target.is_empty() => format!(
+            "snapshot {} to {}",
+            short(&j.restore_snapshot_id, SHORT_SNAPSHOT),
+            j.restore_target
+        ),
+        _ => "-".into(),
+    }
+}
+
+/// How long a job ran (so far, when running).
+fn job_took(j: &JobInfo) -> String {
+    if j.finished_unix != 0 {
+        elapsed(j.started_unix, j.finished_unix)
+    } else if j.started_unix != 0 {
+        elapsed(j.started_unix, now())
+    } else {
+        "-".into()
+    }
+}
+
+/// `jobs ls` as a table.
+pub fn jobs_table(jobs: &[JobInfo]) -> String {
+    let rows = jobs
+        .iter()
+        .map(|j| {
+            vec![
+                j.id.clone(),
+                kind_name(j.kind).into(),
+                source_text(j.source.as_ref()),
+                or_dash(&j.agent),
+                state_name(j.state).into(),
+                time(j.created_unix),
+                job_took(j),
+                job_info_text(j),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "KIND", "SOURCE", "AGENT", "STATE", "CREATED", "TOOK", "INFO",
+        ],
+        rows,
+    )
+}
+
+/// `jobs show` (and the end of `jobs watch`) as a listing.
+pub fn job_fields(j: &JobInfo) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("job", j.id.clone()),
+        ("kind", kind_name(j.kind).into()),
+        ("state", state_name(j.state).into()),
+        ("source", source_text(j.source.as_ref())),
+        ("agent", or_dash(&j.agent)),
+    ];
+    if !j.mode.is_empty() {
+        rows.push(("mode", j.mode.clone()));
+    }
+    if !j.restore_snapshot_id.is_empty() || !j.restore_target.is_empty() {
+        rows.push(("restores", or_dash(&j.restore_snapshot_id)));
+        rows.push(("to", or_dash(&j.restore_target)));
+    }
+    rows.push(("trigger", or_dash(&j.trigger)));
+    if j.attempt > 1 {
+        rows.push(("attempt", j.attempt.to_string()));
+    }
+    rows.push(("created", time(j.created_unix)));
+    rows.push(("started", time(j.started_unix)));
+    rows.push(("finished", time(j.finished_unix)));
+    if j.started_unix != 0 {
+        rows.push(("took", job_took(j)));
+    }
+    if let Some(p) = j.progress.as_ref().filter(|_| !is_final(j.state)) {
+        rows.push(("progress", progress_text(p)));
+    }
+    if !j.snapshot_id.is_empty() {
+        rows.push(("snapshot", j.snapshot_id.clone()));
+    }
+    if !j.error_message.is_empty() {
+        rows.push(("error", j.error_message.clone()));
+    }
+    if let Some(s) = &j.summary {
+        // The job's own start and end say how long it took.
+        let took_known = j.started_unix != 0 && j.finished_unix != 0;
+        rows.extend(
+            summary_fields(s)
+                .into_iter()
+                .filter(|(k, _)| !(took_known && *k == "took")),
+        );
+    }
+    fields(&rows)
+}
+
+/// One line naming a job: `backup job ID (web-1/www, full)` or
+/// `restore job ID (snapshot 5eedc0ff of web-1/www to web-2:/srv/restore)`.
+pub fn job_headline(j: &JobInfo) -> String {
+    let what = if j.restore_target.is_empty() {
+        let mut w = source_text(j.source.as_ref());
+        if !j.mode.is_empty() {
+            w.push_str(&format!(", {}", j.mode));
+        }
+        w
+    } else {
+        format!(
+            "snapshot {} of {} to {}:{}",
+            short(&j.restore_snapshot_id, SHORT_SNAPSHOT),
+            source_text(j.source.as_ref()),
+            or_dash(&j.agent),
+            j.restore_target
+        )
+    };
+    format!("{} job {} ({what})", kind_name(j.kind), j.id)
+}
+
+/// A job as JSON.
+pub fn job_json(j: &JobInfo) -> Value {
+    let restore = if j.restore_snapshot_id.is_empty() && j.restore_target.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "snapshot_id": json_str(&j.restore_snapshot_id),
+            "target": json_str(&j.restore_target),
+        })
+    };
+    json!({
+        "id": j.id,
+        "kind": kind_name(j.kind),
+        "state": state_name(j.state),
+        "source": source_json(j.source.as_ref()),
+        "agent": json_str(&j.agent),
+        "mode": json_str(&j.mode),
+        "trigger": json_str(&j.trigger),
+        "attempt": j.attempt,
+        "created": json_time(j.created_unix),
+        "started": json_time(j.started_unix),
+        "finished": json_time(j.finished_unix),
+        "progress": j.progress.as_ref().map_or(Value::Null, progress_json),
+        "error": json_str(&j.error_message),
+        "snapshot_id": json_str(&j.snapshot_id),
+        "restore": restore,
+        "summary": j.summary.as_ref().map_or(Value::Null, summary_json),
+    })
+}
+
+// ---- snapshots ----
+
+/// `snapshots ls` as a table.
+pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
+    let rows = snapshots
+        .iter()
+        .map(|s| {
+            let sum = s.summary.unwrap_or_default();
+            let verified = s.copies.iter().filter(|c| c.verified).count();
+            vec![
+                short(&s.id, SHORT_SNAPSHOT),
+                source_text(s.source.as_ref()),
+                time(s.time_unix),
+                size(s.size),
+                sum.files.to_string(),
+                size(sum.new_bytes),
+                format!("{verified}/{}", s.copies.len()),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "SOURCE", "TIME", "SIZE", "FILES", "NEW", "VERIFIED"],
+        rows,
+    )
+}
+
+/// `snapshots show` as a listing.
+pub fn snapshot_fields(s: &SnapshotInfo) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("snapshot", s.id.clone()),
+        ("source", source_text(s.source.as_ref())),
+        ("agent", or_dash(&s.agent)),
+        ("time", time(s.time_unix)),
+        ("parent", or_dash(&s.parent_id)),
+        ("size", size(s.size)),
+    ];
+    if let Some(sum) = &s.summary {
+        rows.extend(
+            summary_fields(sum)
+                .into_iter()
+                .filter(|(k, _)| *k != "size"),
+        );
+    }
+    if !s.datastore_position.is_empty() {
+        let pos: BTreeMap<_, _> = s.datastore_position.iter().collect();
+        let text = pos
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("position", text));
+    }
+    let copies = if s.copies.is_empty() {
+        "none".to_string()
+    } else {
+        s.copies
+            .iter()
+            .map(|c| {
+                if c.verified {
+                    format!("{}: verified {}", c.location, time(c.verified_unix))
+                } else {
+                    format!("{}: not verified", c.location)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    rows.push(("copies", copies));
+    fields(&rows)
+}
+
+/// A snapshot as JSON.
+pub fn snapshot_json(s: &SnapshotInfo) -> Value {
+    json!({
+        "id": s.id,
+        "source": source_json(s.source.as_ref()),
+        "agent": json_str(&s.agent),
+        "time": json_time(s.time_unix),
+        "parent_id": json_str(&s.parent_id),
+        "size": s.size,
+        "summary": s.summary.as_ref().map_or(Value::Null, summary_json),
+        "datastore_position": details_json(&s.datastore_position),
+        "copies": s.copies.iter().map(|c| json!({
+            "location": c.location,
+            "verified": c.verified,
+            "verified_at": json_time(c.verified_unix),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+// ---- status ----
+
+/// `status` as a listing.
+pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
+    let problems = if st.problems.is_empty() {
+        "none".to_string()
+    } else {
+        st.problems.join("\n")
+    };
+    fields(&[
+        (
+            "controller",
+            format!("{addr} (version {})", or_dash(&st.version)),
+        ),
+        (
+            "you",
+            format!("{} ({}, serial {})", ping.name, ping.role, ping.serial),
+        ),
+        (
+            "agents",
+            format!("{} connected of {}", st.agents_connected, st.agents_total),
+        ),
+        (
+            "jobs",
+            format!(
+                "{} running, {} queued, {} failed in the last 24h",
+                st.jobs_running, st.jobs_queued, st.jobs_failed_24h
+            ),
+        ),
+        ("problems", problems),
+    ])
+}
+
+/// `status` as JSON.
+pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
+    json!({
+        "controller": addr,
+        "version": json_str(&st.version),
+        "you": { "name": ping.name, "role": ping.role, "serial": ping.serial },
+        "agents": { "total": st.agents_total, "connected": st.agents_connected },
+        "jobs": {
+            "running": st.jobs_running,
+            "queued": st.jobs_queued,
+            "failed_24h": st.jobs_failed_24h,
+        },
+        "problems": st.problems,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_json_shape() {
+        let mut j = JobInfo {
+            id: "0193".into(),
+            source: Some(SourceRef {
+                agent: "web-1".into(),
+                source: "www".into(),
+            }),
+            created_unix: 1_764_052_020,
+            ..Default::default()
+        };
+        j.set_kind(JobKind::Backup);
+        j.set_state(JobState::Running);
+        let v = job_json(&j);
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["kind"], "backup");
+        assert_eq!(v["source"], json!({"agent": "web-1", "name": "www"}));
+        assert_eq!(v["created"], "2025-11-25T06:27:00Z");
+        assert_eq!(v["started"], Value::Null);
+        assert_eq!(v["error"], Value::Null);
+        assert_eq!(v["summary"], Value::Null);
+        assert!(jobs_table(&[j]).contains("running"));
+    }
+
+    #[test]
+    fn policy_columns_come_from_the_toml() {
+        let t = "[[policy]]\nsource = \"a/b\"\nschedule = \"0 2 * * *\"\nmode = \"full\"\nretention = \"daily-30\"\ntimezone = \"UTC\"\n";
+        assert_eq!(
+            policy_summary(t),
+            ["0 2 * * *", "UTC", "full", "daily-30"].map(String::from)
+        );
+        assert_eq!(
+            policy_summary("not toml ["),
+            ["-", "-", "-", "-"].map(String::from)
+        );
+    }
+}

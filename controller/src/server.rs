@@ -1,0 +1,270 @@
+//! The controller daemon: the gRPC services over the catalog and the
+//! scheduler.
+//!
+//! - [`agents`]: `AgentService` (registration, the `Session` stream), the
+//!   table of connected agents, job dispatch, and the watchdog that fails
+//!   the jobs of agents that stay away.
+//! - [`operator`]: `OperatorService`, what the `trireme` CLI calls.
+//! - [`keys`]: `KeyService`, data keys for the jobs agents run.
+//!
+//! Handlers stay thin: they check the caller's role, translate messages and
+//! call the domain core ([`crate::jobs`], [`crate::policy`],
+//! [`crate::catalog`]).
+
+pub mod agents;
+pub mod config;
+pub mod keys;
+pub mod operator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use trireme_common::tls::{Authorizer, HealthService, ReloadingServerConfig};
+use trireme_common::{ChunkerParams, LocalKeyFile, ObjectKey, Repository};
+use trireme_proto::v1::agent_service_server::AgentServiceServer;
+use trireme_proto::v1::health_server::HealthServer;
+use trireme_proto::v1::key_service_server::KeyServiceServer;
+use trireme_proto::v1::operator_service_server::OperatorServiceServer;
+
+pub use config::{ControllerConfig, LocationConfig};
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::jobs::JobId;
+use crate::scheduler::{Action, Clock, LoopOptions, Scheduler, SystemClock};
+
+/// State shared by every service.
+pub struct Shared {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// The scheduler (also the controller's clock).
+    pub scheduler: Scheduler,
+    /// The key service's master key.
+    pub master_key: Arc<LocalKeyFile>,
+    /// Locations, primary first.
+    pub locations: Vec<LocationConfig>,
+    /// Connected agents.
+    pub agents: agents::Registry,
+    /// "This job changed": wakes `WatchJob` streams.
+    pub job_events: broadcast::Sender<JobId>,
+    /// Timing settings.
+    pub heartbeat_interval: Duration,
+    /// See [`ControllerConfig::agent_timeout`].
+    pub agent_timeout: Duration,
+    /// Role checks (and the CRL).
+    pub authz: Authorizer,
+}
+
+impl Shared {
+    /// The controller's time.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.scheduler.now()
+    }
+
+    /// Tell watchers that `job` changed.
+    pub fn job_changed(&self, job: JobId) {
+        let _ = self.job_events.send(job);
+    }
+}
+
+/// Make sure every location holds the same repository: create it at the
+/// first location when there is none anywhere, and copy its `config`
+/// object to the others that lack it. A location that holds another
+/// repository is an error (a wrong URL would otherwise mix repositories).
+///
+/// # Errors
+/// Storage and key errors; [`Error::Config`]-style messages for mismatches.
+pub async fn prepare_locations(
+    locations: &[LocationConfig],
+    keys: Arc<LocalKeyFile>,
+) -> Result<()> {
+    let mut backends = Vec::new();
+    for l in locations {
+        backends.push(l.location.open().await?);
+    }
+    let config_key = ObjectKey::config();
+    let mut existing = None;
+    for (l, b) in locations.iter().zip(&backends) {
+        match b.get(&config_key).await {
+            Ok(bytes) => {
+                existing = Some((l.name.clone(), bytes));
+                break;
+            }
+            Err(trireme_common::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (origin, bytes) = match existing {
+        Some(e) => e,
+        None => {
+            let repo =
+                Repository::init(backends[0].clone(), keys.clone(), ChunkerParams::default())
+                    .await?;
+            tracing::info!(location = %locations[0].name, repo = %repo.config().id, "created the repository");
+            (
+                locations[0].name.clone(),
+                backends[0].get(&config_key).await?,
+            )
+        }
+    };
+    for (l, b) in locations.iter().zip(&backends) {
+        match b.get(&config_key).await {
+            Ok(found) if found == bytes => {}
+            Ok(_) => {
+                return Err(Error::Io {
+                    context: format!(
+                        "location {:?} ({}) holds a different repository than location {origin:?}",
+                        l.name, l.url
+                    ),
+                    source: std::io::Error::other(
+                        "every location must hold copies of one repository: point it at an empty bucket/prefix or directory",
+                    ),
+                })
+            }
+            Err(trireme_common::Error::NotFound { .. }) => {
+                let sum = trireme_common::crypto::sha256(&bytes);
+                b.put(&config_key, bytes.clone(), sum).await?;
+                tracing::info!(location = %l.name, "copied the repository config");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // Opening checks the config's MAC under our master key: a repository
+    // made under another master key is refused here, not at the first backup.
+    Repository::open(backends[0].clone(), keys).await?;
+    Ok(())
+}
+
+/// Run the controller until `shutdown` completes.
+///
+/// # Errors
+/// Startup errors (configuration, key file, catalog, TLS files, listening
+/// socket, locations) with what to do about them.
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let master_key = Arc::new(LocalKeyFile::load(&config.key_file)?);
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
+        context: format!("creating data directory {}", config.data_dir.display()),
+        source: e,
+    })?;
+    let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+    let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
+    prepare_locations(&config.locations, master_key.clone()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Io {
+            context: format!("listening on {}", config.listen),
+            source: e,
+        })?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (job_events, _) = broadcast::channel(4096);
+    let authz = Authorizer::new(tls.clone());
+    let shared = Arc::new(Shared {
+        catalog: catalog.clone(),
+        scheduler: Scheduler::new(catalog.clone(), clock),
+        master_key,
+        locations: config.locations.clone(),
+        agents: agents::Registry::default(),
+        job_events,
+        heartbeat_interval: config.heartbeat_interval,
+        agent_timeout: config.agent_timeout,
+        authz: authz.clone(),
+    });
+    tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    {
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let s2 = s.clone();
+            s.scheduler
+                .run(
+                    LoopOptions {
+                        max_sleep: Duration::from_secs(5),
+                        min_sleep: Duration::from_millis(50),
+                    },
+                    async move {
+                        let _ = stop.wait_for(|v| *v).await;
+                    },
+                    move |tick| {
+                        for (source, e) in &tick.errors {
+                            tracing::error!(%source, error = %e, "scheduling failed for this source");
+                        }
+                        for a in tick.actions {
+                            match a {
+                                Action::Queued(job) => {
+                                    tracing::info!(job = %job.id, source = %job.source, mode = %job.mode, attempt = job.attempt, "scheduled a backup");
+                                    s2.job_changed(job.id);
+                                    agents::dispatch_soon(&s2, job.agent().to_string());
+                                }
+                                Action::Skipped { source, slots, blocking, .. } => {
+                                    tracing::warn!(%source, slots, %blocking, "skipped due backups: the previous one is still unfinished");
+                                }
+                            }
+                        }
+                    },
+                )
+                .await;
+        }));
+    }
+    {
+        let s = shared.clone();
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(agents::watchdog(s, stop)));
+    }
+    {
+        let tls = tls.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => return,
+                    _ = every.tick() => {}
+                }
+                match tls.reload_if_changed() {
+                    Ok(true) => tracing::info!("reloaded the TLS certificate, key, CA or CRL"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot reload the TLS files; keeping the previous ones"),
+                }
+            }
+        }));
+    }
+
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(HealthServer::new(HealthService::new(authz.clone())))
+        .add_service(AgentServiceServer::new(agents::AgentApi::new(
+            shared.clone(),
+        )))
+        .add_service(OperatorServiceServer::new(operator::OperatorApi::new(
+            shared.clone(),
+        )))
+        .add_service(KeyServiceServer::new(keys::KeyApi::new(shared.clone())));
+    let mut stop = stop_rx.clone();
+    let served = trireme_common::tls::serve(routes.routes(), listener, tls, async move {
+        let _ = stop.wait_for(|v| *v).await;
+    });
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = &mut served => r,
+        () = shutdown => {
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+            served.await
+        }
+    };
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    shared.catalog.flush()?;
+    result.map_err(Error::from)
+}

@@ -1,0 +1,711 @@
+//! `AgentService`: agents register and hold one `Session` stream each. This
+//! module also keeps the table of connected agents, sends them their queued
+//! jobs, and fails the jobs of agents that stay away too long.
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use trireme_common::wire::summary_from_wire;
+use trireme_common::{Id, Role};
+use trireme_proto::v1::agent_message::Msg as AgentMsg;
+use trireme_proto::v1::agent_service_server::AgentService;
+use trireme_proto::v1::controller_message::Msg as CtlMsg;
+use trireme_proto::v1::{
+    AgentMessage, CancelJob, ControllerMessage, JobAssignment, JobKind as WireJobKind, JobResult,
+    LocationRef, RegisterReply, RegisterRequest, ResultAck, SourceInfo,
+};
+
+use super::Shared;
+use crate::catalog::{CopyState, SnapshotRecord, SourceRecord};
+use crate::error::{Error, Result};
+use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Progress};
+use crate::policy::BackupMode;
+
+/// How long a new session may take to send its `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the watchdog looks for lost agents and undelivered jobs.
+const WATCHDOG_EVERY: Duration = Duration::from_secs(1);
+
+type Outbound = mpsc::UnboundedSender<Result<ControllerMessage, Status>>;
+
+/// One connected agent.
+struct Conn {
+    session: u64,
+    tx: Outbound,
+    connected_at: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    running: Vec<String>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    conns: HashMap<String, Conn>,
+    /// Agents that were connected and are not: since when.
+    gone_since: HashMap<String, Instant>,
+    next_session: u64,
+}
+
+/// The agents connected now.
+pub struct Registry {
+    inner: Mutex<RegistryInner>,
+    started: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// What the registry knows about a connected agent.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// When its session started.
+    pub connected_at: DateTime<Utc>,
+    /// Its last message.
+    pub last_seen: DateTime<Utc>,
+    /// The jobs its last heartbeat said it runs.
+    pub running: Vec<String>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connect(&self, agent: &str, tx: Outbound, now: DateTime<Utc>) -> u64 {
+        let mut g = self.lock();
+        g.next_session += 1;
+        let session = g.next_session;
+        g.gone_since.remove(agent);
+        if let Some(old) = g.conns.insert(
+            agent.to_string(),
+            Conn {
+                session,
+                tx,
+                connected_at: now,
+                last_seen: now,
+                running: Vec::new(),
+            },
+        ) {
+            // The old stream ends when its sender is dropped.
+            drop(old);
+            tracing::info!(%agent, "agent opened a new session; closing its previous one");
+        }
+        session
+    }
+
+    fn disconnect(&self, agent: &str, session: u64) -> bool {
+        let mut g = self.lock();
+        if g.conns.get(agent).is_some_and(|c| c.session == session) {
+            g.conns.remove(agent);
+            g.gone_since.insert(agent.to_string(), Instant::now());
+            true
+        } else {
+            false
+        }
+    }
+
+    fn touch(&self, agent: &str, session: u64, now: DateTime<Utc>, running: Option<Vec<String>>) {
+        let mut g = self.lock();
+        if let Some(c) = g.conns.get_mut(agent).filter(|c| c.session == session) {
+            c.last_seen = now;
+            if let Some(r) = running {
+                c.running = r;
+            }
+        }
+    }
+
+    fn sender(&self, agent: &str) -> Option<Outbound> {
+        self.lock().conns.get(agent).map(|c| c.tx.clone())
+    }
+
+    /// Whether `agent` has a session now.
+    pub fn is_connected(&self, agent: &str) -> bool {
+        self.lock().conns.contains_key(agent)
+    }
+
+    /// The connected agents' names.
+    pub fn connected(&self) -> Vec<String> {
+        self.lock().conns.keys().cloned().collect()
+    }
+
+    /// Details of a connected agent.
+    pub fn info(&self, agent: &str) -> Option<ConnInfo> {
+        self.lock().conns.get(agent).map(|c| ConnInfo {
+            connected_at: c.connected_at,
+            last_seen: c.last_seen,
+            running: c.running.clone(),
+        })
+    }
+
+    /// How long `agent` has been away: `None` while connected; since the
+    /// controller started for an agent not seen since.
+    fn absent_for(&self, agent: &str) -> Option<Duration> {
+        let g = self.lock();
+        if g.conns.contains_key(agent) {
+            return None;
+        }
+        Some(
+            g.gone_since
+                .get(agent)
+                .map_or(self.started, |t| *t)
+                .elapsed(),
+        )
+    }
+
+    /// Send a message to a connected agent; false when it is not connected.
+    fn send(&self, agent: &str, msg: CtlMsg) -> bool {
+        self.sender(agent)
+            .is_some_and(|tx| tx.send(Ok(ControllerMessage { msg: Some(msg) })).is_ok())
+    }
+}
+
+/// Run a catalog operation that may wait for the disk without stalling the
+/// runtime's other tasks.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// Ask agent `agent` to stop job `job`.
+pub(crate) fn send_cancel(shared: &Shared, agent: &str, job: &JobId, reason: &str) -> bool {
+    shared.agents.send(
+        agent,
+        CtlMsg::Cancel(CancelJob {
+            job_id: job.to_string(),
+            reason: reason.to_string(),
+        }),
+    )
+}
+
+/// Send `agent` its queued jobs, in the background.
+pub fn dispatch_soon(shared: &Arc<Shared>, agent: String) {
+    let s = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = dispatch(&s, &agent) {
+            tracing::error!(%agent, error = %e, "cannot send queued jobs to the agent");
+        }
+    });
+}
+
+/// Send `agent` its queued jobs now, when it is connected.
+fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
+    let Some(tx) = shared.agents.sender(agent) else {
+        return Ok(());
+    };
+    let queued = blocking(|| jobs::queued_for_agent(&shared.catalog, agent))?;
+    for job in queued {
+        let assignment = assignment(shared, &job)?;
+        let assigned = blocking(|| {
+            jobs::update_job(
+                &shared.catalog,
+                &job.id,
+                &JobEvent::Assign {
+                    agent: agent.to_string(),
+                },
+                shared.now(),
+            )
+        });
+        match assigned {
+            Ok(_) => {}
+            // Another dispatch got there first.
+            Err(Error::IllegalTransition { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+        shared.job_changed(job.id);
+        tracing::info!(job = %job.id, %agent, source = %job.source, "sent a job to its agent");
+        if tx
+            .send(Ok(ControllerMessage {
+                msg: Some(CtlMsg::Assign(assignment)),
+            }))
+            .is_err()
+        {
+            // The session ended: the agent will not confirm the job when it
+            // reconnects, which fails it cleanly (and retries it).
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
+    let locations = shared
+        .locations
+        .iter()
+        .map(|l| LocationRef {
+            name: l.name.clone(),
+            url: l.url.clone(),
+        })
+        .collect();
+    let mut a = JobAssignment {
+        job_id: job.id.to_string(),
+        source_name: job.source.name.clone(),
+        attempt: job.attempt,
+        locations,
+        ..Default::default()
+    };
+    match &job.kind {
+        JobKind::Backup => {
+            a.set_kind(WireJobKind::Backup);
+            a.full = job.mode == BackupMode::Full;
+            if !a.full {
+                let latest = shared
+                    .catalog
+                    .snapshots_of(&job.source)?
+                    .into_iter()
+                    .next_back();
+                a.parent_snapshot_id = latest.map(|s| s.id.to_hex()).unwrap_or_default();
+            }
+        }
+        JobKind::Restore {
+            snapshot, target, ..
+        } => {
+            a.set_kind(WireJobKind::Restore);
+            a.snapshot_id = snapshot.to_hex();
+            a.restore_target = target.clone();
+        }
+    }
+    Ok(a)
+}
+
+/// Record what an agent reports about itself and its sources.
+fn register(
+    shared: &Shared,
+    agent: &str,
+    hostname: &str,
+    version: &str,
+    sources: &[SourceInfo],
+) -> Result<()> {
+    let now = shared.now();
+    let records: Vec<(String, SourceRecord)> = sources
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                SourceRecord {
+                    kind: s.kind.clone(),
+                    details: s.details.clone().into_iter().collect(),
+                    last_seen: now,
+                },
+            )
+        })
+        .collect();
+    blocking(|| {
+        shared
+            .catalog
+            .register_agent(agent, hostname, version, &records, now)
+    })?;
+    Ok(())
+}
+
+/// Store a job result an agent reports. Results for jobs that already
+/// ended (cancelled, or failed while the agent was away) are kept when they
+/// carry a snapshot: the data is in the repository and valid.
+fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
+    let id: JobId = r.job_id.parse()?;
+    let Some(job) = shared.catalog.jobs().get(&id)? else {
+        tracing::warn!(%agent, job = %r.job_id, "result for a job the catalog does not know; ignored");
+        return Ok(());
+    };
+    if job.agent() != agent {
+        return Err(Error::WrongAgent {
+            job: id.to_string(),
+            expected: job.agent().to_string(),
+            got: agent.to_string(),
+        });
+    }
+    let now = shared.now();
+    if r.ok && matches!(job.state, JobState::Assigned { .. }) {
+        // Finished before its first progress report: it did start.
+        blocking(|| {
+            jobs::update_job(
+                &shared.catalog,
+                &id,
+                &JobEvent::Start {
+                    agent: agent.to_string(),
+                },
+                now,
+            )
+        })?;
+    }
+    if r.ok {
+        let snapshot = Id::from_hex(&r.snapshot_id).ok_or_else(|| {
+            Error::invalid(
+                "snapshot id",
+                r.snapshot_id.clone(),
+                "the agent reported success without a valid snapshot id",
+            )
+        })?;
+        let outcome = match &job.kind {
+            JobKind::Backup => {
+                let summary = r
+                    .summary
+                    .as_ref()
+                    .map(summary_from_wire)
+                    .unwrap_or_default();
+                let mut copies = std::collections::BTreeMap::new();
+                if !r.location.is_empty() {
+                    copies.insert(r.location.clone(), CopyState::Copied { at: now });
+                }
+                let record = SnapshotRecord {
+                    id: snapshot,
+                    source: job.source.clone(),
+                    agent: agent.to_string(),
+                    time: DateTime::from_timestamp_nanos(r.snapshot_time_ns),
+                    size: summary.bytes,
+                    summary,
+                    job: Some(id),
+                    copies,
+                };
+                match blocking(|| jobs::complete_job(&shared.catalog, &id, agent, &record, now)) {
+                    Err(Error::IllegalTransition { from, .. }) => {
+                        if shared.catalog.snapshots().get(&snapshot)?.is_none() {
+                            blocking(|| shared.catalog.record_snapshot(&record))?;
+                        }
+                        tracing::warn!(job = %id, %agent, state = %from, snapshot = %snapshot,
+                            "late result: the job had already ended; its snapshot is kept in the catalog");
+                        Ok(())
+                    }
+                    other => other.map(|_| ()),
+                }
+            }
+            JobKind::Restore { .. } => blocking(|| {
+                jobs::update_job(
+                    &shared.catalog,
+                    &id,
+                    &JobEvent::Succeed {
+                        agent: agent.to_string(),
+                        snapshot,
+                    },
+                    now,
+                )
+            })
+            .map(|_| ()),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(job = %id, %agent, snapshot = %snapshot.short(), "job succeeded");
+            }
+            Err(Error::IllegalTransition { from, .. }) => {
+                tracing::info!(job = %id, %agent, state = %from, "result for a job that had already ended; ignored");
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        let event = JobEvent::Fail {
+            agent: Some(agent.to_string()),
+            reason: r.error_message.clone(),
+        };
+        match blocking(|| jobs::update_job(&shared.catalog, &id, &event, now)) {
+            Ok(u) => {
+                tracing::warn!(job = %id, %agent, reason = %r.error_message, follow_up = ?u.follow_up, "job failed");
+            }
+            Err(Error::IllegalTransition { from, .. }) => {
+                tracing::info!(job = %id, %agent, state = %from, "failure report for a job that had already ended; ignored");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    shared.job_changed(id);
+    shared.scheduler.wake();
+    Ok(())
+}
+
+fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgress) -> Result<()> {
+    let id: JobId = p.job_id.parse()?;
+    let event = JobEvent::Progress {
+        agent: agent.to_string(),
+        progress: Progress {
+            bytes_done: p.bytes_read,
+            bytes_total: (p.bytes_total > 0).then_some(p.bytes_total),
+            files_done: p.files,
+            bytes_uploaded: p.bytes_uploaded,
+        },
+    };
+    let now = shared.now();
+    match jobs::update_job(&shared.catalog, &id, &event, now) {
+        Ok(_) => {}
+        // The first progress report is the agent's "started".
+        Err(Error::IllegalTransition { from, .. }) if from == "assigned" => {
+            blocking(|| {
+                jobs::update_job(
+                    &shared.catalog,
+                    &id,
+                    &JobEvent::Start {
+                        agent: agent.to_string(),
+                    },
+                    now,
+                )
+            })?;
+            jobs::update_job(&shared.catalog, &id, &event, now)?;
+        }
+        // Cancelled or failed meanwhile: the cancel is on its way.
+        Err(Error::IllegalTransition { .. }) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    shared.job_changed(id);
+    Ok(())
+}
+
+/// Fail the jobs of agents away longer than the agent timeout, and send
+/// connected agents jobs that are still queued. Runs until `stop`.
+pub async fn watchdog(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(WATCHDOG_EVERY);
+    let mut sweep = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = fail_lost_jobs(&shared) {
+            tracing::error!(error = %e, "watchdog: cannot check for lost jobs");
+        }
+        sweep += 1;
+        if sweep % 5 == 0 {
+            for agent in shared.agents.connected() {
+                if let Err(e) = dispatch(&shared, &agent) {
+                    tracing::error!(%agent, error = %e, "cannot send queued jobs to the agent");
+                }
+            }
+        }
+    }
+}
+
+fn fail_lost_jobs(shared: &Shared) -> Result<()> {
+    for (_, id) in shared.catalog.active().entries()? {
+        let Some(job) = shared.catalog.jobs().get(&id)? else {
+            continue;
+        };
+        if !matches!(
+            job.state,
+            JobState::Assigned { .. } | JobState::Running { .. }
+        ) {
+            continue;
+        }
+        let agent = job.agent().to_string();
+        let Some(away) = shared.agents.absent_for(&agent) else {
+            continue;
+        };
+        if away < shared.agent_timeout {
+            continue;
+        }
+        let reason = format!(
+            "agent {agent} has not been connected for {}s (agent_timeout {}s): the job is considered lost",
+            away.as_secs(),
+            shared.agent_timeout.as_secs()
+        );
+        let event = JobEvent::Fail {
+            agent: None,
+            reason: reason.clone(),
+        };
+        match blocking(|| jobs::update_job(&shared.catalog, &id, &event, shared.now())) {
+            Ok(u) => {
+                tracing::warn!(job = %id, %agent, follow_up = ?u.follow_up, "{reason}");
+                shared.job_changed(id);
+                shared.scheduler.wake();
+            }
+            Err(Error::IllegalTransition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Implementation of `trireme.v1.AgentService`.
+pub struct AgentApi {
+    shared: Arc<Shared>,
+}
+
+impl AgentApi {
+    /// The service over the controller's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        AgentApi { shared }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let r = request.into_inner();
+        check_claimed_name(&id.name, &r.agent_name)?;
+        register(
+            &self.shared,
+            &id.name,
+            &r.hostname,
+            &r.agent_version,
+            &r.sources,
+        )?;
+        tracing::info!(agent = %id.name, host = %r.hostname, sources = r.sources.len(), "agent registered");
+        Ok(Response::new(RegisterReply {
+            agent_name: id.name,
+            heartbeat_interval_secs: u32::try_from(self.shared.heartbeat_interval.as_secs())
+                .unwrap_or(u32::MAX),
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let agent = id.name.clone();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("no Hello within 30 s of opening the session")
+            })??;
+        let Some(AgentMessage {
+            msg: Some(AgentMsg::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of a Session must be Hello",
+            ));
+        };
+        check_claimed_name(&agent, &hello.agent_name)?;
+        let shared = self.shared.clone();
+        register(
+            &shared,
+            &agent,
+            &hello.hostname,
+            &hello.agent_version,
+            &hello.sources,
+        )?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        for r in &hello.pending_results {
+            match handle_result(&shared, &agent, r) {
+                Ok(()) => {
+                    let _ = tx.send(Ok(ack(&r.job_id)));
+                }
+                Err(e) => {
+                    tracing::error!(%agent, job = %r.job_id, error = %e, "cannot store a result the agent kept while away");
+                }
+            }
+        }
+        let mut running = HashSet::new();
+        for j in &hello.running_job_ids {
+            match j.parse::<JobId>() {
+                Ok(id) => {
+                    running.insert(id);
+                }
+                Err(_) => tracing::warn!(%agent, job = %j, "agent runs a job with a malformed id"),
+            }
+        }
+        let settled =
+            blocking(|| jobs::settle_agent(&shared.catalog, &agent, &running, shared.now()))?;
+        for id in &settled.failed {
+            tracing::warn!(%agent, job = %id, "{}", jobs::AGENT_LOST_JOB_REASON);
+            shared.job_changed(*id);
+        }
+        if !settled.failed.is_empty() {
+            shared.scheduler.wake();
+        }
+        for id in &settled.stray {
+            let _ = tx.send(Ok(ControllerMessage {
+                msg: Some(CtlMsg::Cancel(CancelJob {
+                    job_id: id.to_string(),
+                    reason: "the controller has no such unfinished job for this agent".into(),
+                })),
+            }));
+        }
+        let session = shared.agents.connect(&agent, tx.clone(), shared.now());
+        shared.agents.touch(
+            &agent,
+            session,
+            shared.now(),
+            Some(hello.running_job_ids.clone()),
+        );
+        tracing::info!(%agent, host = %hello.hostname, version = %hello.agent_version,
+            sources = hello.sources.len(), running = running.len(),
+            resumed = settled.resumed.len(), failed = settled.failed.len(),
+            "agent connected");
+        let liveness = shared.heartbeat_interval * 3;
+        let s = shared.clone();
+        let name = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = match tokio::time::timeout(liveness, inbound.message()).await {
+                    Err(_) => {
+                        tracing::warn!(agent = %name, "no message from the agent for {}s; closing its session", liveness.as_secs());
+                        break;
+                    }
+                    Ok(Err(status)) => {
+                        tracing::info!(agent = %name, reason = %status.message(), "agent session broke");
+                        break;
+                    }
+                    Ok(Ok(None)) => break,
+                    Ok(Ok(Some(m))) => m,
+                };
+                s.agents.touch(&name, session, s.now(), None);
+                match msg.msg {
+                    Some(AgentMsg::Heartbeat(h)) => {
+                        s.agents
+                            .touch(&name, session, s.now(), Some(h.running_job_ids));
+                    }
+                    Some(AgentMsg::Progress(p)) => {
+                        if let Err(e) = handle_progress(&s, &name, &p) {
+                            tracing::warn!(agent = %name, job = %p.job_id, error = %e, "cannot record progress");
+                        }
+                    }
+                    Some(AgentMsg::Result(r)) => match handle_result(&s, &name, &r) {
+                        Ok(()) => {
+                            let _ = tx.send(Ok(ack(&r.job_id)));
+                        }
+                        Err(e) => {
+                            tracing::error!(agent = %name, job = %r.job_id, error = %e, "cannot store a job result; the agent keeps it and reports it again");
+                        }
+                    },
+                    Some(AgentMsg::Hello(_)) => {
+                        tracing::warn!(agent = %name, "ignoring a second Hello in one session");
+                    }
+                    None => {}
+                }
+            }
+            if s.agents.disconnect(&name, session) {
+                tracing::info!(agent = %name, "agent disconnected");
+            }
+        });
+        dispatch_soon(&shared, agent);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn ack(job_id: &str) -> ControllerMessage {
+    ControllerMessage {
+        msg: Some(CtlMsg::Ack(ResultAck {
+            job_id: job_id.to_string(),
+        })),
+    }
+}
+
+/// An agent speaks for the name in its certificate only.
+fn check_claimed_name(cert_name: &str, claimed: &str) -> Result<(), Status> {
+    if claimed.is_empty() || claimed == cert_name {
+        Ok(())
+    } else {
+        tracing::warn!(agent = %cert_name, claimed = %claimed, "refused an agent claiming another name");
+        Err(Status::permission_denied(format!(
+            "this certificate belongs to agent {cert_name:?} but the agent calls itself {claimed:?}: set `name` in the agent config to the certificate's name, or issue a certificate for {claimed:?}"
+        )))
+    }
+}

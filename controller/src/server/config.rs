@@ -1,0 +1,276 @@
+//! The controller's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"
+//! data_dir = "/var/lib/trireme-controller"   # the catalog lives in data_dir/catalog
+//! key_file = "/etc/trireme/master.key"        # `trireme-controller keygen`
+//! heartbeat_interval = "10s"
+//! agent_timeout = "5m"
+//!
+//! [tls]
+//! dir = "/etc/trireme/tls"   # holds ca.pem, crl.pem, <name>.pem, <name>.key
+//! name = "controller.example.com"
+//!
+//! [[location]]
+//! name = "primary"
+//! url = "s3://trireme/prod?endpoint=https://s3.eu-west-1.amazonaws.com&region=eu-west-1"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use trireme_common::tls::TlsFiles;
+use trireme_common::Location;
+
+use crate::error::{Error, Result};
+
+/// A validated controller configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the catalog lives.
+    pub data_dir: PathBuf,
+    /// The master key file.
+    pub key_file: PathBuf,
+    /// TLS files of the controller's server certificate.
+    pub tls: TlsFiles,
+    /// Locations, primary first.
+    pub locations: Vec<LocationConfig>,
+    /// How often agents send heartbeats; a session silent for three of these
+    /// is considered dead.
+    pub heartbeat_interval: Duration,
+    /// How long an agent may stay disconnected before its assigned and
+    /// running jobs are failed (and retried per policy). Also how long after
+    /// a restart the controller waits for agents to confirm their jobs.
+    pub agent_timeout: Duration,
+}
+
+/// One location.
+#[derive(Debug, Clone)]
+pub struct LocationConfig {
+    /// Label, e.g. `primary`, `eu-west`, `other-provider`.
+    pub name: String,
+    /// The parsed URL.
+    pub location: Location,
+    /// The URL as written (sent to agents).
+    pub url: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: PathBuf,
+    key_file: PathBuf,
+    tls: RawTls,
+    #[serde(default, rename = "location")]
+    locations: Vec<RawLocation>,
+    heartbeat_interval: Option<String>,
+    agent_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    dir: Option<PathBuf>,
+    name: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    crl: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocation {
+    name: String,
+    url: String,
+}
+
+/// Default port of the controller.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+
+impl ControllerConfig {
+    /// Read and validate a configuration file. Relative paths in it are
+    /// relative to the file's directory.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parse configuration text; `path` names it in errors and anchors
+    /// relative paths.
+    ///
+    /// # Errors
+    /// [`Error::Config`].
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let bad = |message: String| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let listen_text = raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().map_err(|e| {
+            bad(format!(
+                "listen = {listen_text:?} is not an address ({e}); write e.g. \"0.0.0.0:7443\""
+            ))
+        })?;
+        let tls = match (&raw.tls.dir, &raw.tls.name) {
+            (Some(dir), Some(name)) => {
+                let mut f = TlsFiles::in_dir(&abs(dir), name);
+                if let Some(c) = &raw.tls.cert {
+                    f.cert = abs(c);
+                }
+                if let Some(k) = &raw.tls.key {
+                    f.key = abs(k);
+                }
+                if let Some(c) = &raw.tls.ca {
+                    f.ca = abs(c);
+                }
+                if let Some(c) = &raw.tls.crl {
+                    f.crl = Some(abs(c));
+                }
+                f
+            }
+            _ => match (&raw.tls.cert, &raw.tls.key, &raw.tls.ca) {
+                (Some(cert), Some(key), Some(ca)) => TlsFiles {
+                    cert: abs(cert),
+                    key: abs(key),
+                    ca: abs(ca),
+                    crl: raw.tls.crl.as_deref().map(abs),
+                },
+                _ => {
+                    return Err(bad(
+                        "[tls] needs `dir` and `name` (files from `trireme cert issue --role controller --name <name>`), or `cert`, `key` and `ca`".into(),
+                    ))
+                }
+            },
+        };
+        if raw.locations.is_empty() {
+            return Err(bad(
+                "no [[location]]: add at least one, e.g. [[location]] name = \"primary\" url = \"file:///var/lib/trireme/repo\"".into(),
+            ));
+        }
+        let mut locations = Vec::new();
+        for l in raw.locations {
+            crate::catalog::validate_name("location name", &l.name)
+                .map_err(|e| bad(e.to_string()))?;
+            if locations.iter().any(|x: &LocationConfig| x.name == l.name) {
+                return Err(bad(format!("location {:?} is listed twice", l.name)));
+            }
+            let location =
+                Location::parse(&l.url).map_err(|e| bad(format!("location {:?}: {e}", l.name)))?;
+            locations.push(LocationConfig {
+                name: l.name,
+                location,
+                url: l.url,
+            });
+        }
+        let duration = |field: &str, v: &Option<String>, default: Duration| -> Result<Duration> {
+            match v {
+                None => Ok(default),
+                Some(s) => humantime::parse_duration(s).map_err(|e| {
+                    bad(format!(
+                        "{field} = {s:?}: {e}; write e.g. \"30s\" or \"5m\""
+                    ))
+                }),
+            }
+        };
+        let heartbeat_interval = duration(
+            "heartbeat_interval",
+            &raw.heartbeat_interval,
+            Duration::from_secs(10),
+        )?;
+        let agent_timeout = duration(
+            "agent_timeout",
+            &raw.agent_timeout,
+            Duration::from_secs(300),
+        )?;
+        if heartbeat_interval < Duration::from_secs(1) {
+            return Err(bad("heartbeat_interval must be at least 1s".into()));
+        }
+        Ok(ControllerConfig {
+            listen,
+            data_dir: abs(&raw.data_dir),
+            key_file: abs(&raw.key_file),
+            tls,
+            locations,
+            heartbeat_interval,
+            agent_timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:7443"
+data_dir = "data"
+key_file = "master.key"
+[tls]
+dir = "tls"
+name = "localhost"
+[[location]]
+name = "primary"
+url = "file:///tmp/x"
+"#;
+
+    #[test]
+    fn parses_and_anchors_relative_paths() {
+        let c = ControllerConfig::parse(Path::new("/etc/trireme/controller.toml"), GOOD).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/trireme/data"));
+        assert_eq!(c.tls.cert, Path::new("/etc/trireme/tls/localhost.pem"));
+        assert_eq!(c.locations[0].name, "primary");
+        assert_eq!(c.agent_timeout, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let p = Path::new("c.toml");
+        let e = ControllerConfig::parse(
+            p,
+            &GOOD.replace(
+                "[[location]]\nname = \"primary\"\nurl = \"file:///tmp/x\"\n",
+                "",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("c.toml") && e.contains("no [[location]]"), "{e}");
+        let e = ControllerConfig::parse(p, &GOOD.replace("127.0.0.1:7443", "nowhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen") && e.contains("nowhere"), "{e}");
+        let e = ControllerConfig::parse(p, &GOOD.replace("file:///tmp/x", "ftp://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("location \"primary\""), "{e}");
+        let e = ControllerConfig::parse(p, &format!("{GOOD}\nagent_timeout = \"soon\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("agent_timeout"), "{e}");
+        let e = ControllerConfig::parse(p, &format!("{GOOD}\nlisten_port = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen_port"), "{e}");
+    }
+}

@@ -1,0 +1,714 @@
+//! `OperatorService`: what the `trireme` CLI calls. Viewers read; operators
+//! also change things. Ids may be given as unique prefixes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use trireme_common::wire::summary_to_wire;
+use trireme_common::{Id, Identity, Role};
+use trireme_proto::v1::operator_service_server::OperatorService;
+use trireme_proto::v1::{
+    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, GetJobRequest,
+    GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress, JobState as WireJobState,
+    ListAgentsReply, ListAgentsRequest, ListJobsReply, ListJobsRequest, ListPoliciesReply,
+    ListPoliciesRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
+    ListSourcesRequest, PolicyInfo, RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo,
+    SourceEntry, SourceInfo, SourceRef, StatusReply, StatusRequest, WatchJobRequest,
+};
+
+use super::agents::{blocking, dispatch_soon, send_cancel};
+use super::Shared;
+use crate::catalog::{CopyState, SnapshotRecord, SourceId};
+use crate::error::Error;
+use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Trigger};
+use crate::policy::{self, BackupMode, Policy};
+
+const READ: &[Role] = &[Role::Operator, Role::Viewer];
+const OPERATE: &[Role] = &[Role::Operator];
+/// Default and largest page of `ListJobs` / `ListSnapshots`.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 10_000;
+/// Shortest prefix accepted for an id.
+const MIN_PREFIX: usize = 4;
+
+/// Implementation of `trireme.v1.OperatorService`.
+pub struct OperatorApi {
+    shared: Arc<Shared>,
+}
+
+impl OperatorApi {
+    /// The service over the controller's shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        OperatorApi { shared }
+    }
+
+    fn find_job(&self, text: &str) -> Result<Job, Status> {
+        if let Ok(id) = text.parse::<JobId>() {
+            return self
+                .shared
+                .catalog
+                .jobs()
+                .get(&id)?
+                .ok_or_else(|| Error::not_found("job", id).into());
+        }
+        let t = text.to_ascii_lowercase();
+        check_prefix("job id", &t)?;
+        let mut found: Vec<Job> = self
+            .shared
+            .catalog
+            .jobs()
+            .values()?
+            .into_iter()
+            .filter(|j| j.id.to_string().starts_with(&t))
+            .collect();
+        one_of("job", text, &mut found)
+    }
+
+    fn find_snapshot(&self, text: &str) -> Result<SnapshotRecord, Status> {
+        let t = text.to_ascii_lowercase();
+        if let Some(id) = Id::from_hex(&t) {
+            return self
+                .shared
+                .catalog
+                .snapshots()
+                .get(&id)?
+                .ok_or_else(|| Error::not_found("snapshot", &t).into());
+        }
+        check_prefix("snapshot id", &t)?;
+        let mut found: Vec<SnapshotRecord> = self
+            .shared
+            .catalog
+            .snapshots()
+            .values()?
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&t))
+            .collect();
+        one_of("snapshot", text, &mut found)
+    }
+
+    fn job_info(&self, job: &Job) -> JobInfo {
+        job_info(
+            job,
+            self.shared
+                .catalog
+                .snapshots()
+                .get(&snapshot_of(job))
+                .ok()
+                .flatten()
+                .as_ref(),
+        )
+    }
+}
+
+fn snapshot_of(job: &Job) -> Id {
+    match &job.state {
+        JobState::Succeeded { snapshot, .. } => *snapshot,
+        _ => Id([0; 32]),
+    }
+}
+
+fn check_prefix(what: &str, t: &str) -> Result<(), Status> {
+    if t.len() < MIN_PREFIX || !t.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(Status::invalid_argument(format!(
+            "{what} {t:?}: give the full id or at least {MIN_PREFIX} of its first hex digits"
+        )));
+    }
+    Ok(())
+}
+
+fn one_of<T>(what: &'static str, text: &str, found: &mut Vec<T>) -> Result<T, Status> {
+    match found.len() {
+        0 => Err(Error::not_found(what, text).into()),
+        1 => Ok(found.remove(0)),
+        n => Err(Status::invalid_argument(format!(
+            "{what} id prefix {text:?} matches {n} {what}s; give more digits"
+        ))),
+    }
+}
+
+fn unix(t: DateTime<Utc>) -> i64 {
+    t.timestamp()
+}
+
+fn source_ref(s: &SourceId) -> SourceRef {
+    SourceRef {
+        agent: s.agent.clone(),
+        source: s.name.clone(),
+    }
+}
+
+fn parse_source(r: Option<&SourceRef>) -> Result<SourceId, Status> {
+    let r = r.ok_or_else(|| Status::invalid_argument("give a source as agent/source"))?;
+    Ok(SourceId::new(r.agent.clone(), r.source.clone())?)
+}
+
+/// A job as the CLI shows it.
+pub fn job_info(job: &Job, snapshot: Option<&SnapshotRecord>) -> JobInfo {
+    let mut info = JobInfo {
+        id: job.id.to_string(),
+        source: Some(source_ref(&job.source)),
+        created_unix: unix(job.created),
+        attempt: job.attempt,
+        agent: job.agent().to_string(),
+        trigger: match &job.trigger {
+            Trigger::Schedule { missed, .. } if *missed > 0 => {
+                format!("schedule (catching up {missed} missed)")
+            }
+            Trigger::Schedule { .. } => "schedule".into(),
+            Trigger::Retry { previous, .. } => format!("retry of {previous}"),
+            Trigger::Manual { by } => format!("manual by {by}"),
+        },
+        ..Default::default()
+    };
+    match &job.kind {
+        JobKind::Backup => {
+            info.set_kind(WireJobKind::Backup);
+            info.mode = job.mode.to_string();
+        }
+        JobKind::Restore {
+            snapshot, target, ..
+        } => {
+            info.set_kind(WireJobKind::Restore);
+            info.restore_snapshot_id = snapshot.to_hex();
+            info.restore_target = target.clone();
+        }
+    }
+    let state = match &job.state {
+        JobState::Queued => WireJobState::Queued,
+        JobState::Assigned { .. } => WireJobState::Running,
+        JobState::Running {
+            started, progress, ..
+        } => {
+            info.started_unix = unix(*started);
+            let secs = (Utc::now() - *started).num_milliseconds().max(1) as f64 / 1000.0;
+            info.progress = Some(JobProgress {
+                job_id: job.id.to_string(),
+                bytes_read: progress.bytes_done,
+                bytes_uploaded: progress.bytes_uploaded,
+                files: progress.files_done,
+                bytes_per_sec: progress.bytes_done as f64 / secs,
+                bytes_total: progress.bytes_total.unwrap_or(0),
+            });
+            WireJobState::Running
+        }
+        JobState::Succeeded { snapshot, finished } => {
+            info.finished_unix = unix(*finished);
+            info.snapshot_id = snapshot.to_hex();
+            WireJobState::Succeeded
+        }
+        JobState::Failed { reason, finished } => {
+            info.finished_unix = unix(*finished);
+            info.error_message = reason.clone();
+            WireJobState::Failed
+        }
+        JobState::Cancelled { reason, finished } => {
+            info.finished_unix = unix(*finished);
+            info.error_message = reason.clone();
+            WireJobState::Cancelled
+        }
+    };
+    info.set_state(state);
+    if let Some(s) = snapshot.filter(|_| job.is_backup()) {
+        let secs = (s.job.is_some())
+            .then(|| match &job.state {
+                JobState::Succeeded { finished, .. } => {
+                    (*finished - s.time).num_milliseconds().max(0) as f64 / 1000.0
+                }
+                _ => 0.0,
+            })
+            .unwrap_or(0.0);
+        info.summary = Some(summary_to_wire(&s.summary, secs));
+    }
+    info
+}
+
+/// A snapshot as the CLI shows it.
+pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
+    SnapshotInfo {
+        id: s.id.to_hex(),
+        source: Some(source_ref(&s.source)),
+        time_unix: unix(s.time),
+        parent_id: String::new(),
+        summary: Some(summary_to_wire(&s.summary, 0.0)),
+        datastore_position: Default::default(),
+        copies: s
+            .copies
+            .iter()
+            .map(|(loc, c)| {
+                let (verified, at) = match c {
+                    CopyState::Verified { at } => (true, unix(*at)),
+                    CopyState::Copied { at } | CopyState::Damaged { at, .. } => (false, unix(*at)),
+                    CopyState::Pending => (false, 0),
+                };
+                SnapshotCopy {
+                    location: loc.clone(),
+                    verified,
+                    verified_unix: if verified { at } else { 0 },
+                }
+            })
+            .collect(),
+        agent: s.agent.clone(),
+        size: s.size,
+    }
+}
+
+fn policy_toml(p: &Policy) -> String {
+    let mut t = format!(
+        "[[policy]]\nsource = {:?}\nschedule = {:?}\nmode = {:?}\n",
+        p.source.to_string(),
+        p.schedule.as_str(),
+        p.mode.to_string()
+    );
+    if let Some(f) = p.full_every {
+        t.push_str(&format!(
+            "full_every = {:?}\n",
+            humantime::format_duration(f).to_string()
+        ));
+    }
+    t.push_str(&format!(
+        "retention = {:?}\ntimezone = {:?}\nmax_retries = {}\nretry_backoff = {:?}\n",
+        p.retention,
+        p.timezone.to_string(),
+        p.max_retries,
+        humantime::format_duration(p.retry_backoff).to_string()
+    ));
+    t
+}
+
+fn wire_state_matches(filter: i32, state: &JobState) -> bool {
+    let Ok(f) = WireJobState::try_from(filter) else {
+        return true;
+    };
+    match f {
+        WireJobState::Unspecified => true,
+        WireJobState::Queued => matches!(state, JobState::Queued),
+        WireJobState::Running => {
+            matches!(state, JobState::Assigned { .. } | JobState::Running { .. })
+        }
+        WireJobState::Succeeded => matches!(state, JobState::Succeeded { .. }),
+        WireJobState::Failed => matches!(state, JobState::Failed { .. }),
+        WireJobState::Cancelled => matches!(state, JobState::Cancelled { .. }),
+    }
+}
+
+fn limit(n: u32) -> usize {
+    match n as usize {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    }
+}
+
+fn audit(id: &Identity, what: &str, detail: &str) {
+    tracing::info!(target: "trireme::audit", who = %id.name, role = %id.role, serial = %id.serial, action = what, %detail, "operator action");
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<JobInfo, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn list_agents(
+        &self,
+        request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let mut agents = Vec::new();
+        for (name, a) in self.shared.catalog.agents().entries()? {
+            let name: String = name;
+            let conn = self.shared.agents.info(&name);
+            let sources = self
+                .shared
+                .catalog
+                .sources_of(&name)?
+                .into_iter()
+                .filter(|(id, _)| a.sources.contains(&id.name))
+                .map(|(id, s)| SourceInfo {
+                    name: id.name,
+                    kind: s.kind,
+                    details: s.details.into_iter().collect(),
+                })
+                .collect();
+            agents.push(AgentInfo {
+                connected: conn.is_some(),
+                last_seen_unix: unix(conn.map_or(a.last_seen, |c| c.last_seen)),
+                name,
+                version: a.version,
+                hostname: a.hostname,
+                sources,
+            });
+        }
+        Ok(Response::new(ListAgentsReply { agents }))
+    }
+
+    async fn list_sources(
+        &self,
+        request: Request<ListSourcesRequest>,
+    ) -> Result<Response<ListSourcesReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let r = request.into_inner();
+        let all = if r.agent.is_empty() {
+            self.shared.catalog.sources().entries()?
+        } else {
+            self.shared.catalog.sources_of(&r.agent)?
+        };
+        let mut sources = Vec::new();
+        for (id, s) in all {
+            let policy = self
+                .shared
+                .catalog
+                .policies()
+                .get(&id)?
+                .map(|p| p.policy.schedule.as_str().to_string())
+                .unwrap_or_default();
+            sources.push(SourceEntry {
+                agent: id.agent.clone(),
+                source: Some(SourceInfo {
+                    name: id.name,
+                    kind: s.kind,
+                    details: s.details.into_iter().collect(),
+                }),
+                policy,
+            });
+        }
+        Ok(Response::new(ListSourcesReply { sources }))
+    }
+
+    async fn apply_policy(
+        &self,
+        request: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let r = request.into_inner();
+        let policies = policy::parse_policies("policy", &r.toml)?;
+        let now = self.shared.now();
+        let origin = format!("applied by {}", id.name);
+        let report =
+            blocking(|| policy::apply_policies(&self.shared.catalog, &policies, &origin, now))?;
+        audit(&id, "policy apply", &format!("{} policies", policies.len()));
+        self.shared.scheduler.wake();
+        let applied = report
+            .created
+            .iter()
+            .map(|s| format!("{s} (new)"))
+            .chain(report.updated.iter().map(|s| format!("{s} (updated)")))
+            .chain(report.unchanged.iter().map(|s| format!("{s} (unchanged)")))
+            .collect();
+        let warnings = report
+            .unknown_sources
+            .iter()
+            .map(|s| format!("no agent has reported source {s} yet: its backups wait until one does (check the agent's config and name)"))
+            .collect();
+        Ok(Response::new(ApplyPolicyReply { applied, warnings }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let now = self.shared.now();
+        let mut policies = Vec::new();
+        for (source, rec) in self.shared.catalog.policies().entries()? {
+            let state = self
+                .shared
+                .catalog
+                .schedule()
+                .get(&source)?
+                .unwrap_or_default();
+            let from = state.handled_until.map_or(now, |t| t.max(now));
+            let next = state
+                .retry
+                .as_ref()
+                .map(|r| r.due)
+                .or_else(|| rec.policy.next_slot_after(from));
+            policies.push(PolicyInfo {
+                name: source.to_string(),
+                toml: policy_toml(&rec.policy),
+                next_run_unix: next.map_or(0, unix),
+            });
+        }
+        Ok(Response::new(ListPoliciesReply { policies }))
+    }
+
+    async fn run_backup(
+        &self,
+        request: Request<RunBackupRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let r = request.into_inner();
+        let source = parse_source(r.source.as_ref())?;
+        let mode = if r.full {
+            BackupMode::Full
+        } else {
+            BackupMode::Incremental
+        };
+        let now = self.shared.now();
+        let job =
+            blocking(|| jobs::enqueue_manual(&self.shared.catalog, &source, mode, &id.name, now))?;
+        audit(
+            &id,
+            "backup run",
+            &format!("{source} {mode} job {}", job.id),
+        );
+        self.shared.job_changed(job.id);
+        dispatch_soon(&self.shared, job.agent().to_string());
+        Ok(Response::new(self.job_info(&job)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let r = request.into_inner();
+        let mut jobs: Vec<Job> = self
+            .shared
+            .catalog
+            .jobs()
+            .values()?
+            .into_iter()
+            .filter(|j| r.agent.is_empty() || j.agent() == r.agent || j.source.agent == r.agent)
+            .filter(|j| {
+                r.source.is_empty() || j.source.name == r.source || j.source.to_string() == r.source
+            })
+            .filter(|j| wire_state_matches(r.state, &j.state))
+            .collect();
+        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        jobs.truncate(limit(r.limit));
+        let jobs = jobs.iter().map(|j| self.job_info(j)).collect();
+        Ok(Response::new(ListJobsReply { jobs }))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let job = self.find_job(&request.get_ref().id)?;
+        Ok(Response::new(self.job_info(&job)))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let job = self.find_job(&request.get_ref().id)?;
+        let reason = format!("cancelled by {}", id.name);
+        let now = self.shared.now();
+        let updated = blocking(|| {
+            jobs::update_job(
+                &self.shared.catalog,
+                &job.id,
+                &JobEvent::Cancel {
+                    reason: reason.clone(),
+                },
+                now,
+            )
+        })?;
+        audit(&id, "job cancel", &job.id.to_string());
+        send_cancel(&self.shared, job.agent(), &job.id, &reason);
+        self.shared.job_changed(job.id);
+        self.shared.scheduler.wake();
+        Ok(Response::new(self.job_info(&updated.job)))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let job = self.find_job(&request.get_ref().id)?;
+        let shared = self.shared.clone();
+        let mut events = shared.job_events.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let id = job.id;
+            let mut last = None;
+            loop {
+                let current = match shared.catalog.jobs().get(&id) {
+                    Ok(Some(j)) => j,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let snapshot = shared
+                    .catalog
+                    .snapshots()
+                    .get(&snapshot_of(&current))
+                    .ok()
+                    .flatten();
+                let info = job_info(&current, snapshot.as_ref());
+                if last.as_ref() != Some(&info) {
+                    if tx.send(Ok(info.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(info);
+                }
+                if current.state.is_terminal() {
+                    return;
+                }
+                // Wake on this job's events; at least every 2 s (the rate shown moves).
+                let deadline = tokio::time::sleep(std::time::Duration::from_secs(2));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        e = events.recv() => match e {
+                            Ok(j) if j == id => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        () = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let r = request.into_inner();
+        let mut snaps = match r
+            .source
+            .as_ref()
+            .filter(|s| !s.agent.is_empty() || !s.source.is_empty())
+        {
+            Some(s) if !s.agent.is_empty() && !s.source.is_empty() => {
+                self.shared.catalog.snapshots_of(&parse_source(Some(s))?)?
+            }
+            Some(s) => self
+                .shared
+                .catalog
+                .snapshots()
+                .values()?
+                .into_iter()
+                .filter(|x| {
+                    (s.agent.is_empty() || x.source.agent == s.agent)
+                        && (s.source.is_empty() || x.source.name == s.source)
+                })
+                .collect(),
+            None => self.shared.catalog.snapshots().values()?,
+        };
+        snaps.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+        snaps.truncate(limit(r.limit));
+        Ok(Response::new(ListSnapshotsReply {
+            snapshots: snaps.iter().map(snapshot_info).collect(),
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let s = self.find_snapshot(&request.get_ref().id)?;
+        Ok(Response::new(snapshot_info(&s)))
+    }
+
+    async fn restore(&self, request: Request<RestoreRequest>) -> Result<Response<JobInfo>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let r = request.into_inner();
+        let snap = self.find_snapshot(&r.snapshot_id)?;
+        let to_agent = if r.to_agent.is_empty() {
+            snap.agent.clone()
+        } else {
+            r.to_agent.clone()
+        };
+        if self.shared.catalog.agents().get(&to_agent)?.is_none() {
+            return Err(Status::not_found(format!(
+                "no agent named {to_agent:?} has registered; see `trireme agents ls`"
+            )));
+        }
+        if r.target.is_empty() {
+            return Err(Status::invalid_argument(
+                "give a restore target: --to agent:/path/to/empty/dir",
+            ));
+        }
+        let job = Job::restore(
+            snap.source.clone(),
+            snap.id,
+            to_agent.clone(),
+            r.target.clone(),
+            &id.name,
+            self.shared.now(),
+        );
+        blocking(|| {
+            self.shared
+                .catalog
+                .transaction_durable(|tx| jobs::create_in(tx, &job))
+        })?;
+        audit(
+            &id,
+            "restore",
+            &format!(
+                "snapshot {} of {} to {to_agent}:{} job {}",
+                snap.id.short(),
+                snap.source,
+                r.target,
+                job.id
+            ),
+        );
+        self.shared.job_changed(job.id);
+        dispatch_soon(&self.shared, to_agent);
+        Ok(Response::new(self.job_info(&job)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let now = self.shared.now();
+        let agents = self.shared.catalog.agents().entries()?;
+        let mut reply = StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            agents_total: agents.len() as u32,
+            ..Default::default()
+        };
+        for (name, a) in &agents {
+            if self.shared.agents.is_connected(name) {
+                reply.agents_connected += 1;
+            } else {
+                reply.problems.push(format!(
+                    "agent {name} ({}) is not connected (last seen {})",
+                    a.hostname,
+                    a.last_seen.format("%Y-%m-%d %H:%M:%S UTC")
+                ));
+            }
+        }
+        let day_ago = now - ChronoDuration::hours(24);
+        for j in self.shared.catalog.jobs().values()? {
+            match &j.state {
+                JobState::Queued => reply.jobs_queued += 1,
+                JobState::Assigned { .. } | JobState::Running { .. } => reply.jobs_running += 1,
+                JobState::Failed { finished, .. } if finished >= &day_ago => {
+                    reply.jobs_failed_24h += 1;
+                }
+                _ => {}
+            }
+        }
+        for (source, state) in self.shared.catalog.schedule().entries()? {
+            if let Some(g) = &state.gave_up {
+                if state.last_success.is_none_or(|t| t < g.at) {
+                    reply.problems.push(format!(
+                        "{source}: the run for {} failed {} times and was given up",
+                        g.slot.format("%Y-%m-%d %H:%M UTC"),
+                        g.attempts
+                    ));
+                }
+            }
+        }
+        Ok(Response::new(reply))
+    }
+}

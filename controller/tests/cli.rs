@@ -1,0 +1,787 @@
+//! The `trireme` operator CLI as a real process: errors without a
+//! controller, and every output path against a small fake `OperatorService`
+//! (canned replies, real mTLS through `tls::serve`, real role checks). The
+//! real controller is exercised by the end-to-end tests.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use trireme_common::tls::{self, ca, Authorizer, HealthService, ReloadingServerConfig, Role};
+use trireme_proto::v1::health_server::HealthServer;
+use trireme_proto::v1::operator_service_server::{OperatorService, OperatorServiceServer};
+use trireme_proto::v1::*;
+
+const TRIREME: &str = env!("CARGO_BIN_EXE_trireme");
+
+/// Run `trireme` without any TRIREME_* settings from the environment.
+async fn trireme(args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(TRIREME);
+    cmd.args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TRIREME_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.output().await.unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "trireme failed ({:?}):\n{}",
+        o.status,
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Exit code 1 and the `error: …` message.
+fn fails(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit 1; stdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+    let err = stderr(o);
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+/// A CA with the controller's certificate (`localhost`), an operator `op`
+/// and a viewer `eve`.
+struct Pki {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ca");
+        ca::init_ca(&dir).unwrap();
+        ca::issue(&dir, Role::Controller, "localhost", 30, &dir).unwrap();
+        ca::issue(&dir, Role::Operator, "op", 30, &dir).unwrap();
+        ca::issue(&dir, Role::Viewer, "eve", 30, &dir).unwrap();
+        Pki { _tmp: tmp, dir }
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+// ---- no controller needed ----
+
+#[tokio::test]
+async fn completions_need_no_controller() {
+    let out = ok(&trireme(&["completions", "bash"]).await);
+    for word in [
+        "trireme",
+        "agents",
+        "snapshots",
+        "restore",
+        "completions",
+        "--controller",
+    ] {
+        assert!(out.contains(word), "{word} missing from the bash script");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        ok(&trireme(&["completions", shell]).await);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_controller_is_named() {
+    let pki = Pki::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let err = fails(
+        &trireme(&[
+            "status",
+            "--controller",
+            &addr,
+            "--tls-dir",
+            pki.dir(),
+            "--name",
+            "op",
+        ])
+        .await,
+    );
+    assert!(
+        err.contains(&format!("cannot reach the controller at {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("is trireme-controller running"), "{err}");
+}
+
+#[tokio::test]
+async fn missing_certificate_settings_name_the_flags() {
+    let err = fails(&trireme(&["agents", "ls"]).await);
+    for want in [
+        "--tls-dir",
+        "--name",
+        "--cert",
+        "--key",
+        "--ca",
+        "TRIREME_TLS_DIR",
+        "trireme cert issue",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // A named file that is not there.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fails(
+        &trireme(&[
+            "agents",
+            "ls",
+            "--tls-dir",
+            tmp.path().to_str().unwrap(),
+            "--name",
+            "ghost",
+        ])
+        .await,
+    );
+    assert!(err.contains("ghost.pem") || err.contains("ca.pem"), "{err}");
+}
+
+#[tokio::test]
+async fn restore_target_needs_agent_and_colon() {
+    let err = fails(&trireme(&["restore", "X", "--to", "nocolon"]).await);
+    assert!(err.contains("--to web-2:/srv/restore"), "{err}");
+    let err = fails(&trireme(&["backup", "run", "no-slash"]).await);
+    assert!(err.contains("AGENT/SOURCE"), "{err}");
+}
+
+// ---- against a fake controller ----
+
+#[derive(Default)]
+struct Fake {
+    authz: Option<Authorizer>,
+    restores: Mutex<Vec<RestoreRequest>>,
+    applied: Mutex<Vec<String>>,
+}
+
+const JOB_OK: &str = "0193a0b1-0000-7000-8000-000000000001";
+const JOB_BAD: &str = "0193a0b1-0000-7000-8000-000000000002";
+const SNAP: &str = "5eedc0ffee00112233445566778899aabbccddeeff00112233445566778899aa";
+
+fn src(agent: &str, source: &str) -> Option<SourceRef> {
+    Some(SourceRef {
+        agent: agent.into(),
+        source: source.into(),
+    })
+}
+
+fn job(id: &str, state: JobState) -> JobInfo {
+    let mut j = JobInfo {
+        id: id.into(),
+        source: src("web-1", "www"),
+        agent: "web-1".into(),
+        created_unix: 1_764_052_020,
+        trigger: "manual by op".into(),
+        attempt: 1,
+        mode: "incremental".into(),
+        ..Default::default()
+    };
+    j.set_kind(JobKind::Backup);
+    j.set_state(state);
+    match state {
+        JobState::Running => {
+            j.started_unix = 1_764_052_021;
+            j.progress = Some(JobProgress {
+                job_id: id.into(),
+                bytes_read: 3 << 29,
+                bytes_uploaded: 1 << 20,
+                files: 1234,
+                bytes_per_sec: 10.0 * 1048576.0,
+                bytes_total: 0,
+            });
+        }
+        JobState::Succeeded => {
+            j.started_unix = 1_764_052_021;
+            j.finished_unix = 1_764_052_081;
+            j.snapshot_id = SNAP.into();
+            j.summary = Some(JobSummary {
+                files: 1234,
+                bytes: 3 << 29,
+                new_bytes: 1 << 20,
+                duration_secs: 60.0,
+                ..Default::default()
+            });
+        }
+        JobState::Failed => {
+            j.started_unix = 1_764_052_021;
+            j.finished_unix = 1_764_052_022;
+            j.error_message = "the agent lost its disk".into();
+        }
+        _ => {}
+    }
+    j
+}
+
+fn snapshot() -> SnapshotInfo {
+    SnapshotInfo {
+        id: SNAP.into(),
+        source: src("web-1", "www"),
+        time_unix: 1_764_052_021,
+        agent: "web-1".into(),
+        size: 3 << 29,
+        summary: Some(JobSummary {
+            files: 1234,
+            ..Default::default()
+        }),
+        copies: vec![
+            SnapshotCopy {
+                location: "primary".into(),
+                verified: true,
+                verified_unix: 1_764_052_100,
+            },
+            SnapshotCopy {
+                location: "offsite".into(),
+                verified: false,
+                verified_unix: 0,
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+impl Fake {
+    fn check<T>(&self, r: &Request<T>, roles: &[Role]) -> Result<(), Status> {
+        self.authz.as_ref().unwrap().authorize(r, roles).map(|_| ())
+    }
+    fn read<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        self.check(r, &[Role::Operator, Role::Viewer])
+    }
+    fn operate<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        self.check(r, &[Role::Operator])
+    }
+}
+
+fn find_job(id: &str) -> Result<&'static str, Status> {
+    [JOB_OK, JOB_BAD]
+        .into_iter()
+        .find(|j| j.starts_with(id) && id.len() >= 4)
+        .ok_or_else(|| Status::not_found(format!("no job {id:?}")))
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<JobInfo, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OperatorService for Fake {
+    async fn list_agents(
+        &self,
+        r: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(ListAgentsReply {
+            agents: vec![
+                AgentInfo {
+                    name: "web-1".into(),
+                    version: "0.1.0".into(),
+                    hostname: "web-1.example".into(),
+                    connected: true,
+                    last_seen_unix: 1_764_052_020,
+                    sources: vec![SourceInfo {
+                        name: "www".into(),
+                        kind: "volume".into(),
+                        details: [("path".to_string(), "/srv/www".to_string())].into(),
+                    }],
+                },
+                AgentInfo {
+                    name: "db-1".into(),
+                    ..Default::default()
+                },
+            ],
+        }))
+    }
+    async fn list_sources(
+        &self,
+        r: Request<ListSourcesRequest>,
+    ) -> Result<Response<ListSourcesReply>, Status> {
+        self.read(&r)?;
+        let agent = r.into_inner().agent;
+        let all = vec![SourceEntry {
+            agent: "web-1".into(),
+            source: Some(SourceInfo {
+                name: "www".into(),
+                kind: "volume".into(),
+                details: Default::default(),
+            }),
+            policy: "web-1/www".into(),
+        }];
+        Ok(Response::new(ListSourcesReply {
+            sources: all
+                .into_iter()
+                .filter(|s| agent.is_empty() || s.agent == agent)
+                .collect(),
+        }))
+    }
+    async fn apply_policy(
+        &self,
+        r: Request<ApplyPolicyRequest>,
+    ) -> Result<Response<ApplyPolicyReply>, Status> {
+        self.operate(&r)?;
+        self.applied.lock().unwrap().push(r.into_inner().toml);
+        Ok(Response::new(ApplyPolicyReply {
+            applied: vec!["web-1/www".into()],
+            warnings: vec!["no agent reports db-1/pg yet".into()],
+        }))
+    }
+    async fn list_policies(
+        &self,
+        r: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(ListPoliciesReply {
+            policies: vec![PolicyInfo {
+                name: "web-1/www".into(),
+                toml: "[[policy]]\nsource = \"web-1/www\"\nschedule = \"0 2 * * *\"\nretention = \"daily-30\"\n".into(),
+                next_run_unix: 1_764_122_400,
+            }],
+        }))
+    }
+    async fn run_backup(&self, r: Request<RunBackupRequest>) -> Result<Response<JobInfo>, Status> {
+        self.operate(&r)?;
+        let id = if r.get_ref().full { JOB_BAD } else { JOB_OK };
+        Ok(Response::new(job(id, JobState::Queued)))
+    }
+    async fn list_jobs(
+        &self,
+        r: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsReply>, Status> {
+        self.read(&r)?;
+        let want = r.get_ref().state;
+        let jobs = vec![
+            job(JOB_OK, JobState::Succeeded),
+            job(JOB_BAD, JobState::Failed),
+        ]
+        .into_iter()
+        .filter(|j| want == 0 || j.state == want)
+        .collect();
+        Ok(Response::new(ListJobsReply { jobs }))
+    }
+    async fn get_job(&self, r: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
+        self.read(&r)?;
+        let id = find_job(&r.get_ref().id)?;
+        let state = if id == JOB_OK {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        Ok(Response::new(job(id, state)))
+    }
+    async fn cancel_job(&self, r: Request<CancelJobRequest>) -> Result<Response<JobInfo>, Status> {
+        self.operate(&r)?;
+        let id = find_job(&r.get_ref().id)?;
+        Ok(Response::new(job(id, JobState::Cancelled)))
+    }
+    type WatchJobStream = JobStream;
+    async fn watch_job(
+        &self,
+        r: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.read(&r)?;
+        let id = find_job(&r.get_ref().id)?;
+        let end = if id == JOB_OK {
+            JobState::Succeeded
+        } else {
+            JobState::Failed
+        };
+        let updates = vec![
+            Ok(job(id, JobState::Queued)),
+            Ok(job(id, JobState::Running)),
+            Ok(job(id, end)),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(updates))))
+    }
+    async fn list_snapshots(
+        &self,
+        r: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsReply>, Status> {
+        self.read(&r)?;
+        let r = r.into_inner();
+        let keep = r
+            .source
+            .is_none_or(|s| s.agent == "web-1" && s.source == "www");
+        Ok(Response::new(ListSnapshotsReply {
+            snapshots: if keep { vec![snapshot()] } else { vec![] },
+        }))
+    }
+    async fn get_snapshot(
+        &self,
+        r: Request<GetSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.read(&r)?;
+        if !SNAP.starts_with(&r.get_ref().id) {
+            return Err(Status::not_found("no such snapshot"));
+        }
+        Ok(Response::new(snapshot()))
+    }
+    async fn restore(&self, r: Request<RestoreRequest>) -> Result<Response<JobInfo>, Status> {
+        self.operate(&r)?;
+        let req = r.into_inner();
+        let mut j = job(JOB_OK, JobState::Queued);
+        j.set_kind(JobKind::Restore);
+        j.agent = req.to_agent.clone();
+        j.restore_snapshot_id = SNAP.into();
+        j.restore_target = req.target.clone();
+        self.restores.lock().unwrap().push(req);
+        Ok(Response::new(j))
+    }
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(StatusReply {
+            version: "9.9.9".into(),
+            agents_total: 2,
+            agents_connected: 1,
+            jobs_running: 0,
+            jobs_queued: 0,
+            jobs_failed_24h: 1,
+            problems: vec!["agent db-1 is not connected".into()],
+        }))
+    }
+}
+
+/// The fake controller on 127.0.0.1 behind `tls::serve`.
+struct Server {
+    fake: Arc<Fake>,
+    addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Server {
+    async fn start(pki: &Pki) -> Self {
+        let tls = Arc::new(
+            ReloadingServerConfig::new(tls::TlsFiles::in_dir(&pki.dir, "localhost")).unwrap(),
+        );
+        let authz = Authorizer::new(tls.clone());
+        let fake = Arc::new(Fake {
+            authz: Some(authz.clone()),
+            ..Default::default()
+        });
+        let routes = tonic::service::Routes::new(HealthServer::new(HealthService::new(authz)))
+            .add_service(OperatorServiceServer::from_arc(fake.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(tls::serve(routes, listener, tls, async {
+            let _ = stopped.await;
+        }));
+        Server {
+            fake,
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    /// `trireme ARGS` as `who`, against this server.
+    async fn run(&self, pki: &Pki, who: &str, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--controller",
+            &self.addr,
+            "--server-name",
+            "localhost",
+            "--tls-dir",
+            pki.dir(),
+            "--name",
+            who,
+        ];
+        all.extend_from_slice(args);
+        trireme(&all).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_str(&ok(o)).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", stdout(o)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_as_tables_and_json() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+
+    let out = ok(&s.run(&pki, "eve", &["status"]).await);
+    assert!(
+        out.contains("you:") && out.contains("eve (viewer, serial"),
+        "{out}"
+    );
+    assert!(out.contains("1 connected of 2"), "{out}");
+    assert!(out.contains("agent db-1 is not connected"), "{out}");
+    let v = json(&s.run(&pki, "eve", &["status", "-o", "json"]).await);
+    assert_eq!(v["you"]["role"], "viewer");
+    assert_eq!(v["jobs"]["failed_24h"], 1);
+
+    let out = ok(&s.run(&pki, "op", &["agents", "ls"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{out}");
+    assert!(
+        lines[1].starts_with("web-1")
+            && lines[1].contains("connected")
+            && lines[1].contains("2025-11-25T06:27:00Z"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("db-1") && lines[2].contains("offline"),
+        "{out}"
+    );
+    let v = json(&s.run(&pki, "op", &["agents", "ls", "-o", "json"]).await);
+    assert_eq!(v[0]["sources"][0]["details"]["path"], "/srv/www");
+    assert_eq!(v[1]["last_seen"], Value::Null);
+
+    let out = ok(&s
+        .run(&pki, "op", &["sources", "ls", "--agent", "web-1"])
+        .await);
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("web-1  www"),
+        "{out}"
+    );
+
+    let out = ok(&s.run(&pki, "op", &["policy", "ls"]).await);
+    assert!(
+        out.contains("0 2 * * *") && out.contains("daily-30"),
+        "{out}"
+    );
+
+    let out = ok(&s
+        .run(&pki, "op", &["jobs", "ls", "--state", "failed"])
+        .await);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains("the agent lost its disk"), "{out}");
+    let v = json(&s.run(&pki, "op", &["jobs", "ls", "-o", "json"]).await);
+    assert_eq!(v[0]["state"], "succeeded");
+    assert_eq!(v[0]["kind"], "backup");
+    assert_eq!(v[0]["summary"]["files"], 1234);
+    assert_eq!(v[1]["error"], "the agent lost its disk");
+
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &["jobs", "show", "0193a0b1-0000-7000-8000-000000000001"],
+        )
+        .await);
+    assert!(out.contains("state:") && out.contains("succeeded"), "{out}");
+    assert!(out.contains("1.5 GiB"), "{out}");
+
+    let out = ok(&s.run(&pki, "op", &["snapshots", "ls", "web-1/www"]).await);
+    assert!(
+        out.lines().nth(1).unwrap().starts_with("5eedc0ff "),
+        "{out}"
+    );
+    assert!(out.contains("1/2"), "{out}");
+    let out = ok(&s.run(&pki, "op", &["snapshots", "show", "5eedc0ff"]).await);
+    assert!(
+        out.contains("primary: verified 2025-11-25T06:28:20Z"),
+        "{out}"
+    );
+    assert!(out.contains("offsite: not verified"), "{out}");
+
+    let err = fails(&s.run(&pki, "op", &["snapshots", "show", "abcdef"]).await);
+    assert_eq!(err.trim(), "error: not found: no such snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_need_the_operator_role() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    let err = fails(&s.run(&pki, "eve", &["backup", "run", "web-1/www"]).await);
+    assert!(
+        err.contains("error: permission denied: /trireme.v1.OperatorService/RunBackup needs the operator role, but eve has the viewer role"),
+        "{err}"
+    );
+
+    let out = ok(&s.run(&pki, "op", &["backup", "run", "web-1/www"]).await);
+    assert!(out.contains(JOB_OK) && out.contains("queued"), "{out}");
+
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &["jobs", "cancel", "0193a0b1-0000-7000-8000-000000000002"],
+        )
+        .await);
+    assert!(out.contains("cancelled"), "{out}");
+
+    // --to splits at the first colon.
+    let v = json(
+        &s.run(
+            &pki,
+            "op",
+            &[
+                "restore",
+                "5eed",
+                "--to",
+                "web-2:tidb://10.0.0.5:4000",
+                "-o",
+                "json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(v["kind"], "restore");
+    assert_eq!(v["restore"]["target"], "tidb://10.0.0.5:4000");
+    let req = s.fake.restores.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        (
+            req.snapshot_id.as_str(),
+            req.to_agent.as_str(),
+            req.target.as_str()
+        ),
+        ("5eed", "web-2", "tidb://10.0.0.5:4000")
+    );
+
+    // A policy from standard input, sent as text.
+    let policy =
+        "[[policy]]\nsource = \"web-1/www\"\nschedule = \"@daily\"\nretention = \"daily-30\"\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("p.toml");
+    std::fs::write(&file, policy).unwrap();
+    let out = s
+        .run(
+            &pki,
+            "op",
+            &["policy", "apply", "-f", file.to_str().unwrap()],
+        )
+        .await;
+    assert!(ok(&out).contains("applied web-1/www"));
+    assert!(stderr(&out).contains("warning: no agent reports db-1/pg yet"));
+    assert_eq!(s.fake.applied.lock().unwrap().pop().unwrap(), policy);
+    let err = fails(
+        &s.run(&pki, "op", &["policy", "apply", "-f", "/nonexistent.toml"])
+            .await,
+    );
+    assert!(err.contains("/nonexistent.toml"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_ends_with_the_jobs_outcome() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+
+    // Not a terminal: plain lines, then the final job.
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &["jobs", "watch", "0193a0b1-0000-7000-8000-000000000001"],
+        )
+        .await);
+    assert!(
+        out.contains("queued") && out.contains("running  read 1.5 GiB"),
+        "{out}"
+    );
+    assert!(out.contains("state:") && out.contains("succeeded"), "{out}");
+
+    let o = s.run(&pki, "eve", &["jobs", "watch", JOB_BAD]).await;
+    let err = fails(&o);
+    assert!(
+        err.contains(&format!("job {JOB_BAD} failed: the agent lost its disk")),
+        "{err}"
+    );
+    assert!(stdout(&o).contains("failed"), "{}", stdout(&o));
+
+    // JSON: one object per update, the last one final.
+    let o = s
+        .run(&pki, "op", &["jobs", "watch", JOB_OK, "-o", "json"])
+        .await;
+    let lines: Vec<Value> = ok(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let states: Vec<&str> = lines.iter().map(|v| v["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["queued", "running", "succeeded"]);
+    assert_eq!(lines[1]["progress"]["files"], 1234);
+
+    // backup run --wait follows the new job; the fake fails full backups.
+    let out = ok(&s
+        .run(&pki, "op", &["backup", "run", "web-1/www", "--wait"])
+        .await);
+    assert!(
+        out.contains(&format!("started backup job {JOB_OK}")),
+        "{out}"
+    );
+    assert!(out.contains("succeeded"), "{out}");
+    let err = fails(
+        &s.run(
+            &pki,
+            "op",
+            &["backup", "run", "web-1/www", "--full", "--wait"],
+        )
+        .await,
+    );
+    assert!(err.contains("failed: the agent lost its disk"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_certificate_is_checked() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    // The controller's certificate says "localhost", not "127.0.0.1".
+    let err = fails(
+        &trireme(&[
+            "status",
+            "--controller",
+            &s.addr,
+            "--tls-dir",
+            pki.dir(),
+            "--name",
+            "op",
+        ])
+        .await,
+    );
+    assert!(err.contains("--server-name"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_is_explained() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let s = Server::start(&pki).await;
+    let o = trireme(&[
+        "status",
+        "--controller",
+        &s.addr,
+        "--server-name",
+        "localhost",
+        "--cert",
+        other.dir.join("op.pem").to_str().unwrap(),
+        "--key",
+        other.dir.join("op.key").to_str().unwrap(),
+        "--ca",
+        pki.dir.join("ca.pem").to_str().unwrap(),
+    ])
+    .await;
+    // The TLS alert that says why reaches the client only when it wins a
+    // race with the connection's end; either way the message points at the
+    // certificate.
+    let err = fails(&o);
+    assert!(err.contains("your certificate"), "{err}");
+    assert!(err.contains(&s.addr), "{err}");
+}

@@ -1,0 +1,379 @@
+//! End-to-end: a real `trireme-controller`, real `trireme-agent` processes
+//! and the `trireme` CLI on loopback, with mTLS, three `file://` locations
+//! and real backups.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fleet::{make_data, tree, wait_for, AgentSpec, Fleet, Proxy};
+use trireme_common::tls::{ca, Role};
+
+fn spec(name: &str, sources: Vec<(&str, &Path)>) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        sources: sources
+            .into_iter()
+            .map(|(s, p)| (s.to_string(), p.to_path_buf(), Vec::new()))
+            .collect(),
+        via: None,
+    }
+}
+
+fn job(f: &Fleet, id: &str) -> Value {
+    f.cli_json(&["jobs", "show", id])
+}
+
+fn wait_job_state(f: &Fleet, id: &str, states: &[&str], timeout: Duration) -> Value {
+    wait_for(&format!("job {id} to be {states:?}"), timeout, || {
+        let j = job(f, id);
+        states.contains(&j["state"].as_str()?).then_some(j)
+    })
+}
+
+/// Count snapshot objects at a file:// location.
+fn snapshot_objects(loc: &Path) -> usize {
+    std::fs::read_dir(loc.join("snapshots")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn fleet_manual_and_scheduled_backups_restore_to_another_agent() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data-a");
+    make_data(&data, 12, 300_000, 1);
+    let other = f.dir.join("data-b");
+    make_data(&other, 2, 1000, 2);
+    f.start_controller();
+    f.start_agent(&spec("web-1", vec![("files", &data)]));
+    f.start_agent(&spec("web-2", vec![("logs", &other)]));
+    f.wait_connected(&["web-1", "web-2"]);
+
+    let sources = f.cli_json(&["sources", "ls"]);
+    assert_eq!(sources.as_array().unwrap().len(), 2, "{sources}");
+
+    // A manual backup, watched to the end by the CLI.
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snaps = f.cli_json(&["snapshots", "ls", "web-1/files"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    assert_eq!(snapshot_objects(&f.location(1)), 1);
+
+    // A schedule: every minute. Change the data so the scheduled snapshot differs.
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-1/files\"\nschedule = \"* * * * *\"\nretention = \"daily-7\"\n",
+    );
+    let out = f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    assert!(out.contains("web-1/files"), "{out}");
+    std::fs::write(data.join("d0/new.txt"), "written after the first backup\n").unwrap();
+    let scheduled = wait_for(
+        "a scheduled backup to succeed",
+        Duration::from_secs(150),
+        || {
+            let jobs = f.cli_json(&["jobs", "ls", "--source", "files", "--state", "succeeded"]);
+            jobs.as_array()?
+                .iter()
+                .find(|j| {
+                    j["trigger"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("schedule"))
+                })
+                .cloned()
+        },
+    );
+    let snap = scheduled["snapshot_id"].as_str().unwrap().to_string();
+    assert_eq!(snap.len(), 64, "{scheduled}");
+
+    // Restore the scheduled snapshot on the other agent: byte-identical.
+    let target = f.dir.join("restored-on-web-2");
+    let out = f.cli(&[
+        "restore",
+        &snap[..12],
+        "--to",
+        &format!("web-2:{}", target.display()),
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let want = tree(&data);
+    let got = tree(&target);
+    assert_eq!(want.len(), got.len());
+    assert!(want == got, "restored tree differs from the source");
+    assert!(got.contains_key(Path::new("d0/new.txt")));
+
+    // The restore ran on web-2 and fetched keys for that job only.
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(
+        log.contains("data keys unwrapped") && log.contains("agent=web-2"),
+        "audit lines missing"
+    );
+}
+
+#[test]
+fn refusals_are_clear_and_logged() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 1, 1000, 3);
+    f.start_controller();
+    f.start_agent(&spec("web-1", vec![("files", &data)]));
+    f.wait_connected(&["web-1"]);
+
+    let fail = |who: &str, args: &[&str]| -> String {
+        let out = f.cli_as(who, args);
+        assert!(!out.status.success(), "{who} {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A viewer reads but cannot run a backup.
+    assert!(f.cli_as("viewer", &["jobs", "ls"]).status.success());
+    let e = fail("viewer", &["backup", "run", "web-1/files"]);
+    assert!(
+        e.contains("permission denied") && e.contains("operator role"),
+        "{e}"
+    );
+
+    // An agent certificate cannot call operator RPCs.
+    let e = fail("web-1", &["agents", "ls"]);
+    assert!(
+        e.contains("permission denied") && e.contains("agent role"),
+        "{e}"
+    );
+
+    // A certificate from another CA.
+    let other = f.dir.join("other-ca");
+    ca::init_ca(&other).unwrap();
+    ca::issue(&other, Role::Operator, "mallory", 30, &other).unwrap();
+    std::fs::copy(other.join("mallory.pem"), f.ca.join("mallory.pem")).unwrap();
+    std::fs::copy(other.join("mallory.key"), f.ca.join("mallory.key")).unwrap();
+    let e = fail("mallory", &["status"]);
+    assert!(!e.is_empty(), "another CA's certificate must be refused");
+
+    // An expired certificate.
+    let now = std::time::SystemTime::now();
+    ca::issue_between(
+        &f.ca,
+        Role::Operator,
+        "old-op",
+        now - Duration::from_secs(10 * 86400),
+        now - Duration::from_secs(86400),
+        &f.ca,
+    )
+    .unwrap();
+    fail("old-op", &["status"]);
+
+    // A revoked certificate: refused once the controller reloads its CRL.
+    ca::issue(&f.ca, Role::Operator, "leaver", 30, &f.ca).unwrap();
+    assert!(f.cli_as("leaver", &["status"]).status.success());
+    ca::revoke(&f.ca, &ca::RevokeTarget::Name("leaver".into())).unwrap();
+    wait_for(
+        "the revoked certificate to be refused",
+        Duration::from_secs(20),
+        || (!f.cli_as("leaver", &["status"]).status.success()).then_some(()),
+    );
+
+    // No client certificate at all: the handshake is refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = f.addr();
+    let ca_pem = f.ca.join("ca.pem");
+    let refused = rt.block_on(async move { support::no_cert_handshake(addr, &ca_pem).await });
+    assert!(refused, "a client without a certificate must be refused");
+
+    let log = wait_for(
+        "refusals in the controller log",
+        Duration::from_secs(10),
+        || {
+            let log = Fleet::log_text(&f.controller_log());
+            (log.contains("no certificate")
+                && log.contains("revoked")
+                && log.contains("expired")
+                && log.contains("not issued by this server's CA")
+                && log.matches("refused an RPC").count() >= 2)
+                .then_some(log)
+        },
+    );
+    assert!(log.contains("who=viewer"), "the viewer's refusal names it");
+}
+
+#[test]
+fn controller_killed_mid_job_resumes_and_schedule_continues() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 4, 100_000, 4);
+    f.start_controller();
+    // The pre-hook keeps the job running long enough to kill the controller.
+    f.start_agent(&AgentSpec {
+        name: "db-1".into(),
+        sources: vec![("db".into(), data.clone(), vec!["sleep".into(), "6".into()])],
+        via: None,
+    });
+    f.wait_connected(&["db-1"]);
+    let j = f.cli_json(&["backup", "run", "db-1/db"]);
+    let id = j["id"].as_str().unwrap().to_string();
+    wait_job_state(&f, &id, &["running"], Duration::from_secs(20));
+
+    f.kill_controller();
+    f.start_controller();
+    let done = wait_job_state(&f, &id, &["succeeded", "failed"], Duration::from_secs(60));
+    assert_eq!(
+        done["state"], "succeeded",
+        "the agent kept running it and reported: {done}"
+    );
+    assert_eq!(
+        f.cli_json(&["snapshots", "ls"]).as_array().unwrap().len(),
+        1
+    );
+
+    // The schedule goes on after the restart.
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"db-1/db\"\nschedule = \"* * * * *\"\nretention = \"daily-7\"\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    f.kill_controller();
+    f.start_controller();
+    wait_for(
+        "a scheduled backup after the restart",
+        Duration::from_secs(150),
+        || {
+            let jobs = f.cli_json(&["jobs", "ls", "--state", "succeeded"]);
+            (jobs.as_array()?.len() >= 2).then_some(())
+        },
+    );
+    // One snapshot per successful job, in the catalog and in the repository.
+    let ok = f.cli_json(&["jobs", "ls", "--state", "succeeded"]);
+    let snaps = f.cli_json(&["snapshots", "ls"]);
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        ok.as_array().unwrap().len()
+    );
+    assert_eq!(
+        snapshot_objects(&f.location(1)),
+        ok.as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn agent_killed_mid_backup_fails_then_retry_succeeds() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 40, 4_000_000, 5);
+    f.start_controller();
+    let agent = AgentSpec {
+        name: "kv-1".into(),
+        sources: vec![("kv".into(), data.clone(), Vec::new())],
+        via: None,
+    };
+    f.start_agent(&agent);
+    f.wait_connected(&["kv-1"]);
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"kv-1/kv\"\nschedule = \"* * * * *\"\nretention = \"daily-7\"\nmax_retries = 3\nretry_backoff = \"1s\"\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    // Wait for the scheduled run to be uploading, then SIGKILL the agent.
+    let first = wait_for(
+        "the scheduled backup to upload",
+        Duration::from_secs(150),
+        || {
+            let jobs = f.cli_json(&["jobs", "ls", "--state", "running"]);
+            jobs.as_array()?
+                .iter()
+                .find(|j| j["progress"]["bytes_uploaded"].as_u64().unwrap_or(0) > 0)
+                .cloned()
+        },
+    );
+    let first_id = first["id"].as_str().unwrap().to_string();
+    f.kill_agent("kv-1");
+    f.start_agent(&agent);
+    let failed = wait_job_state(&f, &first_id, &["failed"], Duration::from_secs(30));
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("reconnected without this job"),
+        "{failed}"
+    );
+    // The retry runs and succeeds.
+    let retry = wait_for("the retry to succeed", Duration::from_secs(120), || {
+        let jobs = f.cli_json(&["jobs", "ls", "--state", "succeeded"]);
+        jobs.as_array()?
+            .iter()
+            .find(|j| {
+                j["trigger"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("retry"))
+            })
+            .cloned()
+    });
+    assert_eq!(retry["attempt"], 2, "{retry}");
+    // The snapshot is whole: restore it and compare.
+    let snap = retry["snapshot_id"].as_str().unwrap();
+    let target = f.dir.join("restored");
+    let out = f.cli(&[
+        "restore",
+        snap,
+        "--to",
+        &format!("kv-1:{}", target.display()),
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(tree(&data) == tree(&target), "restored tree differs");
+}
+
+#[test]
+fn network_cut_agent_reconnects_and_reports_kept_result() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 3, 100_000, 6);
+    f.start_controller();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(Proxy::start(f.addr()));
+    let agent = AgentSpec {
+        name: "mq-1".into(),
+        sources: vec![("mq".into(), data.clone(), vec!["sleep".into(), "3".into()])],
+        via: Some(proxy.addr),
+    };
+    f.start_agent(&agent);
+    f.wait_connected(&["mq-1"]);
+    let j = f.cli_json(&["backup", "run", "mq-1/mq"]);
+    let id = j["id"].as_str().unwrap().to_string();
+    wait_job_state(&f, &id, &["running"], Duration::from_secs(20));
+
+    // Cut the link for a minute. The job finishes meanwhile; its result is
+    // kept on disk, even across an agent restart.
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let spool = f.dir.join("agent-mq-1/results");
+    wait_for(
+        "the result to be kept in the spool",
+        Duration::from_secs(30),
+        || (std::fs::read_dir(&spool).ok()?.count() > 0).then_some(()),
+    );
+    f.kill_agent("mq-1");
+    f.start_agent(&agent);
+    assert_eq!(
+        job(&f, &id)["state"],
+        "running",
+        "nothing reported during the cut"
+    );
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(cut_at.elapsed()));
+    proxy.heal();
+
+    let done = wait_job_state(&f, &id, &["succeeded", "failed"], Duration::from_secs(30));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    wait_for(
+        "the spool to empty after the ack",
+        Duration::from_secs(10),
+        || (std::fs::read_dir(&spool).ok()?.count() == 0).then_some(()),
+    );
+    let log = Fleet::log_text(&f.agent_log("mq-1"));
+    assert!(
+        log.contains("reconnecting"),
+        "the agent logs its reconnection attempts"
+    );
+    drop(rt);
+}

@@ -1,0 +1,387 @@
+//! A real fleet on loopback for end-to-end tests: a CA, a `trireme-controller`
+//! process with three `file://` locations, `trireme-agent` processes, the
+//! `trireme` CLI, and a TCP proxy that can cut the network between an agent
+//! and the controller.
+
+#![allow(dead_code)] // each test uses a different part
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
+use trireme_proto::v1::operator_service_client::OperatorServiceClient;
+
+pub fn bin(name: &str) -> PathBuf {
+    let cli = PathBuf::from(env!("CARGO_BIN_EXE_trireme"));
+    let p = cli.parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p trireme-agent`, or run `cargo test --workspace`)",
+        p.display()
+    );
+    p
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Fleet {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub port: u16,
+    pub controller: Option<Child>,
+    pub agents: BTreeMap<String, Child>,
+    /// Extra lines for controller.toml.
+    pub controller_extra: String,
+}
+
+pub struct AgentSpec {
+    pub name: String,
+    /// (source name, directory, pre_hook argv)
+    pub sources: Vec<(String, PathBuf, Vec<String>)>,
+    /// Address the agent dials (default: the controller's).
+    pub via: Option<SocketAddr>,
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let ca = dir.join("ca");
+        ca::init_ca(&ca).unwrap();
+        ca::issue(&ca, Role::Controller, "localhost", 30, &ca).unwrap();
+        ca::issue(&ca, Role::Operator, "op", 30, &ca).unwrap();
+        ca::issue(&ca, Role::Viewer, "viewer", 30, &ca).unwrap();
+        let out = Command::new(bin("trireme-controller"))
+            .args(["keygen", "--key-file"])
+            .arg(dir.join("master.key"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fleet {
+            tmp,
+            ca,
+            port: free_port(),
+            dir,
+            controller: None,
+            agents: BTreeMap::new(),
+            controller_extra: String::new(),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn location(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("loc{i}"))
+    }
+
+    pub fn controller_log(&self) -> PathBuf {
+        self.dir.join("controller.log")
+    }
+
+    pub fn agent_log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("agent-{name}.log"))
+    }
+
+    fn log_file(path: &Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+    }
+
+    pub fn start_controller(&mut self) {
+        let cfg = self.dir.join("controller.toml");
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{d}/master.key\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n",
+            port = self.port,
+            d = self.dir.display(),
+            ca = self.ca.display(),
+            extra = self.controller_extra,
+        );
+        for i in 1..=3 {
+            text.push_str(&format!(
+                "[[location]]\nname = \"loc{i}\"\nurl = \"file://{}\"\n",
+                self.location(i).display()
+            ));
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let log = Self::log_file(&self.controller_log());
+        let child = Command::new(bin("trireme-controller"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("TRIREME_LOG", "info,trireme_controller=debug")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.controller = Some(child);
+        let addr = self.addr();
+        wait_for("the controller to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(addr).ok()
+        });
+    }
+
+    /// SIGKILL the controller.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn start_agent(&mut self, spec: &AgentSpec) {
+        let name = &spec.name;
+        if !self.ca.join(format!("{name}.pem")).exists() {
+            ca::issue(&self.ca, Role::Agent, name, 30, &self.ca).unwrap();
+        }
+        let via = spec.via.unwrap_or_else(|| self.addr());
+        let mut text = format!(
+            "controller = \"{via}\"\nserver_name = \"localhost\"\nstate_dir = \"{d}/agent-{name}\"\nmax_backoff = \"2s\"\n[tls]\ndir = \"{ca}\"\nname = \"{name}\"\n",
+            d = self.dir.display(),
+            ca = self.ca.display(),
+        );
+        for (src, path, hook) in &spec.sources {
+            text.push_str(&format!(
+                "[[source]]\nname = \"{src}\"\nkind = \"volume\"\npath = \"{}\"\n",
+                path.display()
+            ));
+            if !hook.is_empty() {
+                text.push_str(&format!("pre_hook = {hook:?}\n"));
+            }
+        }
+        let cfg = self.dir.join(format!("agent-{name}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let log = Self::log_file(&self.agent_log(name));
+        let child = Command::new(bin("trireme-agent"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("TRIREME_LOG", "info")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.agents.insert(name.clone(), child);
+    }
+
+    /// SIGKILL an agent.
+    pub fn kill_agent(&mut self, name: &str) {
+        if let Some(mut c) = self.agents.remove(name) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Run the CLI as `who` (a certificate name in the CA directory).
+    pub fn cli_as(&self, who: &str, args: &[&str]) -> Output {
+        Command::new(bin("trireme"))
+            .args(["--controller", &format!("127.0.0.1:{}", self.port)])
+            .args(["--server-name", "localhost"])
+            .arg("--tls-dir")
+            .arg(&self.ca)
+            .args(["--name", who])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Run the CLI as the operator; panic unless it succeeds; stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.cli_as("op", args);
+        assert!(
+            out.status.success(),
+            "trireme {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The CLI's JSON output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--output", "json"];
+        a.extend_from_slice(args);
+        let out = self.cli(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("trireme {args:?}: {e}: {out}"))
+    }
+
+    /// A gRPC client as the operator.
+    pub async fn operator(&self) -> OperatorServiceClient<tonic::transport::Channel> {
+        let files = TlsFiles::in_dir(&self.ca, "op");
+        let tls = ClientTls {
+            config: Arc::new(client_config(&files).unwrap()),
+            server_name: "localhost".into(),
+            server_role: Some(Role::Controller),
+        };
+        OperatorServiceClient::new(connect(&self.addr().to_string(), tls).await.unwrap())
+    }
+
+    pub fn wait_connected(&self, agents: &[&str]) {
+        wait_for("agents to connect", Duration::from_secs(30), || {
+            let v = self.cli_json(&["agents", "ls"]);
+            let arr = v.as_array()?;
+            agents
+                .iter()
+                .all(|a| {
+                    arr.iter()
+                        .any(|x| x["name"] == *a && x["connected"] == serde_json::Value::Bool(true))
+                })
+                .then_some(())
+        });
+    }
+
+    pub fn write_file(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    pub fn log_text(path: &Path) -> String {
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut self.agents) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.kill_controller();
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+                let p = entry.path();
+                if p.extension().and_then(|e| e.to_str()) == Some("log") {
+                    let text = Self::log_text(&p);
+                    let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                    eprintln!("---- last lines of {} ----", p.display());
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Deterministic test data: `n` files of `size` bytes of mixed text and noise.
+pub fn make_data(dir: &Path, n: usize, size: usize, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in 0..n {
+        let mut buf = Vec::with_capacity(size);
+        while buf.len() < size {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x % 4 == 0 {
+                buf.extend_from_slice(format!("line {i} value {}\n", x % 1000).as_bytes());
+            } else {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        buf.truncate(size);
+        let sub = dir.join(format!("d{}", i % 3));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i}.bin")), &buf).unwrap();
+    }
+}
+
+/// Relative path → contents of every regular file under `dir`.
+pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
+        let e = e.unwrap();
+        if e.file_type().is_file() {
+            out.insert(
+                e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                std::fs::read(e.path()).unwrap(),
+            );
+        }
+    }
+    out
+}
+
+/// A TCP proxy that can cut the link: `cut()` drops every connection and
+/// refuses new ones until `heal()`.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<Mutex<bool>>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(Mutex::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (c2, k2) = (cut.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    continue;
+                };
+                if *c2.lock().unwrap() {
+                    drop(down);
+                    continue;
+                }
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                k2.lock().unwrap().push(h);
+            }
+        });
+        Proxy { addr, cut, conns }
+    }
+
+    pub fn cut(&self) {
+        *self.cut.lock().unwrap() = true;
+        for h in self.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        *self.cut.lock().unwrap() = false;
+    }
+}
