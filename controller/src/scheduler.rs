@@ -338,7 +338,7 @@ pub(crate) fn apply_in(
             state.retry = None;
             state.last_fired = Some(now);
             state.last_job = Some(job.id);
-            Action::Queued(job)
+            Action::Queued(Box::new(job))
         }
         Decision::Retry {
             slot,
@@ -357,7 +357,7 @@ pub(crate) fn apply_in(
             state.retry = None;
             state.last_fired = Some(now);
             state.last_job = Some(job.id);
-            Action::Queued(job)
+            Action::Queued(Box::new(job))
         }
         Decision::Skip {
             slot,

@@ -16,7 +16,7 @@ fn spec(name: &str, sources: Vec<(&str, &Path)>) -> AgentSpec {
         name: name.into(),
         sources: sources
             .into_iter()
-            .map(|(s, p)| (s.to_string(), p.to_path_buf(), Vec::new()))
+            .map(|(s, p)| (s.to_string(), p.to_path_buf(), Vec::new(), Vec::new()))
             .collect(),
         via: None,
     }
@@ -205,7 +205,12 @@ fn controller_killed_mid_job_resumes_and_schedule_continues() {
     // The pre-hook keeps the job running long enough to kill the controller.
     f.start_agent(&AgentSpec {
         name: "db-1".into(),
-        sources: vec![("db".into(), data.clone(), vec!["sleep".into(), "6".into()])],
+        sources: vec![(
+            "db".into(),
+            data.clone(),
+            vec!["sleep".into(), "6".into()],
+            Vec::new(),
+        )],
         via: None,
     });
     f.wait_connected(&["db-1"]);
@@ -263,7 +268,7 @@ fn agent_killed_mid_backup_fails_then_retry_succeeds() {
     f.start_controller();
     let agent = AgentSpec {
         name: "kv-1".into(),
-        sources: vec![("kv".into(), data.clone(), Vec::new())],
+        sources: vec![("kv".into(), data.clone(), Vec::new(), Vec::new())],
         via: None,
     };
     f.start_agent(&agent);
@@ -291,7 +296,7 @@ fn agent_killed_mid_backup_fails_then_retry_succeeds() {
     f.start_agent(&agent);
     let failed = wait_job_state(&f, &first_id, &["failed"], Duration::from_secs(30));
     assert!(
-        failed["error_message"]
+        failed["error"]
             .as_str()
             .unwrap()
             .contains("reconnected without this job"),
@@ -334,14 +339,24 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
     let proxy = rt.block_on(Proxy::start(f.addr()));
     let agent = AgentSpec {
         name: "mq-1".into(),
-        sources: vec![("mq".into(), data.clone(), vec!["sleep".into(), "3".into()])],
+        // The post-hook holds the job open after its data is uploaded (keys
+        // fetched): the cut comes while it is running and it finishes during the cut.
+        sources: vec![(
+            "mq".into(),
+            data.clone(),
+            Vec::new(),
+            vec!["sleep".into(), "4".into()],
+        )],
         via: Some(proxy.addr),
     };
     f.start_agent(&agent);
     f.wait_connected(&["mq-1"]);
     let j = f.cli_json(&["backup", "run", "mq-1/mq"]);
     let id = j["id"].as_str().unwrap().to_string();
-    wait_job_state(&f, &id, &["running"], Duration::from_secs(20));
+    wait_for("the data to be uploaded", Duration::from_secs(30), || {
+        let j = job(&f, &id);
+        (j["progress"]["bytes_uploaded"].as_u64()? > 0).then_some(())
+    });
 
     // Cut the link for a minute. The job finishes meanwhile; its result is
     // kept on disk, even across an agent restart.

@@ -177,7 +177,7 @@ fn queued(actions: &[Action]) -> Vec<&Job> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Queued(j) => Some(j),
+            Action::Queued(j) => Some(&**j),
             Action::Skipped { .. } => None,
         })
         .collect()

@@ -62,7 +62,7 @@ impl Clock for ManualClock {
 pub enum Action {
     /// A job was queued (a slot fired, caught up, or a retry came due):
     /// send it to its agent.
-    Queued(Job),
+    Queued(Box<Job>),
     /// Due slots were skipped because the source's job was unfinished.
     Skipped {
         /// The source.

@@ -212,14 +212,12 @@ pub fn job_info(job: &Job, snapshot: Option<&SnapshotRecord>) -> JobInfo {
     };
     info.set_state(state);
     if let Some(s) = snapshot.filter(|_| job.is_backup()) {
-        let secs = (s.job.is_some())
-            .then(|| match &job.state {
-                JobState::Succeeded { finished, .. } => {
-                    (*finished - s.time).num_milliseconds().max(0) as f64 / 1000.0
-                }
-                _ => 0.0,
-            })
-            .unwrap_or(0.0);
+        let secs = match &job.state {
+            JobState::Succeeded { finished, .. } if s.job.is_some() => {
+                (*finished - s.time).num_milliseconds().max(0) as f64 / 1000.0
+            }
+            _ => 0.0,
+        };
         info.summary = Some(summary_to_wire(&s.summary, secs));
     }
     info
@@ -475,7 +473,7 @@ impl OperatorService for OperatorApi {
             })
             .filter(|j| wire_state_matches(r.state, &j.state))
             .collect();
-        jobs.sort_by(|a, b| b.id.cmp(&a.id));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.id));
         jobs.truncate(limit(r.limit));
         let jobs = jobs.iter().map(|j| self.job_info(j)).collect();
         Ok(Response::new(ListJobsReply { jobs }))

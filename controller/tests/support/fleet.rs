@@ -64,8 +64,8 @@ pub struct Fleet {
 
 pub struct AgentSpec {
     pub name: String,
-    /// (source name, directory, pre_hook argv)
-    pub sources: Vec<(String, PathBuf, Vec<String>)>,
+    /// (source name, directory, pre_hook argv, post_hook argv)
+    pub sources: Vec<(String, PathBuf, Vec<String>, Vec<String>)>,
     /// Address the agent dials (default: the controller's).
     pub via: Option<SocketAddr>,
 }
@@ -176,13 +176,16 @@ impl Fleet {
             d = self.dir.display(),
             ca = self.ca.display(),
         );
-        for (src, path, hook) in &spec.sources {
+        for (src, path, hook, post) in &spec.sources {
             text.push_str(&format!(
                 "[[source]]\nname = \"{src}\"\nkind = \"volume\"\npath = \"{}\"\n",
                 path.display()
             ));
             if !hook.is_empty() {
                 text.push_str(&format!("pre_hook = {hook:?}\n"));
+            }
+            if !post.is_empty() {
+                text.push_str(&format!("post_hook = {post:?}\n"));
             }
         }
         let cfg = self.dir.join(format!("agent-{name}.toml"));
