@@ -220,6 +220,8 @@ pub fn status_error(addr: &str, status: &Status) -> anyhow::Error {
         let lower = msg.to_ascii_lowercase();
         if lower.contains("connection closed")
             || lower.contains("connection reset")
+            || lower.contains("broken pipe")
+            || lower.contains("stream closed")
             || lower.contains("canceled")
         {
             return anyhow!(
