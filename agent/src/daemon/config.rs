@@ -296,4 +296,13 @@ path = "/srv/files"
         .contains("listed twice"));
         assert!(e(GOOD.replace("state_dir", "state_dri")).contains("state_dri"));
     }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/agent.toml"));
+        let c = AgentConfig::load(p).unwrap();
+        assert_eq!(c.name, "web-1");
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources[1].post_hook.len(), 2);
+    }
 }

@@ -274,3 +274,19 @@ url = "file:///tmp/x"
         assert!(e.contains("listen_port"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let p = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/controller.toml"
+        ));
+        let c = ControllerConfig::load(p).unwrap();
+        assert_eq!(c.locations.len(), 3);
+        assert_eq!(c.agent_timeout, Duration::from_secs(300));
+    }
+}
