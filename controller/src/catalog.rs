@@ -184,6 +184,11 @@ pub enum CopyState {
         /// When the copy finished.
         at: DateTime<Utc>,
     },
+    /// Objects being copied to this location.
+    Copying {
+        /// Since when.
+        since: DateTime<Utc>,
+    },
     /// Every object's checksum read back and matching.
     Verified {
         /// When the verification finished.
@@ -234,6 +239,7 @@ pub struct Catalog {
     active: Tree<SourceId, JobId>,
     jobs: Tree<JobId, Job>,
     snapshots: Tree<Id, SnapshotRecord>,
+    locations: Tree<String, crate::replication::LocationState>,
 }
 
 impl fmt::Debug for Catalog {
@@ -284,6 +290,7 @@ impl Catalog {
             active: Tree::new(open("active")?, "active"),
             jobs: Tree::new(open("jobs")?, "jobs"),
             snapshots: Tree::new(open("snapshots")?, "snapshots"),
+            locations: Tree::new(open("locations")?, "locations"),
             path: path.clone(),
             db,
         };
@@ -354,6 +361,11 @@ impl Catalog {
     /// Snapshots by id.
     pub fn snapshots(&self) -> &Tree<Id, SnapshotRecord> {
         &self.snapshots
+    }
+
+    /// Replication and verification state by location name.
+    pub fn locations(&self) -> &Tree<String, crate::replication::LocationState> {
+        &self.locations
     }
 
     /// Run `f` as one serializable transaction over every tree: all its

@@ -12,8 +12,8 @@
 //!
 //! Every command prints its result to stdout (`-o json` for scripts) and
 //! errors to stderr as `error: …`; the exit code is 0 on success and 1 on any
-//! error, including a command-line mistake and a watched job that failed or
-//! was cancelled.
+//! error, including a command-line mistake, a watched job that failed or
+//! was cancelled, and a `verify` that left copies it could not repair.
 
 mod commands;
 pub mod connect;
@@ -33,8 +33,9 @@ use crate::cert_cmd::{self, CertCommand};
 /// Default `--controller`.
 pub const DEFAULT_CONTROLLER: &str = "localhost:7443";
 
-/// Trireme operator CLI: agents, sources, policies, backups, jobs, snapshots
-/// and restores, through the controller (mTLS); `trireme cert` manages the CA.
+/// Trireme operator CLI: agents, sources, policies, backups, jobs, snapshots,
+/// restores, locations and verification, through the controller (mTLS);
+/// `trireme cert` manages the CA.
 #[derive(Debug, Parser)]
 #[command(name = "trireme", version, propagate_version = true)]
 pub struct Cli {
@@ -127,7 +128,14 @@ pub enum Command {
     Snapshots(SnapshotsCmd),
     /// Restore a snapshot onto an agent.
     Restore(RestoreArgs),
-    /// The controller's health: agents, jobs, problems, and who you are to it.
+    /// Backup locations: reachability, contents, verification and repairs.
+    #[command(subcommand)]
+    Locations(LocationsCmd),
+    /// Verify the copies at the locations now and repair damaged ones from
+    /// good copies; exit 1 if any could not be repaired.
+    Verify(VerifyArgs),
+    /// The controller's health: agents, jobs, protection, problems, and who
+    /// you are to it.
     Status,
     /// Print a shell completion script, e.g. `trireme completions bash > /etc/bash_completion.d/trireme`.
     Completions {
@@ -272,6 +280,30 @@ pub enum SnapshotsCmd {
         /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
         id: String,
     },
+}
+
+/// `trireme locations …`
+#[derive(Debug, Subcommand)]
+pub enum LocationsCmd {
+    /// List locations: reachable or not, contents, last sync and
+    /// verification, problems found and repaired.
+    #[command(visible_alias = "list")]
+    Ls,
+}
+
+/// `trireme verify …`
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Re-read and re-hash every object instead of only checking that it is
+    /// there (slow: reads everything back from the locations).
+    #[arg(long)]
+    pub deep: bool,
+    /// Only this location [default: every location].
+    #[arg(long, value_name = "NAME")]
+    pub location: Option<String>,
+    /// Also report on this snapshot's copies (id, or a unique prefix of it).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
 }
 
 /// `trireme restore …`
@@ -445,6 +477,43 @@ mod tests {
         assert_eq!(b.global.output, cert_cmd::Output::Json);
         let c = Cli::try_parse_from(["trireme", "status", "--controller", "ctl:1"]).unwrap();
         assert_eq!(c.global.controller, "ctl:1");
+    }
+
+    #[test]
+    fn verify_takes_its_scope() {
+        let c = Cli::try_parse_from([
+            "trireme",
+            "verify",
+            "--deep",
+            "--location",
+            "offsite",
+            "--snapshot",
+            "5eed",
+        ])
+        .unwrap();
+        match c.command {
+            Command::Verify(VerifyArgs {
+                deep,
+                location,
+                snapshot,
+            }) => {
+                assert!(deep);
+                assert_eq!(location.as_deref(), Some("offsite"));
+                assert_eq!(snapshot.as_deref(), Some("5eed"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["trireme", "verify"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Verify(VerifyArgs {
+                deep: false,
+                location: None,
+                snapshot: None
+            })
+        ));
+        let c = Cli::try_parse_from(["trireme", "locations", "list"]).unwrap();
+        assert!(matches!(c.command, Command::Locations(LocationsCmd::Ls)));
     }
 
     #[test]

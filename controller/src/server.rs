@@ -34,6 +34,7 @@ pub use config::{ControllerConfig, LocationConfig};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::jobs::JobId;
+use crate::replication::{Replicator, Site};
 use crate::scheduler::{Action, Clock, LoopOptions, Scheduler, SystemClock};
 
 /// State shared by every service.
@@ -56,6 +57,10 @@ pub struct Shared {
     pub agent_timeout: Duration,
     /// Role checks (and the CRL).
     pub authz: Authorizer,
+    /// Copies between locations and their verification.
+    pub replicator: Arc<Replicator>,
+    /// Wakes the replication loop (a snapshot was recorded).
+    pub replicate_now: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -80,7 +85,7 @@ impl Shared {
 pub async fn prepare_locations(
     locations: &[LocationConfig],
     keys: Arc<LocalKeyFile>,
-) -> Result<()> {
+) -> Result<Vec<trireme_common::DynBackend>> {
     let mut backends = Vec::new();
     for l in locations {
         backends.push(l.location.open().await?);
@@ -135,7 +140,7 @@ pub async fn prepare_locations(
     // Opening checks the config's MAC under our master key: a repository
     // made under another master key is refused here, not at the first backup.
     Repository::open(backends[0].clone(), keys).await?;
-    Ok(())
+    Ok(backends)
 }
 
 /// Run the controller until `shutdown` completes.
@@ -154,7 +159,17 @@ pub async fn run(
     })?;
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
-    prepare_locations(&config.locations, master_key.clone()).await?;
+    let backends = prepare_locations(&config.locations, master_key.clone()).await?;
+    let sites = config
+        .locations
+        .iter()
+        .zip(backends)
+        .map(|(l, backend)| Site {
+            name: l.name.clone(),
+            backend,
+        })
+        .collect();
+    let replicator = Arc::new(Replicator::new(catalog.clone(), sites, config.replication));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Io {
@@ -174,6 +189,8 @@ pub async fn run(
         heartbeat_interval: config.heartbeat_interval,
         agent_timeout: config.agent_timeout,
         authz: authz.clone(),
+        replicator,
+        replicate_now: tokio::sync::Notify::new(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
 
@@ -218,6 +235,39 @@ pub async fn run(
         let s = shared.clone();
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(agents::watchdog(s, stop)));
+    }
+    {
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = s.replicator.settings().every;
+            loop {
+                match s.replicator.pass(s.now()).await {
+                    Ok(r) => {
+                        if r.copied > 0 || !r.problems.is_empty() {
+                            tracing::info!(
+                                copied = r.copied,
+                                bytes = r.copied_bytes,
+                                checked = r.checked,
+                                problems = r.problems.len(),
+                                repaired = r.repaired.len(),
+                                "replication pass"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "replication pass failed"),
+                }
+                let woken = tokio::select! {
+                    _ = stop.wait_for(|v| *v) => return,
+                    () = tokio::time::sleep(every) => false,
+                    () = s.replicate_now.notified() => true,
+                };
+                if woken {
+                    // Let a burst of results settle into one pass.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
     }
     {
         let tls = tls.clone();

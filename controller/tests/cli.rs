@@ -95,6 +95,8 @@ async fn completions_need_no_controller() {
         "agents",
         "snapshots",
         "restore",
+        "locations",
+        "verify",
         "completions",
         "--controller",
     ] {
@@ -177,6 +179,7 @@ struct Fake {
     authz: Option<Authorizer>,
     restores: Mutex<Vec<RestoreRequest>>,
     applied: Mutex<Vec<String>>,
+    verifies: Mutex<Vec<VerifyRequest>>,
 }
 
 const JOB_OK: &str = "0193a0b1-0000-7000-8000-000000000001";
@@ -253,11 +256,22 @@ fn snapshot() -> SnapshotInfo {
                 location: "primary".into(),
                 verified: true,
                 verified_unix: 1_764_052_100,
+                state: "verified".into(),
+                detail: String::new(),
             },
             SnapshotCopy {
                 location: "offsite".into(),
                 verified: false,
                 verified_unix: 0,
+                state: "failed".into(),
+                detail: "upload refused: quota exceeded".into(),
+            },
+            SnapshotCopy {
+                location: "cold".into(),
+                verified: false,
+                verified_unix: 0,
+                state: "copying".into(),
+                detail: String::new(),
             },
         ],
         ..Default::default()
@@ -457,7 +471,70 @@ impl OperatorService for Fake {
             jobs_queued: 0,
             jobs_failed_24h: 1,
             problems: vec!["agent db-1 is not connected".into()],
+            protection: vec![SourceProtection {
+                source: src("web-1", "www"),
+                snapshot_id: "4a1b2c3d00000000".into(),
+                snapshot_time_unix: 1_764_000_000,
+                newest_snapshot_id: SNAP.into(),
+                newest_verified_copies: 1,
+            }],
+            locations_total: 3,
         }))
+    }
+    async fn list_locations(
+        &self,
+        r: Request<ListLocationsRequest>,
+    ) -> Result<Response<ListLocationsReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(ListLocationsReply {
+            locations: vec![
+                LocationInfo {
+                    name: "primary".into(),
+                    url: "s3://backups.example/trireme".into(),
+                    reachable: true,
+                    objects: 1200,
+                    bytes: 3 << 29,
+                    last_sync_unix: 1_764_052_100,
+                    last_quick_verify_unix: 1_764_052_200,
+                    last_deep_round_unix: 1_764_000_000,
+                    deep_round_progress: 0.5,
+                    problems_found: 2,
+                    problems_repaired: 2,
+                    incidents: vec![
+                        "2025-11-25T06:30:00Z chunks/ab: hash mismatch, repaired".into()
+                    ],
+                    ..Default::default()
+                },
+                LocationInfo {
+                    name: "offsite".into(),
+                    url: "sftp://vault.example/trireme".into(),
+                    reachable: false,
+                    last_error: "connection refused".into(),
+                    ..Default::default()
+                },
+            ],
+        }))
+    }
+    /// Damage at `offsite` cannot be repaired; elsewhere everything was.
+    async fn verify(&self, r: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
+        self.operate(&r)?;
+        let req = r.into_inner();
+        let bad = req.location == "offsite";
+        self.verifies.lock().unwrap().push(req);
+        let mut reply = VerifyReply {
+            objects_checked: 1200,
+            bytes_read: 3 << 29,
+            problems: vec!["primary: chunks/ab: hash mismatch".into()],
+            repaired: vec!["primary: chunks/ab".into()],
+            unrepaired: vec![],
+            objects_copied: 3,
+            bytes_copied: 3 << 20,
+        };
+        if bad {
+            reply.problems.push("offsite: chunks/cd: missing".into());
+            reply.unrepaired.push("offsite: chunks/cd".into());
+        }
+        Ok(Response::new(reply))
     }
 }
 
@@ -534,9 +611,19 @@ async fn reads_as_tables_and_json() {
     );
     assert!(out.contains("1 connected of 2"), "{out}");
     assert!(out.contains("agent db-1 is not connected"), "{out}");
+    assert!(
+        out.contains(
+            "web-1/www  newest 5eedc0ff 1/3 verified; last 3/3: 4a1b2c3d at 2025-11-24T16:00:00Z ("
+        ),
+        "{out}"
+    );
     let v = json(&s.run(&pki, "eve", &["status", "-o", "json"]).await);
     assert_eq!(v["you"]["role"], "viewer");
     assert_eq!(v["jobs"]["failed_24h"], 1);
+    assert_eq!(v["locations_total"], 3);
+    assert_eq!(v["protection"][0]["source"]["agent"], "web-1");
+    assert_eq!(v["protection"][0]["snapshot_id"], "4a1b2c3d00000000");
+    assert_eq!(v["protection"][0]["newest_verified_copies"], 1);
 
     let out = ok(&s.run(&pki, "op", &["agents", "ls"]).await);
     let lines: Vec<&str> = out.lines().collect();
@@ -595,13 +682,87 @@ async fn reads_as_tables_and_json() {
         out.lines().nth(1).unwrap().starts_with("5eedc0ff "),
         "{out}"
     );
-    assert!(out.contains("1/2"), "{out}");
+    assert!(out.contains("1/3"), "{out}");
     let out = ok(&s.run(&pki, "op", &["snapshots", "show", "5eedc0ff"]).await);
     assert!(
         out.contains("primary: verified 2025-11-25T06:28:20Z"),
         "{out}"
     );
-    assert!(out.contains("offsite: not verified"), "{out}");
+    assert!(
+        out.contains("offsite: failed (upload refused: quota exceeded)"),
+        "{out}"
+    );
+    assert!(out.contains("cold: copying"), "{out}");
+    let v = json(
+        &s.run(&pki, "op", &["snapshots", "show", "5eedc0ff", "-o", "json"])
+            .await,
+    );
+    assert_eq!(v["copies"][0]["state"], "verified");
+    assert_eq!(v["copies"][1]["state"], "failed");
+    assert_eq!(v["copies"][1]["detail"], "upload refused: quota exceeded");
+
+    // Locations.
+    let out = ok(&s.run(&pki, "eve", &["locations", "ls"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("DEEP ROUND"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("primary")
+            && lines[1].contains("reachable")
+            && lines[1].contains("2/2"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("offsite")
+            && lines[2].contains("unreachable")
+            && lines[2].ends_with("connection refused"),
+        "{out}"
+    );
+    let v = json(&s.run(&pki, "eve", &["locations", "ls", "-o", "json"]).await);
+    let all = v.as_array().expect("an array");
+    assert_eq!(all.len(), 2);
+    let keys: Vec<&str> = all[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut want = vec![
+        "name",
+        "url",
+        "reachable",
+        "last_error",
+        "objects",
+        "bytes",
+        "last_sync",
+        "last_quick_verify",
+        "last_deep_round",
+        "deep_round_progress",
+        "problems_found",
+        "problems_repaired",
+        "incidents",
+    ];
+    want.sort_unstable();
+    let mut keys = keys;
+    keys.sort_unstable();
+    assert_eq!(keys, want);
+    assert_eq!(all[0]["name"], "primary");
+    assert_eq!(all[0]["reachable"], true);
+    assert_eq!(all[0]["objects"], 1200);
+    assert_eq!(all[0]["bytes"], 3u64 << 29);
+    assert_eq!(all[0]["last_sync"], "2025-11-25T06:28:20Z");
+    assert_eq!(all[0]["deep_round_progress"], 0.5);
+    assert_eq!(all[0]["last_error"], Value::Null);
+    assert_eq!(
+        all[0]["incidents"][0],
+        "2025-11-25T06:30:00Z chunks/ab: hash mismatch, repaired"
+    );
+    assert_eq!(all[1]["reachable"], false);
+    assert_eq!(all[1]["last_error"], "connection refused");
+    assert_eq!(all[1]["last_sync"], Value::Null);
+    assert_eq!(all[1]["incidents"], serde_json::json!([]));
 
     let err = fails(&s.run(&pki, "op", &["snapshots", "show", "abcdef"]).await);
     assert_eq!(err.trim(), "error: not found: no such snapshot");
@@ -678,6 +839,84 @@ async fn changes_need_the_operator_role() {
             .await,
     );
     assert!(err.contains("/nonexistent.toml"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_fails_only_when_copies_stay_damaged() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+
+    // Verifying repairs, so it needs the operator role.
+    let err = fails(&s.run(&pki, "eve", &["verify"]).await);
+    assert!(err.contains("Verify needs the operator role"), "{err}");
+
+    // Damage found and all of it repaired: exit 0, the problems printed.
+    let out = ok(&s.run(&pki, "op", &["verify", "--deep"]).await);
+    assert!(
+        out.contains("objects checked:") && out.contains("1200"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bytes re-read:") && out.contains("1.5 GiB"),
+        "{out}"
+    );
+    assert!(out.contains("primary: chunks/ab: hash mismatch"), "{out}");
+    assert!(
+        out.contains("repaired:") && out.contains("primary: chunks/ab"),
+        "{out}"
+    );
+    assert!(out.contains("1 damaged copy repaired"), "{out}");
+    assert!(!out.contains("unrepaired"), "{out}");
+    assert!(out.contains("3 objects (3.0 MiB)"), "{out}");
+    let req = s.fake.verifies.lock().unwrap().pop().unwrap();
+    assert!(req.deep && req.location.is_empty() && req.snapshot_id.is_empty());
+
+    // Damage that could not be repaired: listed, and exit 1 saying so.
+    let o = s
+        .run(
+            &pki,
+            "op",
+            &["verify", "--location", "offsite", "--snapshot", "5eed"],
+        )
+        .await;
+    let err = fails(&o);
+    assert!(
+        err.contains("1 damaged copy could not be repaired")
+            && err.contains("no good copy is left")
+            && err.contains("offsite: chunks/cd"),
+        "{err}"
+    );
+    let out = stdout(&o);
+    assert!(
+        out.contains("unrepaired:") && out.contains("offsite: chunks/cd"),
+        "{out}"
+    );
+    assert!(out.contains("offsite: chunks/cd: missing"), "{out}");
+    let req = s.fake.verifies.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        (req.deep, req.location.as_str(), req.snapshot_id.as_str()),
+        (false, "offsite", "5eed")
+    );
+
+    // JSON: the report on stdout, still exit 1.
+    let o = s
+        .run(
+            &pki,
+            "op",
+            &["verify", "--location", "offsite", "-o", "json"],
+        )
+        .await;
+    fails(&o);
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["unrepaired"], serde_json::json!(["offsite: chunks/cd"]));
+    assert_eq!(v["objects_checked"], 1200);
+    assert_eq!(v["objects_copied"], 3);
+    assert_eq!(v["location"], "offsite");
+    let v = json(&s.run(&pki, "op", &["verify", "-o", "json"]).await);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["repaired"], serde_json::json!(["primary: chunks/ab"]));
+    assert_eq!(v["location"], Value::Null);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

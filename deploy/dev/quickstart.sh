@@ -3,7 +3,9 @@
 # binaries, creates a CA and certificates (controller, agent, operator), a
 # master key, starts a controller with three file:// locations and one agent
 # with a sample volume source, runs a backup through the `trireme` CLI,
-# shows the snapshot, restores it on the agent and compares it byte for byte.
+# waits until the controller has copied it to all three locations and read
+# the checksums back, shows the snapshot, restores it on the agent and
+# compares it byte for byte.
 #
 #   deploy/dev/quickstart.sh [WORK_DIR]      (default: ./quickstart)
 #
@@ -55,6 +57,8 @@ key_file = "master.key"
 [tls]
 dir = "tls"
 name = "localhost"
+[replication]
+every = "10s"
 [[location]]
 name = "site-a"
 url = "file://$work/locations/site-a"
@@ -94,7 +98,19 @@ echo "== backup (the agent streams encrypted chunks straight to the primary loca
 "$trireme" backup run demo-agent/sample --wait
 "$trireme" snapshots ls
 snap=$("$trireme" -o json snapshots ls | sed -n 's/.*"id": *"\([0-9a-f]\{64\}\)".*/\1/p' | head -1)
+
+echo "== replication: the controller copies the snapshot to site-b and site-c and reads the checksums back"
+for _ in $(seq 1 150); do
+    n=$("$trireme" -o json snapshots show "$snap" | grep -c '"state": *"verified"' || true)
+    if [ "$n" -ge 3 ]; then break; fi
+    sleep 0.2
+done
 "$trireme" snapshots show "$snap"
+if [ "$n" -lt 3 ]; then
+    echo "error: the snapshot is verified at $n of 3 locations after 30 s (see $work/controller.log)" >&2
+    exit 1
+fi
+"$trireme" locations ls
 
 echo "== restore on the agent and compare"
 "$trireme" restore "$snap" --to "demo-agent:$work/restored" --wait

@@ -299,7 +299,10 @@ path = "/srv/files"
 
     #[test]
     fn the_shipped_example_parses() {
-        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/agent.toml"));
+        let p = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/agent.toml"
+        ));
         let c = AgentConfig::load(p).unwrap();
         assert_eq!(c.name, "web-1");
         assert_eq!(c.sources.len(), 2);

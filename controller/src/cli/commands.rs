@@ -1,22 +1,25 @@
 //! One function per command that talks to the controller: build the
 //! request, call, print.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use trireme_proto::v1::{
     ApplyPolicyRequest, CancelJobRequest, GetJobRequest, GetSnapshotRequest, JobInfo, JobState,
-    ListAgentsRequest, ListJobsRequest, ListPoliciesRequest, ListSnapshotsRequest,
-    ListSourcesRequest, PingRequest, RestoreRequest, RunBackupRequest, SourceRef, StatusRequest,
+    ListAgentsRequest, ListJobsRequest, ListLocationsRequest, ListPoliciesRequest,
+    ListSnapshotsRequest, ListSourcesRequest, PingRequest, RestoreRequest, RunBackupRequest,
+    SourceRef, StatusRequest, VerifyReply, VerifyRequest,
 };
 
 use super::connect::Controller;
 use super::output::{print_json, println, Format};
 use super::{
-    view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, PolicyCmd, RestoreArgs,
-    SnapshotsCmd, SourcesCmd,
+    view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, LocationsCmd, PolicyCmd,
+    RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
 };
 
 /// Run a command that needs the controller.
@@ -209,6 +212,43 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 view::snapshot_fields(&s)
             })
         }
+        Command::Locations(LocationsCmd::Ls) => {
+            let r = c
+                .operator
+                .list_locations(ListLocationsRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            list(
+                format,
+                &r.locations,
+                view::location_json,
+                view::locations_table,
+                "no locations configured",
+            )
+        }
+        Command::Verify(VerifyArgs {
+            deep,
+            location,
+            snapshot,
+        }) => {
+            let req = VerifyRequest {
+                deep,
+                location: location.unwrap_or_default(),
+                snapshot_id: snapshot.unwrap_or_default(),
+            };
+            // No deadline: a deep verification reads everything back.
+            let spinner = verify_spinner(deep);
+            let r = c.operator.verify(req.clone()).await;
+            if let Some(bar) = spinner {
+                bar.finish_and_clear();
+            }
+            let r = r.map_err(|s| c.error(s))?.into_inner();
+            one(format, view::verify_json(&req, &r), || {
+                view::verify_fields(&req, &r)
+            })?;
+            verify_outcome(&r)
+        }
         Command::Status => {
             // One after the other: when the controller refuses this
             // certificate, only the first RPC learns why.
@@ -280,6 +320,44 @@ async fn started(
     watch::watch(c, format, &job.id).await
 }
 
+/// A spinner on stderr while `verify` runs, when stderr is a terminal.
+fn verify_spinner(deep: bool) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}") {
+        bar.set_style(style);
+    }
+    bar.set_message(if deep {
+        "deep verification: re-reading every object (this can take long)"
+    } else {
+        "quick verification"
+    });
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Some(bar)
+}
+
+/// Ok when no damaged copy is left, else the error that makes the exit code 1.
+fn verify_outcome(r: &VerifyReply) -> anyhow::Result<()> {
+    let n = r.unrepaired.len();
+    match r.unrepaired.first() {
+        None => Ok(()),
+        Some(first) => {
+            let more = if n > 1 {
+                format!(" and {} more", n - 1)
+            } else {
+                String::new()
+            };
+            Err(anyhow!(
+                "{n} damaged {} could not be repaired, because no good copy is left at any \
+                 location: {first}{more} (listed as unrepaired)",
+                if n == 1 { "copy" } else { "copies" }
+            ))
+        }
+    }
+}
+
 fn or_agent(agent: &str) -> &str {
     if agent.is_empty() {
         "the agent"
@@ -312,4 +390,26 @@ fn read_policy(file: &Path) -> anyhow::Result<String> {
         );
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_fails_only_on_unrepaired_copies() {
+        let mut r = VerifyReply {
+            problems: vec!["primary: chunks/ab: hash mismatch".into()],
+            repaired: vec!["primary: chunks/ab".into()],
+            ..Default::default()
+        };
+        assert!(verify_outcome(&r).is_ok());
+        r.unrepaired = vec!["offsite: chunks/cd".into(), "offsite: chunks/ef".into()];
+        let err = verify_outcome(&r).unwrap_err().to_string();
+        assert!(
+            err.starts_with("2 damaged copies could not be repaired")
+                && err.contains("offsite: chunks/cd and 1 more"),
+            "{err}"
+        );
+    }
 }

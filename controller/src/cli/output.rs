@@ -191,6 +191,28 @@ pub fn elapsed(from: i64, to: i64) -> String {
     }
 }
 
+/// How long ago, coarse: `45s`, `12m`, `3h 5m`, `2d 4h` (`0s` when in the
+/// future, e.g. with a skewed clock).
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    let (m, h, d) = (s / 60, s / 3600, s / 86_400);
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{m}m")
+    } else if s < 86_400 {
+        match m % 60 {
+            0 => format!("{h}h"),
+            rm => format!("{h}h {rm}m"),
+        }
+    } else {
+        match h % 24 {
+            0 => format!("{d}d"),
+            rh => format!("{d}d {rh}h"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +240,12 @@ mod tests {
         assert_eq!(duration(3723.2), "1h 2m 3s");
         assert_eq!(elapsed(100, 0), "-");
         assert_eq!(elapsed(100, 190), "1m 30s");
+        assert_eq!(age(-5), "0s");
+        assert_eq!(age(59), "59s");
+        assert_eq!(age(125), "2m");
+        assert_eq!(age(3 * 3600 + 5 * 60 + 9), "3h 5m");
+        assert_eq!(age(7200), "2h");
+        assert_eq!(age(2 * 86_400 + 4 * 3600 + 100), "2d 4h");
     }
 
     #[test]

@@ -7,12 +7,13 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 use trireme_proto::v1::{
-    AgentInfo, JobInfo, JobKind, JobProgress, JobState, JobSummary, PingReply, PolicyInfo,
-    SnapshotInfo, SourceEntry, SourceRef, StatusReply,
+    AgentInfo, JobInfo, JobKind, JobProgress, JobState, JobSummary, LocationInfo, PingReply,
+    PolicyInfo, SnapshotCopy, SnapshotInfo, SourceEntry, SourceProtection, SourceRef, StatusReply,
+    VerifyReply, VerifyRequest,
 };
 
 use super::output::{
-    duration, elapsed, fields, json_str, json_time, or_dash, rate, size, table, time,
+    age, duration, elapsed, fields, json_str, json_time, or_dash, rate, size, table, time,
 };
 
 /// Snapshot ids in tables: as many hex digits as `Id::short` (enough for a
@@ -46,6 +47,19 @@ pub fn kind_name(kind: i32) -> &'static str {
         Ok(JobKind::Restore) => "restore",
         Ok(JobKind::Check) => "check",
         Ok(JobKind::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+/// The first line of `s`, cut to `max` characters (with `…`).
+fn first_line(s: &str, max: usize) -> String {
+    let l = s.lines().next().unwrap_or("");
+    if l.chars().count() > max {
+        format!(
+            "{}…",
+            l.chars().take(max.saturating_sub(1)).collect::<String>()
+        )
+    } else {
+        l.to_string()
     }
 }
 
@@ -333,14 +347,6 @@ pub fn summary_json(s: &JobSummary) -> Value {
 
 /// What a job table's INFO column says: progress, result or error.
 fn job_info_text(j: &JobInfo) -> String {
-    let first_line = |s: &str| -> String {
-        let l = s.lines().next().unwrap_or("");
-        if l.chars().count() > 80 {
-            format!("{}…", l.chars().take(79).collect::<String>())
-        } else {
-            l.to_string()
-        }
-    };
     match JobState::try_from(j.state) {
         Ok(JobState::Running) => j
             .progress
@@ -350,7 +356,7 @@ fn job_info_text(j: &JobInfo) -> String {
             format!("snapshot {}", short(&j.snapshot_id, SHORT_SNAPSHOT))
         }
         Ok(JobState::Failed | JobState::Cancelled) if !j.error_message.is_empty() => {
-            first_line(&j.error_message)
+            first_line(&j.error_message, 80)
         }
         _ if !j.restore_target.is_empty() => format!(
             "snapshot {} to {}",
@@ -503,7 +509,11 @@ pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
         .iter()
         .map(|s| {
             let sum = s.summary.unwrap_or_default();
-            let verified = s.copies.iter().filter(|c| c.verified).count();
+            let verified = s
+                .copies
+                .iter()
+                .filter(|c| copy_state(c) == Some("verified"))
+                .count();
             vec![
                 short(&s.id, SHORT_SNAPSHOT),
                 source_text(s.source.as_ref()),
@@ -511,7 +521,9 @@ pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
                 size(s.size),
                 sum.files.to_string(),
                 size(sum.new_bytes),
-                format!("{verified}/{}", s.copies.len()),
+                // One copy per location once replication ran; before that
+                // the snapshot is at least due at the primary.
+                format!("{verified}/{}", s.copies.len().max(1)),
             ]
         })
         .collect();
@@ -548,17 +560,11 @@ pub fn snapshot_fields(s: &SnapshotInfo) -> String {
         rows.push(("position", text));
     }
     let copies = if s.copies.is_empty() {
-        "none".to_string()
+        "none yet".to_string()
     } else {
         s.copies
             .iter()
-            .map(|c| {
-                if c.verified {
-                    format!("{}: verified {}", c.location, time(c.verified_unix))
-                } else {
-                    format!("{}: not verified", c.location)
-                }
-            })
+            .map(copy_text)
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -579,9 +585,217 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
         "datastore_position": details_json(&s.datastore_position),
         "copies": s.copies.iter().map(|c| json!({
             "location": c.location,
+            "state": copy_state(c).map_or(Value::Null, |s| Value::String(s.into())),
+            "detail": json_str(&c.detail),
             "verified": c.verified,
             "verified_at": json_time(c.verified_unix),
         })).collect::<Vec<_>>(),
+    })
+}
+
+/// A copy's state: `pending`, `copying`, `copied`, `verified` or `failed`
+/// (a controller without copy states only says verified or not: `None`).
+fn copy_state(c: &SnapshotCopy) -> Option<&str> {
+    if !c.state.is_empty() {
+        Some(&c.state)
+    } else if c.verified {
+        Some("verified")
+    } else {
+        None
+    }
+}
+
+/// One copy in `snapshots show`: `primary: verified 2025-11-25T06:28:20Z`,
+/// `offsite: failed (bucket unreachable)`, `offsite: copying`.
+fn copy_text(c: &SnapshotCopy) -> String {
+    let state = match copy_state(c) {
+        Some("verified") if c.verified_unix != 0 => {
+            format!("verified {}", time(c.verified_unix))
+        }
+        Some(state) => state.to_string(),
+        None => "not verified".into(),
+    };
+    let mut extra = Vec::new();
+    if !c.detail.is_empty() {
+        extra.push(c.detail.clone());
+    }
+    if c.verified_unix != 0 && copy_state(c) != Some("verified") {
+        extra.push(format!("last verified {}", time(c.verified_unix)));
+    }
+    if extra.is_empty() {
+        format!("{}: {state}", c.location)
+    } else {
+        format!("{}: {state} ({})", c.location, extra.join("; "))
+    }
+}
+
+// ---- locations and verification ----
+
+/// The DEEP ROUND column: when the last full round ended, and how far the
+/// current one is.
+fn deep_round_text(l: &LocationInfo) -> String {
+    let p = l.deep_round_progress;
+    let pct = if p.is_finite() && p > 0.0 {
+        Some((p.min(1.0) * 100.0).floor() as u32)
+    } else {
+        None
+    };
+    match (l.last_deep_round_unix, pct) {
+        (0, None) => "-".into(),
+        (0, Some(pct)) => format!("{pct}% of the first"),
+        (t, None) => time(t),
+        (t, Some(pct)) => format!("{} ({pct}% of the next)", time(t)),
+    }
+}
+
+/// `locations ls` as a table.
+pub fn locations_table(locations: &[LocationInfo]) -> String {
+    let rows = locations
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                if l.reachable {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .into(),
+                l.objects.to_string(),
+                size(l.bytes),
+                time(l.last_sync_unix),
+                time(l.last_quick_verify_unix),
+                deep_round_text(l),
+                format!("{}/{}", l.problems_found, l.problems_repaired),
+                if l.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    first_line(&l.last_error, 80)
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "OBJECTS",
+            "SIZE",
+            "LAST SYNC",
+            "QUICK VERIFIED",
+            "DEEP ROUND",
+            "PROBLEMS",
+            "ERROR",
+        ],
+        rows,
+    )
+}
+
+/// A location as JSON.
+pub fn location_json(l: &LocationInfo) -> Value {
+    json!({
+        "name": l.name,
+        "url": json_str(&l.url),
+        "reachable": l.reachable,
+        "last_error": json_str(&l.last_error),
+        "objects": l.objects,
+        "bytes": l.bytes,
+        "last_sync": json_time(l.last_sync_unix),
+        "last_quick_verify": json_time(l.last_quick_verify_unix),
+        "last_deep_round": json_time(l.last_deep_round_unix),
+        "deep_round_progress": if l.deep_round_progress.is_finite() {
+            l.deep_round_progress
+        } else {
+            0.0
+        },
+        "problems_found": l.problems_found,
+        "problems_repaired": l.problems_repaired,
+        "incidents": l.incidents,
+    })
+}
+
+/// What a `verify` covered: `deep, every location`, `quick, location
+/// offsite, snapshot 5eedc0ff`.
+fn verify_scope(req: &VerifyRequest) -> String {
+    let mut s = vec![if req.deep {
+        "deep (re-read and re-hashed)".to_string()
+    } else {
+        "quick (every object is there)".to_string()
+    }];
+    s.push(if req.location.is_empty() {
+        "every location".into()
+    } else {
+        format!("location {}", req.location)
+    });
+    if !req.snapshot_id.is_empty() {
+        s.push(format!("snapshot {}", req.snapshot_id));
+    }
+    s.join(", ")
+}
+
+/// `verify` as a listing: what was checked, then every problem, repair and
+/// copy left damaged, one per line.
+pub fn verify_fields(req: &VerifyRequest, r: &VerifyReply) -> String {
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join("\n")
+        }
+    };
+    let mut rows: Vec<(&str, String)> = vec![
+        ("verified", verify_scope(req)),
+        ("objects checked", r.objects_checked.to_string()),
+        ("bytes re-read", size(r.bytes_read)),
+    ];
+    if r.objects_copied > 0 || r.bytes_copied > 0 {
+        rows.push((
+            "copied",
+            format!(
+                "{} objects ({}) to locations that lacked them",
+                r.objects_copied,
+                size(r.bytes_copied)
+            ),
+        ));
+    }
+    rows.push(("problems", list(&r.problems)));
+    if !r.repaired.is_empty() || !r.problems.is_empty() {
+        rows.push(("repaired", list(&r.repaired)));
+    }
+    if !r.unrepaired.is_empty() {
+        rows.push(("unrepaired", list(&r.unrepaired)));
+    }
+    let copies = |n: usize| if n == 1 { "copy" } else { "copies" };
+    let outcome = match (r.problems.len(), r.repaired.len(), r.unrepaired.len()) {
+        (0, 0, 0) => "all copies are good".to_string(),
+        (_, 0, 0) => "problems reported above; no damaged copy is left".to_string(),
+        (_, n, 0) => format!(
+            "{n} damaged {} repaired from good copies; no damaged copy is left",
+            copies(n)
+        ),
+        (_, _, n) => format!(
+            "{n} damaged {} could NOT be repaired: no good copy is left at any location",
+            copies(n)
+        ),
+    };
+    rows.push(("result", outcome));
+    fields(&rows)
+}
+
+/// `verify` as JSON.
+pub fn verify_json(req: &VerifyRequest, r: &VerifyReply) -> Value {
+    json!({
+        "deep": req.deep,
+        "location": json_str(&req.location),
+        "snapshot_id": json_str(&req.snapshot_id),
+        "objects_checked": r.objects_checked,
+        "bytes_read": r.bytes_read,
+        "objects_copied": r.objects_copied,
+        "bytes_copied": r.bytes_copied,
+        "problems": r.problems,
+        "repaired": r.repaired,
+        "unrepaired": r.unrepaired,
+        "ok": r.unrepaired.is_empty(),
     })
 }
 
@@ -614,8 +828,66 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
                 st.jobs_running, st.jobs_queued, st.jobs_failed_24h
             ),
         ),
+        ("protection", protection_text(st, now())),
         ("problems", problems),
     ])
+}
+
+/// The `protection` lines of `status`, one per source:
+/// `web-1/www  newest 5eedc0ff 2/3 verified; last 3/3: 4a1b2c3d at TIME (2h 5m ago)`.
+fn protection_text(st: &StatusReply, now: i64) -> String {
+    if st.protection.is_empty() {
+        return "no snapshots yet".into();
+    }
+    // A controller that does not say how many locations it has has one.
+    let total = st.locations_total.max(1);
+    let names: Vec<String> = st
+        .protection
+        .iter()
+        .map(|p| source_text(p.source.as_ref()))
+        .collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    st.protection
+        .iter()
+        .zip(&names)
+        .map(|(p, name)| {
+            let newest = if p.newest_snapshot_id.is_empty() {
+                "no snapshots yet".to_string()
+            } else {
+                format!(
+                    "newest {} {}/{total} verified",
+                    short(&p.newest_snapshot_id, SHORT_SNAPSHOT),
+                    p.newest_verified_copies
+                )
+            };
+            let last = if p.snapshot_id.is_empty() {
+                "none yet".to_string()
+            } else {
+                let ago = if p.snapshot_time_unix == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} ago)", age(now - p.snapshot_time_unix))
+                };
+                format!(
+                    "{} at {}{ago}",
+                    short(&p.snapshot_id, SHORT_SNAPSHOT),
+                    time(p.snapshot_time_unix)
+                )
+            };
+            format!("{name:<w$}  {newest}; last {total}/{total}: {last}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn protection_json(p: &SourceProtection) -> Value {
+    json!({
+        "source": source_json(p.source.as_ref()),
+        "snapshot_id": json_str(&p.snapshot_id),
+        "snapshot_time": json_time(p.snapshot_time_unix),
+        "newest_snapshot_id": json_str(&p.newest_snapshot_id),
+        "newest_verified_copies": p.newest_verified_copies,
+    })
 }
 
 /// `status` as JSON.
@@ -630,6 +902,8 @@ pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
             "queued": st.jobs_queued,
             "failed_24h": st.jobs_failed_24h,
         },
+        "locations_total": st.locations_total,
+        "protection": st.protection.iter().map(protection_json).collect::<Vec<_>>(),
         "problems": st.problems,
     })
 }
@@ -660,6 +934,147 @@ mod tests {
         assert_eq!(v["error"], Value::Null);
         assert_eq!(v["summary"], Value::Null);
         assert!(jobs_table(&[j]).contains("running"));
+    }
+
+    #[test]
+    fn copies_show_their_state() {
+        let c = |location: &str, state: &str, verified_unix: i64, detail: &str| SnapshotCopy {
+            location: location.into(),
+            verified: state == "verified",
+            verified_unix,
+            state: state.into(),
+            detail: detail.into(),
+        };
+        let s = SnapshotInfo {
+            id: "5eedc0ffee".into(),
+            copies: vec![
+                c("primary", "verified", 1_764_052_100, ""),
+                c("offsite", "failed", 0, "hash mismatch"),
+                c("cold", "copying", 0, ""),
+            ],
+            ..Default::default()
+        };
+        let f = snapshot_fields(&s);
+        assert!(f.contains("primary: verified 2025-11-25T06:28:20Z"), "{f}");
+        assert!(f.contains("offsite: failed (hash mismatch)"), "{f}");
+        assert!(f.contains("cold: copying"), "{f}");
+        assert!(snapshots_table(std::slice::from_ref(&s)).contains("1/3"));
+        let v = snapshot_json(&s);
+        assert_eq!(v["copies"][1]["state"], "failed");
+        assert_eq!(v["copies"][1]["detail"], "hash mismatch");
+        assert_eq!(v["copies"][0]["detail"], Value::Null);
+        // No copies yet; a controller without copy states.
+        let none = SnapshotInfo::default();
+        assert!(snapshots_table(&[none]).contains("0/1"));
+        let old = SnapshotCopy {
+            location: "primary".into(),
+            verified: true,
+            verified_unix: 1_764_052_100,
+            ..Default::default()
+        };
+        assert_eq!(copy_state(&old), Some("verified"));
+        assert_eq!(copy_text(&old), "primary: verified 2025-11-25T06:28:20Z");
+    }
+
+    #[test]
+    fn protection_lines() {
+        let now = 1_764_052_020 + 2 * 3600 + 5 * 60;
+        let st = StatusReply {
+            locations_total: 3,
+            protection: vec![
+                SourceProtection {
+                    source: Some(SourceRef {
+                        agent: "web-1".into(),
+                        source: "www".into(),
+                    }),
+                    snapshot_id: "4a1b2c3d4e".into(),
+                    snapshot_time_unix: 1_764_052_020,
+                    newest_snapshot_id: "5eedc0ffee".into(),
+                    newest_verified_copies: 2,
+                },
+                SourceProtection {
+                    source: Some(SourceRef {
+                        agent: "db-1".into(),
+                        source: "pg".into(),
+                    }),
+                    newest_snapshot_id: "77777777aa".into(),
+                    newest_verified_copies: 1,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            protection_text(&st, now),
+            "web-1/www  newest 5eedc0ff 2/3 verified; last 3/3: 4a1b2c3d at 2025-11-25T06:27:00Z (2h 5m ago)\n\
+             db-1/pg    newest 77777777 1/3 verified; last 3/3: none yet"
+        );
+        let v = status_json("ctl:7443", &PingReply::default(), &st);
+        assert_eq!(v["locations_total"], 3);
+        assert_eq!(v["protection"][1]["snapshot_id"], Value::Null);
+        assert_eq!(v["protection"][0]["snapshot_time"], "2025-11-25T06:27:00Z");
+        assert_eq!(
+            protection_text(&StatusReply::default(), now),
+            "no snapshots yet"
+        );
+    }
+
+    #[test]
+    fn locations_and_verify() {
+        let l = LocationInfo {
+            name: "offsite".into(),
+            reachable: false,
+            last_error: "connection refused\nmore".into(),
+            objects: 12,
+            bytes: 1536,
+            last_deep_round_unix: 1_764_052_020,
+            deep_round_progress: 0.25,
+            problems_found: 3,
+            problems_repaired: 2,
+            incidents: vec!["x".into()],
+            ..Default::default()
+        };
+        let t = locations_table(std::slice::from_ref(&l));
+        let row = t.lines().nth(1).unwrap();
+        for want in [
+            "offsite",
+            "unreachable",
+            "1.5 KiB",
+            "2025-11-25T06:27:00Z (25% of the next)",
+            "3/2",
+            "connection refused",
+        ] {
+            assert!(row.contains(want), "{want}: {t}");
+        }
+        assert!(!row.contains("more"), "{t}");
+        let v = location_json(&l);
+        assert_eq!(v["last_sync"], Value::Null);
+        assert_eq!(v["incidents"], json!(["x"]));
+        assert_eq!(v["url"], Value::Null);
+
+        let req = VerifyRequest {
+            deep: true,
+            ..Default::default()
+        };
+        let r = VerifyReply {
+            objects_checked: 10,
+            bytes_read: 2048,
+            problems: vec!["primary: a: hash mismatch".into()],
+            repaired: vec!["primary: a".into()],
+            objects_copied: 2,
+            bytes_copied: 1024,
+            ..Default::default()
+        };
+        let f = verify_fields(&req, &r);
+        assert!(
+            f.contains("deep (re-read and re-hashed), every location"),
+            "{f}"
+        );
+        assert!(f.contains("primary: a: hash mismatch"), "{f}");
+        assert!(f.contains("1 damaged copy repaired"), "{f}");
+        assert!(f.contains("2 objects (1.0 KiB) to locations"), "{f}");
+        assert!(!f.contains("unrepaired"), "{f}");
+        assert_eq!(verify_json(&req, &r)["ok"], true);
     }
 
     #[test]

@@ -213,7 +213,10 @@ fn apply_is_atomic_and_reports_changes() {
 
 #[test]
 fn the_shipped_example_policy_parses() {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/policy.toml");
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/policy.toml"
+    );
     let text = std::fs::read_to_string(p).unwrap();
     let policies = crate::policy::parse_policies(p, &text).unwrap();
     assert_eq!(policies.len(), 2);

@@ -417,6 +417,9 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
     }
     shared.job_changed(id);
     shared.scheduler.wake();
+    if r.ok && job.is_backup() {
+        shared.replicate_now.notify_one();
+    }
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub struct ControllerConfig {
     /// How often agents send heartbeats; a session silent for three of these
     /// is considered dead.
     pub heartbeat_interval: Duration,
+    /// Replication and verification timing.
+    pub replication: crate::replication::ReplicationSettings,
     /// How long an agent may stay disconnected before its assigned and
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
@@ -70,6 +72,16 @@ struct RawConfig {
     locations: Vec<RawLocation>,
     heartbeat_interval: Option<String>,
     agent_timeout: Option<String>,
+    #[serde(default)]
+    replication: RawReplication,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    every: Option<String>,
+    deep_window: Option<String>,
+    quick_every: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +215,26 @@ impl ControllerConfig {
             &raw.agent_timeout,
             Duration::from_secs(300),
         )?;
+        let d = crate::replication::ReplicationSettings::default();
+        let replication = crate::replication::ReplicationSettings {
+            every: duration("replication.every", &raw.replication.every, d.every)?,
+            deep_window: duration(
+                "replication.deep_window",
+                &raw.replication.deep_window,
+                d.deep_window,
+            )?,
+            quick_every: duration(
+                "replication.quick_every",
+                &raw.replication.quick_every,
+                d.quick_every,
+            )?,
+        };
+        if replication.every < Duration::from_secs(1) || replication.deep_window < replication.every
+        {
+            return Err(bad(
+                "[replication] every must be at least 1s and deep_window at least every".into(),
+            ));
+        }
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
@@ -214,6 +246,7 @@ impl ControllerConfig {
             locations,
             heartbeat_interval,
             agent_timeout,
+            replication,
         })
     }
 }

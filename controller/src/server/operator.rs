@@ -13,10 +13,12 @@ use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, GetJobRequest,
     GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress, JobState as WireJobState,
-    ListAgentsReply, ListAgentsRequest, ListJobsReply, ListJobsRequest, ListPoliciesReply,
-    ListPoliciesRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
-    ListSourcesRequest, PolicyInfo, RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo,
-    SourceEntry, SourceInfo, SourceRef, StatusReply, StatusRequest, WatchJobRequest,
+    ListAgentsReply, ListAgentsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply,
+    ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest, ListSnapshotsReply,
+    ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo, PolicyInfo,
+    RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
+    SourceProtection, SourceRef, StatusReply, StatusRequest, VerifyReply, VerifyRequest,
+    WatchJobRequest,
 };
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
@@ -236,15 +238,21 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
             .copies
             .iter()
             .map(|(loc, c)| {
-                let (verified, at) = match c {
-                    CopyState::Verified { at } => (true, unix(*at)),
-                    CopyState::Copied { at } | CopyState::Damaged { at, .. } => (false, unix(*at)),
-                    CopyState::Pending => (false, 0),
+                let (state, verified, at, detail) = match c {
+                    CopyState::Verified { at } => ("verified", true, unix(*at), String::new()),
+                    CopyState::Copied { at } => ("copied", false, unix(*at), String::new()),
+                    CopyState::Copying { since } => ("copying", false, unix(*since), String::new()),
+                    CopyState::Damaged { at, reason } => {
+                        ("failed", false, unix(*at), reason.clone())
+                    }
+                    CopyState::Pending => ("pending", false, 0, String::new()),
                 };
                 SnapshotCopy {
                     location: loc.clone(),
                     verified,
                     verified_unix: if verified { at } else { 0 },
+                    state: state.to_string(),
+                    detail,
                 }
             })
             .collect(),
@@ -662,6 +670,99 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(self.job_info(&job)))
     }
 
+    async fn list_locations(
+        &self,
+        request: Request<ListLocationsRequest>,
+    ) -> Result<Response<ListLocationsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let states = self.shared.replicator.states();
+        let locations = self
+            .shared
+            .locations
+            .iter()
+            .map(|l| {
+                let st = states.get(&l.name).cloned().unwrap_or_default();
+                let deep_progress = match (&st.deep_round_started, st.deep_cursor.is_empty()) {
+                    (Some(_), false) => 0.5,
+                    _ => 0.0,
+                };
+                LocationInfo {
+                    name: l.name.clone(),
+                    url: l.location.to_string(),
+                    reachable: st.reachable,
+                    last_error: st.last_error.clone(),
+                    objects: st.objects,
+                    bytes: st.bytes,
+                    last_sync_unix: st.last_sync.map_or(0, unix),
+                    last_quick_verify_unix: st.last_quick_verify.map_or(0, unix),
+                    last_deep_round_unix: st.last_deep_round.map_or(0, unix),
+                    deep_round_progress: deep_progress,
+                    problems_found: st.problems_found,
+                    problems_repaired: st.problems_repaired,
+                    incidents: st.incidents.iter().take(10).cloned().collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListLocationsReply { locations }))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let r = request.into_inner();
+        let only = (!r.location.is_empty()).then_some(r.location.as_str());
+        if let Some(l) = only {
+            if !self.shared.locations.iter().any(|x| x.name == l) {
+                return Err(Status::not_found(format!(
+                    "no location {l:?}; see `trireme locations ls`"
+                )));
+            }
+        }
+        let snapshot = if r.snapshot_id.is_empty() {
+            None
+        } else {
+            Some(self.find_snapshot(&r.snapshot_id)?)
+        };
+        audit(
+            &id,
+            "verify",
+            &format!(
+                "deep={} location={} snapshot={}",
+                r.deep, r.location, r.snapshot_id
+            ),
+        );
+        let report = self
+            .shared
+            .replicator
+            .verify_now(r.deep, only, self.shared.now())
+            .await?;
+        let mut problems = report.problems;
+        if let Some(s) = snapshot {
+            // Report on this snapshot's copies after the repair pass.
+            if let Some(rec) = self.shared.catalog.snapshots().get(&s.id)? {
+                for (loc, c) in &rec.copies {
+                    if !matches!(c, CopyState::Verified { .. }) {
+                        problems.push(format!(
+                            "snapshot {}: copy at {loc} is not verified ({c:?})",
+                            s.id.short()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Response::new(VerifyReply {
+            objects_checked: report.checked,
+            bytes_read: report.bytes_read,
+            problems,
+            repaired: report.repaired,
+            unrepaired: report.unrepaired,
+            objects_copied: report.copied,
+            bytes_copied: report.copied_bytes,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<StatusRequest>,
@@ -694,6 +795,50 @@ impl OperatorService for OperatorApi {
                     reply.jobs_failed_24h += 1;
                 }
                 _ => {}
+            }
+        }
+        let want = self.shared.locations.len();
+        reply.locations_total = want as u32;
+        let mut by_source: std::collections::BTreeMap<SourceId, Vec<SnapshotRecord>> =
+            std::collections::BTreeMap::new();
+        for snap in self.shared.catalog.snapshots().values()? {
+            by_source.entry(snap.source.clone()).or_default().push(snap);
+        }
+        for (source, mut snaps) in by_source {
+            snaps.sort_by_key(|s| (s.time, s.id));
+            let verified = |s: &SnapshotRecord| {
+                s.copies
+                    .values()
+                    .filter(|c| matches!(c, CopyState::Verified { .. }))
+                    .count()
+            };
+            let full = snaps.iter().rev().find(|s| verified(s) >= want);
+            let newest = snaps.last().expect("non-empty");
+            if full.is_none() {
+                reply.problems.push(format!(
+                    "{source}: no snapshot is verified at all {want} locations yet (newest {}: {}/{want})",
+                    newest.id.short(),
+                    verified(newest)
+                ));
+            }
+            reply.protection.push(SourceProtection {
+                source: Some(source_ref(&source)),
+                snapshot_id: full.map(|s| s.id.to_hex()).unwrap_or_default(),
+                snapshot_time_unix: full.map_or(0, |s| unix(s.time)),
+                newest_snapshot_id: newest.id.to_hex(),
+                newest_verified_copies: verified(newest) as u32,
+            });
+        }
+        for (name, st) in self.shared.replicator.states() {
+            if !st.reachable || !st.last_error.is_empty() {
+                reply.problems.push(format!(
+                    "location {name}: {}",
+                    if st.last_error.is_empty() {
+                        "unreachable".to_string()
+                    } else {
+                        st.last_error.clone()
+                    }
+                ));
             }
         }
         for (source, state) in self.shared.catalog.schedule().entries()? {

@@ -58,8 +58,12 @@ pub struct Fleet {
     pub port: u16,
     pub controller: Option<Child>,
     pub agents: BTreeMap<String, Child>,
-    /// Extra lines for controller.toml.
+    /// Extra lines for controller.toml (top-level keys, or tables).
     pub controller_extra: String,
+    /// Location URLs, primary first (default: three `file://` directories).
+    pub locations: Vec<String>,
+    /// Lines of the `[replication]` table.
+    pub replication: String,
 }
 
 pub struct AgentSpec {
@@ -89,14 +93,19 @@ impl Fleet {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let locations = (1..=3)
+            .map(|i| format!("file://{}", dir.join(format!("loc{i}")).display()))
+            .collect();
         Fleet {
             tmp,
             ca,
             port: free_port(),
+            locations,
             dir,
             controller: None,
             agents: BTreeMap::new(),
             controller_extra: String::new(),
+            replication: "every = \"2s\"\n".into(),
         }
     }
 
@@ -127,16 +136,17 @@ impl Fleet {
     pub fn start_controller(&mut self) {
         let cfg = self.dir.join("controller.toml");
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{d}/master.key\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{d}/master.key\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
             port = self.port,
             d = self.dir.display(),
             ca = self.ca.display(),
             extra = self.controller_extra,
+            rep = self.replication,
         );
-        for i in 1..=3 {
+        for (i, url) in self.locations.iter().enumerate() {
             text.push_str(&format!(
-                "[[location]]\nname = \"loc{i}\"\nurl = \"file://{}\"\n",
-                self.location(i).display()
+                "[[location]]\nname = \"loc{}\"\nurl = \"{url}\"\n",
+                i + 1
             ));
         }
         std::fs::write(&cfg, text).unwrap();

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fleet;
+#[path = "../../../common/tests/support/garage.rs"]
+pub mod garage;
 
 use std::net::SocketAddr;
 use std::path::Path;

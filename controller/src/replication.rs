@@ -1,0 +1,589 @@
+//! Replication and verification across locations.
+//!
+//! A *pass* makes every reachable location hold every object any location
+//! holds ([`trireme_common::replicate::sync_to`]), after checking with a HEAD
+//! the objects it has not verified since the controller started, and moves a
+//! rolling deep verification forward by a budget so that every copy is
+//! re-read within the configured window. A snapshot's copy at a location
+//! becomes *verified* when a pass that started after the snapshot was
+//! recorded finished that location completely: every object there has had
+//! its checksum read back. Damaged copies (missing, truncated, corrupt) are
+//! rewritten from a copy that verified good and the incident is recorded.
+//! Nothing is ever deleted here.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use trireme_common::replicate::{self, Listing, Problem};
+use trireme_common::{DynBackend, ObjectKey};
+
+use crate::catalog::{Catalog, CopyState};
+use crate::error::Result;
+
+/// Objects copied or checked at once per location.
+const CONCURRENCY: usize = 8;
+/// Incidents kept per location.
+const MAX_INCIDENTS: usize = 50;
+
+/// What the catalog keeps about a location.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocationState {
+    /// Reachable at the last pass.
+    pub reachable: bool,
+    /// The last error, empty when the last pass went well.
+    #[serde(default)]
+    pub last_error: String,
+    /// Objects and bytes at the last listing.
+    pub objects: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// When a pass last completed this location.
+    pub last_sync: Option<DateTime<Utc>>,
+    /// When every object here was last HEAD-checked.
+    pub last_quick_verify: Option<DateTime<Utc>>,
+    /// When the rolling deep verification last finished a round.
+    pub last_deep_round: Option<DateTime<Utc>>,
+    /// When the current round started.
+    pub deep_round_started: Option<DateTime<Utc>>,
+    /// The last key deep-verified in the current round (path), empty at the start.
+    #[serde(default)]
+    pub deep_cursor: String,
+    /// Damaged copies found here, in all.
+    pub problems_found: u64,
+    /// Of which repaired.
+    pub problems_repaired: u64,
+    /// Recent incidents, newest first.
+    #[serde(default)]
+    pub incidents: Vec<String>,
+}
+
+/// Settings of replication and verification.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicationSettings {
+    /// Time between passes (a new snapshot starts one soon).
+    pub every: Duration,
+    /// Every copy is fully re-read within this window.
+    pub deep_window: Duration,
+    /// Every object is HEAD-checked at least this often.
+    pub quick_every: Duration,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            every: Duration::from_secs(60),
+            deep_window: Duration::from_secs(30 * 86400),
+            quick_every: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// One location as the replicator sees it.
+pub struct Site {
+    /// Name.
+    pub name: String,
+    /// Storage.
+    pub backend: DynBackend,
+}
+
+/// What a pass or an on-demand verification did.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    /// Objects checked (HEAD or re-read).
+    pub checked: u64,
+    /// Bytes re-read.
+    pub bytes_read: u64,
+    /// Objects copied, bytes copied.
+    pub copied: u64,
+    /// Bytes copied.
+    pub copied_bytes: u64,
+    /// "location: problem", damaged copies found.
+    pub problems: Vec<String>,
+    /// Damaged copies rewritten from good ones.
+    pub repaired: Vec<String>,
+    /// Copies that could not be (re)written.
+    pub unrepaired: Vec<String>,
+}
+
+/// The replicator: shared by the background loop and on-demand requests
+/// (one pass at a time).
+pub struct Replicator {
+    catalog: Catalog,
+    sites: Vec<Site>,
+    settings: ReplicationSettings,
+    /// Objects whose checksum was read back at each location since start.
+    verified: Mutex<HashMap<String, HashSet<ObjectKey>>>,
+    /// Known damaged copies, per location, to rewrite.
+    damaged: Mutex<HashMap<String, HashSet<ObjectKey>>>,
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Replicator {
+    /// A replicator over `sites` (primary first).
+    pub fn new(catalog: Catalog, sites: Vec<Site>, settings: ReplicationSettings) -> Self {
+        Replicator {
+            catalog,
+            sites,
+            settings,
+            verified: Mutex::default(),
+            damaged: Mutex::default(),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> ReplicationSettings {
+        self.settings
+    }
+
+    /// The locations' names, primary first.
+    pub fn names(&self) -> Vec<String> {
+        self.sites.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn state(&self, name: &str) -> LocationState {
+        self.catalog
+            .locations()
+            .get(&name.to_string())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn save(&self, name: &str, st: &LocationState) {
+        if let Err(e) = self.catalog.locations().insert(&name.to_string(), st) {
+            tracing::error!(location = %name, error = %e, "cannot record the location's state");
+        }
+    }
+
+    fn incident(&self, st: &mut LocationState, now: DateTime<Utc>, text: String) {
+        tracing::warn!(target: "trireme::audit", incident = %text, "copy damaged");
+        st.incidents
+            .insert(0, format!("{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ")));
+        st.incidents.truncate(MAX_INCIDENTS);
+    }
+
+    fn lock<'a, T>(m: &'a Mutex<T>) -> std::sync::MutexGuard<'a, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass: verify what is due, copy what is missing or damaged, mark
+    /// snapshot copies verified.
+    ///
+    /// # Errors
+    /// Catalog errors; storage problems are recorded per location.
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<PassReport> {
+        let _one = self.running.lock().await;
+        let mut report = PassReport::default();
+        let snapshots_before: Vec<_> = self.catalog.snapshots().keys()?;
+
+        // 1. List every location.
+        let mut listings: Vec<Option<Listing>> = Vec::new();
+        for site in &self.sites {
+            let mut st = self.state(&site.name);
+            match replicate::list_all(&site.backend).await {
+                Ok(l) => {
+                    st.reachable = true;
+                    st.objects = l.len() as u64;
+                    st.bytes = l.values().sum();
+                    listings.push(Some(l));
+                }
+                Err(e) => {
+                    st.reachable = false;
+                    st.last_error = format!("cannot list: {e}");
+                    tracing::warn!(location = %site.name, error = %e, "location unreachable; its copies wait");
+                    listings.push(None);
+                }
+            }
+            self.save(&site.name, &st);
+        }
+
+        // 2. Per location: quick-check what is unverified (or all, when due),
+        //    and a slice of the rolling deep verification.
+        for (i, site) in self.sites.iter().enumerate() {
+            let Some(listing) = &listings[i] else {
+                continue;
+            };
+            let mut st = self.state(&site.name);
+            let quick_due = st.last_quick_verify.is_none_or(|t| {
+                now - t >= chrono::Duration::from_std(self.settings.quick_every).unwrap_or_default()
+            });
+            if quick_due {
+                Self::lock(&self.verified).remove(&site.name);
+            }
+            let todo: Vec<(ObjectKey, u64)> = {
+                let v = Self::lock(&self.verified);
+                let known = v.get(&site.name);
+                listing
+                    .iter()
+                    .filter(|(k, _)| !known.is_some_and(|s| s.contains(*k)))
+                    .map(|(k, s)| (k.clone(), *s))
+                    .collect()
+            };
+            let quick = replicate::verify(&site.backend, &todo, false, CONCURRENCY).await;
+            report.checked += quick.objects;
+            let mut bad: HashSet<ObjectKey> = HashSet::new();
+            for p in &quick.problems {
+                bad.insert(p.key.clone());
+            }
+            {
+                let mut v = Self::lock(&self.verified);
+                let set = v.entry(site.name.clone()).or_default();
+                for (k, _) in &todo {
+                    if !bad.contains(k) {
+                        set.insert(k.clone());
+                    }
+                }
+            }
+            if quick_due {
+                st.last_quick_verify = Some(now);
+            }
+            // Objects verified here before and gone now.
+            let gone: Vec<ObjectKey> = Self::lock(&self.verified)
+                .get(&site.name)
+                .map(|set| {
+                    set.iter()
+                        .filter(|k| !listing.contains_key(*k))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for key in gone {
+                let p = Problem {
+                    key,
+                    fault: replicate::Fault::Missing,
+                };
+                self.found(&site.name, &p, &mut st, now, &mut report);
+            }
+            let deep = self.deep_slice(site, listing, &mut st, now).await;
+            report.checked += deep.objects;
+            report.bytes_read += deep.bytes_read;
+            for p in quick.problems.iter().chain(&deep.problems) {
+                self.found(&site.name, p, &mut st, now, &mut report);
+            }
+            self.save(&site.name, &st);
+        }
+
+        // 3. Copy: every reachable location gets what the others have, and
+        //    its damaged copies rewritten from good ones.
+        let sources: Vec<(usize, DynBackend, Listing)> = listings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                l.as_ref()
+                    .map(|l| (i, self.sites[i].backend.clone(), l.clone()))
+            })
+            .collect();
+        let mut complete: Vec<bool> = vec![false; self.sites.len()];
+        for (i, site) in self.sites.iter().enumerate() {
+            if listings[i].is_none() {
+                continue;
+            }
+            let redo = Self::lock(&self.damaged)
+                .get(&site.name)
+                .cloned()
+                .unwrap_or_default();
+            // Good sources only: a copy known damaged at a source is not offered.
+            let mut srcs = Vec::new();
+            let mut index_of = Vec::new();
+            for (j, b, l) in &sources {
+                if *j == i {
+                    continue;
+                }
+                let dmg = Self::lock(&self.damaged)
+                    .get(&self.sites[*j].name)
+                    .cloned()
+                    .unwrap_or_default();
+                let l: Listing = l
+                    .iter()
+                    .filter(|(k, _)| !dmg.contains(*k))
+                    .map(|(k, s)| (k.clone(), *s))
+                    .collect();
+                srcs.push((b.clone(), l));
+                index_of.push(*j);
+            }
+            if srcs.is_empty() {
+                complete[i] = redo.is_empty();
+                continue;
+            }
+            self.mark_copying(&snapshots_before, &site.name, now);
+            let mut st = self.state(&site.name);
+            match replicate::sync_to(&site.backend, &srcs, &redo, CONCURRENCY).await {
+                Ok(r) => {
+                    report.copied += r.copied;
+                    report.copied_bytes += r.bytes;
+                    for (src, p) in &r.bad_sources {
+                        let name = self.sites[index_of[*src]].name.clone();
+                        let mut sst = self.state(&name);
+                        self.found(&name, p, &mut sst, now, &mut report);
+                        self.save(&name, &sst);
+                    }
+                    let failed: HashSet<ObjectKey> =
+                        r.failed.iter().map(|(k, _)| k.clone()).collect();
+                    for k in &redo {
+                        if !failed.contains(k) {
+                            st.problems_repaired += 1;
+                            let text = format!("{}: {k} repaired from a good copy", site.name);
+                            report.repaired.push(text.clone());
+                            self.incident(&mut st, now, text);
+                            if let Some(set) = Self::lock(&self.damaged).get_mut(&site.name) {
+                                set.remove(k);
+                            }
+                        }
+                    }
+                    for (k, e) in &r.failed {
+                        report.unrepaired.push(format!("{}: {k}: {e}", site.name));
+                    }
+                    if r.is_complete() {
+                        st.last_error.clear();
+                        st.last_sync = Some(now);
+                        complete[i] = true;
+                        // Everything copied was read back.
+                        let after = replicate::list_all(&site.backend).await.unwrap_or_default();
+                        st.objects = after.len() as u64;
+                        st.bytes = after.values().sum();
+                        let mut v = Self::lock(&self.verified);
+                        let set = v.entry(site.name.clone()).or_default();
+                        set.extend(after.into_keys());
+                    } else {
+                        st.last_error = format!(
+                            "{} objects could not be copied here, e.g. {}",
+                            r.failed.len(),
+                            r.failed
+                                .first()
+                                .map(|(k, e)| format!("{k}: {e}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                Err(e) => {
+                    st.reachable = false;
+                    st.last_error = format!("cannot copy here: {e}");
+                }
+            }
+            self.save(&site.name, &st);
+        }
+
+        // 4. Snapshot copies.
+        for id in snapshots_before {
+            let Some(mut rec) = self.catalog.snapshots().get(&id)? else {
+                continue;
+            };
+            let mut changed = false;
+            for (i, site) in self.sites.iter().enumerate() {
+                let state = if complete[i] {
+                    match rec.copies.get(&site.name) {
+                        Some(CopyState::Verified { .. }) => continue,
+                        _ => CopyState::Verified { at: now },
+                    }
+                } else if listings[i].is_none() {
+                    match rec.copies.get(&site.name) {
+                        Some(CopyState::Verified { .. }) => continue,
+                        _ => CopyState::Pending,
+                    }
+                } else {
+                    let err = self.state(&site.name).last_error;
+                    CopyState::Damaged {
+                        at: now,
+                        reason: err,
+                    }
+                };
+                if rec.copies.get(&site.name) != Some(&state) {
+                    rec.copies.insert(site.name.clone(), state);
+                    changed = true;
+                }
+            }
+            if changed {
+                self.catalog.snapshots().insert(&id, &rec)?;
+            }
+        }
+        // A damaged verified copy (found by verification) is no longer verified.
+        self.unverify_damaged(now)?;
+        self.catalog.flush()?;
+        Ok(report)
+    }
+
+    fn found(
+        &self,
+        loc: &str,
+        p: &Problem,
+        st: &mut LocationState,
+        now: DateTime<Utc>,
+        report: &mut PassReport,
+    ) {
+        let newly = Self::lock(&self.damaged)
+            .entry(loc.to_string())
+            .or_default()
+            .insert(p.key.clone());
+        if let Some(set) = Self::lock(&self.verified).get_mut(loc) {
+            set.remove(&p.key);
+        }
+        let text = format!("{loc}: {p}");
+        report.problems.push(text.clone());
+        if newly {
+            st.problems_found += 1;
+            self.incident(st, now, text);
+        }
+    }
+
+    fn mark_copying(&self, ids: &[trireme_common::Id], loc: &str, now: DateTime<Utc>) {
+        for id in ids {
+            if let Ok(Some(mut rec)) = self.catalog.snapshots().get(id) {
+                if matches!(
+                    rec.copies.get(loc),
+                    None | Some(CopyState::Pending | CopyState::Copied { .. })
+                ) {
+                    rec.copies
+                        .insert(loc.to_string(), CopyState::Copying { since: now });
+                    let _ = self.catalog.snapshots().insert(id, &rec);
+                }
+            }
+        }
+    }
+
+    fn unverify_damaged(&self, now: DateTime<Utc>) -> Result<()> {
+        let damaged: Vec<String> = Self::lock(&self.damaged)
+            .iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(l, _)| l.clone())
+            .collect();
+        if damaged.is_empty() {
+            return Ok(());
+        }
+        for mut rec in self.catalog.snapshots().values()? {
+            let mut changed = false;
+            for loc in &damaged {
+                if matches!(rec.copies.get(loc), Some(CopyState::Verified { .. })) {
+                    rec.copies.insert(
+                        loc.clone(),
+                        CopyState::Damaged {
+                            at: now,
+                            reason: "objects found damaged; repair pending".into(),
+                        },
+                    );
+                    changed = true;
+                }
+            }
+            if changed {
+                self.catalog.snapshots().insert(&rec.id, &rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-read the next slice of objects at `site` so that a whole round
+    /// takes about `deep_window`.
+    async fn deep_slice(
+        &self,
+        site: &Site,
+        listing: &Listing,
+        st: &mut LocationState,
+        now: DateTime<Utc>,
+    ) -> replicate::VerifyReport {
+        let total: u64 = listing.values().sum();
+        let share =
+            self.settings.every.as_secs_f64() / self.settings.deep_window.as_secs_f64().max(1.0);
+        let budget = ((total as f64 * share).ceil() as u64).max(1);
+        if st.deep_round_started.is_none() {
+            st.deep_round_started = Some(now);
+        }
+        let mut slice = Vec::new();
+        let mut taken = 0u64;
+        for (k, s) in listing {
+            if k.path() <= st.deep_cursor && !st.deep_cursor.is_empty() {
+                continue;
+            }
+            if taken >= budget {
+                break;
+            }
+            taken += s;
+            slice.push((k.clone(), *s));
+        }
+        let r = replicate::verify(&site.backend, &slice, true, CONCURRENCY).await;
+        match slice.last() {
+            Some((k, _)) if listing.range(k.clone()..).nth(1).is_some() => {
+                st.deep_cursor = k.path()
+            }
+            _ => {
+                st.deep_cursor.clear();
+                st.last_deep_round = Some(now);
+                st.deep_round_started = None;
+            }
+        }
+        r
+    }
+
+    /// Verify now: every object at `only` (or every location), quick or
+    /// deep; then a pass repairs what was found.
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub async fn verify_now(
+        &self,
+        deep: bool,
+        only: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<PassReport> {
+        let mut report = PassReport::default();
+        {
+            let _one = self.running.lock().await;
+            for site in &self.sites {
+                if only.is_some_and(|o| o != site.name) {
+                    continue;
+                }
+                let mut st = self.state(&site.name);
+                let listing = match replicate::list_all(&site.backend).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        report
+                            .unrepaired
+                            .push(format!("{}: cannot list: {e}", site.name));
+                        continue;
+                    }
+                };
+                // Expected sizes: the most common size among all locations.
+                let objects: Vec<(ObjectKey, u64)> =
+                    listing.iter().map(|(k, s)| (k.clone(), *s)).collect();
+                let r = replicate::verify(&site.backend, &objects, deep, CONCURRENCY).await;
+                report.checked += r.objects;
+                report.bytes_read += r.bytes_read;
+                for p in &r.problems {
+                    self.found(&site.name, p, &mut st, now, &mut report);
+                }
+                if deep {
+                    st.last_deep_round = Some(now);
+                    st.deep_cursor.clear();
+                    st.deep_round_started = None;
+                }
+                st.last_quick_verify = Some(now);
+                self.save(&site.name, &st);
+            }
+        }
+        // Objects missing at one location but present at others are found
+        // (and copied) by the pass.
+        let pass = self.pass(now).await?;
+        report.checked += pass.checked;
+        report.bytes_read += pass.bytes_read;
+        report.copied += pass.copied;
+        report.copied_bytes += pass.copied_bytes;
+        for p in pass.problems {
+            if !report.problems.contains(&p) {
+                report.problems.push(p);
+            }
+        }
+        report.repaired.extend(pass.repaired);
+        report.unrepaired.extend(pass.unrepaired);
+        Ok(report)
+    }
+
+    /// Every location's state.
+    pub fn states(&self) -> BTreeMap<String, LocationState> {
+        self.sites
+            .iter()
+            .map(|s| (s.name.clone(), self.state(&s.name)))
+            .collect()
+    }
+}

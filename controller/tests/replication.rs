@@ -1,0 +1,226 @@
+//! Three locations end to end: a real controller replicates every snapshot
+//! to every location, verifies each copy, and repairs damaged copies from
+//! good ones; on `file://` directories and on three real Garage servers.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
+use support::garage::Garage;
+
+fn agent(name: &str, source: &str, data: &Path) -> AgentSpec {
+    AgentSpec {
+        name: name.into(),
+        sources: vec![(source.into(), data.to_path_buf(), Vec::new(), Vec::new())],
+        via: None,
+    }
+}
+
+fn verified_copies(snap: &Value) -> usize {
+    snap["copies"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter(|c| c["state"] == "verified").count())
+}
+
+fn wait_verified(f: &Fleet, id: &str, n: usize, timeout: Duration) -> Value {
+    wait_for(
+        &format!("snapshot {id} verified at {n} locations"),
+        timeout,
+        || {
+            let s = f.cli_json(&["snapshots", "show", id]);
+            (verified_copies(&s) == n).then_some(s)
+        },
+    )
+}
+
+fn backup(f: &Fleet, source: &str) -> String {
+    let out = f.cli(&["backup", "run", source, "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let jobs = f.cli_json(&["jobs", "ls", "--state", "succeeded", "--limit", "1"]);
+    jobs[0]["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// Restore `snap` straight from one location with the agent's local mode
+/// (no controller, no other location) and compare with `want`.
+fn restore_from_location_alone(f: &Fleet, url: &str, snap: &str, want: &Path, tag: &str) {
+    let target = f.dir.join(format!("alone-{tag}"));
+    let out = Command::new(bin("trireme-agent"))
+        .args(["restore", snap, "--location", url, "--key-file"])
+        .arg(f.dir.join("master.key"))
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restore from {url} alone failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        tree(want) == tree(&target),
+        "restore from {url} differs from the source"
+    );
+}
+
+/// Relative path → bytes of every file under a `file://` location.
+fn location_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    tree(dir)
+}
+
+#[test]
+fn file_locations_three_verified_copies_and_self_healing() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 6, 700_000, 11);
+    f.start_controller();
+    f.start_agent(&agent("app-1", "files", &data));
+    f.wait_connected(&["app-1"]);
+
+    let snap = backup(&f, "app-1/files");
+    wait_verified(&f, &snap, 3, Duration::from_secs(60));
+    // Every location holds the same objects, byte for byte.
+    let one = location_files(&f.location(1));
+    assert!(
+        one.keys().any(|k| k.starts_with("packs")),
+        "packs at the primary"
+    );
+    assert!(
+        one == location_files(&f.location(2)),
+        "loc2 differs from loc1"
+    );
+    assert!(
+        one == location_files(&f.location(3)),
+        "loc3 differs from loc1"
+    );
+
+    // A repeated replication copies nothing.
+    let v = f.cli_json(&["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["bytes_copied"], 0, "{v}");
+
+    // Damage: flip a byte in a pack at loc2, delete an index object at loc3.
+    let pack = one.keys().find(|k| k.starts_with("packs")).unwrap().clone();
+    let index = one.keys().find(|k| k.starts_with("index")).unwrap().clone();
+    let p2 = f.location(2).join(&pack);
+    let mut bytes = std::fs::read(&p2).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&p2, &bytes).unwrap();
+    std::fs::remove_file(f.location(3).join(&index)).unwrap();
+
+    let v = f.cli_json(&["verify", "--deep"]);
+    let problems: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let pack_name = pack.file_name().unwrap().to_str().unwrap();
+    let index_name = index.file_name().unwrap().to_str().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("loc2") && p.contains(pack_name) && p.contains("corrupt")),
+        "the corrupt pack is reported: {problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("loc3") && p.contains(index_name)),
+        "the missing index is reported: {problems:?}"
+    );
+    let repaired = v["repaired"].as_array().unwrap();
+    assert!(repaired.len() >= 2, "{v}");
+    assert!(v["unrepaired"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(
+        std::fs::read(&p2).unwrap(),
+        one[&pack],
+        "pack repaired at loc2"
+    );
+    assert!(
+        f.location(3).join(&index).exists(),
+        "index restored at loc3"
+    );
+
+    // Each location alone restores the snapshot byte for byte.
+    for i in 1..=3 {
+        let url = format!("file://{}", f.location(i).display());
+        restore_from_location_alone(&f, &url, &snap, &data, &format!("loc{i}"));
+    }
+    // The incidents are visible per location.
+    let locs = f.cli_json(&["locations", "ls"]);
+    let found: u64 = locs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["problems_found"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(found >= 2, "{locs}");
+}
+
+#[test]
+fn garage_three_locations_outage_delays_copies_only() {
+    let garage = Garage::start(3);
+    let mut f = Fleet::new();
+    f.locations = (1..=3).map(|i| garage.location_url(i, "trireme")).collect();
+    let data = f.dir.join("data");
+    make_data(&data, 5, 600_000, 12);
+    f.start_controller();
+    f.start_agent(&agent("db-1", "db", &data));
+    f.wait_connected(&["db-1"]);
+
+    let first = backup(&f, "db-1/db");
+    wait_verified(&f, &first, 3, Duration::from_secs(90));
+
+    // Objects at each location are byte-identical to the primary's.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let open = |i: usize| {
+            let url = garage.location_url(i, "trireme");
+            async move {
+                trireme_common::Location::parse(&url)
+                    .unwrap()
+                    .open()
+                    .await
+                    .unwrap()
+            }
+        };
+        let (b1, b2, b3) = (open(1).await, open(2).await, open(3).await);
+        let l1 = trireme_common::replicate::list_all(&b1).await.unwrap();
+        assert_eq!(l1, trireme_common::replicate::list_all(&b2).await.unwrap());
+        assert_eq!(l1, trireme_common::replicate::list_all(&b3).await.unwrap());
+        for key in l1.keys() {
+            let a = b1.get(key).await.unwrap();
+            assert_eq!(a, b2.get(key).await.unwrap(), "{key} at 2");
+            assert_eq!(a, b3.get(key).await.unwrap(), "{key} at 3");
+        }
+    });
+
+    // Stop the third location; a backup still succeeds, its copy there waits.
+    garage.stop_instance(3);
+    std::fs::write(data.join("d0/after-outage.txt"), "new data\n").unwrap();
+    let second = backup(&f, "db-1/db");
+    let s = wait_verified(&f, &second, 2, Duration::from_secs(90));
+    let at3 = s["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["location"] == "loc3")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_ne!(at3["state"], "verified", "{s}");
+    let status = f.cli_json(&["status"]);
+    assert!(
+        status.to_string().contains("loc3"),
+        "the outage shows in status: {status}"
+    );
+
+    // The location comes back: the copy catches up without operator action.
+    garage.start_instance(3);
+    wait_verified(&f, &second, 3, Duration::from_secs(120));
+    drop(rt);
+}
