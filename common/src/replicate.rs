@@ -24,6 +24,37 @@ use crate::error::{Error, Result};
 /// Every object at a location: key → size.
 pub type Listing = BTreeMap<ObjectKey, u64>;
 
+/// A bandwidth cap: writes reserve their bytes and wait their turn, so the
+/// average rate stays at or under `bytes_per_sec`.
+#[derive(Debug)]
+pub struct Pacer {
+    bytes_per_sec: u64,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// A cap of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec: bytes_per_sec.max(1),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Wait until `bytes` may be sent.
+    pub async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start
+                + std::time::Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// List every object (config included) at a location.
 ///
 /// # Errors
@@ -139,6 +170,7 @@ pub async fn sync_to(
     sources: &[(DynBackend, Listing)],
     redo: &HashSet<ObjectKey>,
     concurrency: usize,
+    pacer: Option<&Pacer>,
 ) -> Result<SyncReport> {
     let have = list_all(target).await?;
     let mut report = SyncReport::default();
@@ -169,7 +201,7 @@ pub async fn sync_to(
     for batch in [first, last] {
         let results: Vec<(ObjectKey, CopyOutcome)> = futures::stream::iter(batch)
             .map(|(key, size, from)| async move {
-                let out = copy_one(target, sources, &key, size, &from).await;
+                let out = copy_one(target, sources, &key, size, &from, pacer).await;
                 (key, out)
             })
             .buffer_unordered(concurrency.max(1))
@@ -200,6 +232,7 @@ async fn copy_one(
     key: &ObjectKey,
     size: u64,
     from: &[usize],
+    pacer: Option<&Pacer>,
 ) -> CopyOutcome {
     let mut bad = Vec::new();
     let mut errors = Vec::new();
@@ -230,6 +263,9 @@ async fn copy_one(
             ));
             errors.push(format!("{}: corrupt copy", src.location()));
             continue;
+        }
+        if let Some(p) = pacer {
+            p.take(size).await;
         }
         match put_verified(target, key, bytes, sum).await {
             Ok(()) => {
@@ -403,7 +439,9 @@ mod tests {
             (b.clone(), list_all(&b).await.unwrap()),
             (a.clone(), list_all(&a).await.unwrap()),
         ];
-        let r = sync_to(&t, &sources, &HashSet::new(), 4).await.unwrap();
+        let r = sync_to(&t, &sources, &HashSet::new(), 4, None)
+            .await
+            .unwrap();
         assert_eq!((r.present, r.copied, r.bytes), (1, 1, 3));
         assert!(r.is_complete());
         assert_eq!(r.bad_sources.len(), 1, "the corrupt copy at b is reported");
@@ -411,14 +449,27 @@ mod tests {
         assert_eq!(&t.get(&k2).await.unwrap()[..], b"two");
         assert!(t.head(&k1).await.unwrap().is_some());
         // Again: nothing to copy.
-        let r = sync_to(&t, &sources, &HashSet::new(), 4).await.unwrap();
+        let r = sync_to(&t, &sources, &HashSet::new(), 4, None)
+            .await
+            .unwrap();
         assert_eq!((r.copied, r.bytes), (0, 0));
         // Repairing b from the others.
         let srcs = vec![(t.clone(), list_all(&t).await.unwrap())];
         let redo: HashSet<ObjectKey> = [k2.clone()].into();
-        let r = sync_to(&b, &srcs, &redo, 4).await.unwrap();
+        let r = sync_to(&b, &srcs, &redo, 4, None).await.unwrap();
         assert_eq!(r.copied, 2, "k1 was missing, k2 was damaged");
         assert_eq!(&b.get(&k2).await.unwrap()[..], b"two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacer_holds_the_average_rate() {
+        let p = Pacer::new(1000);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..5 {
+            p.take(500).await;
+        }
+        // 2500 bytes at 1000 B/s: the fifth write may start after 2 s.
+        assert_eq!(t0.elapsed().as_secs(), 2);
     }
 
     #[tokio::test]

@@ -305,7 +305,7 @@ async fn run(args: &Args) -> Result<String> {
 
     // Stop the controller with the agents still connected, as in a restart.
     eprintln!("fleet: stopping the controller (SIGTERM)");
-    let stopped = controller.stop().await?;
+    let stopped = controller.stop(&agents).await?;
     for a in &agents {
         a.abort();
     }
@@ -1003,31 +1003,76 @@ impl Controller {
         ProcSample::read(self.pid)
     }
 
-    /// SIGTERM; SIGKILL after 30 s.
-    async fn stop(&mut self) -> Result<Stopped> {
+    /// SIGTERM with the agents still connected, as in a real restart. If
+    /// the controller is still running after [`STOP_GRACE`], disconnect the
+    /// agents and give it [`STOP_GRACE`] more; then SIGKILL.
+    async fn stop(&mut self, agents: &[tokio::task::JoinHandle<()>]) -> Result<Stopped> {
         let pid = rustix::process::Pid::from_raw(self.pid as i32).context("controller pid")?;
         let t = Instant::now();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM)
             .context("sending SIGTERM to the controller")?;
-        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
-            Ok(status) => Ok(Stopped {
-                after: t.elapsed(),
-                status: status.context("waiting for the controller")?.to_string(),
+        let exited = |s: std::io::Result<std::process::ExitStatus>| {
+            s.map_or_else(|e| format!("wait failed: {e}"), |s| s.to_string())
+        };
+        if let Ok(s) = tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            return Ok(Stopped {
+                with_agents: Some(t.elapsed()),
+                after_disconnect: None,
+                status: exited(s),
+            });
+        }
+        for a in agents {
+            a.abort();
+        }
+        let t2 = Instant::now();
+        match tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
+            Ok(s) => Ok(Stopped {
+                with_agents: None,
+                after_disconnect: Some(t2.elapsed()),
+                status: exited(s),
             }),
             Err(_) => {
                 let _ = self.child.kill().await;
                 Ok(Stopped {
-                    after: t.elapsed(),
-                    status: "still running 30 s after SIGTERM: killed".into(),
+                    with_agents: None,
+                    after_disconnect: None,
+                    status: "killed (SIGKILL)".into(),
                 })
             }
         }
     }
 }
 
+/// How long the controller gets to exit after SIGTERM, with the agents
+/// connected, then again after they disconnect.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// How the controller stopped.
 struct Stopped {
-    after: Duration,
+    /// Exited this long after SIGTERM while the agents were connected.
+    with_agents: Option<Duration>,
+    /// Exited this long after the agents disconnected.
+    after_disconnect: Option<Duration>,
+    /// Its exit status.
     status: String,
+}
+
+impl Stopped {
+    fn describe(&self) -> String {
+        let grace = STOP_GRACE.as_secs();
+        match (self.with_agents, self.after_disconnect) {
+            (Some(t), _) => format!("exited ({}) {:.2} s after SIGTERM", self.status, t.as_secs_f64()),
+            (None, Some(t)) => format!(
+                "still running {grace} s after SIGTERM; exited ({}) {:.2} s after the agents disconnected",
+                self.status,
+                t.as_secs_f64()
+            ),
+            (None, None) => format!(
+                "still running {grace} s after SIGTERM and {grace} s after the agents disconnected: {}",
+                self.status
+            ),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- measurements
@@ -1505,9 +1550,8 @@ impl Report<'_> {
         );
         let _ = writeln!(
             o,
-            "- SIGTERM with {n} agents connected: {} after {:.2} s",
-            self.stopped.status,
-            self.stopped.after.as_secs_f64()
+            "- SIGTERM with {n} agents connected: {}",
+            self.stopped.describe()
         );
         let _ = writeln!(
             o,

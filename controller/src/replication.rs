@@ -51,6 +51,9 @@ pub struct LocationState {
     /// The last key deep-verified in the current round (path), empty at the start.
     #[serde(default)]
     pub deep_cursor: String,
+    /// Share of the location's bytes the current round has re-read, 0..1.
+    #[serde(default)]
+    pub deep_progress: f64,
     /// Damaged copies found here, in all.
     pub problems_found: u64,
     /// Of which repaired.
@@ -87,6 +90,8 @@ pub struct Site {
     pub name: String,
     /// Storage.
     pub backend: DynBackend,
+    /// Bandwidth cap for writes to it.
+    pub pacer: Option<replicate::Pacer>,
 }
 
 /// What a pass or an on-demand verification did.
@@ -311,7 +316,15 @@ impl Replicator {
             }
             self.mark_copying(&snapshots_before, &site.name, now);
             let mut st = self.state(&site.name);
-            match replicate::sync_to(&site.backend, &srcs, &redo, CONCURRENCY).await {
+            match replicate::sync_to(
+                &site.backend,
+                &srcs,
+                &redo,
+                CONCURRENCY,
+                site.pacer.as_ref(),
+            )
+            .await
+            {
                 Ok(r) => {
                     report.copied += r.copied;
                     report.copied_bytes += r.bytes;

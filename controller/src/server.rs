@@ -167,6 +167,9 @@ pub async fn run(
         .map(|(l, backend)| Site {
             name: l.name.clone(),
             backend,
+            pacer: l
+                .max_bytes_per_sec
+                .map(trireme_common::replicate::Pacer::new),
         })
         .collect();
     let replicator = Arc::new(Replicator::new(catalog.clone(), sites, config.replication));

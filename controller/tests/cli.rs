@@ -743,6 +743,9 @@ async fn reads_as_tables_and_json() {
         "problems_found",
         "problems_repaired",
         "incidents",
+        "role",
+        "region",
+        "provider",
     ];
     want.sort_unstable();
     let mut keys = keys;

@@ -655,6 +655,15 @@ pub fn locations_table(locations: &[LocationInfo]) -> String {
         .map(|l| {
             vec![
                 l.name.clone(),
+                [l.role.as_str(), l.region.as_str(), l.provider.as_str()]
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .chars()
+                    .take(40)
+                    .collect::<String>(),
                 if l.reachable {
                     "reachable"
                 } else {
@@ -678,6 +687,7 @@ pub fn locations_table(locations: &[LocationInfo]) -> String {
     table(
         &[
             "NAME",
+            "LABELS",
             "STATE",
             "OBJECTS",
             "SIZE",
@@ -696,6 +706,9 @@ pub fn location_json(l: &LocationInfo) -> Value {
     json!({
         "name": l.name,
         "url": json_str(&l.url),
+        "role": json_str(&l.role),
+        "region": json_str(&l.region),
+        "provider": json_str(&l.provider),
         "reachable": l.reachable,
         "last_error": json_str(&l.last_error),
         "objects": l.objects,

@@ -243,7 +243,7 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
         .iter()
         .map(|l| LocationRef {
             name: l.name.clone(),
-            url: l.url.clone(),
+            url: l.agent_url.clone(),
         })
         .collect();
     let mut a = JobAssignment {

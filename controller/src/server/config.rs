@@ -55,10 +55,21 @@ pub struct ControllerConfig {
 pub struct LocationConfig {
     /// Label, e.g. `primary`, `eu-west`, `other-provider`.
     pub name: String,
-    /// The parsed URL.
+    /// The parsed URL (the controller's access: it may delete).
     pub location: Location,
-    /// The URL as written (sent to agents).
+    /// The URL as written.
     pub url: String,
+    /// The URL sent to agents (default `url`): give agents write-only
+    /// credentials here, e.g. another `credentials_file`.
+    pub agent_url: String,
+    /// `primary`, `secondary`, `tertiary`… (a label).
+    pub role: String,
+    /// Region label, e.g. `eu-west-1`.
+    pub region: String,
+    /// Provider label, e.g. `aws`, `ovh`, `on-prem`.
+    pub provider: String,
+    /// Replication writes to this location at most this many bytes per second.
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +111,11 @@ struct RawTls {
 struct RawLocation {
     name: String,
     url: String,
+    agent_url: Option<String>,
+    role: Option<String>,
+    region: Option<String>,
+    provider: Option<String>,
+    max_bytes_per_sec: Option<u64>,
 }
 
 /// Default port of the controller.
@@ -189,10 +205,33 @@ impl ControllerConfig {
             }
             let location =
                 Location::parse(&l.url).map_err(|e| bad(format!("location {:?}: {e}", l.name)))?;
+            if let Some(a) = &l.agent_url {
+                Location::parse(a)
+                    .map_err(|e| bad(format!("location {:?} agent_url: {e}", l.name)))?;
+            }
+            if l.max_bytes_per_sec == Some(0) {
+                return Err(bad(format!(
+                    "location {:?}: max_bytes_per_sec must be positive (leave it out for no cap)",
+                    l.name
+                )));
+            }
+            let role = l.role.unwrap_or_else(|| {
+                ["primary", "secondary", "tertiary"]
+                    .get(locations.len())
+                    .map_or_else(
+                        || format!("copy-{}", locations.len() + 1),
+                        |r| r.to_string(),
+                    )
+            });
             locations.push(LocationConfig {
                 name: l.name,
                 location,
+                agent_url: l.agent_url.unwrap_or_else(|| l.url.clone()),
                 url: l.url,
+                role,
+                region: l.region.unwrap_or_default(),
+                provider: l.provider.unwrap_or_default(),
+                max_bytes_per_sec: l.max_bytes_per_sec,
             });
         }
         let duration = |field: &str, v: &Option<String>, default: Duration| -> Result<Duration> {

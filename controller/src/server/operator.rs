@@ -682,10 +682,7 @@ impl OperatorService for OperatorApi {
             .iter()
             .map(|l| {
                 let st = states.get(&l.name).cloned().unwrap_or_default();
-                let deep_progress = match (&st.deep_round_started, st.deep_cursor.is_empty()) {
-                    (Some(_), false) => 0.5,
-                    _ => 0.0,
-                };
+                let deep_progress = st.deep_progress;
                 LocationInfo {
                     name: l.name.clone(),
                     url: l.location.to_string(),
@@ -700,6 +697,9 @@ impl OperatorService for OperatorApi {
                     problems_found: st.problems_found,
                     problems_repaired: st.problems_repaired,
                     incidents: st.incidents.iter().take(10).cloned().collect(),
+                    role: l.role.clone(),
+                    region: l.region.clone(),
+                    provider: l.provider.clone(),
                 }
             })
             .collect();
