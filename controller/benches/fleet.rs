@@ -10,7 +10,9 @@
 //! (default: the `trireme-controller` cargo built next to this bench, i.e.
 //! the release build), `--connect-concurrency N` (agents registering at
 //! once, default 100), `--rpc-concurrency N` (RunBackup calls in flight,
-//! default 50), `--keep` (keep the temporary directory, with the
+//! default 50), `--full` (the manual burst asks for full backups; the
+//! default is incremental, for which the controller looks up each source's
+//! parent snapshot), `--keep` (keep the temporary directory, with the
 //! controller's log and catalog).
 //!
 //! What it does, in order:
@@ -45,14 +47,20 @@
 //!    bytes written to storage (`/proc/PID/io`) after each phase; the
 //!    catalog's size on disk; the controller's log size and its warnings.
 //! 6. SIGTERM to the controller with the agents still connected (as in a
-//!    real restart), and the time it takes to exit.
+//!    real restart), and the time it takes to exit; if it is still running
+//!    after 30 s the agents hang up and it gets 30 s more, then SIGKILL.
+//!    The temporary directory is removed (unless `--keep`).
+//!
+//! The open-files limit is raised to about 2 × N + 256 when the hard limit
+//! allows (each side holds one socket per agent).
 //!
 //! The report is Markdown on stdout (progress goes to stderr), ready to
 //! paste into `bench/RESULTS.md`. The simulated agents share the machine's
 //! CPUs with the controller; the report gives this process's CPU time too.
 //!
 //! Run by `cargo test --benches` (no `--bench` flag), it only says so and
-//! exits: a 1,000-agent run is not a test.
+//! exits: a 1,000-agent run is not a test. To run the built binary
+//! directly, pass `--bench` yourself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -86,14 +94,18 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
 const SLOT_MARGIN_SECS: u64 = 5;
 
 fn main() -> std::process::ExitCode {
-    let args = match Args::parse(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
+    let args = match Args::parse(std::env::args().skip(1).collect()) {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::NotBench) => {
             eprintln!("fleet: a benchmark, not a test; run it with `cargo bench -p trireme-controller --bench fleet`");
             return std::process::ExitCode::SUCCESS;
         }
+        Ok(Parsed::Help) => {
+            eprintln!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
         Err(e) => {
-            eprintln!("fleet: {e:#}\n\n{USAGE}");
+            eprintln!("fleet: {e:#}\n{USAGE}");
             return std::process::ExitCode::from(2);
         }
     };
@@ -115,7 +127,7 @@ fn main() -> std::process::ExitCode {
 }
 
 const USAGE: &str = "usage: cargo bench -p trireme-controller --bench fleet -- [--agents N] \
-[--controller-bin PATH] [--connect-concurrency N] [--rpc-concurrency N] [--keep]";
+[--controller-bin PATH] [--connect-concurrency N] [--rpc-concurrency N] [--full] [--keep]";
 
 // ---------------------------------------------------------------- arguments
 
@@ -124,56 +136,46 @@ struct Args {
     controller_bin: PathBuf,
     connect_concurrency: usize,
     rpc_concurrency: usize,
+    full: bool,
     keep: bool,
-    /// The flags as given, for the report.
+    /// The arguments as given (without cargo's `--bench`), for the report.
     given: Vec<String>,
 }
 
+enum Parsed {
+    Run(Args),
+    /// Started without `--bench`: by `cargo test`, not `cargo bench`.
+    NotBench,
+    Help,
+}
+
 impl Args {
-    /// `Ok(None)` when not run by `cargo bench` (no `--bench` flag).
-    fn parse(args: impl Iterator<Item = String>) -> Result<Option<Args>> {
+    fn parse(raw: Vec<String>) -> Result<Parsed> {
         let mut a = Args {
             agents: 1000,
             controller_bin: PathBuf::from(env!("CARGO_BIN_EXE_trireme-controller")),
             connect_concurrency: 100,
             rpc_concurrency: 50,
+            full: false,
             keep: false,
-            given: Vec::new(),
+            given: raw.iter().filter(|f| *f != "--bench").cloned().collect(),
         };
-        let mut bench = false;
-        let mut args = args.peekable();
-        while let Some(flag) = args.next() {
-            let mut value = |what: &str| {
-                args.next()
-                    .with_context(|| format!("{flag} needs a value ({what})"))
-            };
+        if !raw.iter().any(|f| f == "--bench") {
+            return Ok(Parsed::NotBench);
+        }
+        let mut it = a.given.clone().into_iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
             match flag.as_str() {
-                "--bench" => {
-                    bench = true;
-                    continue;
-                }
-                "--agents" => a.agents = count(&flag, &value("a number")?)?,
-                "--connect-concurrency" => {
-                    a.connect_concurrency = count(&flag, &value("a number")?)?;
-                }
-                "--rpc-concurrency" => a.rpc_concurrency = count(&flag, &value("a number")?)?,
-                "--controller-bin" => a.controller_bin = PathBuf::from(value("a path")?),
+                "--agents" => a.agents = count(&flag, &value()?)?,
+                "--connect-concurrency" => a.connect_concurrency = count(&flag, &value()?)?,
+                "--rpc-concurrency" => a.rpc_concurrency = count(&flag, &value()?)?,
+                "--controller-bin" => a.controller_bin = PathBuf::from(value()?),
+                "--full" => a.full = true,
                 "--keep" => a.keep = true,
-                "--help" | "-h" => bail!("help"),
+                "--help" | "-h" => return Ok(Parsed::Help),
                 other => bail!("unknown argument {other:?}"),
             }
-            a.given.push(flag.clone());
-            if flag != "--keep" {
-                a.given.push(match flag.as_str() {
-                    "--agents" => a.agents.to_string(),
-                    "--connect-concurrency" => a.connect_concurrency.to_string(),
-                    "--rpc-concurrency" => a.rpc_concurrency.to_string(),
-                    _ => a.controller_bin.display().to_string(),
-                });
-            }
-        }
-        if !bench {
-            return Ok(None);
         }
         if !a.controller_bin.is_file() {
             bail!(
@@ -181,7 +183,7 @@ impl Args {
                 a.controller_bin.display()
             );
         }
-        Ok(Some(a))
+        Ok(Parsed::Run(a))
     }
 
     fn command(&self) -> String {
@@ -289,7 +291,7 @@ async fn run(args: &Args) -> Result<String> {
     samples.push(("after the cron burst", controller.sample()?, self_cpu()));
 
     // Manual burst.
-    let manual = manual_burst(&mut operator, &mut tally, n, args.rpc_concurrency).await?;
+    let manual = manual_burst(&mut operator, &mut tally, args).await?;
     let t = Instant::now();
     let status = operator
         .status(StatusRequest {})
@@ -493,13 +495,13 @@ async fn cron_burst(
     })
 }
 
-/// One `RunBackup` per source, `concurrency` in flight.
+/// One `RunBackup` per source, `--rpc-concurrency` in flight.
 async fn manual_burst(
     op: &mut OperatorServiceClient<Channel>,
     tally: &mut Tally,
-    n: usize,
-    concurrency: usize,
+    args: &Args,
 ) -> Result<ManualBurst> {
+    let (n, concurrency, full) = (args.agents, args.rpc_concurrency, args.full);
     eprintln!("fleet: manual burst: {n} RunBackup calls, {concurrency} in flight");
     let start = Instant::now();
     let calls: Vec<_> = futures::stream::iter(0..n)
@@ -513,7 +515,7 @@ async fn manual_burst(
                             agent: agent_name(i),
                             source: SOURCE.into(),
                         }),
-                        full: false,
+                        full,
                     })
                     .await;
                 (i, t, t.elapsed(), r)
@@ -1467,8 +1469,13 @@ impl Report<'_> {
         let b = &self.manual;
         let _ = writeln!(
             o,
-            "\n### Manual burst ({} `RunBackup` calls, {} in flight)\n",
+            "\n### Manual burst ({} `RunBackup` calls, {}, {} in flight)\n",
             b.rpc.len() + b.errors.len(),
+            if self.args.full {
+                "full"
+            } else {
+                "incremental"
+            },
             self.args.rpc_concurrency
         );
         let _ = writeln!(o, "| what | value |\n|---|---:|");

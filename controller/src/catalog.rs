@@ -468,8 +468,10 @@ impl Catalog {
     /// # Errors
     /// Catalog errors.
     pub fn record_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
-        self.snapshots.insert(&s.id, s)?;
-        self.flush()
+        self.transaction_durable(|tx| {
+            tx.snapshots.insert(&s.id, s)?;
+            crate::jobs::remember_latest_in(tx, s)
+        })
     }
 
     /// Set the copy state of a snapshot at one location (durably).

@@ -554,8 +554,22 @@ pub fn complete_job(
         let mut record = snapshot.clone();
         record.job = Some(*id);
         tx.snapshots.insert(&record.id, &record)?;
+        remember_latest_in(tx, &record)?;
         Ok(updated)
     })
+}
+
+/// Keep the source's newest snapshot in its schedule state.
+pub fn remember_latest_in(tx: &Tx<'_>, record: &SnapshotRecord) -> TxResult<()> {
+    let mut state = tx.schedule.get(&record.source)?.unwrap_or_default();
+    if state
+        .last_snapshot
+        .is_none_or(|(t, id)| (record.time, record.id) > (t, id))
+    {
+        state.last_snapshot = Some((record.time, record.id));
+        tx.schedule.insert(&record.source, &state)?;
+    }
+    Ok(())
 }
 
 fn update_in(tx: &Tx<'_>, id: &JobId, event: &JobEvent, now: DateTime<Utc>) -> TxResult<Updated> {

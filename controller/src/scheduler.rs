@@ -23,6 +23,7 @@ mod runner;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use trireme_common::Id;
 
 use crate::catalog::{SourceId, Tx, TxResult};
 use crate::jobs::{create_in, Job, JobId, JobState, Trigger};
@@ -121,6 +122,10 @@ pub struct SourceSchedule {
     /// The last skip.
     #[serde(default)]
     pub last_skip: Option<Skip>,
+    /// The source's newest snapshot (its time and id): the parent of the
+    /// next incremental backup, found without scanning every snapshot.
+    #[serde(default)]
+    pub last_snapshot: Option<(DateTime<Utc>, Id)>,
 }
 
 /// What to do for one source now.

@@ -311,7 +311,15 @@ pub async fn run(
         () = shutdown => {
             tracing::info!("shutting down");
             let _ = stop_tx.send(true);
-            served.await
+            // Sessions end only when their response streams do.
+            shared.agents.close_all();
+            match tokio::time::timeout(Duration::from_secs(10), &mut served).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("connections still open after 10 s; stopping anyway");
+                    Ok(())
+                }
+            }
         }
     };
     let _ = stop_tx.send(true);

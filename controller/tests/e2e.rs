@@ -392,3 +392,38 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
     );
     drop(rt);
 }
+
+#[test]
+fn sigterm_stops_the_controller_with_agents_connected() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 1, 1000, 7);
+    f.start_controller();
+    f.start_agent(&spec("web-1", vec![("files", &data)]));
+    f.wait_connected(&["web-1"]);
+    let mut c = f.controller.take().unwrap();
+    let pid = c.id().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_for(
+        "the controller to exit after SIGTERM",
+        Duration::from_secs(20),
+        || c.try_wait().unwrap(),
+    );
+    assert!(status.success(), "clean exit: {status}");
+    // Sessions are closed at once, not after the 10 s grace.
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(
+        log.contains("shutting down") && log.contains("closing the agent's session"),
+        "{log}"
+    );
+}

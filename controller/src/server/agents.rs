@@ -38,6 +38,8 @@ type Outbound = mpsc::UnboundedSender<Result<ControllerMessage, Status>>;
 struct Conn {
     session: u64,
     tx: Outbound,
+    /// Tells the session's reader to end (and drop its sender).
+    stop: Arc<tokio::sync::Notify>,
     connected_at: DateTime<Utc>,
     last_seen: DateTime<Utc>,
     running: Vec<String>,
@@ -82,7 +84,13 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connect(&self, agent: &str, tx: Outbound, now: DateTime<Utc>) -> u64 {
+    fn connect(
+        &self,
+        agent: &str,
+        tx: Outbound,
+        stop: Arc<tokio::sync::Notify>,
+        now: DateTime<Utc>,
+    ) -> u64 {
         let mut g = self.lock();
         g.next_session += 1;
         let session = g.next_session;
@@ -92,13 +100,14 @@ impl Registry {
             Conn {
                 session,
                 tx,
+                stop,
                 connected_at: now,
                 last_seen: now,
                 running: Vec::new(),
             },
         ) {
-            // The old stream ends when its sender is dropped.
-            drop(old);
+            // The old stream ends when its reader drops the last sender.
+            old.stop.notify_one();
             tracing::info!(%agent, "agent opened a new session; closing its previous one");
         }
         session
@@ -161,6 +170,17 @@ impl Registry {
                 .map_or(self.started, |t| *t)
                 .elapsed(),
         )
+    }
+
+    /// End every session (shutdown): agents see their stream end and
+    /// reconnect to the next controller.
+    pub fn close_all(&self) {
+        let mut g = self.lock();
+        let conns: Vec<(String, Conn)> = g.conns.drain().collect();
+        for (n, c) in conns {
+            c.stop.notify_one();
+            g.gone_since.insert(n, Instant::now());
+        }
     }
 
     /// Send a message to a connected agent; false when it is not connected.
@@ -260,10 +280,10 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
             if !a.full {
                 let latest = shared
                     .catalog
-                    .snapshots_of(&job.source)?
-                    .into_iter()
-                    .next_back();
-                a.parent_snapshot_id = latest.map(|s| s.id.to_hex()).unwrap_or_default();
+                    .schedule()
+                    .get(&job.source)?
+                    .and_then(|s| s.last_snapshot);
+                a.parent_snapshot_id = latest.map(|(_, id)| id.to_hex()).unwrap_or_default();
             }
         }
         JobKind::Restore {
@@ -629,7 +649,10 @@ impl AgentService for AgentApi {
                 })),
             }));
         }
-        let session = shared.agents.connect(&agent, tx.clone(), shared.now());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let session = shared
+            .agents
+            .connect(&agent, tx.clone(), stop.clone(), shared.now());
         shared.agents.touch(
             &agent,
             session,
@@ -645,7 +668,14 @@ impl AgentService for AgentApi {
         let name = agent.clone();
         tokio::spawn(async move {
             loop {
-                let msg = match tokio::time::timeout(liveness, inbound.message()).await {
+                let next = tokio::select! {
+                    m = tokio::time::timeout(liveness, inbound.message()) => m,
+                    () = stop.notified() => {
+                        tracing::info!(agent = %name, "closing the agent's session");
+                        break;
+                    }
+                };
+                let msg = match next {
                     Err(_) => {
                         tracing::warn!(agent = %name, "no message from the agent for {}s; closing its session", liveness.as_secs());
                         break;
