@@ -224,3 +224,85 @@ fn garage_three_locations_outage_delays_copies_only() {
     wait_verified(&f, &second, 3, Duration::from_secs(120));
     drop(rt);
 }
+
+#[test]
+fn garage_corrupt_block_on_disk_and_deleted_object_are_repaired() {
+    let garage = Garage::start(3);
+    let mut f = Fleet::new();
+    f.locations = (1..=3).map(|i| garage.location_url(i, "trireme")).collect();
+    let data = f.dir.join("data");
+    make_data(&data, 4, 3_000_000, 13);
+    f.start_controller();
+    f.start_agent(&agent("mq-1", "mq", &data));
+    f.wait_connected(&["mq-1"]);
+    let snap = backup(&f, "mq-1/mq");
+    wait_verified(&f, &snap, 3, Duration::from_secs(90));
+
+    // Flip a byte in one data block file on instance 2's disk (Garage keeps
+    // object data in content-addressed block files), and delete an index
+    // object at instance 3 through its S3 API.
+    let blocks: Vec<PathBuf> = walkdir::WalkDir::new(&garage.instance(2).data_dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    let victim = blocks
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("block files at instance 2")
+        .clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let deleted = rt.block_on(async {
+        let b3 = trireme_common::Location::parse(&garage.location_url(3, "trireme"))
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        let idx = b3
+            .list(trireme_common::ObjectKind::Index)
+            .await
+            .unwrap()
+            .remove(0)
+            .key;
+        b3.delete(&idx).await.unwrap();
+        idx
+    });
+
+    let v = f.cli_json(&["verify", "--deep"]);
+    let problems: Vec<String> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.starts_with("loc2")),
+        "the corrupt block at instance 2 is found: {problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("loc3") && p.contains(&deleted.name)),
+        "the deleted index at instance 3 is found: {problems:?}"
+    );
+    assert!(v["unrepaired"].as_array().unwrap().is_empty(), "{v}");
+    // A second deep verification finds everything intact.
+    let again = f.cli_json(&["verify", "--deep"]);
+    assert!(again["problems"].as_array().unwrap().is_empty(), "{again}");
+    // Each location alone restores the snapshot byte for byte.
+    for i in 1..=3 {
+        restore_from_location_alone(
+            &f,
+            &garage.location_url(i, "trireme"),
+            &snap,
+            &data,
+            &format!("garage{i}"),
+        );
+    }
+    drop(rt);
+}
