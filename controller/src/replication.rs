@@ -27,6 +27,8 @@ use crate::error::Result;
 const CONCURRENCY: usize = 8;
 /// Incidents kept per location.
 const MAX_INCIDENTS: usize = 50;
+/// A location that cannot be listed within this time is skipped this pass.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the catalog keeps about a location.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -185,11 +187,20 @@ impl Replicator {
         let mut report = PassReport::default();
         let snapshots_before: Vec<_> = self.catalog.snapshots().keys()?;
 
-        // 1. List every location.
+        // 1. List every location, at once; one that does not answer in
+        //    LIST_TIMEOUT is skipped this pass (the store's client would
+        //    otherwise retry for a minute and hold up every other copy).
+        let lists = futures::future::join_all(self.sites.iter().map(|site| async move {
+            match tokio::time::timeout(LIST_TIMEOUT, replicate::list_all(&site.backend)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {}s", LIST_TIMEOUT.as_secs())),
+            }
+        }))
+        .await;
         let mut listings: Vec<Option<Listing>> = Vec::new();
-        for site in &self.sites {
+        for (site, listed) in self.sites.iter().zip(lists) {
             let mut st = self.state(&site.name);
-            match replicate::list_all(&site.backend).await {
+            match listed {
                 Ok(l) => {
                     st.reachable = true;
                     st.objects = l.len() as u64;

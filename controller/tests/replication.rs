@@ -200,10 +200,21 @@ fn garage_three_locations_outage_delays_copies_only() {
         }
     });
 
-    // Stop the third location; a backup still succeeds, its copy there waits.
-    garage.stop_instance(3);
+    // Stop the third location during a backup: it succeeds, its copy there waits.
     std::fs::write(data.join("d0/after-outage.txt"), "new data\n").unwrap();
-    let second = backup(&f, "db-1/db");
+    let job = f.cli_json(&["backup", "run", "db-1/db"]);
+    garage.stop_instance(3);
+    let id = job["id"].as_str().unwrap();
+    let done = wait_for(
+        "the backup during the outage",
+        Duration::from_secs(90),
+        || {
+            let j = f.cli_json(&["jobs", "show", id]);
+            matches!(j["state"].as_str()?, "succeeded" | "failed").then_some(j)
+        },
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let second = done["snapshot_id"].as_str().unwrap().to_string();
     let s = wait_verified(&f, &second, 2, Duration::from_secs(90));
     let at3 = s["copies"]
         .as_array()
@@ -222,6 +233,34 @@ fn garage_three_locations_outage_delays_copies_only() {
     // The location comes back: the copy catches up without operator action.
     garage.start_instance(3);
     wait_verified(&f, &second, 3, Duration::from_secs(120));
+
+    // The primary down: the agent writes to the next location, and the
+    // primary's copy catches up when it returns.
+    garage.stop_instance(1);
+    std::fs::write(
+        data.join("d1/primary-down.txt"),
+        "written while loc1 is down\n",
+    )
+    .unwrap();
+    let third = backup(&f, "db-1/db");
+    let s = wait_verified(&f, &third, 2, Duration::from_secs(90));
+    let at1 = s["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["location"] == "loc1")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_ne!(at1["state"], "verified", "{s}");
+    garage.start_instance(1);
+    wait_verified(&f, &third, 3, Duration::from_secs(120));
+    restore_from_location_alone(
+        &f,
+        &garage.location_url(1, "trireme"),
+        &third,
+        &data,
+        "primary",
+    );
     drop(rt);
 }
 
