@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod operator;
 
 use std::sync::Arc;
@@ -269,6 +270,15 @@ pub async fn run(
                     // Let a burst of results settle into one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+            }
+        }));
+    }
+    if let Some(addr) = config.metrics_listen {
+        let s = shared.clone();
+        let stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, s, stop).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
             }
         }));
     }

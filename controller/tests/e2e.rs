@@ -264,7 +264,7 @@ fn controller_killed_mid_job_resumes_and_schedule_continues() {
 fn agent_killed_mid_backup_fails_then_retry_succeeds() {
     let mut f = Fleet::new();
     let data = f.dir.join("data");
-    make_data(&data, 40, 4_000_000, 5);
+    make_data(&data, 60, 4_000_000, 5);
     f.start_controller();
     let agent = AgentSpec {
         name: "kv-1".into(),
@@ -279,20 +279,38 @@ fn agent_killed_mid_backup_fails_then_retry_succeeds() {
         "[[policy]]\nsource = \"kv-1/kv\"\nschedule = \"* * * * *\"\nretention = \"daily-7\"\nmax_retries = 3\nretry_backoff = \"1s\"\n",
     );
     f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
-    // Wait for the scheduled run to be uploading, then SIGKILL the agent.
+    // Wait for the scheduled run to be uploading (its first pack appears at
+    // the primary; polled every 10 ms, the backup takes seconds), then
+    // SIGKILL the agent before it writes its snapshot.
+    let packs = f.location(1).join("packs");
+    let start = std::time::Instant::now();
+    loop {
+        let n = walkdir::WalkDir::new(&packs)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .count();
+        if n > 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "the scheduled backup never uploaded"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    f.kill_agent("kv-1");
+    assert_eq!(
+        snapshot_objects(&f.location(1)),
+        0,
+        "killed before its snapshot was written"
+    );
     let first = wait_for(
-        "the scheduled backup to upload",
-        Duration::from_secs(150),
-        || {
-            let jobs = f.cli_json(&["jobs", "ls", "--state", "running"]);
-            jobs.as_array()?
-                .iter()
-                .find(|j| j["progress"]["bytes_uploaded"].as_u64().unwrap_or(0) > 0)
-                .cloned()
-        },
+        "the killed job in the catalog",
+        Duration::from_secs(10),
+        || f.cli_json(&["jobs", "ls"]).as_array()?.last().cloned(),
     );
     let first_id = first["id"].as_str().unwrap().to_string();
-    f.kill_agent("kv-1");
     f.start_agent(&agent);
     let failed = wait_job_state(&f, &first_id, &["failed"], Duration::from_secs(30));
     assert!(

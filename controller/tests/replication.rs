@@ -71,9 +71,30 @@ fn location_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     tree(dir)
 }
 
+/// GET /metrics from the controller's metrics endpoint.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one sample line, e.g. `name{location="loc2"}`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
 #[test]
 fn file_locations_three_verified_copies_and_self_healing() {
     let mut f = Fleet::new();
+    let metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
     let data = f.dir.join("data");
     make_data(&data, 6, 700_000, 11);
     f.start_controller();
@@ -160,6 +181,33 @@ fn file_locations_three_verified_copies_and_self_healing() {
         .map(|l| l["problems_found"].as_u64().unwrap_or(0))
         .sum();
     assert!(found >= 2, "{locs}");
+    // ...and exported as metrics.
+    let text = scrape(&metrics);
+    assert!(
+        sample(
+            &text,
+            "trireme_location_damaged_copies_found_total{location=\"loc2\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "trireme_location_damaged_copies_repaired_total{location=\"loc3\"}"
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(&text, "trireme_location_reachable{location=\"loc1\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_source_newest_snapshot_verified_copies{source=\"app-1/files\"}"
+        ),
+        3.0
+    );
+    assert_eq!(sample(&text, "trireme_agents_connected"), 1.0);
 }
 
 #[test]

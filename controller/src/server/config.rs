@@ -44,6 +44,8 @@ pub struct ControllerConfig {
     pub heartbeat_interval: Duration,
     /// Replication and verification timing.
     pub replication: crate::replication::ReplicationSettings,
+    /// Where to serve Prometheus metrics (plain HTTP `/metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// How long an agent may stay disconnected before its assigned and
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
@@ -83,6 +85,7 @@ struct RawConfig {
     locations: Vec<RawLocation>,
     heartbeat_interval: Option<String>,
     agent_timeout: Option<String>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     replication: RawReplication,
 }
@@ -274,6 +277,14 @@ impl ControllerConfig {
                 "[replication] every must be at least 1s and deep_window at least every".into(),
             ));
         }
+        let metrics_listen = match &raw.metrics_listen {
+            None => None,
+            Some(t) => Some(t.parse().map_err(|e| {
+                bad(format!(
+                    "metrics_listen = {t:?} is not an address ({e}); write e.g. \"127.0.0.1:9464\""
+                ))
+            })?),
+        };
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
@@ -286,6 +297,7 @@ impl ControllerConfig {
             heartbeat_interval,
             agent_timeout,
             replication,
+            metrics_listen,
         })
     }
 }

@@ -1,0 +1,238 @@
+//! Prometheus metrics on a plain-HTTP `/metrics` endpoint (`metrics_listen`
+//! in the configuration; off when unset). Values are read from the catalog
+//! and the replicator at each scrape, so they are never stale and cost
+//! nothing between scrapes. Keep this endpoint on a private network: it
+//! carries names of agents, sources and locations, no data and no keys.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::Shared;
+use crate::catalog::CopyState;
+use crate::error::{Error, Result};
+use crate::jobs::JobState;
+
+fn gauge_vec(
+    reg: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+/// The metrics text (Prometheus exposition format) for the current state.
+///
+/// # Errors
+/// Catalog errors.
+pub fn render(shared: &Shared) -> Result<String> {
+    let reg = Registry::new();
+    let m = |e: prometheus::Error| Error::Io {
+        context: "building metrics".into(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let agents =
+        IntGauge::new("trireme_agents_connected", "Agents with a session now").map_err(m)?;
+    reg.register(Box::new(agents.clone())).map_err(m)?;
+    agents.set(shared.agents.connected().len() as i64);
+    let known = IntGauge::new("trireme_agents_known", "Agents in the catalog").map_err(m)?;
+    reg.register(Box::new(known.clone())).map_err(m)?;
+    known.set(shared.catalog.agents().len() as i64);
+
+    let jobs = gauge_vec(
+        &reg,
+        "trireme_jobs",
+        "Jobs in the catalog by state",
+        &["state"],
+    )
+    .map_err(m)?;
+    for j in shared.catalog.jobs().values()? {
+        let s = match j.state {
+            JobState::Assigned { .. } => "running",
+            ref s => s.name(),
+        };
+        jobs.with_label_values(&[s]).inc();
+    }
+
+    let loc = |n: &str, h: &str| gauge_vec(&reg, n, h, &["location"]).map_err(m);
+    let reachable = loc(
+        "trireme_location_reachable",
+        "1 when the last replication pass could list the location",
+    )?;
+    let objects = loc(
+        "trireme_location_objects",
+        "Objects at the location at the last pass",
+    )?;
+    let bytes = loc(
+        "trireme_location_bytes",
+        "Bytes at the location at the last pass",
+    )?;
+    let found = loc(
+        "trireme_location_damaged_copies_found_total",
+        "Missing, truncated or corrupt copies found at the location (verification and replication)",
+    )?;
+    let repaired = loc(
+        "trireme_location_damaged_copies_repaired_total",
+        "Damaged copies at the location rewritten from a good copy",
+    )?;
+    let last_quick = loc(
+        "trireme_location_last_quick_verify_timestamp_seconds",
+        "When every object at the location was last HEAD-checked",
+    )?;
+    let last_deep = loc(
+        "trireme_location_last_deep_round_timestamp_seconds",
+        "When the rolling deep verification last finished a round at the location",
+    )?;
+    let progress = GaugeVec::new(
+        Opts::new(
+            "trireme_location_deep_round_progress_ratio",
+            "Share of the location's bytes re-read in the current deep round",
+        ),
+        &["location"],
+    )
+    .map_err(m)?;
+    reg.register(Box::new(progress.clone())).map_err(m)?;
+    for (name, st) in shared.replicator.states() {
+        let l = [name.as_str()];
+        reachable.with_label_values(&l).set(i64::from(st.reachable));
+        objects.with_label_values(&l).set(st.objects as i64);
+        bytes.with_label_values(&l).set(st.bytes as i64);
+        found.with_label_values(&l).set(st.problems_found as i64);
+        repaired
+            .with_label_values(&l)
+            .set(st.problems_repaired as i64);
+        last_quick
+            .with_label_values(&l)
+            .set(st.last_quick_verify.map_or(0, |t| t.timestamp()));
+        last_deep
+            .with_label_values(&l)
+            .set(st.last_deep_round.map_or(0, |t| t.timestamp()));
+        progress.with_label_values(&l).set(st.deep_progress);
+    }
+
+    // Per source: the newest snapshot verified at every location (3-2-1).
+    let want = shared.locations.len();
+    let protected = gauge_vec(
+        &reg,
+        "trireme_source_last_fully_verified_snapshot_timestamp_seconds",
+        "Time of the source's newest snapshot verified at every location (0: none)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let newest_copies = gauge_vec(
+        &reg,
+        "trireme_source_newest_snapshot_verified_copies",
+        "Locations where the source's newest snapshot is verified",
+        &["source"],
+    )
+    .map_err(m)?;
+    let mut by_source: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for s in shared.catalog.snapshots().values()? {
+        by_source.entry(s.source.to_string()).or_default().push(s);
+    }
+    for (source, mut snaps) in by_source {
+        snaps.sort_by_key(|s| (s.time, s.id));
+        let verified = |s: &crate::catalog::SnapshotRecord| {
+            s.copies
+                .values()
+                .filter(|c| matches!(c, CopyState::Verified { .. }))
+                .count()
+        };
+        let full = snaps.iter().rev().find(|s| verified(s) >= want);
+        protected
+            .with_label_values(&[source.as_str()])
+            .set(full.map_or(0, |s| s.time.timestamp()));
+        if let Some(newest) = snaps.last() {
+            newest_copies
+                .with_label_values(&[source.as_str()])
+                .set(verified(newest) as i64);
+        }
+    }
+
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&reg.gather(), &mut out)
+        .map_err(m)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Serve `/metrics` on `addr` until `stop` turns true.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io {
+            context: format!("listening for metrics on {addr}"),
+            source: e,
+        })?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|v| *v) => None,
+            a = listener.accept() => Some(a),
+        };
+        let tcp = match accepted {
+            None => return Ok(()),
+            Some(Ok((tcp, _))) => tcp,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(&shared, req.uri().path())) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await
+            {
+                tracing::debug!(error = %e, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let (status, body, ctype) = if path != "/metrics" {
+        (
+            StatusCode::NOT_FOUND,
+            "only /metrics is served here\n".to_string(),
+            "text/plain",
+        )
+    } else {
+        match tokio::task::block_in_place(|| render(shared)) {
+            Ok(text) => (StatusCode::OK, text, "text/plain; version=0.0.4"),
+            Err(e) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e}\n"),
+                "text/plain",
+            ),
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(ctype),
+    );
+    r
+}
