@@ -218,7 +218,18 @@ fn garage_three_locations_outage_delays_copies_only() {
     let data = f.dir.join("data");
     make_data(&data, 5, 600_000, 12);
     f.start_controller();
-    f.start_agent(&agent("db-1", "db", &data));
+    // A pre-hook holds each backup for 4 s, so a location can be stopped
+    // while a backup is under way.
+    f.start_agent(&AgentSpec {
+        name: "db-1".into(),
+        sources: vec![(
+            "db".into(),
+            data.clone(),
+            vec!["sleep".into(), "4".into()],
+            Vec::new(),
+        )],
+        via: None,
+    });
     f.wait_connected(&["db-1"]);
 
     let first = backup(&f, "db-1/db");
@@ -251,8 +262,16 @@ fn garage_three_locations_outage_delays_copies_only() {
     // Stop the third location during a backup: it succeeds, its copy there waits.
     std::fs::write(data.join("d0/after-outage.txt"), "new data\n").unwrap();
     let job = f.cli_json(&["backup", "run", "db-1/db"]);
-    garage.stop_instance(3);
     let id = job["id"].as_str().unwrap();
+    wait_for("the backup to start", Duration::from_secs(20), || {
+        (f.cli_json(&["jobs", "show", id])["state"] == "running").then_some(())
+    });
+    garage.stop_instance(3);
+    assert_eq!(
+        f.cli_json(&["jobs", "show", id])["state"],
+        "running",
+        "the location went down during the backup"
+    );
     let done = wait_for(
         "the backup during the outage",
         Duration::from_secs(90),
