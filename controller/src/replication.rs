@@ -611,3 +611,56 @@ impl Replicator {
             .collect()
     }
 }
+
+/// A source's 3-2-1 state: its newest snapshot, and the newest one verified
+/// at every location.
+#[derive(Debug, Clone)]
+pub struct Protection {
+    /// The source.
+    pub source: crate::catalog::SourceId,
+    /// Its newest snapshot.
+    pub newest: crate::catalog::SnapshotRecord,
+    /// At how many locations the newest snapshot is verified.
+    pub newest_verified: usize,
+    /// The newest snapshot verified at `want` locations or more, if any.
+    pub full: Option<crate::catalog::SnapshotRecord>,
+}
+
+/// Locations where a snapshot's copy is verified.
+pub fn verified_copies(s: &crate::catalog::SnapshotRecord) -> usize {
+    s.copies
+        .values()
+        .filter(|c| matches!(c, CopyState::Verified { .. }))
+        .count()
+}
+
+/// The 3-2-1 state of every source with snapshots, `want` being the number
+/// of locations.
+///
+/// # Errors
+/// Catalog errors.
+pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
+    let mut by_source: BTreeMap<crate::catalog::SourceId, Vec<crate::catalog::SnapshotRecord>> =
+        BTreeMap::new();
+    for snap in catalog.snapshots().values()? {
+        by_source.entry(snap.source.clone()).or_default().push(snap);
+    }
+    Ok(by_source
+        .into_iter()
+        .filter_map(|(source, mut snaps)| {
+            snaps.sort_by_key(|s| (s.time, s.id));
+            let full = snaps
+                .iter()
+                .rev()
+                .find(|s| verified_copies(s) >= want)
+                .cloned();
+            let newest = snaps.pop()?;
+            Some(Protection {
+                source,
+                newest_verified: verified_copies(&newest),
+                newest,
+                full,
+            })
+        })
+        .collect())
+}

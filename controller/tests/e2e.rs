@@ -11,17 +11,6 @@ use serde_json::Value;
 use support::fleet::{make_data, tree, wait_for, AgentSpec, Fleet, Proxy};
 use trireme_common::tls::{ca, Role};
 
-fn spec(name: &str, sources: Vec<(&str, &Path)>) -> AgentSpec {
-    AgentSpec {
-        name: name.into(),
-        sources: sources
-            .into_iter()
-            .map(|(s, p)| (s.to_string(), p.to_path_buf(), Vec::new(), Vec::new()))
-            .collect(),
-        via: None,
-    }
-}
-
 fn job(f: &Fleet, id: &str) -> Value {
     f.cli_json(&["jobs", "show", id])
 }
@@ -46,8 +35,8 @@ fn fleet_manual_and_scheduled_backups_restore_to_another_agent() {
     let other = f.dir.join("data-b");
     make_data(&other, 2, 1000, 2);
     f.start_controller();
-    f.start_agent(&spec("web-1", vec![("files", &data)]));
-    f.start_agent(&spec("web-2", vec![("logs", &other)]));
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.start_agent(&AgentSpec::volume("web-2", "logs", &other));
     f.wait_connected(&["web-1", "web-2"]);
 
     let sources = f.cli_json(&["sources", "ls"]);
@@ -117,7 +106,7 @@ fn refusals_are_clear_and_logged() {
     let data = f.dir.join("data");
     make_data(&data, 1, 1000, 3);
     f.start_controller();
-    f.start_agent(&spec("web-1", vec![("files", &data)]));
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
     f.wait_connected(&["web-1"]);
 
     let fail = |who: &str, args: &[&str]| -> String {
@@ -417,7 +406,7 @@ fn sigterm_stops_the_controller_with_agents_connected() {
     let data = f.dir.join("data");
     make_data(&data, 1, 1000, 7);
     f.start_controller();
-    f.start_agent(&spec("web-1", vec![("files", &data)]));
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
     f.wait_connected(&["web-1"]);
     let mut c = f.controller.take().unwrap();
     let pid = c.id().to_string();

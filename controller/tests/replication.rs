@@ -12,14 +12,6 @@ use serde_json::Value;
 use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
 use support::garage::Garage;
 
-fn agent(name: &str, source: &str, data: &Path) -> AgentSpec {
-    AgentSpec {
-        name: name.into(),
-        sources: vec![(source.into(), data.to_path_buf(), Vec::new(), Vec::new())],
-        via: None,
-    }
-}
-
 fn verified_copies(snap: &Value) -> usize {
     snap["copies"]
         .as_array()
@@ -108,7 +100,7 @@ fn file_locations_three_verified_copies_and_self_healing() {
     let data = f.dir.join("data");
     make_data(&data, 6, 700_000, 11);
     f.start_controller();
-    f.start_agent(&agent("app-1", "files", &data));
+    f.start_agent(&AgentSpec::volume("app-1", "files", &data));
     f.wait_connected(&["app-1"]);
 
     let snap = backup(&f, "app-1/files");
@@ -335,7 +327,7 @@ fn garage_corrupt_block_on_disk_and_deleted_object_are_repaired() {
     let data = f.dir.join("data");
     make_data(&data, 4, 3_000_000, 13);
     f.start_controller();
-    f.start_agent(&agent("mq-1", "mq", &data));
+    f.start_agent(&AgentSpec::volume("mq-1", "mq", &data));
     f.wait_connected(&["mq-1"]);
     let snap = backup(&f, "mq-1/mq");
     wait_verified(&f, &snap, 3, Duration::from_secs(90));

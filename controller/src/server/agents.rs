@@ -346,16 +346,7 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
     let now = shared.now();
     if r.ok && matches!(job.state, JobState::Assigned { .. }) {
         // Finished before its first progress report: it did start.
-        blocking(|| {
-            jobs::update_job(
-                &shared.catalog,
-                &id,
-                &JobEvent::Start {
-                    agent: agent.to_string(),
-                },
-                now,
-            )
-        })?;
+        start(shared, &id, agent, now)?;
     }
     if r.ok {
         let snapshot = Id::from_hex(&r.snapshot_id).ok_or_else(|| {
@@ -443,6 +434,14 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
     Ok(())
 }
 
+/// Mark an assigned job as started by `agent`.
+fn start(shared: &Shared, id: &JobId, agent: &str, now: DateTime<Utc>) -> Result<()> {
+    let event = JobEvent::Start {
+        agent: agent.to_string(),
+    };
+    blocking(|| jobs::update_job(&shared.catalog, id, &event, now)).map(|_| ())
+}
+
 fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgress) -> Result<()> {
     let id: JobId = p.job_id.parse()?;
     let event = JobEvent::Progress {
@@ -459,16 +458,7 @@ fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgr
         Ok(_) => {}
         // The first progress report is the agent's "started".
         Err(Error::IllegalTransition { from, .. }) if from == "assigned" => {
-            blocking(|| {
-                jobs::update_job(
-                    &shared.catalog,
-                    &id,
-                    &JobEvent::Start {
-                        agent: agent.to_string(),
-                    },
-                    now,
-                )
-            })?;
+            start(shared, &id, agent, now)?;
             jobs::update_job(&shared.catalog, &id, &event, now)?;
         }
         // Cancelled or failed meanwhile: the cancel is on its way.

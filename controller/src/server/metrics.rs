@@ -14,7 +14,6 @@ use hyper::{Request, Response, StatusCode};
 use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::Shared;
-use crate::catalog::CopyState;
 use crate::error::{Error, Result};
 use crate::jobs::JobState;
 
@@ -134,27 +133,14 @@ pub fn render(shared: &Shared) -> Result<String> {
         &["source"],
     )
     .map_err(m)?;
-    let mut by_source: std::collections::BTreeMap<String, Vec<_>> = Default::default();
-    for s in shared.catalog.snapshots().values()? {
-        by_source.entry(s.source.to_string()).or_default().push(s);
-    }
-    for (source, mut snaps) in by_source {
-        snaps.sort_by_key(|s| (s.time, s.id));
-        let verified = |s: &crate::catalog::SnapshotRecord| {
-            s.copies
-                .values()
-                .filter(|c| matches!(c, CopyState::Verified { .. }))
-                .count()
-        };
-        let full = snaps.iter().rev().find(|s| verified(s) >= want);
+    for p in crate::replication::protection(&shared.catalog, want)? {
+        let source = [p.source.to_string()];
         protected
-            .with_label_values(&[source.as_str()])
-            .set(full.map_or(0, |s| s.time.timestamp()));
-        if let Some(newest) = snaps.last() {
-            newest_copies
-                .with_label_values(&[source.as_str()])
-                .set(verified(newest) as i64);
-        }
+            .with_label_values(&source)
+            .set(p.full.map_or(0, |s| s.time.timestamp()));
+        newest_copies
+            .with_label_values(&source)
+            .set(p.newest_verified as i64);
     }
 
     let mut out = Vec::new();

@@ -799,34 +799,21 @@ impl OperatorService for OperatorApi {
         }
         let want = self.shared.locations.len();
         reply.locations_total = want as u32;
-        let mut by_source: std::collections::BTreeMap<SourceId, Vec<SnapshotRecord>> =
-            std::collections::BTreeMap::new();
-        for snap in self.shared.catalog.snapshots().values()? {
-            by_source.entry(snap.source.clone()).or_default().push(snap);
-        }
-        for (source, mut snaps) in by_source {
-            snaps.sort_by_key(|s| (s.time, s.id));
-            let verified = |s: &SnapshotRecord| {
-                s.copies
-                    .values()
-                    .filter(|c| matches!(c, CopyState::Verified { .. }))
-                    .count()
-            };
-            let full = snaps.iter().rev().find(|s| verified(s) >= want);
-            let newest = snaps.last().expect("non-empty");
-            if full.is_none() {
+        for p in crate::replication::protection(&self.shared.catalog, want)? {
+            if p.full.is_none() {
                 reply.problems.push(format!(
-                    "{source}: no snapshot is verified at all {want} locations yet (newest {}: {}/{want})",
-                    newest.id.short(),
-                    verified(newest)
+                    "{}: no snapshot is verified at all {want} locations yet (newest {}: {}/{want})",
+                    p.source,
+                    p.newest.id.short(),
+                    p.newest_verified
                 ));
             }
             reply.protection.push(SourceProtection {
-                source: Some(source_ref(&source)),
-                snapshot_id: full.map(|s| s.id.to_hex()).unwrap_or_default(),
-                snapshot_time_unix: full.map_or(0, |s| unix(s.time)),
-                newest_snapshot_id: newest.id.to_hex(),
-                newest_verified_copies: verified(newest) as u32,
+                source: Some(source_ref(&p.source)),
+                snapshot_id: p.full.as_ref().map(|s| s.id.to_hex()).unwrap_or_default(),
+                snapshot_time_unix: p.full.as_ref().map_or(0, |s| unix(s.time)),
+                newest_snapshot_id: p.newest.id.to_hex(),
+                newest_verified_copies: p.newest_verified as u32,
             });
         }
         for (name, st) in self.shared.replicator.states() {

@@ -74,6 +74,17 @@ pub struct AgentSpec {
     pub via: Option<SocketAddr>,
 }
 
+impl AgentSpec {
+    /// An agent with one `volume` source and no hooks, dialling the controller.
+    pub fn volume(name: &str, source: &str, path: &Path) -> Self {
+        AgentSpec {
+            name: name.into(),
+            sources: vec![(source.into(), path.to_path_buf(), Vec::new(), Vec::new())],
+            via: None,
+        }
+    }
+}
+
 impl Fleet {
     pub fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
