@@ -511,8 +511,14 @@ async fn excluded_paths_are_left_out_and_late_positions_recorded() {
         .await
         .unwrap();
     assert_eq!(snap.manifest.summary.files, 1);
-    assert_eq!(snap.manifest.position.get("early").map(String::as_str), Some("1"));
-    assert_eq!(snap.manifest.position.get("late").map(String::as_str), Some("2"));
+    assert_eq!(
+        snap.manifest.position.get("early").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        snap.manifest.position.get("late").map(String::as_str),
+        Some("2")
+    );
     let out = f.restore(&snap).await.unwrap();
     assert_eq!(std::fs::read(out.join("keep/a.log")).unwrap(), b"kept");
     assert!(!out.join("keep/b.active").exists());
@@ -548,6 +554,10 @@ async fn failing_stream_leaves_no_snapshot() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("pg_dump exited with status 1: boom"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("pg_dump exited with status 1: boom"),
+        "{err}"
+    );
     assert_eq!(f.count(ObjectKind::Snapshot).await, 0);
 }

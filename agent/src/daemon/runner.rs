@@ -13,15 +13,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{Notify, Semaphore};
 use trireme_common::tls::ClientTls;
 use trireme_common::wire::summary_to_wire;
-use trireme_common::{
-    BackupInput, BackupOptions, ContentKind, DynKeyProvider, Id, Location, Progress, Repository,
-    RestoreOptions,
-};
+use trireme_common::{BackupOptions, DynKeyProvider, Id, Location, Progress, Repository};
 use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSummary};
 
 use super::config::{AgentConfig, SourceConfig};
 use super::keys::ControllerKeys;
 use super::spool::Spool;
+use crate::sources::{self, JobContext, RestoreTarget};
 
 /// A job this agent holds (waiting for a slot or running).
 struct Running {
@@ -266,6 +264,14 @@ impl Runner {
         Ok(r)
     }
 
+    fn job_context(&self, a: &JobAssignment, progress: Arc<Progress>) -> JobContext {
+        JobContext {
+            job_id: a.job_id.clone(),
+            scratch: self.config.state_dir.join("work").join(&a.job_id),
+            progress,
+        }
+    }
+
     async fn backup_inner(
         &self,
         a: &JobAssignment,
@@ -274,24 +280,36 @@ impl Runner {
     ) -> Result<JobResult> {
         let (repo, location, remote) = self.open_repo(a).await?;
         let indexed = repo.load_index().await?;
-        let mut opts = BackupOptions::new(&source.name, &source.kind, &self.config.hostname);
+        let mut opts = BackupOptions::new(&source.name, source.kind(), &self.config.hostname);
         if remote {
             opts.uploads = 4;
         }
-        opts.progress = progress;
+        opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
+        let mut parent = None;
         if !a.full && !a.parent_snapshot_id.is_empty() {
             match Id::from_hex(&a.parent_snapshot_id) {
-                Some(p) if repo.read_snapshot(&p).await.is_ok() => opts.parent = Some(p),
-                _ => tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id,
-                    location = %location, "parent snapshot not readable at this location; reading every file"),
+                Some(p) => match repo.read_snapshot(&p).await {
+                    Ok(s) => parent = Some(s),
+                    Err(e) => tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id,
+                        location = %location, error = %e, "parent snapshot not readable at this location; making a full backup"),
+                },
+                None => {
+                    tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id, "malformed parent snapshot id; making a full backup")
+                }
             }
         }
-        let path = source
-            .path
-            .clone()
-            .context("volume source without a path")?;
-        let snap = indexed.backup(BackupInput::Tree(path), opts).await?;
+        let job = self.job_context(a, progress);
+        let req = sources::BackupRequest { opts, parent };
+        let snap = tokio::time::timeout(source.timeout, sources::backup(source, &indexed, req, &job))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "source {}: the backup did not finish within its timeout ({}); nothing was recorded",
+                    source.name,
+                    humantime::format_duration(source.timeout)
+                )
+            })??;
         let m = &snap.manifest;
         Ok(JobResult {
             job_id: a.job_id.clone(),
@@ -308,63 +326,74 @@ impl Runner {
     async fn restore(&self, a: &JobAssignment, progress: Arc<Progress>) -> Result<JobResult> {
         let id = Id::from_hex(&a.snapshot_id)
             .with_context(|| format!("malformed snapshot id {:?}", a.snapshot_id))?;
-        let target = PathBuf::from(&a.restore_target);
-        if !target.is_absolute() {
-            bail!(
-                "restore target {:?} must be an absolute path",
-                a.restore_target
-            );
-        }
+        let target_path;
+        let (target, timeout) = match a.restore_target.strip_prefix(SOURCE_TARGET) {
+            Some(name) => {
+                let s = self.config.source(name).ok_or_else(|| {
+                    anyhow!(
+                        "restore target {:?}: this agent has no source {name:?} (it has: {})",
+                        a.restore_target,
+                        self.config
+                            .sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                (RestoreTarget::Source(s), s.timeout)
+            }
+            None => {
+                target_path = PathBuf::from(&a.restore_target);
+                if !target_path.is_absolute() {
+                    bail!(
+                        "restore target {:?} must be an absolute path, or {SOURCE_TARGET}<name> for one of this agent's sources",
+                        a.restore_target
+                    );
+                }
+                (
+                    RestoreTarget::Path(&target_path),
+                    Duration::from_secs(24 * 3600),
+                )
+            }
+        };
         let (repo, location, _) = self.open_repo(a).await?;
         let snap = repo.read_snapshot(&id).await?;
         if let Some(r) = self.lock().get_mut(&a.job_id) {
             r.bytes_total = snap.manifest.summary.bytes;
         }
         let indexed = repo.load_index().await?;
-        let summary = match snap.manifest.content {
-            ContentKind::Tree => {
-                let s = indexed
-                    .restore_to_dir(&snap, &target, &RestoreOptions::default())
-                    .await?;
-                progress.files.store(s.files, Ordering::Relaxed);
-                progress.bytes_read.store(s.bytes, Ordering::Relaxed);
-                JobSummary {
-                    files: s.files,
-                    dirs: s.dirs,
-                    others: s.symlinks,
-                    bytes: s.bytes,
-                    ..Default::default()
-                }
-            }
-            ContentKind::Stream => {
-                if target.exists() {
-                    bail!(
-                        "restore target {} exists; give a new file name",
-                        target.display()
-                    );
-                }
-                let f = std::fs::File::create(&target)
-                    .with_context(|| format!("cannot create {}", target.display()))?;
-                let n = indexed.restore_stream(&snap, f).await?;
-                progress.bytes_read.store(n, Ordering::Relaxed);
-                JobSummary {
-                    files: 1,
-                    bytes: n,
-                    ..Default::default()
-                }
-            }
-        };
-        tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %target.display(), files = summary.files, bytes = summary.bytes, "restore finished");
+        let job = self.job_context(a, progress);
+        let report = tokio::time::timeout(timeout, sources::restore(&indexed, &snap, target, &job))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the restore did not finish within {}",
+                    humantime::format_duration(timeout)
+                )
+            })??;
+        tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %a.restore_target,
+            files = report.files, bytes = report.bytes, checks = ?report.checks, "restore finished");
         Ok(JobResult {
             job_id: a.job_id.clone(),
             ok: true,
             snapshot_id: id.to_hex(),
-            summary: Some(summary),
+            summary: Some(JobSummary {
+                files: report.files,
+                dirs: report.dirs,
+                others: report.symlinks,
+                bytes: report.bytes,
+                ..Default::default()
+            }),
+            checks: report.checks,
             location,
             ..Default::default()
         })
     }
 }
+
+/// Restore targets that name a source of the agent start with this.
+pub const SOURCE_TARGET: &str = "source:";
 
 /// Run a hook (argv) with a timeout; its failure names the hook and shows
 /// the end of its stderr.
