@@ -224,6 +224,9 @@ pub struct SnapshotRecord {
     /// Copy state per location name.
     #[serde(default)]
     pub copies: BTreeMap<String, CopyState>,
+    /// The datastore position the agent recorded (e.g. BR's backup TS).
+    #[serde(default)]
+    pub position: BTreeMap<String, String>,
 }
 
 /// The controller's catalog. Cloning is cheap and shares the database.

@@ -275,6 +275,9 @@ pub struct Job {
     pub updated: DateTime<Utc>,
     /// Its state.
     pub state: JobState,
+    /// Restore: the integrity checks the agent ran and passed.
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 impl Job {
@@ -296,6 +299,7 @@ impl Job {
             created: now,
             updated: now,
             state: JobState::Queued,
+            checks: Vec::new(),
         }
     }
 

@@ -376,6 +376,7 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                     summary,
                     job: Some(id),
                     copies,
+                    position: r.datastore_position.clone().into_iter().collect(),
                 };
                 match blocking(|| jobs::complete_job(&shared.catalog, &id, agent, &record, now)) {
                     Err(Error::IllegalTransition { from, .. }) => {
@@ -398,9 +399,14 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                         snapshot,
                     },
                     now,
-                )
-            })
-            .map(|_| ()),
+                )?;
+                // What the agent checked after restoring (key counts, row checksums, ...).
+                if let Some(mut j) = shared.catalog.jobs().get(&id)? {
+                    j.checks.clone_from(&r.checks);
+                    shared.catalog.jobs().insert(&id, &j)?;
+                }
+                Ok(())
+            }),
         };
         match outcome {
             Ok(()) => {
