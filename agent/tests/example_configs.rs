@@ -130,18 +130,6 @@ fn agent_platform_example_parses() {
 #[test]
 fn agent_platform_commented_variants_parse() {
     let text = std::fs::read_to_string(example("agent-platform.toml")).unwrap();
-    let block = |start: &str| -> String {
-        let mut lines = text.lines().skip_while(|l| !l.starts_with(start));
-        let mut out = String::new();
-        for l in lines.by_ref() {
-            let Some(rest) = l.strip_prefix("# ") else {
-                break;
-            };
-            out.push_str(rest);
-            out.push('\n');
-        }
-        out
-    };
     let base = "controller = \"c:7443\"\nstate_dir = \"s\"\n[tls]\ndir = \"t\"\nname = \"a\"\n";
     for (marker, name, kind) in [
         ("# name = \"kafka-offline\"", "kafka-offline", "kafka"),
@@ -151,8 +139,6 @@ fn agent_platform_commented_variants_parse() {
         let at = text.find(marker).unwrap();
         let start_line = text[..at].lines().last().unwrap();
         assert_eq!(start_line, "# [[source]]");
-        let body = block(&format!("{start_line}\n{marker}")[..0]);
-        let _ = body;
         let from = text[..at].rfind("# [[source]]").unwrap();
         let mut src = String::new();
         for l in text[from..].lines() {

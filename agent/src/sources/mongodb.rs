@@ -228,7 +228,6 @@ fn restored_documents(line: &str) -> Option<(u64, u64)> {
     let (before, after) = line.split_once(" document(s) restored successfully.")?;
     let ok = before.split_whitespace().last()?.parse().ok()?;
     let failed = after
-        .trim()
         .split_whitespace()
         .next()
         .and_then(|n| n.parse().ok())
