@@ -228,6 +228,8 @@ pub struct JobContext {
     pub scratch: PathBuf,
     /// Live counters.
     pub progress: Arc<Progress>,
+    /// Longest pre/post hook.
+    pub hook_timeout: Duration,
 }
 
 /// A backup to make.
@@ -239,12 +241,46 @@ pub struct BackupRequest {
     pub parent: Option<Snapshot>,
 }
 
-/// Back up `source` into `repo`.
+/// Back up `source` into `repo`: its pre-hook, the backup (within the
+/// source's `timeout`), and its post-hook, which runs whatever happened
+/// before it (a pre-hook that stopped a service half way included).
 ///
 /// # Errors
-/// The source's failure (tool missing, wrong credentials, datastore down)
-/// or the repository's; no snapshot is written then.
+/// A failing hook, the source's failure (tool missing, wrong credentials,
+/// datastore down), a timeout, or the repository's; no snapshot is written
+/// then — except when only the post-hook fails, which fails the job but
+/// keeps the snapshot it made.
 pub async fn backup(
+    source: &SourceConfig,
+    repo: &IndexedRepo,
+    req: BackupRequest,
+    job: &JobContext,
+) -> Result<Snapshot> {
+    let name = &source.name;
+    let pre = process::run_hook(&source.pre_hook, "pre_hook", name, job.hook_timeout).await;
+    let result = match pre {
+        Err(e) => Err(e),
+        Ok(()) => tokio::time::timeout(source.timeout, backup_kind(source, repo, req, job))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "source {name}: the backup did not finish within its timeout ({}); it was stopped and nothing was recorded",
+                    humantime::format_duration(source.timeout)
+                ))
+            }),
+    };
+    let post = process::run_hook(&source.post_hook, "post_hook", name, job.hook_timeout).await;
+    let snap = result?;
+    post.with_context(|| {
+        format!(
+            "the backup itself succeeded as snapshot {}",
+            snap.id.short()
+        )
+    })?;
+    Ok(snap)
+}
+
+async fn backup_kind(
     source: &SourceConfig,
     repo: &IndexedRepo,
     req: BackupRequest,

@@ -193,7 +193,7 @@ impl Runner {
                             .join(", ")
                     )
                 })?;
-                self.backup(a, source, progress).await
+                self.backup_inner(a, source, progress).await
             }
             JobKind::Restore => self.restore(a, progress).await,
             other => bail!("this agent cannot run {other:?} jobs"),
@@ -238,37 +238,12 @@ impl Runner {
         bail!("no location is usable: {}", errors.join("; "))
     }
 
-    async fn backup(
-        &self,
-        a: &JobAssignment,
-        source: &SourceConfig,
-        progress: Arc<Progress>,
-    ) -> Result<JobResult> {
-        run_hook(
-            &source.pre_hook,
-            "pre_hook",
-            &source.name,
-            self.config.hook_timeout,
-        )
-        .await?;
-        let result = self.backup_inner(a, source, progress).await;
-        let post = run_hook(
-            &source.post_hook,
-            "post_hook",
-            &source.name,
-            self.config.hook_timeout,
-        )
-        .await;
-        let r = result?;
-        post?;
-        Ok(r)
-    }
-
     fn job_context(&self, a: &JobAssignment, progress: Arc<Progress>) -> JobContext {
         JobContext {
             job_id: a.job_id.clone(),
             scratch: self.config.state_dir.join("work").join(&a.job_id),
             progress,
+            hook_timeout: self.config.hook_timeout,
         }
     }
 
@@ -301,15 +276,7 @@ impl Runner {
         }
         let job = self.job_context(a, progress);
         let req = sources::BackupRequest { opts, parent };
-        let snap = tokio::time::timeout(source.timeout, sources::backup(source, &indexed, req, &job))
-            .await
-            .map_err(|_| {
-                anyhow!(
-                    "source {}: the backup did not finish within its timeout ({}); nothing was recorded",
-                    source.name,
-                    humantime::format_duration(source.timeout)
-                )
-            })??;
+        let snap = sources::backup(source, &indexed, req, &job).await?;
         let m = &snap.manifest;
         Ok(JobResult {
             job_id: a.job_id.clone(),
@@ -394,46 +361,3 @@ impl Runner {
 
 /// Restore targets that name a source of the agent start with this.
 pub const SOURCE_TARGET: &str = "source:";
-
-/// Run a hook (argv) with a timeout; its failure names the hook and shows
-/// the end of its stderr.
-async fn run_hook(argv: &[String], which: &str, source: &str, timeout: Duration) -> Result<()> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Ok(());
-    };
-    let child = tokio::process::Command::new(prog)
-        .args(args)
-        .env("TRIREME_SOURCE", source)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("source {source}: cannot start {which} {prog:?}"))?;
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "source {source}: {which} {prog:?} did not finish within {}s",
-                timeout.as_secs()
-            )
-        })?
-        .with_context(|| format!("source {source}: {which} {prog:?}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .trim()
-            .chars()
-            .rev()
-            .take(500)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!(
-            "source {source}: {which} {prog:?} failed ({}): {tail}",
-            out.status
-        );
-    }
-    Ok(())
-}

@@ -127,6 +127,7 @@ impl CommandSpec {
     ) -> Result<Snapshot> {
         let before = self.run_check(source).await?;
         let reader = self.program(source, "backup", &self.backup)?.reader(None)?;
+        let _kill = reader.kill_on_drop();
         let late = opts
             .late_position
             .get_or_insert_with(Default::default)

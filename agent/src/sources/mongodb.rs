@@ -141,6 +141,7 @@ impl MongoSpec {
                 c.1 += n;
             }
         })))?;
+        let _kill = reader.kill_on_drop();
         let reader = super::command::AtEnd::new(reader, move || {
             let (collections, documents) = *counts.lock().unwrap_or_else(|e| e.into_inner());
             let mut l = late.lock().unwrap_or_else(|e| e.into_inner());

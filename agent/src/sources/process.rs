@@ -127,7 +127,7 @@ impl Program {
         let stderr = Stderr::collect(&mut child, on_line);
         Ok(ChildReader {
             program: self.clone(),
-            child: Some(child),
+            child: Arc::new(Mutex::new(Some(child))),
             stdout,
             stderr: Some(stderr),
         })
@@ -216,9 +216,29 @@ fn tail_of(lines: impl Iterator<Item = String>) -> String {
 /// fails when it exited non-zero.
 pub struct ChildReader {
     program: Program,
-    child: Option<Child>,
+    child: Arc<Mutex<Option<Child>>>,
     stdout: ChildStdout,
     stderr: Option<Stderr>,
+}
+
+/// Kills a [`ChildReader`]'s program when dropped, unless it has ended: the
+/// backup that owns it was cancelled or timed out while the reader thread
+/// may be blocked on a program that writes nothing.
+pub struct KillOnDrop(Arc<Mutex<Option<Child>>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let _ = c.kill();
+        }
+    }
+}
+
+impl ChildReader {
+    /// A guard that kills the program when dropped (see [`KillOnDrop`]).
+    pub fn kill_on_drop(&self) -> KillOnDrop {
+        KillOnDrop(self.child.clone())
+    }
 }
 
 impl Read for ChildReader {
@@ -227,7 +247,7 @@ impl Read for ChildReader {
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        let Some(mut child) = self.child.take() else {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return Ok(0);
         };
         let status = child.wait()?;
@@ -242,7 +262,7 @@ impl Read for ChildReader {
 
 impl Drop for ChildReader {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             // Stopped early (a failed upload, a cancel): the tool must not
             // run on unattended.
             let _ = c.kill();
@@ -371,6 +391,50 @@ impl Drop for WriterState {
             let _ = c.wait();
         }
     }
+}
+
+/// Run a hook (argv) with a timeout, with `TRIREME_SOURCE` set; its
+/// failure names the hook and shows the end of its stderr.
+///
+/// # Errors
+/// The hook could not start, failed or ran too long (it is killed then).
+pub async fn run_hook(
+    argv: &[String],
+    which: &str,
+    source: &str,
+    timeout: std::time::Duration,
+) -> Result<()> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let what = format!("source {source}: {which}");
+    let child = tokio::process::Command::new(prog)
+        .args(args)
+        .env("TRIREME_SOURCE", source)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Program::new(what.clone(), argv.to_vec()).spawn_error(&e))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "{what} {prog:?} did not finish within {} (killed)",
+                humantime::format_duration(timeout)
+            )
+        })?
+        .with_context(|| format!("{what} {prog:?}"))?;
+    if !out.status.success() {
+        let p = Program::new(what, argv.to_vec());
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "{}",
+            p.failure(out.status, &tail_of(err.lines().map(str::to_string)))
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ impl Fixture {
             job_id: id.into(),
             scratch: self.path("scratch"),
             progress: Arc::default(),
+            hook_timeout: Duration::from_secs(5),
         }
     }
 
@@ -972,4 +973,78 @@ fn config_errors_name_the_key() {
     );
     assert!(e("name = \"o\"\nkind = \"oracle\"")
         .contains("supported: volume, kafka, command, redis, mongodb, tidb"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_run_around_the_backup_and_post_hooks_always_run() {
+    let f = Fixture::new().await;
+    let data = f.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), "a").unwrap();
+    let post_ran = f.path("post-ran");
+    let with_hooks = |pre: &str| {
+        source(&format!(
+            "name = \"v\"\nkind = \"volume\"\npath = {data:?}\npre_hook = [\"sh\", \"-c\", {pre:?}]\npost_hook = [\"touch\", {post_ran:?}]"
+        ))
+    };
+    // A failing pre-hook fails the job with its stderr; the post-hook still runs.
+    let e = format!(
+        "{:#}",
+        f.backup(
+            &with_hooks("echo 'scale to 0 failed: no such service' >&2; exit 4"),
+            None
+        )
+        .await
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("pre_hook") && e.contains("no such service") && e.contains("exit status 4"),
+        "{e}"
+    );
+    assert!(
+        post_ran.exists(),
+        "the post-hook ran after the failed pre-hook"
+    );
+    assert_eq!(f.snapshots().await, 0);
+    std::fs::remove_file(&post_ran).unwrap();
+    // A hook that hangs is killed at hook_timeout (5 s here).
+    let started = Instant::now();
+    let e = format!(
+        "{:#}",
+        f.backup(&with_hooks("sleep 60"), None).await.unwrap_err()
+    );
+    assert!(e.contains("did not finish within 5s"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(post_ran.exists());
+    // Both hooks fine: a snapshot.
+    f.backup(&with_hooks("true"), None).await.unwrap();
+    assert_eq!(f.snapshots().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_over_its_timeout_is_killed_and_leaves_no_snapshot() {
+    let f = Fixture::new().await;
+    let pid_file = f.path("dump.pid");
+    let slow = source(&format!(
+        "name = \"slow\"\nkind = \"command\"\ntimeout = \"2s\"\nbackup = [\"sh\", \"-c\", \"echo $$ > {}; printf start; exec sleep 120\"]",
+        pid_file.display()
+    ));
+    let started = Instant::now();
+    let e = format!("{:#}", f.backup(&slow, None).await.unwrap_err());
+    assert!(e.contains("did not finish within its timeout (2s)"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    wait_until(
+        "the dump program to be killed",
+        Duration::from_secs(10),
+        || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        },
+    );
+    assert_eq!(f.snapshots().await, 0);
 }
