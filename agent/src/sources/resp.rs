@@ -135,7 +135,7 @@ impl Conn {
             args.push(pw.as_bytes());
             c.cmd(&args).map_err(|e| {
                 anyhow!(
-                    "redis at {} refused the credentials: {e} (check `username` and `password_file`)",
+                    "redis at {} refused the credentials: {e:#} (check `username` and `password_file`)",
                     s.address
                 )
             })?;
@@ -148,7 +148,7 @@ impl Conn {
                     s.address
                 )
             } else {
-                anyhow!("redis at {}: PING failed: {e}", s.address)
+                anyhow!("redis at {}: PING failed: {e:#}", s.address)
             }
         })?;
         Ok(c)

@@ -1048,3 +1048,53 @@ async fn a_dump_over_its_timeout_is_killed_and_leaves_no_snapshot() {
     );
     assert_eq!(f.snapshots().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_client_certificate() {
+    use trireme_common::tls::{ca, Role};
+    let f = Fixture::new().await;
+    let pki = f.path("pki");
+    ca::init_ca(&pki).unwrap();
+    let server = ca::issue(&pki, Role::Controller, "localhost", 2, &pki).unwrap();
+    let client = ca::issue(&pki, Role::Agent, "cache-1", 2, &pki).unwrap();
+    let tls_port = free_port();
+    let ca_pem = pki.join("ca.pem");
+    let tls_args = format!(
+        "--tls-port {tls_port} --tls-cert-file {} --tls-key-file {} --tls-ca-cert-file {} --tls-auth-clients yes",
+        server.cert_path.display(),
+        server.key_path.display(),
+        ca_pem.display()
+    );
+    let args: Vec<&str> = tls_args.split(' ').collect();
+    let redis = Redis::start(f.path("redis"), &args);
+    redis.fill();
+    let spec = |extra: &str| {
+        format!(
+            "name = \"redis-tls\"\nkind = \"redis\"\naddress = \"127.0.0.1:{tls_port}\"\ndata_dir = {:?}\n{extra}",
+            redis.dir
+        )
+    };
+    let with_cert = source(&spec(&format!(
+        "tls = {{ ca = {ca_pem:?}, cert = {:?}, key = {:?}, server_name = \"localhost\" }}",
+        client.cert_path, client.key_path
+    )));
+    let snap = f.backup(&with_cert, None).await.unwrap();
+    assert_eq!(position(&snap, redis::KEYS_MAX), Some("205"));
+    // Without the client certificate the server refuses the handshake.
+    let without = source(&spec(&format!(
+        "tls = {{ ca = {ca_pem:?}, server_name = \"localhost\" }}"
+    )));
+    assert!(f.backup(&without, None).await.is_err());
+    // A server certificate from another CA is refused by the agent.
+    let other = f.path("other-pki");
+    ca::init_ca(&other).unwrap();
+    let wrong_ca = source(&spec(&format!(
+        "tls = {{ ca = {:?}, cert = {:?}, key = {:?}, server_name = \"localhost\" }}",
+        other.join("ca.pem"),
+        client.cert_path,
+        client.key_path
+    )));
+    let e = format!("{:#}", f.backup(&wrong_ca, None).await.unwrap_err());
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    assert_eq!(f.snapshots().await, 1);
+}
