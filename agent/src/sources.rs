@@ -49,6 +49,9 @@ pub struct SourceConfig {
     pub post_hook: Vec<String>,
     /// How long one backup or restore of this source may take.
     pub timeout: Duration,
+    /// Run after a restore into this source (argv), e.g. a query the
+    /// application depends on; a failure fails the restore.
+    pub smoke_test: Vec<String>,
 }
 
 impl SourceConfig {
@@ -132,9 +135,18 @@ struct Common {
     #[serde(default)]
     post_hook: Vec<String>,
     timeout: Option<String>,
+    #[serde(default)]
+    smoke_test: Vec<String>,
 }
 
-const COMMON_KEYS: &[&str] = &["name", "kind", "pre_hook", "post_hook", "timeout"];
+const COMMON_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "pre_hook",
+    "post_hook",
+    "timeout",
+    "smoke_test",
+];
 
 /// Parse one `[[source]]` table; relative paths are relative to `base`.
 ///
@@ -184,6 +196,7 @@ pub fn parse_source(table: toml::Table, base: &Path) -> Result<SourceConfig> {
         pre_hook: c.pre_hook,
         post_hook: c.post_hook,
         timeout,
+        smoke_test: c.smoke_test,
     })
 }
 
@@ -357,6 +370,69 @@ pub async fn restore(
             }
         }
     }
+}
+
+/// After a restore: run the target source's smoke test (if it has one) on
+/// the restored data; then, for a restore test (`clean`), remove what the
+/// restore wrote where that is files (a path, or a `volume`/`kafka`
+/// source's directory) so the next test finds it empty. Datastore targets
+/// keep their data: the next restore replaces it.
+///
+/// # Errors
+/// The smoke test failing (the clean-up still runs).
+pub async fn after_restore(
+    target: RestoreTarget<'_>,
+    job: &JobContext,
+    clean: bool,
+) -> Result<Vec<String>> {
+    let mut checks = Vec::new();
+    let smoke = match target {
+        RestoreTarget::Source(s) if !s.smoke_test.is_empty() => {
+            process::run_hook(&s.smoke_test, "smoke_test", &s.name, job.hook_timeout)
+                .await
+                .map(|()| checks.push(format!("smoke test {:?} passed", s.smoke_test.join(" "))))
+        }
+        _ => Ok(()),
+    };
+    let dir = match target {
+        _ if !clean => None,
+        RestoreTarget::Path(p) => Some(p.to_path_buf()),
+        RestoreTarget::Source(s) => match &s.spec {
+            SourceSpec::Volume(v) => Some(v.path.clone()),
+            SourceSpec::Kafka(k) => Some(k.path.clone()),
+            _ => None,
+        },
+    };
+    if let Some(d) = dir {
+        let cleaned = if d.is_dir() {
+            empty_dir(&d)
+        } else if d.exists() {
+            std::fs::remove_file(&d)
+        } else {
+            Ok(())
+        };
+        match cleaned {
+            Ok(()) => checks.push(format!("cleaned up {}", d.display())),
+            Err(e) => {
+                tracing::warn!(path = %d.display(), error = %e, "cannot clean up after the restore test")
+            }
+        }
+    }
+    smoke?;
+    Ok(checks)
+}
+
+/// Remove everything inside `dir`, keeping `dir` (it may be a mount point).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            std::fs::remove_dir_all(e.path())?;
+        } else {
+            std::fs::remove_file(e.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot's files: a tree into an empty or new directory, a stream

@@ -243,6 +243,9 @@ pub struct Catalog {
     jobs: Tree<JobId, Job>,
     snapshots: Tree<Id, SnapshotRecord>,
     locations: Tree<String, crate::replication::LocationState>,
+    restore_tests: Tree<JobId, crate::recovery::RestoreTestRecord>,
+    restore_test_slots: Tree<SourceId, DateTime<Utc>>,
+    drills: Tree<String, crate::recovery::DrillRecord>,
 }
 
 impl fmt::Debug for Catalog {
@@ -294,6 +297,9 @@ impl Catalog {
             jobs: Tree::new(open("jobs")?, "jobs"),
             snapshots: Tree::new(open("snapshots")?, "snapshots"),
             locations: Tree::new(open("locations")?, "locations"),
+            restore_tests: Tree::new(open("restore_tests")?, "restore_tests"),
+            restore_test_slots: Tree::new(open("restore_test_slots")?, "restore_test_slots"),
+            drills: Tree::new(open("drills")?, "drills"),
             path: path.clone(),
             db,
         };
@@ -369,6 +375,21 @@ impl Catalog {
     /// Replication and verification state by location name.
     pub fn locations(&self) -> &Tree<String, crate::replication::LocationState> {
         &self.locations
+    }
+
+    /// Restore tests and drill steps by job id (oldest first), pending and finished.
+    pub fn restore_tests(&self) -> &Tree<JobId, crate::recovery::RestoreTestRecord> {
+        &self.restore_tests
+    }
+
+    /// The last restore-test schedule slot handled, per source.
+    pub fn restore_test_slots(&self) -> &Tree<SourceId, DateTime<Utc>> {
+        &self.restore_test_slots
+    }
+
+    /// DR drills and their reports, by id (oldest first).
+    pub fn drills(&self) -> &Tree<String, crate::recovery::DrillRecord> {
+        &self.drills
     }
 
     /// Run `f` as one serializable transaction over every tree: all its

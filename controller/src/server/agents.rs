@@ -287,11 +287,19 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
             }
         }
         JobKind::Restore {
-            snapshot, target, ..
+            snapshot,
+            target,
+            purpose,
+            only_location,
+            ..
         } => {
             a.set_kind(WireJobKind::Restore);
             a.snapshot_id = snapshot.to_hex();
             a.restore_target = target.clone();
+            a.restore_test = !matches!(purpose, crate::jobs::RestorePurpose::Restore);
+            if let Some(only) = only_location {
+                a.locations.retain(|l| &l.name == only);
+            }
         }
     }
     Ok(a)
@@ -403,6 +411,10 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                 // What the agent checked after restoring (key counts, row checksums, ...).
                 if let Some(mut j) = shared.catalog.jobs().get(&id)? {
                     j.checks.clone_from(&r.checks);
+                    j.took_ms = r
+                        .summary
+                        .as_ref()
+                        .map(|s| (s.duration_secs * 1000.0) as u64);
                     shared.catalog.jobs().insert(&id, &j)?;
                 }
                 Ok(())
