@@ -16,6 +16,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod recovery;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -273,6 +274,10 @@ pub async fn run(
             }
         }));
     }
+    tasks.push(tokio::spawn(recovery::run_loop(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();

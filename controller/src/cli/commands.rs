@@ -268,6 +268,8 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 view::status_fields(&c.addr, &ping, &status)
             })
         }
+        Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
+        Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }
@@ -275,7 +277,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
 }
 
 /// Print a list: a JSON array, or a table (a note when empty).
-fn list<T>(
+pub(super) fn list<T>(
     format: Format,
     items: &[T],
     json: fn(&T) -> Value,
@@ -290,7 +292,11 @@ fn list<T>(
 }
 
 /// Print one object: JSON, or the text made by `text`.
-fn one(format: Format, json: Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(super) fn one(
+    format: Format,
+    json: Value,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => print_json(&json, false),
         Format::Table => println(&text()),

@@ -143,6 +143,74 @@ pub fn render(shared: &Shared) -> Result<String> {
             .set(p.newest_verified as i64);
     }
 
+    // Recovery objectives and restore tests.
+    let fgauge = |n: &str, h: &str| -> Result<GaugeVec> {
+        let g = GaugeVec::new(Opts::new(n, h), &["source"]).map_err(m)?;
+        reg.register(Box::new(g.clone())).map_err(m)?;
+        Ok(g)
+    };
+    let rpo_age = fgauge(
+        "trireme_source_rpo_age_seconds",
+        "Age of the source's newest snapshot verified at every location (absent: none)",
+    )?;
+    let rpo = fgauge("trireme_source_rpo_seconds", "The source's RPO")?;
+    let rto = fgauge("trireme_source_rto_seconds", "The source's RTO")?;
+    let rpo_met = gauge_vec(
+        &reg,
+        "trireme_source_rpo_met",
+        "1 when the source's newest fully verified snapshot is within its RPO, 0 when not",
+        &["source"],
+    )
+    .map_err(m)?;
+    let healthy = gauge_vec(
+        &reg,
+        "trireme_source_recovery_ok",
+        "1 when the source meets its RPO and its last restore test passed within its RTO (status green)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_ok = gauge_vec(
+        &reg,
+        "trireme_restore_test_success",
+        "1 when the source's last restore test passed (restored, checked, within RTO)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_time = gauge_vec(
+        &reg,
+        "trireme_restore_test_last_timestamp_seconds",
+        "When the source's last restore test finished",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_secs = fgauge(
+        "trireme_restore_test_duration_seconds",
+        "How long the source's last restore test took",
+    )?;
+    for h in crate::recovery::health(&shared.catalog, want, shared.now())? {
+        let l = [h.source.to_string()];
+        if let Some(a) = h.age {
+            rpo_age.with_label_values(&l).set(a.as_secs_f64());
+        }
+        if let Some(r) = h.rpo {
+            rpo.with_label_values(&l).set(r.as_secs_f64());
+        }
+        if let Some(r) = h.rto {
+            rto.with_label_values(&l).set(r.as_secs_f64());
+        }
+        if let Some(ok) = h.rpo_ok {
+            rpo_met.with_label_values(&l).set(i64::from(ok));
+        }
+        healthy.with_label_values(&l).set(i64::from(!h.red()));
+        if let Some(t) = &h.last_test {
+            test_ok.with_label_values(&l).set(i64::from(t.ok));
+            test_time
+                .with_label_values(&l)
+                .set(t.finished.map_or(0, |f| f.timestamp()));
+            test_secs.with_label_values(&l).set(t.duration_secs);
+        }
+    }
+
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&reg.gather(), &mut out)

@@ -11,13 +11,15 @@ use trireme_common::wire::summary_to_wire;
 use trireme_common::{Id, Identity, Role};
 use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
-    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, GetJobRequest,
-    GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress, JobState as WireJobState,
-    ListAgentsReply, ListAgentsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply,
-    ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest, ListSnapshotsReply,
-    ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo, PolicyInfo,
-    RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
-    SourceProtection, SourceRef, StatusReply, StatusRequest, VerifyReply, VerifyRequest,
+    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, DrillInfo, GetDrillRequest,
+    GetJobRequest, GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress,
+    JobState as WireJobState, ListAgentsReply, ListAgentsRequest, ListDrillsReply,
+    ListDrillsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply, ListLocationsRequest,
+    ListPoliciesReply, ListPoliciesRequest, ListRestoreTestsReply, ListRestoreTestsRequest,
+    ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo,
+    PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest, RunDrillRequest,
+    RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo, SourceProtection,
+    SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyReply, VerifyRequest,
     WatchJobRequest,
 };
 
@@ -707,6 +709,99 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(ListLocationsReply { locations }))
     }
 
+    async fn run_restore_test(
+        &self,
+        request: Request<RunRestoreTestRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let source = parse_source(request.get_ref().source.as_ref())?;
+        let job = super::recovery::run_test_now(&self.shared, &source, &id.name)?;
+        audit(&id, "restore-test", &format!("{source} job {}", job.id));
+        Ok(Response::new(self.job_info(&job)))
+    }
+
+    async fn list_restore_tests(
+        &self,
+        request: Request<ListRestoreTestsRequest>,
+    ) -> Result<Response<ListRestoreTestsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let r = request.into_inner();
+        let only = match &r.source {
+            Some(s) if !s.agent.is_empty() => Some(parse_source(Some(s))?),
+            _ => None,
+        };
+        let mut tests: Vec<RestoreTestInfo> = self
+            .shared
+            .catalog
+            .restore_tests()
+            .values()?
+            .into_iter()
+            .rev()
+            .filter(|t| only.as_ref().is_none_or(|s| &t.source == s))
+            .map(|t| restore_test_info(&t))
+            .collect();
+        if r.limit > 0 {
+            tests.truncate(r.limit as usize);
+        }
+        Ok(Response::new(ListRestoreTestsReply { tests }))
+    }
+
+    async fn run_drill(
+        &self,
+        request: Request<RunDrillRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let location = request.into_inner().location;
+        let location = (!location.is_empty()).then_some(location);
+        let drill = super::recovery::start_drill(&self.shared, location.clone(), &id.name)?;
+        audit(
+            &id,
+            "drill",
+            &format!(
+                "{} from {} ({} sources)",
+                drill.id,
+                location.as_deref().unwrap_or("the usual locations"),
+                drill.steps.len()
+            ),
+        );
+        Ok(Response::new(drill_info(&drill, false)))
+    }
+
+    async fn list_drills(
+        &self,
+        request: Request<ListDrillsRequest>,
+    ) -> Result<Response<ListDrillsReply>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let drills = self
+            .shared
+            .catalog
+            .drills()
+            .values()?
+            .iter()
+            .rev()
+            .map(|d| drill_info(d, false))
+            .collect();
+        Ok(Response::new(ListDrillsReply { drills }))
+    }
+
+    async fn get_drill(
+        &self,
+        request: Request<GetDrillRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
+        self.shared.authz.authorize(&request, READ)?;
+        let want = request.into_inner().id;
+        let mut found: Vec<crate::recovery::DrillRecord> = self
+            .shared
+            .catalog
+            .drills()
+            .values()?
+            .into_iter()
+            .filter(|d| d.id == want || (want.len() >= 8 && d.id.starts_with(&want)))
+            .collect();
+        let d = one_of("drill", &want, &mut found)?;
+        Ok(Response::new(drill_info(&d, true)))
+    }
+
     async fn verify(
         &self,
         request: Request<VerifyRequest>,
@@ -817,6 +912,23 @@ impl OperatorService for OperatorApi {
                 newest_verified_copies: p.newest_verified as u32,
             });
         }
+        for h in crate::recovery::health(&self.shared.catalog, want, now)? {
+            for p in &h.problems {
+                reply.problems.push(format!("{}: {p}", h.source));
+            }
+            let t = h.last_test.as_ref();
+            reply.recovery.push(SourceRecovery {
+                source: Some(source_ref(&h.source)),
+                state: if h.red() { "red" } else { "green" }.to_string(),
+                rpo_secs: h.rpo.map_or(0.0, |d| d.as_secs_f64()),
+                age_secs: h.age.map_or(-1.0, |d| d.as_secs_f64()),
+                rto_secs: h.rto.map_or(0.0, |d| d.as_secs_f64()),
+                last_test_unix: t.and_then(|t| t.finished).map_or(0, unix),
+                last_test_ok: t.is_some_and(|t| t.ok),
+                last_test_secs: t.map_or(0.0, |t| t.duration_secs),
+                problems: h.problems.clone(),
+            });
+        }
         for (name, st) in self.shared.replicator.states() {
             if !st.reachable || !st.last_error.is_empty() {
                 reply.problems.push(format!(
@@ -841,5 +953,56 @@ impl OperatorService for OperatorApi {
             }
         }
         Ok(Response::new(reply))
+    }
+}
+
+/// A restore test as the CLI shows it.
+pub fn restore_test_info(t: &crate::recovery::RestoreTestRecord) -> RestoreTestInfo {
+    RestoreTestInfo {
+        job_id: t.job.to_string(),
+        source: Some(source_ref(&t.source)),
+        snapshot_id: t.snapshot.to_hex(),
+        target: t.target.clone(),
+        started_unix: unix(t.started),
+        finished_unix: t.finished.map_or(0, unix),
+        duration_secs: t.duration_secs,
+        rto_secs: t.rto.map_or(0.0, |d| d.as_secs_f64()),
+        ok: t.ok,
+        checks: t.checks.clone(),
+        error: t.error.clone(),
+        drill_id: t.drill.clone().unwrap_or_default(),
+        location: t.location.clone().unwrap_or_default(),
+    }
+}
+
+/// A drill as the CLI shows it; `report`: with the Markdown and HTML.
+pub fn drill_info(d: &crate::recovery::DrillRecord, report: bool) -> DrillInfo {
+    DrillInfo {
+        id: d.id.clone(),
+        location: d.location.clone().unwrap_or_default(),
+        by: d.by.clone(),
+        started_unix: unix(d.started),
+        finished_unix: d.finished.map_or(0, unix),
+        ok: d.ok(),
+        steps_total: d.steps.len() as u32,
+        steps_failed: d
+            .steps
+            .iter()
+            .filter(|s| {
+                !s.ok()
+                    && (s.result.as_ref().is_some_and(|r| r.finished.is_some())
+                        || !s.error.is_empty())
+            })
+            .count() as u32,
+        markdown: if report {
+            crate::recovery::report_markdown(d)
+        } else {
+            String::new()
+        },
+        html: if report {
+            crate::recovery::report_html(d)
+        } else {
+            String::new()
+        },
     }
 }
