@@ -63,6 +63,54 @@ pub struct Shared {
     pub replicator: Arc<Replicator>,
     /// Wakes the replication loop (a snapshot was recorded).
     pub replicate_now: tokio::sync::Notify,
+    /// The filesystems holding sources' data, as their agents last reported.
+    pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
+}
+
+/// A source's data filesystem as its agent reported it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// The path on the agent's host.
+    pub path: String,
+    /// Filesystem size.
+    pub total_bytes: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// When reported.
+    pub at: DateTime<Utc>,
+}
+
+/// Used share at which `status` warns about a source's volume.
+pub const VOLUME_WARN_RATIO: f64 = 0.75;
+
+/// Status problems for volumes at or over [`VOLUME_WARN_RATIO`].
+pub fn volume_problems(
+    volumes: &std::collections::BTreeMap<crate::SourceId, Volume>,
+) -> Vec<String> {
+    volumes
+        .iter()
+        .filter(|(_, v)| v.ratio() >= VOLUME_WARN_RATIO)
+        .map(|(source, v)| {
+            format!(
+                "{source}: its data volume {} is {:.0}% full ({} of {} bytes used; warning at 75%)",
+                v.path,
+                v.ratio() * 100.0,
+                v.used_bytes,
+                v.total_bytes
+            )
+        })
+        .collect()
+}
+
+impl Volume {
+    /// Used share, 0..1.
+    pub fn ratio(&self) -> f64 {
+        if self.total_bytes == 0 {
+            0.0
+        } else {
+            self.used_bytes as f64 / self.total_bytes as f64
+        }
+    }
 }
 
 impl Shared {
@@ -196,6 +244,7 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
+        volumes: std::sync::Mutex::default(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
 
@@ -343,4 +392,31 @@ pub async fn run(
     }
     shared.catalog.flush()?;
     result.map_err(Error::from)
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::*;
+
+    #[test]
+    fn volumes_warn_at_three_quarters_full() {
+        let v = |used| Volume {
+            path: "/data".into(),
+            total_bytes: 1000,
+            used_bytes: used,
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let m = std::collections::BTreeMap::from([
+            ("a/redis".parse().unwrap(), v(749)),
+            ("b/kafka".parse().unwrap(), v(750)),
+            ("c/tikv".parse().unwrap(), v(990)),
+        ]);
+        let p = volume_problems(&m);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("b/kafka: its data volume /data is 75% full"),
+            "{p:?}"
+        );
+        assert!(p[1].contains("99% full"), "{p:?}");
+    }
 }

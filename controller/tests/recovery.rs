@@ -102,6 +102,8 @@ fn restore_tests_objectives_and_drills() {
             files_staging.display(),
             files_staging.display()
         );
+    let agent_metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    spec.settings = format!("metrics_listen = \"{agent_metrics}\"\n");
     f.start_agent(&spec);
     f.wait_connected(&["cache-1"]);
     apply(&f, POLICIES);
@@ -140,6 +142,46 @@ fn restore_tests_objectives_and_drills() {
     assert!(tests[0]["duration_secs"].as_f64().unwrap() > 0.0, "{tests}");
     let st = f.cli_json(&["status"]);
     assert_eq!(recovery_of(&st, "cache-1/redis")["state"], "green", "{st}");
+    // The agent's own metrics: its jobs, dedup, and its sources' volumes,
+    // which it also reports to the controller with each heartbeat.
+    let text = scrape(&agent_metrics);
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_agent_jobs_total{kind=\"backup\",outcome=\"succeeded\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_agent_jobs_total{kind=\"restore\",outcome=\"succeeded\"}"
+        ),
+        1.0
+    );
+    let dedup = sample(&text, "trireme_agent_backup_dedup_ratio{source=\"files\"}");
+    assert!((0.0..=1.0).contains(&dedup), "{dedup}");
+    let used = sample(
+        &text,
+        "trireme_agent_source_volume_used_ratio{source=\"files\"}",
+    );
+    assert!(used > 0.0 && used <= 1.0, "{used}");
+    let text = scrape(&metrics);
+    let reported = sample(
+        &text,
+        "trireme_source_volume_used_ratio{source=\"cache-1/files\"}",
+    );
+    assert!(
+        (reported - used).abs() < 0.05,
+        "controller {reported}, agent {used}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_location_snapshots_behind{location=\"loc2\"}"
+        ),
+        0.0
+    );
     let text = scrape(&metrics);
     assert_eq!(
         sample(&text, "trireme_source_rpo_met{source=\"cache-1/redis\"}"),

@@ -198,6 +198,7 @@ fn garage_three_locations_outage_delays_copies_only() {
         )],
         via: None,
         extra: String::new(),
+        settings: String::new(),
     });
     f.wait_connected(&["db-1"]);
 

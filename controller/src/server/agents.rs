@@ -698,8 +698,26 @@ impl AgentService for AgentApi {
                 s.agents.touch(&name, session, s.now(), None);
                 match msg.msg {
                     Some(AgentMsg::Heartbeat(h)) => {
-                        s.agents
-                            .touch(&name, session, s.now(), Some(h.running_job_ids));
+                        let now = s.now();
+                        {
+                            let mut vols = s.volumes.lock().unwrap_or_else(|e| e.into_inner());
+                            for v in &h.volumes {
+                                if let Ok(id) =
+                                    crate::catalog::SourceId::new(name.clone(), v.source.clone())
+                                {
+                                    vols.insert(
+                                        id,
+                                        super::Volume {
+                                            path: v.path.clone(),
+                                            total_bytes: v.total_bytes,
+                                            used_bytes: v.used_bytes,
+                                            at: now,
+                                        },
+                                    );
+                                }
+                            }
+                        }
+                        s.agents.touch(&name, session, now, Some(h.running_job_ids));
                     }
                     Some(AgentMsg::Progress(p)) => {
                         if let Err(e) = handle_progress(&s, &name, &p) {

@@ -912,6 +912,13 @@ impl OperatorService for OperatorApi {
                 newest_verified_copies: p.newest_verified as u32,
             });
         }
+        reply.problems.extend(super::volume_problems(
+            &self
+                .shared
+                .volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ));
         for h in crate::recovery::health(&self.shared.catalog, want, now)? {
             for p in &h.problems {
                 reply.problems.push(format!("{}: {p}", h.source));

@@ -75,6 +75,8 @@ pub struct AgentSpec {
     pub via: Option<SocketAddr>,
     /// More `[[source]]` tables, as TOML text.
     pub extra: String,
+    /// More top-level settings, as TOML lines.
+    pub settings: String,
 }
 
 impl AgentSpec {
@@ -85,6 +87,7 @@ impl AgentSpec {
             sources: vec![(source.into(), path.to_path_buf(), Vec::new(), Vec::new())],
             via: None,
             extra: String::new(),
+            settings: String::new(),
         }
     }
 }
@@ -201,6 +204,7 @@ impl Fleet {
             d = self.dir.display(),
             ca = self.ca.display(),
         );
+        text.insert_str(text.find("[tls]").expect("tls table"), &spec.settings);
         for (src, path, hook, post) in &spec.sources {
             text.push_str(&format!(
                 "[[source]]\nname = \"{src}\"\nkind = \"volume\"\npath = \"{}\"\n",
