@@ -143,6 +143,9 @@ pub enum Command {
     /// dependency order, from one location, and write the report.
     #[command(subcommand)]
     Drill(DrillCmd),
+    /// The controller's catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
     /// The controller's health: agents, jobs, protection, problems, and who
     /// you are to it.
     Status,
@@ -229,6 +232,18 @@ pub enum RestoreTestCmd {
         /// At most this many.
         #[arg(long)]
         limit: Option<u32>,
+    },
+}
+
+/// `trireme catalog …`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Read every snapshot at one location into the catalog: for a new
+    /// controller (same master key) after the old one's state was lost.
+    Rebuild {
+        /// The location to read (see `trireme locations ls`).
+        #[arg(long = "from", value_name = "LOCATION")]
+        from: String,
     },
 }
 

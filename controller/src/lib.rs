@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod jobs;
 pub mod policy;
+pub mod rebuild;
 pub mod recovery;
 pub mod replication;
 pub mod scheduler;

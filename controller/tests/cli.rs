@@ -553,6 +553,12 @@ impl OperatorService for Fake {
     async fn get_drill(&self, _: Request<GetDrillRequest>) -> Result<Response<DrillInfo>, Status> {
         Err(Status::unimplemented("not in the fake"))
     }
+    async fn rebuild_catalog(
+        &self,
+        _: Request<RebuildCatalogRequest>,
+    ) -> Result<Response<RebuildCatalogReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
     async fn verify(&self, r: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         self.operate(&r)?;
         let req = r.into_inner();

@@ -270,6 +270,8 @@ impl Runner {
         }
         opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
+        // Names the agent in the repository itself, for a catalog rebuild.
+        opts.tags.push(format!("agent:{}", self.config.name));
         let mut parent = None;
         if !a.full && !a.parent_snapshot_id.is_empty() {
             match Id::from_hex(&a.parent_snapshot_id) {

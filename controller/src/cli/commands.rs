@@ -270,6 +270,34 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
         Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
+        Command::Catalog(super::CatalogCmd::Rebuild { from }) => {
+            let r = c
+                .operator
+                .rebuild_catalog(trireme_proto::v1::RebuildCatalogRequest {
+                    location: from.clone(),
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(
+                format,
+                serde_json::json!({
+                    "found": r.found, "added": r.added, "known": r.known,
+                    "sources_added": r.sources_added, "skipped": r.skipped,
+                }),
+                || {
+                    let mut t = format!(
+                        "rebuilt from {from}: {} snapshots found, {} added, {} already known, {} sources added",
+                        r.found, r.added, r.known, r.sources_added
+                    );
+                    for s in &r.skipped {
+                        t.push_str(&format!("\nskipped: {s}"));
+                    }
+                    t.push_str("\npolicies are not stored at the locations: apply them again (`trireme policy apply`)");
+                    t
+                },
+            )
+        }
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }

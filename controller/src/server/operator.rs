@@ -23,6 +23,8 @@ use trireme_proto::v1::{
     WatchJobRequest,
 };
 
+use trireme_proto::v1::{RebuildCatalogReply, RebuildCatalogRequest};
+
 use super::agents::{blocking, dispatch_soon, send_cancel};
 use super::Shared;
 use crate::catalog::{CopyState, SnapshotRecord, SourceId};
@@ -707,6 +709,46 @@ impl OperatorService for OperatorApi {
             })
             .collect();
         Ok(Response::new(ListLocationsReply { locations }))
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        request: Request<RebuildCatalogRequest>,
+    ) -> Result<Response<RebuildCatalogReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let name = request.into_inner().location;
+        let loc = self
+            .shared
+            .locations
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| {
+                Status::not_found(format!("no location {name:?}; see `trireme locations ls`"))
+            })?;
+        let backend = loc.location.open().await.map_err(Error::from)?;
+        let keys: trireme_common::DynKeyProvider = self.shared.master_key.clone();
+        let repo = trireme_common::Repository::open(backend, keys)
+            .await
+            .map_err(Error::from)?;
+        let r =
+            crate::rebuild::rebuild(&self.shared.catalog, &repo, &name, self.shared.now()).await?;
+        audit(
+            &id,
+            "catalog rebuild",
+            &format!(
+                "from {name}: {} snapshots found, {} added, {} known, {} sources added",
+                r.found, r.added, r.known, r.sources_added
+            ),
+        );
+        // Let the replication pass find and verify the other copies.
+        self.shared.replicate_now.notify_one();
+        Ok(Response::new(RebuildCatalogReply {
+            found: r.found as u32,
+            added: r.added as u32,
+            known: r.known as u32,
+            sources_added: r.sources_added as u32,
+            skipped: r.skipped,
+        }))
     }
 
     async fn run_restore_test(
