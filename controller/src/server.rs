@@ -247,6 +247,9 @@ pub async fn run(
         volumes: std::sync::Mutex::default(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
