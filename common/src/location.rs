@@ -393,6 +393,14 @@ fn parse_credentials(text: &str) -> std::result::Result<S3Credentials, String> {
     }
 }
 
+/// Fuzzing entry point: [`parse_credentials`] on untrusted text (the
+/// credentials file named by `credentials_file=`), without touching the
+/// file system. Not part of the API.
+#[doc(hidden)]
+pub fn fuzz_parse_credentials(text: &str) -> std::result::Result<S3Credentials, String> {
+    parse_credentials(text)
+}
+
 fn unquote(value: &str) -> &str {
     for q in ['"', '\''] {
         if let Some(inner) = value.strip_prefix(q).and_then(|v| v.strip_suffix(q)) {

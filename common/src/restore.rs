@@ -507,6 +507,24 @@ impl TreeOrder {
     }
 }
 
+/// Fuzzing entry point: the checks a restore applies to each tree entry
+/// before it touches the file system (walk order, enclosing directories,
+/// safe paths), returning the paths it would write under `target`. Not part
+/// of the API.
+///
+/// # Errors
+/// The first entry a restore would refuse.
+#[doc(hidden)]
+pub fn fuzz_admit_tree(target: &Path, entries: &[TreeEntry]) -> Result<Vec<PathBuf>> {
+    let mut order = TreeOrder::default();
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        order.admit(entry, "fuzz")?;
+        out.push(safe_join(target, &entry.path, "fuzz")?);
+    }
+    Ok(out)
+}
+
 /// A file being restored.
 struct PendingFile {
     path: PathBuf,

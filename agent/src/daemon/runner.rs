@@ -194,12 +194,7 @@ impl Runner {
                     anyhow!(
                         "this agent has no source {:?} in its configuration (it has: {})",
                         a.source_name,
-                        self.config
-                            .sources
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        self.config.source_names()
                     )
                 })?;
                 self.backup_inner(a, source, progress).await
@@ -311,12 +306,7 @@ impl Runner {
                     anyhow!(
                         "restore target {:?}: this agent has no source {name:?} (it has: {})",
                         a.restore_target,
-                        self.config
-                            .sources
-                            .iter()
-                            .map(|s| s.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        self.config.source_names()
                     )
                 })?;
                 (RestoreTarget::Source(s), s.timeout)

@@ -773,9 +773,19 @@ pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result
         if r.ok {
             Id::from_hex(&r.snapshot_id).ok_or("no valid snapshot id")?;
         }
-        let summary = r.summary.as_ref().map(summary_from_wire).unwrap_or_default();
-        let _ = (summary.bytes, DateTime::from_timestamp_nanos(r.snapshot_time_ns));
-        let _ = r.summary.as_ref().map(|s| (s.duration_secs * 1000.0) as u64);
+        let summary = r
+            .summary
+            .as_ref()
+            .map(summary_from_wire)
+            .unwrap_or_default();
+        let _ = (
+            summary.bytes,
+            DateTime::from_timestamp_nanos(r.snapshot_time_ns),
+        );
+        let _ = r
+            .summary
+            .as_ref()
+            .map(|s| (s.duration_secs * 1000.0) as u64);
         let _: std::collections::BTreeMap<String, String> =
             r.datastore_position.clone().into_iter().collect();
         Ok(())
@@ -785,8 +795,7 @@ pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result
             check_claimed_name(agent, &h.agent_name).map_err(|s| s.message().to_string())?;
             crate::catalog::validate_name("agent name", agent).map_err(|e| e.to_string())?;
             for s in &h.sources {
-                crate::catalog::SourceId::new(agent, s.name.clone())
-                    .map_err(|e| e.to_string())?;
+                crate::catalog::SourceId::new(agent, s.name.clone()).map_err(|e| e.to_string())?;
             }
             for r in &h.pending_results {
                 let _ = result(r);
