@@ -376,6 +376,10 @@ pub fn pack_header(
     Ok(entries)
 }
 
+/// Largest chunk any repository can hold: FastCDC's largest `max`
+/// (16 MiB). Blob entries claiming more are refused as corrupt.
+pub const MAX_CHUNK_LEN: usize = fastcdc::v2020::MAXIMUM_MAX;
+
 /// Open one sealed blob and return the chunk's plaintext, checking it hashes
 /// to its id.
 ///
@@ -389,6 +393,14 @@ pub fn open_blob(
     hasher: &crate::crypto::ChunkHasher,
 ) -> Result<Vec<u8>> {
     let bad = |why: &str| Error::corrupt(pack_name, format!("chunk {}: {why}", entry.id.short()));
+    // No chunker makes a chunk larger than FastCDC's largest maximum: refuse
+    // a larger `raw_len` before decompressing into a buffer of that size.
+    if entry.raw_len as usize > MAX_CHUNK_LEN {
+        return Err(bad(&format!(
+            "length {} is over the {MAX_CHUNK_LEN}-byte chunk limit",
+            entry.raw_len
+        )));
+    }
     let plain = key
         .open(&BlobEntry::aad(&entry.id, entry.zstd), sealed)
         .map_err(|_| bad("failed authentication"))?;

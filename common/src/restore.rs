@@ -475,6 +475,18 @@ impl TreeOrder {
                 ),
             )
         };
+        // Only canonical paths: with `a/./b` or `a//b` beside `a/b`, two
+        // entries would name one file while comparing as different paths,
+        // so a symlink planted at `a/./b` could pass for the directory `a/b`
+        // and files "inside" it would be written through the link.
+        if !entry.path.is_empty()
+            && entry
+                .path
+                .split(|c| *c == b'/')
+                .any(|s| s.is_empty() || s == b"." || s == b"..")
+        {
+            return Err(bad("is not a canonical relative path"));
+        }
         if let Some(last) = &self.last {
             if crate::manifest::path_cmp(last, &entry.path) != std::cmp::Ordering::Less {
                 return Err(bad("is out of order or repeated"));
@@ -644,6 +656,28 @@ mod tests {
         assert!(admit_all(&[("", Dir), ("a", Symlink), ("a", Dir)]).is_err());
         // A parent that never appeared.
         assert!(admit_all(&[("", Dir), ("x/y", File)]).is_err());
+    }
+
+    /// Found while fuzzing `tree_order`: `a/./b` and `a/b` compared as two
+    /// paths but named one file, so a symlink at `a/./b` passed for the
+    /// directory `a/b` and `a/b/x` was written through it.
+    #[test]
+    fn tree_order_refuses_non_canonical_paths() {
+        use EntryKind::*;
+        let err = admit_all(&[
+            ("", Dir),
+            ("a", Dir),
+            ("a/.", Dir),
+            ("a/./b", Symlink),
+            ("a/b", Dir),
+            ("a/b/x", File),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("canonical"), "{err}");
+        for bad in ["a/", "/a", "a//b", "./a", "a/..", "a/../b"] {
+            let err = admit_all(&[("", Dir), ("a", Dir), (bad, File)]).unwrap_err();
+            assert!(err.to_string().contains("canonical"), "{bad}: {err}");
+        }
     }
 
     #[test]
