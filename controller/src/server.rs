@@ -62,6 +62,10 @@ pub struct Shared {
     pub replicator: Arc<Replicator>,
     /// Wakes the replication loop (a snapshot was recorded).
     pub replicate_now: tokio::sync::Notify,
+    /// TOTP second factor for sensitive operator actions.
+    pub mfa: crate::mfa::Mfa,
+    /// Where the audit log is mirrored: every location, by name.
+    pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
 }
 
 impl Shared {
@@ -73,6 +77,24 @@ impl Shared {
     /// Tell watchers that `job` changed.
     pub fn job_changed(&self, job: JobId) {
         let _ = self.job_events.send(job);
+    }
+
+    /// Record `event` in the audit log (and on the `trireme::audit` log
+    /// target). A failure to record is logged, not returned: the action has
+    /// happened or been refused already.
+    pub fn audit(&self, event: crate::audit::Event) {
+        let e = &event;
+        match e.outcome {
+            crate::audit::Outcome::Ok => {
+                tracing::info!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, "allowed");
+            }
+            _ => {
+                tracing::warn!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, outcome = e.outcome.as_str(), reason = %e.reason, "not allowed or not well");
+            }
+        }
+        if let Err(err) = self.catalog.audit().append(event, self.now()) {
+            tracing::error!(error = %err, "cannot append to the audit log");
+        }
     }
 }
 
@@ -161,6 +183,12 @@ pub async fn run(
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
     let backends = prepare_locations(&config.locations, master_key.clone()).await?;
+    let mirrors: Vec<(String, trireme_common::DynBackend)> = config
+        .locations
+        .iter()
+        .zip(&backends)
+        .map(|(l, b)| (l.name.clone(), b.clone()))
+        .collect();
     let sites = config
         .locations
         .iter()
@@ -186,7 +214,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         catalog: catalog.clone(),
         scheduler: Scheduler::new(catalog.clone(), clock),
-        master_key,
+        master_key: master_key.clone(),
         locations: config.locations.clone(),
         agents: agents::Registry::default(),
         job_events,
@@ -195,6 +223,12 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
+        mfa: crate::mfa::Mfa::new(
+            catalog.clone(),
+            crate::mfa::provider(master_key.clone()),
+            config.mfa,
+        ),
+        audit_mirrors: mirrors.clone(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
 
@@ -269,6 +303,25 @@ pub async fn run(
                 if woken {
                     // Let a burst of results settle into one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    {
+        // Mirror new audit entries to every location, as often as replication runs.
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        let every = s.replicator.settings().every;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                for (name, backend) in &mirrors {
+                    if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
+                        tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => return,
+                    () = tokio::time::sleep(every) => {}
                 }
             }
         }));

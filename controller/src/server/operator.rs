@@ -11,21 +11,25 @@ use trireme_common::wire::summary_to_wire;
 use trireme_common::{Id, Identity, Role};
 use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
-    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, GetJobRequest,
-    GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress, JobState as WireJobState,
-    ListAgentsReply, ListAgentsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply,
-    ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest, ListSnapshotsReply,
-    ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo, PolicyInfo,
+    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, AuditEntry as WireAuditEntry,
+    AuditMirrorCheck, CancelJobRequest, GetJobRequest, GetSnapshotRequest, JobInfo,
+    JobKind as WireJobKind, JobProgress, JobState as WireJobState, ListAgentsReply,
+    ListAgentsRequest, ListAuditReply, ListAuditRequest, ListJobsReply, ListJobsRequest,
+    ListLocationsReply, ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest,
+    ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo,
+    MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply, MfaEnrollRequest, PolicyInfo,
     RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
-    SourceProtection, SourceRef, StatusReply, StatusRequest, VerifyReply, VerifyRequest,
-    WatchJobRequest,
+    SourceProtection, SourceRef, StatusReply, StatusRequest, VerifyAuditReply, VerifyAuditRequest,
+    VerifyReply, VerifyRequest, WatchJobRequest,
 };
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
 use super::Shared;
+use crate::audit::{AuditEntry, Event};
 use crate::catalog::{CopyState, SnapshotRecord, SourceId};
 use crate::error::Error;
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Trigger};
+use crate::mfa::{MfaError, Passed, TOTP_HEADER};
 use crate::policy::{self, BackupMode, Policy};
 
 const READ: &[Role] = &[Role::Operator, Role::Viewer];
@@ -89,6 +93,77 @@ impl OperatorApi {
             .filter(|s| s.id.to_hex().starts_with(&t))
             .collect();
         one_of("snapshot", text, &mut found)
+    }
+
+    /// Check the caller's role; a refusal is audited.
+    fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        roles: &[Role],
+        action: &str,
+    ) -> Result<Identity, Status> {
+        self.shared
+            .authz
+            .authorize(request, roles)
+            .inspect_err(|status| {
+                let who = request
+                    .peer_certs()
+                    .and_then(|c| c.first().cloned())
+                    .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
+                let event = match &who {
+                    Some(id) => Event::by(id, action, ""),
+                    None => Event::actor("(no certificate)", "", action, ""),
+                };
+                self.shared.audit(
+                    event
+                        .refused(status.message())
+                        .from_peer(request.remote_addr()),
+                );
+            })
+    }
+
+    /// The second factor for a sensitive action: the code in the request's
+    /// metadata. Refusals are audited.
+    async fn second_factor<T>(
+        &self,
+        request: &Request<T>,
+        id: &Identity,
+        action: &str,
+    ) -> Result<Passed, Status> {
+        let code = request
+            .metadata()
+            .get(TOTP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self
+            .shared
+            .mfa
+            .check(&id.name, code.as_deref(), action, self.shared.now())
+            .await
+        {
+            Ok(p) => Ok(p),
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(id, action, "second factor")
+                        .refused(m.clone())
+                        .from_peer(request.remote_addr()),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
+    }
+
+    /// Record an allowed action.
+    fn audit_ok(
+        &self,
+        id: &Identity,
+        peer: Option<std::net::SocketAddr>,
+        action: &str,
+        detail: String,
+    ) {
+        self.shared
+            .audit(Event::by(id, action, detail).from_peer(peer));
     }
 
     fn job_info(&self, job: &Job) -> JobInfo {
@@ -307,8 +382,27 @@ fn limit(n: u32) -> usize {
     }
 }
 
-fn audit(id: &Identity, what: &str, detail: &str) {
-    tracing::info!(target: "trireme::audit", who = %id.name, role = %id.role, serial = %id.serial, action = what, %detail, "operator action");
+fn mfa_note(p: Passed) -> &'static str {
+    match p {
+        Passed::Code => " (with a TOTP code)",
+        Passed::NotEnrolled => " (no second factor: not enrolled)",
+    }
+}
+
+fn audit_entry(e: AuditEntry) -> WireAuditEntry {
+    WireAuditEntry {
+        seq: e.seq,
+        time: e.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        actor: e.actor,
+        role: e.role,
+        action: e.action,
+        target: e.target,
+        outcome: e.outcome.as_str().to_string(),
+        reason: e.reason,
+        peer: e.peer,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<JobInfo, Status>> + Send>>;
@@ -319,7 +413,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "agents ls")?;
         let mut agents = Vec::new();
         for (name, a) in self.shared.catalog.agents().entries()? {
             let name: String = name;
@@ -352,7 +446,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListSourcesRequest>,
     ) -> Result<Response<ListSourcesReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "sources ls")?;
         let r = request.into_inner();
         let all = if r.agent.is_empty() {
             self.shared.catalog.sources().entries()?
@@ -385,14 +479,30 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ApplyPolicyRequest>,
     ) -> Result<Response<ApplyPolicyReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "policy apply")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "policy apply").await?;
         let r = request.into_inner();
         let policies = policy::parse_policies("policy", &r.toml)?;
         let now = self.shared.now();
         let origin = format!("applied by {}", id.name);
         let report =
             blocking(|| policy::apply_policies(&self.shared.catalog, &policies, &origin, now))?;
-        audit(&id, "policy apply", &format!("{} policies", policies.len()));
+        self.audit_ok(
+            &id,
+            peer,
+            "policy apply",
+            format!(
+                "{} policies: {}{}",
+                policies.len(),
+                policies
+                    .iter()
+                    .map(|p| p.source.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mfa_note(passed)
+            ),
+        );
         self.shared.scheduler.wake();
         let applied = report
             .created
@@ -413,7 +523,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "policy ls")?;
         let now = self.shared.now();
         let mut policies = Vec::new();
         for (source, rec) in self.shared.catalog.policies().entries()? {
@@ -442,7 +552,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<RunBackupRequest>,
     ) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "backup run")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let source = parse_source(r.source.as_ref())?;
         let mode = if r.full {
@@ -453,10 +564,11 @@ impl OperatorService for OperatorApi {
         let now = self.shared.now();
         let job =
             blocking(|| jobs::enqueue_manual(&self.shared.catalog, &source, mode, &id.name, now))?;
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "backup run",
-            &format!("{source} {mode} job {}", job.id),
+            format!("{source} {mode} job {}", job.id),
         );
         self.shared.job_changed(job.id);
         dispatch_soon(&self.shared, job.agent().to_string());
@@ -467,7 +579,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs ls")?;
         let r = request.into_inner();
         let mut jobs: Vec<Job> = self
             .shared
@@ -488,7 +600,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs show")?;
         let job = self.find_job(&request.get_ref().id)?;
         Ok(Response::new(self.job_info(&job)))
     }
@@ -497,7 +609,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "job cancel")?;
+        let peer = request.remote_addr();
         let job = self.find_job(&request.get_ref().id)?;
         let reason = format!("cancelled by {}", id.name);
         let now = self.shared.now();
@@ -511,7 +624,7 @@ impl OperatorService for OperatorApi {
                 now,
             )
         })?;
-        audit(&id, "job cancel", &job.id.to_string());
+        self.audit_ok(&id, peer, "job cancel", job.id.to_string());
         send_cancel(&self.shared, job.agent(), &job.id, &reason);
         self.shared.job_changed(job.id);
         self.shared.scheduler.wake();
@@ -524,7 +637,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs watch")?;
         let job = self.find_job(&request.get_ref().id)?;
         let shared = self.shared.clone();
         let mut events = shared.job_events.subscribe();
@@ -583,7 +696,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "snapshots ls")?;
         let r = request.into_inner();
         let mut snaps = match r
             .source
@@ -617,13 +730,16 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetSnapshotRequest>,
     ) -> Result<Response<SnapshotInfo>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "snapshots show")?;
         let s = self.find_snapshot(&request.get_ref().id)?;
         Ok(Response::new(snapshot_info(&s)))
     }
 
     async fn restore(&self, request: Request<RestoreRequest>) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "restore")?;
+        let peer = request.remote_addr();
+        // Every restore counts as sensitive: it writes onto a machine.
+        let passed = self.second_factor(&request, &id, "restore").await?;
         let r = request.into_inner();
         let snap = self.find_snapshot(&r.snapshot_id)?;
         let to_agent = if r.to_agent.is_empty() {
@@ -654,15 +770,17 @@ impl OperatorService for OperatorApi {
                 .catalog
                 .transaction_durable(|tx| jobs::create_in(tx, &job))
         })?;
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "restore",
-            &format!(
-                "snapshot {} of {} to {to_agent}:{} job {}",
+            format!(
+                "snapshot {} of {} to {to_agent}:{} job {}{}",
                 snap.id.short(),
                 snap.source,
                 r.target,
-                job.id
+                job.id,
+                mfa_note(passed)
             ),
         );
         self.shared.job_changed(job.id);
@@ -674,7 +792,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListLocationsRequest>,
     ) -> Result<Response<ListLocationsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "locations ls")?;
         let states = self.shared.replicator.states();
         let locations = self
             .shared
@@ -710,7 +828,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "verify")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let only = (!r.location.is_empty()).then_some(r.location.as_str());
         if let Some(l) = only {
@@ -725,10 +844,11 @@ impl OperatorService for OperatorApi {
         } else {
             Some(self.find_snapshot(&r.snapshot_id)?)
         };
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "verify",
-            &format!(
+            format!(
                 "deep={} location={} snapshot={}",
                 r.deep, r.location, r.snapshot_id
             ),
@@ -767,7 +887,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "status")?;
         let now = self.shared.now();
         let agents = self.shared.catalog.agents().entries()?;
         let mut reply = StatusReply {
@@ -840,5 +960,141 @@ impl OperatorService for OperatorApi {
             }
         }
         Ok(Response::new(reply))
+    }
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.authorize(&request, READ, "audit ls")?;
+        let r = request.into_inner();
+        let since = (r.since_unix != 0)
+            .then(|| DateTime::<Utc>::from_timestamp(r.since_unix, 0))
+            .flatten();
+        let actor = (!r.actor.is_empty()).then_some(r.actor.as_str());
+        let entries = blocking(|| {
+            self.shared
+                .catalog
+                .audit()
+                .list(since, actor, limit(r.limit))
+        })?;
+        Ok(Response::new(ListAuditReply {
+            entries: entries.into_iter().map(audit_entry).collect(),
+        }))
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditReply>, Status> {
+        let id = self.authorize(&request, READ, "audit verify")?;
+        let peer = request.remote_addr();
+        let report = blocking(|| self.shared.catalog.audit().verify());
+        let mut mirrors = Vec::new();
+        for (name, backend) in &self.shared.audit_mirrors {
+            let mut check = AuditMirrorCheck {
+                location: name.clone(),
+                ..Default::default()
+            };
+            match crate::audit::compare_mirror(self.shared.catalog.audit(), backend).await {
+                Ok((n, problems)) => {
+                    check.entries_compared = n;
+                    check.problems = problems;
+                }
+                Err(e) => check.error = e.to_string(),
+            }
+            mirrors.push(check);
+        }
+        let broken = report.broken.clone();
+        let mirror_problems: usize = mirrors.iter().map(|m| m.problems.len()).sum();
+        let mut event =
+            Event::by(&id, "audit verify", format!("{} entries", report.checked)).from_peer(peer);
+        if let Some(b) = &broken {
+            event = event.problem(b.problem.clone());
+        } else if mirror_problems > 0 {
+            event = event.problem(format!("{mirror_problems} disagreements with the mirrors"));
+        }
+        self.shared.audit(event);
+        let (head_seq, head_hash) = report.head.unwrap_or_default();
+        Ok(Response::new(VerifyAuditReply {
+            entries_checked: report.checked,
+            first_broken_seq: broken.as_ref().map_or(0, |b| b.seq),
+            problem: broken.map(|b| b.problem).unwrap_or_default(),
+            head_seq,
+            head_hash,
+            mirrors,
+        }))
+    }
+
+    async fn mfa_enroll(
+        &self,
+        request: Request<MfaEnrollRequest>,
+    ) -> Result<Response<MfaEnrollReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "mfa enroll")?;
+        let peer = request.remote_addr();
+        let code = request
+            .metadata()
+            .get(TOTP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self
+            .shared
+            .mfa
+            .enroll(&id.name, code.as_deref(), self.shared.now())
+            .await
+        {
+            Ok(e) => {
+                self.audit_ok(
+                    &id,
+                    peer,
+                    "mfa enroll",
+                    "new TOTP secret (unconfirmed)".into(),
+                );
+                Ok(Response::new(MfaEnrollReply {
+                    account: id.name.clone(),
+                    secret_base32: e.secret_base32,
+                    otpauth_uri: e.uri,
+                }))
+            }
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(&id, "mfa enroll", "")
+                        .refused(m.clone())
+                        .from_peer(peer),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
+    }
+
+    async fn mfa_confirm(
+        &self,
+        request: Request<MfaConfirmRequest>,
+    ) -> Result<Response<MfaConfirmReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "mfa confirm")?;
+        let peer = request.remote_addr();
+        let code = request.into_inner().code;
+        match self
+            .shared
+            .mfa
+            .confirm(&id.name, &code, self.shared.now())
+            .await
+        {
+            Ok(()) => {
+                self.audit_ok(&id, peer, "mfa confirm", "TOTP enrollment confirmed".into());
+                Ok(Response::new(MfaConfirmReply {
+                    account: id.name.clone(),
+                }))
+            }
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(&id, "mfa confirm", "")
+                        .refused(m.clone())
+                        .from_peer(peer),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
     }
 }
