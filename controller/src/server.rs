@@ -79,19 +79,25 @@ impl Shared {
         let _ = self.job_events.send(job);
     }
 
-    /// Record `event` in the audit log (and on the `trireme::audit` log
-    /// target). A failure to record is logged, not returned: the action has
+    /// Record `event` in the audit log and on the `trireme::audit` log
+    /// target. A failure to record is logged, not returned: the action has
     /// happened or been refused already.
     pub fn audit(&self, event: crate::audit::Event) {
         let e = &event;
         match e.outcome {
             crate::audit::Outcome::Ok => {
-                tracing::info!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, "allowed");
+                tracing::info!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, "audited action");
             }
             _ => {
-                tracing::warn!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, outcome = e.outcome.as_str(), reason = %e.reason, "not allowed or not well");
+                tracing::warn!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, outcome = e.outcome.as_str(), reason = %e.reason, "audited refusal or problem");
             }
         }
+        self.record(event);
+    }
+
+    /// Append `event` to the audit log without a log line (for callers
+    /// that log their own).
+    pub fn record(&self, event: crate::audit::Event) {
         if let Err(err) = self.catalog.audit().append(event, self.now()) {
             tracing::error!(error = %err, "cannot append to the audit log");
         }
@@ -313,14 +319,19 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         let every = s.replicator.settings().every;
         tasks.push(tokio::spawn(async move {
+            let mut stopping = false;
             loop {
                 for (name, backend) in &mirrors {
                     if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
                         tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
                     }
                 }
+                if stopping {
+                    return;
+                }
+                // One more round after the stop signal: the last entries too.
                 tokio::select! {
-                    _ = stop.wait_for(|v| *v) => return,
+                    _ = stop.wait_for(|v| *v) => stopping = true,
                     () = tokio::time::sleep(every) => {}
                 }
             }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::fleet::{bin, wait_for, Fleet};
+use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
 use trireme_common::tls::{ca, Role};
 use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
 use trireme_controller::Catalog;
@@ -445,4 +445,80 @@ fn the_restored_key_opens_the_repository() {
     f.start_controller();
     let out = f.cli(&["status"]);
     assert!(out.contains("version"), "{out}");
+}
+
+#[test]
+fn a_restore_needs_a_code_and_key_grants_are_audited() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 3, 50_000, 7);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snaps = f.cli_json(&["snapshots", "ls", "web-1/files"]);
+    let snap = snaps[0]["id"].as_str().unwrap().to_string();
+
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+
+    let target = f.dir.join("restored");
+    let to = format!("web-1:{}", target.display());
+    let out = f.cli_as("op", &["restore", &snap[..12], "--to", &to]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("restore is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    assert!(!target.exists());
+    let out = f.cli(&[
+        "restore",
+        &snap[..12],
+        "--to",
+        &to,
+        "--wait",
+        "--totp",
+        &code(0),
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(tree(&data) == tree(&target), "restored tree differs");
+
+    let entries = audit_entries(&f, "op", &[]);
+    let has = |action: &str, actor: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome)
+    };
+    assert!(has("backup run", "op", "ok"), "{entries:#?}");
+    assert!(has("restore", "op", "refused"), "{entries:#?}");
+    assert!(has("restore", "op", "ok"), "{entries:#?}");
+    assert!(has("data key generated", "web-1", "ok"), "{entries:#?}");
+    assert!(has("data keys unwrapped", "web-1", "ok"), "{entries:#?}");
+    let restore = entries
+        .iter()
+        .find(|e| e["action"] == "restore" && e["outcome"] == "ok")
+        .unwrap();
+    assert!(
+        restore["target"]
+            .as_str()
+            .unwrap()
+            .contains("with a TOTP code"),
+        "{restore}"
+    );
+    let grant = entries
+        .iter()
+        .find(|e| e["action"] == "data keys unwrapped")
+        .unwrap();
+    assert_eq!(grant["role"], "agent");
+    assert!(
+        grant["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{grant}"
+    );
+    let out = f.cli(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
 }

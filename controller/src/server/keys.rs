@@ -62,7 +62,8 @@ impl KeyApi {
         rpc: &str,
     ) -> Result<Job, Status> {
         let refuse = |why: String| {
-            self.shared.audit(
+            tracing::warn!(target: "trireme::audit", agent = %agent.name, job = %job_id, rpc, reason = %why, "key request refused");
+            self.shared.record(
                 Event::by(agent, "key request", format!("job {job_id} ({rpc})"))
                     .refused(why.clone())
                     .from_peer(peer),
@@ -118,7 +119,8 @@ impl KeyService for KeyApi {
             .generate()
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        self.shared.audit(
+        tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, "data key generated");
+        self.shared.record(
             Event::by(
                 &id,
                 "data key generated",
@@ -159,7 +161,8 @@ impl KeyService for KeyApi {
                 })?;
             keys.push(k.as_bytes().to_vec());
         }
-        self.shared.audit(
+        tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, keys = keys.len(), "data keys unwrapped");
+        self.shared.record(
             Event::by(
                 &id,
                 "data keys unwrapped",
