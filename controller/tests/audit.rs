@@ -204,6 +204,25 @@ fn sensitive_actions_need_a_fresh_totp_code() {
             && !t.contains("(0 entries compared)"))
         .then_some(())
     });
+    // A lost authenticator: the enrollment is reset offline, audited, and
+    // the operator must enroll again (required = true).
+    f.kill_controller();
+    let out = Command::new(bin("trireme-controller"))
+        .args(["mfa", "reset", "--name", "op", "--config"])
+        .arg(f.dir.join("controller.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    f.start_controller();
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p2, "--totp", &code(1)]);
+    assert!(text(&out).contains("requires MFA"), "{}", text(&out));
+    let entries = audit_entries(&f, "op", &[]);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "mfa reset" && e["target"] == "op" && e["peer"] == "local"),
+        "{entries:#?}"
+    );
     for i in 1..=3 {
         let dir = f.location(i).join("audit");
         assert!(

@@ -54,6 +54,24 @@ enum Command {
     /// first: the catalog allows one user at a time).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Operators' TOTP enrollments, in the catalog directly (stop the
+    /// controller first).
+    #[command(subcommand)]
+    Mfa(MfaCmd),
+}
+
+#[derive(Subcommand)]
+enum MfaCmd {
+    /// Remove an operator's enrollment (a lost authenticator): they enroll
+    /// again with `trireme mfa enroll`. Recorded in the audit log.
+    Reset {
+        /// The operator's certificate name.
+        #[arg(long)]
+        name: String,
+        /// The controller configuration (its data_dir).
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +178,7 @@ fn main() -> ExitCode {
             passphrase,
         }) => key_import(&input, &key_file, &passphrase),
         Command::Audit(AuditCmd::Verify { data_dir, config }) => audit_verify(data_dir, config),
+        Command::Mfa(MfaCmd::Reset { name, config }) => mfa_reset(&name, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,4 +369,19 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+fn mfa_reset(name: &str, config: &Path) -> anyhow::Result<()> {
+    let config = ControllerConfig::load(config)?;
+    let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+    if !catalog.mfa().remove(&name.to_string())? {
+        bail!("{name} has no MFA enrollment");
+    }
+    catalog.audit().append(
+        Event::actor(local_user(), "local", "mfa reset", name).from_place("local"),
+        chrono::Utc::now(),
+    )?;
+    catalog.flush()?;
+    println!("removed the MFA enrollment of {name}; they enroll again with `trireme mfa enroll`");
+    Ok(())
 }

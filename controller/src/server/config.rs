@@ -399,5 +399,6 @@ mod example_tests {
         let c = ControllerConfig::load(p).unwrap();
         assert_eq!(c.locations.len(), 3);
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert!(c.mfa.required);
     }
 }
