@@ -329,6 +329,20 @@ impl AuditLog {
     /// # Errors
     /// Catalog errors, including an undecodable last entry.
     pub fn append(&self, event: Event, now: DateTime<Utc>) -> Result<AuditEntry> {
+        let entry = self.append_lazy(event, now)?;
+        self.db
+            .flush()
+            .map_err(|e| Error::catalog("flush the audit log", e))?;
+        Ok(entry)
+    }
+
+    /// Append `event` without waiting for the disk: durable within sled's
+    /// flush interval (0.5 s). For bursts of findings (one per damaged
+    /// copy) where a flush each would stall the caller.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`].
+    pub fn append_lazy(&self, event: Event, now: DateTime<Utc>) -> Result<AuditEntry> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let (seq, prev_hash) = match self.entries.last()? {
             Some((seq, last)) => (seq + 1, last.hash),
@@ -349,9 +363,6 @@ impl AuditLog {
         };
         entry.hash = entry.compute_hash();
         self.entries.insert(&seq, &entry)?;
-        self.db
-            .flush()
-            .map_err(|e| Error::catalog("flush the audit log", e))?;
         Ok(entry)
     }
 

@@ -170,7 +170,7 @@ impl Replicator {
         tracing::warn!(target: "trireme::audit", incident = %text, "copy damaged");
         let event = crate::audit::Event::controller("copy damaged", text.clone())
             .problem("a copy at a location is missing or corrupt");
-        if let Err(e) = self.catalog.audit().append(event, now) {
+        if let Err(e) = self.catalog.audit().append_lazy(event, now) {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
         st.incidents

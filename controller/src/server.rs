@@ -98,7 +98,9 @@ impl Shared {
     /// Append `event` to the audit log without a log line (for callers
     /// that log their own).
     pub fn record(&self, event: crate::audit::Event) {
-        if let Err(err) = self.catalog.audit().append(event, self.now()) {
+        // The append flushes to disk: keep it off the async workers' hot path.
+        let now = self.now();
+        if let Err(err) = agents::blocking(|| self.catalog.audit().append(event, now)) {
             tracing::error!(error = %err, "cannot append to the audit log");
         }
     }

@@ -507,7 +507,24 @@ fn a_restore_needs_a_code_and_key_grants_are_audited() {
     assert!(out.contains("succeeded"), "{out}");
     assert!(tree(&data) == tree(&target), "restored tree differs");
 
+    // A copy lost at a location: found and repaired by `verify`, and the
+    // controller's findings are in the chain.
+    let v = f.cli_json(&["verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let lost = f.location(2).join("snapshots").join(&snap);
+    std::fs::remove_file(&lost).unwrap();
+    let v = f.cli_json(&["verify"]);
+    assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
+    assert!(lost.exists(), "repaired");
+
     let entries = audit_entries(&f, "op", &[]);
+    assert!(
+        entries.iter().any(|e| e["action"] == "copy damaged"
+            && e["actor"] == "controller"
+            && e["outcome"] == "problem"
+            && e["target"].as_str().unwrap().contains(&snap)),
+        "{entries:#?}"
+    );
     let has = |action: &str, actor: &str, outcome: &str| {
         entries
             .iter()
