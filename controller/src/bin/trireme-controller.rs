@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use trireme_common::LocalKeyFile;
 use trireme_controller::audit::{self, Event};
-use trireme_controller::recovery;
+use trireme_controller::recovery_key as recovery;
 use trireme_controller::server::{self, ControllerConfig};
 use trireme_controller::Catalog;
 
