@@ -111,7 +111,7 @@ fn sources(config: &AgentConfig) -> Vec<SourceInfo> {
         .iter()
         .map(|s| SourceInfo {
             name: s.name.clone(),
-            kind: s.kind.clone(),
+            kind: s.kind().to_string(),
             details: s.details().into_iter().collect(),
         })
         .collect()

@@ -14,7 +14,16 @@ use trireme_common::{
     Location, Progress, Repository, RestoreOptions, Snapshot,
 };
 
-use crate::RepoArgs;
+/// Where the repository is and which master key opens it.
+#[derive(clap::Args, Clone)]
+pub struct RepoArgs {
+    /// Location URL: `file:///path` or `s3://bucket/prefix?endpoint=…&region=…`.
+    #[arg(long, env = "TRIREME_LOCATION")]
+    pub location: String,
+    /// Master key file (create one with `trireme-agent keygen`); mode 0600.
+    #[arg(long, env = "TRIREME_KEY_FILE")]
+    pub key_file: PathBuf,
+}
 
 /// Arguments of `trireme-agent backup`.
 #[derive(Args)]

@@ -5,8 +5,8 @@
 //! with a local key file (local mode), for air-gapped hosts and recovery
 //! without a controller.
 
-mod daemon;
-mod local;
+use trireme_agent::local::RepoArgs;
+use trireme_agent::{daemon, local};
 
 use std::path::PathBuf;
 
@@ -21,17 +21,6 @@ struct Cli {
     log: String,
     #[command(subcommand)]
     command: Command,
-}
-
-/// Where the repository is and which master key opens it.
-#[derive(clap::Args, Clone)]
-pub struct RepoArgs {
-    /// Location URL: `file:///path` or `s3://bucket/prefix?endpoint=…&region=…`.
-    #[arg(long, env = "TRIREME_LOCATION")]
-    location: String,
-    /// Master key file (create one with `trireme-agent keygen`); mode 0600.
-    #[arg(long, env = "TRIREME_KEY_FILE")]
-    key_file: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -126,7 +115,7 @@ fn main() -> std::process::ExitCode {
                 );
                 println!("state_dir     {}", c.state_dir.display());
                 for s in &c.sources {
-                    println!("source        {} ({}) {:?}", s.name, s.kind, s.details());
+                    println!("source        {} ({}) {:?}", s.name, s.kind(), s.details());
                 }
                 Ok(std::process::ExitCode::SUCCESS)
             }

@@ -47,6 +47,23 @@ pub enum BackupInput {
     },
 }
 
+/// Decides which paths of a tree backup to leave out: called with each
+/// entry's path relative to the root (e.g. `topic-0/00000000000000000000.log`);
+/// `true` skips it (and everything below it, for a directory).
+#[derive(Clone)]
+pub struct PathFilter(pub Arc<dyn Fn(&std::path::Path) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for PathFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PathFilter(..)")
+    }
+}
+
+/// Datastore positions known only once the input is read (e.g. counts a
+/// dump tool prints when it exits); merged into the manifest's `position`
+/// just before the manifest is written.
+pub type LatePosition = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
 /// Live counters a caller can watch while a backup runs.
 #[derive(Debug, Default)]
 pub struct Progress {
@@ -75,6 +92,10 @@ pub struct BackupOptions {
     pub tags: Vec<String>,
     /// Datastore position (e.g. a backup TS).
     pub position: BTreeMap<String, String>,
+    /// Positions filled in while the input is read (see [`LatePosition`]).
+    pub late_position: Option<LatePosition>,
+    /// Paths of a tree to leave out.
+    pub exclude: Option<PathFilter>,
     /// zstd level (1–19).
     pub zstd_level: i32,
     /// Target pack size in bytes.
@@ -106,6 +127,8 @@ impl BackupOptions {
             parent: None,
             tags: Vec::new(),
             position: BTreeMap::new(),
+            late_position: None,
+            exclude: None,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             pack_size: 16 * 1024 * 1024,
             workers: cores,
@@ -166,6 +189,7 @@ impl IndexedRepo {
                 chunk_tx,
                 progress: opts.progress.clone(),
                 stop: stop.clone(),
+                exclude: opts.exclude.clone(),
             };
             std::thread::Builder::new()
                 .name("trireme-reader".into())
@@ -226,6 +250,10 @@ impl IndexedRepo {
         if !uploaded.pending.packs.is_empty() {
             uploaded.bytes += self.repo.write_index(&session, &uploaded.pending).await?.1;
         }
+        let mut position = opts.position.clone();
+        if let Some(late) = &opts.late_position {
+            position.extend(late.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        }
         let mut summary = read.summary;
         summary.packs = uploaded.packs;
         summary.uploaded_bytes = uploaded.bytes;
@@ -238,7 +266,7 @@ impl IndexedRepo {
             parent: read.parent,
             content,
             tree: read.tree,
-            position: opts.position.clone(),
+            position,
             tags: opts.tags.clone(),
             summary,
         };

@@ -24,7 +24,7 @@ pub mod tls;
 pub mod wire;
 
 pub use backend::{Backend, DynBackend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
-pub use backup::{BackupInput, BackupOptions, Progress};
+pub use backup::{BackupInput, BackupOptions, LatePosition, PathFilter, Progress};
 pub use check::CheckReport;
 pub use crypto::Id;
 pub use error::{Error, Result};

@@ -486,3 +486,78 @@ mod props {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_paths_are_left_out_and_late_positions_recorded() {
+    let f = Fixture::new(SMALL).await;
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("keep/skipdir/deeper")).unwrap();
+    std::fs::write(src.join("keep/a.log"), b"kept").unwrap();
+    std::fs::write(src.join("keep/b.active"), b"left out").unwrap();
+    std::fs::write(src.join("keep/skipdir/deeper/x"), b"left out").unwrap();
+    let mut o = f.opts("src");
+    o.exclude = Some(trireme_common::PathFilter(Arc::new(|p: &Path| {
+        p.extension().is_some_and(|e| e == "active") || p.ends_with("skipdir")
+    })));
+    let late: trireme_common::LatePosition = Arc::default();
+    o.late_position = Some(late.clone());
+    o.position.insert("early".into(), "1".into());
+    // Filled "while reading": before backup() returns, as a dump tool's exit would.
+    late.lock().unwrap().insert("late".into(), "2".into());
+    let snap = f
+        .indexed()
+        .await
+        .backup(BackupInput::Tree(src.clone()), o)
+        .await
+        .unwrap();
+    assert_eq!(snap.manifest.summary.files, 1);
+    assert_eq!(
+        snap.manifest.position.get("early").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        snap.manifest.position.get("late").map(String::as_str),
+        Some("2")
+    );
+    let out = f.restore(&snap).await.unwrap();
+    assert_eq!(std::fs::read(out.join("keep/a.log")).unwrap(), b"kept");
+    assert!(!out.join("keep/b.active").exists());
+    assert!(!out.join("keep/skipdir").exists());
+}
+
+/// A stream whose producer fails after some output (a dump tool exiting
+/// non-zero) fails the backup and writes no snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_stream_leaves_no_snapshot() {
+    struct Failing(usize);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("pg_dump exited with status 1: boom"));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let f = Fixture::new(SMALL).await;
+    let err = f
+        .indexed()
+        .await
+        .backup(
+            BackupInput::Stream {
+                name: "db.dump".into(),
+                reader: Box::new(Failing(2_000_000)),
+            },
+            f.opts("db"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("pg_dump exited with status 1: boom"),
+        "{err}"
+    );
+    assert_eq!(f.count(ObjectKind::Snapshot).await, 0);
+}

@@ -227,6 +227,9 @@ pub struct SnapshotRecord {
     /// Copy state per location name.
     #[serde(default)]
     pub copies: BTreeMap<String, CopyState>,
+    /// The datastore position the agent recorded (e.g. BR's backup TS).
+    #[serde(default)]
+    pub position: BTreeMap<String, String>,
 }
 
 /// The controller's catalog. Cloning is cheap and shares the database.
@@ -245,6 +248,9 @@ pub struct Catalog {
     locations: Tree<String, crate::replication::LocationState>,
     audit: crate::audit::AuditLog,
     mfa: Tree<String, crate::mfa::MfaRecord>,
+    restore_tests: Tree<JobId, crate::recovery::RestoreTestRecord>,
+    restore_test_slots: Tree<SourceId, DateTime<Utc>>,
+    drills: Tree<String, crate::recovery::DrillRecord>,
 }
 
 impl fmt::Debug for Catalog {
@@ -302,6 +308,9 @@ impl Catalog {
                 db.clone(),
             ),
             mfa: Tree::new(open("mfa")?, "mfa"),
+            restore_tests: Tree::new(open("restore_tests")?, "restore_tests"),
+            restore_test_slots: Tree::new(open("restore_test_slots")?, "restore_test_slots"),
+            drills: Tree::new(open("drills")?, "drills"),
             path: path.clone(),
             db,
         };
@@ -387,6 +396,21 @@ impl Catalog {
     /// MFA enrollments by operator certificate name.
     pub fn mfa(&self) -> &Tree<String, crate::mfa::MfaRecord> {
         &self.mfa
+    }
+
+    /// Restore tests and drill steps by job id (oldest first), pending and finished.
+    pub fn restore_tests(&self) -> &Tree<JobId, crate::recovery::RestoreTestRecord> {
+        &self.restore_tests
+    }
+
+    /// The last restore-test schedule slot handled, per source.
+    pub fn restore_test_slots(&self) -> &Tree<SourceId, DateTime<Utc>> {
+        &self.restore_test_slots
+    }
+
+    /// DR drills and their reports, by id (oldest first).
+    pub fn drills(&self) -> &Tree<String, crate::recovery::DrillRecord> {
+        &self.drills
     }
 
     /// Run `f` as one serializable transaction over every tree: all its

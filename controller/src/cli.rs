@@ -366,9 +366,11 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     /// Snapshot id, or a unique prefix of it.
     pub snapshot: String,
-    /// Where to restore, AGENT:TARGET, e.g. `web-2:/srv/restore` (an empty
-    /// or new directory, or a datastore target). `:TARGET` restores on the
-    /// agent that made the snapshot.
+    /// Where to restore, AGENT:TARGET: `web-2:/srv/restore` (an empty or
+    /// new directory, or a new file for a dump), or
+    /// `web-2:source:redis-staging` (into the datastore of that agent's
+    /// source, which is then checked against the backup). `:TARGET`
+    /// restores on the agent that made the snapshot.
     #[arg(long, value_name = "AGENT:TARGET", value_parser = parse_restore_to)]
     pub to: RestoreTo,
     /// Follow the job until it ends; exit 1 if it fails.

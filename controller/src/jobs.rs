@@ -250,6 +250,28 @@ pub enum JobKind {
         agent: String,
         /// Where, on that agent.
         target: String,
+        /// Why: an operator's restore, a restore test, or a step of a drill.
+        #[serde(default)]
+        purpose: RestorePurpose,
+        /// Read only from this location (drills); none: the usual order.
+        #[serde(default)]
+        only_location: Option<String>,
+    },
+}
+
+/// Why a restore runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "purpose")]
+pub enum RestorePurpose {
+    /// An operator asked for it.
+    #[default]
+    Restore,
+    /// A restore test (scheduled or on demand): restore, check, measure, clean up.
+    Test,
+    /// One source of a DR drill.
+    Drill {
+        /// The drill's id.
+        drill: String,
     },
 }
 
@@ -275,6 +297,12 @@ pub struct Job {
     pub updated: DateTime<Utc>,
     /// Its state.
     pub state: JobState,
+    /// Restore: the integrity checks the agent ran and passed.
+    #[serde(default)]
+    pub checks: Vec<String>,
+    /// Restore: how long the agent took, as it measured (milliseconds).
+    #[serde(default)]
+    pub took_ms: Option<u64>,
 }
 
 impl Job {
@@ -296,6 +324,8 @@ impl Job {
             created: now,
             updated: now,
             state: JobState::Queued,
+            checks: Vec::new(),
+            took_ms: None,
         }
     }
 
@@ -319,6 +349,8 @@ impl Job {
             snapshot,
             agent,
             target,
+            purpose: RestorePurpose::Restore,
+            only_location: None,
         };
         job
     }

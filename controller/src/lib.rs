@@ -9,6 +9,7 @@ pub mod error;
 pub mod jobs;
 pub mod mfa;
 pub mod policy;
+pub mod recovery;
 pub mod recovery_key;
 pub mod replication;
 pub mod scheduler;

@@ -121,7 +121,31 @@ pub struct Policy {
     /// Delay before the first retry; it doubles for each further one, up to
     /// [`MAX_RETRY_DELAY`].
     pub retry_backoff: Duration,
+    /// Recovery point objective: the newest snapshot verified at every
+    /// location must be younger than this.
+    #[serde(default)]
+    pub rpo: Option<Duration>,
+    /// Recovery time objective: a restore test must finish within this.
+    #[serde(default)]
+    pub rto: Option<Duration>,
+    /// Scheduled restore tests, and the target drills restore to.
+    #[serde(default)]
+    pub restore_test: Option<RestoreTestPolicy>,
 }
+
+/// Where and when a source's restore tests run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreTestPolicy {
+    /// The agent that restores.
+    pub agent: String,
+    /// Its target: `source:<name>` (a staging datastore) or an absolute path.
+    pub target: String,
+    /// When, in the policy's time zone.
+    pub schedule: CronExpr,
+}
+
+/// Restore tests run monthly unless the policy says otherwise.
+pub const DEFAULT_RESTORE_TEST_SCHEDULE: &str = "0 4 1 * *";
 
 impl Policy {
     /// The first schedule slot strictly after `t`.

@@ -201,6 +201,7 @@ fn controller_killed_mid_job_resumes_and_schedule_continues() {
             Vec::new(),
         )],
         via: None,
+        extra: String::new(),
     });
     f.wait_connected(&["db-1"]);
     let j = f.cli_json(&["backup", "run", "db-1/db"]);
@@ -259,6 +260,7 @@ fn agent_killed_mid_backup_fails_then_retry_succeeds() {
         name: "kv-1".into(),
         sources: vec![("kv".into(), data.clone(), Vec::new(), Vec::new())],
         via: None,
+        extra: String::new(),
     };
     f.start_agent(&agent);
     f.wait_connected(&["kv-1"]);
@@ -355,6 +357,7 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
             vec!["sleep".into(), "4".into()],
         )],
         via: Some(proxy.addr),
+        extra: String::new(),
     };
     f.start_agent(&agent);
     f.wait_connected(&["mq-1"]);

@@ -231,6 +231,7 @@ fn garage_three_locations_outage_delays_copies_only() {
             Vec::new(),
         )],
         via: None,
+        extra: String::new(),
     });
     f.wait_connected(&["db-1"]);
 

@@ -685,6 +685,7 @@ fn kill_9_child() {
         summary: Default::default(),
         job: None,
         copies: Default::default(),
+        position: Default::default(),
     };
     jobs::complete_job(&c, &job.id, AGENT, &snapshot, now).unwrap();
     // No drop, no flush: die at once.

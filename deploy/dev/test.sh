@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run Trireme's whole test suite on this machine, installing what the tests
-# need first (Garage for the S3 tests). Used by the README and by .ci/run.
+# need first (Garage for the S3 tests, redis-server and PostgreSQL for the
+# source tests). Used by the README and by .ci/run.
 #
 #   deploy/dev/test.sh            fmt check, clippy, every test
 #   SKIP_LINT=1 deploy/dev/test.sh  tests only
@@ -15,6 +16,7 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 
 echo "== prerequisites"
 deploy/dev/garage.sh install
+deploy/dev/prereqs.sh
 
 if [[ -z "${SKIP_LINT:-}" ]]; then
     echo "== cargo fmt --check"

@@ -17,7 +17,6 @@
 //! post_hook = ["/usr/local/bin/resume-uploads"] # optional, argv; runs even when the backup failed
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,8 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use trireme_common::tls::TlsFiles;
 
-/// Source kinds this agent can back up.
-pub const SUPPORTED_KINDS: &[&str] = &["volume"];
+pub use crate::sources::{SourceConfig, KINDS as SUPPORTED_KINDS};
 
 /// A validated agent configuration.
 #[derive(Debug, Clone)]
@@ -53,38 +51,6 @@ pub struct AgentConfig {
     pub hook_timeout: Duration,
 }
 
-/// One source.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    /// Unique on this agent.
-    pub name: String,
-    /// Integration: `volume`.
-    pub kind: String,
-    /// For `volume`: the directory.
-    pub path: Option<PathBuf>,
-    /// Run before a backup (argv); a failure fails the job.
-    pub pre_hook: Vec<String>,
-    /// Run after a backup, also after a failed one (argv).
-    pub post_hook: Vec<String>,
-}
-
-impl SourceConfig {
-    /// Facts shown to operators (`trireme sources ls`).
-    pub fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::new();
-        if let Some(p) = &self.path {
-            d.insert("path".to_string(), p.display().to_string());
-        }
-        if !self.pre_hook.is_empty() {
-            d.insert("pre_hook".into(), self.pre_hook.join(" "));
-        }
-        if !self.post_hook.is_empty() {
-            d.insert("post_hook".into(), self.post_hook.join(" "));
-        }
-        d
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -97,7 +63,7 @@ struct Raw {
     hook_timeout: Option<String>,
     tls: RawTls,
     #[serde(default, rename = "source")]
-    sources: Vec<RawSource>,
+    sources: Vec<toml::Table>,
 }
 
 #[derive(Deserialize)]
@@ -108,18 +74,6 @@ struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     ca: Option<PathBuf>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSource {
-    name: String,
-    kind: String,
-    path: Option<PathBuf>,
-    #[serde(default)]
-    pre_hook: Vec<String>,
-    #[serde(default)]
-    post_hook: Vec<String>,
 }
 
 fn host_name() -> String {
@@ -198,33 +152,13 @@ impl AgentConfig {
             ),
         };
         let mut sources: Vec<SourceConfig> = Vec::new();
-        for s in raw.sources {
+        for table in raw.sources {
+            let s = crate::sources::parse_source(table, base)?;
             valid_name("source name", &s.name)?;
             if sources.iter().any(|x| x.name == s.name) {
                 bail!("source {:?} is listed twice", s.name);
             }
-            if !SUPPORTED_KINDS.contains(&s.kind.as_str()) {
-                bail!(
-                    "source {:?}: kind {:?} is not supported by this agent (supported: {})",
-                    s.name,
-                    s.kind,
-                    SUPPORTED_KINDS.join(", ")
-                );
-            }
-            let path = s.path.as_deref().map(abs);
-            if s.kind == "volume" && path.is_none() {
-                bail!(
-                    "source {:?}: a volume source needs `path`, the directory to back up",
-                    s.name
-                );
-            }
-            sources.push(SourceConfig {
-                name: s.name,
-                kind: s.kind,
-                path,
-                pre_hook: s.pre_hook,
-                post_hook: s.post_hook,
-            });
+            sources.push(s);
         }
         let dur = |field: &str, v: &Option<String>, d: Duration| -> Result<Duration> {
             v.as_deref().map_or(Ok(d), |s| {
@@ -281,6 +215,7 @@ path = "/srv/files"
         assert_eq!(c.state_dir, Path::new("/etc/trireme/state"));
         assert_eq!(c.tls.cert, Path::new("/etc/trireme/tls/web-1.pem"));
         assert_eq!(c.sources[0].details()["path"], "/srv/files");
+        assert_eq!(c.sources[0].kind(), "volume");
     }
 
     #[test]
@@ -288,7 +223,7 @@ path = "/srv/files"
         let p = Path::new("a.toml");
         let e = |t: String| format!("{:#}", AgentConfig::parse(p, &t).unwrap_err());
         assert!(e(GOOD.replace("localhost:7443", "localhost")).contains("needs a port"));
-        assert!(e(GOOD.replace("\"volume\"", "\"oracle\"")).contains("supported: volume"));
+        assert!(e(GOOD.replace("\"volume\"", "\"oracle\"")).contains("supported: volume, kafka"));
         assert!(e(GOOD.replace("path = \"/srv/files\"", "")).contains("needs `path`"));
         assert!(e(format!(
             "{GOOD}\n[[source]]\nname = \"files\"\nkind = \"volume\"\npath = \"/x\"\n"

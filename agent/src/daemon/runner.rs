@@ -13,15 +13,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{Notify, Semaphore};
 use trireme_common::tls::ClientTls;
 use trireme_common::wire::summary_to_wire;
-use trireme_common::{
-    BackupInput, BackupOptions, ContentKind, DynKeyProvider, Id, Location, Progress, Repository,
-    RestoreOptions,
-};
+use trireme_common::{BackupOptions, DynKeyProvider, Id, Location, Progress, Repository};
 use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSummary};
 
 use super::config::{AgentConfig, SourceConfig};
 use super::keys::ControllerKeys;
 use super::spool::Spool;
+use crate::sources::{self, JobContext, RestoreTarget};
 
 /// A job this agent holds (waiting for a slot or running).
 struct Running {
@@ -195,7 +193,7 @@ impl Runner {
                             .join(", ")
                     )
                 })?;
-                self.backup(a, source, progress).await
+                self.backup_inner(a, source, progress).await
             }
             JobKind::Restore => self.restore(a, progress).await,
             other => bail!("this agent cannot run {other:?} jobs"),
@@ -240,30 +238,13 @@ impl Runner {
         bail!("no location is usable: {}", errors.join("; "))
     }
 
-    async fn backup(
-        &self,
-        a: &JobAssignment,
-        source: &SourceConfig,
-        progress: Arc<Progress>,
-    ) -> Result<JobResult> {
-        run_hook(
-            &source.pre_hook,
-            "pre_hook",
-            &source.name,
-            self.config.hook_timeout,
-        )
-        .await?;
-        let result = self.backup_inner(a, source, progress).await;
-        let post = run_hook(
-            &source.post_hook,
-            "post_hook",
-            &source.name,
-            self.config.hook_timeout,
-        )
-        .await;
-        let r = result?;
-        post?;
-        Ok(r)
+    fn job_context(&self, a: &JobAssignment, progress: Arc<Progress>) -> JobContext {
+        JobContext {
+            job_id: a.job_id.clone(),
+            scratch: self.config.state_dir.join("work").join(&a.job_id),
+            progress,
+            hook_timeout: self.config.hook_timeout,
+        }
     }
 
     async fn backup_inner(
@@ -274,24 +255,28 @@ impl Runner {
     ) -> Result<JobResult> {
         let (repo, location, remote) = self.open_repo(a).await?;
         let indexed = repo.load_index().await?;
-        let mut opts = BackupOptions::new(&source.name, &source.kind, &self.config.hostname);
+        let mut opts = BackupOptions::new(&source.name, source.kind(), &self.config.hostname);
         if remote {
             opts.uploads = 4;
         }
-        opts.progress = progress;
+        opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
+        let mut parent = None;
         if !a.full && !a.parent_snapshot_id.is_empty() {
             match Id::from_hex(&a.parent_snapshot_id) {
-                Some(p) if repo.read_snapshot(&p).await.is_ok() => opts.parent = Some(p),
-                _ => tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id,
-                    location = %location, "parent snapshot not readable at this location; reading every file"),
+                Some(p) => match repo.read_snapshot(&p).await {
+                    Ok(s) => parent = Some(s),
+                    Err(e) => tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id,
+                        location = %location, error = %e, "parent snapshot not readable at this location; making a full backup"),
+                },
+                None => {
+                    tracing::warn!(job = %a.job_id, parent = %a.parent_snapshot_id, "malformed parent snapshot id; making a full backup")
+                }
             }
         }
-        let path = source
-            .path
-            .clone()
-            .context("volume source without a path")?;
-        let snap = indexed.backup(BackupInput::Tree(path), opts).await?;
+        let job = self.job_context(a, progress);
+        let req = sources::BackupRequest { opts, parent };
+        let snap = sources::backup(source, &indexed, req, &job).await?;
         let m = &snap.manifest;
         Ok(JobResult {
             job_id: a.job_id.clone(),
@@ -308,103 +293,86 @@ impl Runner {
     async fn restore(&self, a: &JobAssignment, progress: Arc<Progress>) -> Result<JobResult> {
         let id = Id::from_hex(&a.snapshot_id)
             .with_context(|| format!("malformed snapshot id {:?}", a.snapshot_id))?;
-        let target = PathBuf::from(&a.restore_target);
-        if !target.is_absolute() {
-            bail!(
-                "restore target {:?} must be an absolute path",
-                a.restore_target
-            );
-        }
+        let target_path;
+        let (target, timeout) = match a.restore_target.strip_prefix(SOURCE_TARGET) {
+            Some(name) => {
+                let s = self.config.source(name).ok_or_else(|| {
+                    anyhow!(
+                        "restore target {:?}: this agent has no source {name:?} (it has: {})",
+                        a.restore_target,
+                        self.config
+                            .sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+                (RestoreTarget::Source(s), s.timeout)
+            }
+            None => {
+                target_path = PathBuf::from(&a.restore_target);
+                if !target_path.is_absolute() {
+                    bail!(
+                        "restore target {:?} must be an absolute path, or {SOURCE_TARGET}<name> for one of this agent's sources",
+                        a.restore_target
+                    );
+                }
+                (
+                    RestoreTarget::Path(&target_path),
+                    Duration::from_secs(24 * 3600),
+                )
+            }
+        };
         let (repo, location, _) = self.open_repo(a).await?;
         let snap = repo.read_snapshot(&id).await?;
         if let Some(r) = self.lock().get_mut(&a.job_id) {
             r.bytes_total = snap.manifest.summary.bytes;
         }
         let indexed = repo.load_index().await?;
-        let summary = match snap.manifest.content {
-            ContentKind::Tree => {
-                let s = indexed
-                    .restore_to_dir(&snap, &target, &RestoreOptions::default())
-                    .await?;
-                progress.files.store(s.files, Ordering::Relaxed);
-                progress.bytes_read.store(s.bytes, Ordering::Relaxed);
-                JobSummary {
-                    files: s.files,
-                    dirs: s.dirs,
-                    others: s.symlinks,
-                    bytes: s.bytes,
-                    ..Default::default()
+        let job = self.job_context(a, progress);
+        let restored =
+            tokio::time::timeout(timeout, sources::restore(&indexed, &snap, target, &job))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the restore did not finish within {}",
+                        humantime::format_duration(timeout)
+                    )
+                })
+                .and_then(|r| r);
+        let mut report = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                if a.restore_test {
+                    // A failed test leaves nothing behind either.
+                    let _ = sources::after_restore(target, &job, true).await;
                 }
-            }
-            ContentKind::Stream => {
-                if target.exists() {
-                    bail!(
-                        "restore target {} exists; give a new file name",
-                        target.display()
-                    );
-                }
-                let f = std::fs::File::create(&target)
-                    .with_context(|| format!("cannot create {}", target.display()))?;
-                let n = indexed.restore_stream(&snap, f).await?;
-                progress.bytes_read.store(n, Ordering::Relaxed);
-                JobSummary {
-                    files: 1,
-                    bytes: n,
-                    ..Default::default()
-                }
+                return Err(e);
             }
         };
-        tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %target.display(), files = summary.files, bytes = summary.bytes, "restore finished");
+        report
+            .checks
+            .extend(sources::after_restore(target, &job, a.restore_test).await?);
+        tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %a.restore_target,
+            files = report.files, bytes = report.bytes, checks = ?report.checks, "restore finished");
         Ok(JobResult {
             job_id: a.job_id.clone(),
             ok: true,
             snapshot_id: id.to_hex(),
-            summary: Some(summary),
+            summary: Some(JobSummary {
+                files: report.files,
+                dirs: report.dirs,
+                others: report.symlinks,
+                bytes: report.bytes,
+                ..Default::default()
+            }),
+            checks: report.checks,
             location,
             ..Default::default()
         })
     }
 }
 
-/// Run a hook (argv) with a timeout; its failure names the hook and shows
-/// the end of its stderr.
-async fn run_hook(argv: &[String], which: &str, source: &str, timeout: Duration) -> Result<()> {
-    let Some((prog, args)) = argv.split_first() else {
-        return Ok(());
-    };
-    let child = tokio::process::Command::new(prog)
-        .args(args)
-        .env("TRIREME_SOURCE", source)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("source {source}: cannot start {which} {prog:?}"))?;
-    let out = tokio::time::timeout(timeout, child.wait_with_output())
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "source {source}: {which} {prog:?} did not finish within {}s",
-                timeout.as_secs()
-            )
-        })?
-        .with_context(|| format!("source {source}: {which} {prog:?}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err
-            .trim()
-            .chars()
-            .rev()
-            .take(500)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        bail!(
-            "source {source}: {which} {prog:?} failed ({}): {tail}",
-            out.status
-        );
-    }
-    Ok(())
-}
+/// Restore targets that name a source of the agent start with this.
+pub const SOURCE_TARGET: &str = "source:";

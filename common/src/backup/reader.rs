@@ -90,6 +90,7 @@ pub(super) struct ReaderCtx {
     pub chunk_tx: crossbeam_channel::Sender<RawChunk>,
     pub progress: Arc<Progress>,
     pub stop: Arc<AtomicBool>,
+    pub exclude: Option<super::PathFilter>,
 }
 
 pub(super) struct ReadOutput {
@@ -252,10 +253,11 @@ impl Reader {
             ));
         }
         let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
-        let walker = walkdir::WalkDir::new(root)
+        let mut walker = walkdir::WalkDir::new(root)
             .follow_links(false)
-            .sort_by_file_name();
-        for item in walker {
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = walker.next() {
             if self.ctx.stop.load(Ordering::Relaxed) {
                 return Err(self.stopped());
             }
@@ -271,6 +273,14 @@ impl Reader {
                 .path()
                 .strip_prefix(root)
                 .expect("walk stays under root");
+            if let Some(f) = &self.ctx.exclude {
+                if !rel.as_os_str().is_empty() && (f.0)(rel) {
+                    if item.file_type().is_dir() {
+                        walker.skip_current_dir();
+                    }
+                    continue;
+                }
+            }
             let rel_bytes = rel.as_os_str().as_bytes().to_vec();
             let meta = match item.metadata() {
                 Ok(m) => m,

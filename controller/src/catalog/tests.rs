@@ -39,6 +39,7 @@ fn snapshot(id: u8, source: &str, time: DateTime<Utc>) -> SnapshotRecord {
         },
         job: None,
         copies: BTreeMap::new(),
+        position: BTreeMap::new(),
     }
 }
 

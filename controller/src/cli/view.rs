@@ -438,6 +438,9 @@ pub fn job_fields(j: &JobInfo) -> String {
     if !j.error_message.is_empty() {
         rows.push(("error", j.error_message.clone()));
     }
+    for c in &j.checks {
+        rows.push(("checked", c.clone()));
+    }
     if let Some(s) = &j.summary {
         // The job's own start and end say how long it took.
         let took_known = j.started_unix != 0 && j.finished_unix != 0;
@@ -479,6 +482,7 @@ pub fn job_json(j: &JobInfo) -> Value {
         json!({
             "snapshot_id": json_str(&j.restore_snapshot_id),
             "target": json_str(&j.restore_target),
+            "checks": j.checks,
         })
     };
     json!({

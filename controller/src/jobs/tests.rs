@@ -356,6 +356,7 @@ fn completing_records_the_snapshot_with_the_job() {
         summary: Default::default(),
         job: None,
         copies: Default::default(),
+        position: Default::default(),
     };
     let e = complete_job(&c, &j.id, "host-a", &snap, now).unwrap_err();
     assert!(e.to_string().contains("backs up host-a/redis"), "{e}");

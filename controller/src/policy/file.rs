@@ -10,6 +10,9 @@
 //! timezone = "Europe/Paris"      # default "UTC"
 //! max_retries = 3
 //! retry_backoff = "5m"           # doubles for each retry
+//! rpo = "26h"                    # newest snapshot verified everywhere must be younger
+//! rto = "30m"                    # restore tests must finish within
+//! restore_test = { target = "host-a:source:redis-staging", schedule = "0 4 1 * *" }
 //! ```
 
 use std::ops::Range;
@@ -20,15 +23,16 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BackupMode, CronExpr, Policy, Timezone, DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF,
-    MAX_RETRIES_LIMIT,
+    BackupMode, CronExpr, Policy, RestoreTestPolicy, Timezone, DEFAULT_MAX_RETRIES,
+    DEFAULT_RESTORE_TEST_SCHEDULE, DEFAULT_RETRY_BACKOFF, MAX_RETRIES_LIMIT,
 };
 use crate::catalog::{validate_name, SourceId};
 use crate::error::{Error, Result};
 
 /// What a policy table holds, appended to errors about fields.
 pub const POLICY_HELP: &str = "a policy file is [[policy]] tables, each with source, schedule and \
-retention, and optionally mode, full_every, timezone, max_retries and retry_backoff";
+retention, and optionally mode, full_every, timezone, max_retries, retry_backoff, rpo, rto and \
+restore_test";
 
 /// A policy file as written.
 #[derive(Deserialize)]
@@ -69,6 +73,28 @@ struct RawPolicy {
     /// most a day), e.g. `"5m"`; default 5 minutes.
     #[serde(default)]
     retry_backoff: Option<Spanned<String>>,
+    /// Recovery point objective, e.g. `"26h"`: the newest snapshot verified
+    /// at every location must be younger.
+    #[serde(default)]
+    rpo: Option<Spanned<String>>,
+    /// Recovery time objective, e.g. `"30m"`: restore tests must finish
+    /// within it.
+    #[serde(default)]
+    rto: Option<Spanned<String>>,
+    /// `{ target = "agent:source:<name>", schedule = "0 4 1 * *" }`.
+    #[serde(default)]
+    restore_test: Option<RawRestoreTest>,
+}
+
+/// `restore_test = { target = ..., schedule = ... }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestoreTest {
+    /// `AGENT:TARGET`, the target being `source:<name>` or an absolute path.
+    target: Spanned<String>,
+    /// Cron; default monthly.
+    #[serde(default)]
+    schedule: Option<Spanned<String>>,
 }
 
 /// Where an error is: file, line and column of a byte span.
@@ -243,6 +269,52 @@ fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {
             Duration::from_secs(24 * 3600),
         )?,
     };
+    let objective = |field: &'static str, v: &Option<Spanned<String>>| {
+        v.as_ref()
+            .map(|v| {
+                duration(
+                    loc,
+                    field,
+                    v,
+                    Duration::from_secs(1),
+                    Duration::from_secs(400 * 24 * 3600),
+                )
+            })
+            .transpose()
+    };
+    let rpo = objective("rpo", &r.rpo)?;
+    let rto = objective("rto", &r.rto)?;
+    let restore_test = match &r.restore_test {
+        None => None,
+        Some(t) => {
+            let (agent, target) = t
+                .target
+                .get_ref()
+                .split_once(':')
+                .filter(|(a, t)| {
+                    !a.is_empty() && (t.starts_with("source:") && t.len() > 7 || t.starts_with('/'))
+                })
+                .ok_or_else(|| {
+                    loc.value_error(
+                        &t.target,
+                        Error::invalid(
+                            "restore_test.target",
+                            t.target.get_ref(),
+                            "write AGENT:source:NAME (a staging source of that agent) or AGENT:/absolute/path, e.g. \"cache-1:source:redis-staging\"",
+                        ),
+                    )
+                })?;
+            let schedule = match &t.schedule {
+                None => CronExpr::parse(DEFAULT_RESTORE_TEST_SCHEDULE)?,
+                Some(s) => CronExpr::parse(s.get_ref()).map_err(|e| loc.value_error(s, e))?,
+            };
+            Some(RestoreTestPolicy {
+                agent: agent.to_string(),
+                target: target.to_string(),
+                schedule,
+            })
+        }
+    };
     Ok(Policy {
         source,
         schedule,
@@ -252,6 +324,9 @@ fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {
         timezone,
         max_retries,
         retry_backoff,
+        rpo,
+        rto,
+        restore_test,
     })
 }
 

@@ -287,11 +287,19 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
             }
         }
         JobKind::Restore {
-            snapshot, target, ..
+            snapshot,
+            target,
+            purpose,
+            only_location,
+            ..
         } => {
             a.set_kind(WireJobKind::Restore);
             a.snapshot_id = snapshot.to_hex();
             a.restore_target = target.clone();
+            a.restore_test = !matches!(purpose, crate::jobs::RestorePurpose::Restore);
+            if let Some(only) = only_location {
+                a.locations.retain(|l| &l.name == only);
+            }
         }
     }
     Ok(a)
@@ -376,6 +384,7 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                     summary,
                     job: Some(id),
                     copies,
+                    position: r.datastore_position.clone().into_iter().collect(),
                 };
                 match blocking(|| jobs::complete_job(&shared.catalog, &id, agent, &record, now)) {
                     Err(Error::IllegalTransition { from, .. }) => {
@@ -398,9 +407,18 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                         snapshot,
                     },
                     now,
-                )
-            })
-            .map(|_| ()),
+                )?;
+                // What the agent checked after restoring (key counts, row checksums, ...).
+                if let Some(mut j) = shared.catalog.jobs().get(&id)? {
+                    j.checks.clone_from(&r.checks);
+                    j.took_ms = r
+                        .summary
+                        .as_ref()
+                        .map(|s| (s.duration_secs * 1000.0) as u64);
+                    shared.catalog.jobs().insert(&id, &j)?;
+                }
+                Ok(())
+            }),
         };
         match outcome {
             Ok(()) => {

@@ -297,6 +297,7 @@ pub fn job_info(job: &Job, snapshot: Option<&SnapshotRecord>) -> JobInfo {
         };
         info.summary = Some(summary_to_wire(&s.summary, secs));
     }
+    info.checks.clone_from(&job.checks);
     info
 }
 
@@ -308,7 +309,7 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
         time_unix: unix(s.time),
         parent_id: String::new(),
         summary: Some(summary_to_wire(&s.summary, 0.0)),
-        datastore_position: Default::default(),
+        datastore_position: s.position.clone().into_iter().collect(),
         copies: s
             .copies
             .iter()
@@ -754,7 +755,7 @@ impl OperatorService for OperatorApi {
         }
         if r.target.is_empty() {
             return Err(Status::invalid_argument(
-                "give a restore target: --to agent:/path/to/empty/dir",
+                "give a restore target: --to agent:/path/to/empty/dir, or --to agent:source:<name> to restore into one of the agent's datastores",
             ));
         }
         let job = Job::restore(

@@ -72,6 +72,8 @@ pub struct AgentSpec {
     pub sources: Vec<(String, PathBuf, Vec<String>, Vec<String>)>,
     /// Address the agent dials (default: the controller's).
     pub via: Option<SocketAddr>,
+    /// More `[[source]]` tables, as TOML text.
+    pub extra: String,
 }
 
 impl AgentSpec {
@@ -81,6 +83,7 @@ impl AgentSpec {
             name: name.into(),
             sources: vec![(source.into(), path.to_path_buf(), Vec::new(), Vec::new())],
             via: None,
+            extra: String::new(),
         }
     }
 }
@@ -209,6 +212,7 @@ impl Fleet {
                 text.push_str(&format!("post_hook = {post:?}\n"));
             }
         }
+        text.push_str(&spec.extra);
         let cfg = self.dir.join(format!("agent-{name}.toml"));
         std::fs::write(&cfg, text).unwrap();
         let log = Self::log_file(&self.agent_log(name));
