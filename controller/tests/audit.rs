@@ -507,15 +507,19 @@ fn a_restore_needs_a_code_and_key_grants_are_audited() {
     assert!(out.contains("succeeded"), "{out}");
     assert!(tree(&data) == tree(&target), "restored tree differs");
 
-    // A copy lost at a location: found and repaired by `verify`, and the
-    // controller's findings are in the chain.
+    // A copy damaged at a location: found and repaired by `verify --deep`,
+    // and the controller's findings are in the chain.
     let v = f.cli_json(&["verify"]);
     assert_eq!(v["ok"], true, "{v}");
-    let lost = f.location(2).join("snapshots").join(&snap);
-    std::fs::remove_file(&lost).unwrap();
-    let v = f.cli_json(&["verify"]);
+    let damaged = f.location(2).join("snapshots").join(&snap);
+    let good = std::fs::read(&damaged).unwrap();
+    let mut bytes = good.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&damaged, &bytes).unwrap();
+    let v = f.cli_json(&["verify", "--deep"]);
     assert!(!v["problems"].as_array().unwrap().is_empty(), "{v}");
-    assert!(lost.exists(), "repaired");
+    assert_eq!(std::fs::read(&damaged).unwrap(), good, "repaired");
 
     let entries = audit_entries(&f, "op", &[]);
     assert!(
