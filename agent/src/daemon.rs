@@ -5,6 +5,7 @@
 
 pub mod config;
 mod keys;
+pub mod metrics;
 mod runner;
 mod spool;
 
@@ -54,6 +55,18 @@ pub async fn run(
     };
     let spool = Spool::open(&config.state_dir)?;
     let runner = Arc::new(Runner::new(config.clone(), tls.clone(), spool));
+    let (_stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = config.metrics_listen {
+        let m = runner.metrics.clone();
+        let render: trireme_common::metrics_http::Render = Arc::new(move || Ok(m.render()));
+        let serve = trireme_common::metrics_http::serve(addr, render, stop_rx);
+        // A bind failure is logged; the agent runs on without metrics.
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     tracing::info!(agent = %config.name, controller = %config.controller, sources = config.sources.len(),
         max_jobs = config.max_concurrent_jobs, "trireme-agent started");
     tokio::pin!(shutdown);
@@ -177,9 +190,12 @@ async fn session(config: &AgentConfig, tls: &ClientTls, runner: &Arc<Runner>) ->
                 }
             }
             _ = beat.tick() => {
+                let running = runner.running_ids();
+                runner.metrics.set_running(running.len());
                 let hb = Heartbeat {
                     unix_time: chrono_now(),
-                    running_job_ids: runner.running_ids(),
+                    running_job_ids: running,
+                    volumes: runner.metrics.volumes(&config.sources),
                 };
                 tx.send(AgentMessage { msg: Some(AgentMsg::Heartbeat(hb)) }).await?;
             }

@@ -110,6 +110,18 @@ impl SourceSpec {
         }
     }
 
+    /// The directory whose filesystem holds the datastore's data (or the
+    /// staging area), to watch its usage; none when the agent cannot see it.
+    pub fn data_path(&self) -> Option<&Path> {
+        match self {
+            SourceSpec::Volume(v) => Some(&v.path),
+            SourceSpec::Kafka(k) => Some(&k.path),
+            SourceSpec::Redis(r) => r.data_dir.as_deref(),
+            SourceSpec::Tidb(t) => Some(&t.staging_dir),
+            SourceSpec::Command(_) | SourceSpec::Mongodb(_) => None,
+        }
+    }
+
     fn details(&self) -> BTreeMap<String, String> {
         match self {
             SourceSpec::Volume(v) => {
@@ -455,7 +467,10 @@ pub async fn restore_to_path(
                 dirs: s.dirs,
                 symlinks: s.symlinks,
                 bytes: s.bytes,
-                checks: Vec::new(),
+                checks: vec![format!(
+                    "{} files, {} bytes, as in the snapshot; every chunk's hash verified",
+                    s.files, s.bytes
+                )],
             })
         }
         ContentKind::Stream => {

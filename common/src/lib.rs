@@ -17,6 +17,7 @@ pub mod index;
 pub mod keys;
 pub mod location;
 pub mod manifest;
+pub mod metrics_http;
 pub mod replicate;
 pub mod repo;
 pub mod restore;

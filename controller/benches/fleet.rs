@@ -791,6 +791,7 @@ async fn serve_session(agent: usize, mut s: Session, events: &mpsc::UnboundedSen
                 msg: Some(AgentMsg::Heartbeat(Heartbeat {
                     unix_time: unix_secs(SystemTime::now()) as i64,
                     running_job_ids: Vec::new(),
+                    volumes: Vec::new(),
                 })),
             },
         };

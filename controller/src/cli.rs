@@ -19,6 +19,7 @@ mod audit;
 mod commands;
 pub mod connect;
 pub mod output;
+mod recovery;
 mod view;
 mod watch;
 
@@ -90,7 +91,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
     pub log: String,
     /// The current code from your authenticator, for sensitive actions
-    /// (policy apply, restore) once you enrolled with `trireme mfa enroll`.
+    /// (policy apply, restore, restore-test run, drill run, catalog rebuild)
+    /// once you enrolled with `trireme mfa enroll`.
     #[arg(
         long,
         global = true,
@@ -145,6 +147,17 @@ pub enum Command {
     /// Verify the copies at the locations now and repair damaged ones from
     /// good copies; exit 1 if any could not be repaired.
     Verify(VerifyArgs),
+    /// Restore tests: restore a source's newest fully verified snapshot to
+    /// its policy's staging target, check it, time it against the RTO.
+    #[command(subcommand, name = "restore-test")]
+    RestoreTest(RestoreTestCmd),
+    /// DR drills: restore every source with a staging target, in
+    /// dependency order, from one location, and write the report.
+    #[command(subcommand)]
+    Drill(DrillCmd),
+    /// The controller's catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
     /// The controller's health: agents, jobs, protection, problems, and who
     /// you are to it.
     Status,
@@ -251,6 +264,67 @@ pub enum BackupCmd {
         /// Follow the job until it ends; exit 1 if it fails.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+/// `trireme restore-test …`
+#[derive(Debug, Subcommand)]
+pub enum RestoreTestCmd {
+    /// Run a restore test of one source now.
+    Run {
+        /// The source, as AGENT/SOURCE; its policy names the staging target.
+        #[arg(value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+        source: SourceArg,
+        /// Follow it to the end and print the result; exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Past restore tests (and drill steps), newest first.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only this source's.
+        #[arg(value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+        source: Option<SourceArg>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+/// `trireme catalog …`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Read every snapshot at one location into the catalog: for a new
+    /// controller (same master key) after the old one's state was lost.
+    Rebuild {
+        /// The location to read (see `trireme locations ls`).
+        #[arg(long = "from", value_name = "LOCATION")]
+        from: String,
+    },
+}
+
+/// `trireme drill …`
+#[derive(Debug, Subcommand)]
+pub enum DrillCmd {
+    /// Start a drill.
+    Run {
+        /// Read only from this location (see `trireme locations ls`).
+        #[arg(long)]
+        location: Option<String>,
+        /// Follow it to the end and print the report; exit 1 if it failed.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Past drills, newest first.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// A drill's report (Markdown; `--html` for a web page).
+    Show {
+        /// The drill id (or a prefix of 8+ characters).
+        id: String,
+        /// Print the report as HTML.
+        #[arg(long)]
+        html: bool,
     },
 }
 

@@ -9,6 +9,7 @@ pub mod error;
 pub mod jobs;
 pub mod mfa;
 pub mod policy;
+pub mod rebuild;
 pub mod recovery;
 pub mod recovery_key;
 pub mod replication;

@@ -16,6 +16,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod recovery;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,6 +67,54 @@ pub struct Shared {
     pub mfa: crate::mfa::Mfa,
     /// Where the audit log is mirrored: every location, by name.
     pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
+    /// The filesystems holding sources' data, as their agents last reported.
+    pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
+}
+
+/// A source's data filesystem as its agent reported it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// The path on the agent's host.
+    pub path: String,
+    /// Filesystem size.
+    pub total_bytes: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// When reported.
+    pub at: DateTime<Utc>,
+}
+
+/// Used share at which `status` warns about a source's volume.
+pub const VOLUME_WARN_RATIO: f64 = 0.75;
+
+/// Status problems for volumes at or over [`VOLUME_WARN_RATIO`].
+pub fn volume_problems(
+    volumes: &std::collections::BTreeMap<crate::SourceId, Volume>,
+) -> Vec<String> {
+    volumes
+        .iter()
+        .filter(|(_, v)| v.ratio() >= VOLUME_WARN_RATIO)
+        .map(|(source, v)| {
+            format!(
+                "{source}: its data volume {} is {:.0}% full ({} of {} bytes used; warning at 75%)",
+                v.path,
+                v.ratio() * 100.0,
+                v.used_bytes,
+                v.total_bytes
+            )
+        })
+        .collect()
+}
+
+impl Volume {
+    /// Used share, 0..1.
+    pub fn ratio(&self) -> f64 {
+        if self.total_bytes == 0 {
+            0.0
+        } else {
+            self.used_bytes as f64 / self.total_bytes as f64
+        }
+    }
 }
 
 impl Shared {
@@ -237,8 +286,12 @@ pub async fn run(
             config.mfa,
         ),
         audit_mirrors: mirrors.clone(),
+        volumes: std::sync::Mutex::default(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
@@ -339,6 +392,10 @@ pub async fn run(
             }
         }));
     }
+    tasks.push(tokio::spawn(recovery::run_loop(
+        shared.clone(),
+        stop_rx.clone(),
+    )));
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();
@@ -404,4 +461,31 @@ pub async fn run(
     }
     shared.catalog.flush()?;
     result.map_err(Error::from)
+}
+
+#[cfg(test)]
+mod volume_tests {
+    use super::*;
+
+    #[test]
+    fn volumes_warn_at_three_quarters_full() {
+        let v = |used| Volume {
+            path: "/data".into(),
+            total_bytes: 1000,
+            used_bytes: used,
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+        };
+        let m = std::collections::BTreeMap::from([
+            ("a/redis".parse().unwrap(), v(749)),
+            ("b/kafka".parse().unwrap(), v(750)),
+            ("c/tikv".parse().unwrap(), v(990)),
+        ]);
+        let p = volume_problems(&m);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].starts_with("b/kafka: its data volume /data is 75% full"),
+            "{p:?}"
+        );
+        assert!(p[1].contains("99% full"), "{p:?}");
+    }
 }

@@ -119,6 +119,28 @@ fn sensitive_actions_need_a_fresh_totp_code() {
         "{}",
         text(&out)
     );
+    // Restore tests, drills and catalog rebuilds too.
+    for (args, action) in [
+        (
+            &["restore-test", "run", "web-1/files"][..],
+            "restore-test run",
+        ),
+        (&["drill", "run"][..], "drill run"),
+        (
+            &["catalog", "rebuild", "--from", "loc2"][..],
+            "catalog rebuild",
+        ),
+    ] {
+        let out = f.cli_as("op", args);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(&format!(
+                "{action} is a sensitive action: pass --totp <code>"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
     // A wrong code.
     let wrong = if code(0) == "000000" {
         "111111"

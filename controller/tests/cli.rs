@@ -489,6 +489,17 @@ impl OperatorService for Fake {
                 newest_verified_copies: 1,
             }],
             locations_total: 3,
+            recovery: vec![SourceRecovery {
+                source: src("web-1", "www"),
+                state: "red".into(),
+                rpo_secs: 3600.0,
+                age_secs: 7200.0,
+                rto_secs: 600.0,
+                last_test_unix: 1_764_000_000,
+                last_test_ok: false,
+                last_test_secs: 30.0,
+                problems: vec!["RPO missed".into()],
+            }],
         }))
     }
     async fn list_locations(
@@ -526,6 +537,38 @@ impl OperatorService for Fake {
         }))
     }
     /// Damage at `offsite` cannot be repaired; elsewhere everything was.
+    // Restore tests and drills are exercised against the real controller
+    // (controller/tests/recovery.rs); this fake only says so.
+    async fn run_restore_test(
+        &self,
+        _: Request<RunRestoreTestRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn list_restore_tests(
+        &self,
+        _: Request<ListRestoreTestsRequest>,
+    ) -> Result<Response<ListRestoreTestsReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn run_drill(&self, _: Request<RunDrillRequest>) -> Result<Response<DrillInfo>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn list_drills(
+        &self,
+        _: Request<ListDrillsRequest>,
+    ) -> Result<Response<ListDrillsReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn get_drill(&self, _: Request<GetDrillRequest>) -> Result<Response<DrillInfo>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn rebuild_catalog(
+        &self,
+        _: Request<RebuildCatalogRequest>,
+    ) -> Result<Response<RebuildCatalogReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
     async fn verify(&self, r: Request<VerifyRequest>) -> Result<Response<VerifyReply>, Status> {
         self.operate(&r)?;
         let req = r.into_inner();
@@ -693,6 +736,10 @@ async fn reads_as_tables_and_json() {
     assert!(out.contains("1 connected of 2"), "{out}");
     assert!(out.contains("agent db-1 is not connected"), "{out}");
     assert!(
+        out.contains("web-1/www  RED    RPO 1h (2h old); RTO 10m (last test 2025-11-24T16:00:00Z FAILED, took 30s)"),
+        "{out}"
+    );
+    assert!(
         out.contains(
             "web-1/www  newest 5eedc0ff 1/3 verified; last 3/3: 4a1b2c3d at 2025-11-24T16:00:00Z ("
         ),
@@ -705,6 +752,9 @@ async fn reads_as_tables_and_json() {
     assert_eq!(v["protection"][0]["source"]["agent"], "web-1");
     assert_eq!(v["protection"][0]["snapshot_id"], "4a1b2c3d00000000");
     assert_eq!(v["protection"][0]["newest_verified_copies"], 1);
+    assert_eq!(v["recovery"][0]["state"], "red");
+    assert_eq!(v["recovery"][0]["age_secs"], 7200.0);
+    assert_eq!(v["recovery"][0]["last_test_ok"], false);
 
     let out = ok(&s.run(&pki, "op", &["agents", "ls"]).await);
     let lines: Vec<&str> = out.lines().collect();

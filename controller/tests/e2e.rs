@@ -202,6 +202,7 @@ fn controller_killed_mid_job_resumes_and_schedule_continues() {
         )],
         via: None,
         extra: String::new(),
+        settings: String::new(),
     });
     f.wait_connected(&["db-1"]);
     let j = f.cli_json(&["backup", "run", "db-1/db"]);
@@ -261,6 +262,7 @@ fn agent_killed_mid_backup_fails_then_retry_succeeds() {
         sources: vec![("kv".into(), data.clone(), Vec::new(), Vec::new())],
         via: None,
         extra: String::new(),
+        settings: String::new(),
     };
     f.start_agent(&agent);
     f.wait_connected(&["kv-1"]);
@@ -358,6 +360,7 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
         )],
         via: Some(proxy.addr),
         extra: String::new(),
+        settings: String::new(),
     };
     f.start_agent(&agent);
     f.wait_connected(&["mq-1"]);

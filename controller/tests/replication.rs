@@ -9,14 +9,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
+use support::fleet::{
+    bin, make_data, sample, scrape, tree, wait_for, wait_verified, AgentSpec, Fleet,
+};
 use support::garage::Garage;
-
-fn verified_copies(snap: &Value) -> usize {
-    snap["copies"]
-        .as_array()
-        .map_or(0, |c| c.iter().filter(|c| c["state"] == "verified").count())
-}
 
 /// The state of a snapshot's copy at `location` ("" when it has none).
 fn copy_state(snap: &Value, location: &str) -> String {
@@ -26,17 +22,6 @@ fn copy_state(snap: &Value, location: &str) -> String {
         .and_then(|c| c["state"].as_str())
         .unwrap_or_default()
         .to_string()
-}
-
-fn wait_verified(f: &Fleet, id: &str, n: usize, timeout: Duration) -> Value {
-    wait_for(
-        &format!("snapshot {id} verified at {n} locations"),
-        timeout,
-        || {
-            let s = f.cli_json(&["snapshots", "show", id]);
-            (verified_copies(&s) == n).then_some(s)
-        },
-    )
 }
 
 fn backup(f: &Fleet, source: &str) -> String {
@@ -71,25 +56,6 @@ fn restore_from_location_alone(f: &Fleet, url: &str, snap: &str, want: &Path, ta
 /// Relative path → bytes of every file under a `file://` location.
 fn location_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
     tree(dir)
-}
-
-/// GET /metrics from the controller's metrics endpoint.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-/// The value of one sample line, e.g. `name{location="loc2"}`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 #[test]
@@ -232,6 +198,7 @@ fn garage_three_locations_outage_delays_copies_only() {
         )],
         via: None,
         extra: String::new(),
+        settings: String::new(),
     });
     f.wait_connected(&["db-1"]);
 

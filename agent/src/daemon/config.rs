@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub max_backoff: Duration,
     /// How long a hook may run.
     pub hook_timeout: Duration,
+    /// Plain-HTTP Prometheus `/metrics` endpoint (off when unset).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +63,7 @@ struct Raw {
     max_concurrent_jobs: Option<usize>,
     max_backoff: Option<String>,
     hook_timeout: Option<String>,
+    metrics_listen: Option<String>,
     tls: RawTls,
     #[serde(default, rename = "source")]
     sources: Vec<toml::Table>,
@@ -183,6 +186,15 @@ impl AgentConfig {
             sources,
             max_backoff: dur("max_backoff", &raw.max_backoff, Duration::from_secs(60))?,
             hook_timeout: dur("hook_timeout", &raw.hook_timeout, Duration::from_secs(3600))?,
+            metrics_listen: raw
+                .metrics_listen
+                .as_deref()
+                .map(|a| {
+                    a.parse().with_context(|| {
+                        format!("metrics_listen = {a:?} is not an address; write e.g. \"127.0.0.1:9101\"")
+                    })
+                })
+                .transpose()?,
         })
     }
 

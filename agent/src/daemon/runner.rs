@@ -43,6 +43,8 @@ pub struct Runner {
     pub results_ready: Notify,
     /// Wakes the session to report progress now (a job started).
     pub progress_now: Notify,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<super::metrics::AgentMetrics>,
 }
 
 impl Runner {
@@ -56,6 +58,7 @@ impl Runner {
             running: Mutex::default(),
             results_ready: Notify::new(),
             progress_now: Notify::new(),
+            metrics: Arc::default(),
         }
     }
 
@@ -168,6 +171,12 @@ impl Runner {
                     }
                 }
             };
+            let kind = if a.kind() == JobKind::Restore {
+                "restore"
+            } else {
+                "backup"
+            };
+            this.metrics.job_finished(kind, &a.source_name, &result);
             // Spool first: the result must survive anything from here on.
             if let Err(e) = this.spool.put(&result) {
                 tracing::error!(job = %id, error = %format!("{e:#}"), "cannot store the job result durably; it will be sent once and lost if that fails");
@@ -261,6 +270,8 @@ impl Runner {
         }
         opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
+        // Names the agent in the repository itself, for a catalog rebuild.
+        opts.tags.push(format!("agent:{}", self.config.name));
         let mut parent = None;
         if !a.full && !a.parent_snapshot_id.is_empty() {
             match Id::from_hex(&a.parent_snapshot_id) {

@@ -164,6 +164,9 @@ fn main() -> ExitCode {
                 for l in &c.locations {
                     println!("location      {} = {}", l.name, l.location);
                 }
+                for w in c.warnings() {
+                    println!("warning       {w}");
+                }
             })
             .map_err(anyhow::Error::from),
         Command::Run { config } => run(&config),

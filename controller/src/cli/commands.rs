@@ -275,6 +275,39 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit::audit(&mut c, format, cmd).await,
         Command::Mfa(cmd) => audit::mfa(&mut c, format, cmd, totp).await,
+        Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
+        Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
+        Command::Catalog(super::CatalogCmd::Rebuild { from }) => {
+            let r = c
+                .operator
+                .rebuild_catalog(with_totp(
+                    trireme_proto::v1::RebuildCatalogRequest {
+                        location: from.clone(),
+                    },
+                    totp,
+                )?)
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(
+                format,
+                serde_json::json!({
+                    "found": r.found, "added": r.added, "known": r.known,
+                    "sources_added": r.sources_added, "skipped": r.skipped,
+                }),
+                || {
+                    let mut t = format!(
+                        "rebuilt from {from}: {} snapshots found, {} added, {} already known, {} sources added",
+                        r.found, r.added, r.known, r.sources_added
+                    );
+                    for s in &r.skipped {
+                        t.push_str(&format!("\nskipped: {s}"));
+                    }
+                    t.push_str("\npolicies are not stored at the locations: apply them again (`trireme policy apply`)");
+                    t
+                },
+            )
+        }
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }
@@ -282,7 +315,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
 }
 
 /// Print a list: a JSON array, or a table (a note when empty).
-fn list<T>(
+pub(super) fn list<T>(
     format: Format,
     items: &[T],
     json: fn(&T) -> Value,
@@ -297,7 +330,11 @@ fn list<T>(
 }
 
 /// Print one object: JSON, or the text made by `text`.
-fn one(format: Format, json: Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(super) fn one(
+    format: Format,
+    json: Value,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     match format {
         Format::Json => print_json(&json, false),
         Format::Table => println(&text()),

@@ -846,6 +846,7 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
             ),
         ),
         ("protection", protection_text(st, now())),
+        ("recovery", super::recovery::recovery_text(st)),
         ("problems", problems),
     ])
 }
@@ -921,6 +922,7 @@ pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
         },
         "locations_total": st.locations_total,
         "protection": st.protection.iter().map(protection_json).collect::<Vec<_>>(),
+        "recovery": super::recovery::recovery_json(st),
         "problems": st.problems,
     })
 }

@@ -219,5 +219,42 @@ fn the_shipped_example_policy_parses() {
     );
     let text = std::fs::read_to_string(p).unwrap();
     let policies = crate::policy::parse_policies(p, &text).unwrap();
-    assert_eq!(policies.len(), 2);
+    assert_eq!(policies.len(), 3);
+    let redis = &policies[1];
+    assert_eq!(redis.rpo, Some(Duration::from_secs(2 * 3600)));
+    let t = redis.restore_test.as_ref().unwrap();
+    assert_eq!(
+        (t.agent.as_str(), t.target.as_str()),
+        ("cache-1", "source:redis-staging")
+    );
+}
+
+#[test]
+fn objectives_and_restore_tests_are_checked() {
+    let base = "[[policy]]\nsource = \"h/x\"\nschedule = \"0 2 * * *\"\nretention = \"r\"\n";
+    let e = |extra: &str| {
+        crate::policy::parse_policies("p.toml", &format!("{base}{extra}"))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(e("rpo = \"soon\"\n").contains("rpo"));
+    assert!(e("restore_test = { target = \"staging\" }\n").contains("AGENT:source:NAME"));
+    assert!(e("restore_test = { target = \"h:relative/dir\" }\n").contains("AGENT:source:NAME"));
+    let bad = e("restore_test = { target = \"h:source:s\", schedule = \"daily\" }\n");
+    assert!(
+        bad.starts_with("p.toml:5:") && bad.contains("invalid schedule \"daily\""),
+        "{bad}"
+    );
+    assert!(e("restore_test = { target = \"h:source:s\", when = \"x\" }\n").contains("when"));
+    let ok = crate::policy::parse_policies(
+        "p.toml",
+        &format!("{base}restore_test = {{ target = \"h:/srv/restore-test\" }}\n"),
+    )
+    .unwrap();
+    let t = ok[0].restore_test.as_ref().unwrap();
+    assert_eq!(t.target, "/srv/restore-test");
+    assert_eq!(
+        t.schedule,
+        crate::policy::CronExpr::parse("0 4 1 * *").unwrap()
+    );
 }

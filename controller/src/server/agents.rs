@@ -698,8 +698,26 @@ impl AgentService for AgentApi {
                 s.agents.touch(&name, session, s.now(), None);
                 match msg.msg {
                     Some(AgentMsg::Heartbeat(h)) => {
-                        s.agents
-                            .touch(&name, session, s.now(), Some(h.running_job_ids));
+                        let now = s.now();
+                        {
+                            let mut vols = s.volumes.lock().unwrap_or_else(|e| e.into_inner());
+                            for v in &h.volumes {
+                                if let Ok(id) =
+                                    crate::catalog::SourceId::new(name.clone(), v.source.clone())
+                                {
+                                    vols.insert(
+                                        id,
+                                        super::Volume {
+                                            path: v.path.clone(),
+                                            total_bytes: v.total_bytes,
+                                            used_bytes: v.used_bytes,
+                                            at: now,
+                                        },
+                                    );
+                                }
+                            }
+                        }
+                        s.agents.touch(&name, session, now, Some(h.running_job_ids));
                     }
                     Some(AgentMsg::Progress(p)) => {
                         if let Err(e) = handle_progress(&s, &name, &p) {
@@ -736,6 +754,77 @@ fn ack(job_id: &str) -> ControllerMessage {
         msg: Some(CtlMsg::Ack(ResultAck {
             job_id: job_id.to_string(),
         })),
+    }
+}
+
+/// Fuzzing entry point: given an `AgentMessage` as the `Session` stream
+/// decodes it (prost, in the fuzz target), run the checks the handlers above apply to its fields
+/// before anything reaches the catalog: the claimed name, agent and source
+/// names, job ids, snapshot ids, volumes, and the conversions of a result
+/// (summary, time, duration, position). Not part of the API.
+///
+/// # Errors
+/// What a handler would refuse, as text.
+#[doc(hidden)]
+pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result<(), String> {
+    let result = |r: &JobResult| -> std::result::Result<(), String> {
+        let _: JobId = r.job_id.parse().map_err(|e: Error| e.to_string())?;
+        let _ = ack(&r.job_id);
+        if r.ok {
+            Id::from_hex(&r.snapshot_id).ok_or("no valid snapshot id")?;
+        }
+        let summary = r
+            .summary
+            .as_ref()
+            .map(summary_from_wire)
+            .unwrap_or_default();
+        let _ = (
+            summary.bytes,
+            DateTime::from_timestamp_nanos(r.snapshot_time_ns),
+        );
+        let _ = r
+            .summary
+            .as_ref()
+            .map(|s| (s.duration_secs * 1000.0) as u64);
+        let _: std::collections::BTreeMap<String, String> =
+            r.datastore_position.clone().into_iter().collect();
+        Ok(())
+    };
+    match msg.msg {
+        Some(AgentMsg::Hello(h)) => {
+            check_claimed_name(agent, &h.agent_name).map_err(|s| s.message().to_string())?;
+            crate::catalog::validate_name("agent name", agent).map_err(|e| e.to_string())?;
+            for s in &h.sources {
+                crate::catalog::SourceId::new(agent, s.name.clone()).map_err(|e| e.to_string())?;
+            }
+            for r in &h.pending_results {
+                let _ = result(r);
+            }
+            for j in &h.running_job_ids {
+                let _ = j.parse::<JobId>();
+            }
+            Ok(())
+        }
+        Some(AgentMsg::Heartbeat(h)) => {
+            for v in &h.volumes {
+                if let Ok(id) = crate::catalog::SourceId::new(agent, v.source.clone()) {
+                    let vol = super::Volume {
+                        path: v.path.clone(),
+                        total_bytes: v.total_bytes,
+                        used_bytes: v.used_bytes,
+                        at: DateTime::UNIX_EPOCH,
+                    };
+                    let _ = super::volume_problems(&[(id, vol)].into_iter().collect());
+                }
+            }
+            Ok(())
+        }
+        Some(AgentMsg::Progress(p)) => {
+            let _: JobId = p.job_id.parse().map_err(|e: Error| e.to_string())?;
+            Ok(())
+        }
+        Some(AgentMsg::Result(r)) => result(&r),
+        None => Ok(()),
     }
 }
 

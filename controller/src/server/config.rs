@@ -141,7 +141,44 @@ struct RawLocation {
 /// Default port of the controller.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 
+/// The `credentials_file` query parameter of a location URL, if any.
+fn credentials_file(url: &str) -> Option<&str> {
+    url.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("credentials_file="))
+}
+
 impl ControllerConfig {
+    /// Least-privilege warnings (printed by `check-config` and logged at
+    /// start): where agents would get the controller's own access to a
+    /// location, which can delete and read every prefix. The controller never
+    /// sends credentials, only URLs; a `credentials_file` is a path on the
+    /// agent's host.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for l in &self.locations {
+            if !matches!(l.location, Location::S3(_)) {
+                continue;
+            }
+            let same_file = credentials_file(&l.url).is_some()
+                && credentials_file(&l.url) == credentials_file(&l.agent_url);
+            if l.agent_url == l.url || same_file {
+                w.push(format!(
+                    "location {:?}: agents use the same credentials as the controller (no agent_url with its own credentials_file): \
+                     give agents write-only credentials that cannot delete or list other prefixes, \
+                     e.g. agent_url = \"{}\" with a key whose policy allows only PutObject/GetObject on this prefix (docs/security.md)",
+                    l.name,
+                    match l.url.split_once('?') {
+                        Some((base, _)) => format!("{base}?...&credentials_file=/etc/trireme/agent-s3.creds"),
+                        None => format!("{}?credentials_file=/etc/trireme/agent-s3.creds", l.url),
+                    }
+                ));
+            }
+        }
+        w
+    }
+
     /// Read and validate a configuration file. Relative paths in it are
     /// relative to the file's directory.
     ///
@@ -305,10 +342,23 @@ impl ControllerConfig {
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
+        let key_file = abs(&raw.key_file);
+        for l in &locations {
+            if let Location::File(dir) = &l.location {
+                if key_file.starts_with(dir) {
+                    return Err(bad(format!(
+                        "key_file {} is inside location {:?} ({}): the master key must never be stored with the backups it opens; move it out",
+                        key_file.display(),
+                        l.name,
+                        dir.display()
+                    )));
+                }
+            }
+        }
         Ok(ControllerConfig {
             listen,
             data_dir: abs(&raw.data_dir),
-            key_file: abs(&raw.key_file),
+            key_file,
             tls,
             locations,
             heartbeat_interval,
@@ -337,6 +387,47 @@ name = "localhost"
 name = "primary"
 url = "file:///tmp/x"
 "#;
+
+    #[test]
+    fn least_privilege_is_checked() {
+        let p = Path::new("/etc/trireme/controller.toml");
+        // The master key inside a file:// location is refused.
+        let e = ControllerConfig::parse(p, &GOOD.replace("master.key", "/tmp/x/master.key"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must never be stored with the backups"), "{e}");
+        // file:// locations: nothing to warn about.
+        assert!(ControllerConfig::parse(p, GOOD)
+            .unwrap()
+            .warnings()
+            .is_empty());
+        // S3 with the controller's own credentials for agents: a warning.
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("s3.creds");
+        std::fs::write(&creds, "access_key_id = a\nsecret_access_key = b\n").unwrap();
+        std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let url = format!(
+            "s3://backups/p?endpoint=http://127.0.0.1:1&region=r&allow_http=true&credentials_file={}",
+            creds.display()
+        );
+        let shared = GOOD.replace("file:///tmp/x", &url);
+        let w = ControllerConfig::parse(p, &shared).unwrap().warnings();
+        assert!(
+            w.len() == 1 && w[0].contains("write-only credentials"),
+            "{w:?}"
+        );
+        let agent_creds = dir.path().join("agent.creds");
+        std::fs::copy(&creds, &agent_creds).unwrap();
+        let own = format!(
+            "{shared}agent_url = \"{}\"\n",
+            url.replace("s3.creds", "agent.creds")
+        );
+        assert!(ControllerConfig::parse(p, &own)
+            .unwrap()
+            .warnings()
+            .is_empty());
+    }
 
     #[test]
     fn parses_and_anchors_relative_paths() {

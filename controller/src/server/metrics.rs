@@ -4,13 +4,9 @@
 //! nothing between scrapes. Keep this endpoint on a private network: it
 //! carries names of agents, sources and locations, no data and no keys.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode};
 use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use super::Shared;
@@ -143,6 +139,150 @@ pub fn render(shared: &Shared) -> Result<String> {
             .set(p.newest_verified as i64);
     }
 
+    // Recovery objectives and restore tests.
+    let fgauge = |n: &str, h: &str| -> Result<GaugeVec> {
+        let g = GaugeVec::new(Opts::new(n, h), &["source"]).map_err(m)?;
+        reg.register(Box::new(g.clone())).map_err(m)?;
+        Ok(g)
+    };
+    let rpo_age = fgauge(
+        "trireme_source_rpo_age_seconds",
+        "Age of the source's newest snapshot verified at every location (absent: none)",
+    )?;
+    let rpo = fgauge("trireme_source_rpo_seconds", "The source's RPO")?;
+    let rto = fgauge("trireme_source_rto_seconds", "The source's RTO")?;
+    let rpo_met = gauge_vec(
+        &reg,
+        "trireme_source_rpo_met",
+        "1 when the source's newest fully verified snapshot is within its RPO, 0 when not",
+        &["source"],
+    )
+    .map_err(m)?;
+    let healthy = gauge_vec(
+        &reg,
+        "trireme_source_recovery_ok",
+        "1 when the source meets its RPO and its last restore test passed within its RTO (status green)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_ok = gauge_vec(
+        &reg,
+        "trireme_restore_test_success",
+        "1 when the source's last restore test passed (restored, checked, within RTO)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_time = gauge_vec(
+        &reg,
+        "trireme_restore_test_last_timestamp_seconds",
+        "When the source's last restore test finished",
+        &["source"],
+    )
+    .map_err(m)?;
+    let test_secs = fgauge(
+        "trireme_restore_test_duration_seconds",
+        "How long the source's last restore test took",
+    )?;
+    for h in crate::recovery::health(&shared.catalog, want, shared.now())? {
+        let l = [h.source.to_string()];
+        if let Some(a) = h.age {
+            rpo_age.with_label_values(&l).set(a.as_secs_f64());
+        }
+        if let Some(r) = h.rpo {
+            rpo.with_label_values(&l).set(r.as_secs_f64());
+        }
+        if let Some(r) = h.rto {
+            rto.with_label_values(&l).set(r.as_secs_f64());
+        }
+        if let Some(ok) = h.rpo_ok {
+            rpo_met.with_label_values(&l).set(i64::from(ok));
+        }
+        healthy.with_label_values(&l).set(i64::from(!h.red()));
+        if let Some(t) = &h.last_test {
+            test_ok.with_label_values(&l).set(i64::from(t.ok));
+            test_time
+                .with_label_values(&l)
+                .set(t.finished.map_or(0, |f| f.timestamp()));
+            test_secs.with_label_values(&l).set(t.duration_secs);
+        }
+    }
+
+    let vol_ratio = fgauge(
+        "trireme_source_volume_used_ratio",
+        "Used share of the filesystem holding the source's data, as its agent reports it (warning at 0.75)",
+    )?;
+    for (source, v) in shared
+        .volumes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        vol_ratio
+            .with_label_values(&[source.to_string()])
+            .set(v.ratio());
+    }
+
+    // Replication lag: per location, snapshots not yet verified there and
+    // the age of the oldest of them.
+    let behind = loc(
+        "trireme_location_snapshots_behind",
+        "Snapshots not yet verified at the location",
+    )?;
+    let lag = GaugeVec::new(
+        Opts::new(
+            "trireme_location_replication_lag_seconds",
+            "Age of the oldest snapshot not yet verified at the location (0: none)",
+        ),
+        &["location"],
+    )
+    .map_err(m)?;
+    reg.register(Box::new(lag.clone())).map_err(m)?;
+    let now = shared.now();
+    let snaps = shared.catalog.snapshots().values()?;
+    for l in &shared.locations {
+        let pending: Vec<_> = snaps
+            .iter()
+            .filter(|s| {
+                !matches!(
+                    s.copies.get(&l.name),
+                    Some(crate::catalog::CopyState::Verified { .. })
+                )
+            })
+            .collect();
+        behind
+            .with_label_values(&[l.name.as_str()])
+            .set(pending.len() as i64);
+        let oldest = pending.iter().map(|s| s.time).min();
+        lag.with_label_values(&[l.name.as_str()])
+            .set(oldest.map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0));
+    }
+
+    // Per source: the newest snapshot's size and dedup.
+    let last_bytes = fgauge(
+        "trireme_source_last_backup_bytes",
+        "Bytes in the source's newest snapshot",
+    )?;
+    let last_new = fgauge(
+        "trireme_source_last_backup_new_bytes",
+        "Bytes of new (not deduplicated) chunks in the source's newest snapshot",
+    )?;
+    let mut newest: std::collections::BTreeMap<String, &crate::catalog::SnapshotRecord> =
+        std::collections::BTreeMap::new();
+    for s in &snaps {
+        let k = s.source.to_string();
+        if newest.get(&k).is_none_or(|n| n.time < s.time) {
+            newest.insert(k, s);
+        }
+    }
+    for (k, s) in newest {
+        last_bytes
+            .with_label_values(&[k.as_str()])
+            .set(s.summary.bytes as f64);
+        last_new
+            .with_label_values(&[k.as_str()])
+            .set(s.summary.new_bytes as f64);
+    }
+
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&reg.gather(), &mut out)
@@ -157,68 +297,14 @@ pub fn render(shared: &Shared) -> Result<String> {
 pub async fn serve(
     addr: SocketAddr,
     shared: Arc<Shared>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
+    let render: trireme_common::metrics_http::Render =
+        Arc::new(move || render(&shared).map_err(|e| e.to_string()));
+    trireme_common::metrics_http::serve(addr, render, stop)
         .await
         .map_err(|e| Error::Io {
-            context: format!("listening for metrics on {addr}"),
-            source: e,
-        })?;
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.wait_for(|v| *v) => None,
-            a = listener.accept() => Some(a),
-        };
-        let tcp = match accepted {
-            None => return Ok(()),
-            Some(Ok((tcp, _))) => tcp,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(&shared, req.uri().path())) }
-            });
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
-            }
-        });
-    }
-}
-
-fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
-    let (status, body, ctype) = if path != "/metrics" {
-        (
-            StatusCode::NOT_FOUND,
-            "only /metrics is served here\n".to_string(),
-            "text/plain",
-        )
-    } else {
-        match tokio::task::block_in_place(|| render(shared)) {
-            Ok(text) => (StatusCode::OK, text, "text/plain; version=0.0.4"),
-            Err(e) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("{e}\n"),
-                "text/plain",
-            ),
-        }
-    };
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(ctype),
-    );
-    r
+            context: format!("metrics endpoint {addr}"),
+            source: std::io::Error::other(e.to_string()),
+        })
 }

@@ -11,16 +11,20 @@ use trireme_common::wire::summary_to_wire;
 use trireme_common::{Id, Role};
 use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
-    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, GetJobRequest,
-    GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress, JobState as WireJobState,
-    ListAgentsReply, ListAgentsRequest, ListAuditReply, ListAuditRequest, ListJobsReply,
-    ListJobsRequest, ListLocationsReply, ListLocationsRequest, ListPoliciesReply,
-    ListPoliciesRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
+    AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, DrillInfo, GetDrillRequest,
+    GetJobRequest, GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress,
+    JobState as WireJobState, ListAgentsReply, ListAgentsRequest, ListAuditReply, ListAuditRequest,
+    ListDrillsReply, ListDrillsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply,
+    ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest, ListRestoreTestsReply,
+    ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
     ListSourcesRequest, LocationInfo, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
-    MfaEnrollRequest, PolicyInfo, RestoreRequest, RunBackupRequest, SnapshotCopy, SnapshotInfo,
-    SourceEntry, SourceInfo, SourceProtection, SourceRef, StatusReply, StatusRequest,
-    VerifyAuditReply, VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
+    MfaEnrollRequest, PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest,
+    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
+    SourceProtection, SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyAuditReply,
+    VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
 };
+
+use trireme_proto::v1::{RebuildCatalogReply, RebuildCatalogRequest};
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
 use super::Shared;
@@ -731,6 +735,160 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(ListLocationsReply { locations }))
     }
 
+    async fn rebuild_catalog(
+        &self,
+        request: Request<RebuildCatalogRequest>,
+    ) -> Result<Response<RebuildCatalogReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "catalog rebuild")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "catalog rebuild").await?;
+        let name = request.into_inner().location;
+        let loc = self
+            .shared
+            .locations
+            .iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| {
+                Status::not_found(format!("no location {name:?}; see `trireme locations ls`"))
+            })?;
+        let backend = loc.location.open().await.map_err(Error::from)?;
+        let keys: trireme_common::DynKeyProvider = self.shared.master_key.clone();
+        let repo = trireme_common::Repository::open(backend, keys)
+            .await
+            .map_err(Error::from)?;
+        let r =
+            crate::rebuild::rebuild(&self.shared.catalog, &repo, &name, self.shared.now()).await?;
+        self.audit_ok(
+            &id,
+            peer,
+            "catalog rebuild",
+            format!(
+                "from {name}: {} snapshots found, {} added, {} known, {} sources added{}",
+                r.found,
+                r.added,
+                r.known,
+                r.sources_added,
+                mfa_note(passed)
+            ),
+        );
+        // Let the replication pass find and verify the other copies.
+        self.shared.replicate_now.notify_one();
+        Ok(Response::new(RebuildCatalogReply {
+            found: r.found as u32,
+            added: r.added as u32,
+            known: r.known as u32,
+            sources_added: r.sources_added as u32,
+            skipped: r.skipped,
+        }))
+    }
+
+    async fn run_restore_test(
+        &self,
+        request: Request<RunRestoreTestRequest>,
+    ) -> Result<Response<JobInfo>, Status> {
+        let id = self.authorize(&request, OPERATE, "restore-test run")?;
+        let peer = request.remote_addr();
+        // A restore test restores (onto a staging target): sensitive too.
+        let passed = self
+            .second_factor(&request, &id, "restore-test run")
+            .await?;
+        let source = parse_source(request.get_ref().source.as_ref())?;
+        let job = super::recovery::run_test_now(&self.shared, &source, &id.name)?;
+        self.audit_ok(
+            &id,
+            peer,
+            "restore-test run",
+            format!("{source} job {}{}", job.id, mfa_note(passed)),
+        );
+        Ok(Response::new(self.job_info(&job)))
+    }
+
+    async fn list_restore_tests(
+        &self,
+        request: Request<ListRestoreTestsRequest>,
+    ) -> Result<Response<ListRestoreTestsReply>, Status> {
+        self.authorize(&request, READ, "restore-test ls")?;
+        let r = request.into_inner();
+        let only = match &r.source {
+            Some(s) if !s.agent.is_empty() => Some(parse_source(Some(s))?),
+            _ => None,
+        };
+        let mut tests: Vec<RestoreTestInfo> = self
+            .shared
+            .catalog
+            .restore_tests()
+            .values()?
+            .into_iter()
+            .rev()
+            .filter(|t| only.as_ref().is_none_or(|s| &t.source == s))
+            .map(|t| restore_test_info(&t))
+            .collect();
+        if r.limit > 0 {
+            tests.truncate(r.limit as usize);
+        }
+        Ok(Response::new(ListRestoreTestsReply { tests }))
+    }
+
+    async fn run_drill(
+        &self,
+        request: Request<RunDrillRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
+        let id = self.authorize(&request, OPERATE, "drill run")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "drill run").await?;
+        let location = request.into_inner().location;
+        let location = (!location.is_empty()).then_some(location);
+        let drill = super::recovery::start_drill(&self.shared, location.clone(), &id.name)?;
+        self.audit_ok(
+            &id,
+            peer,
+            "drill run",
+            format!(
+                "{} from {} ({} sources){}",
+                drill.id,
+                location.as_deref().unwrap_or("the usual locations"),
+                drill.steps.len(),
+                mfa_note(passed)
+            ),
+        );
+        Ok(Response::new(drill_info(&drill, false)))
+    }
+
+    async fn list_drills(
+        &self,
+        request: Request<ListDrillsRequest>,
+    ) -> Result<Response<ListDrillsReply>, Status> {
+        self.authorize(&request, READ, "drill ls")?;
+        let drills = self
+            .shared
+            .catalog
+            .drills()
+            .values()?
+            .iter()
+            .rev()
+            .map(|d| drill_info(d, false))
+            .collect();
+        Ok(Response::new(ListDrillsReply { drills }))
+    }
+
+    async fn get_drill(
+        &self,
+        request: Request<GetDrillRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
+        self.authorize(&request, READ, "drill show")?;
+        let want = request.into_inner().id;
+        let mut found: Vec<crate::recovery::DrillRecord> = self
+            .shared
+            .catalog
+            .drills()
+            .values()?
+            .into_iter()
+            .filter(|d| d.id == want || (want.len() >= 8 && d.id.starts_with(&want)))
+            .collect();
+        let d = one_of("drill", &want, &mut found)?;
+        Ok(Response::new(drill_info(&d, true)))
+    }
+
     async fn verify(
         &self,
         request: Request<VerifyRequest>,
@@ -843,6 +1001,30 @@ impl OperatorService for OperatorApi {
                 newest_verified_copies: p.newest_verified as u32,
             });
         }
+        reply.problems.extend(super::volume_problems(
+            &self
+                .shared
+                .volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        ));
+        for h in crate::recovery::health(&self.shared.catalog, want, now)? {
+            for p in &h.problems {
+                reply.problems.push(format!("{}: {p}", h.source));
+            }
+            let t = h.last_test.as_ref();
+            reply.recovery.push(SourceRecovery {
+                source: Some(source_ref(&h.source)),
+                state: if h.red() { "red" } else { "green" }.to_string(),
+                rpo_secs: h.rpo.map_or(0.0, |d| d.as_secs_f64()),
+                age_secs: h.age.map_or(-1.0, |d| d.as_secs_f64()),
+                rto_secs: h.rto.map_or(0.0, |d| d.as_secs_f64()),
+                last_test_unix: t.and_then(|t| t.finished).map_or(0, unix),
+                last_test_ok: t.is_some_and(|t| t.ok),
+                last_test_secs: t.map_or(0.0, |t| t.duration_secs),
+                problems: h.problems.clone(),
+            });
+        }
         for (name, st) in self.shared.replicator.states() {
             if !st.reachable || !st.last_error.is_empty() {
                 reply.problems.push(format!(
@@ -894,5 +1076,56 @@ impl OperatorService for OperatorApi {
         request: Request<MfaConfirmRequest>,
     ) -> Result<Response<MfaConfirmReply>, Status> {
         self.mfa_confirm_rpc(request).await
+    }
+}
+
+/// A restore test as the CLI shows it.
+pub fn restore_test_info(t: &crate::recovery::RestoreTestRecord) -> RestoreTestInfo {
+    RestoreTestInfo {
+        job_id: t.job.to_string(),
+        source: Some(source_ref(&t.source)),
+        snapshot_id: t.snapshot.to_hex(),
+        target: t.target.clone(),
+        started_unix: unix(t.started),
+        finished_unix: t.finished.map_or(0, unix),
+        duration_secs: t.duration_secs,
+        rto_secs: t.rto.map_or(0.0, |d| d.as_secs_f64()),
+        ok: t.ok,
+        checks: t.checks.clone(),
+        error: t.error.clone(),
+        drill_id: t.drill.clone().unwrap_or_default(),
+        location: t.location.clone().unwrap_or_default(),
+    }
+}
+
+/// A drill as the CLI shows it; `report`: with the Markdown and HTML.
+pub fn drill_info(d: &crate::recovery::DrillRecord, report: bool) -> DrillInfo {
+    DrillInfo {
+        id: d.id.clone(),
+        location: d.location.clone().unwrap_or_default(),
+        by: d.by.clone(),
+        started_unix: unix(d.started),
+        finished_unix: d.finished.map_or(0, unix),
+        ok: d.ok(),
+        steps_total: d.steps.len() as u32,
+        steps_failed: d
+            .steps
+            .iter()
+            .filter(|s| {
+                !s.ok()
+                    && (s.result.as_ref().is_some_and(|r| r.finished.is_some())
+                        || !s.error.is_empty())
+            })
+            .count() as u32,
+        markdown: if report {
+            crate::recovery::report_markdown(d)
+        } else {
+            String::new()
+        },
+        html: if report {
+            crate::recovery::report_html(d)
+        } else {
+            String::new()
+        },
     }
 }

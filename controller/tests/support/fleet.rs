@@ -13,6 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
 
@@ -74,6 +75,8 @@ pub struct AgentSpec {
     pub via: Option<SocketAddr>,
     /// More `[[source]]` tables, as TOML text.
     pub extra: String,
+    /// More top-level settings, as TOML lines.
+    pub settings: String,
 }
 
 impl AgentSpec {
@@ -84,6 +87,7 @@ impl AgentSpec {
             sources: vec![(source.into(), path.to_path_buf(), Vec::new(), Vec::new())],
             via: None,
             extra: String::new(),
+            settings: String::new(),
         }
     }
 }
@@ -200,6 +204,7 @@ impl Fleet {
             d = self.dir.display(),
             ca = self.ca.display(),
         );
+        text.insert_str(text.find("[tls]").expect("tls table"), &spec.settings);
         for (src, path, hook, post) in &spec.sources {
             text.push_str(&format!(
                 "[[source]]\nname = \"{src}\"\nkind = \"volume\"\npath = \"{}\"\n",
@@ -412,4 +417,42 @@ impl Proxy {
     pub fn heal(&self) {
         *self.cut.lock().unwrap() = false;
     }
+}
+
+/// Locations where a snapshot (`snapshots show -o json`) is verified.
+pub fn verified_copies(snap: &Value) -> usize {
+    snap["copies"]
+        .as_array()
+        .map_or(0, |c| c.iter().filter(|c| c["state"] == "verified").count())
+}
+
+/// Wait until snapshot `id` is verified at `n` locations; its JSON.
+pub fn wait_verified(f: &Fleet, id: &str, n: usize, timeout: Duration) -> Value {
+    wait_for(
+        &format!("snapshot {id} verified at {n} locations"),
+        timeout,
+        || {
+            let s = f.cli_json(&["snapshots", "show", id]);
+            (verified_copies(&s) == n).then_some(s)
+        },
+    )
+}
+
+/// GET /metrics from the controller's metrics endpoint.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The value of one sample line, e.g. `name{location="loc2"}`.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }

@@ -5,6 +5,7 @@
 pub mod fleet;
 #[path = "../../../common/tests/support/garage.rs"]
 pub mod garage;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::Path;

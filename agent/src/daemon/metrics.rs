@@ -1,0 +1,193 @@
+//! The agent's own metrics (`metrics_listen` in its configuration): jobs,
+//! bytes, durations and dedup of its backups, and the usage of the
+//! filesystems holding its sources' data — with a warning in the log when
+//! one is 75% full or more.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use trireme_proto::v1::{JobResult, JobSummary, VolumeUsage};
+
+use crate::sources::SourceConfig;
+
+/// Used share of a filesystem at which the agent warns.
+pub const VOLUME_WARN_RATIO: f64 = 0.75;
+
+/// The agent's counters and gauges.
+pub struct AgentMetrics {
+    registry: Registry,
+    jobs: IntCounterVec,
+    running: IntGauge,
+    bytes_read: IntCounterVec,
+    bytes_uploaded: IntCounterVec,
+    duration: GaugeVec,
+    dedup: GaugeVec,
+    last_success: IntGaugeVec,
+    volume_ratio: GaugeVec,
+    volume_bytes: IntGaugeVec,
+    /// Sources over the warning level (to warn once per crossing).
+    full: Mutex<BTreeSet<String>>,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        let r = Registry::new();
+        let cv = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(n, h), l).expect("valid"))
+        };
+        let gv = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, GaugeVec::new(Opts::new(n, h), l).expect("valid"))
+        };
+        let igv = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, IntGaugeVec::new(Opts::new(n, h), l).expect("valid"))
+        };
+        AgentMetrics {
+            jobs: cv(
+                "trireme_agent_jobs_total",
+                "Jobs finished by this agent, by kind and outcome",
+                &["kind", "outcome"],
+            ),
+            running: reg(
+                &r,
+                IntGauge::new("trireme_agent_jobs_running", "Jobs held by this agent now")
+                    .expect("valid"),
+            ),
+            bytes_read: cv(
+                "trireme_agent_backup_bytes_read_total",
+                "Bytes read from the source by successful backups",
+                &["source"],
+            ),
+            bytes_uploaded: cv(
+                "trireme_agent_backup_bytes_uploaded_total",
+                "Bytes uploaded (compressed, encrypted packs) by successful backups",
+                &["source"],
+            ),
+            duration: gv(
+                "trireme_agent_backup_duration_seconds",
+                "How long the source's last successful backup took",
+                &["source"],
+            ),
+            dedup: gv(
+                "trireme_agent_backup_dedup_ratio",
+                "Share of the last backup's bytes already in the repository (0..1)",
+                &["source"],
+            ),
+            last_success: igv(
+                "trireme_agent_backup_last_success_timestamp_seconds",
+                "When the source's last successful backup finished",
+                &["source"],
+            ),
+            volume_ratio: gv(
+                "trireme_agent_source_volume_used_ratio",
+                "Used share of the filesystem holding the source's data (0..1)",
+                &["source"],
+            ),
+            volume_bytes: igv(
+                "trireme_agent_source_volume_bytes",
+                "Size and use of the filesystem holding the source's data",
+                &["source", "kind"],
+            ),
+            full: Mutex::default(),
+            registry: r,
+        }
+    }
+}
+
+impl AgentMetrics {
+    /// Count a finished job.
+    pub fn job_finished(&self, kind: &str, source: &str, r: &JobResult) {
+        let outcome = if r.ok { "succeeded" } else { "failed" };
+        self.jobs.with_label_values(&[kind, outcome]).inc();
+        if let (true, "backup", Some(s)) = (r.ok, kind, r.summary.as_ref()) {
+            self.backup_done(source, s);
+        }
+    }
+
+    fn backup_done(&self, source: &str, s: &JobSummary) {
+        let l = [source];
+        self.bytes_read.with_label_values(&l).inc_by(s.bytes_read);
+        self.bytes_uploaded
+            .with_label_values(&l)
+            .inc_by(s.uploaded_bytes);
+        self.duration.with_label_values(&l).set(s.duration_secs);
+        if s.bytes_read > 0 {
+            let dup = 1.0 - (s.new_bytes as f64 / s.bytes_read as f64).min(1.0);
+            self.dedup.with_label_values(&l).set(dup);
+        }
+        self.last_success.with_label_values(&l).set(chrono_now());
+    }
+
+    /// Jobs held now.
+    pub fn set_running(&self, n: usize) {
+        self.running.set(n as i64);
+    }
+
+    /// Measure the filesystems holding the sources' data; warn (once per
+    /// crossing) about those at 75% or more.
+    pub fn volumes(&self, sources: &[SourceConfig]) -> Vec<VolumeUsage> {
+        let mut out = Vec::new();
+        let mut full = self.full.lock().unwrap_or_else(|e| e.into_inner());
+        for s in sources {
+            let Some(path) = s.spec.data_path() else {
+                continue;
+            };
+            let Ok(st) = rustix::fs::statvfs(path) else {
+                continue;
+            };
+            let total = st.f_blocks.saturating_mul(st.f_frsize);
+            let used = st
+                .f_blocks
+                .saturating_sub(st.f_bfree)
+                .saturating_mul(st.f_frsize);
+            if total == 0 {
+                continue;
+            }
+            let ratio = used as f64 / total as f64;
+            let l = [s.name.as_str()];
+            self.volume_ratio.with_label_values(&l).set(ratio);
+            self.volume_bytes
+                .with_label_values(&[s.name.as_str(), "total"])
+                .set(total as i64);
+            self.volume_bytes
+                .with_label_values(&[s.name.as_str(), "used"])
+                .set(used as i64);
+            if ratio >= VOLUME_WARN_RATIO {
+                if full.insert(s.name.clone()) {
+                    tracing::warn!(source = %s.name, path = %path.display(), used_pct = format!("{:.0}", ratio * 100.0),
+                        "the filesystem holding this source's data is 75% full or more");
+                }
+            } else {
+                full.remove(&s.name);
+            }
+            out.push(VolumeUsage {
+                source: s.name.clone(),
+                path: path.display().to_string(),
+                total_bytes: total,
+                used_bytes: used,
+            });
+        }
+        out
+    }
+
+    /// The metrics text.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

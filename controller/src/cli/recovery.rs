@@ -1,0 +1,373 @@
+//! `trireme restore-test …` and `trireme drill …`.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use serde_json::{json, Value};
+use trireme_proto::v1::{
+    DrillInfo, GetDrillRequest, ListDrillsRequest, ListRestoreTestsRequest, RestoreTestInfo,
+    RunDrillRequest, RunRestoreTestRequest, SourceRef, StatusReply,
+};
+
+use super::audit::with_totp;
+use super::commands::{list, one};
+use super::connect::Controller;
+use super::output::{duration, json_str, json_time, or_dash, println, table, time, Format};
+use super::{watch, DrillCmd, RestoreTestCmd};
+
+/// `trireme restore-test …`
+pub async fn restore_test(
+    c: &mut Controller,
+    format: Format,
+    cmd: RestoreTestCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        RestoreTestCmd::Run { source, wait } => {
+            let source: SourceRef = source.into();
+            let job = c
+                .operator
+                .run_restore_test(with_totp(
+                    RunRestoreTestRequest {
+                        source: Some(source.clone()),
+                    },
+                    c.totp.as_deref(),
+                )?)
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            if !wait {
+                return one(format, json!({ "job_id": job.id }), || {
+                    format!(
+                        "started restore test of {}/{}: job {} (follow it with `trireme jobs watch {}`)",
+                        source.agent, source.source, job.id, job.id
+                    )
+                });
+            }
+            if format == Format::Table {
+                println(&format!(
+                    "started restore test of {}/{}: job {}",
+                    source.agent, source.source, job.id
+                ))?;
+            }
+            // The job's own outcome is printed by the watch; the test's
+            // verdict (checks, RTO) is settled by the controller just after.
+            let watched = watch::watch(c, Format::Table, &job.id).await;
+            let test = loop {
+                let tests = c
+                    .operator
+                    .list_restore_tests(ListRestoreTestsRequest {
+                        source: Some(source.clone()),
+                        limit: 50,
+                    })
+                    .await
+                    .map_err(|s| c.error(s))?
+                    .into_inner()
+                    .tests;
+                match tests.into_iter().find(|t| t.job_id == job.id) {
+                    Some(t) if t.finished_unix != 0 => break t,
+                    _ => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            };
+            one(format, test_json(&test), || test_fields(&test))?;
+            if !test.ok {
+                bail!(
+                    "restore test of {}/{} failed: {}",
+                    source.agent,
+                    source.source,
+                    test.error
+                );
+            }
+            watched
+        }
+        RestoreTestCmd::Ls { source, limit } => {
+            let tests = c
+                .operator
+                .list_restore_tests(ListRestoreTestsRequest {
+                    source: source.map(Into::into),
+                    limit: limit.unwrap_or(0),
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner()
+                .tests;
+            list(
+                format,
+                &tests,
+                test_json,
+                tests_table,
+                "no restore tests yet",
+            )
+        }
+    }
+}
+
+/// `trireme drill …`
+pub async fn drill(c: &mut Controller, format: Format, cmd: DrillCmd) -> anyhow::Result<()> {
+    match cmd {
+        DrillCmd::Run { location, wait } => {
+            let d = c
+                .operator
+                .run_drill(with_totp(
+                    RunDrillRequest {
+                        location: location.unwrap_or_default(),
+                    },
+                    c.totp.as_deref(),
+                )?)
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            if !wait {
+                return one(format, drill_json(&d), || {
+                    format!(
+                        "started {} ({} sources); see `trireme drill show {}`",
+                        d.id, d.steps_total, d.id
+                    )
+                });
+            }
+            if format == Format::Table {
+                println(&format!("started {} ({} sources)", d.id, d.steps_total))?;
+            }
+            let done = loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = c
+                    .operator
+                    .get_drill(GetDrillRequest { id: d.id.clone() })
+                    .await
+                    .map_err(|s| c.error(s))?
+                    .into_inner();
+                if d.finished_unix != 0 {
+                    break d;
+                }
+            };
+            one(format, drill_json(&done), || done.markdown.clone())?;
+            if !done.ok {
+                bail!(
+                    "drill {} failed ({} of {} sources); the report above says what",
+                    done.id,
+                    done.steps_failed,
+                    done.steps_total
+                );
+            }
+            Ok(())
+        }
+        DrillCmd::Ls => {
+            let drills = c
+                .operator
+                .list_drills(ListDrillsRequest {})
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner()
+                .drills;
+            list(format, &drills, drill_json, drills_table, "no drills yet")
+        }
+        DrillCmd::Show { id, html } => {
+            let d = c
+                .operator
+                .get_drill(GetDrillRequest { id })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, drill_json(&d), || {
+                if html {
+                    d.html.clone()
+                } else {
+                    d.markdown.clone()
+                }
+            })
+        }
+    }
+}
+
+fn source_text(s: Option<&SourceRef>) -> String {
+    s.map_or("-".into(), |s| format!("{}/{}", s.agent, s.source))
+}
+
+fn verdict(ok: bool, finished: i64) -> &'static str {
+    match (finished, ok) {
+        (0, _) => "running",
+        (_, true) => "passed",
+        (_, false) => "FAILED",
+    }
+}
+
+fn test_json(t: &RestoreTestInfo) -> Value {
+    json!({
+        "job_id": t.job_id,
+        "source": t.source.as_ref().map(|s| json!({"agent": s.agent, "name": s.source})),
+        "snapshot_id": t.snapshot_id,
+        "target": t.target,
+        "started": json_time(t.started_unix),
+        "finished": json_time(t.finished_unix),
+        "duration_secs": t.duration_secs,
+        "rto_secs": (t.rto_secs > 0.0).then_some(t.rto_secs),
+        "result": verdict(t.ok, t.finished_unix).to_lowercase(),
+        "checks": t.checks,
+        "error": json_str(&t.error),
+        "drill_id": json_str(&t.drill_id),
+        "location": json_str(&t.location),
+    })
+}
+
+fn tests_table(tests: &[RestoreTestInfo]) -> String {
+    table(
+        &[
+            "FINISHED", "SOURCE", "SNAPSHOT", "TARGET", "TOOK", "RTO", "RESULT",
+        ],
+        tests
+            .iter()
+            .map(|t| {
+                vec![
+                    time(t.finished_unix),
+                    source_text(t.source.as_ref()),
+                    t.snapshot_id.chars().take(8).collect(),
+                    t.target.clone(),
+                    if t.finished_unix == 0 {
+                        "-".into()
+                    } else {
+                        duration(t.duration_secs)
+                    },
+                    if t.rto_secs > 0.0 {
+                        duration(t.rto_secs)
+                    } else {
+                        "-".into()
+                    },
+                    match verdict(t.ok, t.finished_unix) {
+                        "FAILED" => format!("FAILED: {}", t.error),
+                        v => v.to_string(),
+                    },
+                ]
+            })
+            .collect(),
+    )
+}
+
+fn test_fields(t: &RestoreTestInfo) -> String {
+    let mut rows = vec![
+        ("source", source_text(t.source.as_ref())),
+        ("snapshot", t.snapshot_id.clone()),
+        ("target", t.target.clone()),
+        ("result", verdict(t.ok, t.finished_unix).to_string()),
+        ("took", duration(t.duration_secs)),
+        (
+            "rto",
+            if t.rto_secs > 0.0 {
+                duration(t.rto_secs)
+            } else {
+                "-".into()
+            },
+        ),
+    ];
+    for c in &t.checks {
+        rows.push(("checked", c.clone()));
+    }
+    if !t.error.is_empty() {
+        rows.push(("error", t.error.clone()));
+    }
+    super::output::fields(&rows)
+}
+
+fn drill_json(d: &DrillInfo) -> Value {
+    json!({
+        "id": d.id,
+        "location": json_str(&d.location),
+        "by": d.by,
+        "started": json_time(d.started_unix),
+        "finished": json_time(d.finished_unix),
+        "result": verdict(d.ok, d.finished_unix).to_lowercase(),
+        "sources": d.steps_total,
+        "failed": d.steps_failed,
+        "markdown": json_str(&d.markdown),
+    })
+}
+
+fn drills_table(drills: &[DrillInfo]) -> String {
+    table(
+        &["ID", "STARTED", "LOCATION", "BY", "SOURCES", "RESULT"],
+        drills
+            .iter()
+            .map(|d| {
+                vec![
+                    d.id.clone(),
+                    time(d.started_unix),
+                    or_dash(&d.location),
+                    d.by.clone(),
+                    d.steps_total.to_string(),
+                    match verdict(d.ok, d.finished_unix) {
+                        "FAILED" => format!("FAILED ({} of {})", d.steps_failed, d.steps_total),
+                        v => v.to_string(),
+                    },
+                ]
+            })
+            .collect(),
+    )
+}
+
+/// The `recovery` lines of `status`: per source, RPO and RTO, red or green.
+pub fn recovery_text(st: &StatusReply) -> String {
+    if st.recovery.is_empty() {
+        return "no sources with policies".into();
+    }
+    let names: Vec<String> = st
+        .recovery
+        .iter()
+        .map(|r| source_text(r.source.as_ref()))
+        .collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    st.recovery
+        .iter()
+        .zip(&names)
+        .map(|(r, name)| {
+            let rpo = if r.rpo_secs > 0.0 {
+                let age = if r.age_secs < 0.0 {
+                    "no 3/3 snapshot".to_string()
+                } else {
+                    format!("{} old", duration(r.age_secs))
+                };
+                format!("RPO {} ({age})", duration(r.rpo_secs))
+            } else {
+                "RPO -".to_string()
+            };
+            let rto = match (r.rto_secs > 0.0, r.last_test_unix) {
+                (_, 0) if r.rto_secs > 0.0 => {
+                    format!("RTO {} (never tested)", duration(r.rto_secs))
+                }
+                (_, 0) => "RTO - (never tested)".to_string(),
+                (has_rto, t) => format!(
+                    "RTO {} (last test {} {}, took {})",
+                    if has_rto {
+                        duration(r.rto_secs)
+                    } else {
+                        "-".into()
+                    },
+                    time(t),
+                    if r.last_test_ok { "passed" } else { "FAILED" },
+                    duration(r.last_test_secs)
+                ),
+            };
+            format!("{:<w$}  {:<5}  {rpo}; {rto}", name, r.state.to_uppercase())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `recovery` part of `status -o json`.
+pub fn recovery_json(st: &StatusReply) -> Value {
+    Value::Array(
+        st.recovery
+            .iter()
+            .map(|r| {
+                json!({
+                    "source": r.source.as_ref().map(|s| json!({"agent": s.agent, "name": s.source})),
+                    "state": r.state,
+                    "rpo_secs": (r.rpo_secs > 0.0).then_some(r.rpo_secs),
+                    "age_secs": (r.age_secs >= 0.0).then_some(r.age_secs),
+                    "rto_secs": (r.rto_secs > 0.0).then_some(r.rto_secs),
+                    "last_test": json_time(r.last_test_unix),
+                    "last_test_ok": (r.last_test_unix != 0).then_some(r.last_test_ok),
+                    "last_test_secs": (r.last_test_unix != 0).then_some(r.last_test_secs),
+                    "problems": r.problems,
+                })
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,288 @@
+//! Proving recoverability end to end: restore tests into a real staging
+//! redis-server and a staging directory, RPO/RTO in `status` and the
+//! metrics, and DR drills from one location — passing, and failing on a
+//! corrupted location — with their reports.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fleet::{make_data, sample, scrape, tree, wait_verified, AgentSpec, Fleet};
+use support::redis::Redis;
+
+const POLICIES: &str = r#"
+[[policy]]
+source = "cache-1/redis"
+schedule = "0 0 1 1 *"
+retention = "r"
+rpo = "1h"
+rto = "5m"
+restore_test = { target = "cache-1:source:redis-staging" }
+
+[[policy]]
+source = "cache-1/files"
+schedule = "0 0 1 1 *"
+retention = "r"
+rto = "5m"
+restore_test = { target = "cache-1:source:files-staging" }
+"#;
+
+fn apply(f: &Fleet, text: &str) {
+    let p = f.dir.join("policy.toml");
+    Fleet::write_file(&p, text);
+    f.cli(&["policy", "apply", "-f", p.to_str().unwrap()]);
+}
+
+fn recovery_of<'a>(status: &'a Value, source: &str) -> &'a Value {
+    status["recovery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            format!(
+                "{}/{}",
+                r["source"]["agent"].as_str().unwrap(),
+                r["source"]["name"].as_str().unwrap()
+            ) == source
+        })
+        .unwrap_or_else(|| panic!("no {source} in {status}"))
+}
+
+/// Flip a byte in every pack of a `file://` location.
+fn corrupt_packs(loc: &Path) {
+    for e in walkdir::WalkDir::new(loc.join("packs"))
+        .into_iter()
+        .flatten()
+    {
+        if e.file_type().is_file() {
+            let mut b = std::fs::read(e.path()).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x5a;
+            std::fs::write(e.path(), &b).unwrap();
+        }
+    }
+}
+
+fn run_fails(f: &Fleet, args: &[&str]) -> String {
+    let out = f.cli_as("op", args);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "trireme {args:?} should fail: {text}"
+    );
+    text
+}
+
+#[test]
+fn restore_tests_objectives_and_drills() {
+    let mut f = Fleet::new();
+    // Passes only after backups (and verify): corruption made below stays.
+    f.replication = "every = \"1h\"\n".into();
+    let metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
+    let redis = Redis::start(&f.dir.join("redis-main"));
+    let staging = Redis::start(&f.dir.join("redis-staging"));
+    for i in 0..300 {
+        redis.cli(&["SET", &format!("msg:{i}"), &format!("hello {i}")]);
+    }
+    let files = f.dir.join("files");
+    make_data(&files, 6, 200_000, 7);
+    let files_staging = f.dir.join("files-staging");
+    std::fs::create_dir_all(&files_staging).unwrap();
+
+    f.start_controller();
+    let mut spec = AgentSpec::volume("cache-1", "files", &files);
+    spec.extra = redis.source("redis", &f.dir.join("redis-main"))
+        + &staging.source("redis-staging", &f.dir.join("redis-staging"))
+        + &format!(
+            "[[source]]\nname = \"files-staging\"\nkind = \"volume\"\npath = \"{}\"\nsmoke_test = [\"test\", \"-f\", \"{}/d0/f0.bin\"]\n",
+            files_staging.display(),
+            files_staging.display()
+        );
+    let agent_metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    spec.settings = format!("metrics_listen = \"{agent_metrics}\"\n");
+    f.start_agent(&spec);
+    f.wait_connected(&["cache-1"]);
+    apply(&f, POLICIES);
+
+    // Never tested: the RTO is not proven, the source is red.
+    let st = f.cli_json(&["status"]);
+    let r = recovery_of(&st, "cache-1/redis");
+    assert_eq!(r["state"], "red", "{r}");
+    assert!(
+        r["problems"]
+            .to_string()
+            .contains("no snapshot is verified at all 3 locations"),
+        "{r}"
+    );
+
+    // Backups, copied and verified at the three locations.
+    for source in ["cache-1/redis", "cache-1/files"] {
+        let out = f.cli(&["backup", "run", source, "--wait"]);
+        assert!(out.contains("succeeded"), "{out}");
+        let snaps = f.cli_json(&["snapshots", "ls", source]);
+        wait_verified(
+            &f,
+            snaps[0]["id"].as_str().unwrap(),
+            3,
+            Duration::from_secs(60),
+        );
+    }
+    let text = f.cli(&["restore-test", "run", "cache-1/redis", "--wait"]);
+    assert!(
+        text.contains("passed") && text.contains("300 keys (backup: 300)"),
+        "{text}"
+    );
+    assert_eq!(staging.cli(&["GET", "msg:42"]), "hello 42");
+    let tests = f.cli_json(&["restore-test", "ls", "cache-1/redis"]);
+    assert_eq!(tests[0]["result"], "passed", "{tests}");
+    assert!(tests[0]["duration_secs"].as_f64().unwrap() > 0.0, "{tests}");
+    let st = f.cli_json(&["status"]);
+    assert_eq!(recovery_of(&st, "cache-1/redis")["state"], "green", "{st}");
+    // The agent's own metrics: its jobs, dedup, and its sources' volumes,
+    // which it also reports to the controller with each heartbeat.
+    let text = scrape(&agent_metrics);
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_agent_jobs_total{kind=\"backup\",outcome=\"succeeded\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_agent_jobs_total{kind=\"restore\",outcome=\"succeeded\"}"
+        ),
+        1.0
+    );
+    let dedup = sample(&text, "trireme_agent_backup_dedup_ratio{source=\"files\"}");
+    assert!((0.0..=1.0).contains(&dedup), "{dedup}");
+    let used = sample(
+        &text,
+        "trireme_agent_source_volume_used_ratio{source=\"files\"}",
+    );
+    assert!(used > 0.0 && used <= 1.0, "{used}");
+    let text = scrape(&metrics);
+    let reported = sample(
+        &text,
+        "trireme_source_volume_used_ratio{source=\"cache-1/files\"}",
+    );
+    assert!(
+        (reported - used).abs() < 0.05,
+        "controller {reported}, agent {used}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_location_snapshots_behind{location=\"loc2\"}"
+        ),
+        0.0
+    );
+    let text = scrape(&metrics);
+    assert_eq!(
+        sample(&text, "trireme_source_rpo_met{source=\"cache-1/redis\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_restore_test_success{source=\"cache-1/redis\"}"
+        ),
+        1.0
+    );
+
+    // The RPO tightened below the snapshot's age: red in status and metrics.
+    apply(&f, &POLICIES.replacen("rpo = \"1h\"", "rpo = \"2s\"", 1));
+    std::thread::sleep(Duration::from_secs(3));
+    let st = f.cli_json(&["status"]);
+    let r = recovery_of(&st, "cache-1/redis");
+    assert_eq!(r["state"], "red", "{r}");
+    assert!(r["problems"].to_string().contains("RPO missed"), "{r}");
+    assert!(f.cli(&["status"]).contains("RED"));
+    let text = scrape(&metrics);
+    assert_eq!(
+        sample(&text, "trireme_source_rpo_met{source=\"cache-1/redis\"}"),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_source_recovery_ok{source=\"cache-1/redis\"}"
+        ),
+        0.0
+    );
+    apply(&f, POLICIES);
+
+    // A drill from loc2 alone: TiDB, MongoDB, Kafka, Redis, then the rest.
+    let out = f.cli(&["drill", "run", "--location", "loc2", "--wait"]);
+    assert!(out.contains("**Result: PASSED**"), "{out}");
+    for item in [
+        "[x] Backups reachable at every location",
+        "[x] Restore steps completed (2 of 2)",
+        "[x] Data integrity validated",
+        "[x] Restore times within RTO",
+    ] {
+        assert!(out.contains(item), "{item}: {out}");
+    }
+    let (r_at, f_at) = (
+        out.find("| cache-1/redis |").unwrap(),
+        out.find("| cache-1/files |").unwrap(),
+    );
+    assert!(r_at < f_at, "redis before the plain volume: {out}");
+    assert!(out.contains("smoke test"), "{out}");
+    assert!(
+        tree(&files_staging).is_empty(),
+        "the drill cleaned the staging directory"
+    );
+    let drills = f.cli_json(&["drill", "ls"]);
+    let id = drills[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(drills[0]["result"], "passed");
+    let html = f.cli(&["drill", "show", &id, "--html"]);
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("<h2>Checklist</h2>"),
+        "{html}"
+    );
+
+    // loc2 damaged: the drill from it fails, and its report says where.
+    corrupt_packs(&f.location(2));
+    let text = run_fails(&f, &["drill", "run", "--location", "loc2", "--wait"]);
+    assert!(text.contains("**Result: FAILED**"), "{text}");
+    assert!(
+        text.contains("[ ] Restore steps completed (0 of 2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("## What failed") && text.contains("- cache-1/redis:"),
+        "{text}"
+    );
+    // The other locations are fine: a drill from loc3 passes.
+    let out = f.cli(&["drill", "run", "--location", "loc3", "--wait"]);
+    assert!(out.contains("**Result: PASSED**"), "{out}");
+
+    // The primary damaged too: a restore test fails loudly, the source turns red.
+    corrupt_packs(&f.location(1));
+    let text = run_fails(&f, &["restore-test", "run", "cache-1/redis", "--wait"]);
+    assert!(
+        text.contains("FAILED") && text.to_lowercase().contains("corrupt"),
+        "{text}"
+    );
+    let st = f.cli_json(&["status"]);
+    let r = recovery_of(&st, "cache-1/redis");
+    assert_eq!(r["state"], "red", "{r}");
+    assert!(
+        r["problems"].to_string().contains("the last restore test"),
+        "{r}"
+    );
+    let text = scrape(&metrics);
+    assert_eq!(
+        sample(
+            &text,
+            "trireme_restore_test_success{source=\"cache-1/redis\"}"
+        ),
+        0.0
+    );
+}
