@@ -19,6 +19,9 @@
 //! | `active`    | `agent/source`               | [`JobId`] of the source's one unfinished job |
 //! | `jobs`      | job id, 16 bytes (UUIDv7, so time-ordered) | [`Job`]      |
 //! | `snapshots` | snapshot id, 32 bytes        | [`SnapshotRecord`]         |
+//! | `audit`     | sequence number, 8 bytes big-endian | [`crate::audit::AuditEntry`] |
+//! | `audit_mirror` | location name             | last sequence number mirrored there |
+//! | `mfa`       | operator certificate name    | [`crate::mfa::MfaRecord`]  |
 
 mod tree;
 
@@ -243,6 +246,8 @@ pub struct Catalog {
     jobs: Tree<JobId, Job>,
     snapshots: Tree<Id, SnapshotRecord>,
     locations: Tree<String, crate::replication::LocationState>,
+    audit: crate::audit::AuditLog,
+    mfa: Tree<String, crate::mfa::MfaRecord>,
     restore_tests: Tree<JobId, crate::recovery::RestoreTestRecord>,
     restore_test_slots: Tree<SourceId, DateTime<Utc>>,
     drills: Tree<String, crate::recovery::DrillRecord>,
@@ -297,6 +302,12 @@ impl Catalog {
             jobs: Tree::new(open("jobs")?, "jobs"),
             snapshots: Tree::new(open("snapshots")?, "snapshots"),
             locations: Tree::new(open("locations")?, "locations"),
+            audit: crate::audit::AuditLog::new(
+                Tree::new(open("audit")?, "audit"),
+                Tree::new(open("audit_mirror")?, "audit_mirror"),
+                db.clone(),
+            ),
+            mfa: Tree::new(open("mfa")?, "mfa"),
             restore_tests: Tree::new(open("restore_tests")?, "restore_tests"),
             restore_test_slots: Tree::new(open("restore_test_slots")?, "restore_test_slots"),
             drills: Tree::new(open("drills")?, "drills"),
@@ -375,6 +386,16 @@ impl Catalog {
     /// Replication and verification state by location name.
     pub fn locations(&self) -> &Tree<String, crate::replication::LocationState> {
         &self.locations
+    }
+
+    /// The hash-chained audit log.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
+    }
+
+    /// MFA enrollments by operator certificate name.
+    pub fn mfa(&self) -> &Tree<String, crate::mfa::MfaRecord> {
+        &self.mfa
     }
 
     /// Restore tests and drill steps by job id (oldest first), pending and finished.

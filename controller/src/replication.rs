@@ -168,6 +168,11 @@ impl Replicator {
 
     fn incident(&self, st: &mut LocationState, now: DateTime<Utc>, text: String) {
         tracing::warn!(target: "trireme::audit", incident = %text, "copy damaged");
+        let event = crate::audit::Event::controller("copy damaged", text.clone())
+            .problem("a copy at a location is missing or corrupt");
+        if let Err(e) = self.catalog.audit().append_lazy(event, now) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
         st.incidents
             .insert(0, format!("{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ")));
         st.incidents.truncate(MAX_INCIDENTS);

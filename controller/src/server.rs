@@ -63,6 +63,10 @@ pub struct Shared {
     pub replicator: Arc<Replicator>,
     /// Wakes the replication loop (a snapshot was recorded).
     pub replicate_now: tokio::sync::Notify,
+    /// TOTP second factor for sensitive operator actions.
+    pub mfa: crate::mfa::Mfa,
+    /// Where the audit log is mirrored: every location, by name.
+    pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
     /// The filesystems holding sources' data, as their agents last reported.
     pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
 }
@@ -122,6 +126,32 @@ impl Shared {
     /// Tell watchers that `job` changed.
     pub fn job_changed(&self, job: JobId) {
         let _ = self.job_events.send(job);
+    }
+
+    /// Record `event` in the audit log and on the `trireme::audit` log
+    /// target. A failure to record is logged, not returned: the action has
+    /// happened or been refused already.
+    pub fn audit(&self, event: crate::audit::Event) {
+        let e = &event;
+        match e.outcome {
+            crate::audit::Outcome::Ok => {
+                tracing::info!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, "audited action");
+            }
+            _ => {
+                tracing::warn!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, outcome = e.outcome.as_str(), reason = %e.reason, "audited refusal or problem");
+            }
+        }
+        self.record(event);
+    }
+
+    /// Append `event` to the audit log without a log line (for callers
+    /// that log their own).
+    pub fn record(&self, event: crate::audit::Event) {
+        // The append flushes to disk: keep it off the async workers' hot path.
+        let now = self.now();
+        if let Err(err) = agents::blocking(|| self.catalog.audit().append(event, now)) {
+            tracing::error!(error = %err, "cannot append to the audit log");
+        }
     }
 }
 
@@ -210,6 +240,12 @@ pub async fn run(
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
     let backends = prepare_locations(&config.locations, master_key.clone()).await?;
+    let mirrors: Vec<(String, trireme_common::DynBackend)> = config
+        .locations
+        .iter()
+        .zip(&backends)
+        .map(|(l, b)| (l.name.clone(), b.clone()))
+        .collect();
     let sites = config
         .locations
         .iter()
@@ -235,7 +271,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         catalog: catalog.clone(),
         scheduler: Scheduler::new(catalog.clone(), clock),
-        master_key,
+        master_key: master_key.clone(),
         locations: config.locations.clone(),
         agents: agents::Registry::default(),
         job_events,
@@ -244,6 +280,12 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
+        mfa: crate::mfa::Mfa::new(
+            catalog.clone(),
+            crate::mfa::provider(master_key.clone()),
+            config.mfa,
+        ),
+        audit_mirrors: mirrors.clone(),
         volumes: std::sync::Mutex::default(),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
@@ -322,6 +364,30 @@ pub async fn run(
                 if woken {
                     // Let a burst of results settle into one pass.
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }));
+    }
+    {
+        // Mirror new audit entries to every location, as often as replication runs.
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        let every = s.replicator.settings().every;
+        tasks.push(tokio::spawn(async move {
+            let mut stopping = false;
+            loop {
+                for (name, backend) in &mirrors {
+                    if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
+                        tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
+                    }
+                }
+                if stopping {
+                    return;
+                }
+                // One more round after the stop signal: the last entries too.
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => stopping = true,
+                    () = tokio::time::sleep(every) => {}
                 }
             }
         }));

@@ -180,6 +180,15 @@ struct Fake {
     restores: Mutex<Vec<RestoreRequest>>,
     applied: Mutex<Vec<String>>,
     verifies: Mutex<Vec<VerifyRequest>>,
+    /// The `x-trireme-totp` metadata of each sensitive call.
+    totps: Mutex<Vec<Option<String>>>,
+    audit_lists: Mutex<Vec<ListAuditRequest>>,
+}
+
+fn totp_of<T>(r: &Request<T>) -> Option<String> {
+    r.metadata()
+        .get("x-trireme-totp")
+        .map(|v| v.to_str().unwrap().to_string())
 }
 
 const JOB_OK: &str = "0193a0b1-0000-7000-8000-000000000001";
@@ -354,6 +363,7 @@ impl OperatorService for Fake {
         r: Request<ApplyPolicyRequest>,
     ) -> Result<Response<ApplyPolicyReply>, Status> {
         self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
         self.applied.lock().unwrap().push(r.into_inner().toml);
         Ok(Response::new(ApplyPolicyReply {
             applied: vec!["web-1/www".into()],
@@ -578,6 +588,77 @@ impl OperatorService for Fake {
             reply.unrepaired.push("offsite: chunks/cd".into());
         }
         Ok(Response::new(reply))
+    }
+    async fn list_audit(
+        &self,
+        r: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.read(&r)?;
+        self.audit_lists.lock().unwrap().push(r.into_inner());
+        let entry = |seq: u64, actor: &str, outcome: &str, reason: &str| AuditEntry {
+            seq,
+            time: "2026-03-01T10:00:00.000000000Z".into(),
+            actor: actor.into(),
+            role: "operator".into(),
+            action: "policy apply".into(),
+            target: "1 policies: web-1/www".into(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+            peer: "10.1.2.3:40000".into(),
+            prev_hash: "00".repeat(32),
+            hash: "ab".repeat(32),
+        };
+        Ok(Response::new(ListAuditReply {
+            entries: vec![
+                entry(1, "op", "refused", "policy apply is a sensitive action"),
+                entry(2, "op", "ok", ""),
+            ],
+        }))
+    }
+    async fn verify_audit(
+        &self,
+        r: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(VerifyAuditReply {
+            entries_checked: 6,
+            first_broken_seq: 7,
+            problem: "entry 7 does not match its hash (edited after it was written)".into(),
+            head_seq: 0,
+            head_hash: String::new(),
+            mirrors: vec![AuditMirrorCheck {
+                location: "primary".into(),
+                entries_compared: 9,
+                problems: vec![],
+                error: String::new(),
+            }],
+        }))
+    }
+    async fn mfa_enroll(
+        &self,
+        r: Request<MfaEnrollRequest>,
+    ) -> Result<Response<MfaEnrollReply>, Status> {
+        self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
+        Ok(Response::new(MfaEnrollReply {
+            account: "op".into(),
+            secret_base32: "JBSWY3DPEHPK3PXP".into(),
+            otpauth_uri: "otpauth://totp/Trireme:op?secret=JBSWY3DPEHPK3PXP&issuer=Trireme".into(),
+        }))
+    }
+    async fn mfa_confirm(
+        &self,
+        r: Request<MfaConfirmRequest>,
+    ) -> Result<Response<MfaConfirmReply>, Status> {
+        self.operate(&r)?;
+        if r.get_ref().code != "123456" {
+            return Err(Status::permission_denied(
+                "mfa confirm: the TOTP code is wrong or expired",
+            ));
+        }
+        Ok(Response::new(MfaConfirmReply {
+            account: "op".into(),
+        }))
     }
 }
 
@@ -1076,4 +1157,93 @@ async fn a_refused_client_certificate_is_explained() {
     let err = fails(&o);
     assert!(err.contains("your certificate"), "{err}");
     assert!(err.contains(&s.addr), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_mfa_commands() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+
+    let out = ok(&s
+        .run(
+            &pki,
+            "eve",
+            &["audit", "ls", "--actor", "op", "--since", "24h"],
+        )
+        .await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SEQ") && lines[0].contains("FROM"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("1 ")
+            && lines[1].contains("op (operator)")
+            && lines[1].contains("10.1.2.3:40000")
+            && lines[1].contains("refused: policy apply is a sensitive action"),
+        "{out}"
+    );
+    let req = s.fake.audit_lists.lock().unwrap().pop().unwrap();
+    assert_eq!(req.actor, "op");
+    let ago = chrono::Utc::now().timestamp() - req.since_unix;
+    assert!((24 * 3600 - 60..=24 * 3600 + 60).contains(&ago), "{ago}");
+    let v = json(&s.run(&pki, "eve", &["audit", "ls", "--json"]).await);
+    assert_eq!(v[1]["outcome"], "ok");
+    assert_eq!(v[1]["reason"], Value::Null);
+    assert_eq!(v[0]["hash"], "ab".repeat(32));
+    let err = fails(
+        &s.run(&pki, "eve", &["audit", "ls", "--since", "soon"])
+            .await,
+    );
+    assert!(err.contains("24h"), "{err}");
+
+    // A broken chain: the report, and exit 1 naming the entry.
+    let o = s.run(&pki, "eve", &["audit", "verify"]).await;
+    let err = fails(&o);
+    assert!(err.contains("the audit log is broken at entry 7"), "{err}");
+    assert!(stdout(&o).contains("BROKEN at entry 7"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("primary: agrees (9 entries compared)"),
+        "{}",
+        stdout(&o)
+    );
+
+    // MFA: the secret is shown once; the code travels as metadata.
+    let out = ok(&s.run(&pki, "op", &["mfa", "enroll"]).await);
+    assert!(
+        out.contains("JBSWY3DPEHPK3PXP") && out.contains("trireme mfa confirm"),
+        "{out}"
+    );
+    ok(&s.run(&pki, "op", &["mfa", "confirm", "123456"]).await);
+    let err = fails(&s.run(&pki, "op", &["mfa", "confirm", "654321"]).await);
+    assert!(err.contains("wrong or expired"), "{err}");
+    let policy = pki.dir.join("p.toml");
+    std::fs::write(&policy, "[[policy]]\n").unwrap();
+    ok(&s
+        .run(
+            &pki,
+            "op",
+            &[
+                "policy",
+                "apply",
+                "-f",
+                policy.to_str().unwrap(),
+                "--totp",
+                "424242",
+            ],
+        )
+        .await);
+    ok(&s
+        .run(
+            &pki,
+            "op",
+            &["policy", "apply", "-f", policy.to_str().unwrap()],
+        )
+        .await);
+    let totps = s.fake.totps.lock().unwrap().clone();
+    assert_eq!(
+        totps,
+        vec![None, Some("424242".to_string()), None],
+        "enroll, apply with --totp, apply without"
+    );
 }

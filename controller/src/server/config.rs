@@ -11,6 +11,9 @@
 //! dir = "/etc/trireme/tls"   # holds ca.pem, crl.pem, <name>.pem, <name>.key
 //! name = "controller.example.com"
 //!
+//! [mfa]
+//! required = true   # sensitive actions need a TOTP code from every operator
+//!
 //! [[location]]
 //! name = "primary"
 //! url = "s3://trireme/prod?endpoint=https://s3.eu-west-1.amazonaws.com&region=eu-west-1"
@@ -50,6 +53,8 @@ pub struct ControllerConfig {
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
     pub agent_timeout: Duration,
+    /// Second factor for sensitive actions (`[mfa]`).
+    pub mfa: crate::mfa::MfaSettings,
 }
 
 /// One location.
@@ -88,6 +93,18 @@ struct RawConfig {
     metrics_listen: Option<String>,
     #[serde(default)]
     replication: RawReplication,
+    #[serde(default)]
+    mfa: RawMfa,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMfa {
+    /// Refuse sensitive actions to operators without a confirmed TOTP
+    /// enrollment (default false: they may act without a code; operators
+    /// who enrolled always need one).
+    #[serde(default)]
+    required: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -348,6 +365,9 @@ impl ControllerConfig {
             agent_timeout,
             replication,
             metrics_listen,
+            mfa: crate::mfa::MfaSettings {
+                required: raw.mfa.required,
+            },
         })
     }
 }
@@ -416,6 +436,13 @@ url = "file:///tmp/x"
         assert_eq!(c.tls.cert, Path::new("/etc/trireme/tls/localhost.pem"));
         assert_eq!(c.locations[0].name, "primary");
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert!(!c.mfa.required);
+        let c = ControllerConfig::parse(
+            Path::new("/c.toml"),
+            &format!("{GOOD}\n[mfa]\nrequired = true\n"),
+        )
+        .unwrap();
+        assert!(c.mfa.required);
     }
 
     #[test]
@@ -463,5 +490,6 @@ mod example_tests {
         let c = ControllerConfig::load(p).unwrap();
         assert_eq!(c.locations.len(), 3);
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert!(c.mfa.required);
     }
 }
