@@ -17,6 +17,7 @@ pub mod index;
 pub mod keys;
 pub mod location;
 pub mod manifest;
+pub mod prune;
 pub mod replicate;
 pub mod repo;
 pub mod restore;
