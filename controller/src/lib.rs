@@ -8,6 +8,7 @@ pub mod error;
 pub mod jobs;
 pub mod policy;
 pub mod replication;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 
