@@ -19,6 +19,9 @@
 //! | `active`    | `agent/source`               | [`JobId`] of the source's one unfinished job |
 //! | `jobs`      | job id, 16 bytes (UUIDv7, so time-ordered) | [`Job`]      |
 //! | `snapshots` | snapshot id, 32 bytes        | [`SnapshotRecord`]         |
+//! | `retention` | class name                   | [`RetentionClass`](crate::retention::RetentionClass) |
+//! | `pruning`   | snapshot id, 32 bytes        | [`PendingPrune`](crate::prune::PendingPrune): removed, still at skipped locations |
+//! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) |
 
 mod tree;
 
@@ -243,6 +246,9 @@ pub struct Catalog {
     jobs: Tree<JobId, Job>,
     snapshots: Tree<Id, SnapshotRecord>,
     locations: Tree<String, crate::replication::LocationState>,
+    retention: Tree<String, crate::retention::RetentionClass>,
+    pruning: Tree<Id, crate::prune::PendingPrune>,
+    tombstones: Tree<String, DateTime<Utc>>,
 }
 
 impl fmt::Debug for Catalog {
@@ -267,6 +273,8 @@ pub struct Tx<'a> {
     pub jobs: TxTree<'a, JobId, Job>,
     /// Snapshots by id.
     pub snapshots: TxTree<'a, Id, SnapshotRecord>,
+    /// Retention classes by name.
+    pub retention: TxTree<'a, String, crate::retention::RetentionClass>,
 }
 
 impl Catalog {
@@ -294,6 +302,9 @@ impl Catalog {
             jobs: Tree::new(open("jobs")?, "jobs"),
             snapshots: Tree::new(open("snapshots")?, "snapshots"),
             locations: Tree::new(open("locations")?, "locations"),
+            retention: Tree::new(open("retention")?, "retention"),
+            pruning: Tree::new(open("pruning")?, "pruning"),
+            tombstones: Tree::new(open("tombstones")?, "tombstones"),
             path: path.clone(),
             db,
         };
@@ -371,6 +382,22 @@ impl Catalog {
         &self.locations
     }
 
+    /// Retention classes by name.
+    pub fn retention(&self) -> &Tree<String, crate::retention::RetentionClass> {
+        &self.retention
+    }
+
+    /// Snapshots removed from the catalog by prune that skipped locations
+    /// still hold.
+    pub fn pruning(&self) -> &Tree<Id, crate::prune::PendingPrune> {
+        &self.pruning
+    }
+
+    /// Objects prune deleted (by path): replication does not copy them back.
+    pub fn tombstones(&self) -> &Tree<String, DateTime<Utc>> {
+        &self.tombstones
+    }
+
     /// Run `f` as one serializable transaction over every tree: all its
     /// writes happen, or none. `f` may run more than once (on conflicts), so
     /// it must have no other side effects. Not flushed: durable within
@@ -387,9 +414,10 @@ impl Catalog {
             self.active.sled(),
             self.jobs.sled(),
             self.snapshots.sled(),
+            self.retention.sled(),
         );
         let r = trees.transaction(
-            |(agents, sources, policies, schedule, active, jobs, snaps)| {
+            |(agents, sources, policies, schedule, active, jobs, snaps, retention)| {
                 let tx = Tx {
                     agents: TxTree::new(agents, "agents"),
                     sources: TxTree::new(sources, "sources"),
@@ -398,6 +426,7 @@ impl Catalog {
                     active: TxTree::new(active, "active"),
                     jobs: TxTree::new(jobs, "jobs"),
                     snapshots: TxTree::new(snaps, "snapshots"),
+                    retention: TxTree::new(retention, "retention"),
                 };
                 f(&tx)
             },

@@ -18,6 +18,7 @@
 mod commands;
 pub mod connect;
 pub mod output;
+mod prune;
 mod view;
 mod watch;
 
@@ -146,6 +147,24 @@ pub enum Command {
     /// Certificates: init-ca, issue, revoke, ls.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Apply retention: remove the snapshots no retention class keeps, and
+    /// the data only they use, at every location that is up to date
+    /// (`--dry-run` first to see what would go).
+    Prune(PruneArgs),
+}
+
+/// `trireme prune …`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only show what would be removed; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this source's snapshots [default: every source].
+    #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+    pub source: Option<SourceArg>,
+    /// Also list the snapshots kept, with the rules that keep them.
+    #[arg(long)]
+    pub show_kept: bool,
 }
 
 /// `trireme agents …`

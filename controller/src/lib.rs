@@ -7,6 +7,7 @@ pub mod cli;
 pub mod error;
 pub mod jobs;
 pub mod policy;
+pub mod prune;
 pub mod replication;
 pub mod retention;
 pub mod scheduler;

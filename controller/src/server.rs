@@ -16,6 +16,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod prune_rpc;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub replicator: Arc<Replicator>,
     /// Wakes the replication loop (a snapshot was recorded).
     pub replicate_now: tokio::sync::Notify,
+    /// Held (write) by a prune: job dispatch (read) waits until it ends.
+    pub prune_gate: tokio::sync::RwLock<()>,
 }
 
 impl Shared {
@@ -195,6 +198,7 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
+        prune_gate: tokio::sync::RwLock::new(()),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
 

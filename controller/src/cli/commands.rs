@@ -268,6 +268,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 view::status_fields(&c.addr, &ping, &status)
             })
         }
+        Command::Prune(args) => super::prune::run(&mut c, format, args).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }

@@ -21,6 +21,8 @@ use trireme_proto::v1::{
     WatchJobRequest,
 };
 
+use trireme_proto::v1::{PruneReply, PruneRequest};
+
 use super::agents::{blocking, dispatch_soon, send_cancel};
 use super::Shared;
 use crate::catalog::{CopyState, SnapshotRecord, SourceId};
@@ -388,11 +390,12 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<ApplyPolicyReply>, Status> {
         let id = self.shared.authz.authorize(&request, OPERATE)?;
         let r = request.into_inner();
-        let policies = policy::parse_policies("policy", &r.toml)?;
+        let file = policy::parse_policy_file("policy", &r.toml)?;
+        let policies = &file.policies;
         let now = self.shared.now();
         let origin = format!("applied by {}", id.name);
         let report =
-            blocking(|| policy::apply_policies(&self.shared.catalog, &policies, &origin, now))?;
+            blocking(|| policy::apply_policy_file(&self.shared.catalog, &file, &origin, now))?;
         audit(&id, "policy apply", &format!("{} policies", policies.len()));
         self.shared.scheduler.wake();
         let applied = report
@@ -406,6 +409,7 @@ impl OperatorService for OperatorApi {
             .unknown_sources
             .iter()
             .map(|s| format!("no agent has reported source {s} yet: its backups wait until one does (check the agent's config and name)"))
+            .chain(file.warnings.iter().cloned())
             .collect();
         Ok(Response::new(ApplyPolicyReply { applied, warnings }))
     }
@@ -840,6 +844,12 @@ impl OperatorService for OperatorApi {
                 }
             }
         }
+        Ok(Response::new(reply))
+    }
+
+    async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let reply = super::prune_rpc::run(&self.shared, &id, request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 }
