@@ -420,10 +420,11 @@ pub async fn prune(
         let mut failed = false;
         for (i, site) in sites.iter().enumerate() {
             match (&outcomes[i].skipped, &done[i]) {
+                // A skipped location may hold it, whatever its listing said
+                // (an unmounted directory lists empty): a later prune
+                // looks again and forgets it where it is absent.
                 (Some(_), _) => {
-                    if holds(i, &v.id) {
-                        left.insert(site.name.clone());
-                    }
+                    left.insert(site.name.clone());
                 }
                 (None, Some(removed_here)) => {
                     if holds(i, &v.id) && !removed_here.contains(&v.id) {
