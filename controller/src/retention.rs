@@ -156,7 +156,7 @@ pub fn select(
     tz: chrono_tz::Tz,
 ) -> Selection {
     let mut snaps: Vec<(Id, DateTime<Utc>)> = snapshots.to_vec();
-    snaps.sort_by(|a, b| (b.1, b.0).cmp(&(a.1, a.0)));
+    snaps.sort_by_key(|s| std::cmp::Reverse((s.1, s.0)));
     snaps.dedup_by_key(|s| s.0);
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); snaps.len()];
     let mut in_window = vec![false; snaps.len()];
