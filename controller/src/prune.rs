@@ -565,3 +565,6 @@ async fn drop_tombstones(catalog: &Catalog, replicator: &Replicator) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
