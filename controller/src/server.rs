@@ -277,6 +277,13 @@ pub async fn run(
             }
         }));
     }
+    if let Some(every) = config.prune_every {
+        tasks.push(tokio::spawn(prune_rpc::scheduled(
+            shared.clone(),
+            every,
+            stop_rx.clone(),
+        )));
+    }
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();

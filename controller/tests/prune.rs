@@ -306,3 +306,39 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     assert!(ids(&again["removed"]).is_empty(), "{again}");
     assert!(!again.to_string().contains("still to prune"), "{again}");
 }
+
+#[test]
+fn scheduled_prune_applies_retention_on_its_own() {
+    let mut f = Fleet::new();
+    f.controller_extra = "[retention]\nprune_every = \"2s\"\n".into();
+    let data = f.dir.join("data");
+    make_data(&data, 2, 200_000, 31);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("app-1", "files", &data));
+    f.wait_connected(&["app-1"]);
+    let mut snaps = Vec::new();
+    for i in 0..3 {
+        snaps.push(change_and_backup(&f, &data, i));
+    }
+    for (id, _) in &snaps {
+        wait_verified(&f, id, 3);
+    }
+    // No policy yet: the scheduled prunes keep everything.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(catalog_ids(&f).len(), 3);
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"app-1/files\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    let newest: BTreeSet<String> = [snaps[2].0.clone()].into();
+    wait_for("the scheduled prune", Duration::from_secs(60), || {
+        (catalog_ids(&f) == newest && (1..=3).all(|i| manifests(&f.location(i)) == newest))
+            .then_some(())
+    });
+    for i in 1..=3 {
+        restores_from(&f, &f.location(i), &snaps[2].0, &snaps[2].1);
+    }
+    assert!(Fleet::log_text(&f.controller_log()).contains("scheduled prune"));
+}

@@ -50,6 +50,9 @@ pub struct ControllerConfig {
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
     pub agent_timeout: Duration,
+    /// `[retention] prune_every`: apply retention (`trireme prune`) this
+    /// often on its own; unset: only when an operator runs it.
+    pub prune_every: Option<Duration>,
 }
 
 /// One location.
@@ -88,6 +91,14 @@ struct RawConfig {
     metrics_listen: Option<String>,
     #[serde(default)]
     replication: RawReplication,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    prune_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -288,6 +299,18 @@ impl ControllerConfig {
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
+        let prune_every = match &raw.retention.prune_every {
+            None => None,
+            Some(s) => {
+                let d = duration("retention.prune_every", &Some(s.clone()), Duration::ZERO)?;
+                if d < Duration::from_secs(1) {
+                    return Err(bad(
+                        "[retention] prune_every must be at least 1s (e.g. \"24h\"); leave it out to prune only on demand".into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(ControllerConfig {
             listen,
             data_dir: abs(&raw.data_dir),
@@ -298,6 +321,7 @@ impl ControllerConfig {
             agent_timeout,
             replication,
             metrics_listen,
+            prune_every,
         })
     }
 }
@@ -325,6 +349,22 @@ url = "file:///tmp/x"
         assert_eq!(c.tls.cert, Path::new("/etc/trireme/tls/localhost.pem"));
         assert_eq!(c.locations[0].name, "primary");
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert_eq!(c.prune_every, None);
+        let c = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[retention]\nprune_every = \"24h\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.prune_every, Some(Duration::from_secs(86400)));
+        for bad in ["\"0s\"", "\"daily\""] {
+            let e = ControllerConfig::parse(
+                Path::new("c.toml"),
+                &format!("{GOOD}[retention]\nprune_every = {bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("prune_every"), "{e}");
+        }
     }
 
     #[test]
