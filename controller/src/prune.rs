@@ -21,11 +21,11 @@
 //!
 //! Before deleting anything, the objects to delete are recorded as
 //! *tombstones* in the catalog: replication does not copy them back from a
-//! skipped location. A removed snapshot leaves the catalog once every
-//! pruned location removed it; skipped locations that still hold it are
-//! remembered in the `pruning` tree and pruned of it by a later run, once
-//! they are up to date. A tombstone is dropped once no location holds its
-//! object.
+//! skipped location. A removed snapshot then leaves the catalog; the
+//! locations that may still hold it (skipped, stopped part-way by an error,
+//! or refusing because it is locked) are remembered in the `pruning` tree
+//! and pruned of it by later runs, once they are up to date. A tombstone is
+//! dropped once no location holds its object.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -408,8 +408,10 @@ pub async fn prune(
         replicator.forget(&sites[i].name, &deletions);
     }
 
-    // 6. The catalog: a removed snapshot leaves it once every pruned
-    //    location removed it; skipped locations holding it are remembered.
+    // 6. The catalog: a removed snapshot leaves it (its objects are
+    //    tombstoned: it is condemned everywhere); the locations that may
+    //    still hold it (skipped, failed part-way, or locked) are
+    //    remembered, and later prunes remove it there.
     let holds = |i: usize, id: &Id| match &listed[i] {
         Ok(h) => h.contains(id),
         Err(_) => true,
@@ -417,30 +419,18 @@ pub async fn prune(
     let mut gone = 0usize;
     for v in &removed {
         let mut left = BTreeSet::new();
-        let mut failed = false;
         for (i, site) in sites.iter().enumerate() {
-            match (&outcomes[i].skipped, &done[i]) {
+            let still = match (&outcomes[i].skipped, &done[i]) {
                 // A skipped location may hold it, whatever its listing said
                 // (an unmounted directory lists empty): a later prune
                 // looks again and forgets it where it is absent.
-                (Some(_), _) => {
-                    left.insert(site.name.clone());
-                }
-                (None, Some(removed_here)) => {
-                    if holds(i, &v.id) && !removed_here.contains(&v.id) {
-                        failed = true;
-                    }
-                }
-                (None, None) => failed = true,
+                (Some(_), _) => true,
+                (None, Some(removed_here)) => holds(i, &v.id) && !removed_here.contains(&v.id),
+                (None, None) => holds(i, &v.id),
+            };
+            if still {
+                left.insert(site.name.clone());
             }
-        }
-        if failed {
-            notes.push(format!(
-                "snapshot {} of {} stays in the catalog: a location could not remove it (see above); the next prune retries",
-                v.id.short(),
-                v.source
-            ));
-            continue;
         }
         let pending_entry = (!left.is_empty()).then(|| PendingPrune {
             source: v.source.clone(),
@@ -455,7 +445,7 @@ pub async fn prune(
         if let Some(p) = pending_entry {
             catalog.pruning().insert(&v.id, &p)?;
             notes.push(format!(
-                "snapshot {} of {} is still at {} (skipped); a later prune removes it there",
+                "snapshot {} of {} is still at {} (skipped, stopped part-way or locked); a later prune removes it there",
                 v.id.short(),
                 v.source,
                 left.into_iter().collect::<Vec<_>>().join(", ")

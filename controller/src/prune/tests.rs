@@ -166,3 +166,223 @@ fn prune_is_refused_while_a_job_is_unfinished() {
     );
     assert!(e.contains("h/db"), "{e}");
 }
+
+// ---- prune() in process: three file:// locations, a real replicator ----
+
+mod across_locations {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use trireme_common::backend::FileBackend;
+    use trireme_common::replicate::list_all;
+    use trireme_common::{
+        Backend, BackupInput, BackupOptions, ChunkerParams, DynBackend, ListedObject, LocalKeyFile,
+        ObjectMeta, RestoreOptions,
+    };
+
+    use super::*;
+    use crate::replication::{ReplicationSettings, Site};
+
+    /// A file backend whose deletes can be made to fail (an outage).
+    #[derive(Debug)]
+    struct Flaky {
+        inner: FileBackend,
+        fail_deletes: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Backend for Flaky {
+        fn location(&self) -> &str {
+            self.inner.location()
+        }
+        async fn put(&self, k: &ObjectKey, d: Bytes, s: [u8; 32]) -> trireme_common::Result<()> {
+            self.inner.put(k, d, s).await
+        }
+        async fn get(&self, k: &ObjectKey) -> trireme_common::Result<Bytes> {
+            self.inner.get(k).await
+        }
+        async fn get_range(&self, k: &ObjectKey, o: u64, l: u64) -> trireme_common::Result<Bytes> {
+            self.inner.get_range(k, o, l).await
+        }
+        async fn head(&self, k: &ObjectKey) -> trireme_common::Result<Option<ObjectMeta>> {
+            self.inner.head(k).await
+        }
+        async fn list(&self, kind: ObjectKind) -> trireme_common::Result<Vec<ListedObject>> {
+            self.inner.list(kind).await
+        }
+        async fn delete(&self, k: &ObjectKey) -> trireme_common::Result<()> {
+            if self.fail_deletes.load(Ordering::SeqCst) {
+                return Err(trireme_common::Error::Storage {
+                    location: self.location().into(),
+                    key: k.path(),
+                    message: "connection reset by peer".into(),
+                    temporary: true,
+                });
+            }
+            self.inner.delete(k).await
+        }
+    }
+
+    fn write_data(dir: &Path, seed: u64) {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("base"), vec![7u8; 100_000]).unwrap();
+        let mut x = seed | 1;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join(format!("only-{seed}")), noise).unwrap();
+    }
+
+    async fn snapshot_names(b: &DynBackend) -> BTreeSet<String> {
+        b.list(ObjectKind::Snapshot)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key.name)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_location_failing_part_way_is_finished_later_and_nothing_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(LocalKeyFile::create(&dir.path().join("key")).unwrap());
+        let flaky = Arc::new(Flaky {
+            inner: FileBackend::new(dir.path().join("loc2")),
+            fail_deletes: AtomicBool::new(false),
+        });
+        let backends: Vec<DynBackend> = vec![
+            Arc::new(FileBackend::new(dir.path().join("loc1"))),
+            flaky.clone(),
+            Arc::new(FileBackend::new(dir.path().join("loc3"))),
+        ];
+        let repo = Arc::new(
+            Repository::init(backends[0].clone(), key.clone(), ChunkerParams::default())
+                .await
+                .unwrap(),
+        );
+        let c = Catalog::open(dir.path().join("catalog")).unwrap();
+        let sites = LOCS
+            .iter()
+            .zip(&backends)
+            .map(|(n, b)| Site {
+                name: n.to_string(),
+                backend: b.clone(),
+                pacer: None,
+            })
+            .collect();
+        let rep = Replicator::new(c.clone(), sites, ReplicationSettings::default());
+        let file = parse_policy_file("p.toml", KEEP_ONE).unwrap();
+        apply_policy_file(&c, &file, "test", at(0)).unwrap();
+
+        let src = dir.path().join("src");
+        let mut ids = Vec::new();
+        for seed in 1..=3u64 {
+            write_data(&src, seed);
+            let s = repo
+                .load_index()
+                .await
+                .unwrap()
+                .backup(
+                    BackupInput::Tree(src.clone()),
+                    BackupOptions::new("db", "volume", "h"),
+                )
+                .await
+                .unwrap();
+            c.record_snapshot(&SnapshotRecord {
+                id: s.id,
+                source: "h/db".parse().unwrap(),
+                agent: "h".into(),
+                time: at(seed as u32),
+                size: 1,
+                summary: s.manifest.summary.clone(),
+                job: None,
+                copies: BTreeMap::new(),
+                position: BTreeMap::new(),
+            })
+            .unwrap();
+            ids.push(s.id);
+        }
+        rep.pass(at(5)).await.unwrap();
+        assert!(c
+            .snapshots()
+            .values()
+            .unwrap()
+            .iter()
+            .all(|s| verified_copies(s) == 3));
+
+        // loc2 fails every delete: loc1 and loc3 are pruned, loc2 not.
+        flaky.fail_deletes.store(true, Ordering::SeqCst);
+        let keys: DynKeyProvider = key.clone();
+        let o = prune(&c, &rep, keys.clone(), &PruneRequest::default(), at(6))
+            .await
+            .unwrap();
+        assert_eq!(o.removed.len(), 2);
+        assert!(o.locations[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("connection reset"));
+        assert!(o.locations[0].error.is_none() && o.locations[2].error.is_none());
+        let newest: BTreeSet<String> = [ids[2].to_hex()].into();
+        assert_eq!(snapshot_names(&backends[0]).await, newest);
+        assert_eq!(snapshot_names(&backends[2]).await, newest);
+        assert_eq!(snapshot_names(&backends[1]).await.len(), 3);
+        // The catalog forgot them; loc2 is remembered.
+        assert_eq!(c.snapshots().keys().unwrap(), vec![ids[2]]);
+        for id in &ids[..2] {
+            let p = c.pruning().get(id).unwrap().unwrap();
+            assert_eq!(p.locations, BTreeSet::from(["loc2".to_string()]));
+        }
+        assert!(!c.tombstones().keys().unwrap().is_empty());
+
+        // Replication does not bring the pruned objects back from loc2.
+        rep.pass(at(7)).await.unwrap();
+        assert_eq!(snapshot_names(&backends[0]).await, newest);
+        let l1 = list_all(&backends[0]).await.unwrap();
+        assert_eq!(l1, list_all(&backends[2]).await.unwrap());
+
+        // loc2 works again: the next prune finishes it.
+        flaky.fail_deletes.store(false, Ordering::SeqCst);
+        let o = prune(&c, &rep, keys.clone(), &PruneRequest::default(), at(8))
+            .await
+            .unwrap();
+        assert!(o.removed.is_empty());
+        assert!(
+            o.locations
+                .iter()
+                .all(|l| l.skipped.is_none() && l.error.is_none()),
+            "{o:?}"
+        );
+        assert_eq!(o.locations[1].snapshots_removed.len(), 2);
+        assert!(c.pruning().keys().unwrap().is_empty());
+        assert!(
+            c.tombstones().keys().unwrap().is_empty(),
+            "no location holds them"
+        );
+        for b in &backends {
+            assert_eq!(list_all(b).await.unwrap(), l1, "{}", b.location());
+        }
+        // The kept snapshot restores from loc2 alone.
+        let r2 = Arc::new(Repository::open(backends[1].clone(), keys).await.unwrap());
+        let out = dir.path().join("restore");
+        let snap = r2.read_snapshot(&ids[2]).await.unwrap();
+        r2.load_index()
+            .await
+            .unwrap()
+            .restore_to_dir(&snap, &out, &RestoreOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(out.join("only-3")).unwrap(),
+            std::fs::read(src.join("only-3")).unwrap()
+        );
+    }
+}
