@@ -260,19 +260,19 @@ pub async fn prune(
     let sites = replicator.sites();
     let (removed, kept, mut notes) = decide(catalog, req.source.as_ref(), sites.len(), now)?;
     let remove: BTreeSet<Id> = removed.iter().map(|v| v.id).collect();
-    let pending: Vec<(Id, PendingPrune)> = catalog
-        .pruning()
-        .entries()?
+    let all_pending = catalog.pruning().entries()?;
+    // Ids that no location is to keep: removed now, or removed before (of
+    // any source: they do not make a location look behind).
+    let condemned: BTreeSet<Id> = remove
+        .iter()
+        .copied()
+        .chain(all_pending.iter().map(|(id, _)| *id))
+        .collect();
+    let pending: Vec<(Id, PendingPrune)> = all_pending
         .into_iter()
         .filter(|(_, p)| req.source.as_ref().is_none_or(|s| *s == p.source))
         .collect();
     let all_snaps = catalog.snapshots().values()?;
-    // Ids that no location is to keep: removed now, or removed before.
-    let condemned: BTreeSet<Id> = remove
-        .iter()
-        .copied()
-        .chain(pending.iter().map(|(id, _)| *id))
-        .collect();
 
     // 1. List the snapshot manifests at every location.
     let mut listed: Vec<std::result::Result<BTreeSet<Id>, String>> = Vec::new();

@@ -342,6 +342,21 @@ mod across_locations {
             assert_eq!(p.locations, BTreeSet::from(["loc2".to_string()]));
         }
         assert!(!c.tombstones().keys().unwrap().is_empty());
+        // A prune of another source meanwhile: loc2's leftovers of h/db do
+        // not make loc1 and loc3 look behind, and are left for later.
+        let other = PruneRequest {
+            dry_run: false,
+            source: Some("h/other".parse().unwrap()),
+        };
+        let o = prune(&c, &rep, keys.clone(), &other, at(6)).await.unwrap();
+        assert!(
+            o.locations
+                .iter()
+                .all(|l| l.skipped.is_none() && l.error.is_none()),
+            "{o:?}"
+        );
+        assert_eq!(snapshot_names(&backends[1]).await.len(), 3);
+        assert_eq!(c.pruning().keys().unwrap().len(), 2);
 
         // Replication does not bring the pruned objects back from loc2.
         rep.pass(at(7)).await.unwrap();
