@@ -22,6 +22,9 @@
 //! | `audit`     | sequence number, 8 bytes big-endian | [`crate::audit::AuditEntry`] |
 //! | `audit_mirror` | location name             | last sequence number mirrored there |
 //! | `mfa`       | operator certificate name    | [`crate::mfa::MfaRecord`]  |
+//! | `retention` | class name                   | [`RetentionClass`](crate::retention::RetentionClass) |
+//! | `pruning`   | snapshot id, 32 bytes        | [`PendingPrune`](crate::prune::PendingPrune): removed, still at skipped locations |
+//! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) |
 
 mod tree;
 
@@ -251,6 +254,9 @@ pub struct Catalog {
     restore_tests: Tree<JobId, crate::recovery::RestoreTestRecord>,
     restore_test_slots: Tree<SourceId, DateTime<Utc>>,
     drills: Tree<String, crate::recovery::DrillRecord>,
+    retention: Tree<String, crate::retention::RetentionClass>,
+    pruning: Tree<Id, crate::prune::PendingPrune>,
+    tombstones: Tree<String, DateTime<Utc>>,
 }
 
 impl fmt::Debug for Catalog {
@@ -275,6 +281,8 @@ pub struct Tx<'a> {
     pub jobs: TxTree<'a, JobId, Job>,
     /// Snapshots by id.
     pub snapshots: TxTree<'a, Id, SnapshotRecord>,
+    /// Retention classes by name.
+    pub retention: TxTree<'a, String, crate::retention::RetentionClass>,
 }
 
 impl Catalog {
@@ -311,6 +319,9 @@ impl Catalog {
             restore_tests: Tree::new(open("restore_tests")?, "restore_tests"),
             restore_test_slots: Tree::new(open("restore_test_slots")?, "restore_test_slots"),
             drills: Tree::new(open("drills")?, "drills"),
+            retention: Tree::new(open("retention")?, "retention"),
+            pruning: Tree::new(open("pruning")?, "pruning"),
+            tombstones: Tree::new(open("tombstones")?, "tombstones"),
             path: path.clone(),
             db,
         };
@@ -413,6 +424,22 @@ impl Catalog {
         &self.drills
     }
 
+    /// Retention classes by name.
+    pub fn retention(&self) -> &Tree<String, crate::retention::RetentionClass> {
+        &self.retention
+    }
+
+    /// Snapshots removed from the catalog by prune that skipped locations
+    /// still hold.
+    pub fn pruning(&self) -> &Tree<Id, crate::prune::PendingPrune> {
+        &self.pruning
+    }
+
+    /// Objects prune deleted (by path): replication does not copy them back.
+    pub fn tombstones(&self) -> &Tree<String, DateTime<Utc>> {
+        &self.tombstones
+    }
+
     /// Run `f` as one serializable transaction over every tree: all its
     /// writes happen, or none. `f` may run more than once (on conflicts), so
     /// it must have no other side effects. Not flushed: durable within
@@ -429,9 +456,10 @@ impl Catalog {
             self.active.sled(),
             self.jobs.sled(),
             self.snapshots.sled(),
+            self.retention.sled(),
         );
         let r = trees.transaction(
-            |(agents, sources, policies, schedule, active, jobs, snaps)| {
+            |(agents, sources, policies, schedule, active, jobs, snaps, retention)| {
                 let tx = Tx {
                     agents: TxTree::new(agents, "agents"),
                     sources: TxTree::new(sources, "sources"),
@@ -440,6 +468,7 @@ impl Catalog {
                     active: TxTree::new(active, "active"),
                     jobs: TxTree::new(jobs, "jobs"),
                     snapshots: TxTree::new(snaps, "snapshots"),
+                    retention: TxTree::new(retention, "retention"),
                 };
                 f(&tx)
             },

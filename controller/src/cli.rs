@@ -19,6 +19,7 @@ mod audit;
 mod commands;
 pub mod connect;
 pub mod output;
+mod prune;
 mod recovery;
 mod view;
 mod watch;
@@ -177,6 +178,10 @@ pub enum Command {
     /// Your second factor (TOTP) for sensitive actions.
     #[command(subcommand)]
     Mfa(MfaCmd),
+    /// Apply retention: remove the snapshots no retention class keeps, and
+    /// the data only they use, at every location that is up to date
+    /// (`--dry-run` first to see what would go).
+    Prune(PruneArgs),
 }
 
 /// `trireme audit …`
@@ -214,6 +219,20 @@ pub enum MfaCmd {
         /// The 6-digit code.
         code: String,
     },
+}
+
+/// `trireme prune …`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only show what would be removed; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this source's snapshots [default: every source].
+    #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+    pub source: Option<SourceArg>,
+    /// Also list the snapshots kept, with the rules that keep them.
+    #[arg(long)]
+    pub show_kept: bool,
 }
 
 /// `trireme agents …`

@@ -9,10 +9,12 @@ pub mod error;
 pub mod jobs;
 pub mod mfa;
 pub mod policy;
+pub mod prune;
 pub mod rebuild;
 pub mod recovery;
 pub mod recovery_key;
 pub mod replication;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 

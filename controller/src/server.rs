@@ -16,6 +16,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod prune_rpc;
 pub mod recovery;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Shared {
     pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
     /// The filesystems holding sources' data, as their agents last reported.
     pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
+    /// Held (write) by a prune: job dispatch (read) waits until it ends.
+    pub prune_gate: tokio::sync::RwLock<()>,
 }
 
 /// A source's data filesystem as its agent reported it.
@@ -287,6 +290,7 @@ pub async fn run(
         ),
         audit_mirrors: mirrors.clone(),
         volumes: std::sync::Mutex::default(),
+        prune_gate: tokio::sync::RwLock::new(()),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
     for w in config.warnings() {
@@ -396,6 +400,13 @@ pub async fn run(
         shared.clone(),
         stop_rx.clone(),
     )));
+    if let Some(every) = config.prune_every {
+        tasks.push(tokio::spawn(prune_rpc::scheduled(
+            shared.clone(),
+            every,
+            stop_rx.clone(),
+        )));
+    }
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();

@@ -20,7 +20,12 @@ const TRIREME: &str = env!("CARGO_BIN_EXE_trireme");
 
 /// Run `trireme` without any TRIREME_* settings from the environment.
 async fn trireme(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(TRIREME);
+    // TRIREME_TEST_BIN_DIR: binaries copied aside (a shared target directory).
+    let bin = std::env::var_os("TRIREME_TEST_BIN_DIR").map_or_else(
+        || PathBuf::from(TRIREME),
+        |d| PathBuf::from(d).join("trireme"),
+    );
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("TRIREME_") || k == "RUST_LOG" {
@@ -183,6 +188,7 @@ struct Fake {
     /// The `x-trireme-totp` metadata of each sensitive call.
     totps: Mutex<Vec<Option<String>>>,
     audit_lists: Mutex<Vec<ListAuditRequest>>,
+    prunes: Mutex<Vec<PruneRequest>>,
 }
 
 fn totp_of<T>(r: &Request<T>) -> Option<String> {
@@ -658,6 +664,38 @@ impl OperatorService for Fake {
         }
         Ok(Response::new(MfaConfirmReply {
             account: "op".into(),
+        }))
+    }
+    async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        self.operate(&r)?;
+        let req = r.into_inner();
+        let failing = req.source.as_ref().is_some_and(|s| s.source == "broken");
+        self.prunes.lock().unwrap().push(req.clone());
+        Ok(Response::new(PruneReply {
+            dry_run: req.dry_run,
+            removed: vec![PruneSnapshot {
+                id: SNAP.into(),
+                source: "web-1/www".into(),
+                time_unix: 1_764_052_020,
+                reason: "outside every window".into(),
+            }],
+            kept: vec![],
+            locations: vec![
+                PruneLocation {
+                    name: "primary".into(),
+                    snapshots_removed: vec![SNAP.into()],
+                    packs_deleted: 2,
+                    bytes_freed: 5 << 20,
+                    error: if failing { "storage error at s3://b".into() } else { String::new() },
+                    ..Default::default()
+                },
+                PruneLocation {
+                    name: "offsite".into(),
+                    skipped: "behind: kept snapshot 1234abcd of web-1/www is not verified here (not copied yet)".into(),
+                    ..Default::default()
+                },
+            ],
+            notes: vec!["db-1/pg: no policy, so no retention class: keeping its 3 snapshot(s)".into()],
         }))
     }
 }
@@ -1245,5 +1283,68 @@ async fn audit_and_mfa_commands() {
         totps,
         vec![None, Some("424242".to_string()), None],
         "enroll, apply with --totp, apply without"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_shows_what_goes_per_location_and_needs_the_operator_role() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    let err = fails(&s.run(&pki, "eve", &["prune", "--dry-run"]).await);
+    assert!(err.contains("Prune needs the operator role"), "{err}");
+
+    let out = ok(&s
+        .run(&pki, "op", &["prune", "--dry-run", "--source", "web-1/www"])
+        .await);
+    assert!(out.contains("would remove 1 snapshot(s)"), "{out}");
+    assert!(
+        out.contains("5eedc0ffee00") && out.contains("outside every window"),
+        "{out}"
+    );
+    assert!(out.contains("5.0 MiB"), "{out}");
+    assert!(
+        out.contains("skipped: behind: kept snapshot 1234abcd"),
+        "{out}"
+    );
+    assert!(out.contains("note: db-1/pg: no policy"), "{out}");
+    let req = s.fake.prunes.lock().unwrap().pop().unwrap();
+    assert!(req.dry_run);
+    assert_eq!(req.source, src("web-1", "www"));
+
+    let out = ok(&s.run(&pki, "op", &["-o", "json", "prune"]).await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dry_run"], false);
+    assert_eq!(v["locations"][0]["packs_deleted"], 2);
+    assert_eq!(
+        v["locations"][1]["skipped"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("behind")
+    );
+    assert!(s
+        .fake
+        .prunes
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap()
+        .source
+        .is_none());
+
+    // A location that stopped part-way: exit 1, naming it.
+    let err = fails(
+        &s.run(&pki, "op", &["prune", "--source", "web-1/broken"])
+            .await,
+    );
+    assert!(
+        err.contains("prune stopped part-way at primary: storage error"),
+        "{err}"
+    );
+    let err = fails(&s.run(&pki, "op", &["prune", "--source", "nope"]).await);
+    assert!(
+        err.contains("agent/source") || err.contains("AGENT/SOURCE"),
+        "{err}"
     );
 }

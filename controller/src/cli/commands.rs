@@ -308,6 +308,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 },
             )
         }
+        Command::Prune(args) => super::prune::run(&mut c, format, args).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }

@@ -55,6 +55,9 @@ pub struct ControllerConfig {
     pub agent_timeout: Duration,
     /// Second factor for sensitive actions (`[mfa]`).
     pub mfa: crate::mfa::MfaSettings,
+    /// `[retention] prune_every`: apply retention (`trireme prune`) this
+    /// often on its own; unset: only when an operator runs it.
+    pub prune_every: Option<Duration>,
 }
 
 /// One location.
@@ -95,6 +98,8 @@ struct RawConfig {
     replication: RawReplication,
     #[serde(default)]
     mfa: RawMfa,
+    #[serde(default)]
+    retention: RawRetention,
 }
 
 #[derive(Deserialize, Default)]
@@ -105,6 +110,12 @@ struct RawMfa {
     /// who enrolled always need one).
     #[serde(default)]
     required: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    prune_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -355,6 +366,18 @@ impl ControllerConfig {
                 }
             }
         }
+        let prune_every = match &raw.retention.prune_every {
+            None => None,
+            Some(s) => {
+                let d = duration("retention.prune_every", &Some(s.clone()), Duration::ZERO)?;
+                if d < Duration::from_secs(1) {
+                    return Err(bad(
+                        "[retention] prune_every must be at least 1s (e.g. \"24h\"); leave it out to prune only on demand".into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(ControllerConfig {
             listen,
             data_dir: abs(&raw.data_dir),
@@ -368,6 +391,7 @@ impl ControllerConfig {
             mfa: crate::mfa::MfaSettings {
                 required: raw.mfa.required,
             },
+            prune_every,
         })
     }
 }
@@ -443,6 +467,22 @@ url = "file:///tmp/x"
         )
         .unwrap();
         assert!(c.mfa.required);
+        assert_eq!(c.prune_every, None);
+        let c = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[retention]\nprune_every = \"24h\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.prune_every, Some(Duration::from_secs(86400)));
+        for bad in ["\"0s\"", "\"daily\""] {
+            let e = ControllerConfig::parse(
+                Path::new("c.toml"),
+                &format!("{GOOD}[retention]\nprune_every = {bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("prune_every"), "{e}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use trireme_proto::v1::{
     VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
 };
 
+use trireme_proto::v1::{PruneReply, PruneRequest};
 use trireme_proto::v1::{RebuildCatalogReply, RebuildCatalogRequest};
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
@@ -394,11 +395,12 @@ impl OperatorService for OperatorApi {
         let peer = request.remote_addr();
         let passed = self.second_factor(&request, &id, "policy apply").await?;
         let r = request.into_inner();
-        let policies = policy::parse_policies("policy", &r.toml)?;
+        let file = policy::parse_policy_file("policy", &r.toml)?;
+        let policies = &file.policies;
         let now = self.shared.now();
         let origin = format!("applied by {}", id.name);
         let report =
-            blocking(|| policy::apply_policies(&self.shared.catalog, &policies, &origin, now))?;
+            blocking(|| policy::apply_policy_file(&self.shared.catalog, &file, &origin, now))?;
         self.audit_ok(
             &id,
             peer,
@@ -426,6 +428,7 @@ impl OperatorService for OperatorApi {
             .unknown_sources
             .iter()
             .map(|s| format!("no agent has reported source {s} yet: its backups wait until one does (check the agent's config and name)"))
+            .chain(file.warnings.iter().cloned())
             .collect();
         Ok(Response::new(ApplyPolicyReply { applied, warnings }))
     }
@@ -1050,6 +1053,13 @@ impl OperatorService for OperatorApi {
         }
         Ok(Response::new(reply))
     }
+
+    async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let reply = super::prune_rpc::run(&self.shared, &id, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
     async fn list_audit(
         &self,
         request: Request<ListAuditRequest>,
