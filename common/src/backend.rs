@@ -32,6 +32,12 @@ pub enum ObjectKind {
     Index,
     /// Snapshot manifests (`snapshots/<sha256>`).
     Snapshot,
+    /// The controller's mirror of its audit log (`audit/<first sequence
+    /// number>.jsonl`): plain JSON lines, protected by the log's hash chain,
+    /// not encrypted. Not part of the repository proper, so not in
+    /// [`ObjectKind::ALL`] (replication and checks leave it alone), and not
+    /// content-addressed.
+    Audit,
 }
 
 impl ObjectKind {
@@ -50,6 +56,7 @@ impl ObjectKind {
             ObjectKind::Pack => "packs/",
             ObjectKind::Index => "index/",
             ObjectKind::Snapshot => "snapshots/",
+            ObjectKind::Audit => "audit/",
         }
     }
 }
@@ -104,6 +111,8 @@ impl ObjectKey {
             (ObjectKind::Index, rest)
         } else if let Some(rest) = path.strip_prefix("snapshots/") {
             (ObjectKind::Snapshot, rest)
+        } else if let Some(rest) = path.strip_prefix("audit/") {
+            (ObjectKind::Audit, rest)
         } else {
             return None;
         };
@@ -113,9 +122,10 @@ impl ObjectKey {
         Some(Self::new(kind, rest))
     }
 
-    /// Whether the object's name is the SHA-256 of its bytes (all but the config).
+    /// Whether the object's name is the SHA-256 of its bytes (all but the
+    /// config and the audit mirror's segments).
     pub fn is_content_addressed(&self) -> bool {
-        self.kind != ObjectKind::Config
+        !matches!(self.kind, ObjectKind::Config | ObjectKind::Audit)
     }
 }
 
@@ -207,6 +217,7 @@ mod tests {
             ObjectKey::new(ObjectKind::Pack, "ab".repeat(32)),
             ObjectKey::new(ObjectKind::Index, "cd".repeat(32)),
             ObjectKey::new(ObjectKind::Snapshot, "ef".repeat(32)),
+            ObjectKey::new(ObjectKind::Audit, "00000000000000000001.jsonl"),
         ];
         for key in keys {
             assert_eq!(ObjectKey::from_path(&key.path()), Some(key.clone()));

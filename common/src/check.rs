@@ -31,8 +31,8 @@ pub struct CheckReport {
     pub chunks: usize,
     /// Bytes re-read (deep check).
     pub bytes_read: u64,
-    /// Packs no index refers to (left by interrupted backups; harmless; pruning,
-    /// still to be built, will remove them).
+    /// Packs no index refers to (left by interrupted backups or an interrupted
+    /// prune; harmless; prune leaves them alone).
     pub unreferenced_packs: Vec<String>,
     /// Problems, each naming the object at fault.
     pub problems: Vec<String>,

@@ -3,8 +3,8 @@
 //!
 //! Layers, bottom up: [`backend`] moves opaque objects; [`crypto`] and
 //! [`keys`] seal and unwrap; [`format`], [`index`] and [`manifest`] define
-//! the bytes; [`repo`] ties them to a location; [`backup`], [`restore`] and
-//! [`check`] are the operations. [`tls`] is the mTLS layer of the control
+//! the bytes; [`repo`] ties them to a location; [`backup`], [`restore`],
+//! [`check`] and [`prune`] are the operations. [`tls`] is the mTLS layer of the control
 //! plane: roles, the CA, rustls configurations and the authorised server.
 
 pub mod backend;
@@ -18,6 +18,7 @@ pub mod keys;
 pub mod location;
 pub mod manifest;
 pub mod metrics_http;
+pub mod prune;
 pub mod replicate;
 pub mod repo;
 pub mod restore;

@@ -19,6 +19,12 @@
 //! | `active`    | `agent/source`               | [`JobId`] of the source's one unfinished job |
 //! | `jobs`      | job id, 16 bytes (UUIDv7, so time-ordered) | [`Job`]      |
 //! | `snapshots` | snapshot id, 32 bytes        | [`SnapshotRecord`]         |
+//! | `audit`     | sequence number, 8 bytes big-endian | [`crate::audit::AuditEntry`] |
+//! | `audit_mirror` | location name             | last sequence number mirrored there |
+//! | `mfa`       | operator certificate name    | [`crate::mfa::MfaRecord`]  |
+//! | `retention` | class name                   | [`RetentionClass`](crate::retention::RetentionClass) |
+//! | `pruning`   | snapshot id, 32 bytes        | [`PendingPrune`](crate::prune::PendingPrune): removed, still at skipped locations |
+//! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) |
 
 mod tree;
 
@@ -243,9 +249,14 @@ pub struct Catalog {
     jobs: Tree<JobId, Job>,
     snapshots: Tree<Id, SnapshotRecord>,
     locations: Tree<String, crate::replication::LocationState>,
+    audit: crate::audit::AuditLog,
+    mfa: Tree<String, crate::mfa::MfaRecord>,
     restore_tests: Tree<JobId, crate::recovery::RestoreTestRecord>,
     restore_test_slots: Tree<SourceId, DateTime<Utc>>,
     drills: Tree<String, crate::recovery::DrillRecord>,
+    retention: Tree<String, crate::retention::RetentionClass>,
+    pruning: Tree<Id, crate::prune::PendingPrune>,
+    tombstones: Tree<String, DateTime<Utc>>,
 }
 
 impl fmt::Debug for Catalog {
@@ -270,6 +281,8 @@ pub struct Tx<'a> {
     pub jobs: TxTree<'a, JobId, Job>,
     /// Snapshots by id.
     pub snapshots: TxTree<'a, Id, SnapshotRecord>,
+    /// Retention classes by name.
+    pub retention: TxTree<'a, String, crate::retention::RetentionClass>,
 }
 
 impl Catalog {
@@ -297,9 +310,18 @@ impl Catalog {
             jobs: Tree::new(open("jobs")?, "jobs"),
             snapshots: Tree::new(open("snapshots")?, "snapshots"),
             locations: Tree::new(open("locations")?, "locations"),
+            audit: crate::audit::AuditLog::new(
+                Tree::new(open("audit")?, "audit"),
+                Tree::new(open("audit_mirror")?, "audit_mirror"),
+                db.clone(),
+            ),
+            mfa: Tree::new(open("mfa")?, "mfa"),
             restore_tests: Tree::new(open("restore_tests")?, "restore_tests"),
             restore_test_slots: Tree::new(open("restore_test_slots")?, "restore_test_slots"),
             drills: Tree::new(open("drills")?, "drills"),
+            retention: Tree::new(open("retention")?, "retention"),
+            pruning: Tree::new(open("pruning")?, "pruning"),
+            tombstones: Tree::new(open("tombstones")?, "tombstones"),
             path: path.clone(),
             db,
         };
@@ -377,6 +399,16 @@ impl Catalog {
         &self.locations
     }
 
+    /// The hash-chained audit log.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
+    }
+
+    /// MFA enrollments by operator certificate name.
+    pub fn mfa(&self) -> &Tree<String, crate::mfa::MfaRecord> {
+        &self.mfa
+    }
+
     /// Restore tests and drill steps by job id (oldest first), pending and finished.
     pub fn restore_tests(&self) -> &Tree<JobId, crate::recovery::RestoreTestRecord> {
         &self.restore_tests
@@ -390,6 +422,22 @@ impl Catalog {
     /// DR drills and their reports, by id (oldest first).
     pub fn drills(&self) -> &Tree<String, crate::recovery::DrillRecord> {
         &self.drills
+    }
+
+    /// Retention classes by name.
+    pub fn retention(&self) -> &Tree<String, crate::retention::RetentionClass> {
+        &self.retention
+    }
+
+    /// Snapshots removed from the catalog by prune that skipped locations
+    /// still hold.
+    pub fn pruning(&self) -> &Tree<Id, crate::prune::PendingPrune> {
+        &self.pruning
+    }
+
+    /// Objects prune deleted (by path): replication does not copy them back.
+    pub fn tombstones(&self) -> &Tree<String, DateTime<Utc>> {
+        &self.tombstones
     }
 
     /// Run `f` as one serializable transaction over every tree: all its
@@ -408,9 +456,10 @@ impl Catalog {
             self.active.sled(),
             self.jobs.sled(),
             self.snapshots.sled(),
+            self.retention.sled(),
         );
         let r = trees.transaction(
-            |(agents, sources, policies, schedule, active, jobs, snaps)| {
+            |(agents, sources, policies, schedule, active, jobs, snaps, retention)| {
                 let tx = Tx {
                     agents: TxTree::new(agents, "agents"),
                     sources: TxTree::new(sources, "sources"),
@@ -419,6 +468,7 @@ impl Catalog {
                     active: TxTree::new(active, "active"),
                     jobs: TxTree::new(jobs, "jobs"),
                     snapshots: TxTree::new(snaps, "snapshots"),
+                    retention: TxTree::new(retention, "retention"),
                 };
                 f(&tx)
             },

@@ -15,9 +15,11 @@
 //! error, including a command-line mistake, a watched job that failed or
 //! was cancelled, and a `verify` that left copies it could not repair.
 
+mod audit;
 mod commands;
 pub mod connect;
 pub mod output;
+mod prune;
 mod recovery;
 mod view;
 mod watch;
@@ -89,6 +91,17 @@ pub struct GlobalArgs {
     /// Log filter for diagnostics on stderr (e.g. `debug`); also RUST_LOG.
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
     pub log: String,
+    /// The current code from your authenticator, for sensitive actions
+    /// (policy apply, restore, restore-test run, drill run, catalog rebuild)
+    /// once you enrolled with `trireme mfa enroll`.
+    #[arg(
+        long,
+        global = true,
+        env = "TRIREME_TOTP",
+        value_name = "CODE",
+        hide_env_values = true
+    )]
+    pub totp: Option<String>,
 }
 
 /// `table` (alias `text`) or `json`, as the [`cert_cmd::Output`] that
@@ -158,6 +171,68 @@ pub enum Command {
     /// Certificates: init-ca, issue, revoke, ls.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The audit log: who did what, from where, allowed or refused; and the
+    /// check of its hash chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Your second factor (TOTP) for sensitive actions.
+    #[command(subcommand)]
+    Mfa(MfaCmd),
+    /// Apply retention: remove the snapshots no retention class keeps, and
+    /// the data only they use, at every location that is up to date
+    /// (`--dry-run` first to see what would go).
+    Prune(PruneArgs),
+}
+
+/// `trireme audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit entries, oldest first (the newest --limit of them).
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only entries since this time (RFC 3339) or this long ago (`24h`, `7d`).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only entries by this certificate name.
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+        /// At most this many entries [default: the controller's, 50].
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print JSON (same as `-o json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Walk the hash chain and compare it with the copies at the locations;
+    /// exit 1 naming the first edited or missing entry.
+    Verify,
+}
+
+/// `trireme mfa …`
+#[derive(Debug, Subcommand)]
+pub enum MfaCmd {
+    /// Make a TOTP secret for your certificate name and show it once
+    /// (replacing a confirmed one needs --totp with a current code).
+    Enroll,
+    /// Confirm the enrollment with the code your authenticator shows.
+    Confirm {
+        /// The 6-digit code.
+        code: String,
+    },
+}
+
+/// `trireme prune …`
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only show what would be removed; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this source's snapshots [default: every source].
+    #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+    pub source: Option<SourceArg>,
+    /// Also list the snapshots kept, with the rules that keep them.
+    #[arg(long)]
+    pub show_kept: bool,
 }
 
 /// `trireme agents …`

@@ -122,6 +122,10 @@ pub enum Error {
         got: String,
     },
 
+    /// Prune cannot run now (jobs under way); the message says why and what to do.
+    #[error("prune refused: {0}")]
+    PruneRefused(String),
+
     /// A source already has a job queued or running; two backups of one
     /// source never run at once.
     #[error("source {source_id} already has job {job} queued or running; wait for it or cancel it (`trireme job cancel {job}`)")]
@@ -199,6 +203,13 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Shorthand for an [`Error::PruneRefused`].
+    pub fn prune_refused(reason: impl Into<String>) -> Self {
+        Error::PruneRefused(reason.into())
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         use tonic::Status;
@@ -206,7 +217,7 @@ impl From<Error> for tonic::Status {
         match e {
             Error::NotFound { .. } => Status::not_found(msg),
             Error::InvalidValue { .. } | Error::Policy { .. } => Status::invalid_argument(msg),
-            Error::IllegalTransition { .. } | Error::SourceBusy { .. } => {
+            Error::IllegalTransition { .. } | Error::SourceBusy { .. } | Error::PruneRefused(_) => {
                 Status::failed_precondition(msg)
             }
             Error::WrongAgent { .. } => Status::permission_denied(msg),

@@ -1,15 +1,20 @@
 //! Trireme controller: scheduling, catalog, replication and verification.
 //! The control plane is built on top of the repository engine in `trireme-common`.
 
+pub mod audit;
 pub mod catalog;
 pub mod cert_cmd;
 pub mod cli;
 pub mod error;
 pub mod jobs;
+pub mod mfa;
 pub mod policy;
+pub mod prune;
 pub mod rebuild;
 pub mod recovery;
+pub mod recovery_key;
 pub mod replication;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 

@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 use crate::scheduler::SourceSchedule;
 
 pub use cron::{CronExpr, CRON_HELP};
-pub use file::{parse_policies, read_policy_file, POLICY_HELP};
+pub use file::{
+    parse_policies, parse_policy_file, read_policy_file, PolicyFile, POLICY_HELP, RETENTION_HELP,
+};
 
 /// Retries when a policy does not say.
 pub const DEFAULT_MAX_RETRIES: u32 = 3;
@@ -227,6 +229,30 @@ pub fn apply_policies(
     origin: &str,
     now: DateTime<Utc>,
 ) -> Result<ApplyReport> {
+    apply_policy_file(
+        catalog,
+        &PolicyFile {
+            policies: policies.to_vec(),
+            ..PolicyFile::default()
+        },
+        origin,
+        now,
+    )
+}
+
+/// [`apply_policies`] for a whole policy file: its policies and its
+/// retention classes (added or replaced by name; classes it does not define
+/// stay), in one transaction.
+///
+/// # Errors
+/// As [`apply_policies`].
+pub fn apply_policy_file(
+    catalog: &Catalog,
+    file: &PolicyFile,
+    origin: &str,
+    now: DateTime<Utc>,
+) -> Result<ApplyReport> {
+    let policies = &file.policies;
     for (i, p) in policies.iter().enumerate() {
         if policies[..i].iter().any(|q| q.source == p.source) {
             return Err(Error::invalid(
@@ -238,6 +264,11 @@ pub fn apply_policies(
     }
     catalog.transaction_durable(|tx| {
         let mut report = ApplyReport::default();
+        for (name, class) in &file.classes {
+            if tx.retention.get(name)?.as_ref() != Some(class) {
+                tx.retention.insert(name, class)?;
+            }
+        }
         for p in policies {
             let old = tx.policies.get(&p.source)?;
             let restart_slots = match &old {

@@ -9,7 +9,8 @@
 //! recorded finished that location completely: every object there has had
 //! its checksum read back. Damaged copies (missing, truncated, corrupt) are
 //! rewritten from a copy that verified good and the incident is recorded.
-//! Nothing is ever deleted here.
+//! Nothing is ever deleted here, and objects prune deleted (tombstones in
+//! the catalog, see [`crate::prune`]) are not copied back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -146,6 +147,33 @@ impl Replicator {
         self.settings
     }
 
+    /// The locations, primary first.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// Hold off passes and on-demand verifications until the guard drops
+    /// (prune deletes objects meanwhile).
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.running.lock().await
+    }
+
+    /// Forget what this process knows about `keys` at `location` (prune
+    /// deleted them): they are neither "verified" there, so not missed as
+    /// gone, nor "damaged", so not rewritten.
+    pub fn forget(&self, location: &str, keys: &[ObjectKey]) {
+        if let Some(set) = Self::lock(&self.verified).get_mut(location) {
+            keys.iter().for_each(|k| {
+                set.remove(k);
+            });
+        }
+        if let Some(set) = Self::lock(&self.damaged).get_mut(location) {
+            keys.iter().for_each(|k| {
+                set.remove(k);
+            });
+        }
+    }
+
     /// The locations' names, primary first.
     pub fn names(&self) -> Vec<String> {
         self.sites.iter().map(|s| s.name.clone()).collect()
@@ -168,6 +196,11 @@ impl Replicator {
 
     fn incident(&self, st: &mut LocationState, now: DateTime<Utc>, text: String) {
         tracing::warn!(target: "trireme::audit", incident = %text, "copy damaged");
+        let event = crate::audit::Event::controller("copy damaged", text.clone())
+            .problem("a copy at a location is missing or corrupt");
+        if let Err(e) = self.catalog.audit().append_lazy(event, now) {
+            tracing::error!(error = %e, "cannot append to the audit log");
+        }
         st.incidents
             .insert(0, format!("{} {text}", now.format("%Y-%m-%dT%H:%M:%SZ")));
         st.incidents.truncate(MAX_INCIDENTS);
@@ -284,7 +317,10 @@ impl Replicator {
         }
 
         // 3. Copy: every reachable location gets what the others have, and
-        //    its damaged copies rewritten from good ones.
+        //    its damaged copies rewritten from good ones. Objects prune
+        //    deleted (tombstones) are not offered: a location that prune
+        //    skipped must not bring them back elsewhere.
+        let tombstones: HashSet<String> = self.catalog.tombstones().keys()?.into_iter().collect();
         let sources: Vec<(usize, DynBackend, Listing)> = listings
             .iter()
             .enumerate()
@@ -315,7 +351,7 @@ impl Replicator {
                     .unwrap_or_default();
                 let l: Listing = l
                     .iter()
-                    .filter(|(k, _)| !dmg.contains(*k))
+                    .filter(|(k, _)| !dmg.contains(*k) && !tombstones.contains(&k.path()))
                     .map(|(k, s)| (k.clone(), *s))
                     .collect();
                 srcs.push((b.clone(), l));

@@ -16,6 +16,7 @@ pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
+pub mod prune_rpc;
 pub mod recovery;
 
 use std::sync::Arc;
@@ -63,8 +64,14 @@ pub struct Shared {
     pub replicator: Arc<Replicator>,
     /// Wakes the replication loop (a snapshot was recorded).
     pub replicate_now: tokio::sync::Notify,
+    /// TOTP second factor for sensitive operator actions.
+    pub mfa: crate::mfa::Mfa,
+    /// Where the audit log is mirrored: every location, by name.
+    pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
     /// The filesystems holding sources' data, as their agents last reported.
     pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
+    /// Held (write) by a prune: job dispatch (read) waits until it ends.
+    pub prune_gate: tokio::sync::RwLock<()>,
 }
 
 /// A source's data filesystem as its agent reported it.
@@ -122,6 +129,32 @@ impl Shared {
     /// Tell watchers that `job` changed.
     pub fn job_changed(&self, job: JobId) {
         let _ = self.job_events.send(job);
+    }
+
+    /// Record `event` in the audit log and on the `trireme::audit` log
+    /// target. A failure to record is logged, not returned: the action has
+    /// happened or been refused already.
+    pub fn audit(&self, event: crate::audit::Event) {
+        let e = &event;
+        match e.outcome {
+            crate::audit::Outcome::Ok => {
+                tracing::info!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, "audited action");
+            }
+            _ => {
+                tracing::warn!(target: "trireme::audit", who = %e.actor, role = %e.role, peer = %e.peer, action = %e.action, detail = %e.target, outcome = e.outcome.as_str(), reason = %e.reason, "audited refusal or problem");
+            }
+        }
+        self.record(event);
+    }
+
+    /// Append `event` to the audit log without a log line (for callers
+    /// that log their own).
+    pub fn record(&self, event: crate::audit::Event) {
+        // The append flushes to disk: keep it off the async workers' hot path.
+        let now = self.now();
+        if let Err(err) = agents::blocking(|| self.catalog.audit().append(event, now)) {
+            tracing::error!(error = %err, "cannot append to the audit log");
+        }
     }
 }
 
@@ -210,6 +243,12 @@ pub async fn run(
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
     let backends = prepare_locations(&config.locations, master_key.clone()).await?;
+    let mirrors: Vec<(String, trireme_common::DynBackend)> = config
+        .locations
+        .iter()
+        .zip(&backends)
+        .map(|(l, b)| (l.name.clone(), b.clone()))
+        .collect();
     let sites = config
         .locations
         .iter()
@@ -235,7 +274,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         catalog: catalog.clone(),
         scheduler: Scheduler::new(catalog.clone(), clock),
-        master_key,
+        master_key: master_key.clone(),
         locations: config.locations.clone(),
         agents: agents::Registry::default(),
         job_events,
@@ -244,7 +283,14 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
+        mfa: crate::mfa::Mfa::new(
+            catalog.clone(),
+            crate::mfa::provider(master_key.clone()),
+            config.mfa,
+        ),
+        audit_mirrors: mirrors.clone(),
         volumes: std::sync::Mutex::default(),
+        prune_gate: tokio::sync::RwLock::new(()),
     });
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
     for w in config.warnings() {
@@ -326,10 +372,41 @@ pub async fn run(
             }
         }));
     }
+    {
+        // Mirror new audit entries to every location, as often as replication runs.
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        let every = s.replicator.settings().every;
+        tasks.push(tokio::spawn(async move {
+            let mut stopping = false;
+            loop {
+                for (name, backend) in &mirrors {
+                    if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
+                        tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
+                    }
+                }
+                if stopping {
+                    return;
+                }
+                // One more round after the stop signal: the last entries too.
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => stopping = true,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
     tasks.push(tokio::spawn(recovery::run_loop(
         shared.clone(),
         stop_rx.clone(),
     )));
+    if let Some(every) = config.prune_every {
+        tasks.push(tokio::spawn(prune_rpc::scheduled(
+            shared.clone(),
+            every,
+            stop_rx.clone(),
+        )));
+    }
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();

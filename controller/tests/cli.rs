@@ -20,7 +20,12 @@ const TRIREME: &str = env!("CARGO_BIN_EXE_trireme");
 
 /// Run `trireme` without any TRIREME_* settings from the environment.
 async fn trireme(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new(TRIREME);
+    // TRIREME_TEST_BIN_DIR: binaries copied aside (a shared target directory).
+    let bin = std::env::var_os("TRIREME_TEST_BIN_DIR").map_or_else(
+        || PathBuf::from(TRIREME),
+        |d| PathBuf::from(d).join("trireme"),
+    );
+    let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("TRIREME_") || k == "RUST_LOG" {
@@ -180,6 +185,16 @@ struct Fake {
     restores: Mutex<Vec<RestoreRequest>>,
     applied: Mutex<Vec<String>>,
     verifies: Mutex<Vec<VerifyRequest>>,
+    /// The `x-trireme-totp` metadata of each sensitive call.
+    totps: Mutex<Vec<Option<String>>>,
+    audit_lists: Mutex<Vec<ListAuditRequest>>,
+    prunes: Mutex<Vec<PruneRequest>>,
+}
+
+fn totp_of<T>(r: &Request<T>) -> Option<String> {
+    r.metadata()
+        .get("x-trireme-totp")
+        .map(|v| v.to_str().unwrap().to_string())
 }
 
 const JOB_OK: &str = "0193a0b1-0000-7000-8000-000000000001";
@@ -354,6 +369,7 @@ impl OperatorService for Fake {
         r: Request<ApplyPolicyRequest>,
     ) -> Result<Response<ApplyPolicyReply>, Status> {
         self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
         self.applied.lock().unwrap().push(r.into_inner().toml);
         Ok(Response::new(ApplyPolicyReply {
             applied: vec!["web-1/www".into()],
@@ -578,6 +594,109 @@ impl OperatorService for Fake {
             reply.unrepaired.push("offsite: chunks/cd".into());
         }
         Ok(Response::new(reply))
+    }
+    async fn list_audit(
+        &self,
+        r: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.read(&r)?;
+        self.audit_lists.lock().unwrap().push(r.into_inner());
+        let entry = |seq: u64, actor: &str, outcome: &str, reason: &str| AuditEntry {
+            seq,
+            time: "2026-03-01T10:00:00.000000000Z".into(),
+            actor: actor.into(),
+            role: "operator".into(),
+            action: "policy apply".into(),
+            target: "1 policies: web-1/www".into(),
+            outcome: outcome.into(),
+            reason: reason.into(),
+            peer: "10.1.2.3:40000".into(),
+            prev_hash: "00".repeat(32),
+            hash: "ab".repeat(32),
+        };
+        Ok(Response::new(ListAuditReply {
+            entries: vec![
+                entry(1, "op", "refused", "policy apply is a sensitive action"),
+                entry(2, "op", "ok", ""),
+            ],
+        }))
+    }
+    async fn verify_audit(
+        &self,
+        r: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(VerifyAuditReply {
+            entries_checked: 6,
+            first_broken_seq: 7,
+            problem: "entry 7 does not match its hash (edited after it was written)".into(),
+            head_seq: 0,
+            head_hash: String::new(),
+            mirrors: vec![AuditMirrorCheck {
+                location: "primary".into(),
+                entries_compared: 9,
+                problems: vec![],
+                error: String::new(),
+            }],
+        }))
+    }
+    async fn mfa_enroll(
+        &self,
+        r: Request<MfaEnrollRequest>,
+    ) -> Result<Response<MfaEnrollReply>, Status> {
+        self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
+        Ok(Response::new(MfaEnrollReply {
+            account: "op".into(),
+            secret_base32: "JBSWY3DPEHPK3PXP".into(),
+            otpauth_uri: "otpauth://totp/Trireme:op?secret=JBSWY3DPEHPK3PXP&issuer=Trireme".into(),
+        }))
+    }
+    async fn mfa_confirm(
+        &self,
+        r: Request<MfaConfirmRequest>,
+    ) -> Result<Response<MfaConfirmReply>, Status> {
+        self.operate(&r)?;
+        if r.get_ref().code != "123456" {
+            return Err(Status::permission_denied(
+                "mfa confirm: the TOTP code is wrong or expired",
+            ));
+        }
+        Ok(Response::new(MfaConfirmReply {
+            account: "op".into(),
+        }))
+    }
+    async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        self.operate(&r)?;
+        let req = r.into_inner();
+        let failing = req.source.as_ref().is_some_and(|s| s.source == "broken");
+        self.prunes.lock().unwrap().push(req.clone());
+        Ok(Response::new(PruneReply {
+            dry_run: req.dry_run,
+            removed: vec![PruneSnapshot {
+                id: SNAP.into(),
+                source: "web-1/www".into(),
+                time_unix: 1_764_052_020,
+                reason: "outside every window".into(),
+            }],
+            kept: vec![],
+            locations: vec![
+                PruneLocation {
+                    name: "primary".into(),
+                    snapshots_removed: vec![SNAP.into()],
+                    packs_deleted: 2,
+                    bytes_freed: 5 << 20,
+                    error: if failing { "storage error at s3://b".into() } else { String::new() },
+                    ..Default::default()
+                },
+                PruneLocation {
+                    name: "offsite".into(),
+                    skipped: "behind: kept snapshot 1234abcd of web-1/www is not verified here (not copied yet)".into(),
+                    ..Default::default()
+                },
+            ],
+            notes: vec!["db-1/pg: no policy, so no retention class: keeping its 3 snapshot(s)".into()],
+        }))
     }
 }
 
@@ -1076,4 +1195,156 @@ async fn a_refused_client_certificate_is_explained() {
     let err = fails(&o);
     assert!(err.contains("your certificate"), "{err}");
     assert!(err.contains(&s.addr), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_and_mfa_commands() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+
+    let out = ok(&s
+        .run(
+            &pki,
+            "eve",
+            &["audit", "ls", "--actor", "op", "--since", "24h"],
+        )
+        .await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("SEQ") && lines[0].contains("FROM"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("1 ")
+            && lines[1].contains("op (operator)")
+            && lines[1].contains("10.1.2.3:40000")
+            && lines[1].contains("refused: policy apply is a sensitive action"),
+        "{out}"
+    );
+    let req = s.fake.audit_lists.lock().unwrap().pop().unwrap();
+    assert_eq!(req.actor, "op");
+    let ago = chrono::Utc::now().timestamp() - req.since_unix;
+    assert!((24 * 3600 - 60..=24 * 3600 + 60).contains(&ago), "{ago}");
+    let v = json(&s.run(&pki, "eve", &["audit", "ls", "--json"]).await);
+    assert_eq!(v[1]["outcome"], "ok");
+    assert_eq!(v[1]["reason"], Value::Null);
+    assert_eq!(v[0]["hash"], "ab".repeat(32));
+    let err = fails(
+        &s.run(&pki, "eve", &["audit", "ls", "--since", "soon"])
+            .await,
+    );
+    assert!(err.contains("24h"), "{err}");
+
+    // A broken chain: the report, and exit 1 naming the entry.
+    let o = s.run(&pki, "eve", &["audit", "verify"]).await;
+    let err = fails(&o);
+    assert!(err.contains("the audit log is broken at entry 7"), "{err}");
+    assert!(stdout(&o).contains("BROKEN at entry 7"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("primary: agrees (9 entries compared)"),
+        "{}",
+        stdout(&o)
+    );
+
+    // MFA: the secret is shown once; the code travels as metadata.
+    let out = ok(&s.run(&pki, "op", &["mfa", "enroll"]).await);
+    assert!(
+        out.contains("JBSWY3DPEHPK3PXP") && out.contains("trireme mfa confirm"),
+        "{out}"
+    );
+    ok(&s.run(&pki, "op", &["mfa", "confirm", "123456"]).await);
+    let err = fails(&s.run(&pki, "op", &["mfa", "confirm", "654321"]).await);
+    assert!(err.contains("wrong or expired"), "{err}");
+    let policy = pki.dir.join("p.toml");
+    std::fs::write(&policy, "[[policy]]\n").unwrap();
+    ok(&s
+        .run(
+            &pki,
+            "op",
+            &[
+                "policy",
+                "apply",
+                "-f",
+                policy.to_str().unwrap(),
+                "--totp",
+                "424242",
+            ],
+        )
+        .await);
+    ok(&s
+        .run(
+            &pki,
+            "op",
+            &["policy", "apply", "-f", policy.to_str().unwrap()],
+        )
+        .await);
+    let totps = s.fake.totps.lock().unwrap().clone();
+    assert_eq!(
+        totps,
+        vec![None, Some("424242".to_string()), None],
+        "enroll, apply with --totp, apply without"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_shows_what_goes_per_location_and_needs_the_operator_role() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    let err = fails(&s.run(&pki, "eve", &["prune", "--dry-run"]).await);
+    assert!(err.contains("Prune needs the operator role"), "{err}");
+
+    let out = ok(&s
+        .run(&pki, "op", &["prune", "--dry-run", "--source", "web-1/www"])
+        .await);
+    assert!(out.contains("would remove 1 snapshot(s)"), "{out}");
+    assert!(
+        out.contains("5eedc0ffee00") && out.contains("outside every window"),
+        "{out}"
+    );
+    assert!(out.contains("5.0 MiB"), "{out}");
+    assert!(
+        out.contains("skipped: behind: kept snapshot 1234abcd"),
+        "{out}"
+    );
+    assert!(out.contains("note: db-1/pg: no policy"), "{out}");
+    let req = s.fake.prunes.lock().unwrap().pop().unwrap();
+    assert!(req.dry_run);
+    assert_eq!(req.source, src("web-1", "www"));
+
+    let out = ok(&s.run(&pki, "op", &["-o", "json", "prune"]).await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["dry_run"], false);
+    assert_eq!(v["locations"][0]["packs_deleted"], 2);
+    assert_eq!(
+        v["locations"][1]["skipped"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next(),
+        Some("behind")
+    );
+    assert!(s
+        .fake
+        .prunes
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap()
+        .source
+        .is_none());
+
+    // A location that stopped part-way: exit 1, naming it.
+    let err = fails(
+        &s.run(&pki, "op", &["prune", "--source", "web-1/broken"])
+            .await,
+    );
+    assert!(
+        err.contains("prune stopped part-way at primary: storage error"),
+        "{err}"
+    );
+    let err = fails(&s.run(&pki, "op", &["prune", "--source", "nope"]).await);
+    assert!(
+        err.contains("agent/source") || err.contains("AGENT/SOURCE"),
+        "{err}"
+    );
 }

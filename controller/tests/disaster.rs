@@ -1,13 +1,29 @@
-//! Disaster recovery of the controller itself: back up, destroy the
-//! controller's state directory, start a new controller on the same
-//! locations and master key, rebuild the catalog from one location, and
-//! restore byte for byte.
+//! Disaster recovery of the controller itself: back up, export the master
+//! key for recovery, destroy the controller's state directory and key file,
+//! import the key on a "new" controller on the same locations, rebuild the
+//! catalog from one location, and restore byte for byte.
 
 mod support;
 
 use std::time::Duration;
 
-use support::fleet::{make_data, tree, wait_verified, AgentSpec, Fleet};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use support::fleet::{bin, make_data, tree, wait_verified, AgentSpec, Fleet};
+
+fn controller_cmd(args: &[&str]) {
+    let out = Command::new(bin("trireme-controller"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trireme-controller {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
 
 #[test]
 fn a_new_controller_rebuilds_its_catalog_from_one_location_and_restores() {
@@ -34,9 +50,41 @@ fn a_new_controller_rebuilds_its_catalog_from_one_location_and_restores() {
     }
     let want = tree(&data);
 
-    // The controller host is lost: its state directory with it.
+    // After install: the master key exported, wrapped by a passphrase.
+    let key = f.dir.join("master.key");
+    let export = f.dir.join("recovery.key");
+    let pass = f.dir.join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    controller_cmd(&[
+        "key",
+        "export",
+        "--key-file",
+        &s(&key),
+        "--out",
+        &s(&export),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    let original_key = std::fs::read(&key).unwrap();
+
+    // The controller host is lost: its state directory and key file with it.
     f.kill_controller();
     std::fs::remove_dir_all(f.dir.join("controller")).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    // A new host: the key back from the export, then the same configuration.
+    controller_cmd(&[
+        "key",
+        "import",
+        "--in",
+        &s(&export),
+        "--key-file",
+        &s(&key),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    assert_eq!(std::fs::read(&key).unwrap(), original_key);
     f.start_controller();
     f.wait_connected(&["web-1"]);
     let empty = f.cli_json(&["snapshots", "ls"]);

@@ -1,11 +1,18 @@
-//! `trireme-controller`: the daemon (`run`) and its key file (`keygen`).
+//! `trireme-controller`: the daemon (`run`), its key file (`keygen`, the
+//! recovery copy: `key export` / `key import`) and the offline check of its
+//! audit log (`audit verify`).
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
 use trireme_common::LocalKeyFile;
+use trireme_controller::audit::{self, Event};
+use trireme_controller::recovery_key as recovery;
 use trireme_controller::server::{self, ControllerConfig};
+use trireme_controller::Catalog;
 
 /// Trireme controller: schedules backups on the agents, keeps the catalog,
 /// and holds the key service's master key.
@@ -39,6 +46,93 @@ enum Command {
         /// Where to write it; an existing file is never overwritten.
         #[arg(long)]
         key_file: PathBuf,
+    },
+    /// The master key's recovery copy, wrapped by a passphrase.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// The audit log, read from the catalog directly (stop the controller
+    /// first: the catalog allows one user at a time).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Operators' TOTP enrollments, in the catalog directly (stop the
+    /// controller first).
+    #[command(subcommand)]
+    Mfa(MfaCmd),
+}
+
+#[derive(Subcommand)]
+enum MfaCmd {
+    /// Remove an operator's enrollment (a lost authenticator): they enroll
+    /// again with `trireme mfa enroll`. Recorded in the audit log.
+    Reset {
+        /// The operator's certificate name.
+        #[arg(long)]
+        name: String,
+        /// The controller configuration (its data_dir).
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Write the master key wrapped by a recovery passphrase (Argon2id +
+    /// AES-256-GCM) to a new file. Keep it offline, apart from the backups
+    /// and the passphrase.
+    Export {
+        /// The export to write (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        key: KeySource,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Restore the master key from an export into a new key file (0600).
+    Import {
+        /// The export.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Where to write the key; an existing file is never overwritten.
+        #[arg(long)]
+        key_file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+/// Which key file: given, or the one the configuration names.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct KeySource {
+    /// The master key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// The controller configuration (its key_file; the export is audited in
+    /// its catalog when the controller is stopped).
+    #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PassphraseArgs {
+    /// Read the passphrase from the first line of this file (not readable by
+    /// others); else TRIREME_RECOVERY_PASSPHRASE; else a prompt.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Walk the audit log's hash chain; exit 1 naming the first edited or
+    /// missing entry. With --config, also compare with the locations' mirrors.
+    Verify {
+        /// The controller's data directory (the catalog is DIR/catalog).
+        #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+        data_dir: Option<PathBuf>,
+        /// The controller configuration (its data_dir and locations).
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -76,6 +170,18 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Run { config } => run(&config),
+        Command::Key(KeyCmd::Export {
+            out,
+            key,
+            passphrase,
+        }) => key_export(&out, &key, &passphrase),
+        Command::Key(KeyCmd::Import {
+            input,
+            key_file,
+            passphrase,
+        }) => key_import(&input, &key_file, &passphrase),
+        Command::Audit(AuditCmd::Verify { data_dir, config }) => audit_verify(data_dir, config),
+        Command::Mfa(MfaCmd::Reset { name, config }) => mfa_reset(&name, &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,4 +215,176 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// The passphrase: --passphrase-file, TRIREME_RECOVERY_PASSPHRASE, or a
+/// prompt on the terminal (twice when `confirm`).
+fn passphrase(args: &PassphraseArgs, confirm: bool) -> anyhow::Result<String> {
+    if let Some(f) = &args.passphrase_file {
+        return Ok(recovery::passphrase_from_file(f)?);
+    }
+    if let Ok(p) = std::env::var("TRIREME_RECOVERY_PASSPHRASE") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no recovery passphrase: give --passphrase-file FILE or set TRIREME_RECOVERY_PASSPHRASE (or run on a terminal to be asked)");
+    }
+    let first = prompt("recovery passphrase: ")?;
+    if confirm && prompt("again: ")? != first {
+        bail!("the two passphrases differ; nothing was written");
+    }
+    Ok(first)
+}
+
+/// Read a line from the terminal without echo.
+fn prompt(text: &str) -> anyhow::Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .context("opening the terminal to ask for the passphrase")?;
+    let before = tcgetattr(&tty).context("reading the terminal settings")?;
+    let mut quiet = before.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&tty, OptionalActions::Now, &quiet).context("turning off echo")?;
+    let mut out = &tty;
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Now, &before);
+    let _ = out.write_all(b"\n");
+    read.context("reading the passphrase")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Who runs a local command, for the audit log.
+fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))
+}
+
+fn key_export(out: &Path, key: &KeySource, args: &PassphraseArgs) -> anyhow::Result<()> {
+    let config = key
+        .config
+        .as_deref()
+        .map(ControllerConfig::load)
+        .transpose()?;
+    let key_file = match (&key.key_file, &config) {
+        (Some(k), _) => k.clone(),
+        (None, Some(c)) => c.key_file.clone(),
+        (None, None) => unreachable!("clap requires --key-file or --config"),
+    };
+    let pass = passphrase(args, true)?;
+    let (text, key_id) = recovery::export(&key_file, &pass)?;
+    recovery::write_new(out, text.as_bytes())?;
+    println!(
+        "wrote master key {key_id} from {} to {}, wrapped by your passphrase; keep it offline and apart from the passphrase",
+        key_file.display(),
+        out.display()
+    );
+    let detail = format!("master key {key_id} to {}", out.display());
+    let who = local_user();
+    tracing::info!(target: "trireme::audit", who = %who, action = "key export", %detail, "allowed");
+    if let Some(c) = config {
+        match Catalog::open(c.data_dir.join("catalog")) {
+            Ok(catalog) => {
+                catalog.audit().append(
+                    Event::actor(who, "local", "key export", detail).from_place("local"),
+                    chrono::Utc::now(),
+                )?;
+            }
+            Err(e) => eprintln!(
+                "note: the export is not in the audit log: the catalog cannot be opened ({e}); it is in this command's log only"
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn key_import(input: &Path, key_file: &Path, args: &PassphraseArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(input)
+        .with_context(|| format!("reading the export {}", input.display()))?;
+    let pass = passphrase(args, false)?;
+    let id = recovery::import(&input.display().to_string(), &text, &pass, key_file)?;
+    tracing::info!(target: "trireme::audit", who = %local_user(), action = "key import", key = %id, file = %key_file.display(), "allowed");
+    println!("restored master key {id} to {}", key_file.display());
+    Ok(())
+}
+
+fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = config.as_deref().map(ControllerConfig::load).transpose()?;
+    let dir = match (data_dir, &config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => c.data_dir.clone(),
+        (None, None) => unreachable!("clap requires --data-dir or --config"),
+    };
+    let catalog = Catalog::open(dir.join("catalog"))?;
+    let report = catalog.audit().verify();
+    let mut failed = None;
+    match &report.broken {
+        None => println!("chain: intact ({} entries)", report.checked),
+        Some(b) => {
+            println!(
+                "chain: BROKEN at entry {} ({} entries before it verified): {}",
+                b.seq, report.checked, b.problem
+            );
+            failed = Some(anyhow!(
+                "the audit log is broken at entry {}: {}",
+                b.seq,
+                b.problem
+            ));
+        }
+    }
+    if let Some((seq, hash)) = &report.head {
+        println!("head:  entry {seq} hash {hash}");
+    }
+    if let Some(c) = config {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        for l in &c.locations {
+            let r = rt.block_on(async {
+                let backend = l.location.open().await?;
+                audit::compare_mirror(catalog.audit(), &backend).await
+            });
+            match r {
+                Ok((n, problems)) if problems.is_empty() => {
+                    println!("mirror: {}: agrees ({n} entries compared)", l.name);
+                }
+                Ok((_, problems)) => {
+                    println!("mirror: {}: DISAGREES:", l.name);
+                    for p in &problems {
+                        println!("  {p}");
+                    }
+                    failed.get_or_insert_with(|| {
+                        anyhow!(
+                            "the audit log disagrees with its mirror at {}: {}",
+                            l.name,
+                            problems[0]
+                        )
+                    });
+                }
+                Err(e) => println!("mirror: {}: cannot read it: {e}", l.name),
+            }
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn mfa_reset(name: &str, config: &Path) -> anyhow::Result<()> {
+    let config = ControllerConfig::load(config)?;
+    let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+    if !catalog.mfa().remove(&name.to_string())? {
+        bail!("{name} has no MFA enrollment");
+    }
+    catalog.audit().append(
+        Event::actor(local_user(), "local", "mfa reset", name).from_place("local"),
+        chrono::Utc::now(),
+    )?;
+    catalog.flush()?;
+    println!("removed the MFA enrollment of {name}; they enroll again with `trireme mfa enroll`");
+    Ok(())
 }

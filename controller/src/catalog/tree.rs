@@ -66,6 +66,19 @@ impl Key for Id {
     }
 }
 
+/// Sequence numbers (the audit log): big-endian, so iteration is in order.
+impl Key for u64 {
+    fn to_key(&self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+    fn from_key(bytes: &[u8]) -> Option<Self> {
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+    fn display_key(bytes: &[u8]) -> String {
+        Self::from_key(bytes).map_or_else(|| hex::encode(bytes), |n| n.to_string())
+    }
+}
+
 fn encode<V: Serialize>(v: &V) -> Vec<u8> {
     let mut buf = Vec::new();
     // Writing CBOR into a Vec fails only for values serde cannot represent,
@@ -209,6 +222,50 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tree<K, V> {
             .iter()
             .keys()
             .map(|r| decode_key::<K>(self.name, &r.map_err(|e| self.err("read", e))?))
+            .collect()
+    }
+
+    /// Every entry, in key order, one at a time: an undecodable entry is an
+    /// `Err` in its place and the walk goes on.
+    pub fn iter(&self) -> impl Iterator<Item = Result<(K, V)>> + '_ {
+        self.inner.iter().map(|r| {
+            let (k, v) = r.map_err(|e| self.err("read", e))?;
+            Ok((
+                decode_key::<K>(self.name, &k)?,
+                decode::<K, V>(self.name, &k, &v)?,
+            ))
+        })
+    }
+
+    /// The entry with the greatest key.
+    ///
+    /// # Errors
+    /// As [`Tree::entries`].
+    pub fn last(&self) -> Result<Option<(K, V)>> {
+        match self.inner.last().map_err(|e| self.err("read", e))? {
+            None => Ok(None),
+            Some((k, v)) => Ok(Some((
+                decode_key::<K>(self.name, &k)?,
+                decode::<K, V>(self.name, &k, &v)?,
+            ))),
+        }
+    }
+
+    /// Entries with keys from `start` on, in key order, at most `limit`.
+    ///
+    /// # Errors
+    /// As [`Tree::entries`].
+    pub fn range_from(&self, start: &K, limit: usize) -> Result<Vec<(K, V)>> {
+        self.inner
+            .range(start.to_key()..)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(|e| self.err("read", e))?;
+                Ok((
+                    decode_key::<K>(self.name, &k)?,
+                    decode::<K, V>(self.name, &k, &v)?,
+                ))
+            })
             .collect()
     }
 

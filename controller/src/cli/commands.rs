@@ -15,11 +15,12 @@ use trireme_proto::v1::{
     SourceRef, StatusRequest, VerifyReply, VerifyRequest,
 };
 
+use super::audit::with_totp;
 use super::connect::Controller;
 use super::output::{print_json, println, Format};
 use super::{
-    view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, LocationsCmd, PolicyCmd,
-    RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
+    audit, view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, LocationsCmd,
+    PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
 };
 
 /// Run a command that needs the controller.
@@ -33,6 +34,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Policy(PolicyCmd::Apply { file }) => Some(read_policy(file)?),
         _ => None,
     };
+    let totp = global.totp.as_deref();
     let mut c = Controller::connect(global).await?;
     match command {
         Command::Agents(AgentsCmd::Ls) => {
@@ -71,7 +73,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             let toml = policy_text.unwrap_or_default();
             let r = c
                 .operator
-                .apply_policy(ApplyPolicyRequest { toml })
+                .apply_policy(with_totp(ApplyPolicyRequest { toml }, totp)?)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
@@ -122,11 +124,14 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Restore(RestoreArgs { snapshot, to, wait }) => {
             let job = c
                 .operator
-                .restore(RestoreRequest {
-                    snapshot_id: snapshot,
-                    to_agent: to.agent,
-                    target: to.target,
-                })
+                .restore(with_totp(
+                    RestoreRequest {
+                        snapshot_id: snapshot,
+                        to_agent: to.agent,
+                        target: to.target,
+                    },
+                    totp,
+                )?)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
@@ -268,14 +273,19 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 view::status_fields(&c.addr, &ping, &status)
             })
         }
+        Command::Audit(cmd) => audit::audit(&mut c, format, cmd).await,
+        Command::Mfa(cmd) => audit::mfa(&mut c, format, cmd, totp).await,
         Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
         Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
         Command::Catalog(super::CatalogCmd::Rebuild { from }) => {
             let r = c
                 .operator
-                .rebuild_catalog(trireme_proto::v1::RebuildCatalogRequest {
-                    location: from.clone(),
-                })
+                .rebuild_catalog(with_totp(
+                    trireme_proto::v1::RebuildCatalogRequest {
+                        location: from.clone(),
+                    },
+                    totp,
+                )?)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
@@ -298,6 +308,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 },
             )
         }
+        Command::Prune(args) => super::prune::run(&mut c, format, args).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }

@@ -28,6 +28,8 @@ pub struct Controller {
     pub operator: OperatorServiceClient<Channel>,
     /// `trireme.v1.Health`.
     pub health: HealthClient<Channel>,
+    /// `--totp` / `TRIREME_TOTP`, for the sensitive RPCs.
+    pub totp: Option<String>,
 }
 
 impl Controller {
@@ -56,6 +58,7 @@ impl Controller {
             operator: OperatorServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
             addr,
+            totp: global.totp.clone(),
         })
     }
 

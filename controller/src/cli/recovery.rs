@@ -9,6 +9,7 @@ use trireme_proto::v1::{
     RunDrillRequest, RunRestoreTestRequest, SourceRef, StatusReply,
 };
 
+use super::audit::with_totp;
 use super::commands::{list, one};
 use super::connect::Controller;
 use super::output::{duration, json_str, json_time, or_dash, println, table, time, Format};
@@ -25,9 +26,12 @@ pub async fn restore_test(
             let source: SourceRef = source.into();
             let job = c
                 .operator
-                .run_restore_test(RunRestoreTestRequest {
-                    source: Some(source.clone()),
-                })
+                .run_restore_test(with_totp(
+                    RunRestoreTestRequest {
+                        source: Some(source.clone()),
+                    },
+                    c.totp.as_deref(),
+                )?)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
@@ -103,9 +107,12 @@ pub async fn drill(c: &mut Controller, format: Format, cmd: DrillCmd) -> anyhow:
         DrillCmd::Run { location, wait } => {
             let d = c
                 .operator
-                .run_drill(RunDrillRequest {
-                    location: location.unwrap_or_default(),
-                })
+                .run_drill(with_totp(
+                    RunDrillRequest {
+                        location: location.unwrap_or_default(),
+                    },
+                    c.totp.as_deref(),
+                )?)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();

@@ -13,8 +13,20 @@
 //! rpo = "26h"                    # newest snapshot verified everywhere must be younger
 //! rto = "30m"                    # restore tests must finish within
 //! restore_test = { target = "host-a:source:redis-staging", schedule = "0 4 1 * *" }
+//!
+//! [retention.daily-30]           # a retention class (see crate::retention)
+//! daily = "30d"                  # newest of each day of the last 30 days
+//! monthly = "1y"                 # newest of each month of the last year
+//! keep_last = 3                  # and the 3 newest
 //! ```
+//!
+//! A file that defines retention classes must define every class its
+//! policies name. A file with no `[retention.*]` table is still accepted
+//! (classes defined by an earlier file stay in the catalog); each policy
+//! whose class is then unknown gets a warning, and prune keeps every
+//! snapshot of such a source.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -28,11 +40,16 @@ use super::{
 };
 use crate::catalog::{validate_name, SourceId};
 use crate::error::{Error, Result};
+use crate::retention::RetentionClass;
 
 /// What a policy table holds, appended to errors about fields.
 pub const POLICY_HELP: &str = "a policy file is [[policy]] tables, each with source, schedule and \
 retention, and optionally mode, full_every, timezone, max_retries, retry_backoff, rpo, rto and \
 restore_test";
+
+/// What a retention table holds, appended to errors about it.
+pub const RETENTION_HELP: &str = "a [retention.NAME] table sets keep_last (a count) and/or \
+hourly, daily, weekly, monthly, yearly (windows such as \"30d\" or \"1y\")";
 
 /// A policy file as written.
 #[derive(Deserialize)]
@@ -41,6 +58,47 @@ struct RawFile {
     /// The policies, one `[[policy]]` table each.
     #[serde(default)]
     policy: Vec<RawPolicy>,
+    /// Retention classes by name, one `[retention.NAME]` table each.
+    #[serde(default)]
+    retention: BTreeMap<String, Spanned<RawRetention>>,
+}
+
+/// One `[retention.NAME]` table as written; validated into a
+/// [`RetentionClass`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    /// Keep the newest N snapshots.
+    #[serde(default)]
+    keep_last: Option<Spanned<u32>>,
+    /// Window within which the newest snapshot of each hour is kept, e.g. `"48h"`.
+    #[serde(default)]
+    hourly: Option<Spanned<String>>,
+    /// ... of each day, e.g. `"30d"`.
+    #[serde(default)]
+    daily: Option<Spanned<String>>,
+    /// ... of each ISO week, e.g. `"90d"`.
+    #[serde(default)]
+    weekly: Option<Spanned<String>>,
+    /// ... of each month, e.g. `"1y"`.
+    #[serde(default)]
+    monthly: Option<Spanned<String>>,
+    /// ... of each year, e.g. `"10y"`.
+    #[serde(default)]
+    yearly: Option<Spanned<String>>,
+}
+
+/// A parsed policy file: its policies, the retention classes it defines,
+/// and remarks that do not stop it from being applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyFile {
+    /// The policies, in file order.
+    pub policies: Vec<Policy>,
+    /// Retention classes by name.
+    pub classes: BTreeMap<String, RetentionClass>,
+    /// Non-fatal remarks (a policy naming a class the file does not define,
+    /// in a file that defines none).
+    pub warnings: Vec<String>,
 }
 
 /// One `[[policy]]` table as written; validated into a [`Policy`].
@@ -170,6 +228,17 @@ fn duration(
 /// to write instead: TOML syntax, unknown or missing fields, a bad cron
 /// expression, time zone, duration or source, a source listed twice.
 pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>> {
+    parse_policy_file(file, text).map(|f| f.policies)
+}
+
+/// Parse a policy file's text with its retention classes. `file` names it
+/// in errors.
+///
+/// # Errors
+/// As [`parse_policies`], and for retention tables: an unknown setting, a
+/// bad window or count, a class with no rule, a bad class name, and a
+/// policy naming a class the file does not define (when it defines any).
+pub fn parse_policy_file(file: &str, text: &str) -> Result<PolicyFile> {
     let loc = Locator { file, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let mut msg = e.message().trim_end().to_string();
@@ -199,7 +268,84 @@ pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>> {
         }
         out.push((p, r.source.span()));
     }
-    Ok(out.into_iter().map(|(p, _)| p).collect())
+    let mut classes = BTreeMap::new();
+    for (name, raw) in &raw.retention {
+        classes.insert(name.clone(), validate_class(&loc, name, raw)?);
+    }
+    let mut warnings = Vec::new();
+    for (r, (p, _)) in raw.policy.iter().zip(&out) {
+        if classes.contains_key(&p.retention) {
+            continue;
+        }
+        if classes.is_empty() {
+            warnings.push(format!(
+                "policy for {}: retention class {:?} is not defined in this file; unless an earlier file defined it, prune keeps every snapshot of this source (add a [retention.{}] table)",
+                p.source, p.retention, p.retention
+            ));
+            continue;
+        }
+        return Err(loc.error(
+            Some(r.retention.span()),
+            format!(
+                "retention class {:?} is not defined; this file defines {}: add a [retention.{}] table or name one of those",
+                p.retention,
+                classes.keys().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", "),
+                p.retention
+            ),
+        ));
+    }
+    Ok(PolicyFile {
+        policies: out.into_iter().map(|(p, _)| p).collect(),
+        classes,
+        warnings,
+    })
+}
+
+/// Longest retention window.
+const MAX_WINDOW: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+
+fn validate_class(
+    loc: &Locator<'_>,
+    name: &str,
+    raw: &Spanned<RawRetention>,
+) -> Result<RetentionClass> {
+    let span = Some(raw.span());
+    validate_name("retention class name", name)
+        .map_err(|e| loc.error(span.clone(), e.to_string()))?;
+    let r = raw.get_ref();
+    let window = |field: &'static str, v: &Option<Spanned<String>>| {
+        v.as_ref()
+            .map(|v| duration(loc, field, v, Duration::from_secs(3600), MAX_WINDOW))
+            .transpose()
+    };
+    let keep_last = match &r.keep_last {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err(loc.value_error(
+                v,
+                Error::invalid(
+                    "keep_last",
+                    "0",
+                    "must be at least 1 (the newest snapshot is always kept); remove it to keep by windows only",
+                ),
+            ))
+        }
+        v => v.as_ref().map(|v| *v.get_ref()),
+    };
+    let class = RetentionClass {
+        keep_last,
+        hourly: window("hourly", &r.hourly)?,
+        daily: window("daily", &r.daily)?,
+        weekly: window("weekly", &r.weekly)?,
+        monthly: window("monthly", &r.monthly)?,
+        yearly: window("yearly", &r.yearly)?,
+    };
+    if class.is_empty() {
+        return Err(loc.error(
+            span,
+            format!("retention class {name:?} has no rule; {RETENTION_HELP}"),
+        ));
+    }
+    Ok(class)
 }
 
 fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {

@@ -218,10 +218,26 @@ fn the_shipped_example_policy_parses() {
         "/../deploy/examples/policy.toml"
     );
     let text = std::fs::read_to_string(p).unwrap();
-    let policies = crate::policy::parse_policies(p, &text).unwrap();
-    assert_eq!(policies.len(), 3);
-    let redis = &policies[1];
-    assert_eq!(redis.rpo, Some(Duration::from_secs(2 * 3600)));
+    let file = crate::policy::parse_policy_file(p, &text).unwrap();
+    assert_eq!(file.policies.len(), 4);
+    assert!(file.warnings.is_empty(), "{:?}", file.warnings);
+    let mongo = &file.classes["mongodb"];
+    assert_eq!(mongo.daily, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!(
+        mongo.monthly,
+        Some(humantime::parse_duration("1y").unwrap())
+    );
+    assert_eq!(mongo.keep_last, Some(3));
+    assert_eq!(
+        file.classes["redis"].daily,
+        Some(Duration::from_secs(7 * 86400))
+    );
+    let redis = file
+        .policies
+        .iter()
+        .find(|p| p.source.to_string() == "cache-1/redis")
+        .unwrap();
+    assert_eq!(redis.rpo, Some(Duration::from_secs(7 * 3600)));
     let t = redis.restore_test.as_ref().unwrap();
     assert_eq!(
         (t.agent.as_str(), t.target.as_str()),
@@ -257,4 +273,72 @@ fn objectives_and_restore_tests_are_checked() {
         t.schedule,
         crate::policy::CronExpr::parse("0 4 1 * *").unwrap()
     );
+}
+
+const CLASS_POLICY: &str =
+    "[[policy]]\nsource = \"h/x\"\nschedule = \"0 2 * * *\"\nretention = \"r\"\n";
+
+#[test]
+fn retention_tables_parse_and_errors_name_line_and_column() {
+    let f = parse_policy_file(
+        "p.toml",
+        &format!("{CLASS_POLICY}[retention.r]\nkeep_last = 2\nweekly = \"12w\"\n"),
+    )
+    .unwrap();
+    assert_eq!(f.classes["r"].keep_last, Some(2));
+    assert_eq!(f.classes["r"].weekly, Some(Duration::from_secs(84 * 86400)));
+    assert!(f.warnings.is_empty());
+
+    // A file without classes: accepted, with a warning per unknown class.
+    let f = parse_policy_file("p.toml", CLASS_POLICY).unwrap();
+    assert!(f.classes.is_empty());
+    assert!(
+        f.warnings[0].contains("retention class \"r\" is not defined"),
+        "{:?}",
+        f.warnings
+    );
+
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "[retention.daily]\ndaily = \"30d\"\n[retention.weekly]\nweekly = \"90d\"\n",
+            "policies.toml:4:13:",
+            &[
+                "retention class \"r\" is not defined",
+                "\"daily\", \"weekly\"",
+                "[retention.r]",
+            ],
+        ),
+        (
+            "[retention.r]\ndaily = \"30 dayz\"\n",
+            "policies.toml:6:9:",
+            &["daily \"30 dayz\"", "\"7d\""],
+        ),
+        (
+            "[retention.r]\nhourly = \"5m\"\n",
+            "policies.toml:6:10:",
+            &["must be between 1h and"],
+        ),
+        (
+            "[retention.r]\nkeep_last = 0\n",
+            "policies.toml:6:13:",
+            &["at least 1"],
+        ),
+        (
+            "[retention.r]\nmonthy = \"1y\"\n",
+            "policies.toml:6:1:",
+            &["unknown field `monthy`", "monthly"],
+        ),
+        (
+            "[retention.r]\n",
+            "policies.toml:5:",
+            &["retention class \"r\" has no rule", "keep_last"],
+        ),
+    ];
+    for (tail, at, wants) in cases {
+        let e = err(&format!("{CLASS_POLICY}{tail}"));
+        assert!(e.starts_with(at), "want {at}, got: {e}");
+        for w in *wants {
+            assert!(e.contains(w), "want {w:?} in: {e}");
+        }
+    }
 }

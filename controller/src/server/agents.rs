@@ -219,6 +219,10 @@ pub fn dispatch_soon(shared: &Arc<Shared>, agent: String) {
 
 /// Send `agent` its queued jobs now, when it is connected.
 fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
+    // A prune is running: its end dispatches again.
+    let Ok(_no_prune) = shared.prune_gate.try_read() else {
+        return Ok(());
+    };
     let Some(tx) = shared.agents.sender(agent) else {
         return Ok(());
     };

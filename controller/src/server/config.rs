@@ -11,6 +11,9 @@
 //! dir = "/etc/trireme/tls"   # holds ca.pem, crl.pem, <name>.pem, <name>.key
 //! name = "controller.example.com"
 //!
+//! [mfa]
+//! required = true   # sensitive actions need a TOTP code from every operator
+//!
 //! [[location]]
 //! name = "primary"
 //! url = "s3://trireme/prod?endpoint=https://s3.eu-west-1.amazonaws.com&region=eu-west-1"
@@ -50,6 +53,11 @@ pub struct ControllerConfig {
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
     pub agent_timeout: Duration,
+    /// Second factor for sensitive actions (`[mfa]`).
+    pub mfa: crate::mfa::MfaSettings,
+    /// `[retention] prune_every`: apply retention (`trireme prune`) this
+    /// often on its own; unset: only when an operator runs it.
+    pub prune_every: Option<Duration>,
 }
 
 /// One location.
@@ -88,6 +96,26 @@ struct RawConfig {
     metrics_listen: Option<String>,
     #[serde(default)]
     replication: RawReplication,
+    #[serde(default)]
+    mfa: RawMfa,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMfa {
+    /// Refuse sensitive actions to operators without a confirmed TOTP
+    /// enrollment (default false: they may act without a code; operators
+    /// who enrolled always need one).
+    #[serde(default)]
+    required: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    prune_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -338,6 +366,18 @@ impl ControllerConfig {
                 }
             }
         }
+        let prune_every = match &raw.retention.prune_every {
+            None => None,
+            Some(s) => {
+                let d = duration("retention.prune_every", &Some(s.clone()), Duration::ZERO)?;
+                if d < Duration::from_secs(1) {
+                    return Err(bad(
+                        "[retention] prune_every must be at least 1s (e.g. \"24h\"); leave it out to prune only on demand".into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
         Ok(ControllerConfig {
             listen,
             data_dir: abs(&raw.data_dir),
@@ -348,6 +388,10 @@ impl ControllerConfig {
             agent_timeout,
             replication,
             metrics_listen,
+            mfa: crate::mfa::MfaSettings {
+                required: raw.mfa.required,
+            },
+            prune_every,
         })
     }
 }
@@ -416,6 +460,29 @@ url = "file:///tmp/x"
         assert_eq!(c.tls.cert, Path::new("/etc/trireme/tls/localhost.pem"));
         assert_eq!(c.locations[0].name, "primary");
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert!(!c.mfa.required);
+        let c = ControllerConfig::parse(
+            Path::new("/c.toml"),
+            &format!("{GOOD}\n[mfa]\nrequired = true\n"),
+        )
+        .unwrap();
+        assert!(c.mfa.required);
+        assert_eq!(c.prune_every, None);
+        let c = ControllerConfig::parse(
+            Path::new("c.toml"),
+            &format!("{GOOD}[retention]\nprune_every = \"24h\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.prune_every, Some(Duration::from_secs(86400)));
+        for bad in ["\"0s\"", "\"daily\""] {
+            let e = ControllerConfig::parse(
+                Path::new("c.toml"),
+                &format!("{GOOD}[retention]\nprune_every = {bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("prune_every"), "{e}");
+        }
     }
 
     #[test]
@@ -463,5 +530,6 @@ mod example_tests {
         let c = ControllerConfig::load(p).unwrap();
         assert_eq!(c.locations.len(), 3);
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
+        assert!(c.mfa.required);
     }
 }

@@ -1,18 +1,20 @@
 //! `KeyService`: data keys for the jobs agents run. The master key never
 //! leaves the controller. An agent gets keys only for a job the catalog has
-//! assigned to it and that has not ended; every grant is logged on the
-//! `trireme::audit` target.
+//! assigned to it and that has not ended; every grant and refusal goes to
+//! the audit log (and the `trireme::audit` log target).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use trireme_common::{KeyProvider, Role, WrappedKey};
+use trireme_common::{Identity, KeyProvider, Role, WrappedKey};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, UnwrapDataKeysReply, UnwrapDataKeysRequest,
 };
 
 use super::Shared;
+use crate::audit::Event;
 use crate::jobs::{Job, JobId, JobState};
 
 /// Most keys one `UnwrapDataKeys` call may ask for.
@@ -29,12 +31,46 @@ impl KeyApi {
         KeyApi { shared }
     }
 
+    /// Check the caller's role; a refusal is audited.
+    fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<Identity, Status> {
+        self.shared
+            .authz
+            .authorize(request, &[Role::Agent])
+            .inspect_err(|status| {
+                let who = request
+                    .peer_certs()
+                    .and_then(|c| c.first().cloned())
+                    .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
+                let event = match &who {
+                    Some(id) => Event::by(id, "key request", rpc),
+                    None => Event::actor("(no certificate)", "", "key request", rpc),
+                };
+                self.shared.audit(
+                    event
+                        .refused(status.message())
+                        .from_peer(request.remote_addr()),
+                );
+            })
+    }
+
     /// The job `job_id`, if `agent` may have keys for it now.
-    fn job_for(&self, agent: &str, job_id: &str, rpc: &str) -> Result<Job, Status> {
+    fn job_for(
+        &self,
+        agent: &Identity,
+        peer: Option<SocketAddr>,
+        job_id: &str,
+        rpc: &str,
+    ) -> Result<Job, Status> {
         let refuse = |why: String| {
-            tracing::warn!(target: "trireme::audit", %agent, job = %job_id, rpc, reason = %why, "key request refused");
+            tracing::warn!(target: "trireme::audit", agent = %agent.name, job = %job_id, rpc, reason = %why, "key request refused");
+            self.shared.record(
+                Event::by(agent, "key request", format!("job {job_id} ({rpc})"))
+                    .refused(why.clone())
+                    .from_peer(peer),
+            );
             Status::permission_denied(format!("no keys for job {job_id}: {why}"))
         };
+        let agent = agent.name.as_str();
         let id: JobId = job_id
             .parse()
             .map_err(|e: crate::Error| Status::invalid_argument(e.to_string()))?;
@@ -67,9 +103,10 @@ impl KeyService for KeyApi {
         &self,
         request: Request<GenerateDataKeyRequest>,
     ) -> Result<Response<GenerateDataKeyReply>, Status> {
-        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let id = self.authorize(&request, "GenerateDataKey")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        let job = self.job_for(&id.name, &r.job_id, "GenerateDataKey")?;
+        let job = self.job_for(&id, peer, &r.job_id, "GenerateDataKey")?;
         if !job.is_backup() {
             return Err(Status::permission_denied(format!(
                 "job {} is a restore: it reads keys, it does not make new ones",
@@ -83,6 +120,14 @@ impl KeyService for KeyApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, "data key generated");
+        self.shared.record(
+            Event::by(
+                &id,
+                "data key generated",
+                format!("job {} source {}", job.id, job.source),
+            )
+            .from_peer(peer),
+        );
         Ok(Response::new(GenerateDataKeyReply {
             data_key: key.as_bytes().to_vec(),
             wrapped_key: wrapped.0,
@@ -93,9 +138,10 @@ impl KeyService for KeyApi {
         &self,
         request: Request<UnwrapDataKeysRequest>,
     ) -> Result<Response<UnwrapDataKeysReply>, Status> {
-        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let id = self.authorize(&request, "UnwrapDataKeys")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        let job = self.job_for(&id.name, &r.job_id, "UnwrapDataKeys")?;
+        let job = self.job_for(&id, peer, &r.job_id, "UnwrapDataKeys")?;
         if r.wrapped_keys.len() > MAX_UNWRAP {
             return Err(Status::invalid_argument(format!(
                 "{} keys in one call; ask for at most {MAX_UNWRAP}",
@@ -116,6 +162,14 @@ impl KeyService for KeyApi {
             keys.push(k.as_bytes().to_vec());
         }
         tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, keys = keys.len(), "data keys unwrapped");
+        self.shared.record(
+            Event::by(
+                &id,
+                "data keys unwrapped",
+                format!("job {} source {}: {} keys", job.id, job.source, keys.len()),
+            )
+            .from_peer(peer),
+        );
         Ok(Response::new(UnwrapDataKeysReply { data_keys: keys }))
     }
 }

@@ -8,21 +8,23 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use trireme_common::wire::summary_to_wire;
-use trireme_common::{Id, Identity, Role};
+use trireme_common::{Id, Role};
 use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, DrillInfo, GetDrillRequest,
     GetJobRequest, GetSnapshotRequest, JobInfo, JobKind as WireJobKind, JobProgress,
-    JobState as WireJobState, ListAgentsReply, ListAgentsRequest, ListDrillsReply,
-    ListDrillsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply, ListLocationsRequest,
-    ListPoliciesReply, ListPoliciesRequest, ListRestoreTestsReply, ListRestoreTestsRequest,
-    ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply, ListSourcesRequest, LocationInfo,
-    PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest, RunDrillRequest,
-    RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo, SourceProtection,
-    SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyReply, VerifyRequest,
-    WatchJobRequest,
+    JobState as WireJobState, ListAgentsReply, ListAgentsRequest, ListAuditReply, ListAuditRequest,
+    ListDrillsReply, ListDrillsRequest, ListJobsReply, ListJobsRequest, ListLocationsReply,
+    ListLocationsRequest, ListPoliciesReply, ListPoliciesRequest, ListRestoreTestsReply,
+    ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
+    ListSourcesRequest, LocationInfo, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
+    MfaEnrollRequest, PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest,
+    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
+    SourceProtection, SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyAuditReply,
+    VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
 };
 
+use trireme_proto::v1::{PruneReply, PruneRequest};
 use trireme_proto::v1::{RebuildCatalogReply, RebuildCatalogRequest};
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
@@ -31,6 +33,9 @@ use crate::catalog::{CopyState, SnapshotRecord, SourceId};
 use crate::error::Error;
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Trigger};
 use crate::policy::{self, BackupMode, Policy};
+use security::mfa_note;
+
+mod security;
 
 const READ: &[Role] = &[Role::Operator, Role::Viewer];
 const OPERATE: &[Role] = &[Role::Operator];
@@ -312,10 +317,6 @@ fn limit(n: u32) -> usize {
     }
 }
 
-fn audit(id: &Identity, what: &str, detail: &str) {
-    tracing::info!(target: "trireme::audit", who = %id.name, role = %id.role, serial = %id.serial, action = what, %detail, "operator action");
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<JobInfo, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -324,7 +325,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "agents ls")?;
         let mut agents = Vec::new();
         for (name, a) in self.shared.catalog.agents().entries()? {
             let name: String = name;
@@ -357,7 +358,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListSourcesRequest>,
     ) -> Result<Response<ListSourcesReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "sources ls")?;
         let r = request.into_inner();
         let all = if r.agent.is_empty() {
             self.shared.catalog.sources().entries()?
@@ -390,14 +391,31 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ApplyPolicyRequest>,
     ) -> Result<Response<ApplyPolicyReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "policy apply")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "policy apply").await?;
         let r = request.into_inner();
-        let policies = policy::parse_policies("policy", &r.toml)?;
+        let file = policy::parse_policy_file("policy", &r.toml)?;
+        let policies = &file.policies;
         let now = self.shared.now();
         let origin = format!("applied by {}", id.name);
         let report =
-            blocking(|| policy::apply_policies(&self.shared.catalog, &policies, &origin, now))?;
-        audit(&id, "policy apply", &format!("{} policies", policies.len()));
+            blocking(|| policy::apply_policy_file(&self.shared.catalog, &file, &origin, now))?;
+        self.audit_ok(
+            &id,
+            peer,
+            "policy apply",
+            format!(
+                "{} policies: {}{}",
+                policies.len(),
+                policies
+                    .iter()
+                    .map(|p| p.source.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                mfa_note(passed)
+            ),
+        );
         self.shared.scheduler.wake();
         let applied = report
             .created
@@ -410,6 +428,7 @@ impl OperatorService for OperatorApi {
             .unknown_sources
             .iter()
             .map(|s| format!("no agent has reported source {s} yet: its backups wait until one does (check the agent's config and name)"))
+            .chain(file.warnings.iter().cloned())
             .collect();
         Ok(Response::new(ApplyPolicyReply { applied, warnings }))
     }
@@ -418,7 +437,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListPoliciesRequest>,
     ) -> Result<Response<ListPoliciesReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "policy ls")?;
         let now = self.shared.now();
         let mut policies = Vec::new();
         for (source, rec) in self.shared.catalog.policies().entries()? {
@@ -447,7 +466,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<RunBackupRequest>,
     ) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "backup run")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let source = parse_source(r.source.as_ref())?;
         let mode = if r.full {
@@ -458,10 +478,11 @@ impl OperatorService for OperatorApi {
         let now = self.shared.now();
         let job =
             blocking(|| jobs::enqueue_manual(&self.shared.catalog, &source, mode, &id.name, now))?;
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "backup run",
-            &format!("{source} {mode} job {}", job.id),
+            format!("{source} {mode} job {}", job.id),
         );
         self.shared.job_changed(job.id);
         dispatch_soon(&self.shared, job.agent().to_string());
@@ -472,7 +493,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs ls")?;
         let r = request.into_inner();
         let mut jobs: Vec<Job> = self
             .shared
@@ -493,7 +514,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<JobInfo>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs show")?;
         let job = self.find_job(&request.get_ref().id)?;
         Ok(Response::new(self.job_info(&job)))
     }
@@ -502,7 +523,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "job cancel")?;
+        let peer = request.remote_addr();
         let job = self.find_job(&request.get_ref().id)?;
         let reason = format!("cancelled by {}", id.name);
         let now = self.shared.now();
@@ -516,7 +538,7 @@ impl OperatorService for OperatorApi {
                 now,
             )
         })?;
-        audit(&id, "job cancel", &job.id.to_string());
+        self.audit_ok(&id, peer, "job cancel", job.id.to_string());
         send_cancel(&self.shared, job.agent(), &job.id, &reason);
         self.shared.job_changed(job.id);
         self.shared.scheduler.wake();
@@ -529,7 +551,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "jobs watch")?;
         let job = self.find_job(&request.get_ref().id)?;
         let shared = self.shared.clone();
         let mut events = shared.job_events.subscribe();
@@ -588,7 +610,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "snapshots ls")?;
         let r = request.into_inner();
         let mut snaps = match r
             .source
@@ -622,13 +644,16 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetSnapshotRequest>,
     ) -> Result<Response<SnapshotInfo>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "snapshots show")?;
         let s = self.find_snapshot(&request.get_ref().id)?;
         Ok(Response::new(snapshot_info(&s)))
     }
 
     async fn restore(&self, request: Request<RestoreRequest>) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "restore")?;
+        let peer = request.remote_addr();
+        // Every restore counts as sensitive: it writes onto a machine.
+        let passed = self.second_factor(&request, &id, "restore").await?;
         let r = request.into_inner();
         let snap = self.find_snapshot(&r.snapshot_id)?;
         let to_agent = if r.to_agent.is_empty() {
@@ -659,15 +684,17 @@ impl OperatorService for OperatorApi {
                 .catalog
                 .transaction_durable(|tx| jobs::create_in(tx, &job))
         })?;
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "restore",
-            &format!(
-                "snapshot {} of {} to {to_agent}:{} job {}",
+            format!(
+                "snapshot {} of {} to {to_agent}:{} job {}{}",
                 snap.id.short(),
                 snap.source,
                 r.target,
-                job.id
+                job.id,
+                mfa_note(passed)
             ),
         );
         self.shared.job_changed(job.id);
@@ -679,7 +706,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListLocationsRequest>,
     ) -> Result<Response<ListLocationsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "locations ls")?;
         let states = self.shared.replicator.states();
         let locations = self
             .shared
@@ -715,7 +742,9 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<RebuildCatalogRequest>,
     ) -> Result<Response<RebuildCatalogReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "catalog rebuild")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "catalog rebuild").await?;
         let name = request.into_inner().location;
         let loc = self
             .shared
@@ -732,12 +761,17 @@ impl OperatorService for OperatorApi {
             .map_err(Error::from)?;
         let r =
             crate::rebuild::rebuild(&self.shared.catalog, &repo, &name, self.shared.now()).await?;
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "catalog rebuild",
-            &format!(
-                "from {name}: {} snapshots found, {} added, {} known, {} sources added",
-                r.found, r.added, r.known, r.sources_added
+            format!(
+                "from {name}: {} snapshots found, {} added, {} known, {} sources added{}",
+                r.found,
+                r.added,
+                r.known,
+                r.sources_added,
+                mfa_note(passed)
             ),
         );
         // Let the replication pass find and verify the other copies.
@@ -755,10 +789,20 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<RunRestoreTestRequest>,
     ) -> Result<Response<JobInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "restore-test run")?;
+        let peer = request.remote_addr();
+        // A restore test restores (onto a staging target): sensitive too.
+        let passed = self
+            .second_factor(&request, &id, "restore-test run")
+            .await?;
         let source = parse_source(request.get_ref().source.as_ref())?;
         let job = super::recovery::run_test_now(&self.shared, &source, &id.name)?;
-        audit(&id, "restore-test", &format!("{source} job {}", job.id));
+        self.audit_ok(
+            &id,
+            peer,
+            "restore-test run",
+            format!("{source} job {}{}", job.id, mfa_note(passed)),
+        );
         Ok(Response::new(self.job_info(&job)))
     }
 
@@ -766,7 +810,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListRestoreTestsRequest>,
     ) -> Result<Response<ListRestoreTestsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "restore-test ls")?;
         let r = request.into_inner();
         let only = match &r.source {
             Some(s) if !s.agent.is_empty() => Some(parse_source(Some(s))?),
@@ -792,18 +836,22 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<RunDrillRequest>,
     ) -> Result<Response<DrillInfo>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "drill run")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "drill run").await?;
         let location = request.into_inner().location;
         let location = (!location.is_empty()).then_some(location);
         let drill = super::recovery::start_drill(&self.shared, location.clone(), &id.name)?;
-        audit(
+        self.audit_ok(
             &id,
-            "drill",
-            &format!(
-                "{} from {} ({} sources)",
+            peer,
+            "drill run",
+            format!(
+                "{} from {} ({} sources){}",
                 drill.id,
                 location.as_deref().unwrap_or("the usual locations"),
-                drill.steps.len()
+                drill.steps.len(),
+                mfa_note(passed)
             ),
         );
         Ok(Response::new(drill_info(&drill, false)))
@@ -813,7 +861,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListDrillsRequest>,
     ) -> Result<Response<ListDrillsReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "drill ls")?;
         let drills = self
             .shared
             .catalog
@@ -830,7 +878,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetDrillRequest>,
     ) -> Result<Response<DrillInfo>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "drill show")?;
         let want = request.into_inner().id;
         let mut found: Vec<crate::recovery::DrillRecord> = self
             .shared
@@ -848,7 +896,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<VerifyRequest>,
     ) -> Result<Response<VerifyReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let id = self.authorize(&request, OPERATE, "verify")?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
         let only = (!r.location.is_empty()).then_some(r.location.as_str());
         if let Some(l) = only {
@@ -863,10 +912,11 @@ impl OperatorService for OperatorApi {
         } else {
             Some(self.find_snapshot(&r.snapshot_id)?)
         };
-        audit(
+        self.audit_ok(
             &id,
+            peer,
             "verify",
-            &format!(
+            format!(
                 "deep={} location={} snapshot={}",
                 r.deep, r.location, r.snapshot_id
             ),
@@ -905,7 +955,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        self.shared.authz.authorize(&request, READ)?;
+        self.authorize(&request, READ, "status")?;
         let now = self.shared.now();
         let agents = self.shared.catalog.agents().entries()?;
         let mut reply = StatusReply {
@@ -1002,6 +1052,40 @@ impl OperatorService for OperatorApi {
             }
         }
         Ok(Response::new(reply))
+    }
+
+    async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
+        let id = self.shared.authz.authorize(&request, OPERATE)?;
+        let reply = super::prune_rpc::run(&self.shared, &id, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.list_audit_rpc(request)
+    }
+
+    async fn verify_audit(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditReply>, Status> {
+        self.verify_audit_rpc(request).await
+    }
+
+    async fn mfa_enroll(
+        &self,
+        request: Request<MfaEnrollRequest>,
+    ) -> Result<Response<MfaEnrollReply>, Status> {
+        self.mfa_enroll_rpc(request).await
+    }
+
+    async fn mfa_confirm(
+        &self,
+        request: Request<MfaConfirmRequest>,
+    ) -> Result<Response<MfaConfirmReply>, Status> {
+        self.mfa_confirm_rpc(request).await
     }
 }
 

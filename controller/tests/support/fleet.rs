@@ -17,9 +17,18 @@ use serde_json::Value;
 use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
 
+/// A binary of the workspace: next to the `trireme` CLI cargo built, or in
+/// `TRIREME_TEST_BIN_DIR` when set (binaries copied aside, e.g. when the
+/// target directory is shared with other checkouts).
 pub fn bin(name: &str) -> PathBuf {
-    let cli = PathBuf::from(env!("CARGO_BIN_EXE_trireme"));
-    let p = cli.parent().unwrap().join(name);
+    let dir = match std::env::var_os("TRIREME_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_trireme"))
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    };
+    let p = dir.join(name);
     assert!(
         p.exists(),
         "{} is missing: build it first (`cargo build -p trireme-agent`, or run `cargo test --workspace`)",

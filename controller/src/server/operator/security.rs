@@ -1,0 +1,250 @@
+//! The operator service's security RPCs and checks: role refusals and the
+//! TOTP second factor (both audited), the audit log (list, verify against
+//! the chain and the locations' mirrors), and MFA enrollment.
+
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use trireme_common::{Identity, Role};
+use trireme_proto::v1::{
+    AuditEntry as WireAuditEntry, AuditMirrorCheck, ListAuditReply, ListAuditRequest,
+    MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply, MfaEnrollRequest, VerifyAuditReply,
+    VerifyAuditRequest,
+};
+
+use super::{limit, OperatorApi, OPERATE, READ};
+use crate::audit::{AuditEntry, Event};
+use crate::mfa::{MfaError, Passed, TOTP_HEADER};
+use crate::server::agents::blocking;
+
+pub(super) fn mfa_note(p: Passed) -> &'static str {
+    match p {
+        Passed::Code => " (with a TOTP code)",
+        Passed::NotEnrolled => " (no second factor: not enrolled)",
+    }
+}
+
+fn audit_entry(e: AuditEntry) -> WireAuditEntry {
+    WireAuditEntry {
+        seq: e.seq,
+        time: e.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        actor: e.actor,
+        role: e.role,
+        action: e.action,
+        target: e.target,
+        outcome: e.outcome.as_str().to_string(),
+        reason: e.reason,
+        peer: e.peer,
+        prev_hash: e.prev_hash,
+        hash: e.hash,
+    }
+}
+
+impl OperatorApi {
+    /// Check the caller's role; a refusal is audited.
+    pub(super) fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        roles: &[Role],
+        action: &str,
+    ) -> Result<Identity, Status> {
+        self.shared
+            .authz
+            .authorize(request, roles)
+            .inspect_err(|status| {
+                let who = request
+                    .peer_certs()
+                    .and_then(|c| c.first().cloned())
+                    .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
+                let event = match &who {
+                    Some(id) => Event::by(id, action, ""),
+                    None => Event::actor("(no certificate)", "", action, ""),
+                };
+                self.shared.audit(
+                    event
+                        .refused(status.message())
+                        .from_peer(request.remote_addr()),
+                );
+            })
+    }
+
+    /// The second factor for a sensitive action: the code in the request's
+    /// metadata. Refusals are audited.
+    pub(super) async fn second_factor<T>(
+        &self,
+        request: &Request<T>,
+        id: &Identity,
+        action: &str,
+    ) -> Result<Passed, Status> {
+        let code = request
+            .metadata()
+            .get(TOTP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self
+            .shared
+            .mfa
+            .check(&id.name, code.as_deref(), action, self.shared.now())
+            .await
+        {
+            Ok(p) => Ok(p),
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(id, action, "second factor")
+                        .refused(m.clone())
+                        .from_peer(request.remote_addr()),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
+    }
+
+    /// Record an allowed action.
+    pub(super) fn audit_ok(
+        &self,
+        id: &Identity,
+        peer: Option<std::net::SocketAddr>,
+        action: &str,
+        detail: String,
+    ) {
+        self.shared
+            .audit(Event::by(id, action, detail).from_peer(peer));
+    }
+
+    pub(super) fn list_audit_rpc(
+        &self,
+        request: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditReply>, Status> {
+        self.authorize(&request, READ, "audit ls")?;
+        let r = request.into_inner();
+        let since = (r.since_unix != 0)
+            .then(|| DateTime::<Utc>::from_timestamp(r.since_unix, 0))
+            .flatten();
+        let actor = (!r.actor.is_empty()).then_some(r.actor.as_str());
+        let entries = blocking(|| {
+            self.shared
+                .catalog
+                .audit()
+                .list(since, actor, limit(r.limit))
+        })?;
+        Ok(Response::new(ListAuditReply {
+            entries: entries.into_iter().map(audit_entry).collect(),
+        }))
+    }
+
+    pub(super) async fn verify_audit_rpc(
+        &self,
+        request: Request<VerifyAuditRequest>,
+    ) -> Result<Response<VerifyAuditReply>, Status> {
+        let id = self.authorize(&request, READ, "audit verify")?;
+        let peer = request.remote_addr();
+        let report = blocking(|| self.shared.catalog.audit().verify());
+        let mut mirrors = Vec::new();
+        for (name, backend) in &self.shared.audit_mirrors {
+            let mut check = AuditMirrorCheck {
+                location: name.clone(),
+                ..Default::default()
+            };
+            match crate::audit::compare_mirror(self.shared.catalog.audit(), backend).await {
+                Ok((n, problems)) => {
+                    check.entries_compared = n;
+                    check.problems = problems;
+                }
+                Err(e) => check.error = e.to_string(),
+            }
+            mirrors.push(check);
+        }
+        let broken = report.broken.clone();
+        let mirror_problems: usize = mirrors.iter().map(|m| m.problems.len()).sum();
+        let mut event =
+            Event::by(&id, "audit verify", format!("{} entries", report.checked)).from_peer(peer);
+        if let Some(b) = &broken {
+            event = event.problem(b.problem.clone());
+        } else if mirror_problems > 0 {
+            event = event.problem(format!("{mirror_problems} disagreements with the mirrors"));
+        }
+        self.shared.audit(event);
+        let (head_seq, head_hash) = report.head.unwrap_or_default();
+        Ok(Response::new(VerifyAuditReply {
+            entries_checked: report.checked,
+            first_broken_seq: broken.as_ref().map_or(0, |b| b.seq),
+            problem: broken.map(|b| b.problem).unwrap_or_default(),
+            head_seq,
+            head_hash,
+            mirrors,
+        }))
+    }
+
+    pub(super) async fn mfa_enroll_rpc(
+        &self,
+        request: Request<MfaEnrollRequest>,
+    ) -> Result<Response<MfaEnrollReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "mfa enroll")?;
+        let peer = request.remote_addr();
+        let code = request
+            .metadata()
+            .get(TOTP_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        match self
+            .shared
+            .mfa
+            .enroll(&id.name, code.as_deref(), self.shared.now())
+            .await
+        {
+            Ok(e) => {
+                self.audit_ok(
+                    &id,
+                    peer,
+                    "mfa enroll",
+                    "new TOTP secret (unconfirmed)".into(),
+                );
+                Ok(Response::new(MfaEnrollReply {
+                    account: id.name.clone(),
+                    secret_base32: e.secret_base32,
+                    otpauth_uri: e.uri,
+                }))
+            }
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(&id, "mfa enroll", "")
+                        .refused(m.clone())
+                        .from_peer(peer),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn mfa_confirm_rpc(
+        &self,
+        request: Request<MfaConfirmRequest>,
+    ) -> Result<Response<MfaConfirmReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "mfa confirm")?;
+        let peer = request.remote_addr();
+        let code = request.into_inner().code;
+        match self
+            .shared
+            .mfa
+            .confirm(&id.name, &code, self.shared.now())
+            .await
+        {
+            Ok(()) => {
+                self.audit_ok(&id, peer, "mfa confirm", "TOTP enrollment confirmed".into());
+                Ok(Response::new(MfaConfirmReply {
+                    account: id.name.clone(),
+                }))
+            }
+            Err(MfaError::Denied(m)) => {
+                self.shared.audit(
+                    Event::by(&id, "mfa confirm", "")
+                        .refused(m.clone())
+                        .from_peer(peer),
+                );
+                Err(Status::permission_denied(m))
+            }
+            Err(MfaError::Internal(e)) => Err(e.into()),
+        }
+    }
+}

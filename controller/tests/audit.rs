@@ -1,0 +1,592 @@
+//! The audit log, MFA and the recovery key, against a real controller
+//! process and the real `trireme` / `trireme-controller` binaries.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
+use trireme_common::tls::{ca, Role};
+use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
+use trireme_controller::Catalog;
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The start of the current TOTP step, after waiting until at least 12 s
+/// of it are left (so a few CLI calls all see the same step).
+fn quiet_step() -> u64 {
+    loop {
+        let now = unix_now();
+        let left = STEP_SECS - now % STEP_SECS;
+        if left >= 12 {
+            return now - now % STEP_SECS;
+        }
+        std::thread::sleep(Duration::from_secs(left));
+    }
+}
+
+fn policy_file(f: &Fleet, n: u32) -> String {
+    let p = f.dir.join(format!("policy-{n}.toml"));
+    Fleet::write_file(
+        &p,
+        &format!(
+            "[[policy]]\nsource = \"web-{n}/files\"\nschedule = \"0 3 * * *\"\nretention = \"daily-7\"\n"
+        ),
+    );
+    p.to_str().unwrap().to_string()
+}
+
+fn audit_entries(f: &Fleet, who: &str, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["audit", "ls", "--json", "--limit", "1000"];
+    args.extend_from_slice(extra);
+    let out = f.cli_as(who, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn sensitive_actions_need_a_fresh_totp_code() {
+    let mut f = Fleet::new();
+    ca::issue(&f.ca, Role::Operator, "op2", 30, &f.ca).unwrap();
+    f.controller_extra = "[mfa]\nrequired = true\n".into();
+    f.start_controller();
+    let p1 = policy_file(&f, 1);
+
+    // Required, not enrolled: refused, saying how to enroll.
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p1]);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains("policy apply is a sensitive action")
+            && msg.contains("requires MFA")
+            && msg.contains("trireme mfa enroll"),
+        "{msg}"
+    );
+
+    // A viewer cannot enroll.
+    let out = f.cli_as("viewer", &["mfa", "enroll"]);
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // Enroll and confirm.
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    assert_eq!(enrolled["account"], "op");
+    let uri = enrolled["otpauth_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("otpauth://totp/Trireme:op?secret="),
+        "{uri}"
+    );
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    let out = f.cli_as("op", &["mfa", "confirm", &code(-1)]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Enrolled: no code, a clear message naming the action and the flag.
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p1]);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(
+        msg.contains(
+            "policy apply is a sensitive action: pass --totp <code> from your authenticator"
+        ),
+        "{msg}"
+    );
+    // A restore too (checked before the snapshot is even looked up).
+    let out = f.cli_as("op", &["restore", "deadbeef", "--to", "web-1:/tmp/x"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("restore is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    // Restore tests, drills and catalog rebuilds too.
+    for (args, action) in [
+        (
+            &["restore-test", "run", "web-1/files"][..],
+            "restore-test run",
+        ),
+        (&["drill", "run"][..], "drill run"),
+        (
+            &["catalog", "rebuild", "--from", "loc2"][..],
+            "catalog rebuild",
+        ),
+    ] {
+        let out = f.cli_as("op", args);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains(&format!(
+                "{action} is a sensitive action: pass --totp <code>"
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    // A wrong code.
+    let wrong = if code(0) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let out = f.cli_as("op", &["--totp", wrong, "policy", "apply", "-f", &p1]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wrong or expired"), "{}", text(&out));
+
+    // A valid code: done.
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &code(0)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("applied web-1/files"), "{}", text(&out));
+    // The same code again is a replay.
+    let p2 = policy_file(&f, 2);
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p2, "--totp", &code(0)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already used"), "{}", text(&out));
+    // The next code, from the environment this time.
+    let out = Command::new(bin("trireme"))
+        .args(["--controller", &format!("127.0.0.1:{}", f.port)])
+        .args(["--server-name", "localhost", "--tls-dir"])
+        .arg(&f.ca)
+        .args(["--name", "op", "policy", "apply", "-f", &p2])
+        .env("TRIREME_TOTP", code(1))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Another operator who never enrolled is refused (required = true).
+    let out = f.cli_as("op2", &["policy", "apply", "-f", &p2]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("requires MFA"), "{}", text(&out));
+
+    // Everything above is in the audit log, refusals with where they came from.
+    let entries = audit_entries(&f, "viewer", &[]);
+    let find = |action: &str, outcome: &str, actor: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["outcome"] == outcome && e["actor"] == actor)
+            .count()
+    };
+    assert_eq!(find("policy apply", "refused", "op"), 4, "{entries:#?}");
+    assert_eq!(find("policy apply", "ok", "op"), 2, "{entries:#?}");
+    assert_eq!(find("restore", "refused", "op"), 1, "{entries:#?}");
+    assert_eq!(find("mfa enroll", "refused", "viewer"), 1, "{entries:#?}");
+    assert_eq!(find("mfa confirm", "ok", "op"), 1, "{entries:#?}");
+    assert_eq!(find("policy apply", "refused", "op2"), 1, "{entries:#?}");
+    for e in &entries {
+        assert!(e["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{e}");
+    }
+    let replay = entries
+        .iter()
+        .find(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("already used"))
+        })
+        .unwrap();
+    assert_eq!(replay["role"], "operator");
+    assert!(entries.iter().any(|e| e["target"]
+        .as_str()
+        .unwrap_or("")
+        .contains("with a TOTP code")));
+    // Filters.
+    let only_op2 = audit_entries(&f, "op", &["--actor", "op2"]);
+    assert_eq!(only_op2.len(), 1, "{only_op2:#?}");
+    assert!(audit_entries(&f, "op", &["--since", "2099-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(
+        audit_entries(&f, "op", &["--since", "1h"]).len(),
+        entries.len()
+    );
+
+    // The chain verifies, and reaches every location's mirror.
+    wait_for("the audit mirror", Duration::from_secs(30), || {
+        let out = f.cli_as("viewer", &["audit", "verify"]);
+        let t = text(&out);
+        (out.status.success()
+            && t.contains("chain:")
+            && t.contains("intact")
+            && t.matches("agrees").count() == 3
+            && !t.contains("(0 entries compared)"))
+        .then_some(())
+    });
+    // A lost authenticator: the enrollment is reset offline, audited, and
+    // the operator must enroll again (required = true).
+    f.kill_controller();
+    let out = Command::new(bin("trireme-controller"))
+        .args(["mfa", "reset", "--name", "op", "--config"])
+        .arg(f.dir.join("controller.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    f.start_controller();
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p2, "--totp", &code(1)]);
+    assert!(text(&out).contains("requires MFA"), "{}", text(&out));
+    let entries = audit_entries(&f, "op", &[]);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "mfa reset" && e["target"] == "op" && e["peer"] == "local"),
+        "{entries:#?}"
+    );
+    for i in 1..=3 {
+        let dir = f.location(i).join("audit");
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() >= 1,
+            "{}",
+            dir.display()
+        );
+    }
+}
+
+/// Make a few audit entries: operator actions and a refusal.
+fn some_entries(f: &Fleet) {
+    for n in 1..=3 {
+        let p = policy_file(f, n);
+        f.cli(&["policy", "apply", "-f", &p]);
+    }
+    let p = policy_file(f, 4);
+    let out = f.cli_as("viewer", &["policy", "apply", "-f", &p]);
+    assert!(!out.status.success());
+}
+
+fn offline_verify(f: &Fleet) -> Output {
+    Command::new(bin("trireme-controller"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(f.dir.join("controller"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_edited_or_removed_entry_is_named_by_audit_verify() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    some_entries(&f);
+    let out = f.cli(&["audit", "verify"]);
+    assert!(out.contains("intact (4 entries)"), "{out}");
+    f.kill_controller();
+
+    // The verification itself is entry 5.
+    let out = offline_verify(&f);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("intact (5 entries)"), "{}", text(&out));
+
+    // Edit entry 3 in the catalog: who applied the policy.
+    let catalog_dir = f.dir.join("controller").join("catalog");
+    let original = {
+        let c = Catalog::open(&catalog_dir).unwrap();
+        let mut e = c.audit().entries().get(&3).unwrap().unwrap();
+        let original = e.clone();
+        assert_eq!(e.actor, "op");
+        e.actor = "someone-else".into();
+        c.audit().entries().insert(&3, &e).unwrap();
+        c.flush().unwrap();
+        original
+    };
+    let out = offline_verify(&f);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("BROKEN at entry 3") && t.contains("does not match its hash"),
+        "{t}"
+    );
+    // The running controller says the same through the CLI.
+    f.start_controller();
+    let out = f.cli_as("viewer", &["audit", "verify"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("the audit log is broken at entry 3"), "{t}");
+    f.kill_controller();
+
+    // Put it back and remove entry 2 instead.
+    {
+        let c = Catalog::open(&catalog_dir).unwrap();
+        c.audit().entries().insert(&3, &original).unwrap();
+        assert!(c.audit().entries().remove(&2).unwrap());
+        c.flush().unwrap();
+    }
+    let out = offline_verify(&f);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(
+        t.contains("BROKEN at entry 2") && t.contains("entry 2 is missing"),
+        "{t}"
+    );
+    f.start_controller();
+    let out = f.cli_as("op", &["audit", "verify", "-o", "json"]);
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_broken_seq"], 2);
+}
+
+#[test]
+fn the_recovery_key_round_trips_and_a_wrong_passphrase_fails() {
+    let mut f = Fleet::new();
+    // Start and stop the controller once so its config and catalog exist.
+    f.start_controller();
+    f.kill_controller();
+    let key = f.dir.join("master.key");
+    let export = f.dir.join("recovery.json");
+    let ctl = |args: &[&str], pass: &str| {
+        Command::new(bin("trireme-controller"))
+            .args(args)
+            .env("TRIREME_RECOVERY_PASSPHRASE", pass)
+            .output()
+            .unwrap()
+    };
+    let cfg = f.dir.join("controller.toml");
+    let (key_s, export_s, cfg_s) = (
+        key.to_str().unwrap(),
+        export.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+    );
+
+    let out = ctl(
+        &["key", "export", "--key-file", key_s, "--out", export_s],
+        "too short",
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("at least 12"), "{}", text(&out));
+    assert!(!export.exists());
+
+    let pass = "correct horse battery staple";
+    let out = ctl(
+        &["key", "export", "--config", cfg_s, "--out", export_s],
+        pass,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::metadata(&export).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let key_hex = std::fs::read_to_string(&key).unwrap();
+    let exported = std::fs::read_to_string(&export).unwrap();
+    assert!(exported.contains("argon2id"), "{exported}");
+    assert!(!exported.contains(key_hex.trim().split(':').nth(1).unwrap()));
+    // Never over an existing export.
+    let out = ctl(
+        &["key", "export", "--key-file", key_s, "--out", export_s],
+        pass,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
+
+    // Wrong passphrase: a clear error, no file.
+    let restored = f.dir.join("restored.key");
+    let restored_s = restored.to_str().unwrap();
+    let out = ctl(
+        &["key", "import", "--in", export_s, "--key-file", restored_s],
+        "not the passphrase at all",
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wrong passphrase"), "{}", text(&out));
+    assert!(!restored.exists());
+
+    // Right passphrase (from a file this time): the same key bytes, 0600.
+    let pass_file = f.dir.join("pass.txt");
+    std::fs::write(&pass_file, format!("{pass}\n")).unwrap();
+    std::fs::set_permissions(&pass_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new(bin("trireme-controller"))
+        .args(["key", "import", "--in", export_s, "--key-file", restored_s])
+        .arg("--passphrase-file")
+        .arg(&pass_file)
+        .env_remove("TRIREME_RECOVERY_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(&restored).unwrap(),
+        std::fs::read(&key).unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Import never overwrites a key file.
+    let out = ctl(
+        &["key", "import", "--in", export_s, "--key-file", key_s],
+        pass,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("refusing to overwrite"),
+        "{}",
+        text(&out)
+    );
+
+    // The export through --config, with the controller stopped, is audited.
+    let c = Catalog::open(f.dir.join("controller").join("catalog")).unwrap();
+    let entries = c.audit().list(None, None, 100).unwrap();
+    let e = entries
+        .iter()
+        .find(|e| e.action == "key export")
+        .expect("the export is audited");
+    assert_eq!(e.peer, "local");
+    assert!(e.target.contains("recovery.json"), "{e:?}");
+    assert_eq!(c.audit().verify().broken, None);
+}
+
+#[test]
+fn the_restored_key_opens_the_repository() {
+    // The imported key is the one the controller's repository needs: a
+    // controller started on it accepts the existing locations.
+    let mut f = Fleet::new();
+    f.start_controller();
+    f.kill_controller();
+    let key = f.dir.join("master.key");
+    let export = f.dir.join("recovery.json");
+    let pass = "twelve chars or more";
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("trireme-controller"))
+            .args(args)
+            .env("TRIREME_RECOVERY_PASSPHRASE", pass)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    };
+    run(&[
+        "key",
+        "export",
+        "--key-file",
+        key.to_str().unwrap(),
+        "--out",
+        export.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&key).unwrap();
+    run(&[
+        "key",
+        "import",
+        "--in",
+        export.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    f.start_controller();
+    let out = f.cli(&["status"]);
+    assert!(out.contains("version"), "{out}");
+}
+
+#[test]
+fn a_restore_needs_a_code_and_key_grants_are_audited() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 3, 50_000, 7);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snaps = f.cli_json(&["snapshots", "ls", "web-1/files"]);
+    let snap = snaps[0]["id"].as_str().unwrap().to_string();
+
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+
+    let target = f.dir.join("restored");
+    let to = format!("web-1:{}", target.display());
+    let out = f.cli_as("op", &["restore", &snap[..12], "--to", &to]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("restore is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    assert!(!target.exists());
+    let out = f.cli(&[
+        "restore",
+        &snap[..12],
+        "--to",
+        &to,
+        "--wait",
+        "--totp",
+        &code(0),
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(tree(&data) == tree(&target), "restored tree differs");
+
+    // A copy damaged at a location: found and repaired by `verify --deep`,
+    // and the controller's findings are in the chain.
+    let v = f.cli_json(&["verify"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let damaged = f.location(2).join("snapshots").join(&snap);
+    let good = std::fs::read(&damaged).unwrap();
+    let mut bytes = good.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&damaged, &bytes).unwrap();
+    // The background passes' rolling deep verification may get there first.
+    wait_for(
+        "the damaged copy to be repaired",
+        Duration::from_secs(30),
+        || {
+            f.cli_json(&["verify", "--deep"]);
+            (std::fs::read(&damaged).ok()? == good).then_some(())
+        },
+    );
+
+    let entries = audit_entries(&f, "op", &[]);
+    assert!(
+        entries.iter().any(|e| e["action"] == "copy damaged"
+            && e["actor"] == "controller"
+            && e["outcome"] == "problem"
+            && e["target"].as_str().unwrap().contains(&snap)),
+        "{entries:#?}"
+    );
+    let has = |action: &str, actor: &str, outcome: &str| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["actor"] == actor && e["outcome"] == outcome)
+    };
+    assert!(has("backup run", "op", "ok"), "{entries:#?}");
+    assert!(has("restore", "op", "refused"), "{entries:#?}");
+    assert!(has("restore", "op", "ok"), "{entries:#?}");
+    assert!(has("data key generated", "web-1", "ok"), "{entries:#?}");
+    assert!(has("data keys unwrapped", "web-1", "ok"), "{entries:#?}");
+    let restore = entries
+        .iter()
+        .find(|e| e["action"] == "restore" && e["outcome"] == "ok")
+        .unwrap();
+    assert!(
+        restore["target"]
+            .as_str()
+            .unwrap()
+            .contains("with a TOTP code"),
+        "{restore}"
+    );
+    let grant = entries
+        .iter()
+        .find(|e| e["action"] == "data keys unwrapped")
+        .unwrap();
+    assert_eq!(grant["role"], "agent");
+    assert!(
+        grant["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{grant}"
+    );
+    let out = f.cli(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
+}
