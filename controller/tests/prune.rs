@@ -10,11 +10,10 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
+use support::fleet::{location_tree, make_data, tree, wait_for, AgentSpec, Fleet};
 
 fn verified_copies(snap: &Value) -> usize {
     snap["copies"]
@@ -67,23 +66,8 @@ fn restores_from(f: &Fleet, dir: &Path, snap: &str, want: &BTreeMap<PathBuf, Vec
         &snap[..12]
     ));
     let _ = std::fs::remove_dir_all(&target);
-    let out = Command::new(bin("trireme-agent"))
-        .args(["restore", snap, "--location"])
-        .arg(format!("file://{}", dir.display()))
-        .arg("--key-file")
-        .arg(f.dir.join("master.key"))
-        .arg("--target")
-        .arg(&target)
-        .output()
-        .unwrap();
     assert!(
-        out.status.success(),
-        "restore of {snap} from {} alone failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        tree(&target) == *want,
+        f.restore_alone(&format!("file://{}", dir.display()), snap, &target) == *want,
         "{snap} restored from {} differs",
         dir.display()
     );
@@ -123,15 +107,6 @@ fn location<'a>(reply: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
-/// A location's repository objects, path → bytes: the audit log's mirror
-/// segments (`audit/`) are left out, as they are written to each location
-/// on their own schedule.
-fn repo_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut t = tree(dir);
-    t.retain(|k, _| !k.starts_with("audit"));
-    t
-}
-
 #[test]
 fn retention_prunes_every_location_and_skips_a_lagging_one() {
     let mut f = Fleet::new();
@@ -169,7 +144,7 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
 
     // Dry run: the list is right, nothing is deleted.
-    let before: Vec<_> = (1..=3).map(|i| repo_tree(&f.location(i))).collect();
+    let before: Vec<_> = (1..=3).map(|i| location_tree(&f.location(i))).collect();
     let dry = f.cli_json(&["prune", "--dry-run"]);
     assert_eq!(dry["dry_run"], true);
     let old: BTreeSet<String> = [snaps[0].0.clone(), snaps[1].0.clone()].into();
@@ -185,7 +160,7 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
         assert_eq!(ids(&l["snapshots_removed"]), old, "{dry}");
         assert!(l["packs_deleted"].as_u64().unwrap() >= 1, "{dry}");
         assert!(
-            repo_tree(&f.location(i)) == before[i - 1],
+            location_tree(&f.location(i)) == before[i - 1],
             "the dry run changed loc{i}"
         );
     }
@@ -223,8 +198,8 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     // The locations stay identical (the replacement index is the same
     // object everywhere), and nothing is copied back by replication.
     std::thread::sleep(Duration::from_secs(5));
-    let one = repo_tree(&f.location(1));
-    assert!(one == repo_tree(&f.location(2)) && one == repo_tree(&f.location(3)));
+    let one = location_tree(&f.location(1));
+    assert!(one == location_tree(&f.location(2)) && one == location_tree(&f.location(3)));
 
     // No prune while a backup is under way.
     let job = f.cli_json(&["backup", "run", "app-1/files"]);
@@ -301,9 +276,9 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     for i in 1..=3 {
         assert_eq!(manifests(&f.location(i)), kept, "loc{i}");
     }
-    let one = repo_tree(&f.location(1));
+    let one = location_tree(&f.location(1));
     assert!(
-        one == repo_tree(&f.location(2)) && one == repo_tree(&f.location(3)),
+        one == location_tree(&f.location(2)) && one == location_tree(&f.location(3)),
         "the locations hold the same objects after catching up"
     );
     for i in 1..=3 {

@@ -5,12 +5,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::fleet::{
-    bin, make_data, sample, scrape, tree, wait_for, wait_verified, AgentSpec, Fleet,
+    location_tree, make_data, sample, scrape, tree, wait_for, wait_verified, AgentSpec, Fleet,
 };
 use support::garage::Garage;
 
@@ -35,31 +34,10 @@ fn backup(f: &Fleet, source: &str) -> String {
 /// (no controller, no other location) and compare with `want`.
 fn restore_from_location_alone(f: &Fleet, url: &str, snap: &str, want: &Path, tag: &str) {
     let target = f.dir.join(format!("alone-{tag}"));
-    let out = Command::new(bin("trireme-agent"))
-        .args(["restore", snap, "--location", url, "--key-file"])
-        .arg(f.dir.join("master.key"))
-        .arg("--target")
-        .arg(&target)
-        .output()
-        .unwrap();
     assert!(
-        out.status.success(),
-        "restore from {url} alone failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        tree(want) == tree(&target),
+        tree(want) == f.restore_alone(url, snap, &target),
         "restore from {url} differs from the source"
     );
-}
-
-/// Relative path → bytes of every file under a `file://` location.
-/// (The audit log's mirror segments, `audit/`, are left out: they are
-/// written to each location on their own schedule, not replicated.)
-fn location_files(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
-    let mut t = tree(dir);
-    t.retain(|k, _| !k.starts_with("audit"));
-    t
 }
 
 #[test]
@@ -76,17 +54,17 @@ fn file_locations_three_verified_copies_and_self_healing() {
     let snap = backup(&f, "app-1/files");
     wait_verified(&f, &snap, 3, Duration::from_secs(60));
     // Every location holds the same objects, byte for byte.
-    let one = location_files(&f.location(1));
+    let one = location_tree(&f.location(1));
     assert!(
         one.keys().any(|k| k.starts_with("packs")),
         "packs at the primary"
     );
     assert!(
-        one == location_files(&f.location(2)),
+        one == location_tree(&f.location(2)),
         "loc2 differs from loc1"
     );
     assert!(
-        one == location_files(&f.location(3)),
+        one == location_tree(&f.location(3)),
         "loc3 differs from loc1"
     );
 

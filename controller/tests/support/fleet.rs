@@ -465,3 +465,38 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
+
+/// Relative path → bytes of the repository objects under a `file://`
+/// location. The audit log's mirror segments (`audit/`) are left out: they
+/// are written to each location on their own schedule, not replicated.
+pub fn location_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut t = tree(dir);
+    t.retain(|k, _| !k.starts_with("audit"));
+    t
+}
+
+impl Fleet {
+    /// Restore `snap` from the location `url` alone, with the agent's local
+    /// mode and the master key (no controller, no other location), into
+    /// `target`; panic unless it succeeds. The restored tree.
+    pub fn restore_alone(
+        &self,
+        url: &str,
+        snap: &str,
+        target: &Path,
+    ) -> BTreeMap<PathBuf, Vec<u8>> {
+        let out = Command::new(bin("trireme-agent"))
+            .args(["restore", snap, "--location", url, "--key-file"])
+            .arg(self.dir.join("master.key"))
+            .arg("--target")
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restore of {snap} from {url} alone failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tree(target)
+    }
+}
