@@ -167,11 +167,24 @@ config_value() { # dir key -> value of `key = "value"` in the config
     sed -n "s/^$2 = \"\\(.*\\)\"\$/\\1/p" "$1/config.toml" | head -n1
 }
 
+ephemeral_low() { # first port of the kernel's range for outgoing connections
+    local low
+    read -r low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || low=32768
+    [[ "$low" =~ ^[0-9]+$ ]] || low=32768
+    echo "$low"
+}
+
 pick_ports() { # prints three free ports
-    local tries=0 base
+    # Below the ephemeral range: a stopped instance is restarted on the same
+    # ports, and a port in that range can meanwhile become the source port of
+    # some outgoing connection, which makes the restart fail to bind.
+    local tries=0 base low span
+    low=$(ephemeral_low)
+    span=$((low - 3 - 15000))
+    ((span > 1000)) || span=40000 # an unusual range: fall back to anywhere
     while ((tries < 50)); do
         tries=$((tries + 1))
-        base=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        base=$((15000 + (RANDOM * 32768 + RANDOM) % span))
         if ! port_in_use "$base" && ! port_in_use $((base + 1)) && ! port_in_use $((base + 2)); then
             echo "$base $((base + 1)) $((base + 2))"
             return 0
@@ -219,7 +232,7 @@ wait_answering() { # dir: wait until the server answers RPC and S3
     while true; do
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "---- last lines of $dir/garage.log:" >&2
-            tail -n 30 "$dir/garage.log" >&2
+            tail -n 60 "$dir/garage.log" >&2
             die "garage instance in $dir exited during startup (log above)"
         fi
         if port_in_use "$s3" && g "$dir" status >/dev/null 2>&1; then
@@ -227,7 +240,7 @@ wait_answering() { # dir: wait until the server answers RPC and S3
         fi
         if ((waited >= START_TIMEOUT * 2)); then
             echo "---- last lines of $dir/garage.log:" >&2
-            tail -n 30 "$dir/garage.log" >&2
+            tail -n 60 "$dir/garage.log" >&2
             die "garage instance in $dir did not answer within ${START_TIMEOUT}s (log above)"
         fi
         sleep 0.5
@@ -299,7 +312,20 @@ start_one() { # i dir
             log "instance $i already running (pid $(cat "$dir/pid"))"
         else
             log "restarting instance $i"
-            launch "$dir"
+            # Its ports are fixed by now (clients know them): when one is
+            # briefly taken, wait for it rather than fail.
+            local before
+            for attempt in 1 2 3 4 5 6; do
+                before=$(wc -l <"$dir/garage.log" 2>/dev/null || echo 0)
+                launch "$dir"
+                if (wait_answering "$dir") 2>/dev/null; then
+                    return 0
+                fi
+                tail -n +"$((before + 1))" "$dir/garage.log" | grep -q -i "address already in use" || break
+                ((attempt < 6)) || break
+                log "instance $i: a port is taken; retrying in 5s"
+                sleep 5
+            done
         fi
         wait_answering "$dir"
         return 0
@@ -323,7 +349,7 @@ start_one() { # i dir
             continue
         fi
         echo "---- last lines of $dir/garage.log:" >&2
-        tail -n 30 "$dir/garage.log" >&2
+        tail -n 60 "$dir/garage.log" >&2
         die "garage instance $i in $dir did not start within ${START_TIMEOUT}s (log above)"
     done
     configure "$dir"

@@ -80,13 +80,9 @@ fn source(toml_text: &str) -> SourceConfig {
     parse_source(toml::from_str(toml_text).unwrap(), Path::new("/")).unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../../common/tests/support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();

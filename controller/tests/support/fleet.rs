@@ -37,14 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::ports::free_port;
 
 /// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
