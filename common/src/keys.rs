@@ -42,6 +42,14 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// [`Error::WrongKey`] when the key was wrapped by another master key;
     /// [`Error::Key`] when it is damaged or the service refuses.
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey>;
+
+    /// Wrap an existing data key under this provider's (current) master key:
+    /// what re-wrapping stored keys during a master-key rotation needs.
+    ///
+    /// # Errors
+    /// When the key service cannot be reached or refuses, or the provider
+    /// cannot wrap (an agent's view of the controller's key service).
+    async fn wrap(&self, key: &DataKey) -> Result<WrappedKey>;
 }
 
 /// A shared key provider.
@@ -150,11 +158,16 @@ impl fmt::Debug for LocalKeyFile {
 impl KeyProvider for LocalKeyFile {
     async fn generate(&self) -> Result<(DataKey, WrappedKey)> {
         let dek = DataKey::from_bytes(random_bytes());
+        let wrapped = self.wrap(&dek).await?;
+        Ok((dek, wrapped))
+    }
+
+    async fn wrap(&self, key: &DataKey) -> Result<WrappedKey> {
         let mut out = Vec::with_capacity(1 + 8 + 32 + SEAL_OVERHEAD);
         out.push(SCHEME_LOCAL_V1);
         out.extend_from_slice(&self.id);
-        self.master.seal_into(WRAP_AAD, dek.as_bytes(), &mut out);
-        Ok((dek, WrappedKey(out)))
+        self.master.seal_into(WRAP_AAD, key.as_bytes(), &mut out);
+        Ok(WrappedKey(out))
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey> {

@@ -12,7 +12,6 @@
 //! that is wrapped by the controller's master key, like backup data: a copy
 //! of the catalog alone does not reveal them.
 
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -353,11 +352,6 @@ pub fn code_message(action: &str, e: CodeError) -> String {
             "{action}: this TOTP code was already used; wait for the next code from your authenticator"
         ),
     }
-}
-
-/// Share the master key with [`Mfa`].
-pub fn provider(key: Arc<trireme_common::LocalKeyFile>) -> DynKeyProvider {
-    key
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub struct Shared {
     /// The scheduler (also the controller's clock).
     pub scheduler: Scheduler,
     /// The key service's master key.
-    pub master_key: Arc<LocalKeyFile>,
+    pub master_key: trireme_common::DynKeyProvider,
     /// Locations, primary first.
     pub locations: Vec<LocationConfig>,
     /// Connected agents.
@@ -167,7 +167,7 @@ impl Shared {
 /// Storage and key errors; [`Error::Config`]-style messages for mismatches.
 pub async fn prepare_locations(
     locations: &[LocationConfig],
-    keys: Arc<LocalKeyFile>,
+    keys: trireme_common::DynKeyProvider,
 ) -> Result<Vec<trireme_common::DynBackend>> {
     let mut backends = Vec::new();
     for l in locations {
@@ -235,7 +235,8 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let master_key = Arc::new(LocalKeyFile::load(&config.key_file)?);
+    let master_key: trireme_common::DynKeyProvider =
+        Arc::new(LocalKeyFile::load(&config.key_file)?);
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source: e,
@@ -283,11 +284,7 @@ pub async fn run(
         authz: authz.clone(),
         replicator,
         replicate_now: tokio::sync::Notify::new(),
-        mfa: crate::mfa::Mfa::new(
-            catalog.clone(),
-            crate::mfa::provider(master_key.clone()),
-            config.mfa,
-        ),
+        mfa: crate::mfa::Mfa::new(catalog.clone(), master_key.clone(), config.mfa),
         audit_mirrors: mirrors.clone(),
         volumes: std::sync::Mutex::default(),
         prune_gate: tokio::sync::RwLock::new(()),

@@ -135,4 +135,11 @@ impl KeyProvider for ControllerKeys {
             .ok_or_else(|| Error::Key("the key service sent no key".into()))?;
         key_from(k)
     }
+
+    async fn wrap(&self, _key: &DataKey) -> Result<WrappedKey> {
+        Err(Error::Key(
+            "an agent cannot wrap keys: only the controller's key service holds the master key"
+                .into(),
+        ))
+    }
 }
