@@ -12,7 +12,6 @@
 //! that is wrapped by the controller's master key, like backup data: a copy
 //! of the catalog alone does not reveal them.
 
-
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use totp_rs::{Algorithm, TOTP};

@@ -226,6 +226,16 @@ pub async fn prepare_locations(
     Ok(backends)
 }
 
+/// The key provider `config` names: today the local master key file. This is
+/// the one place that turns key settings into a provider (the controller,
+/// its offline commands and key rotation all go through it).
+///
+/// # Errors
+/// When the key file is missing, too open or malformed.
+pub async fn key_provider(config: &ControllerConfig) -> Result<trireme_common::DynKeyProvider> {
+    Ok(Arc::new(LocalKeyFile::load(&config.key_file)?))
+}
+
 /// Run the controller until `shutdown` completes.
 ///
 /// # Errors
@@ -235,8 +245,7 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let master_key: trireme_common::DynKeyProvider =
-        Arc::new(LocalKeyFile::load(&config.key_file)?);
+    let master_key = key_provider(&config).await?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source: e,
