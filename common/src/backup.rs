@@ -168,6 +168,10 @@ impl IndexedRepo {
     pub async fn backup(&self, input: BackupInput, opts: BackupOptions) -> Result<Snapshot> {
         let started_ns = now_ns();
         let session = self.repo.new_session_key().await?;
+        // Index objects get their own key: a job that only needs to know
+        // which chunks exist (a backup's dedup) can be given the index keys
+        // without the keys of the data they describe (docs/security.md §7).
+        let index_session = self.repo.new_session_key().await?;
         let parent = match (&input, opts.parent) {
             (BackupInput::Tree(_), Some(p)) => Some(self.repo.read_snapshot(&p).await?),
             _ => None,
@@ -220,7 +224,7 @@ impl IndexedRepo {
         };
 
         let uploaded = self
-            .upload_packs(&mut pack_rx, &session, &opts)
+            .upload_packs(&mut pack_rx, &session, &index_session, &opts)
             .await
             .inspect_err(|_| stop.store(true, Ordering::Relaxed));
         drop(pack_rx);
@@ -248,7 +252,11 @@ impl IndexedRepo {
             return Err(e);
         }
         if !uploaded.pending.packs.is_empty() {
-            uploaded.bytes += self.repo.write_index(&session, &uploaded.pending).await?.1;
+            uploaded.bytes += self
+                .repo
+                .write_index(&index_session, &uploaded.pending)
+                .await?
+                .1;
         }
         let mut position = opts.position.clone();
         if let Some(late) = &opts.late_position {
@@ -280,6 +288,7 @@ impl IndexedRepo {
         &self,
         packs: &mut tokio::sync::mpsc::Receiver<FinishedPack>,
         session: &SessionKey,
+        index_session: &SessionKey,
         opts: &BackupOptions,
     ) -> Result<Uploaded> {
         let mut running: JoinSet<Result<IndexPack>> = JoinSet::new();
@@ -288,7 +297,7 @@ impl IndexedRepo {
         while let Some(pack) = packs.recv().await {
             while running.len() >= limit {
                 let r = running.join_next().await.expect("non-empty");
-                self.stored(r, &mut out, session, opts).await?;
+                self.stored(r, &mut out, index_session, opts).await?;
             }
             let backend = self.repo.backend().clone();
             let wrapped = session.wrapped.0.clone();
@@ -305,7 +314,7 @@ impl IndexedRepo {
             });
         }
         while let Some(r) = running.join_next().await {
-            self.stored(r, &mut out, session, opts).await?;
+            self.stored(r, &mut out, index_session, opts).await?;
         }
         Ok(out)
     }
@@ -315,7 +324,7 @@ impl IndexedRepo {
         &self,
         r: std::result::Result<Result<IndexPack>, tokio::task::JoinError>,
         out: &mut Uploaded,
-        session: &SessionKey,
+        index_session: &SessionKey,
         opts: &BackupOptions,
     ) -> Result<()> {
         let p = r.map_err(|e| Error::Pipeline(format!("upload task: {e}")))??;
@@ -327,7 +336,7 @@ impl IndexedRepo {
         out.pending.packs.push(p);
         if out.pending.packs.len() >= opts.checkpoint_packs.max(1) {
             let checkpoint = std::mem::take(&mut out.pending);
-            out.bytes += self.repo.write_index(session, &checkpoint).await?.1;
+            out.bytes += self.repo.write_index(index_session, &checkpoint).await?.1;
         }
         Ok(())
     }

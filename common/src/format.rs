@@ -223,10 +223,32 @@ pub fn open_object<T: DeserializeOwned>(
     let plain = key
         .open(&bytes[..header_len], &bytes[header_len..])
         .map_err(|_| Error::corrupt(name, "authentication failed (damaged or altered)"))?;
-    let cbor = zstd::stream::decode_all(&plain[..])
-        .map_err(|e| Error::corrupt(name, format!("cannot decompress: {e}")))?;
+    let cbor = decompress_bounded(name, &plain)?;
     ciborium::from_reader(&cbor[..])
         .map_err(|e| Error::corrupt(name, format!("cannot decode: {e}")))
+}
+
+/// Decompress an index or manifest payload, refusing one that would expand
+/// past `max(64 MiB, 32 × its compressed size)`: CBOR of random ids
+/// compresses about 2:1, so only a crafted object comes near (a "zip bomb"
+/// sealed by someone holding a data key).
+fn decompress_bounded(name: &str, compressed: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let cap = (64u64 << 20).max(32 * compressed.len() as u64);
+    let decoder = zstd::stream::read::Decoder::new(compressed)
+        .map_err(|e| Error::corrupt(name, format!("cannot decompress: {e}")))?;
+    let mut out = Vec::with_capacity(compressed.len().saturating_mul(3));
+    decoder
+        .take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::corrupt(name, format!("cannot decompress: {e}")))?;
+    if out.len() as u64 > cap {
+        return Err(Error::corrupt(
+            name,
+            format!("decompresses to more than {cap} bytes, far past any real payload of its size"),
+        ));
+    }
+    Ok(out)
 }
 
 /// One chunk's place in a pack, as listed in the pack header and the index.

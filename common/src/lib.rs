@@ -22,6 +22,7 @@ pub mod prune;
 pub mod replicate;
 pub mod repo;
 pub mod restore;
+pub mod scope;
 pub mod tls;
 pub mod wire;
 

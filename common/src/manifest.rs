@@ -183,14 +183,16 @@ impl<R: Read> EntryReader<R> {
                 format!("tree entry of {len} bytes"),
             ));
         }
-        let mut buf = vec![0u8; len as usize];
-        self.inner.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corrupt(&self.name, "tree stream ends mid-entry")
-            } else {
-                unwrap_io(e, &self.name)
-            }
-        })?;
+        // Grow with what actually arrives rather than trusting the claimed
+        // length for the allocation.
+        let mut buf = Vec::with_capacity((len as usize).min(64 << 10));
+        (&mut self.inner)
+            .take(u64::from(len))
+            .read_to_end(&mut buf)
+            .map_err(|e| unwrap_io(e, &self.name))?;
+        if buf.len() != len as usize {
+            return Err(Error::corrupt(&self.name, "tree stream ends mid-entry"));
+        }
         let e: TreeEntry = ciborium::from_reader(&buf[..])
             .map_err(|err| Error::corrupt(&self.name, format!("bad tree entry: {err}")))?;
         Ok(Some(e))

@@ -294,7 +294,7 @@ pub async fn plan(repo: &Arc<Repository>, remove: &BTreeSet<Id>) -> Result<Prune
 }
 
 /// Every chunk the snapshots `ids` reference (tree stream and files).
-async fn referenced_by(repo: &IndexedRepo, ids: &[Id]) -> Result<HashSet<Id>> {
+pub(crate) async fn referenced_by(repo: &IndexedRepo, ids: &[Id]) -> Result<HashSet<Id>> {
     let mut all = HashSet::new();
     for id in ids {
         let snap = repo.repo.read_snapshot(id).await?;

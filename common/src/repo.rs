@@ -204,6 +204,85 @@ impl Repository {
         self.open_sealed(key, INDEX_MAGIC).await
     }
 
+    /// Read one index object with the wrapped key its header carries.
+    ///
+    /// # Errors
+    /// As [`Repository::read_index`].
+    pub async fn read_index_keyed(&self, key: &ObjectKey) -> Result<(WrappedKey, IndexFile)> {
+        let bytes = self.get_verified(key).await?;
+        let name = key.path();
+        let (wrapped, header_len) = sealed_object_key(&name, &bytes, INDEX_MAGIC)?;
+        let dek = self.keys.unwrap(&wrapped).await?;
+        Ok((wrapped, open_object(&name, &bytes, header_len, &dek)?))
+    }
+
+    /// The wrapped key in the header of snapshot `id`'s manifest (its
+    /// backup's data key), read without unwrapping it.
+    ///
+    /// # Errors
+    /// Storage and corruption errors naming the manifest.
+    pub async fn snapshot_key(&self, id: &Id) -> Result<WrappedKey> {
+        let key = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
+        let bytes = self.get_verified(&key).await?;
+        Ok(sealed_object_key(&key.path(), &bytes, SNAPSHOT_MAGIC)?.0)
+    }
+
+    /// Load the index objects whose key is in `granted` (a job's key scope,
+    /// see [`crate::scope`]); the others are skipped without asking for
+    /// their key. Packs sealed with a granted key come first, so a chunk
+    /// stored more than once resolves to a pack the job may open; the other
+    /// packs are still listed (a backup dedups against them).
+    ///
+    /// # Errors
+    /// As [`Repository::load_index`].
+    pub async fn load_index_scoped(
+        self: &Arc<Self>,
+        granted: &std::collections::HashSet<WrappedKey>,
+    ) -> Result<IndexedRepo> {
+        let listed = self.backend.list(ObjectKind::Index).await?;
+        let files: Vec<(ObjectKey, Option<Option<IndexFile>>)> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let read = async {
+                    let bytes = self.get_verified(&o.key).await?;
+                    let name = o.key.path();
+                    let (wrapped, header_len) = sealed_object_key(&name, &bytes, INDEX_MAGIC)?;
+                    if !granted.contains(&wrapped) {
+                        return Ok(None);
+                    }
+                    let dek = self.keys.unwrap(&wrapped).await?;
+                    Ok(Some(open_object::<IndexFile>(
+                        &name, &bytes, header_len, &dek,
+                    )?))
+                };
+                let f = skip_corrupt(&o.key, read.await)?;
+                Ok::<_, Error>((o.key, f))
+            })
+            .buffer_unordered(LOAD_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let damaged: Vec<String> = files
+            .iter()
+            .filter(|(_, f)| f.is_none())
+            .map(|(k, _)| k.path())
+            .collect();
+        let files: Vec<IndexFile> = files.into_iter().filter_map(|(_, f)| f.flatten()).collect();
+        let mut index = Index::new();
+        for first in [true, false] {
+            for f in &files {
+                for p in &f.packs {
+                    if granted.contains(&WrappedKey(p.key.clone())) == first {
+                        index.add_pack(p);
+                    }
+                }
+            }
+        }
+        Ok(IndexedRepo {
+            repo: self.clone(),
+            index: Arc::new(index),
+            damaged: Arc::new(damaged),
+        })
+    }
+
     /// Load every index object into memory.
     ///
     /// # Errors

@@ -39,7 +39,7 @@ use crate::error::{Error, Result};
 pub use ca::{init_ca, issue, issue_between, list, revoke, CaInfo, IssuedCert, RevokeTarget};
 pub use config::{client_config, server_config, TlsFiles};
 pub use health::HealthService;
-pub use reload::ReloadingServerConfig;
+pub use reload::{RefusalObserver, ReloadingServerConfig};
 pub use serve::{authorize, connect, serve, Authorizer, ClientTls, RpcMethod};
 
 /// Prefix of the URI subject alternative name that carries the role.

@@ -84,3 +84,46 @@ fn blob_claiming_a_huge_length_is_refused_before_allocating() {
         chunk
     );
 }
+
+/// `open_object`: the zstd payload of an index object or manifest was
+/// decompressed without a bound, so a small object sealed by someone holding
+/// a data key could expand to gigabytes in the reader. It is now refused
+/// past `max(64 MiB, 32 × compressed size)`.
+#[test]
+fn decompression_bomb_in_a_sealed_object_is_refused() {
+    use trireme_common::format::{open_object, seal_object, sealed_object_key};
+    use trireme_common::WrappedKey;
+    let key = DataKey::from_bytes([7; 32]);
+    let wrapped = WrappedKey(vec![1, 2, 3]);
+    let bomb = "a".repeat(100 << 20);
+    let bytes = seal_object(*b"TRIX", &key, &wrapped, &bomb);
+    assert!(bytes.len() < 1 << 20, "{} bytes sealed", bytes.len());
+    let (_, header) = sealed_object_key("index/bomb", &bytes, *b"TRIX").unwrap();
+    let err = open_object::<String>("index/bomb", &bytes, header, &key).unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. })
+            && err.to_string().contains("decompresses to more than"),
+        "{err}"
+    );
+    // A payload of ordinary size still opens.
+    let small = "b".repeat(1 << 20);
+    let bytes = seal_object(*b"TRIX", &key, &wrapped, &small);
+    let (_, header) = sealed_object_key("index/ok", &bytes, *b"TRIX").unwrap();
+    assert_eq!(
+        open_object::<String>("index/ok", &bytes, header, &key).unwrap(),
+        small
+    );
+}
+
+/// `EntryReader`: a tree entry's length prefix was trusted for the buffer
+/// (up to 256 MiB reserved for a 10-byte stream). The buffer now grows with
+/// what arrives, and the short entry is reported as such.
+#[test]
+fn tree_entry_claiming_more_than_the_stream_holds_is_refused() {
+    use trireme_common::manifest::EntryReader;
+    let mut stream = (200u32 << 20).to_le_bytes().to_vec();
+    stream.extend_from_slice(b"0123456789");
+    let mut r = EntryReader::new(&stream[..], "tree");
+    let err = r.next_entry().unwrap_err();
+    assert!(err.to_string().contains("ends mid-entry"), "{err}");
+}

@@ -147,6 +147,36 @@ impl Shared {
         self.record(event);
     }
 
+    /// Check the caller's role for `action` (on `target`); a refusal goes
+    /// into the audit chain, with the certificate's name and role when it
+    /// showed one.
+    ///
+    /// # Errors
+    /// The authorizer's refusal.
+    pub fn authorize_audited<T>(
+        &self,
+        request: &tonic::Request<T>,
+        roles: &[trireme_common::Role],
+        action: &str,
+        target: &str,
+    ) -> std::result::Result<trireme_common::Identity, tonic::Status> {
+        self.authz.authorize(request, roles).inspect_err(|status| {
+            let who = request
+                .peer_certs()
+                .and_then(|c| c.first().cloned())
+                .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
+            let event = match &who {
+                Some(id) => crate::audit::Event::by(id, action, target),
+                None => crate::audit::Event::actor("(no certificate)", "", action, target),
+            };
+            self.audit(
+                event
+                    .refused(status.message())
+                    .from_peer(request.remote_addr()),
+            );
+        })
+    }
+
     /// Append `event` to the audit log without a log line (for callers
     /// that log their own).
     pub fn record(&self, event: crate::audit::Event) {
@@ -236,6 +266,55 @@ pub async fn key_provider(config: &ControllerConfig) -> Result<trireme_common::D
     Ok(Arc::new(LocalKeyFile::load(&config.key_file)?))
 }
 
+/// Puts connections refused at the TLS handshake (no certificate, another
+/// CA, expired, revoked, too slow) into the audit chain: the first of each
+/// peer address and reason per minute, then one entry with how many more
+/// came, so a scanner cannot flood the chain.
+fn handshake_audit(shared: std::sync::Weak<Shared>) -> trireme_common::tls::RefusalObserver {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+    const WINDOW: Duration = Duration::from_secs(60);
+    let seen: std::sync::Mutex<HashMap<(std::net::IpAddr, String), (Instant, u64)>> =
+        std::sync::Mutex::default();
+    Arc::new(move |peer, reason| {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let repeats = {
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 4096 {
+                seen.retain(|_, (t, _)| now.duration_since(*t) < WINDOW);
+            }
+            match seen.get_mut(&(peer.ip(), reason.to_string())) {
+                Some((t, n)) if now.duration_since(*t) < WINDOW => {
+                    *n += 1;
+                    return;
+                }
+                Some((t, n)) => {
+                    let repeats = *n;
+                    (*t, *n) = (now, 0);
+                    repeats
+                }
+                None => {
+                    seen.insert((peer.ip(), reason.to_string()), (now, 0));
+                    0
+                }
+            }
+        };
+        let why = if repeats > 0 {
+            format!("{reason} (and {repeats} more from this address in the minute before)")
+        } else {
+            reason.to_string()
+        };
+        shared.record(
+            crate::audit::Event::actor("(tls handshake)", "", "connection refused", "")
+                .refused(why)
+                .from_peer(Some(peer)),
+        );
+    })
+}
+
 /// Run the controller until `shutdown` completes.
 ///
 /// # Errors
@@ -298,6 +377,7 @@ pub async fn run(
         volumes: std::sync::Mutex::default(),
         prune_gate: tokio::sync::RwLock::new(()),
     });
+    tls.observe_refusals(handshake_audit(Arc::downgrade(&shared)));
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
     for w in config.warnings() {
         tracing::warn!("{w}");

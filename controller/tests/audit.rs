@@ -566,7 +566,7 @@ fn a_restore_needs_a_code_and_key_grants_are_audited() {
     assert!(has("restore", "op", "refused"), "{entries:#?}");
     assert!(has("restore", "op", "ok"), "{entries:#?}");
     assert!(has("data key generated", "web-1", "ok"), "{entries:#?}");
-    assert!(has("data keys unwrapped", "web-1", "ok"), "{entries:#?}");
+    assert!(has("data keys granted", "web-1", "ok"), "{entries:#?}");
     let restore = entries
         .iter()
         .find(|e| e["action"] == "restore" && e["outcome"] == "ok")
@@ -580,7 +580,7 @@ fn a_restore_needs_a_code_and_key_grants_are_audited() {
     );
     let grant = entries
         .iter()
-        .find(|e| e["action"] == "data keys unwrapped")
+        .find(|e| e["action"] == "data keys granted")
         .unwrap();
     assert_eq!(grant["role"], "agent");
     assert!(

@@ -95,7 +95,7 @@ fn fleet_manual_and_scheduled_backups_restore_to_another_agent() {
     // The restore ran on web-2 and fetched keys for that job only.
     let log = Fleet::log_text(&f.controller_log());
     assert!(
-        log.contains("data keys unwrapped") && log.contains("agent=web-2"),
+        log.contains("data keys granted") && log.contains("agent=web-2"),
         "audit lines missing"
     );
 }
@@ -183,6 +183,83 @@ fn refusals_are_clear_and_logged() {
         },
     );
     assert!(log.contains("who=viewer"), "the viewer's refusal names it");
+
+    // An agent certificate speaking for another agent's name (a tampered
+    // agent: the real one always uses its certificate's name).
+    let files = trireme_common::tls::TlsFiles::in_dir(&f.ca, "web-1");
+    let tls = trireme_common::tls::ClientTls {
+        config: std::sync::Arc::new(trireme_common::tls::client_config(&files).unwrap()),
+        server_name: "localhost".into(),
+        server_role: Some(Role::Controller),
+    };
+    let addr = f.addr().to_string();
+    let err = rt.block_on(async move {
+        let channel = trireme_common::tls::connect(&addr, tls).await.unwrap();
+        trireme_proto::v1::agent_service_client::AgentServiceClient::new(channel)
+            .register(trireme_proto::v1::RegisterRequest {
+                agent_name: "web-9".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // Handshake refusals and the name claim are in the audit chain too, not
+    // only in the log.
+    let refused_in = |entries: &[Value], actor: &str, action: &str, reason: &str| {
+        entries.iter().any(|e| {
+            e["actor"] == actor
+                && e["action"] == action
+                && e["outcome"] == "refused"
+                && e["reason"].as_str().is_some_and(|r| r.contains(reason))
+                && e["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:"))
+        })
+    };
+    let t = std::time::Instant::now();
+    let entries = loop {
+        let out = f.cli(&["audit", "ls", "--json", "--limit", "1000"]);
+        let entries = serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone();
+        if refused_in(
+            &entries,
+            "(tls handshake)",
+            "connection refused",
+            "no certificate",
+        ) && refused_in(&entries, "(tls handshake)", "connection refused", "expired")
+            && refused_in(
+                &entries,
+                "(tls handshake)",
+                "connection refused",
+                "not issued by this server's CA",
+            )
+            && refused_in(
+                &entries,
+                "web-1",
+                "agent register",
+                "calls itself \"web-9\"",
+            )
+        {
+            break entries;
+        }
+        let refusals: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["outcome"] == "refused")
+            .collect();
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "refusals missing from the audit chain; it has: {refusals:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(!entries.is_empty());
+    let out = f.cli(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! engine's [`KeyProvider`] seam: the repository code neither knows nor cares
 //! that its keys come over the network.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -12,18 +13,24 @@ use trireme_common::crypto::DataKey;
 use trireme_common::tls::{connect, ClientTls};
 use trireme_common::{Error, KeyProvider, Result, WrappedKey};
 use trireme_proto::v1::key_service_client::KeyServiceClient;
-use trireme_proto::v1::{GenerateDataKeyRequest, UnwrapDataKeysRequest};
+use trireme_proto::v1::{GenerateDataKeyRequest, JobKeysRequest, UnwrapDataKeysRequest};
 
 /// How long a key call keeps retrying while the controller is unreachable
 /// (e.g. restarting) before the job fails.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Keys for job `job_id`, asked of the controller at `addr`.
+///
+/// The first unwrap fetches the job's whole key scope (`JobKeys`): a restore
+/// gets exactly the keys of its snapshot, a backup the index keys and its
+/// parent's. Anything else is asked for one by one, and the controller
+/// refuses it.
 pub struct ControllerKeys {
     addr: String,
     tls: ClientTls,
     job_id: String,
     channel: Mutex<Option<Channel>>,
+    granted: tokio::sync::OnceCell<HashMap<WrappedKey, [u8; 32]>>,
 }
 
 impl fmt::Debug for ControllerKeys {
@@ -40,7 +47,50 @@ impl ControllerKeys {
             tls,
             job_id,
             channel: Mutex::new(None),
+            granted: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The job's key scope, unwrapped (fetched once).
+    ///
+    /// # Errors
+    /// When the key service refuses or stays unreachable.
+    pub async fn granted(&self) -> Result<&HashMap<WrappedKey, [u8; 32]>> {
+        self.granted
+            .get_or_try_init(|| async {
+                let job_id = self.job_id.clone();
+                let reply = self
+                    .with_retry("hand out the job's keys", |mut c| {
+                        let job_id = job_id.clone();
+                        async move {
+                            c.job_keys(JobKeysRequest { job_id })
+                                .await
+                                .map(tonic::Response::into_inner)
+                        }
+                    })
+                    .await?;
+                let mut map = HashMap::with_capacity(reply.keys.len());
+                for p in reply.keys {
+                    let raw: [u8; 32] = p.data_key.as_slice().try_into().map_err(|_| {
+                        Error::Key(format!(
+                            "the key service sent a {}-byte key",
+                            p.data_key.len()
+                        ))
+                    })?;
+                    map.insert(WrappedKey(p.wrapped_key), raw);
+                }
+                tracing::debug!(job = %self.job_id, keys = map.len(), snapshots = ?reply.snapshots, "job keys received");
+                Ok(map)
+            })
+            .await
+    }
+
+    /// The wrapped keys of the job's scope: which index objects to load.
+    ///
+    /// # Errors
+    /// As [`ControllerKeys::granted`].
+    pub async fn granted_keys(&self) -> Result<HashSet<WrappedKey>> {
+        Ok(self.granted().await?.keys().cloned().collect())
     }
 
     async fn client(&self) -> Result<KeyServiceClient<Channel>> {
@@ -114,6 +164,9 @@ impl KeyProvider for ControllerKeys {
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        if let Some(raw) = self.granted().await?.get(wrapped) {
+            return Ok(DataKey::from_bytes(*raw));
+        }
         let job_id = self.job_id.clone();
         let w = wrapped.0.clone();
         let reply = self

@@ -204,7 +204,7 @@ impl Runner {
         }
     }
 
-    fn keys(&self, job_id: &str) -> DynKeyProvider {
+    fn keys(&self, job_id: &str) -> Arc<ControllerKeys> {
         Arc::new(ControllerKeys::new(
             self.config.controller.clone(),
             self.tls.clone(),
@@ -213,18 +213,22 @@ impl Runner {
     }
 
     /// Open the repository at the first location that answers.
-    async fn open_repo(&self, a: &JobAssignment) -> Result<(Arc<Repository>, String, bool)> {
+    async fn open_repo(
+        &self,
+        a: &JobAssignment,
+        keys: &Arc<ControllerKeys>,
+    ) -> Result<(Arc<Repository>, String, bool)> {
         if a.locations.is_empty() {
             bail!("the controller sent no location for this job");
         }
-        let keys = self.keys(&a.job_id);
+        let provider: DynKeyProvider = keys.clone();
         let mut errors = Vec::new();
         for l in &a.locations {
             let attempt = async {
                 let loc = Location::parse(&l.url)?;
                 let remote = !matches!(loc, Location::File(_));
                 let backend = loc.open().await?;
-                let repo = Repository::open(backend, keys.clone()).await?;
+                let repo = Repository::open(backend, provider.clone()).await?;
                 Ok::<_, trireme_common::Error>((Arc::new(repo), remote))
             };
             match attempt.await {
@@ -257,8 +261,9 @@ impl Runner {
         source: &SourceConfig,
         progress: Arc<Progress>,
     ) -> Result<JobResult> {
-        let (repo, location, remote) = self.open_repo(a).await?;
-        let indexed = repo.load_index().await?;
+        let keys = self.keys(&a.job_id);
+        let (repo, location, remote) = self.open_repo(a, &keys).await?;
+        let indexed = repo.load_index_scoped(&keys.granted_keys().await?).await?;
         let mut opts = BackupOptions::new(&source.name, source.kind(), &self.config.hostname);
         if remote {
             opts.uploads = 4;
@@ -325,12 +330,13 @@ impl Runner {
                 )
             }
         };
-        let (repo, location, _) = self.open_repo(a).await?;
+        let keys = self.keys(&a.job_id);
+        let (repo, location, _) = self.open_repo(a, &keys).await?;
         let snap = repo.read_snapshot(&id).await?;
         if let Some(r) = self.lock().get_mut(&a.job_id) {
             r.bytes_total = snap.manifest.summary.bytes;
         }
-        let indexed = repo.load_index().await?;
+        let indexed = repo.load_index_scoped(&keys.granted_keys().await?).await?;
         let job = self.job_context(a, progress);
         let restored =
             tokio::time::timeout(timeout, sources::restore(&indexed, &snap, target, &job))

@@ -23,11 +23,24 @@ use crate::error::{Error, Result};
 /// (mtime, size, inode) of each file; `None` for a missing file.
 type Fingerprint = Vec<Option<(SystemTime, u64, u64)>>;
 
+/// Told of each connection refused at the TLS handshake: the peer and an
+/// operator-readable reason (e.g. to put it in an audit log).
+pub type RefusalObserver = Arc<dyn Fn(std::net::SocketAddr, &str) + Send + Sync>;
+
 /// The current server configuration, reloaded when its files change.
-#[derive(Debug)]
 pub struct ReloadingServerConfig {
     files: TlsFiles,
     state: Mutex<State>,
+    observer: std::sync::OnceLock<RefusalObserver>,
+}
+
+impl std::fmt::Debug for ReloadingServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingServerConfig")
+            .field("files", &self.files)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -56,7 +69,21 @@ impl ReloadingServerConfig {
                 seen,
                 generation: 1,
             }),
+            observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Tell `observer` of every connection refused at the handshake (set
+    /// once; later calls are ignored).
+    pub fn observe_refusals(&self, observer: RefusalObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Report a handshake refusal to the observer, if any.
+    pub(crate) fn refused(&self, peer: std::net::SocketAddr, reason: &str) {
+        if let Some(o) = self.observer.get() {
+            o(peer, reason);
+        }
     }
 
     /// The files this configuration follows.

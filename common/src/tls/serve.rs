@@ -100,16 +100,20 @@ fn tls_incoming(
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
-                    Ok(Err(e)) => tracing::warn!(
-                        peer = %peer,
-                        reason = %handshake_refusal(&e),
-                        "refused a TLS connection"
-                    ),
-                    Err(_) => tracing::warn!(
-                        peer = %peer,
-                        reason = "the TLS handshake did not finish in time",
-                        "refused a TLS connection"
-                    ),
+                    Ok(Err(e)) => {
+                        let reason = handshake_refusal(&e);
+                        tracing::warn!(peer = %peer, reason = %reason, "refused a TLS connection");
+                        // A peer that hung up before saying anything (a port
+                        // probe, a TCP health check) was not refused anything.
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            tls.refused(peer, &reason);
+                        }
+                    }
+                    Err(_) => {
+                        let reason = "the TLS handshake did not finish in time";
+                        tracing::warn!(peer = %peer, reason, "refused a TLS connection");
+                        tls.refused(peer, reason);
+                    }
                 }
             });
         }

@@ -261,6 +261,23 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
     Ok(())
 }
 
+/// The snapshot an incremental backup job compares against: its source's
+/// latest (none for a full backup or a first one).
+///
+/// # Errors
+/// Catalog errors.
+pub(crate) fn backup_parent(shared: &Shared, job: &Job) -> Result<Option<trireme_common::Id>> {
+    if job.mode == BackupMode::Full || !job.is_backup() {
+        return Ok(None);
+    }
+    Ok(shared
+        .catalog
+        .schedule()
+        .get(&job.source)?
+        .and_then(|s| s.last_snapshot)
+        .map(|(_, id)| id))
+}
+
 fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
     let locations = shared
         .locations
@@ -281,14 +298,9 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
         JobKind::Backup => {
             a.set_kind(WireJobKind::Backup);
             a.full = job.mode == BackupMode::Full;
-            if !a.full {
-                let latest = shared
-                    .catalog
-                    .schedule()
-                    .get(&job.source)?
-                    .and_then(|s| s.last_snapshot);
-                a.parent_snapshot_id = latest.map(|(_, id)| id.to_hex()).unwrap_or_default();
-            }
+            a.parent_snapshot_id = backup_parent(shared, job)?
+                .map(|id| id.to_hex())
+                .unwrap_or_default();
         }
         JobKind::Restore {
             snapshot,
@@ -565,6 +577,21 @@ impl AgentApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         AgentApi { shared }
     }
+
+    /// Audit an agent certificate speaking for another agent's name.
+    fn audit_claim(
+        &self,
+        id: &trireme_common::Identity,
+        peer: Option<std::net::SocketAddr>,
+        action: &str,
+        status: &Status,
+    ) {
+        self.shared.record(
+            crate::audit::Event::by(id, action, "")
+                .refused(status.message())
+                .from_peer(peer),
+        );
+    }
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<ControllerMessage, Status>> + Send>>;
@@ -575,9 +602,16 @@ impl AgentService for AgentApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
-        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let id = self.shared.authorize_audited(
+            &request,
+            &[Role::Agent],
+            "agent register",
+            "AgentService.Register",
+        )?;
+        let peer = request.remote_addr();
         let r = request.into_inner();
-        check_claimed_name(&id.name, &r.agent_name)?;
+        check_claimed_name(&id.name, &r.agent_name)
+            .inspect_err(|s| self.audit_claim(&id, peer, "agent register", s))?;
         register(
             &self.shared,
             &id.name,
@@ -599,7 +633,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let id = self.shared.authz.authorize(&request, &[Role::Agent])?;
+        let id = self.shared.authorize_audited(
+            &request,
+            &[Role::Agent],
+            "agent session",
+            "AgentService.Session",
+        )?;
+        let peer = request.remote_addr();
         let agent = id.name.clone();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -615,7 +655,8 @@ impl AgentService for AgentApi {
                 "the first message of a Session must be Hello",
             ));
         };
-        check_claimed_name(&agent, &hello.agent_name)?;
+        check_claimed_name(&agent, &hello.agent_name)
+            .inspect_err(|s| self.audit_claim(&id, peer, "agent session", s))?;
         let shared = self.shared.clone();
         register(
             &shared,

@@ -47,24 +47,7 @@ impl OperatorApi {
         roles: &[Role],
         action: &str,
     ) -> Result<Identity, Status> {
-        self.shared
-            .authz
-            .authorize(request, roles)
-            .inspect_err(|status| {
-                let who = request
-                    .peer_certs()
-                    .and_then(|c| c.first().cloned())
-                    .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
-                let event = match &who {
-                    Some(id) => Event::by(id, action, ""),
-                    None => Event::actor("(no certificate)", "", action, ""),
-                };
-                self.shared.audit(
-                    event
-                        .refused(status.message())
-                        .from_peer(request.remote_addr()),
-                );
-            })
+        self.shared.authorize_audited(request, roles, action, "")
     }
 
     /// The second factor for a sensitive action: the code in the request's

@@ -1,0 +1,181 @@
+//! Key scopes: exactly which stored data keys one job may have unwrapped.
+//!
+//! The controller's key service unwraps a wrapped key for a job only when it
+//! is in the job's scope, computed here from the repository:
+//!
+//! - **Restore of snapshot S**: the repository's id key; S's own key (its
+//!   manifest's); the key of one pack holding each chunk S references (tree
+//!   stream and file contents); and the keys of the index objects that list
+//!   those packs. Snapshots S's restore needs as well (a chain recorded in
+//!   its position as `<kind>.previous_snapshot`, e.g. TiDB incrementals)
+//!   add theirs.
+//! - **Backup**: the id key; every index key that seals no pack (index
+//!   objects have their own key since backups seal them apart from their
+//!   data; see `docs/format.md` §3), so the backup can skip chunks the
+//!   repository already holds without being able to read them; and for an
+//!   incremental backup, the parent snapshot's key and the keys of the packs
+//!   holding its tree stream (to compare files with the parent).
+//!
+//! A job's agent loads only the index objects whose key is in its scope
+//! ([`crate::Repository::load_index_scoped`]) and never asks for anything
+//! else; a request outside the scope is refused and audited.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::ObjectKind;
+use crate::crypto::Id;
+use crate::error::{Error, Result};
+use crate::index::{Index, IndexFile};
+use crate::keys::WrappedKey;
+use crate::repo::{IndexedRepo, Repository};
+
+/// Position keys ending with this name an earlier snapshot that restoring
+/// this one needs first (e.g. `tidb.previous_snapshot`).
+pub const PREVIOUS_SNAPSHOT_SUFFIX: &str = ".previous_snapshot";
+
+/// Longest chain of previous snapshots a restore scope follows.
+const MAX_CHAIN: usize = 10_000;
+
+/// The wrapped keys one job may unwrap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyScope {
+    /// The keys.
+    pub keys: HashSet<WrappedKey>,
+    /// Snapshots whose keys are in the scope (the restored one and its chain;
+    /// a backup's parent), for the audit trail.
+    pub snapshots: Vec<Id>,
+}
+
+impl KeyScope {
+    /// Whether `key` is in the scope.
+    pub fn contains(&self, key: &WrappedKey) -> bool {
+        self.keys.contains(key)
+    }
+}
+
+/// The repository's index objects, each with the key its header carries.
+pub struct KeyedIndex {
+    repo: IndexedRepo,
+    /// (index object key, the packs it lists), sorted by object name.
+    objects: Vec<(WrappedKey, IndexFile)>,
+}
+
+impl KeyedIndex {
+    /// Read every index object of `repo` (the caller holds the master key).
+    ///
+    /// # Errors
+    /// Storage, key and corruption errors: a scope is computed from a whole
+    /// index or not at all.
+    pub async fn load(repo: &Arc<Repository>) -> Result<Self> {
+        let listed = repo.backend().list(ObjectKind::Index).await?;
+        let mut objects: BTreeMap<String, (WrappedKey, IndexFile)> = futures::stream::iter(listed)
+            .map(|o| async move {
+                let f = repo.read_index_keyed(&o.key).await?;
+                Ok::<_, Error>((o.key.name, f))
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        let mut index = Index::new();
+        for (_, f) in objects.values() {
+            for p in &f.packs {
+                index.add_pack(p);
+            }
+        }
+        let objects = std::mem::take(&mut objects).into_values().collect();
+        Ok(KeyedIndex {
+            repo: IndexedRepo {
+                repo: repo.clone(),
+                index: Arc::new(index),
+                damaged: Arc::default(),
+            },
+            objects,
+        })
+    }
+
+    /// The scope of a restore of `snapshot`.
+    ///
+    /// # Errors
+    /// The snapshot (or one of its chain) is missing or unreadable, or
+    /// references a chunk no index lists.
+    pub async fn restore_scope(&self, snapshot: &Id) -> Result<KeyScope> {
+        let repo = &self.repo.repo;
+        let mut scope = KeyScope::default();
+        scope.keys.insert(repo.config().wrapped_id_key());
+        let mut next = Some(*snapshot);
+        while let Some(id) = next.take() {
+            if scope.snapshots.contains(&id) || scope.snapshots.len() >= MAX_CHAIN {
+                break;
+            }
+            scope.snapshots.push(id);
+            scope.keys.insert(repo.snapshot_key(&id).await?);
+            let snap = repo.read_snapshot(&id).await?;
+            next = snap
+                .manifest
+                .position
+                .iter()
+                .filter(|(k, _)| k.ends_with(PREVIOUS_SNAPSHOT_SUFFIX))
+                .find_map(|(_, v)| Id::from_hex(v));
+        }
+        let chunks = crate::prune::referenced_by(&self.repo, &scope.snapshots).await?;
+        let mut packs = HashSet::new();
+        for c in &chunks {
+            let (pack, _) = self
+                .repo
+                .index
+                .get(c)
+                .ok_or_else(|| self.repo.not_indexed("the restore's key scope", c))?;
+            packs.insert(pack.id);
+            scope.keys.insert(pack.key.clone());
+        }
+        for (key, f) in &self.objects {
+            if f.packs.iter().any(|p| packs.contains(&p.id)) {
+                scope.keys.insert(key.clone());
+            }
+        }
+        Ok(scope)
+    }
+
+    /// The scope of a backup, incremental against `parent` when given.
+    ///
+    /// # Errors
+    /// The parent is unreadable or its tree references an unlisted chunk.
+    pub async fn backup_scope(&self, parent: Option<&Id>) -> Result<KeyScope> {
+        let repo = &self.repo.repo;
+        let mut scope = KeyScope::default();
+        scope.keys.insert(repo.config().wrapped_id_key());
+        let pack_keys: HashSet<&WrappedKey> =
+            self.repo.index.packs().iter().map(|p| &p.key).collect();
+        for (key, _) in &self.objects {
+            // An index object sealed with its packs' own key (written before
+            // index keys were separate) would open those packs too.
+            if !pack_keys.contains(key) {
+                scope.keys.insert(key.clone());
+            }
+        }
+        if let Some(p) = parent {
+            scope.snapshots.push(*p);
+            scope.keys.insert(repo.snapshot_key(p).await?);
+            let snap = repo.read_snapshot(p).await?;
+            let mut packs = HashSet::new();
+            for c in &snap.manifest.tree {
+                let (pack, _) = self
+                    .repo
+                    .index
+                    .get(c)
+                    .ok_or_else(|| self.repo.not_indexed("the parent's tree", c))?;
+                packs.insert(pack.id);
+                scope.keys.insert(pack.key.clone());
+            }
+            for (key, f) in &self.objects {
+                if f.packs.iter().any(|p| packs.contains(&p.id)) {
+                    scope.keys.insert(key.clone());
+                }
+            }
+        }
+        Ok(scope)
+    }
+}
