@@ -25,7 +25,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_kms::config::Credentials;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
@@ -192,7 +192,7 @@ impl AwsKms {
     fn error<E, R>(&self, action: &str, err: SdkError<E, R>) -> Error
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: fmt::Debug,
+        R: fmt::Debug + 'static,
     {
         let s = &self.settings;
         let key = &s.key_id;
@@ -210,14 +210,14 @@ impl AwsKms {
                     "cannot reach AWS KMS at {} for kms:{action} on key {key} (after {ATTEMPTS} attempts): {}; \
                      check region/endpoint and that this host can reach it",
                     self.endpoint(),
-                    DisplayErrorContext(&err)
+                    chain(&err)
                 ))
             }
             _ => {
                 return Error::Key(format!(
                     "kms:{action} on key {key} at {} failed: {}; if this is about credentials, set [key_service] credentials_file or give the SDK credentials (environment, profile, instance role)",
                     self.endpoint(),
-                    DisplayErrorContext(&err)
+                    chain(&err)
                 ))
             }
         };
@@ -292,6 +292,20 @@ impl AwsKms {
         out.extend_from_slice(blob);
         Ok(WrappedKey(out))
     }
+}
+
+/// An error and its sources, `a: b: c`, each once.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
 }
 
 #[async_trait::async_trait]

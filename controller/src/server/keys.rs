@@ -118,7 +118,10 @@ impl KeyService for KeyApi {
             .master_key
             .generate()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| match e {
+                e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
+                e => Status::internal(e.to_string()),
+            })?;
         tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, "data key generated");
         self.shared.record(
             Event::by(
@@ -157,6 +160,9 @@ impl KeyService for KeyApi {
                 .await
                 .map_err(|e| match e {
                     trireme_common::Error::WrongKey(m) => Status::failed_precondition(m),
+                    e @ trireme_common::Error::KeyUnavailable(_) => {
+                        Status::unavailable(e.to_string())
+                    }
                     e => Status::invalid_argument(e.to_string()),
                 })?;
             keys.push(k.as_bytes().to_vec());
