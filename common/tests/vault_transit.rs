@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::openbao::OpenBao;
+use support::openbao::{OpenBao, ROOT_TOKEN};
 use support::vault::{State, VaultServer};
 use trireme_common::crypto::DataKey;
 use trireme_common::keys::vault::{VaultSettings, VaultTransit};
@@ -157,6 +157,15 @@ async fn openbao_round_trip_rotation_and_refusals() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("damaged"), "{e}");
+
+    // The token file is read on every call: a token written into it later
+    // (as Vault Agent renews it) is used without a new provider.
+    let renewed = bao.token_file("renewed", "s.not-yet-valid");
+    let rp = VaultTransit::new(settings(&bao, "trireme", &renewed)).unwrap();
+    let e = rp.generate().await.unwrap_err().to_string();
+    assert!(e.contains("HTTP 403"), "{e}");
+    bao.token_file("renewed", ROOT_TOKEN);
+    rp.generate().await.unwrap();
 
     // A sealed server answers 503: retried, then a temporary error with its text.
     bao.ok(&["operator", "seal"]);
