@@ -71,6 +71,11 @@ pub enum Error {
     #[error("key error: {0}")]
     Key(String),
 
+    /// The key service (an external KMS) could not be reached or answered
+    /// with a server error after retries: temporary, a later try may work.
+    #[error("key service unavailable: {0}")]
+    KeyUnavailable(String),
+
     /// The repository uses a format this build does not understand.
     #[error("unsupported format in {key}: {reason}")]
     UnsupportedFormat {
@@ -146,7 +151,7 @@ impl Error {
             Error::Storage {
                 temporary: true,
                 ..
-            }
+            } | Error::KeyUnavailable(_)
         )
     }
 

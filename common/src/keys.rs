@@ -2,8 +2,12 @@
 //! wrapped) and unwraps stored ones. The master key never leaves the provider.
 //!
 //! [`LocalKeyFile`] is the provider for one machine: a master key in a file
-//! kept apart from the backups. The controller's key service (and external
-//! KMSs) sit behind the same trait.
+//! kept apart from the backups. The controller's key service and the
+//! external KMSs ([`vault::VaultTransit`], [`aws_kms::AwsKms`]) sit behind
+//! the same trait.
+//!
+//! The first byte of a wrapped key names the scheme, hence the provider that
+//! made it (docs/format.md §3): 1 local key file, 2 Vault transit, 3 AWS KMS.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,6 +20,9 @@ use async_trait::async_trait;
 
 use crate::crypto::{random_bytes, DataKey, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
+
+pub mod aws_kms;
+pub mod vault;
 
 /// A data key wrapped (encrypted) by a master key: safe to store with the data.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -57,7 +64,42 @@ pub type DynKeyProvider = Arc<dyn KeyProvider>;
 
 /// Scheme byte of wrapped keys made by [`LocalKeyFile`]: AES-256-GCM under a
 /// local master key.
-const SCHEME_LOCAL_V1: u8 = 1;
+pub const SCHEME_LOCAL_V1: u8 = 1;
+/// Scheme byte of wrapped keys made by [`vault::VaultTransit`].
+pub const SCHEME_VAULT_TRANSIT_V1: u8 = 2;
+/// Scheme byte of wrapped keys made by [`aws_kms::AwsKms`].
+pub const SCHEME_AWS_KMS_V1: u8 = 3;
+
+/// The provider that makes wrapped keys of `scheme`, for messages, e.g.
+/// `the local key file (key_file)`.
+pub fn scheme_provider(scheme: u8) -> &'static str {
+    match scheme {
+        SCHEME_LOCAL_V1 => "the local key file (key_file)",
+        SCHEME_VAULT_TRANSIT_V1 => {
+            "HashiCorp Vault transit ([key_service] provider = \"vault-transit\")"
+        }
+        SCHEME_AWS_KMS_V1 => "AWS KMS ([key_service] provider = \"aws-kms\")",
+        _ => "no provider this build knows (a newer Trireme, or damaged data)",
+    }
+}
+
+/// The scheme byte of `wrapped`, refusing an empty key or one of another
+/// scheme than `expected` with a message naming both providers.
+pub(crate) fn check_scheme<'a>(
+    wrapped: &'a WrappedKey,
+    expected: u8,
+    this: &str,
+) -> Result<&'a [u8]> {
+    match wrapped.0.split_first() {
+        None => Err(Error::Key("empty wrapped key".into())),
+        Some((&s, rest)) if s == expected => Ok(rest),
+        Some((&s, _)) => Err(Error::WrongKey(format!(
+            "this data key was wrapped under key scheme {s}, made by {}; {this} (scheme {expected}) cannot unwrap it: \
+             configure the controller with the key provider that wrote this repository",
+            scheme_provider(s)
+        ))),
+    }
+}
 const KEY_FILE_TAG: &str = "trireme-master-key-v1";
 const WRAP_AAD: &[u8] = b"trireme wrapped data key v1";
 
@@ -171,16 +213,8 @@ impl KeyProvider for LocalKeyFile {
     }
 
     async fn unwrap(&self, wrapped: &WrappedKey) -> Result<DataKey> {
+        check_scheme(wrapped, SCHEME_LOCAL_V1, "the local key file")?;
         let w = &wrapped.0;
-        match w.first() {
-            Some(&SCHEME_LOCAL_V1) => {}
-            Some(other) => {
-                return Err(Error::Key(format!(
-                    "this data key was wrapped by key scheme {other}, which the local key file cannot unwrap (is it managed by a controller key service or KMS?)"
-                )))
-            }
-            None => return Err(Error::Key("empty wrapped key".into())),
-        }
         if w.len() != 1 + 8 + 32 + SEAL_OVERHEAD {
             return Err(Error::Key(format!(
                 "wrapped key has {} bytes, expected {}",

@@ -57,6 +57,17 @@ impl S3Credentials {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// Read a credentials file (the format of `credentials_file=` in a
+    /// location URL): `access_key_id = …`, `secret_access_key = …` and
+    /// optionally `session_token = …`. Also used for AWS KMS credentials.
+    ///
+    /// # Errors
+    /// A message naming the file when it is unreadable, accessible to group
+    /// or others, or malformed (values are never quoted).
+    pub fn from_file(path: &Path) -> std::result::Result<Self, String> {
+        read_credentials_file(path)
+    }
+
     /// As [`S3Credentials::from_env`], reading variables through `lookup`.
     ///
     /// # Errors

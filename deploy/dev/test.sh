@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run Trireme's whole test suite on this machine, installing what the tests
 # need first (Garage for the S3 tests, redis-server and PostgreSQL for the
-# source tests). Used by the README and by .ci/run.
+# source tests, moto and OpenBao for the KMS key provider tests). Used by the
+# README and by .ci/run.
 #
 #   deploy/dev/test.sh            fmt check, clippy, every test
 #   SKIP_LINT=1 deploy/dev/test.sh  tests only

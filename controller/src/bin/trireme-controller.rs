@@ -96,6 +96,10 @@ enum KeyCmd {
         /// Where to write the key; an existing file is never overwritten.
         #[arg(long)]
         key_file: PathBuf,
+        /// The controller configuration, when at hand: the import is refused
+        /// when its master key is in an external KMS.
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
     },
@@ -159,7 +163,7 @@ fn main() -> ExitCode {
                 println!("{}: ok", config.display());
                 println!("listen        {}", c.listen);
                 println!("data_dir      {}", c.data_dir.display());
-                println!("key_file      {}", c.key_file.display());
+                println!("key provider  {}", c.key_source.describe());
                 println!("certificate   {}", c.tls.cert.display());
                 for l in &c.locations {
                     println!("location      {} = {}", l.name, l.location);
@@ -178,8 +182,9 @@ fn main() -> ExitCode {
         Command::Key(KeyCmd::Import {
             input,
             key_file,
+            config,
             passphrase,
-        }) => key_import(&input, &key_file, &passphrase),
+        }) => key_import(&input, &key_file, config.as_deref(), &passphrase),
         Command::Audit(AuditCmd::Verify { data_dir, config }) => audit_verify(data_dir, config),
         Command::Mfa(MfaCmd::Reset { name, config }) => mfa_reset(&name, &config),
     };
@@ -274,7 +279,7 @@ fn key_export(out: &Path, key: &KeySource, args: &PassphraseArgs) -> anyhow::Res
         .transpose()?;
     let key_file = match (&key.key_file, &config) {
         (Some(k), _) => k.clone(),
-        (None, Some(c)) => c.key_file.clone(),
+        (None, Some(c)) => recovery::local_key_file(&c.key_source, "export")?.to_path_buf(),
         (None, None) => unreachable!("clap requires --key-file or --config"),
     };
     let pass = passphrase(args, true)?;
@@ -304,7 +309,15 @@ fn key_export(out: &Path, key: &KeySource, args: &PassphraseArgs) -> anyhow::Res
     Ok(())
 }
 
-fn key_import(input: &Path, key_file: &Path, args: &PassphraseArgs) -> anyhow::Result<()> {
+fn key_import(
+    input: &Path,
+    key_file: &Path,
+    config: Option<&Path>,
+    args: &PassphraseArgs,
+) -> anyhow::Result<()> {
+    if let Some(c) = config {
+        recovery::local_key_file(&ControllerConfig::load(c)?.key_source, "import")?;
+    }
     let text = std::fs::read_to_string(input)
         .with_context(|| format!("reading the export {}", input.display()))?;
     let pass = passphrase(args, false)?;

@@ -3,7 +3,7 @@
 //! ```toml
 //! listen = "0.0.0.0:7443"
 //! data_dir = "/var/lib/trireme-controller"   # the catalog lives in data_dir/catalog
-//! key_file = "/etc/trireme/master.key"        # `trireme-controller keygen`
+//! key_file = "/etc/trireme/master.key"        # `trireme-controller keygen`, or a [key_service]
 //! heartbeat_interval = "10s"
 //! agent_timeout = "5m"
 //!
@@ -18,12 +18,24 @@
 //! name = "primary"
 //! url = "s3://trireme/prod?endpoint=https://s3.eu-west-1.amazonaws.com&region=eu-west-1"
 //! ```
+//!
+//! Instead of `key_file`, the master key can live in an external KMS:
+//!
+//! ```toml
+//! [key_service]
+//! provider = "vault-transit"                 # or "aws-kms"
+//! address = "https://vault.example.com:8200"
+//! key = "trireme"
+//! token_file = "/etc/trireme/vault.token"
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use trireme_common::keys::aws_kms::AwsKmsSettings;
+use trireme_common::keys::vault::VaultSettings;
 use trireme_common::tls::TlsFiles;
 use trireme_common::Location;
 
@@ -36,8 +48,8 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// Where the catalog lives.
     pub data_dir: PathBuf,
-    /// The master key file.
-    pub key_file: PathBuf,
+    /// Where the master key is: the local key file or an external KMS.
+    pub key_source: KeySource,
     /// TLS files of the controller's server certificate.
     pub tls: TlsFiles,
     /// Locations, primary first.
@@ -58,6 +70,70 @@ pub struct ControllerConfig {
     /// `[retention] prune_every`: apply retention (`trireme prune`) this
     /// often on its own; unset: only when an operator runs it.
     pub prune_every: Option<Duration>,
+}
+
+/// Where the controller's master key lives (`key_file` or `[key_service]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A master key file on this host (`key_file`).
+    Local {
+        /// The key file.
+        key_file: PathBuf,
+    },
+    /// HashiCorp Vault's transit engine (`provider = "vault-transit"`).
+    VaultTransit(VaultSettings),
+    /// AWS KMS (`provider = "aws-kms"`).
+    AwsKms(AwsKmsSettings),
+}
+
+impl KeySource {
+    /// The `provider` name: `local`, `vault-transit` or `aws-kms`.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            KeySource::Local { .. } => "local",
+            KeySource::VaultTransit(_) => "vault-transit",
+            KeySource::AwsKms(_) => "aws-kms",
+        }
+    }
+
+    /// The key file, for the local provider only.
+    pub fn key_file(&self) -> Option<&Path> {
+        match self {
+            KeySource::Local { key_file } => Some(key_file),
+            _ => None,
+        }
+    }
+
+    /// One line for operators, e.g. `aws-kms: key alias/trireme in eu-west-1`.
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Local { key_file } => format!("local: key file {}", key_file.display()),
+            KeySource::VaultTransit(v) => format!(
+                "vault-transit: key {} at {} (mount {}{}), token from {}",
+                v.key,
+                v.address,
+                v.mount,
+                v.namespace
+                    .as_deref()
+                    .map(|n| format!(", namespace {n}"))
+                    .unwrap_or_default(),
+                v.token_file.display()
+            ),
+            KeySource::AwsKms(a) => format!(
+                "aws-kms: key {} in {}{}, credentials from {}",
+                a.key_id,
+                a.region,
+                a.endpoint
+                    .as_deref()
+                    .map(|e| format!(" (endpoint {e})"))
+                    .unwrap_or_default(),
+                a.credentials_file.as_ref().map_or_else(
+                    || "the SDK's default chain".to_string(),
+                    |f| f.display().to_string()
+                )
+            ),
+        }
+    }
 }
 
 /// One location.
@@ -87,7 +163,8 @@ pub struct LocationConfig {
 struct RawConfig {
     listen: Option<String>,
     data_dir: PathBuf,
-    key_file: PathBuf,
+    key_file: Option<PathBuf>,
+    key_service: Option<RawKeyService>,
     tls: RawTls,
     #[serde(default, rename = "location")]
     locations: Vec<RawLocation>,
@@ -110,6 +187,174 @@ struct RawMfa {
     /// who enrolled always need one).
     #[serde(default)]
     required: bool,
+}
+
+/// `[key_service]`: every provider's settings; which apply is checked per
+/// provider so a setting of another provider is named as such.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyService {
+    /// `local`, `vault-transit` or `aws-kms`.
+    provider: String,
+    /// vault-transit: `https://vault.example.com:8200`.
+    address: Option<String>,
+    /// vault-transit: the transit engine's mount (default `transit`).
+    mount: Option<String>,
+    /// vault-transit: the transit key's name.
+    key: Option<String>,
+    /// vault-transit: a file (mode 0600) holding the token.
+    token_file: Option<PathBuf>,
+    /// vault-transit: `X-Vault-Namespace`.
+    namespace: Option<String>,
+    /// vault-transit: PEM CA certificates for https (else the system roots).
+    ca_file: Option<PathBuf>,
+    /// aws-kms: key id, key ARN, `alias/NAME` or alias ARN.
+    key_id: Option<String>,
+    /// aws-kms: the key's region.
+    region: Option<String>,
+    /// aws-kms: another endpoint (VPC endpoint).
+    endpoint: Option<String>,
+    /// aws-kms: credentials file (mode 0600); else the SDK's default chain.
+    credentials_file: Option<PathBuf>,
+    /// vault-transit and aws-kms: how long one attempt may take (default 10s).
+    timeout: Option<String>,
+}
+
+const VAULT_KEYS: &[&str] = &[
+    "address",
+    "mount",
+    "key",
+    "token_file",
+    "namespace",
+    "ca_file",
+    "timeout",
+];
+const AWS_KEYS: &[&str] = &[
+    "key_id",
+    "region",
+    "endpoint",
+    "credentials_file",
+    "timeout",
+];
+
+impl RawKeyService {
+    /// The settings given, by name.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("address", self.address.is_some()),
+            ("mount", self.mount.is_some()),
+            ("key", self.key.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("namespace", self.namespace.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("key_id", self.key_id.is_some()),
+            ("region", self.region.is_some()),
+            ("endpoint", self.endpoint.is_some()),
+            ("credentials_file", self.credentials_file.is_some()),
+            ("timeout", self.timeout.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(n, set)| set.then_some(n))
+        .collect()
+    }
+
+    /// The typed key source; `key_file` is the top-level setting, `abs`
+    /// anchors relative paths.
+    fn resolve(
+        self,
+        key_file: Option<PathBuf>,
+        abs: impl Fn(&Path) -> PathBuf,
+    ) -> std::result::Result<KeySource, String> {
+        let allowed: &[&str] = match self.provider.as_str() {
+            "local" => &[],
+            "vault-transit" => VAULT_KEYS,
+            "aws-kms" => AWS_KEYS,
+            other => {
+                return Err(format!(
+                    "[key_service] provider = {other:?} is not a key provider: write \"local\" (with key_file), \"vault-transit\" or \"aws-kms\""
+                ))
+            }
+        };
+        if let Some(extra) = self.given().into_iter().find(|n| !allowed.contains(n)) {
+            let owner = match (VAULT_KEYS.contains(&extra), AWS_KEYS.contains(&extra)) {
+                (true, false) => "a vault-transit setting",
+                (false, true) => "an aws-kms setting",
+                _ => "a setting of the external providers",
+            };
+            return Err(format!(
+                "[key_service] provider = {:?} does not take `{extra}` ({owner}); it takes {}",
+                self.provider,
+                if allowed.is_empty() {
+                    "nothing else: the local provider's key file is the top-level key_file"
+                        .to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ));
+        }
+        if self.provider == "local" {
+            return match key_file {
+                Some(key_file) => Ok(KeySource::Local { key_file }),
+                None => Err(
+                    "[key_service] provider = \"local\" needs the top-level key_file = \"/etc/trireme/master.key\" (create it with `trireme-controller keygen --key-file ...`)".into(),
+                ),
+            };
+        }
+        if let Some(f) = key_file {
+            return Err(format!(
+                "both key_file ({}) and [key_service] provider = {:?} are set: the controller has exactly one master key; \
+                 remove key_file to use {}, or remove [key_service] to keep the local key file",
+                f.display(),
+                self.provider,
+                self.provider
+            ));
+        }
+        let timeout = match &self.timeout {
+            None => std::time::Duration::from_secs(10),
+            Some(t) => humantime::parse_duration(t)
+                .map_err(|e| format!("[key_service] timeout = {t:?}: {e}; write e.g. \"10s\""))?,
+        };
+        let need = |name: &str, v: Option<String>, example: &str| {
+            v.ok_or_else(|| {
+                format!(
+                    "[key_service] provider = {:?} needs {name}, e.g. {name} = {example}",
+                    self.provider
+                )
+            })
+        };
+        let source = if self.provider == "vault-transit" {
+            let address = need(
+                "address",
+                self.address.clone(),
+                "\"https://vault.example.com:8200\"",
+            )?;
+            let key = need("key", self.key.clone(), "\"trireme\"")?;
+            let token_file = need(
+                "token_file",
+                self.token_file.as_ref().map(|p| p.display().to_string()),
+                "\"/etc/trireme/vault.token\"",
+            )?;
+            let mut v = VaultSettings::new(&address, &key, &abs(Path::new(&token_file)));
+            if let Some(m) = self.mount {
+                v.mount = m;
+            }
+            v.namespace = self.namespace;
+            v.ca_file = self.ca_file.as_deref().map(&abs);
+            v.timeout = timeout;
+            v.validate().map_err(|e| format!("[key_service] {e}"))?;
+            KeySource::VaultTransit(v)
+        } else {
+            let key_id = need("key_id", self.key_id.clone(), "\"alias/trireme\"")?;
+            let region = need("region", self.region.clone(), "\"eu-west-1\"")?;
+            let mut a = AwsKmsSettings::new(&key_id, &region);
+            a.endpoint = self.endpoint;
+            a.credentials_file = self.credentials_file.as_deref().map(&abs);
+            a.timeout = timeout;
+            a.validate().map_err(|e| format!("[key_service] {e}"))?;
+            KeySource::AwsKms(a)
+        };
+        Ok(source)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -353,16 +598,27 @@ impl ControllerConfig {
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
-        let key_file = abs(&raw.key_file);
-        for l in &locations {
-            if let Location::File(dir) = &l.location {
-                if key_file.starts_with(dir) {
-                    return Err(bad(format!(
-                        "key_file {} is inside location {:?} ({}): the master key must never be stored with the backups it opens; move it out",
-                        key_file.display(),
-                        l.name,
-                        dir.display()
-                    )));
+        let key_file = raw.key_file.as_deref().map(abs);
+        let key_source = match raw.key_service {
+            Some(ks) => ks.resolve(key_file, abs).map_err(bad)?,
+            None => KeySource::Local {
+                key_file: key_file.ok_or_else(|| {
+                    bad("no master key: set key_file = \"/etc/trireme/master.key\" (create it with `trireme-controller keygen --key-file ...`), \
+                         or a [key_service] table with provider = \"vault-transit\" or \"aws-kms\"".into())
+                })?,
+            },
+        };
+        if let KeySource::Local { key_file } = &key_source {
+            for l in &locations {
+                if let Location::File(dir) = &l.location {
+                    if key_file.starts_with(dir) {
+                        return Err(bad(format!(
+                            "key_file {} is inside location {:?} ({}): the master key must never be stored with the backups it opens; move it out",
+                            key_file.display(),
+                            l.name,
+                            dir.display()
+                        )));
+                    }
                 }
             }
         }
@@ -381,7 +637,7 @@ impl ControllerConfig {
         Ok(ControllerConfig {
             listen,
             data_dir: abs(&raw.data_dir),
-            key_file,
+            key_source,
             tls,
             locations,
             heartbeat_interval,
@@ -518,6 +774,141 @@ url = "file:///tmp/x"
 }
 
 #[cfg(test)]
+mod key_service_tests {
+    use super::*;
+
+    const BASE: &str = r#"
+data_dir = "data"
+[tls]
+dir = "tls"
+name = "localhost"
+[[location]]
+name = "primary"
+url = "file:///tmp/x"
+"#;
+
+    fn parse(top: &str, table: &str) -> std::result::Result<KeySource, String> {
+        let text = format!("{top}\n{BASE}\n{table}");
+        ControllerConfig::parse(Path::new("/etc/trireme/c.toml"), &text)
+            .map(|c| c.key_source)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn each_provider_parses_into_its_settings() {
+        assert_eq!(
+            parse("key_file = \"master.key\"", "").unwrap(),
+            KeySource::Local {
+                key_file: "/etc/trireme/master.key".into()
+            }
+        );
+        assert_eq!(
+            parse("key_file = \"k\"", "[key_service]\nprovider = \"local\"\n")
+                .unwrap()
+                .provider(),
+            "local"
+        );
+        let v = parse(
+            "",
+            "[key_service]\nprovider = \"vault-transit\"\naddress = \"https://vault:8200\"\nkey = \"trireme\"\ntoken_file = \"vault.token\"\nnamespace = \"ops\"\nca_file = \"ca.pem\"\ntimeout = \"3s\"\n",
+        )
+        .unwrap();
+        let KeySource::VaultTransit(v) = v else {
+            panic!("{v:?}")
+        };
+        assert_eq!(v.mount, "transit");
+        assert_eq!(v.token_file, Path::new("/etc/trireme/vault.token"));
+        assert_eq!(v.ca_file.as_deref(), Some(Path::new("/etc/trireme/ca.pem")));
+        assert_eq!(v.namespace.as_deref(), Some("ops"));
+        assert_eq!(v.timeout, Duration::from_secs(3));
+        let a = parse(
+            "",
+            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/trireme\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\ncredentials_file = \"kms.creds\"\n",
+        )
+        .unwrap();
+        assert!(
+            a.describe().starts_with(
+                "aws-kms: key alias/trireme in eu-west-1 (endpoint http://127.0.0.1:4566)"
+            ),
+            "{}",
+            a.describe()
+        );
+        let KeySource::AwsKms(a) = a else {
+            panic!("{a:?}")
+        };
+        assert_eq!(
+            a.credentials_file.as_deref(),
+            Some(Path::new("/etc/trireme/kms.creds"))
+        );
+        // The key-file placement rule is the local provider's only.
+        let e = parse("key_file = \"/tmp/x/master.key\"", "").unwrap_err();
+        assert!(e.contains("must never be stored with the backups"), "{e}");
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let vault = "[key_service]\nprovider = \"vault-transit\"\naddress = \"https://vault:8200\"\nkey = \"trireme\"\ntoken_file = \"t\"\n";
+        let aws =
+            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/t\"\nregion = \"eu-west-1\"\n";
+        for (top, table, needles) in [
+            ("", "", &["no master key", "key_file", "[key_service]"][..]),
+            (
+                "key_file = \"k\"",
+                aws,
+                &["both key_file", "aws-kms", "exactly one"][..],
+            ),
+            (
+                "key_file = \"k\"",
+                vault,
+                &["both key_file", "vault-transit"][..],
+            ),
+            (
+                "",
+                "[key_service]\nprovider = \"local\"\n",
+                &["needs the top-level key_file"][..],
+            ),
+            (
+                "",
+                "[key_service]\nprovider = \"gcp\"\n",
+                &["\"gcp\" is not a key provider"][..],
+            ),
+            (
+                "",
+                &format!("{aws}token_file = \"t\"\n"),
+                &["does not take `token_file`", "a vault-transit setting"][..],
+            ),
+            (
+                "",
+                &format!("{vault}region = \"x\"\n"),
+                &["does not take `region`", "an aws-kms setting"][..],
+            ),
+            (
+                "",
+                &aws.replace("region = \"eu-west-1\"\n", ""),
+                &["needs region"][..],
+            ),
+            (
+                "",
+                &vault.replace("token_file = \"t\"\n", ""),
+                &["needs token_file"][..],
+            ),
+            (
+                "",
+                &vault.replace("https://vault:8200", "vault:8200"),
+                &["address"][..],
+            ),
+            ("", &format!("{aws}timeout = \"soon\"\n"), &["timeout"][..]),
+            ("", &format!("{aws}tokenfile = \"t\"\n"), &["tokenfile"][..]),
+        ] {
+            let e = parse(top, table).unwrap_err();
+            for n in needles {
+                assert!(e.contains(n), "{top} {table}: {e} lacks {n}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod example_tests {
     use super::*;
 
@@ -531,5 +922,32 @@ mod example_tests {
         assert_eq!(c.locations.len(), 3);
         assert_eq!(c.agent_timeout, Duration::from_secs(300));
         assert!(c.mfa.required);
+        assert_eq!(c.key_source.provider(), "local");
+    }
+
+    #[test]
+    fn the_shipped_key_service_snippets_parse() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples"));
+        let base = std::fs::read_to_string(dir.join("controller.toml")).unwrap();
+        let base: String = base
+            .lines()
+            .filter(|l| !l.starts_with("key_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for (file, provider) in [
+            ("key-service-vault-transit.toml", "vault-transit"),
+            ("key-service-aws-kms.toml", "aws-kms"),
+        ] {
+            let snippet = std::fs::read_to_string(dir.join(file)).unwrap();
+            let c = ControllerConfig::parse(&dir.join(file), &format!("{base}\n{snippet}"))
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(c.key_source.provider(), provider, "{file}");
+            // With the example's key_file as well: both, refused.
+            let both = format!("key_file = \"/etc/trireme/master.key\"\n{base}\n{snippet}");
+            let e = ControllerConfig::parse(&dir.join(file), &both)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("both key_file"), "{file}: {e}");
+        }
     }
 }

@@ -150,6 +150,7 @@ impl KeyApi {
             .await
             .map_err(|e| match e {
                 trireme_common::Error::WrongKey(m) => Status::failed_precondition(m),
+                e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
                 e => Status::invalid_argument(e.to_string()),
             })?;
         Ok((w, k.as_bytes().to_vec()))
@@ -226,7 +227,10 @@ impl KeyService for KeyApi {
             .master_key
             .generate()
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| match e {
+                e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
+                e => Status::internal(e.to_string()),
+            })?;
         lock(&self.job_scope(&job).generated).insert(wrapped.clone());
         tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, "data key generated");
         self.shared.record(

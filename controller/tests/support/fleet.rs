@@ -67,6 +67,10 @@ pub struct Fleet {
     pub locations: Vec<String>,
     /// Lines of the `[replication]` table.
     pub replication: String,
+    /// The master key's settings in controller.toml: the top-level
+    /// `key_file` line by default (the key `Fleet::new` made), or e.g. a
+    /// `[key_service]` table for an external KMS.
+    pub key_section: String,
 }
 
 pub struct AgentSpec {
@@ -117,15 +121,16 @@ impl Fleet {
             .map(|i| format!("file://{}", dir.join(format!("loc{i}")).display()))
             .collect();
         Fleet {
+            key_section: format!("key_file = \"{}\"\n", dir.join("master.key").display()),
             tmp,
             ca,
             port: free_port(),
             locations,
-            dir,
             controller: None,
             agents: BTreeMap::new(),
             controller_extra: String::new(),
             replication: "every = \"2s\"\n".into(),
+            dir,
         }
     }
 
@@ -153,10 +158,16 @@ impl Fleet {
             .unwrap()
     }
 
-    pub fn start_controller(&mut self) {
+    /// Write controller.toml; its path.
+    pub fn write_controller_config(&self) -> PathBuf {
         let cfg = self.dir.join("controller.toml");
+        // Top-level keys first (key_file, extra), then the tables.
+        let (top, tables) = match self.key_section.find('[') {
+            Some(i) if self.key_section[..i].trim().is_empty() => ("", self.key_section.as_str()),
+            _ => (self.key_section.as_str(), ""),
+        };
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{d}/master.key\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\n{top}heartbeat_interval = \"1s\"\n{extra}\n{tables}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
             port = self.port,
             d = self.dir.display(),
             ca = self.ca.display(),
@@ -170,6 +181,11 @@ impl Fleet {
             ));
         }
         std::fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    pub fn start_controller(&mut self) {
+        let cfg = self.write_controller_config();
         let log = Self::log_file(&self.controller_log());
         let child = Command::new(bin("trireme-controller"))
             .args(["run", "--config"])

@@ -5,6 +5,8 @@
 pub mod fleet;
 #[path = "../../../common/tests/support/garage.rs"]
 pub mod garage;
+#[path = "../../../common/tests/support/moto.rs"]
+pub mod moto;
 #[path = "../../../common/tests/support/ports.rs"]
 pub mod ports;
 pub mod redis;
