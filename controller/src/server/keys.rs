@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use trireme_common::{Identity, Role, WrappedKey};
+use trireme_common::{Identity, KeyProvider, Role, WrappedKey};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, UnwrapDataKeysReply, UnwrapDataKeysRequest,
