@@ -67,6 +67,8 @@ pub struct Fleet {
     pub locations: Vec<String>,
     /// Lines of the `[replication]` table.
     pub replication: String,
+    /// The controller's master key file (default `master.key`).
+    pub key_file: PathBuf,
 }
 
 pub struct AgentSpec {
@@ -116,6 +118,7 @@ impl Fleet {
         let locations = (1..=3)
             .map(|i| format!("file://{}", dir.join(format!("loc{i}")).display()))
             .collect();
+        let key_file = dir.join("master.key");
         Fleet {
             tmp,
             ca,
@@ -126,6 +129,7 @@ impl Fleet {
             agents: BTreeMap::new(),
             controller_extra: String::new(),
             replication: "every = \"2s\"\n".into(),
+            key_file,
         }
     }
 
@@ -153,12 +157,13 @@ impl Fleet {
             .unwrap()
     }
 
-    pub fn start_controller(&mut self) {
-        let cfg = self.dir.join("controller.toml");
+    /// Write a controller configuration naming `key_file` to `path`.
+    pub fn write_controller_config(&self, path: &Path, key_file: &Path) {
         let mut text = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{d}/master.key\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\nkey_file = \"{k}\"\nheartbeat_interval = \"1s\"\n{extra}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
             port = self.port,
             d = self.dir.display(),
+            k = key_file.display(),
             ca = self.ca.display(),
             extra = self.controller_extra,
             rep = self.replication,
@@ -169,7 +174,17 @@ impl Fleet {
                 i + 1
             ));
         }
-        std::fs::write(&cfg, text).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// The configuration `start_controller` writes and runs.
+    pub fn controller_config(&self) -> PathBuf {
+        self.dir.join("controller.toml")
+    }
+
+    pub fn start_controller(&mut self) {
+        let cfg = self.controller_config();
+        self.write_controller_config(&cfg, &self.key_file.clone());
         let log = Self::log_file(&self.controller_log());
         let child = Command::new(bin("trireme-controller"))
             .args(["run", "--config"])
@@ -185,6 +200,22 @@ impl Fleet {
         wait_for("the controller to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(addr).ok()
         });
+    }
+
+    /// SIGTERM the controller and wait for it to exit.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// SIGKILL the controller.
@@ -460,11 +491,12 @@ pub fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// Relative path → bytes of the repository objects under a `file://`
-/// location. The audit log's mirror segments (`audit/`) are left out: they
-/// are written to each location on their own schedule, not replicated.
+/// location. The audit log's mirror segments (`audit/`) and key tables
+/// (`keys/`) are left out: they are written to each location on their own,
+/// not replicated.
 pub fn location_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut t = tree(dir);
-    t.retain(|k, _| !k.starts_with("audit"));
+    t.retain(|k, _| !k.starts_with("audit") && !k.starts_with("keys"));
     t
 }
 
