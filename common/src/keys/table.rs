@@ -9,7 +9,7 @@
 //! truncated or swapped table is refused when it is loaded.
 //!
 //! The object is `keys/table-<id>` at every location (see `docs/format.md`,
-//! section 16, for the bytes). [`SealedTable`] is a table read but not yet
+//! section 3.3, for the bytes). [`SealedTable`] is a table read but not yet
 //! authenticated; only [`SealedTable::open`] gives a [`KeyTable`].
 
 use std::collections::BTreeMap;
