@@ -141,6 +141,20 @@ fn a_rotated_controller_restores_with_only_the_new_key_and_rotates_again() {
         assert!(f.location(i).join(&table).exists(), "{table} at loc{i}");
     }
 
+    // Local mode reads no key tables, and says so.
+    let out = Command::new(bin("trireme-agent"))
+        .args(["restore", &first[..12], "--location"])
+        .arg(format!("file://{}", f.location(1).display()))
+        .arg("--key-file")
+        .arg(f.dir.join("key1.key"))
+        .arg("--target")
+        .arg(f.dir.join("local-restore"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("rotated by trireme-controller"), "{err}");
+
     // The old key is destroyed; the controller runs on the new one.
     std::fs::remove_file(f.dir.join("master.key")).unwrap();
     f.key_file = f.dir.join("key1.key");
