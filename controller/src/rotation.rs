@@ -170,7 +170,8 @@ pub async fn effective(
 /// Before a catalog rebuild from `backend` (location `name`): if it holds a
 /// table for the current master key that the controller lacks, or a newer
 /// one, use it from now on and keep it in the catalog. Returns its name
-/// when adopted.
+/// when adopted. A bad table there is an error only when the controller has
+/// none of its own (else it is logged and the controller's is kept).
 ///
 /// # Errors
 /// Storage errors; a damaged or altered table at the location, named.
@@ -181,9 +182,14 @@ pub async fn adopt_from(
     backend: &DynBackend,
     now: DateTime<Utc>,
 ) -> Result<Option<String>> {
-    let found = table_at(backend, keys.current().as_ref())
-        .await
-        .map_err(|e| Error::Rotation(format!("location {name}: {e}")))?;
+    let found = match table_at(backend, keys.current().as_ref()).await {
+        Ok(t) => t,
+        Err(e) if keys.table().is_some() => {
+            tracing::warn!(location = %name, error = %e, "the location's key table is unusable; keeping the controller's (`trireme-controller key verify` repairs the location's copy)");
+            None
+        }
+        Err(e) => return Err(Error::Rotation(format!("location {name}: {e}"))),
+    };
     let Some(t) = found else {
         return Ok(None);
     };
@@ -268,6 +274,14 @@ pub struct RotateReport {
     pub damaged: Vec<String>,
     /// Older tables the new one supersedes (removed by `key verify`).
     pub supersedes: Vec<String>,
+}
+
+/// One stored key wrapped again: its table hash, its new wrapped form, and
+/// the data key (to check the table against).
+struct Rewrap {
+    hash: [u8; 32],
+    wrapped: WrappedKey,
+    key: Vec<u8>,
 }
 
 /// Open every location but `skip`; refuse naming one that cannot be
@@ -388,43 +402,46 @@ pub async fn rotate(req: RotateRequest<'_>) -> Result<RotateReport> {
     let count = keys.len();
 
     // Unwrap under the old key, wrap under the new.
-    let results: Vec<(String, Result<Option<([u8; 32], WrappedKey, Vec<u8>)>>)> =
-        futures::stream::iter(keys)
-            .map(|(w, place)| {
-                let (cache, new) = (&cache, new.clone());
-                async move {
-                    let r = async {
-                        match cache.unwrap(&w).await {
-                            Ok(k) => {
-                                let w2 = new.wrap(&k).await?;
-                                Ok(Some((entry_hash(&w), w2, k.as_bytes().to_vec())))
-                            }
-                            Err(trireme_common::Error::WrongKey(m)) => {
-                                if new.unwrap(&w).await.is_ok() {
-                                    Ok(None)
-                                } else {
-                                    Err(Error::from(trireme_common::Error::WrongKey(m)))
-                                }
-                            }
-                            Err(e) => Err(e.into()),
+    let results: Vec<(String, Result<Option<Rewrap>>)> = futures::stream::iter(keys)
+        .map(|(w, place)| {
+            let (cache, new) = (&cache, new.clone());
+            async move {
+                let r = async {
+                    match cache.unwrap(&w).await {
+                        Ok(k) => {
+                            let w2 = new.wrap(&k).await?;
+                            Ok(Some(Rewrap {
+                                hash: entry_hash(&w),
+                                wrapped: w2,
+                                key: k.as_bytes().to_vec(),
+                            }))
                         }
+                        Err(trireme_common::Error::WrongKey(m)) => {
+                            if new.unwrap(&w).await.is_ok() {
+                                Ok(None)
+                            } else {
+                                Err(Error::from(trireme_common::Error::WrongKey(m)))
+                            }
+                        }
+                        Err(e) => Err(e.into()),
                     }
-                    .await;
-                    (place, r)
                 }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
+                .await;
+                (place, r)
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
     let mut entries = BTreeMap::new();
     let mut expected: Vec<([u8; 32], Vec<u8>)> = Vec::new();
     let mut already_new = 0;
     let mut failed = Vec::new();
     for (place, r) in results {
         match r {
-            Ok(Some((h, w2, k))) => {
-                entries.insert(h, w2);
-                expected.push((h, k));
+            Ok(Some(Rewrap { hash, wrapped, key })) => {
+                entries.insert(hash, wrapped);
+                expected.push((hash, key));
             }
             Ok(None) => already_new += 1,
             Err(e) => failed.push(format!("{place}: {e}")),

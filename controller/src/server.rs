@@ -400,7 +400,7 @@ pub async fn run(
                     if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
                         tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
                     }
-                    if !has_table.contains(name) {
+                    if !has_table.contains(name) && s.master_key.table().is_some() {
                         match crate::rotation::mirror_to(&s.master_key, backend).await {
                             Ok(wrote) => {
                                 if wrote {

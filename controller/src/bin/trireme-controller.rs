@@ -545,7 +545,7 @@ fn key_verify(config: &Path) -> anyhow::Result<()> {
             .table
             .as_ref()
             .map(|t| format!(" with key table {t}"))
-            .unwrap_or_else(|| " (no key table: never rotated)".into())
+            .unwrap_or_else(|| " (no key table for this key)".into())
     );
     for l in &report.locations {
         let table = match (&l.table, l.table_written) {
