@@ -88,7 +88,21 @@ async fn open(args: &RepoArgs) -> Result<Arc<Repository>> {
     let location = Location::parse(&args.location)?;
     let keys = key_provider(&args.key_file)?;
     let backend = location.open().await?;
-    Ok(Arc::new(Repository::open(backend, keys).await?))
+    match Repository::open(backend.clone(), keys).await {
+        Ok(r) => Ok(Arc::new(r)),
+        Err(e @ trireme_common::Error::WrongKey(_)) => {
+            // Key tables are a controller feature (master-key rotation).
+            let rotated = backend
+                .list(trireme_common::ObjectKind::Keys)
+                .await
+                .is_ok_and(|k| !k.is_empty());
+            if rotated {
+                bail!("{e}; this repository's master key was rotated by trireme-controller (key tables under keys/): local mode reads no key tables, so restore through the controller, or use the key the data was written under");
+            }
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub fn keygen(path: &Path) -> Result<ExitCode> {

@@ -38,6 +38,12 @@ pub enum ObjectKind {
     /// [`ObjectKind::ALL`] (replication and checks leave it alone), and not
     /// content-addressed.
     Audit,
+    /// Key tables (`keys/table-<master key id>`): after a master-key
+    /// rotation, the stored data keys wrapped again under the new master key
+    /// (see [`crate::keys::KeyTable`]). Like the audit mirror, not part of the
+    /// repository proper (not in [`ObjectKind::ALL`]) and not
+    /// content-addressed: the controller writes them to every location.
+    Keys,
 }
 
 impl ObjectKind {
@@ -57,6 +63,7 @@ impl ObjectKind {
             ObjectKind::Index => "index/",
             ObjectKind::Snapshot => "snapshots/",
             ObjectKind::Audit => "audit/",
+            ObjectKind::Keys => "keys/",
         }
     }
 }
@@ -113,6 +120,8 @@ impl ObjectKey {
             (ObjectKind::Snapshot, rest)
         } else if let Some(rest) = path.strip_prefix("audit/") {
             (ObjectKind::Audit, rest)
+        } else if let Some(rest) = path.strip_prefix("keys/") {
+            (ObjectKind::Keys, rest)
         } else {
             return None;
         };
@@ -123,9 +132,12 @@ impl ObjectKey {
     }
 
     /// Whether the object's name is the SHA-256 of its bytes (all but the
-    /// config and the audit mirror's segments).
+    /// config, the audit mirror's segments and the key tables).
     pub fn is_content_addressed(&self) -> bool {
-        !matches!(self.kind, ObjectKind::Config | ObjectKind::Audit)
+        !matches!(
+            self.kind,
+            ObjectKind::Config | ObjectKind::Audit | ObjectKind::Keys
+        )
     }
 }
 
@@ -218,6 +230,7 @@ mod tests {
             ObjectKey::new(ObjectKind::Index, "cd".repeat(32)),
             ObjectKey::new(ObjectKind::Snapshot, "ef".repeat(32)),
             ObjectKey::new(ObjectKind::Audit, "00000000000000000001.jsonl"),
+            ObjectKey::new(ObjectKind::Keys, "table-0123456789abcdef"),
         ];
         for key in keys {
             assert_eq!(ObjectKey::from_path(&key.path()), Some(key.clone()));

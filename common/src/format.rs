@@ -151,7 +151,7 @@ impl RepoConfig {
 }
 
 /// Checks `magic || version` at the start of an object and returns the rest.
-fn check_magic<'a>(key: &str, bytes: &'a [u8], magic: [u8; 4]) -> Result<&'a [u8]> {
+pub(crate) fn check_magic<'a>(key: &str, bytes: &'a [u8], magic: [u8; 4]) -> Result<&'a [u8]> {
     if bytes.len() < 5 || bytes[..4] != magic {
         return Err(Error::corrupt(
             key,

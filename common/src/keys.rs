@@ -8,6 +8,19 @@
 //!
 //! The first byte of a wrapped key names the scheme, hence the provider that
 //! made it (docs/format.md §3): 1 local key file, 2 Vault transit, 3 AWS KMS.
+//!
+//! A master-key rotation leaves a [`KeyTable`] (the stored data keys wrapped
+//! again under the new master key); [`Rewrapped`] is the provider that reads
+//! through it.
+
+mod rewrapped;
+mod table;
+
+pub use rewrapped::Rewrapped;
+pub use table::{
+    entry_hash, find_table, table_name_for, KeyTable, SealedTable, TABLE_MAGIC, TABLE_PREFIX,
+    TABLE_VERSION,
+};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -57,6 +70,13 @@ pub trait KeyProvider: Send + Sync + fmt::Debug {
     /// When the key service cannot be reached or refuses, or the provider
     /// cannot wrap (an agent's view of the controller's key service).
     async fn wrap(&self, key: &DataKey) -> Result<WrappedKey>;
+
+    /// A short, stable, non-secret name of the master key this provider
+    /// wraps under (a local key file's fingerprint), when it has one. Key
+    /// tables are named after it; without one they are found by trying them.
+    fn master_key_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared key provider.
@@ -238,6 +258,10 @@ impl KeyProvider for LocalKeyFile {
             .try_into()
             .map_err(|_| Error::Key("bad data key length".into()))?;
         Ok(DataKey::from_bytes(raw))
+    }
+
+    fn master_key_id(&self) -> Option<String> {
+        Some(self.key_id())
     }
 }
 

@@ -32,7 +32,7 @@ pub use check::CheckReport;
 pub use crypto::Id;
 pub use error::{Error, Result};
 pub use format::ChunkerParams;
-pub use keys::{DynKeyProvider, KeyProvider, LocalKeyFile, WrappedKey};
+pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, WrappedKey};
 pub use location::Location;
 pub use manifest::{ContentKind, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexedRepo, Repository, Snapshot};

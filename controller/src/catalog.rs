@@ -25,6 +25,7 @@
 //! | `retention` | class name                   | [`RetentionClass`](crate::retention::RetentionClass) |
 //! | `pruning`   | snapshot id, 32 bytes        | [`PendingPrune`](crate::prune::PendingPrune): removed, still at skipped locations |
 //! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) |
+//! | `key_tables`| key table name (`table-<key id>`) | [`StoredKeyTable`](crate::rotation::StoredKeyTable): a master-key rotation's table, as at the locations |
 
 mod tree;
 
@@ -257,6 +258,7 @@ pub struct Catalog {
     retention: Tree<String, crate::retention::RetentionClass>,
     pruning: Tree<Id, crate::prune::PendingPrune>,
     tombstones: Tree<String, DateTime<Utc>>,
+    key_tables: Tree<String, crate::rotation::StoredKeyTable>,
 }
 
 impl fmt::Debug for Catalog {
@@ -322,6 +324,7 @@ impl Catalog {
             retention: Tree::new(open("retention")?, "retention"),
             pruning: Tree::new(open("pruning")?, "pruning"),
             tombstones: Tree::new(open("tombstones")?, "tombstones"),
+            key_tables: Tree::new(open("key_tables")?, "key_tables"),
             path: path.clone(),
             db,
         };
@@ -438,6 +441,11 @@ impl Catalog {
     /// Objects prune deleted (by path): replication does not copy them back.
     pub fn tombstones(&self) -> &Tree<String, DateTime<Utc>> {
         &self.tombstones
+    }
+
+    /// Key tables of master-key rotations, by object name.
+    pub fn key_tables(&self) -> &Tree<String, crate::rotation::StoredKeyTable> {
+        &self.key_tables
     }
 
     /// Run `f` as one serializable transaction over every tree: all its

@@ -159,6 +159,11 @@ pub enum Error {
     #[error(transparent)]
     Common(#[from] trireme_common::Error),
 
+    /// A master-key rotation or key check cannot go on; the message names
+    /// the location, object or key at fault and what to do.
+    #[error("{0}")]
+    Rotation(String),
+
     /// An I/O error outside the catalog.
     #[error("{context}: {source}")]
     Io {

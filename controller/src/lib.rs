@@ -15,6 +15,7 @@ pub mod recovery;
 pub mod recovery_key;
 pub mod replication;
 pub mod retention;
+pub mod rotation;
 pub mod scheduler;
 pub mod server;
 

@@ -46,8 +46,9 @@ pub struct Shared {
     pub catalog: Catalog,
     /// The scheduler (also the controller's clock).
     pub scheduler: Scheduler,
-    /// The key service's master key.
-    pub master_key: trireme_common::DynKeyProvider,
+    /// The key service's master key, with the key table of its last
+    /// rotation (see [`crate::rotation`]).
+    pub master_key: Arc<trireme_common::Rewrapped>,
     /// Locations, primary first.
     pub locations: Vec<LocationConfig>,
     /// Connected agents.
@@ -368,13 +369,20 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let master_key = key_provider(&config).await?;
+    let provider = key_provider(&config).await?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source: e,
     })?;
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
+    // Keys wrapped under a retired master key open through its key table.
+    let master_key = Arc::new(
+        crate::rotation::effective(&catalog, &config.locations, provider, Utc::now()).await?,
+    );
+    if let Some(t) = master_key.table() {
+        tracing::info!(table = %t.name(), entries = t.len(), "using the key table of the last master-key rotation");
+    }
     let backends = prepare_locations(&config.locations, master_key.clone()).await?;
     let mirrors: Vec<(String, trireme_common::DynBackend)> = config
         .locations
@@ -503,16 +511,29 @@ pub async fn run(
         }));
     }
     {
-        // Mirror new audit entries to every location, as often as replication runs.
+        // Mirror new audit entries to every location, as often as replication
+        // runs, and the key table to locations that lack it.
         let s = shared.clone();
         let mut stop = stop_rx.clone();
         let every = s.replicator.settings().every;
         tasks.push(tokio::spawn(async move {
             let mut stopping = false;
+            let mut has_table = std::collections::HashSet::new();
             loop {
                 for (name, backend) in &mirrors {
                     if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
                         tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
+                    }
+                    if !has_table.contains(name) && s.master_key.table().is_some() {
+                        match crate::rotation::mirror_to(&s.master_key, backend).await {
+                            Ok(wrote) => {
+                                if wrote {
+                                    tracing::info!(location = %name, "wrote the key table to this location");
+                                }
+                                has_table.insert(name.clone());
+                            }
+                            Err(e) => tracing::warn!(location = %name, error = %e, "cannot write the key table; will retry"),
+                        }
                     }
                 }
                 if stopping {

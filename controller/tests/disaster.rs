@@ -144,3 +144,86 @@ fn a_new_controller_rebuilds_its_catalog_from_one_location_and_restores() {
         "unchanged files reused from the rebuilt parent: {backup}"
     );
 }
+
+/// The same disaster after a master-key rotation: only the new key is
+/// exported and imported, the old one is gone, and the new controller finds
+/// the key table at the locations.
+#[test]
+fn after_a_rotation_the_new_key_alone_rebuilds_and_restores() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 8, 120_000, 5);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snaps = f.cli_json(&["snapshots", "ls", "web-1/files"]);
+    let id = snaps[0]["id"].as_str().unwrap().to_string();
+    wait_verified(&f, &id, 3, Duration::from_secs(60));
+    let want = tree(&data);
+
+    // Rotate to a new key file (controller stopped).
+    f.stop_controller();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let new_key = f.dir.join("new.key");
+    controller_cmd(&["keygen", "--key-file", &s(&new_key)]);
+    let new_cfg = f.dir.join("new.toml");
+    f.write_config_with_key(&new_cfg, &new_key);
+    controller_cmd(&[
+        "key",
+        "rotate",
+        "--config",
+        &s(&f.controller_config()),
+        "--new-config",
+        &s(&new_cfg),
+    ]);
+
+    // The new key's recovery export; then the host is lost with both keys.
+    let export = f.dir.join("recovery.key");
+    let pass = f.dir.join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    controller_cmd(&[
+        "key",
+        "export",
+        "--key-file",
+        &s(&new_key),
+        "--out",
+        &s(&export),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    std::fs::remove_dir_all(f.dir.join("controller")).unwrap();
+    std::fs::remove_file(f.dir.join("master.key")).unwrap();
+    std::fs::remove_file(&new_key).unwrap();
+    controller_cmd(&[
+        "key",
+        "import",
+        "--in",
+        &s(&export),
+        "--key-file",
+        &s(&new_key),
+        "--passphrase-file",
+        &s(&pass),
+    ]);
+    f.use_key_file(&new_key);
+    f.start_controller();
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["catalog", "rebuild", "--from", "loc2"]);
+    assert!(out.contains("1 snapshots found, 1 added"), "{out}");
+    let target = f.dir.join("restored");
+    let out = f.cli(&[
+        "restore",
+        &id[..12],
+        "--to",
+        &format!("web-1:{}", target.display()),
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(
+        tree(&target) == want,
+        "the restore differs from the data backed up"
+    );
+    wait_verified(&f, &id, 3, Duration::from_secs(60));
+}

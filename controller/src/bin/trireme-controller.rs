@@ -1,6 +1,7 @@
 //! `trireme-controller`: the daemon (`run`), its key file (`keygen`, the
-//! recovery copy: `key export` / `key import`) and the offline check of its
-//! audit log (`audit verify`).
+//! recovery copy: `key export` / `key import`, master-key rotation: `key
+//! rotate` / `key verify`) and the offline check of its audit log (`audit
+//! verify`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,8 @@ enum Command {
         #[arg(long)]
         key_file: PathBuf,
     },
-    /// The master key's recovery copy, wrapped by a passphrase.
+    /// The master key: its recovery copy (wrapped by a passphrase) and its
+    /// rotation.
     #[command(subcommand)]
     Key(KeyCmd),
     /// The audit log, read from the catalog directly (stop the controller
@@ -102,6 +104,30 @@ enum KeyCmd {
         config: Option<PathBuf>,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+    },
+    /// Rotate the master key without re-encrypting data (stop the
+    /// controller first): every stored data key is wrapped again under the
+    /// new key into a key table, written to the catalog and every location.
+    Rotate {
+        /// The controller configuration as it is now (the old key).
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: PathBuf,
+        /// The same configuration with the new key settings (for a key
+        /// file: one made with `trireme-controller keygen`).
+        #[arg(long)]
+        new_config: PathBuf,
+        /// Leave out a location that cannot be reached (repeatable); its
+        /// copies still need the old key until `key verify` passes there.
+        #[arg(long = "skip-location", value_name = "NAME")]
+        skip: Vec<String>,
+    },
+    /// Check that the configured master key (with its key table) opens every
+    /// stored key at every location and in the catalog (stop the controller
+    /// first); then remove the key tables the current one supersedes.
+    Verify {
+        /// The controller configuration.
+        #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
+        config: PathBuf,
     },
 }
 
@@ -185,6 +211,12 @@ fn main() -> ExitCode {
             config,
             passphrase,
         }) => key_import(&input, &key_file, config.as_deref(), &passphrase),
+        Command::Key(KeyCmd::Rotate {
+            config,
+            new_config,
+            skip,
+        }) => key_rotate(&config, &new_config, &skip),
+        Command::Key(KeyCmd::Verify { config }) => key_verify(&config),
         Command::Audit(AuditCmd::Verify { data_dir, config }) => audit_verify(data_dir, config),
         Command::Mfa(MfaCmd::Reset { name, config }) => mfa_reset(&name, &config),
     };
@@ -385,6 +417,186 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
         }
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// Open the catalog for an offline command; a running controller (which
+/// holds the catalog's lock) is named as such.
+fn open_offline(config: &ControllerConfig, what: &str) -> anyhow::Result<Catalog> {
+    let path = config.data_dir.join("catalog");
+    match Catalog::open(&path) {
+        Ok(c) => Ok(c),
+        Err(trireme_controller::Error::CatalogOpen {
+            source: sled::Error::Io(e),
+            ..
+        }) if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.to_string().contains("could not acquire lock") =>
+        {
+            bail!(
+                "the controller is running (its catalog {} is locked): `{what}` is an offline maintenance command; stop trireme-controller, run it, then start the controller again",
+                path.display()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn key_rotate(config: &Path, new_config: &Path, skip: &[String]) -> anyhow::Result<()> {
+    let old_cfg = ControllerConfig::load(config)?;
+    let new_cfg = ControllerConfig::load(new_config)?;
+    if old_cfg.data_dir != new_cfg.data_dir {
+        bail!(
+            "{} names data_dir {}, {} names {}: the new configuration must be the same controller's, with only the key settings changed",
+            config.display(),
+            old_cfg.data_dir.display(),
+            new_config.display(),
+            new_cfg.data_dir.display()
+        );
+    }
+    let names = |c: &ControllerConfig| -> Vec<(String, String)> {
+        c.locations
+            .iter()
+            .map(|l| (l.name.clone(), l.url.clone()))
+            .collect()
+    };
+    if names(&old_cfg) != names(&new_cfg) {
+        bail!(
+            "{} and {} list different locations: the new configuration must be the same controller's, with only the key settings changed",
+            config.display(),
+            new_config.display()
+        );
+    }
+    let catalog = open_offline(&old_cfg, "trireme-controller key rotate")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let old = server::key_provider(&old_cfg).await?;
+        let new = server::key_provider(&new_cfg).await?;
+        trireme_controller::rotation::rotate(trireme_controller::rotation::RotateRequest {
+            catalog: &catalog,
+            locations: &old_cfg.locations,
+            skip,
+            old,
+            new,
+            who: local_user(),
+            now: chrono::Utc::now(),
+        })
+        .await
+    })?;
+    tracing::info!(target: "trireme::audit", who = %local_user(), action = "key rotate", old = %report.old_key, new = %report.new_key, table = %report.table, "allowed");
+    println!(
+        "rotated master key {} to {} without re-encrypting data",
+        report.old_key, report.new_key
+    );
+    println!(
+        "key table {}: {} entries ({} wrapped keys found in {} objects and {} MFA secrets; {} carried over from the previous table; {} already under the new key)",
+        report.table,
+        report.entries,
+        report.found,
+        report.objects,
+        report.mfa,
+        report.carried,
+        report.already_new
+    );
+    println!(
+        "written to and read back from: {}; kept in the catalog",
+        report.written.join(", ")
+    );
+    for s in &report.skipped {
+        println!(
+            "SKIPPED {s}: its copies still need the old master key {} until `trireme-controller key verify` passes there (it writes the table once the location is back)",
+            report.old_key
+        );
+    }
+    for d in &report.damaged {
+        println!("damaged everywhere, skipped (readers skip it too): {d}");
+    }
+    if !report.supersedes.is_empty() {
+        println!(
+            "supersedes {} (removed by `key verify` once the new table is verified everywhere)",
+            report.supersedes.join(", ")
+        );
+    }
+    println!("next steps:");
+    println!(
+        "  1. run the controller on {} (the new key)",
+        new_config.display()
+    );
+    println!(
+        "  2. keep the old key until `trireme-controller key verify --config {}` (controller stopped) or a restore test passes",
+        new_config.display()
+    );
+    println!(
+        "  3. then destroy the old key ({}) and its recovery exports, and export the new one: `trireme-controller key export --config {} --out FILE`",
+        old_cfg.key_source.describe(),
+        new_config.display()
+    );
+    Ok(())
+}
+
+fn key_verify(config: &Path) -> anyhow::Result<()> {
+    let cfg = ControllerConfig::load(config)?;
+    let catalog = open_offline(&cfg, "trireme-controller key verify")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let provider = server::key_provider(&cfg).await?;
+        trireme_controller::rotation::verify(
+            &catalog,
+            &cfg.locations,
+            provider,
+            local_user(),
+            chrono::Utc::now(),
+        )
+        .await
+    })?;
+    println!(
+        "master key {}{}",
+        report.key,
+        report
+            .table
+            .as_ref()
+            .map(|t| format!(" with key table {t}"))
+            .unwrap_or_else(|| " (no key table for this key)".into())
+    );
+    for l in &report.locations {
+        let table = match (&l.table, l.table_written) {
+            (Some(t), true) => format!("{t} (was missing: written from the catalog)"),
+            (Some(t), false) => t.clone(),
+            (None, _) => "no key table".into(),
+        };
+        if l.problems.is_empty() {
+            println!(
+                "location {}: ok: {} stored keys in {} objects open; {table}",
+                l.name, l.keys, l.objects
+            );
+        } else {
+            println!("location {}: PROBLEMS ({table}):", l.name);
+            for p in &l.problems {
+                println!("  {p}");
+            }
+        }
+    }
+    println!("catalog: {} MFA secrets open", report.mfa);
+    for p in &report.problems {
+        println!("catalog: PROBLEM: {p}");
+    }
+    for r in &report.removed {
+        println!("removed superseded key table {r}");
+    }
+    if report.ok() {
+        println!(
+            "verified: every stored key opens with master key {}",
+            report.key
+        );
+        Ok(())
+    } else {
+        bail!(
+            "master key {} does not open everything; keep the old key and see the problems above",
+            report.key
+        )
+    }
 }
 
 fn mfa_reset(name: &str, config: &Path) -> anyhow::Result<()> {

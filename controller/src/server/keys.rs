@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
 use trireme_common::scope::{KeyScope, KeyedIndex};
-use trireme_common::{Identity, Repository, Role, WrappedKey};
+use trireme_common::{Identity, KeyProvider, Repository, Role, WrappedKey};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest, KeyPair,

@@ -755,6 +755,16 @@ impl OperatorService for OperatorApi {
                 Status::not_found(format!("no location {name:?}; see `trireme locations ls`"))
             })?;
         let backend = loc.location.open().await.map_err(Error::from)?;
+        // A rotated repository opens with its key table: the location's copy
+        // when the controller has none yet (a new controller after a disaster).
+        let adopted = crate::rotation::adopt_from(
+            &self.shared.catalog,
+            &self.shared.master_key,
+            &name,
+            &backend,
+            self.shared.now(),
+        )
+        .await?;
         let keys: trireme_common::DynKeyProvider = self.shared.master_key.clone();
         let repo = trireme_common::Repository::open(backend, keys)
             .await
@@ -766,11 +776,14 @@ impl OperatorService for OperatorApi {
             peer,
             "catalog rebuild",
             format!(
-                "from {name}: {} snapshots found, {} added, {} known, {} sources added{}",
+                "from {name}: {} snapshots found, {} added, {} known, {} sources added{}{}",
                 r.found,
                 r.added,
                 r.known,
                 r.sources_added,
+                adopted
+                    .map(|t| format!(", key table keys/{t} loaded"))
+                    .unwrap_or_default(),
                 mfa_note(passed)
             ),
         );

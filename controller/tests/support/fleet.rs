@@ -158,13 +158,39 @@ impl Fleet {
             .unwrap()
     }
 
-    /// Write controller.toml; its path.
+    /// The `key_file` line naming `key` (for `key_section`).
+    pub fn key_file_section(key: &Path) -> String {
+        format!("key_file = \"{}\"\n", key.display())
+    }
+
+    /// Run the controller on the local key file `key` from now on.
+    pub fn use_key_file(&mut self, key: &Path) {
+        self.key_section = Self::key_file_section(key);
+    }
+
+    /// The configuration `start_controller` writes and runs.
+    pub fn controller_config(&self) -> PathBuf {
+        self.dir.join("controller.toml")
+    }
+
+    /// Write controller.toml (with `key_section`); its path.
     pub fn write_controller_config(&self) -> PathBuf {
-        let cfg = self.dir.join("controller.toml");
+        let cfg = self.controller_config();
+        self.write_config_to(&cfg, &self.key_section);
+        cfg
+    }
+
+    /// Write a controller configuration naming the local key file `key` to
+    /// `path` (the rest as `start_controller` would write it).
+    pub fn write_config_with_key(&self, path: &Path, key: &Path) {
+        self.write_config_to(path, &Self::key_file_section(key));
+    }
+
+    fn write_config_to(&self, path: &Path, key_section: &str) {
         // Top-level keys first (key_file, extra), then the tables.
-        let (top, tables) = match self.key_section.find('[') {
-            Some(i) if self.key_section[..i].trim().is_empty() => ("", self.key_section.as_str()),
-            _ => (self.key_section.as_str(), ""),
+        let (top, tables) = match key_section.find('[') {
+            Some(i) if key_section[..i].trim().is_empty() => ("", key_section),
+            _ => (key_section, ""),
         };
         let mut text = format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{d}/controller\"\n{top}heartbeat_interval = \"1s\"\n{extra}\n{tables}\n[tls]\ndir = \"{ca}\"\nname = \"localhost\"\n[replication]\n{rep}\n",
@@ -180,8 +206,7 @@ impl Fleet {
                 i + 1
             ));
         }
-        std::fs::write(&cfg, text).unwrap();
-        cfg
+        std::fs::write(path, text).unwrap();
     }
 
     pub fn start_controller(&mut self) {
@@ -201,6 +226,22 @@ impl Fleet {
         wait_for("the controller to listen", Duration::from_secs(30), || {
             std::net::TcpStream::connect(addr).ok()
         });
+    }
+
+    /// SIGTERM the controller and wait for it to exit.
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let start = Instant::now();
+            while c.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(30) {
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
     }
 
     /// SIGKILL the controller.
@@ -476,11 +517,12 @@ pub fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// Relative path → bytes of the repository objects under a `file://`
-/// location. The audit log's mirror segments (`audit/`) are left out: they
-/// are written to each location on their own schedule, not replicated.
+/// location. The audit log's mirror segments (`audit/`) and key tables
+/// (`keys/`) are left out: they are written to each location on their own,
+/// not replicated.
 pub fn location_tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut t = tree(dir);
-    t.retain(|k, _| !k.starts_with("audit"));
+    t.retain(|k, _| !k.starts_with("audit") && !k.starts_with("keys"));
     t
 }
 
