@@ -178,6 +178,10 @@ pub enum Command {
     /// Your second factor (TOTP) for sensitive actions.
     #[command(subcommand)]
     Mfa(MfaCmd),
+    /// The master key's recovery export (`export`, from the running
+    /// controller) and its import on a new controller host (`import`, local).
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Apply retention: remove the snapshots no retention class keeps, and
     /// the data only they use, at every location that is up to date
     /// (`--dry-run` first to see what would go).
@@ -218,6 +222,36 @@ pub enum MfaCmd {
     Confirm {
         /// The 6-digit code.
         code: String,
+    },
+}
+
+/// `trireme key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Write the controller's master key, wrapped by a recovery passphrase
+    /// (argon2id), to a new file (mode 0600). A sensitive action: needs
+    /// --totp when you enrolled. Local key file only (a KMS keeps its key).
+    Export {
+        /// The new file.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Read the passphrase from the first line of this file (not
+        /// readable by others); else TRIREME_RECOVERY_PASSPHRASE; else a prompt.
+        #[arg(long)]
+        passphrase_file: Option<std::path::PathBuf>,
+    },
+    /// On a new controller host, before it starts: unwrap an export into a
+    /// new key file (mode 0600); the same as `trireme-controller key import`.
+    Import {
+        /// The export file.
+        #[arg(long = "in")]
+        input: std::path::PathBuf,
+        /// The key file to create (the new controller's `key_file`).
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// As for `export`.
+        #[arg(long)]
+        passphrase_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -535,6 +569,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     match command {
         Command::Cert(cmd) => cert_cmd::run(cmd),
+        Command::Key(KeyCmd::Import {
+            input,
+            key_file,
+            passphrase_file,
+        }) => {
+            use anyhow::Context as _;
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading the export {}", input.display()))?;
+            let pass = crate::recovery_key::ask_passphrase(passphrase_file.as_deref(), false)?;
+            let id =
+                crate::recovery_key::import(&input.display().to_string(), &text, &pass, &key_file)?;
+            output::println(&format!(
+                "restored master key {id} to {}; point the new controller's key_file at it",
+                key_file.display()
+            ))
+        }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "trireme", &mut script);

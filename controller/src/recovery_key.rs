@@ -56,6 +56,10 @@ pub enum RecoveryError {
         /// The provider, as [`crate::server::config::KeySource::describe`].
         provider: String,
     },
+    /// No passphrase was given and there is no terminal to ask on, or the
+    /// two entries differ.
+    #[error("{0}")]
+    NoPassphrase(String),
     /// File system errors.
     #[error("{context}: {source}")]
     Io {
@@ -300,6 +304,61 @@ pub fn passphrase_from_file(path: &Path) -> Result<String> {
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// The recovery passphrase: the first line of `file`, else
+/// `TRIREME_RECOVERY_PASSPHRASE`, else a prompt on the terminal (twice when
+/// `confirm`).
+///
+/// # Errors
+/// No source of a passphrase, entries that differ, terminal errors.
+pub fn ask_passphrase(file: Option<&Path>, confirm: bool) -> Result<String> {
+    use std::io::IsTerminal;
+    if let Some(f) = file {
+        return passphrase_from_file(f);
+    }
+    if let Ok(p) = std::env::var("TRIREME_RECOVERY_PASSPHRASE") {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(RecoveryError::NoPassphrase(
+            "no recovery passphrase: give --passphrase-file FILE or set TRIREME_RECOVERY_PASSPHRASE (or run on a terminal to be asked)".into(),
+        ));
+    }
+    let first = prompt("recovery passphrase: ")?;
+    if confirm && prompt("again: ")? != first {
+        return Err(RecoveryError::NoPassphrase(
+            "the two passphrases differ; nothing was written".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// Read a line from the terminal without echo.
+fn prompt(text: &str) -> Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    use std::io::{BufRead, Write};
+    let io = |context: &str, e: std::io::Error| RecoveryError::Io {
+        context: context.into(),
+        source: e,
+    };
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| io("opening the terminal to ask for the passphrase", e))?;
+    let before = tcgetattr(&tty).map_err(|e| io("reading the terminal settings", e.into()))?;
+    let mut quiet = before.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(&tty, OptionalActions::Now, &quiet).map_err(|e| io("turning off echo", e.into()))?;
+    let mut out = &tty;
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let _ = tcsetattr(&tty, OptionalActions::Now, &before);
+    let _ = out.write_all(b"\n");
+    read.map_err(|e| io("reading the passphrase", e))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
 #[cfg(test)]

@@ -73,6 +73,9 @@ pub struct Shared {
     pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
     /// Held (write) by a prune: job dispatch (read) waits until it ends.
     pub prune_gate: tokio::sync::RwLock<()>,
+    /// Where the master key comes from (`trireme key export` needs the
+    /// local key file).
+    pub key_source: config::KeySource,
 }
 
 /// A source's data filesystem as its agent reported it.
@@ -428,6 +431,7 @@ pub async fn run(
         audit_mirrors: mirrors.clone(),
         volumes: std::sync::Mutex::default(),
         prune_gate: tokio::sync::RwLock::new(()),
+        key_source: config.key_source.clone(),
     });
     tls.observe_refusals(handshake_audit(Arc::downgrade(&shared)));
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");

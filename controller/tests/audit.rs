@@ -590,3 +590,97 @@ fn a_restore_needs_a_code_and_key_grants_are_audited() {
     let out = f.cli(&["audit", "verify"]);
     assert!(out.contains("intact"), "{out}");
 }
+
+#[test]
+fn key_export_from_the_operator_cli_needs_a_code_and_imports_on_a_new_host() {
+    let mut f = Fleet::new();
+    f.start_controller();
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+
+    let pass = f.dir.join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let export = f.dir.join("recovery.json");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["key", "export", "--out"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.push(export.display().to_string());
+        a.push("--passphrase-file".into());
+        a.push(pass.display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let argv = args(&[]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = f.cli_as("op", &argv);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("key export is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    assert!(!export.exists(), "nothing written without the code");
+    let out = f.cli_as("viewer", &argv);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("operator role"), "{}", text(&out));
+
+    let c = code(0);
+    let argv = args(&["--totp", &c]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = f.cli(&argv);
+    assert!(out.contains("wrote master key"), "{out}");
+    assert_eq!(
+        std::fs::metadata(&export).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let body = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        body.contains("argon2id") && !body.contains("trireme-master-key-v1"),
+        "{body}"
+    );
+
+    // On a new host: `trireme key import` gives back the same key.
+    let imported = f.dir.join("imported.key");
+    let out = Command::new(bin("trireme"))
+        .args(["key", "import", "--in"])
+        .arg(&export)
+        .arg("--key-file")
+        .arg(&imported)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&imported).unwrap().trim(),
+        std::fs::read_to_string(f.dir.join("master.key"))
+            .unwrap()
+            .trim()
+    );
+
+    let entries = audit_entries(&f, "op", &[]);
+    let export_entries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "key export")
+        .collect();
+    assert!(
+        export_entries
+            .iter()
+            .any(|e| e["outcome"] == "refused" && e["actor"] == "op"),
+        "{export_entries:#?}"
+    );
+    assert!(
+        export_entries.iter().any(|e| e["outcome"] == "ok"
+            && e["actor"] == "op"
+            && e["target"]
+                .as_str()
+                .is_some_and(|t| t.contains("with a TOTP code"))),
+        "{export_entries:#?}"
+    );
+}

@@ -666,6 +666,15 @@ impl OperatorService for Fake {
             account: "op".into(),
         }))
     }
+    async fn export_key(
+        &self,
+        r: Request<trireme_proto::v1::ExportKeyRequest>,
+    ) -> Result<Response<trireme_proto::v1::ExportKeyReply>, Status> {
+        self.operate(&r)?;
+        // The real export is tested against the real controller (audit.rs).
+        Err(Status::unimplemented("the fake controller holds no key"))
+    }
+
     async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
         self.operate(&r)?;
         let req = r.into_inner();

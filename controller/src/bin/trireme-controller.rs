@@ -3,7 +3,6 @@
 //! rotate` / `key verify`) and the offline check of its audit log (`audit
 //! verify`).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -257,43 +256,10 @@ async fn shutdown_signal() {
 /// The passphrase: --passphrase-file, TRIREME_RECOVERY_PASSPHRASE, or a
 /// prompt on the terminal (twice when `confirm`).
 fn passphrase(args: &PassphraseArgs, confirm: bool) -> anyhow::Result<String> {
-    if let Some(f) = &args.passphrase_file {
-        return Ok(recovery::passphrase_from_file(f)?);
-    }
-    if let Ok(p) = std::env::var("TRIREME_RECOVERY_PASSPHRASE") {
-        return Ok(p);
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("no recovery passphrase: give --passphrase-file FILE or set TRIREME_RECOVERY_PASSPHRASE (or run on a terminal to be asked)");
-    }
-    let first = prompt("recovery passphrase: ")?;
-    if confirm && prompt("again: ")? != first {
-        bail!("the two passphrases differ; nothing was written");
-    }
-    Ok(first)
-}
-
-/// Read a line from the terminal without echo.
-fn prompt(text: &str) -> anyhow::Result<String> {
-    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
-    use std::io::{BufRead, Write};
-    let tty = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/tty")
-        .context("opening the terminal to ask for the passphrase")?;
-    let before = tcgetattr(&tty).context("reading the terminal settings")?;
-    let mut quiet = before.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    tcsetattr(&tty, OptionalActions::Now, &quiet).context("turning off echo")?;
-    let mut out = &tty;
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-    let mut line = String::new();
-    let read = std::io::BufReader::new(&tty).read_line(&mut line);
-    let _ = tcsetattr(&tty, OptionalActions::Now, &before);
-    let _ = out.write_all(b"\n");
-    read.context("reading the passphrase")?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    Ok(recovery::ask_passphrase(
+        args.passphrase_file.as_deref(),
+        confirm,
+    )?)
 }
 
 /// Who runs a local command, for the audit log.

@@ -275,6 +275,39 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit::audit(&mut c, format, cmd).await,
         Command::Mfa(cmd) => audit::mfa(&mut c, format, cmd, totp).await,
+        Command::Key(super::KeyCmd::Export {
+            out,
+            passphrase_file,
+        }) => {
+            if out.exists() {
+                anyhow::bail!("{} exists; give a new file", out.display());
+            }
+            let passphrase = crate::recovery_key::ask_passphrase(passphrase_file.as_deref(), true)?;
+            let r = c
+                .operator
+                .export_key(with_totp(
+                    trireme_proto::v1::ExportKeyRequest { passphrase },
+                    totp,
+                )?)
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            crate::recovery_key::write_new(&out, r.export.as_bytes())?;
+            one(
+                format,
+                serde_json::json!({ "key_id": r.key_id, "file": out.display().to_string() }),
+                || {
+                    format!(
+                        "wrote master key {} to {}, wrapped by your passphrase; keep it offline and apart from the passphrase",
+                        r.key_id,
+                        out.display()
+                    )
+                },
+            )
+        }
+        Command::Key(super::KeyCmd::Import { .. }) => {
+            unreachable!("`key import` runs locally (cli::run)")
+        }
         Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
         Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
         Command::Catalog(super::CatalogCmd::Rebuild { from }) => {

@@ -1100,6 +1100,13 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<MfaConfirmReply>, Status> {
         self.mfa_confirm_rpc(request).await
     }
+
+    async fn export_key(
+        &self,
+        request: Request<trireme_proto::v1::ExportKeyRequest>,
+    ) -> Result<Response<trireme_proto::v1::ExportKeyReply>, Status> {
+        self.export_key_rpc(request).await
+    }
 }
 
 /// A restore test as the CLI shows it.

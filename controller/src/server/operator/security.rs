@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use trireme_common::{Identity, Role};
 use trireme_proto::v1::{
-    AuditEntry as WireAuditEntry, AuditMirrorCheck, ListAuditReply, ListAuditRequest,
-    MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply, MfaEnrollRequest, VerifyAuditReply,
-    VerifyAuditRequest,
+    AuditEntry as WireAuditEntry, AuditMirrorCheck, ExportKeyReply, ExportKeyRequest,
+    ListAuditReply, ListAuditRequest, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
+    MfaEnrollRequest, VerifyAuditReply, VerifyAuditRequest,
 };
 
 use super::{limit, OperatorApi, OPERATE, READ};
@@ -92,6 +92,51 @@ impl OperatorApi {
     ) {
         self.shared
             .audit(Event::by(id, action, detail).from_peer(peer));
+    }
+
+    /// `ExportKey`: the master key under a recovery passphrase, for a
+    /// sensitive-action-cleared operator; audited either way.
+    pub(super) async fn export_key_rpc(
+        &self,
+        request: Request<ExportKeyRequest>,
+    ) -> Result<Response<ExportKeyReply>, Status> {
+        let id = self.authorize(&request, OPERATE, "key export")?;
+        let peer = request.remote_addr();
+        let passed = self.second_factor(&request, &id, "key export").await?;
+        let refuse = |why: String| {
+            self.shared.audit(
+                Event::by(&id, "key export", "")
+                    .refused(why.clone())
+                    .from_peer(peer),
+            );
+            why
+        };
+        let key_file = crate::recovery_key::local_key_file(&self.shared.key_source, "export")
+            .map_err(|e| Status::failed_precondition(refuse(e.to_string())))?
+            .to_path_buf();
+        let passphrase = request.into_inner().passphrase;
+        // argon2id takes a moment and 64 MiB: off the async workers.
+        let (text, key_id) = tokio::task::spawn_blocking(move || {
+            crate::recovery_key::export(&key_file, &passphrase)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e {
+            e @ crate::recovery_key::RecoveryError::ShortPassphrase(_) => {
+                Status::invalid_argument(refuse(e.to_string()))
+            }
+            e => Status::internal(refuse(e.to_string())),
+        })?;
+        self.audit_ok(
+            &id,
+            peer,
+            "key export",
+            format!("master key {key_id}{}", mfa_note(passed)),
+        );
+        Ok(Response::new(ExportKeyReply {
+            export: text,
+            key_id,
+        }))
     }
 
     pub(super) fn list_audit_rpc(
