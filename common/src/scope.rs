@@ -59,8 +59,8 @@ impl KeyScope {
 /// The repository's index objects, each with the key its header carries.
 pub struct KeyedIndex {
     repo: IndexedRepo,
-    /// (index object key, the packs it lists), sorted by object name.
-    objects: Vec<(WrappedKey, IndexFile)>,
+    /// Index object name → (its key, the packs it lists).
+    objects: BTreeMap<String, Arc<(WrappedKey, IndexFile)>>,
 }
 
 impl KeyedIndex {
@@ -70,22 +70,43 @@ impl KeyedIndex {
     /// Storage, key and corruption errors: a scope is computed from a whole
     /// index or not at all.
     pub async fn load(repo: &Arc<Repository>) -> Result<Self> {
+        Self::refresh(repo, None).await
+    }
+
+    /// As [`KeyedIndex::load`], reading only the index objects `previous`
+    /// (an earlier load of the same location) does not have: index objects
+    /// are immutable, so a controller that keeps the last load reads each
+    /// one once, not once per job.
+    ///
+    /// # Errors
+    /// As [`KeyedIndex::load`].
+    pub async fn refresh(repo: &Arc<Repository>, previous: Option<&KeyedIndex>) -> Result<Self> {
         let listed = repo.backend().list(ObjectKind::Index).await?;
-        let mut objects: BTreeMap<String, (WrappedKey, IndexFile)> = futures::stream::iter(listed)
-            .map(|o| async move {
-                let f = repo.read_index_keyed(&o.key).await?;
-                Ok::<_, Error>((o.key.name, f))
+        let mut objects = BTreeMap::new();
+        let mut missing = Vec::new();
+        for o in listed {
+            match previous.and_then(|p| p.objects.get(&o.key.name)) {
+                Some(known) => {
+                    objects.insert(o.key.name.clone(), known.clone());
+                }
+                None => missing.push(o.key),
+            }
+        }
+        let read: Vec<(String, Arc<(WrappedKey, IndexFile)>)> = futures::stream::iter(missing)
+            .map(|key| async move {
+                let f = repo.read_index_keyed(&key).await?;
+                Ok::<_, Error>((key.name, Arc::new(f)))
             })
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        objects.extend(read);
         let mut index = Index::new();
-        for (_, f) in objects.values() {
-            for p in &f.packs {
+        for o in objects.values() {
+            for p in &o.1.packs {
                 index.add_pack(p);
             }
         }
-        let objects = std::mem::take(&mut objects).into_values().collect();
         Ok(KeyedIndex {
             repo: IndexedRepo {
                 repo: repo.clone(),
@@ -94,6 +115,11 @@ impl KeyedIndex {
             },
             objects,
         })
+    }
+
+    /// How many index objects this load holds.
+    pub fn objects(&self) -> usize {
+        self.objects.len()
     }
 
     /// The scope of a restore of `snapshot`.
@@ -131,12 +157,17 @@ impl KeyedIndex {
             packs.insert(pack.id);
             scope.keys.insert(pack.key.clone());
         }
-        for (key, f) in &self.objects {
-            if f.packs.iter().any(|p| packs.contains(&p.id)) {
-                scope.keys.insert(key.clone());
+        self.add_index_keys(&mut scope, &packs);
+        Ok(scope)
+    }
+
+    /// Add the keys of the index objects that list any of `packs`.
+    fn add_index_keys(&self, scope: &mut KeyScope, packs: &HashSet<Id>) {
+        for o in self.objects.values() {
+            if o.1.packs.iter().any(|p| packs.contains(&p.id)) {
+                scope.keys.insert(o.0.clone());
             }
         }
-        Ok(scope)
     }
 
     /// The scope of a backup, incremental against `parent` when given.
@@ -149,11 +180,11 @@ impl KeyedIndex {
         scope.keys.insert(repo.config().wrapped_id_key());
         let pack_keys: HashSet<&WrappedKey> =
             self.repo.index.packs().iter().map(|p| &p.key).collect();
-        for (key, _) in &self.objects {
+        for o in self.objects.values() {
             // An index object sealed with its packs' own key (written before
             // index keys were separate) would open those packs too.
-            if !pack_keys.contains(key) {
-                scope.keys.insert(key.clone());
+            if !pack_keys.contains(&o.0) {
+                scope.keys.insert(o.0.clone());
             }
         }
         if let Some(p) = parent {
@@ -170,11 +201,7 @@ impl KeyedIndex {
                 packs.insert(pack.id);
                 scope.keys.insert(pack.key.clone());
             }
-            for (key, f) in &self.objects {
-                if f.packs.iter().any(|p| packs.contains(&p.id)) {
-                    scope.keys.insert(key.clone());
-                }
-            }
+            self.add_index_keys(&mut scope, &packs);
         }
         Ok(scope)
     }

@@ -561,3 +561,106 @@ async fn failing_stream_leaves_no_snapshot() {
     );
     assert_eq!(f.count(ObjectKind::Snapshot).await, 0);
 }
+
+/// Keys known up front and nothing else: what an agent holds for one job.
+#[derive(Debug)]
+struct GrantedOnly(std::collections::HashMap<trireme_common::WrappedKey, [u8; 32]>);
+
+#[async_trait::async_trait]
+impl trireme_common::KeyProvider for GrantedOnly {
+    async fn generate(
+        &self,
+    ) -> trireme_common::Result<(trireme_common::crypto::DataKey, trireme_common::WrappedKey)> {
+        Err(Error::Key("read-only".into()))
+    }
+    async fn unwrap(
+        &self,
+        w: &trireme_common::WrappedKey,
+    ) -> trireme_common::Result<trireme_common::crypto::DataKey> {
+        self.0
+            .get(w)
+            .map(|k| trireme_common::crypto::DataKey::from_bytes(*k))
+            .ok_or_else(|| Error::Key("outside the scope".into()))
+    }
+    async fn wrap(
+        &self,
+        _: &trireme_common::crypto::DataKey,
+    ) -> trireme_common::Result<trireme_common::WrappedKey> {
+        Err(Error::Key("read-only".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
+    use trireme_common::scope::KeyedIndex;
+    let f = Fixture::new(SMALL).await;
+    let a = f.dir.path().join("a");
+    let b = f.dir.path().join("b");
+    for (dir, seed) in [(&a, 1), (&b, 2)] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("one"), data(seed, 300_000, false)).unwrap();
+        std::fs::write(dir.join("sub/two"), data(seed + 10, 200_000, true)).unwrap();
+    }
+    let s1 = f.backup_dir(&a, None).await;
+    let s2 = f.backup_dir(&b, None).await;
+    let first = KeyedIndex::load(&f.repo).await.unwrap();
+    let scope = first.restore_scope(&s1.id).await.unwrap();
+    let key1 = f.repo.snapshot_key(&s1.id).await.unwrap();
+    let key2 = f.repo.snapshot_key(&s2.id).await.unwrap();
+    assert!(scope.contains(&key1));
+    assert!(!scope.contains(&key2), "another snapshot's data key");
+    assert_eq!(scope.snapshots, vec![s1.id]);
+
+    // An agent with exactly these keys restores s1 byte for byte.
+    let mut granted = std::collections::HashMap::new();
+    for w in &scope.keys {
+        let k = f.repo.keys().unwrap(w).await.unwrap();
+        granted.insert(w.clone(), *k.as_bytes());
+    }
+    let agent = Arc::new(
+        Repository::open(f.backend.clone(), Arc::new(GrantedOnly(granted)))
+            .await
+            .unwrap(),
+    );
+    let indexed = agent.load_index_scoped(&scope.keys).await.unwrap();
+    let snap = agent.read_snapshot(&s1.id).await.unwrap();
+    let out = f.dir.path().join("restored");
+    indexed
+        .restore_to_dir(&snap, &out, &RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(describe(&a), describe(&out));
+    // ... and cannot read the other one.
+    assert!(agent.read_snapshot(&s2.id).await.is_err());
+
+    // A backup's scope holds index keys but no pack (data) key.
+    let backup = first.backup_scope(None).await.unwrap();
+    assert!(!backup.contains(&key1) && !backup.contains(&key2));
+    let indexed = f.indexed().await;
+    for p in indexed.index.packs() {
+        assert!(!backup.contains(&p.key), "pack {} key granted", p.id);
+    }
+    assert!(backup.keys.len() > 1, "index keys and the id key");
+
+    // A refresh reads only the index objects written since: the old ones
+    // are reused (here one is damaged on disk after the first load, and
+    // only a full load trips over it).
+    let old = f.backend.list(ObjectKind::Index).await.unwrap()[0]
+        .key
+        .clone();
+    std::fs::write(a.join("three"), data(3, 100_000, false)).unwrap();
+    let s3 = f.backup_dir(&a, Some(&s1)).await;
+    let path = f.repo_path().join(old.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let refreshed = KeyedIndex::refresh(&f.repo, Some(&first)).await.unwrap();
+    assert!(refreshed.objects() > first.objects());
+    let scope3 = refreshed.restore_scope(&s3.id).await.unwrap();
+    assert!(scope3.contains(&f.repo.snapshot_key(&s3.id).await.unwrap()));
+    assert!(
+        KeyedIndex::load(&f.repo).await.is_err(),
+        "a full load reads it"
+    );
+}

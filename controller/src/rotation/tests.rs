@@ -168,8 +168,9 @@ async fn rotations_rewrap_every_stored_key_and_the_second_supersedes_the_first()
     let r = s.rotate(&k0, &k1, &[]).await.unwrap();
     assert_eq!(r.written, ["loc1", "loc2"]);
     assert_eq!(r.mfa, 1);
-    // The id key, two session keys (each in its index, packs and manifest), the MFA key.
-    assert_eq!(r.entries, 4, "{r:?}");
+    // The id key, two backups' data keys (packs and manifest) and index
+    // keys (index objects), the MFA key.
+    assert_eq!(r.entries, 6, "{r:?}");
     assert_eq!(
         r.table,
         format!("keys/table-{}", k1.master_key_id().unwrap())
@@ -198,7 +199,7 @@ async fn rotations_rewrap_every_stored_key_and_the_second_supersedes_the_first()
 
     // Running it again is harmless.
     let again = s.rotate(&k0, &k1, &[]).await.unwrap();
-    assert_eq!(again.entries, 4);
+    assert_eq!(again.entries, 6);
     let v = s.verify(&k1).await;
     assert!(v.ok(), "{v:?}");
     assert!(v.removed.is_empty());
@@ -207,7 +208,8 @@ async fn rotations_rewrap_every_stored_key_and_the_second_supersedes_the_first()
     std::fs::write(src.join("f"), b"third version").unwrap();
     let s3 = s.backup(eff.clone(), &src, Some(&s2)).await;
     let r2 = s.rotate(&k1, &k2, &[]).await.unwrap();
-    assert_eq!(r2.entries, 5, "{r2:?}");
+    // The six carried over, and the third backup's data and index keys.
+    assert_eq!(r2.entries, 8, "{r2:?}");
     assert_eq!(
         r2.supersedes,
         [format!("table-{}", k1.master_key_id().unwrap())]

@@ -56,6 +56,9 @@ const MAX_UNWRAP: usize = 4096;
 pub struct KeyApi {
     shared: Arc<Shared>,
     scopes: Mutex<HashMap<JobId, Arc<JobScope>>>,
+    /// The last index read at each location: the next scope reads only the
+    /// index objects written since.
+    indexes: tokio::sync::Mutex<HashMap<String, Arc<KeyedIndex>>>,
 }
 
 impl KeyApi {
@@ -64,6 +67,7 @@ impl KeyApi {
         KeyApi {
             shared,
             scopes: Mutex::default(),
+            indexes: tokio::sync::Mutex::default(),
         }
     }
 
@@ -103,7 +107,13 @@ impl KeyApi {
                 let repo = Arc::new(
                     Repository::open(backend.clone(), self.shared.master_key.clone()).await?,
                 );
-                let index = KeyedIndex::load(&repo).await?;
+                let index = {
+                    let mut cache = self.indexes.lock().await;
+                    let index =
+                        Arc::new(KeyedIndex::refresh(&repo, cache.get(name).map(|i| &**i)).await?);
+                    cache.insert(name.clone(), index.clone());
+                    index
+                };
                 match snapshot {
                     Some(s) => index.restore_scope(&s).await,
                     None => match index.backup_scope(parent.as_ref()).await {
