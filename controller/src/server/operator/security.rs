@@ -83,6 +83,18 @@ impl OperatorApi {
     }
 
     /// Record an allowed action.
+    /// Audit a refusal of `action` to `id` (the caller gets `why` too).
+    pub(super) fn audit_refused(
+        &self,
+        id: &Identity,
+        peer: Option<std::net::SocketAddr>,
+        action: &str,
+        why: &str,
+    ) {
+        self.shared
+            .audit(Event::by(id, action, "").refused(why).from_peer(peer));
+    }
+
     pub(super) fn audit_ok(
         &self,
         id: &Identity,
@@ -104,11 +116,7 @@ impl OperatorApi {
         let peer = request.remote_addr();
         let passed = self.second_factor(&request, &id, "key export").await?;
         let refuse = |why: String| {
-            self.shared.audit(
-                Event::by(&id, "key export", "")
-                    .refused(why.clone())
-                    .from_peer(peer),
-            );
+            self.audit_refused(&id, peer, "key export", &why);
             why
         };
         let key_file = crate::recovery_key::local_key_file(&self.shared.key_source, "export")
@@ -234,11 +242,7 @@ impl OperatorApi {
                 }))
             }
             Err(MfaError::Denied(m)) => {
-                self.shared.audit(
-                    Event::by(&id, "mfa enroll", "")
-                        .refused(m.clone())
-                        .from_peer(peer),
-                );
+                self.audit_refused(&id, peer, "mfa enroll", &m);
                 Err(Status::permission_denied(m))
             }
             Err(MfaError::Internal(e)) => Err(e.into()),
@@ -265,11 +269,7 @@ impl OperatorApi {
                 }))
             }
             Err(MfaError::Denied(m)) => {
-                self.shared.audit(
-                    Event::by(&id, "mfa confirm", "")
-                        .refused(m.clone())
-                        .from_peer(peer),
-                );
+                self.audit_refused(&id, peer, "mfa confirm", &m);
                 Err(Status::permission_denied(m))
             }
             Err(MfaError::Internal(e)) => Err(e.into()),
