@@ -59,12 +59,17 @@ pub struct KeyApi {
     /// The last index read at each location: the next scope reads only the
     /// index objects written since.
     indexes: tokio::sync::Mutex<HashMap<String, Arc<KeyedIndex>>>,
+    /// Stored keys unwrapped so far: every backup's scope holds every index
+    /// key, and with a KMS each unwrap would be a call to it.
+    unwrapped: trireme_common::keys::KeyCache,
 }
 
 impl KeyApi {
     /// The service over the controller's shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
+        let provider: trireme_common::DynKeyProvider = shared.master_key.clone();
         KeyApi {
+            unwrapped: trireme_common::keys::KeyCache::new(provider),
             shared,
             scopes: Mutex::default(),
             indexes: tokio::sync::Mutex::default(),
@@ -153,16 +158,11 @@ impl KeyApi {
     }
 
     async fn unwrap_one(&self, w: WrappedKey) -> Result<(WrappedKey, Vec<u8>), Status> {
-        let k = self
-            .shared
-            .master_key
-            .unwrap(&w)
-            .await
-            .map_err(|e| match e {
-                trireme_common::Error::WrongKey(m) => Status::failed_precondition(m),
-                e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
-                e => Status::invalid_argument(e.to_string()),
-            })?;
+        let k = self.unwrapped.unwrap(&w).await.map_err(|e| match e {
+            trireme_common::Error::WrongKey(m) => Status::failed_precondition(m),
+            e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
+            e => Status::invalid_argument(e.to_string()),
+        })?;
         Ok((w, k.as_bytes().to_vec()))
     }
 
