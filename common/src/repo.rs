@@ -179,11 +179,27 @@ impl Repository {
         key: &ObjectKey,
         magic: [u8; 4],
     ) -> Result<T> {
+        let opened = self.open_sealed_where(key, magic, |_| true).await?;
+        Ok(opened.expect("every key admitted").1)
+    }
+
+    /// Open a sealed object if `admit` accepts the wrapped key its header
+    /// carries (read before anything is unwrapped); `None` when it does not.
+    async fn open_sealed_where<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &ObjectKey,
+        magic: [u8; 4],
+        admit: impl Fn(&WrappedKey) -> bool,
+    ) -> Result<Option<(WrappedKey, T)>> {
         let bytes = self.get_verified(key).await?;
         let name = key.path();
         let (wrapped, header_len) = sealed_object_key(&name, &bytes, magic)?;
+        if !admit(&wrapped) {
+            return Ok(None);
+        }
         let dek = self.keys.unwrap(&wrapped).await?;
-        open_object(&name, &bytes, header_len, &dek)
+        let payload = open_object(&name, &bytes, header_len, &dek)?;
+        Ok(Some((wrapped, payload)))
     }
 
     /// Write an index object.
@@ -209,11 +225,8 @@ impl Repository {
     /// # Errors
     /// As [`Repository::read_index`].
     pub async fn read_index_keyed(&self, key: &ObjectKey) -> Result<(WrappedKey, IndexFile)> {
-        let bytes = self.get_verified(key).await?;
-        let name = key.path();
-        let (wrapped, header_len) = sealed_object_key(&name, &bytes, INDEX_MAGIC)?;
-        let dek = self.keys.unwrap(&wrapped).await?;
-        Ok((wrapped, open_object(&name, &bytes, header_len, &dek)?))
+        let opened = self.open_sealed_where(key, INDEX_MAGIC, |_| true).await?;
+        Ok(opened.expect("every key admitted"))
     }
 
     /// The wrapped key in the header of snapshot `id`'s manifest (its
@@ -239,22 +252,29 @@ impl Repository {
         self: &Arc<Self>,
         granted: &std::collections::HashSet<WrappedKey>,
     ) -> Result<IndexedRepo> {
+        self.load_index_where(Some(granted)).await
+    }
+
+    /// Load every index object into memory.
+    ///
+    /// # Errors
+    /// As [`Repository::read_index`]; a damaged index object fails the load.
+    pub async fn load_index(self: &Arc<Self>) -> Result<IndexedRepo> {
+        self.load_index_where(None).await
+    }
+
+    /// The index from the objects whose key is in `granted` (all when
+    /// `None`), packs under granted keys first.
+    async fn load_index_where(
+        self: &Arc<Self>,
+        granted: Option<&std::collections::HashSet<WrappedKey>>,
+    ) -> Result<IndexedRepo> {
+        let admitted = |w: &WrappedKey| granted.is_none_or(|g| g.contains(w));
         let listed = self.backend.list(ObjectKind::Index).await?;
         let files: Vec<(ObjectKey, Option<Option<IndexFile>>)> = futures::stream::iter(listed)
             .map(|o| async move {
-                let read = async {
-                    let bytes = self.get_verified(&o.key).await?;
-                    let name = o.key.path();
-                    let (wrapped, header_len) = sealed_object_key(&name, &bytes, INDEX_MAGIC)?;
-                    if !granted.contains(&wrapped) {
-                        return Ok(None);
-                    }
-                    let dek = self.keys.unwrap(&wrapped).await?;
-                    Ok(Some(open_object::<IndexFile>(
-                        &name, &bytes, header_len, &dek,
-                    )?))
-                };
-                let f = skip_corrupt(&o.key, read.await)?;
+                let read = self.open_sealed_where(&o.key, INDEX_MAGIC, admitted).await;
+                let f = skip_corrupt(&o.key, read)?.map(|f| f.map(|(_, f)| f));
                 Ok::<_, Error>((o.key, f))
             })
             .buffer_unordered(LOAD_CONCURRENCY)
@@ -270,43 +290,10 @@ impl Repository {
         for first in [true, false] {
             for f in &files {
                 for p in &f.packs {
-                    if granted.contains(&WrappedKey(p.key.clone())) == first {
+                    if admitted(&WrappedKey(p.key.clone())) == first {
                         index.add_pack(p);
                     }
                 }
-            }
-        }
-        Ok(IndexedRepo {
-            repo: self.clone(),
-            index: Arc::new(index),
-            damaged: Arc::new(damaged),
-        })
-    }
-
-    /// Load every index object into memory.
-    ///
-    /// # Errors
-    /// As [`Repository::read_index`]; a damaged index object fails the load.
-    pub async fn load_index(self: &Arc<Self>) -> Result<IndexedRepo> {
-        let listed = self.backend.list(ObjectKind::Index).await?;
-        let files: Vec<(ObjectKey, Option<IndexFile>)> = futures::stream::iter(listed)
-            .map(|o| async move {
-                let f = skip_corrupt(&o.key, self.read_index(&o.key).await)?;
-                Ok::<_, Error>((o.key, f))
-            })
-            .buffer_unordered(LOAD_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let damaged: Vec<String> = files
-            .iter()
-            .filter(|(_, f)| f.is_none())
-            .map(|(k, _)| k.path())
-            .collect();
-        let files: Vec<IndexFile> = files.into_iter().filter_map(|(_, f)| f).collect();
-        let mut index = Index::new();
-        for f in &files {
-            for p in &f.packs {
-                index.add_pack(p);
             }
         }
         Ok(IndexedRepo {
@@ -338,6 +325,20 @@ impl Repository {
         let key = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
         let manifest = self.open_sealed(&key, SNAPSHOT_MAGIC).await?;
         Ok(Snapshot { id: *id, manifest })
+    }
+
+    /// Read one snapshot manifest with the wrapped key its header carries
+    /// (its backup's data key).
+    ///
+    /// # Errors
+    /// As [`Repository::read_snapshot`].
+    pub async fn read_snapshot_keyed(&self, id: &Id) -> Result<(WrappedKey, Snapshot)> {
+        let key = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
+        let (wrapped, manifest) = self
+            .open_sealed_where(&key, SNAPSHOT_MAGIC, |_| true)
+            .await?
+            .expect("every key admitted");
+        Ok((wrapped, Snapshot { id: *id, manifest }))
     }
 
     /// Every snapshot, oldest first.

@@ -137,8 +137,8 @@ impl KeyedIndex {
                 break;
             }
             scope.snapshots.push(id);
-            scope.keys.insert(repo.snapshot_key(&id).await?);
-            let snap = repo.read_snapshot(&id).await?;
+            let (key, snap) = repo.read_snapshot_keyed(&id).await?;
+            scope.keys.insert(key);
             next = snap
                 .manifest
                 .position
@@ -147,27 +147,34 @@ impl KeyedIndex {
                 .find_map(|(_, v)| Id::from_hex(v));
         }
         let chunks = crate::prune::referenced_by(&self.repo, &scope.snapshots).await?;
+        self.add_packs_of(&mut scope, &chunks, "the restore's key scope")?;
+        Ok(scope)
+    }
+
+    /// Add the keys of the packs holding `chunks`, and of the index objects
+    /// that list those packs.
+    fn add_packs_of<'a>(
+        &self,
+        scope: &mut KeyScope,
+        chunks: impl IntoIterator<Item = &'a Id>,
+        context: &str,
+    ) -> Result<()> {
         let mut packs = HashSet::new();
-        for c in &chunks {
+        for c in chunks {
             let (pack, _) = self
                 .repo
                 .index
                 .get(c)
-                .ok_or_else(|| self.repo.not_indexed("the restore's key scope", c))?;
+                .ok_or_else(|| self.repo.not_indexed(context, c))?;
             packs.insert(pack.id);
             scope.keys.insert(pack.key.clone());
         }
-        self.add_index_keys(&mut scope, &packs);
-        Ok(scope)
-    }
-
-    /// Add the keys of the index objects that list any of `packs`.
-    fn add_index_keys(&self, scope: &mut KeyScope, packs: &HashSet<Id>) {
         for o in self.objects.values() {
             if o.1.packs.iter().any(|p| packs.contains(&p.id)) {
                 scope.keys.insert(o.0.clone());
             }
         }
+        Ok(())
     }
 
     /// The scope of a backup, incremental against `parent` when given.
@@ -189,19 +196,9 @@ impl KeyedIndex {
         }
         if let Some(p) = parent {
             scope.snapshots.push(*p);
-            scope.keys.insert(repo.snapshot_key(p).await?);
-            let snap = repo.read_snapshot(p).await?;
-            let mut packs = HashSet::new();
-            for c in &snap.manifest.tree {
-                let (pack, _) = self
-                    .repo
-                    .index
-                    .get(c)
-                    .ok_or_else(|| self.repo.not_indexed("the parent's tree", c))?;
-                packs.insert(pack.id);
-                scope.keys.insert(pack.key.clone());
-            }
-            self.add_index_keys(&mut scope, &packs);
+            let (key, snap) = repo.read_snapshot_keyed(p).await?;
+            scope.keys.insert(key);
+            self.add_packs_of(&mut scope, &snap.manifest.tree, "the parent's tree")?;
         }
         Ok(scope)
     }
