@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::fleet::{bin, make_data, tree, wait_verified, AgentSpec, Fleet};
@@ -23,6 +24,33 @@ fn controller_cmd(args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A passphrase file (mode 0600) in the fleet's directory.
+fn passphrase_file(f: &Fleet) -> PathBuf {
+    let pass = f.dir.join("passphrase");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    pass
+}
+
+/// `trireme-controller key export|import` between `key` and `export`.
+fn key_cmd(verb: &str, key: &Path, export: &Path, pass: &Path) {
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (from, to) = match verb {
+        "export" => (("--key-file", key), ("--out", export)),
+        _ => (("--in", export), ("--key-file", key)),
+    };
+    controller_cmd(&[
+        "key",
+        verb,
+        from.0,
+        &s(from.1),
+        to.0,
+        &s(to.1),
+        "--passphrase-file",
+        &s(pass),
+    ]);
 }
 
 #[test]
@@ -53,20 +81,8 @@ fn a_new_controller_rebuilds_its_catalog_from_one_location_and_restores() {
     // After install: the master key exported, wrapped by a passphrase.
     let key = f.dir.join("master.key");
     let export = f.dir.join("recovery.key");
-    let pass = f.dir.join("passphrase");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    controller_cmd(&[
-        "key",
-        "export",
-        "--key-file",
-        &s(&key),
-        "--out",
-        &s(&export),
-        "--passphrase-file",
-        &s(&pass),
-    ]);
+    let pass = passphrase_file(&f);
+    key_cmd("export", &key, &export, &pass);
     let original_key = std::fs::read(&key).unwrap();
 
     // The controller host is lost: its state directory and key file with it.
@@ -74,16 +90,7 @@ fn a_new_controller_rebuilds_its_catalog_from_one_location_and_restores() {
     std::fs::remove_dir_all(f.dir.join("controller")).unwrap();
     std::fs::remove_file(&key).unwrap();
     // A new host: the key back from the export, then the same configuration.
-    controller_cmd(&[
-        "key",
-        "import",
-        "--in",
-        &s(&export),
-        "--key-file",
-        &s(&key),
-        "--passphrase-file",
-        &s(&pass),
-    ]);
+    key_cmd("import", &key, &export, &pass);
     assert_eq!(std::fs::read(&key).unwrap(), original_key);
     f.start_controller();
     f.wait_connected(&["web-1"]);
@@ -181,32 +188,12 @@ fn after_a_rotation_the_new_key_alone_rebuilds_and_restores() {
 
     // The new key's recovery export; then the host is lost with both keys.
     let export = f.dir.join("recovery.key");
-    let pass = f.dir.join("passphrase");
-    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    controller_cmd(&[
-        "key",
-        "export",
-        "--key-file",
-        &s(&new_key),
-        "--out",
-        &s(&export),
-        "--passphrase-file",
-        &s(&pass),
-    ]);
+    let pass = passphrase_file(&f);
+    key_cmd("export", &new_key, &export, &pass);
     std::fs::remove_dir_all(f.dir.join("controller")).unwrap();
     std::fs::remove_file(f.dir.join("master.key")).unwrap();
     std::fs::remove_file(&new_key).unwrap();
-    controller_cmd(&[
-        "key",
-        "import",
-        "--in",
-        &s(&export),
-        "--key-file",
-        &s(&new_key),
-        "--passphrase-file",
-        &s(&pass),
-    ]);
+    key_cmd("import", &new_key, &export, &pass);
     f.use_key_file(&new_key);
     f.start_controller();
     f.wait_connected(&["web-1"]);

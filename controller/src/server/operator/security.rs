@@ -23,6 +23,15 @@ pub(super) fn mfa_note(p: Passed) -> &'static str {
     }
 }
 
+/// The TOTP code a request carries in its metadata, if any.
+fn totp_code<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get(TOTP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn audit_entry(e: AuditEntry) -> WireAuditEntry {
     WireAuditEntry {
         seq: e.seq,
@@ -58,11 +67,7 @@ impl OperatorApi {
         id: &Identity,
         action: &str,
     ) -> Result<Passed, Status> {
-        let code = request
-            .metadata()
-            .get(TOTP_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let code = totp_code(request);
         match self
             .shared
             .mfa
@@ -217,11 +222,7 @@ impl OperatorApi {
     ) -> Result<Response<MfaEnrollReply>, Status> {
         let id = self.authorize(&request, OPERATE, "mfa enroll")?;
         let peer = request.remote_addr();
-        let code = request
-            .metadata()
-            .get(TOTP_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let code = totp_code(&request);
         match self
             .shared
             .mfa
