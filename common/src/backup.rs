@@ -277,6 +277,8 @@ impl IndexedRepo {
             position,
             tags: opts.tags.clone(),
             summary,
+            job: None,
+            mac: None,
         };
         let (id, _) = self.repo.write_snapshot(&session, &manifest).await?;
         Ok(Snapshot { id, manifest })

@@ -91,6 +91,15 @@ pub struct RepoConfig {
     /// master key and not altered since.
     #[serde(with = "serde_bytes")]
     pub mac: Vec<u8>,
+    /// Fleet mode: the controller's key (a controller key, see
+    /// [`crate::keys::CONTROLLER_KEY_MARK`]), wrapped by the master key.
+    /// Optional (format 1.1); absent in local mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_key: Option<serde_bytes::ByteBuf>,
+    /// Keyed BLAKE3 of the config with this field and `mac` empty (absent),
+    /// under a key derived from the controller key: no agent can make it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_mac: Option<serde_bytes::ByteBuf>,
 }
 
 impl RepoConfig {
@@ -120,10 +129,13 @@ impl RepoConfig {
         Ok(cfg)
     }
 
-    /// The MAC of this config under `id_key` (computed with `mac` empty).
+    /// The MAC of this config under `id_key` (computed with `mac` empty and
+    /// without the controller fields, so readers that predate them agree).
     pub fn compute_mac(&self, id_key: &[u8; 32]) -> Vec<u8> {
         let mut unsigned = self.clone();
         unsigned.mac = Vec::new();
+        unsigned.controller_key = None;
+        unsigned.controller_mac = None;
         let mut cbor = Vec::new();
         ciborium::into_writer(&unsigned, &mut cbor).expect("CBOR to memory");
         let key = blake3::derive_key("trireme config mac v1", id_key);
@@ -142,6 +154,57 @@ impl RepoConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The controller MAC of this config under the unwrapped controller key
+    /// (computed with `mac` empty and `controller_mac` absent).
+    pub fn compute_controller_mac(&self, controller_key: &[u8; 32]) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.mac = Vec::new();
+        unsigned.controller_mac = None;
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&unsigned, &mut cbor).expect("CBOR to memory");
+        let key = blake3::derive_key("trireme config controller mac v1", controller_key);
+        blake3::keyed_hash(&key, &cbor).as_bytes().to_vec()
+    }
+
+    /// Add the controller key and the controller MAC, then the id-key MAC.
+    pub fn seal_controlled(
+        &mut self,
+        id_key: &[u8; 32],
+        controller_key: &[u8; 32],
+        wrapped_controller_key: &WrappedKey,
+    ) {
+        self.controller_key = Some(serde_bytes::ByteBuf::from(wrapped_controller_key.0.clone()));
+        self.controller_mac = None;
+        self.controller_mac = Some(serde_bytes::ByteBuf::from(
+            self.compute_controller_mac(controller_key),
+        ));
+        self.mac = self.compute_mac(id_key);
+    }
+
+    /// Check the controller MAC with the unwrapped controller key.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when the config has no controller MAC or it does
+    /// not match (written or altered by someone without the controller key).
+    pub fn verify_controller_mac(&self, controller_key: &[u8; 32]) -> Result<()> {
+        match &self.controller_mac {
+            Some(m) if m.as_slice() == self.compute_controller_mac(controller_key) => Ok(()),
+            Some(_) => Err(Error::corrupt(
+                "config",
+                "the controller MAC does not match: the config was altered by someone without the controller key",
+            )),
+            None => Err(Error::corrupt(
+                "config",
+                "the config carries no controller MAC",
+            )),
+        }
+    }
+
+    /// The wrapped controller key, if the config carries one.
+    pub fn wrapped_controller_key(&self) -> Option<WrappedKey> {
+        self.controller_key.as_ref().map(|k| WrappedKey(k.to_vec()))
     }
 
     /// The wrapped id key.
@@ -252,7 +315,7 @@ fn decompress_bounded(name: &str, compressed: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// One chunk's place in a pack, as listed in the pack header and the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BlobEntry {
     /// Chunk id (keyed BLAKE3 of the plaintext).
     pub id: Id,
@@ -531,6 +594,8 @@ mod tests {
             chunker: ChunkerParams::default(),
             id_key: vec![9; 69],
             mac: Vec::new(),
+            controller_key: None,
+            controller_mac: None,
         };
         let mut cfg = cfg;
         cfg.mac = cfg.compute_mac(&[5; 32]);

@@ -9,7 +9,7 @@ use crate::format::BlobEntry;
 use crate::keys::WrappedKey;
 
 /// One pack as recorded in an index object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct IndexPack {
     /// The pack's id (SHA-256 of its bytes, which is also its name).
     pub id: Id,
@@ -27,6 +27,14 @@ pub struct IndexPack {
 pub struct IndexFile {
     /// Packs described by this index object.
     pub packs: Vec<IndexPack>,
+    /// The job that wrote it (16-byte id; all zeros: the controller), in
+    /// fleet mode. Optional (format 1.1); see [`crate::attribution`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_bytes::ByteBuf>,
+    /// Keyed BLAKE3 of this payload with `mac` absent, under the job's
+    /// attribution key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<serde_bytes::ByteBuf>,
 }
 
 /// Where a chunk is stored.

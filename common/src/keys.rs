@@ -265,6 +265,55 @@ impl KeyProvider for LocalKeyFile {
     }
 }
 
+/// The first 8 bytes of every **controller key**: a data key the
+/// controller makes for itself with [`KeyProvider::wrap`] (which no agent can
+/// call) to authenticate objects only the controller writes (the config's
+/// controller MAC, key tables, per-job attribution keys). Keys from
+/// [`KeyProvider::generate`], the only kind an agent can obtain, are random:
+/// one starts with these bytes with probability 2^-64. So an object whose
+/// authenticating key, once unwrapped, lacks the mark was not made by a
+/// controller, whatever else checks out.
+pub const CONTROLLER_KEY_MARK: [u8; 8] = *b"TRCTRL01";
+
+/// A new controller key (see [`CONTROLLER_KEY_MARK`]): 8 mark bytes and 24
+/// random ones, wrapped with `provider`.
+///
+/// # Errors
+/// When the provider cannot wrap (an agent's view of the key service).
+pub async fn generate_controller_key(provider: &dyn KeyProvider) -> Result<(DataKey, WrappedKey)> {
+    let mut raw: [u8; 32] = crate::crypto::random_bytes();
+    raw[..8].copy_from_slice(&CONTROLLER_KEY_MARK);
+    let key = DataKey::from_bytes(raw);
+    let wrapped = provider.wrap(&key).await?;
+    Ok((key, wrapped))
+}
+
+/// Whether an unwrapped key carries the controller mark.
+pub fn is_controller_key(key: &DataKey) -> bool {
+    key.as_bytes()[..8] == CONTROLLER_KEY_MARK
+}
+
+/// Unwrap a controller key, refusing a key without the mark (an ordinary
+/// data key, as an agent could obtain and use to forge `what`).
+///
+/// # Errors
+/// As [`KeyProvider::unwrap`]; [`Error::Key`] naming `what` when the key is
+/// not a controller key.
+pub async fn unwrap_controller_key(
+    provider: &dyn KeyProvider,
+    wrapped: &WrappedKey,
+    what: &str,
+) -> Result<DataKey> {
+    let key = provider.unwrap(wrapped).await?;
+    if !is_controller_key(&key) {
+        return Err(Error::Key(format!(
+            "{what} is authenticated with an ordinary data key, not a controller key: \
+             agents can obtain data keys, so it may have been written by an agent and is not believed"
+        )));
+    }
+    Ok(key)
+}
+
 /// Unwraps each distinct wrapped key once and remembers the result.
 #[derive(Debug)]
 pub struct KeyCache {

@@ -7,6 +7,7 @@
 //! [`check`] and [`prune`] are the operations. [`tls`] is the mTLS layer of the control
 //! plane: roles, the CA, rustls configurations and the authorised server.
 
+pub mod attribution;
 pub mod backend;
 pub mod backup;
 pub mod check;
@@ -35,6 +36,6 @@ pub use format::ChunkerParams;
 pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, WrappedKey};
 pub use location::Location;
 pub use manifest::{ContentKind, SnapshotManifest, Summary, TreeEntry};
-pub use repo::{IndexedRepo, Repository, Snapshot};
+pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use tls::{Identity, Role};

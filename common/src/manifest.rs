@@ -77,6 +77,14 @@ pub struct SnapshotManifest {
     pub tags: Vec<String>,
     /// Counters.
     pub summary: Summary,
+    /// The job that wrote it (16-byte id), in fleet mode. Optional (format
+    /// 1.1); see [`crate::attribution`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<serde_bytes::ByteBuf>,
+    /// Keyed BLAKE3 of this payload with `mac` absent, under the job's
+    /// attribution key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<serde_bytes::ByteBuf>,
 }
 
 /// The type of a tree entry.

@@ -94,27 +94,36 @@ impl PrunePlan {
         out
     }
 
-    /// Work out the packs and index objects from `referenced`.
+    /// Work out the packs and index objects from `referenced`. Every claim
+    /// about a pack counts: when index objects disagree on what a pack
+    /// holds, the pack goes only if no claim lists a referenced chunk in it
+    /// (the conservative claim wins), so a forged or stale claim can keep a
+    /// pack but never make one go.
     fn compute_packs(&mut self) {
-        let mut packs: BTreeMap<Id, &IndexPack> = BTreeMap::new();
+        let mut packs: BTreeMap<Id, Vec<&IndexPack>> = BTreeMap::new();
         for (_, f) in &self.index_files {
             for p in &f.packs {
-                packs.entry(p.id).or_insert(p);
+                packs.entry(p.id).or_default().push(p);
             }
         }
         let mut delete = Vec::new();
         let (mut mixed, mut unused) = (0, 0);
-        for p in packs.values() {
-            let dead: u64 = p
+        for claims in packs.values() {
+            let live = claims
+                .iter()
+                .any(|p| p.blobs.iter().any(|b| self.referenced.contains(&b.id)));
+            let first = claims[0];
+            if !live {
+                delete.push((first.id, first.size));
+                continue;
+            }
+            let dead: u64 = first
                 .blobs
                 .iter()
                 .filter(|b| !self.referenced.contains(&b.id))
                 .map(|b| u64::from(b.length))
                 .sum();
-            let live = p.blobs.iter().any(|b| self.referenced.contains(&b.id));
-            if !live {
-                delete.push((p.id, p.size));
-            } else if dead > 0 {
+            if dead > 0 {
                 mixed += 1;
                 unused += dead;
             }
@@ -124,19 +133,22 @@ impl PrunePlan {
             .index_files
             .iter()
             .partition(|(_, f)| f.packs.iter().any(|p| doomed.contains(&p.id)));
-        let covered: HashSet<Id> = keep
-            .iter()
-            .flat_map(|(_, f)| f.packs.iter().map(|p| p.id))
-            .collect();
+        // A surviving pack's entry is carried over unless a kept object
+        // lists the very same entry: a kept object that says something else
+        // about the pack must not make the replaced object's claim vanish.
+        let covered: HashSet<&IndexPack> = keep.iter().flat_map(|(_, f)| f.packs.iter()).collect();
         let mut seen = HashSet::new();
         let survivors: Vec<IndexPack> = replace
             .iter()
             .flat_map(|(_, f)| f.packs.iter())
-            .filter(|p| !doomed.contains(&p.id) && !covered.contains(&p.id) && seen.insert(p.id))
+            .filter(|p| !doomed.contains(&p.id) && !covered.contains(p) && seen.insert(*p))
             .cloned()
             .collect();
         self.replace_index = replace.iter().map(|(k, _)| k.clone()).collect();
-        self.new_index = (!survivors.is_empty()).then_some(IndexFile { packs: survivors });
+        self.new_index = (!survivors.is_empty()).then_some(IndexFile {
+            packs: survivors,
+            ..IndexFile::default()
+        });
         self.delete_packs = delete;
         self.mixed_packs = mixed;
         self.unused_bytes = unused;
@@ -169,11 +181,12 @@ impl IndexSealer {
             .session
             .get_or_try_init(|| repo.new_session_key())
             .await?;
+        let index = repo.attributed(index);
         let bytes = Bytes::from(seal_object(
             INDEX_MAGIC,
             &session.key,
             &session.wrapped,
-            index,
+            &*index,
         ));
         Ok(lock(&self.sealed).entry(digest).or_insert(bytes).clone())
     }
@@ -238,6 +251,22 @@ pub fn is_locked_refusal(e: &Error) -> bool {
 /// kept snapshot cannot be read, or a kept snapshot references a chunk that
 /// no index lists: a location in that state is not pruned (run `check`).
 pub async fn plan(repo: &Arc<Repository>, remove: &BTreeSet<Id>) -> Result<PrunePlan> {
+    plan_believing(repo, remove, &crate::scope::believe_all).await
+}
+
+/// As [`plan`], reading only the index objects `believe` accepts (the
+/// controller's: those recorded as written by a checked job or by itself).
+/// An object it does not believe is ignored: its packs count as listed by
+/// no index object and are left alone; an unreadable one it does not
+/// believe does not stop the prune.
+///
+/// # Errors
+/// As [`plan`]; a believed index object that cannot be read.
+pub async fn plan_believing(
+    repo: &Arc<Repository>,
+    remove: &BTreeSet<Id>,
+    believe: crate::scope::Belief<'_>,
+) -> Result<PrunePlan> {
     let backend = repo.backend().clone();
     let mut plan = PrunePlan {
         location: backend.location().to_string(),
@@ -261,14 +290,24 @@ pub async fn plan(repo: &Arc<Repository>, remove: &BTreeSet<Id>) -> Result<Prune
     // Every index object must read: a pack listed only by an unreadable
     // one would look unlisted, and its chunks unreferenced.
     let listed = backend.list(ObjectKind::Index).await?;
-    plan.index_files = futures::stream::iter(listed)
+    let read: Vec<Option<(ObjectKey, IndexFile)>> = futures::stream::iter(listed)
         .map(|o| async move {
-            let f = repo.read_index(&o.key).await?;
-            Ok::<_, Error>((o.key, f))
+            match repo.read_index(&o.key).await {
+                Ok(f) => Ok(believe(&o.key.name, Some(&f)).then_some((o.key, f))),
+                Err(e @ (Error::Corrupt { .. } | Error::Key(_) | Error::WrongKey(_))) => {
+                    if believe(&o.key.name, None) {
+                        Err(e)
+                    } else {
+                        Ok(None)
+                    }
+                }
+                Err(e) => Err(e),
+            }
         })
         .buffer_unordered(CONCURRENCY)
         .try_collect()
         .await?;
+    plan.index_files = read.into_iter().flatten().collect();
     plan.index_files.sort_by(|a, b| a.0.cmp(&b.0));
     let mut index = Index::new();
     for (_, f) in &plan.index_files {

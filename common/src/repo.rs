@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
+use crate::attribution::{Attributable, Attribution};
 use crate::backend::{DynBackend, ObjectKey, ObjectKind};
 use crate::crypto::{sha256, ChunkHasher, DataKey, Id};
 use crate::error::{Error, Result};
@@ -30,6 +31,9 @@ pub struct Repository {
     keys: KeyCache,
     config: RepoConfig,
     hasher: ChunkHasher,
+    /// Fleet mode: the job whose index objects and manifests this process
+    /// writes, and its attribution key.
+    attribution: std::sync::OnceLock<Attribution>,
 }
 
 /// A snapshot: its id (the manifest object's SHA-256) and manifest.
@@ -60,6 +64,21 @@ impl Repository {
         keys: DynKeyProvider,
         chunker: ChunkerParams,
     ) -> Result<Self> {
+        Self::init_controlled(backend, keys, chunker, None).await
+    }
+
+    /// Create a repository at an empty location; with `controller` (the
+    /// controller key, plaintext and wrapped), the config carries it and a
+    /// controller MAC (fleet mode, `docs/format.md` §4).
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub async fn init_controlled(
+        backend: DynBackend,
+        keys: DynKeyProvider,
+        chunker: ChunkerParams,
+        controller: Option<(&DataKey, &WrappedKey)>,
+    ) -> Result<Self> {
         if backend.head(&ObjectKey::config()).await?.is_some() {
             return Err(Error::RepositoryExists(backend.location().to_string()));
         }
@@ -72,8 +91,13 @@ impl Repository {
             chunker,
             id_key: wrapped.0,
             mac: Vec::new(),
+            controller_key: None,
+            controller_mac: None,
         };
-        config.mac = config.compute_mac(id_key.as_bytes());
+        match controller {
+            Some((k, w)) => config.seal_controlled(id_key.as_bytes(), k.as_bytes(), w),
+            None => config.mac = config.compute_mac(id_key.as_bytes()),
+        }
         let bytes = config.encode();
         let sum = sha256(&bytes);
         backend
@@ -84,6 +108,7 @@ impl Repository {
             backend,
             keys: KeyCache::new(keys),
             config,
+            attribution: std::sync::OnceLock::new(),
         })
     }
 
@@ -100,7 +125,50 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let config = RepoConfig::decode(&raw)?;
+        Self::from_config(backend, keys, &raw).await
+    }
+
+    /// Open the repository at a location, requiring its config to be the
+    /// one whose SHA-256 is `expected` (the controller tells its agents):
+    /// a config altered at the location is refused before it is used.
+    ///
+    /// # Errors
+    /// As [`Repository::open`]; [`Error::Corrupt`] naming the config when
+    /// its hash differs.
+    pub async fn open_expecting(
+        backend: DynBackend,
+        keys: DynKeyProvider,
+        expected: Option<[u8; 32]>,
+    ) -> Result<Self> {
+        let raw = match backend.get(&ObjectKey::config()).await {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NoRepository(backend.location().to_string()))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(want) = expected {
+            if sha256(&raw) != want {
+                return Err(Error::corrupt(
+                    format!("config at {}", backend.location()),
+                    "it is not the repository config the controller holds (its SHA-256 differs): it was altered at the location; the controller restores it at its next check",
+                ));
+            }
+        }
+        Self::from_config(backend, keys, &raw).await
+    }
+
+    /// Open the repository at a location with the config bytes `raw` (the
+    /// controller's own copy), without reading the location's.
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub async fn from_config(
+        backend: DynBackend,
+        keys: DynKeyProvider,
+        raw: &[u8],
+    ) -> Result<Self> {
+        let config = RepoConfig::decode(raw)?;
         let keys = KeyCache::new(keys);
         let id_key = keys.unwrap(&config.wrapped_id_key()).await?;
         config.verify_mac(id_key.as_bytes())?;
@@ -109,7 +177,27 @@ impl Repository {
             backend,
             keys,
             config,
+            attribution: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Attribute every index object and manifest written from now on to
+    /// `a`'s job (fleet mode; see [`crate::attribution`]). Set once; a
+    /// second call is ignored.
+    pub fn set_attribution(&self, a: Attribution) {
+        let _ = self.attribution.set(a);
+    }
+
+    /// `value` with this process's attribution, if it has one.
+    pub fn attributed<'a, T: Attributable>(&self, value: &'a T) -> std::borrow::Cow<'a, T> {
+        match self.attribution.get() {
+            Some(a) => {
+                let mut v = value.clone();
+                v.attribute(a);
+                std::borrow::Cow::Owned(v)
+            }
+            None => std::borrow::Cow::Borrowed(value),
+        }
     }
 
     /// The storage backend.
@@ -207,7 +295,8 @@ impl Repository {
     /// # Errors
     /// Storage errors.
     pub async fn write_index(&self, session: &SessionKey, index: &IndexFile) -> Result<(Id, u64)> {
-        let bytes = seal_object(INDEX_MAGIC, &session.key, &session.wrapped, index);
+        let index = self.attributed(index);
+        let bytes = seal_object(INDEX_MAGIC, &session.key, &session.wrapped, &*index);
         let len = bytes.len() as u64;
         Ok((self.put_content(ObjectKind::Index, bytes).await?, len))
     }
@@ -252,7 +341,23 @@ impl Repository {
         self: &Arc<Self>,
         granted: &std::collections::HashSet<WrappedKey>,
     ) -> Result<IndexedRepo> {
-        self.load_index_where(Some(granted)).await
+        self.load_index_where(Some(granted), &IndexLimits::default())
+            .await
+    }
+
+    /// As [`Repository::load_index_scoped`], within `limits`: only the
+    /// index objects the controller names (planted ones are never read),
+    /// and for a backup only the packs it allows (its own agent's), so
+    /// chunks stored elsewhere are uploaded again rather than deduplicated.
+    ///
+    /// # Errors
+    /// As [`Repository::load_index`].
+    pub async fn load_index_limited(
+        self: &Arc<Self>,
+        granted: &std::collections::HashSet<WrappedKey>,
+        limits: &IndexLimits,
+    ) -> Result<IndexedRepo> {
+        self.load_index_where(Some(granted), limits).await
     }
 
     /// Load every index object into memory.
@@ -260,7 +365,7 @@ impl Repository {
     /// # Errors
     /// As [`Repository::read_index`]; a damaged index object fails the load.
     pub async fn load_index(self: &Arc<Self>) -> Result<IndexedRepo> {
-        self.load_index_where(None).await
+        self.load_index_where(None, &IndexLimits::default()).await
     }
 
     /// The index from the objects whose key is in `granted` (all when
@@ -268,9 +373,22 @@ impl Repository {
     async fn load_index_where(
         self: &Arc<Self>,
         granted: Option<&std::collections::HashSet<WrappedKey>>,
+        limits: &IndexLimits,
     ) -> Result<IndexedRepo> {
         let admitted = |w: &WrappedKey| granted.is_none_or(|g| g.contains(w));
-        let listed = self.backend.list(ObjectKind::Index).await?;
+        let packs = limits.packs.as_ref();
+        let listed: Vec<_> = self
+            .backend
+            .list(ObjectKind::Index)
+            .await?
+            .into_iter()
+            .filter(|o| {
+                limits
+                    .objects
+                    .as_ref()
+                    .is_none_or(|n| n.contains(&o.key.name))
+            })
+            .collect();
         let files: Vec<(ObjectKey, Option<Option<IndexFile>>)> = futures::stream::iter(listed)
             .map(|o| async move {
                 let read = self.open_sealed_where(&o.key, INDEX_MAGIC, admitted).await;
@@ -290,7 +408,9 @@ impl Repository {
         for first in [true, false] {
             for f in &files {
                 for p in &f.packs {
-                    if admitted(&WrappedKey(p.key.clone())) == first {
+                    if admitted(&WrappedKey(p.key.clone())) == first
+                        && packs.is_none_or(|allowed| allowed.contains(&p.id))
+                    {
                         index.add_pack(p);
                     }
                 }
@@ -312,7 +432,8 @@ impl Repository {
         session: &SessionKey,
         m: &SnapshotManifest,
     ) -> Result<(Id, u64)> {
-        let bytes = seal_object(SNAPSHOT_MAGIC, &session.key, &session.wrapped, m);
+        let m = self.attributed(m);
+        let bytes = seal_object(SNAPSHOT_MAGIC, &session.key, &session.wrapped, &*m);
         let len = bytes.len() as u64;
         Ok((self.put_content(ObjectKind::Snapshot, bytes).await?, len))
     }
@@ -415,6 +536,15 @@ impl Repository {
             ))),
         }
     }
+}
+
+/// What a job may load of the index (fleet mode: the controller says).
+#[derive(Debug, Clone, Default)]
+pub struct IndexLimits {
+    /// Only these index objects (by name), when set.
+    pub objects: Option<std::collections::HashSet<String>>,
+    /// Only these packs, when set.
+    pub packs: Option<std::collections::HashSet<Id>>,
 }
 
 /// A repository with its index loaded: it can read chunks.

@@ -20,15 +20,15 @@
 //! ([`crate::Repository::load_index_scoped`]) and never asks for anything
 //! else; a request outside the scope is refused and audited.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::backend::ObjectKind;
+use crate::backend::{ObjectKey, ObjectKind};
 use crate::crypto::Id;
 use crate::error::{Error, Result};
-use crate::index::{Index, IndexFile};
+use crate::index::{Index, IndexFile, PackInfo};
 use crate::keys::WrappedKey;
 use crate::repo::{IndexedRepo, Repository};
 
@@ -47,6 +47,27 @@ pub struct KeyScope {
     /// Snapshots whose keys are in the scope (the restored one and its chain;
     /// a backup's parent), for the audit trail.
     pub snapshots: Vec<Id>,
+    /// Backups: the only packs the job may reference (deduplicate
+    /// against), when limited; see [`KeyedIndex::packs_where`].
+    pub packs: Option<HashSet<Id>>,
+    /// The index objects the job loads (the believed ones it needs), when
+    /// limited: an object planted at the location, even sealed with a key in
+    /// the scope, is never read by the job.
+    pub index_objects: Option<BTreeSet<String>>,
+}
+
+/// What one snapshot references, as an index resolves it: see
+/// [`KeyedIndex::snapshot_refs`].
+#[derive(Debug)]
+pub struct SnapshotRefs {
+    /// The wrapped key in the manifest's header.
+    pub key: WrappedKey,
+    /// The snapshot.
+    pub snapshot: crate::repo::Snapshot,
+    /// The packs holding its chunks (one per chunk, preferred ones first).
+    pub packs: BTreeMap<Id, PackInfo>,
+    /// Chunks found only in packs the caller does not prefer: (chunk, pack).
+    pub unpreferred: Vec<(Id, Id)>,
 }
 
 impl KeyScope {
@@ -56,31 +77,53 @@ impl KeyScope {
     }
 }
 
+/// Which index objects a reader believes: called with each object's name
+/// and payload (`None` when it cannot be opened: damaged, or planted by
+/// someone without a key that opens it). The controller believes the
+/// objects it recorded as written by a checked job (or by itself); local
+/// mode believes every readable one ([`believe_all`]).
+pub type Belief<'a> = &'a (dyn Fn(&str, Option<&IndexFile>) -> bool + Send + Sync);
+
+/// A [`Belief`] that believes every readable index object.
+pub fn believe_all(_: &str, f: Option<&IndexFile>) -> bool {
+    f.is_some()
+}
+
 /// The repository's index objects, each with the key its header carries.
 pub struct KeyedIndex {
     repo: IndexedRepo,
-    /// Index object name → (its key, the packs it lists).
-    objects: BTreeMap<String, Arc<(WrappedKey, IndexFile)>>,
+    /// Index object name → (its key, the packs it lists); `None`: it could
+    /// not be opened.
+    objects: BTreeMap<String, Option<Arc<(WrappedKey, IndexFile)>>>,
+    /// The objects believed at the last refresh (the index is built from
+    /// them alone).
+    believed: BTreeSet<String>,
 }
 
 impl KeyedIndex {
     /// Read every index object of `repo` (the caller holds the master key).
     ///
     /// # Errors
-    /// Storage, key and corruption errors: a scope is computed from a whole
-    /// index or not at all.
+    /// Storage and key errors; a believed object that cannot be read.
     pub async fn load(repo: &Arc<Repository>) -> Result<Self> {
-        Self::refresh(repo, None).await
+        Self::refresh(repo, None, &believe_all).await
     }
 
     /// As [`KeyedIndex::load`], reading only the index objects `previous`
     /// (an earlier load of the same location) does not have: index objects
     /// are immutable, so a controller that keeps the last load reads each
-    /// one once, not once per job.
+    /// one once, not once per job. The index (and so every scope) is built
+    /// from the objects `believe` accepts; the others are kept, unused, so
+    /// they are not read again.
     ///
     /// # Errors
-    /// As [`KeyedIndex::load`].
-    pub async fn refresh(repo: &Arc<Repository>, previous: Option<&KeyedIndex>) -> Result<Self> {
+    /// Storage and key-service errors; [`Error::Corrupt`] when an object
+    /// `believe` requires cannot be opened.
+    pub async fn refresh(
+        repo: &Arc<Repository>,
+        previous: Option<&KeyedIndex>,
+        believe: Belief<'_>,
+    ) -> Result<Self> {
         let listed = repo.backend().list(ObjectKind::Index).await?;
         let mut objects = BTreeMap::new();
         let mut missing = Vec::new();
@@ -92,18 +135,40 @@ impl KeyedIndex {
                 None => missing.push(o.key),
             }
         }
-        let read: Vec<(String, Arc<(WrappedKey, IndexFile)>)> = futures::stream::iter(missing)
-            .map(|key| async move {
-                let f = repo.read_index_keyed(&key).await?;
-                Ok::<_, Error>((key.name, Arc::new(f)))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        objects.extend(read);
+        let read: Vec<(ObjectKey, Option<Arc<(WrappedKey, IndexFile)>>)> =
+            futures::stream::iter(missing)
+                .map(|key| async move {
+                    match repo.read_index_keyed(&key).await {
+                        Ok(f) => Ok((key, Some(Arc::new(f)))),
+                        // Damaged or planted: believed by nobody, unless the
+                        // caller requires it (checked below).
+                        Err(Error::Corrupt { .. } | Error::Key(_) | Error::WrongKey(_)) => {
+                            Ok((key, None))
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect()
+                .await?;
+        for (key, f) in read {
+            objects.insert(key.name, f);
+        }
         let mut index = Index::new();
-        for o in objects.values() {
-            for p in &o.1.packs {
+        let mut believed = BTreeSet::new();
+        for (name, o) in &objects {
+            let file = o.as_ref().map(|o| &o.1);
+            if !believe(name, file) {
+                continue;
+            }
+            let Some(f) = file else {
+                return Err(Error::corrupt(
+                    format!("index/{name}"),
+                    "this index object cannot be opened (damaged?), yet it is one the controller recorded; run `trireme verify --deep` to repair it from another location",
+                ));
+            };
+            believed.insert(name.clone());
+            for p in &f.packs {
                 index.add_pack(p);
             }
         }
@@ -114,7 +179,40 @@ impl KeyedIndex {
                 damaged: Arc::default(),
             },
             objects,
+            believed,
         })
+    }
+
+    /// The believed objects, with their key and payload.
+    fn believed_objects(&self) -> impl Iterator<Item = (&String, &(WrappedKey, IndexFile))> {
+        self.believed.iter().filter_map(|n| {
+            self.objects
+                .get(n)
+                .and_then(|o| o.as_deref())
+                .map(|o| (n, o))
+        })
+    }
+
+    /// The names of the believed index objects.
+    pub fn believed_names(&self) -> &BTreeSet<String> {
+        &self.believed
+    }
+
+    /// Every readable object (believed or not), with its payload: what a
+    /// result check looks through for a job's own objects.
+    pub fn readable_objects(&self) -> impl Iterator<Item = (&String, &IndexFile)> {
+        self.objects
+            .iter()
+            .filter_map(|(n, o)| o.as_deref().map(|o| (n, &o.1)))
+    }
+
+    /// Names of objects that could not be opened (damaged, or planted).
+    pub fn unreadable(&self) -> Vec<String> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| o.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// How many index objects this load holds.
@@ -127,9 +225,16 @@ impl KeyedIndex {
     /// # Errors
     /// The snapshot (or one of its chain) is missing or unreadable, or
     /// references a chunk no index lists.
-    pub async fn restore_scope(&self, snapshot: &Id) -> Result<KeyScope> {
+    pub async fn restore_scope(
+        &self,
+        snapshot: &Id,
+        prefer: &(dyn Fn(&WrappedKey) -> bool + Sync),
+    ) -> Result<KeyScope> {
         let repo = &self.repo.repo;
-        let mut scope = KeyScope::default();
+        let mut scope = KeyScope {
+            index_objects: Some(BTreeSet::new()),
+            ..KeyScope::default()
+        };
         scope.keys.insert(repo.config().wrapped_id_key());
         let mut next = Some(*snapshot);
         while let Some(id) = next.take() {
@@ -147,34 +252,132 @@ impl KeyedIndex {
                 .find_map(|(_, v)| Id::from_hex(v));
         }
         let chunks = crate::prune::referenced_by(&self.repo, &scope.snapshots).await?;
-        self.add_packs_of(&mut scope, &chunks, "the restore's key scope")?;
+        self.add_packs_of(&mut scope, &chunks, "the restore's key scope", prefer)?;
         Ok(scope)
     }
 
-    /// Add the keys of the packs holding `chunks`, and of the index objects
-    /// that list those packs.
+    /// Add the keys of the packs holding `chunks` (preferring packs whose
+    /// key `prefer` accepts), and of the believed index objects that list
+    /// those packs.
     fn add_packs_of<'a>(
         &self,
         scope: &mut KeyScope,
         chunks: impl IntoIterator<Item = &'a Id>,
         context: &str,
+        prefer: &(dyn Fn(&WrappedKey) -> bool + Sync),
     ) -> Result<()> {
+        let (preferred, other) = self.resolve(chunks, context, prefer)?;
         let mut packs = HashSet::new();
+        for p in preferred.values().chain(other.iter().map(|(_, p)| p)) {
+            packs.insert(p.id);
+            scope.keys.insert(p.key.clone());
+        }
+        for (name, o) in self.believed_objects() {
+            if o.1.packs.iter().any(|p| packs.contains(&p.id)) {
+                scope.keys.insert(o.0.clone());
+                scope
+                    .index_objects
+                    .get_or_insert_with(BTreeSet::new)
+                    .insert(name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve `chunks` to packs: one per chunk, a pack whose key `prefer`
+    /// accepts when any believed object lists the chunk in one. Returns the
+    /// preferred packs and the chunks held only elsewhere, with the pack the
+    /// index gives for each.
+    ///
+    /// # Errors
+    /// A chunk no believed index object lists.
+    #[allow(clippy::type_complexity)]
+    fn resolve<'a>(
+        &self,
+        chunks: impl IntoIterator<Item = &'a Id>,
+        context: &str,
+        prefer: &(dyn Fn(&WrappedKey) -> bool + Sync),
+    ) -> Result<(BTreeMap<Id, PackInfo>, Vec<(Id, PackInfo)>)> {
+        let mut packs = BTreeMap::new();
+        let mut other: HashSet<Id> = HashSet::new();
         for c in chunks {
             let (pack, _) = self
                 .repo
                 .index
                 .get(c)
                 .ok_or_else(|| self.repo.not_indexed(context, c))?;
-            packs.insert(pack.id);
-            scope.keys.insert(pack.key.clone());
-        }
-        for o in self.objects.values() {
-            if o.1.packs.iter().any(|p| packs.contains(&p.id)) {
-                scope.keys.insert(o.0.clone());
+            if prefer(&pack.key) {
+                packs.insert(pack.id, pack.clone());
+            } else {
+                other.insert(*c);
             }
         }
-        Ok(())
+        // A chunk first seen in a pack the caller does not prefer may be
+        // stored in a preferred one too.
+        if !other.is_empty() {
+            for (_, o) in self.believed_objects() {
+                for p in
+                    o.1.packs
+                        .iter()
+                        .filter(|p| prefer(&WrappedKey(p.key.clone())))
+                {
+                    let mut found = false;
+                    for b in &p.blobs {
+                        found |= other.remove(&b.id);
+                    }
+                    if found {
+                        packs.entry(p.id).or_insert_with(|| PackInfo {
+                            id: p.id,
+                            size: p.size,
+                            key: WrappedKey(p.key.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        let mut rest: Vec<(Id, PackInfo)> = other
+            .into_iter()
+            .filter_map(|c| self.repo.index.get(&c).map(|(p, _)| (c, p.clone())))
+            .collect();
+        rest.sort_by_key(|(c, p)| (*c, p.id));
+        Ok((packs, rest))
+    }
+
+    /// The ids of the packs whose wrapped key `keep` accepts (a backup's
+    /// dedup limit: the controller passes the packs of the agent's own jobs).
+    pub fn packs_where(&self, keep: impl Fn(&WrappedKey) -> bool) -> HashSet<Id> {
+        self.repo
+            .index
+            .packs()
+            .iter()
+            .filter(|p| keep(&p.key))
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Read snapshot `id` and resolve every chunk it references (tree stream
+    /// and files) to a pack, preferring packs whose wrapped key `prefer`
+    /// accepts when a chunk is listed in several.
+    ///
+    /// # Errors
+    /// The manifest is missing or unreadable ([`Error::NotFound`] when it
+    /// is not there), its tree cannot be read, or it references a chunk no
+    /// index object lists.
+    pub async fn snapshot_refs(
+        &self,
+        id: &Id,
+        prefer: impl Fn(&WrappedKey) -> bool + Sync,
+    ) -> Result<SnapshotRefs> {
+        let (key, snapshot) = self.repo.repo.read_snapshot_keyed(id).await?;
+        let chunks = crate::prune::referenced_by(&self.repo, &[*id]).await?;
+        let (packs, rest) = self.resolve(&chunks, "the snapshot", &prefer)?;
+        let unpreferred = rest.into_iter().map(|(c, p)| (c, p.id)).collect();
+        Ok(SnapshotRefs {
+            key,
+            snapshot,
+            packs,
+            unpreferred,
+        })
     }
 
     /// The scope of a backup, incremental against `parent` when given.
@@ -187,18 +390,26 @@ impl KeyedIndex {
         scope.keys.insert(repo.config().wrapped_id_key());
         let pack_keys: HashSet<&WrappedKey> =
             self.repo.index.packs().iter().map(|p| &p.key).collect();
-        for o in self.objects.values() {
+        let mut names = BTreeSet::new();
+        for (name, o) in self.believed_objects() {
             // An index object sealed with its packs' own key (written before
             // index keys were separate) would open those packs too.
             if !pack_keys.contains(&o.0) {
                 scope.keys.insert(o.0.clone());
+                names.insert(name.clone());
             }
         }
+        scope.index_objects = Some(names);
         if let Some(p) = parent {
             scope.snapshots.push(*p);
             let (key, snap) = repo.read_snapshot_keyed(p).await?;
             scope.keys.insert(key);
-            self.add_packs_of(&mut scope, &snap.manifest.tree, "the parent's tree")?;
+            self.add_packs_of(
+                &mut scope,
+                &snap.manifest.tree,
+                "the parent's tree",
+                &|_| true,
+            )?;
         }
         Ok(scope)
     }

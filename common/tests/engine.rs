@@ -592,7 +592,7 @@ impl trireme_common::KeyProvider for GrantedOnly {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
-    use trireme_common::scope::KeyedIndex;
+    use trireme_common::scope::{believe_all, KeyedIndex};
     let f = Fixture::new(SMALL).await;
     let a = f.dir.path().join("a");
     let b = f.dir.path().join("b");
@@ -604,7 +604,7 @@ async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
     let s1 = f.backup_dir(&a, None).await;
     let s2 = f.backup_dir(&b, None).await;
     let first = KeyedIndex::load(&f.repo).await.unwrap();
-    let scope = first.restore_scope(&s1.id).await.unwrap();
+    let scope = first.restore_scope(&s1.id, &|_| true).await.unwrap();
     let key1 = f.repo.snapshot_key(&s1.id).await.unwrap();
     let key2 = f.repo.snapshot_key(&s2.id).await.unwrap();
     assert!(scope.contains(&key1));
@@ -655,12 +655,21 @@ async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let refreshed = KeyedIndex::refresh(&f.repo, Some(&first)).await.unwrap();
+    let refreshed = KeyedIndex::refresh(&f.repo, Some(&first), &believe_all)
+        .await
+        .unwrap();
     assert!(refreshed.objects() > first.objects());
-    let scope3 = refreshed.restore_scope(&s3.id).await.unwrap();
+    let scope3 = refreshed.restore_scope(&s3.id, &|_| true).await.unwrap();
     assert!(scope3.contains(&f.repo.snapshot_key(&s3.id).await.unwrap()));
-    assert!(
-        KeyedIndex::load(&f.repo).await.is_err(),
-        "a full load reads it"
-    );
+    // A full load reads it: it cannot be opened, so it is not believed and
+    // is reported; a reader that requires it (the controller, for an object
+    // it recorded) gets an error naming it.
+    let full = KeyedIndex::load(&f.repo).await.unwrap();
+    assert_eq!(full.unreadable(), vec![old.name.clone()]);
+    assert!(!full.believed_names().contains(&old.name));
+    let err = KeyedIndex::refresh(&f.repo, None, &|_, _| true)
+        .await
+        .err()
+        .expect("a required object that cannot be opened");
+    assert!(err.to_string().contains(&old.name), "{err}");
 }

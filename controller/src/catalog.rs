@@ -25,6 +25,9 @@
 //! | `retention` | class name                   | [`RetentionClass`](crate::retention::RetentionClass) |
 //! | `pruning`   | snapshot id, 32 bytes        | [`PendingPrune`](crate::prune::PendingPrune): removed, still at skipped locations |
 //! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) |
+//! | `issued_keys` | SHA-256 of a wrapped data key, hex | [`IssuedKey`](crate::attribution::IssuedKey): the backup job it was generated for |
+//! | `index_objects` | index object name (64 hex) | [`IndexRecord`](crate::attribution::IndexRecord): the checked job (or the controller) that wrote it; only these are believed |
+//! | `custody`   | `controller_key`, `config`, `held/<location>` | hex of the wrapped controller key and of the authentic repository config; when a location was last seen holding it ([`crate::custody`]) |
 //! | `key_tables`| key table name (`table-<key id>`) | [`StoredKeyTable`](crate::rotation::StoredKeyTable): a master-key rotation's table, as at the locations |
 
 mod tree;
@@ -259,6 +262,9 @@ pub struct Catalog {
     pruning: Tree<Id, crate::prune::PendingPrune>,
     tombstones: Tree<String, DateTime<Utc>>,
     key_tables: Tree<String, crate::rotation::StoredKeyTable>,
+    issued_keys: Tree<String, crate::attribution::IssuedKey>,
+    custody: Tree<String, String>,
+    index_objects: Tree<String, crate::attribution::IndexRecord>,
 }
 
 impl fmt::Debug for Catalog {
@@ -325,6 +331,9 @@ impl Catalog {
             pruning: Tree::new(open("pruning")?, "pruning"),
             tombstones: Tree::new(open("tombstones")?, "tombstones"),
             key_tables: Tree::new(open("key_tables")?, "key_tables"),
+            issued_keys: Tree::new(open("issued_keys")?, "issued_keys"),
+            custody: Tree::new(open("custody")?, "custody"),
+            index_objects: Tree::new(open("index_objects")?, "index_objects"),
             path: path.clone(),
             db,
         };
@@ -441,6 +450,22 @@ impl Catalog {
     /// Objects prune deleted (by path): replication does not copy them back.
     pub fn tombstones(&self) -> &Tree<String, DateTime<Utc>> {
         &self.tombstones
+    }
+
+    /// Data keys the key service generated, by the SHA-256 of the wrapped
+    /// key: which job (and agent) each was for.
+    pub fn issued_keys(&self) -> &Tree<String, crate::attribution::IssuedKey> {
+        &self.issued_keys
+    }
+
+    /// The index objects the controller believes, by name.
+    pub fn index_objects(&self) -> &Tree<String, crate::attribution::IndexRecord> {
+        &self.index_objects
+    }
+
+    /// The controller key and the authentic config ([`crate::custody`]).
+    pub fn custody(&self) -> &Tree<String, String> {
+        &self.custody
     }
 
     /// Key tables of master-key rotations, by object name.

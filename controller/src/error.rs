@@ -164,6 +164,11 @@ pub enum Error {
     #[error("{0}")]
     Rotation(String),
 
+    /// Something the controller needs is out of reach for now (a location
+    /// while it checks an agent's result); the message says what.
+    #[error("{0}")]
+    Unavailable(String),
+
     /// An I/O error outside the catalog.
     #[error("{context}: {source}")]
     Io {
@@ -182,7 +187,7 @@ impl Error {
     pub fn is_temporary(&self) -> bool {
         match self {
             Error::Catalog { source, .. } => matches!(source, sled::Error::Io(_)),
-            Error::SourceBusy { .. } => true,
+            Error::SourceBusy { .. } | Error::Unavailable(_) => true,
             Error::Common(e) => e.is_temporary(),
             _ => false,
         }

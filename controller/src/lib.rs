@@ -1,10 +1,12 @@
 //! Trireme controller: scheduling, catalog, replication and verification.
 //! The control plane is built on top of the repository engine in `trireme-common`.
 
+pub mod attribution;
 pub mod audit;
 pub mod catalog;
 pub mod cert_cmd;
 pub mod cli;
+pub mod custody;
 pub mod error;
 pub mod jobs;
 pub mod mfa;

@@ -244,6 +244,57 @@ pub fn decide(
     Ok((removed, kept, notes))
 }
 
+/// What a prune believes and how it writes: which index objects it plans
+/// with, the config it opens locations with, and the attribution of the
+/// index objects it writes.
+pub struct PruneTrust<'a> {
+    /// Which index objects to believe ([`trireme_common::scope::Belief`]).
+    pub believe:
+        Box<dyn Fn(&str, Option<&trireme_common::index::IndexFile>) -> bool + Send + Sync + 'a>,
+    /// The authentic config bytes (else each location's own is read).
+    pub config: Option<Vec<u8>>,
+    /// The attribution of the index objects prune writes.
+    pub attribution: Option<trireme_common::attribution::Attribution>,
+    /// Called with the names of the index objects prune wrote.
+    pub wrote: Box<dyn Fn(&[String]) -> Result<()> + Send + Sync + 'a>,
+}
+
+impl<'a> PruneTrust<'a> {
+    /// The controller's: believe only the index objects recorded in the
+    /// catalog, open locations with the authentic config, attribute what it
+    /// writes to the controller and record it as believed.
+    pub fn controller(
+        catalog: &'a Catalog,
+        custody: &'a crate::custody::Custody,
+        now: DateTime<Utc>,
+    ) -> Self {
+        use trireme_common::attribution::{Attribution, CONTROLLER_JOB};
+        PruneTrust {
+            believe: Box::new(move |n, _| crate::attribution::believed(catalog, n)),
+            config: Some(custody.config_bytes().to_vec()),
+            attribution: Some(Attribution {
+                job: CONTROLLER_JOB,
+                agent: String::new(),
+                key: custody.job_mac_key(&CONTROLLER_JOB, ""),
+            }),
+            wrote: Box::new(move |names| {
+                crate::attribution::believe(catalog, names.iter().cloned(), None, now)
+            }),
+        }
+    }
+
+    /// Believe every readable index object, write unattributed (a
+    /// repository outside fleet mode, and the engine's own tests).
+    pub fn everything() -> Self {
+        PruneTrust {
+            believe: Box::new(trireme_common::scope::believe_all),
+            config: None,
+            attribution: None,
+            wrote: Box::new(|_| Ok(())),
+        }
+    }
+}
+
 /// Apply retention at every location: see the module documentation. The
 /// caller must hold job dispatch and have checked [`check_idle`].
 ///
@@ -253,6 +304,7 @@ pub async fn prune(
     catalog: &Catalog,
     replicator: &Replicator,
     keys: DynKeyProvider,
+    trust: &PruneTrust<'_>,
     req: &PruneRequest,
     now: DateTime<Utc>,
 ) -> Result<PruneOutcome> {
@@ -327,8 +379,15 @@ pub async fn prune(
             )
             .collect();
         let planned = async {
-            let repo = Arc::new(Repository::open(site.backend.clone(), keys.clone()).await?);
-            let plan = engine::plan(&repo, &mine).await?;
+            let repo = match &trust.config {
+                Some(c) => Repository::from_config(site.backend.clone(), keys.clone(), c).await?,
+                None => Repository::open(site.backend.clone(), keys.clone()).await?,
+            };
+            if let Some(a) = &trust.attribution {
+                repo.set_attribution(a.clone());
+            }
+            let repo = Arc::new(repo);
+            let plan = engine::plan_believing(&repo, &mine, &*trust.believe).await?;
             Ok::<_, trireme_common::Error>((repo, plan))
         }
         .await;
@@ -398,6 +457,9 @@ pub async fn prune(
                 o.index_written = u64::from(r.index_written.is_some());
                 o.bytes_freed = r.bytes_freed;
                 o.locked = r.locked.iter().map(|k| k.path()).collect();
+                if let Some(k) = &r.index_written {
+                    (trust.wrote)(std::slice::from_ref(&k.name))?;
+                }
                 done[i] = Some(r.snapshots_removed.into_iter().collect());
             }
             Err(e) => {

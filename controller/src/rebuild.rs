@@ -6,18 +6,26 @@
 //! snapshot as the parent of its next incremental. The replication loop
 //! then finds the copies at the other locations and verifies them.
 //!
-//! Agents are named by the `agent:<name>` tag their snapshots carry (older
-//! snapshots without it: by their host name). Policies are not in the
-//! repository: apply them again.
+//! Only what the controller's own key vouches for is believed: a snapshot
+//! manifest is recorded only when its attribution (job, agent, MAC under
+//! that job's attribution key, `docs/format.md` §8) verifies, and its agent
+//! is the one the attribution names; index objects are believed (for
+//! prune, scopes and result checks) only when theirs verifies. Others
+//! (planted by an agent, or written before attribution existed) are
+//! reported as skipped. Policies are not in the repository: apply them
+//! again.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use trireme_common::attribution::{Attributable, CONTROLLER_JOB};
+use trireme_common::backend::ObjectKind;
 use trireme_common::{Repository, Snapshot};
 
 use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId, SourceRecord};
+use crate::custody::Custody;
 use crate::error::Result;
-use crate::jobs::remember_latest_in;
+use crate::jobs::{remember_latest_in, JobId};
 
 /// The tag naming the agent that made a snapshot.
 pub const AGENT_TAG: &str = "agent:";
@@ -46,8 +54,9 @@ pub fn agent_of(s: &Snapshot) -> String {
         .map_or_else(|| s.manifest.host.clone(), str::to_string)
 }
 
-/// Read every snapshot at `repo` (the repository at location `location`) into
-/// `catalog`.
+/// Read every attributed snapshot at `repo` (the repository at location
+/// `location`) into `catalog`, and record the attributed index objects as
+/// believed.
 ///
 /// # Errors
 /// Storage and key errors reading the location (a wrong key is named);
@@ -55,9 +64,24 @@ pub fn agent_of(s: &Snapshot) -> String {
 pub async fn rebuild(
     catalog: &Catalog,
     repo: &Repository,
+    custody: &Custody,
     location: &str,
     now: DateTime<Utc>,
 ) -> Result<RebuildReport> {
+    let key_of = |j: &[u8; 16], a: &str| custody.job_mac_key(j, a);
+    let mut believed = Vec::new();
+    for o in repo.backend().list(ObjectKind::Index).await? {
+        let Ok(f) = repo.read_index(&o.key).await else {
+            continue;
+        };
+        if let Some(w) = f.attributed(key_of) {
+            let job = (w.job != CONTROLLER_JOB).then(|| JobId(uuid::Uuid::from_bytes(w.job)));
+            believed.push((o.key.name, job));
+        }
+    }
+    for (name, job) in believed {
+        crate::attribution::believe(catalog, [name], job, now)?;
+    }
     let snaps = repo.snapshots().await?;
     let mut report = RebuildReport {
         found: snaps.len(),
@@ -65,8 +89,23 @@ pub async fn rebuild(
     };
     let mut sources: BTreeMap<SourceId, SourceRecord> = BTreeMap::new();
     for s in snaps {
-        let agent = agent_of(&s);
         let m = &s.manifest;
+        let Some(writer) = m.attributed(key_of) else {
+            report.skipped.push(format!(
+                "snapshot {}: not attributed to a job under this controller's key (planted, or written before attribution); not believed",
+                s.id.short()
+            ));
+            continue;
+        };
+        let agent = writer.agent.clone();
+        if agent_of(&s) != agent {
+            report.skipped.push(format!(
+                "snapshot {}: its tags name agent {:?} but it was written by a job of {agent:?}; not believed",
+                s.id.short(),
+                agent_of(&s)
+            ));
+            continue;
+        }
         let source = match SourceId::new(agent.clone(), m.source.clone()) {
             Ok(id) => id,
             Err(e) => {
@@ -88,7 +127,7 @@ pub async fn rebuild(
             time,
             size: m.summary.bytes,
             summary: m.summary.clone(),
-            job: None,
+            job: Some(JobId(uuid::Uuid::from_bytes(writer.job))),
             copies: BTreeMap::from([(location.to_string(), CopyState::Copied { at: now })]),
             position: m.position.clone(),
         };

@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use trireme_common::tls::{Authorizer, HealthService, ReloadingServerConfig};
-use trireme_common::{ChunkerParams, LocalKeyFile, ObjectKey, Repository};
+use trireme_common::LocalKeyFile;
 use trireme_proto::v1::agent_service_server::AgentServiceServer;
 use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::key_service_server::KeyServiceServer;
@@ -76,6 +76,69 @@ pub struct Shared {
     /// Where the master key comes from (`trireme key export` needs the
     /// local key file).
     pub key_source: config::KeySource,
+    /// The last index read at each location (key scopes, result checks):
+    /// the next read loads only index objects written since.
+    pub indexes: tokio::sync::Mutex<
+        std::collections::HashMap<String, Arc<trireme_common::scope::KeyedIndex>>,
+    >,
+    /// The controller key and the authentic repository config.
+    pub custody: Arc<crate::custody::Custody>,
+}
+
+impl Shared {
+    /// The index of location `name`, brought up to date (only index
+    /// objects written since the last read are fetched).
+    ///
+    /// # Errors
+    /// An unknown location; storage, key and corruption errors.
+    pub async fn keyed_index(
+        &self,
+        name: &str,
+        job: Option<trireme_common::attribution::Writer>,
+    ) -> trireme_common::Result<Arc<trireme_common::scope::KeyedIndex>> {
+        let backend = self
+            .audit_mirrors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| trireme_common::Error::InvalidLocation {
+                url: name.to_string(),
+                reason: "no location of this controller has that name".into(),
+            })?;
+        let repo = Arc::new(
+            trireme_common::Repository::from_config(
+                backend,
+                self.master_key.clone(),
+                self.custody.config_bytes(),
+            )
+            .await?,
+        );
+        // Believed: the objects recorded as written by checked jobs or by
+        // the controller; for a result check, also the job's own (verified
+        // by their attribution MAC).
+        let catalog = self.catalog.clone();
+        let custody = self.custody.clone();
+        let believe = move |n: &str, f: Option<&trireme_common::index::IndexFile>| {
+            use trireme_common::attribution::Attributable;
+            crate::attribution::believed(&catalog, n)
+                || job.as_ref().is_some_and(|j| {
+                    f.and_then(|f| f.attributed(|id, a| custody.job_mac_key(id, a)))
+                        .as_ref()
+                        == Some(j)
+                })
+        };
+        let mut cache = self.indexes.lock().await;
+        let index = Arc::new(
+            trireme_common::scope::KeyedIndex::refresh(
+                &repo,
+                cache.get(name).map(|i| &**i),
+                &believe,
+            )
+            .await?,
+        );
+        cache.insert(name.to_string(), index.clone());
+        Ok(index)
+    }
 }
 
 /// A source's data filesystem as its agent reported it.
@@ -192,72 +255,34 @@ impl Shared {
     }
 }
 
-/// Make sure every location holds the same repository: create it at the
-/// first location when there is none anywhere, and copy its `config`
-/// object to the others that lack it. A location that holds another
-/// repository is an error (a wrong URL would otherwise mix repositories).
+/// Open every location and make sure each holds the repository this
+/// controller vouches for ([`crate::custody::prepare`]): create it at the
+/// first location when there is none anywhere, copy its `config` to the
+/// others that lack it, put back a config that was altered. A location that
+/// holds another repository is an error (a wrong URL would otherwise mix
+/// repositories).
 ///
 /// # Errors
-/// Storage and key errors; [`Error::Config`]-style messages for mismatches.
+/// Storage and key errors; a location holding another repository.
 pub async fn prepare_locations(
     locations: &[LocationConfig],
     keys: trireme_common::DynKeyProvider,
-) -> Result<Vec<trireme_common::DynBackend>> {
-    let mut backends = Vec::new();
+    catalog: &Catalog,
+) -> Result<(
+    Vec<trireme_common::DynBackend>,
+    crate::custody::Custody,
+    Vec<crate::custody::ConfigRepair>,
+)> {
+    let mut named = Vec::new();
     for l in locations {
-        backends.push(l.location.open().await?);
+        named.push((l.name.clone(), l.location.open().await?));
     }
-    let config_key = ObjectKey::config();
-    let mut existing = None;
-    for (l, b) in locations.iter().zip(&backends) {
-        match b.get(&config_key).await {
-            Ok(bytes) => {
-                existing = Some((l.name.clone(), bytes));
-                break;
-            }
-            Err(trireme_common::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let (origin, bytes) = match existing {
-        Some(e) => e,
-        None => {
-            let repo =
-                Repository::init(backends[0].clone(), keys.clone(), ChunkerParams::default())
-                    .await?;
-            tracing::info!(location = %locations[0].name, repo = %repo.config().id, "created the repository");
-            (
-                locations[0].name.clone(),
-                backends[0].get(&config_key).await?,
-            )
-        }
-    };
-    for (l, b) in locations.iter().zip(&backends) {
-        match b.get(&config_key).await {
-            Ok(found) if found == bytes => {}
-            Ok(_) => {
-                return Err(Error::Io {
-                    context: format!(
-                        "location {:?} ({}) holds a different repository than location {origin:?}",
-                        l.name, l.url
-                    ),
-                    source: std::io::Error::other(
-                        "every location must hold copies of one repository: point it at an empty bucket/prefix or directory",
-                    ),
-                })
-            }
-            Err(trireme_common::Error::NotFound { .. }) => {
-                let sum = trireme_common::crypto::sha256(&bytes);
-                b.put(&config_key, bytes.clone(), sum).await?;
-                tracing::info!(location = %l.name, "copied the repository config");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // Opening checks the config's MAC under our master key: a repository
-    // made under another master key is refused here, not at the first backup.
-    Repository::open(backends[0].clone(), keys).await?;
-    Ok(backends)
+    let (custody, repairs) = crate::custody::prepare(catalog, &named, keys, Utc::now()).await?;
+    Ok((
+        named.into_iter().map(|(_, b)| b).collect(),
+        custody,
+        repairs,
+    ))
 }
 
 /// The key provider `config` names (the local key file, Vault transit or
@@ -386,7 +411,9 @@ pub async fn run(
     if let Some(t) = master_key.table() {
         tracing::info!(table = %t.name(), entries = t.len(), "using the key table of the last master-key rotation");
     }
-    let backends = prepare_locations(&config.locations, master_key.clone()).await?;
+    let (backends, custody, config_repairs) =
+        prepare_locations(&config.locations, master_key.clone(), &catalog).await?;
+    crate::attribution::adopt_existing(&catalog, &backends[0], Utc::now()).await?;
     let mirrors: Vec<(String, trireme_common::DynBackend)> = config
         .locations
         .iter()
@@ -432,7 +459,13 @@ pub async fn run(
         volumes: std::sync::Mutex::default(),
         prune_gate: tokio::sync::RwLock::new(()),
         key_source: config.key_source.clone(),
+        indexes: tokio::sync::Mutex::default(),
+        custody: Arc::new(custody),
     });
+    for r in config_repairs {
+        shared
+            .record(crate::audit::Event::controller("config repaired", r.location).problem(r.what));
+    }
     tls.observe_refusals(handshake_audit(Arc::downgrade(&shared)));
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
     for w in config.warnings() {
@@ -487,6 +520,12 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let every = s.replicator.settings().every;
             loop {
+                for r in crate::custody::check_configs(&s.custody, &s.audit_mirrors).await {
+                    s.record(
+                        crate::audit::Event::controller("config repaired", r.location)
+                            .problem(r.what),
+                    );
+                }
                 match s.replicator.pass(s.now()).await {
                     Ok(r) => {
                         if r.copied > 0 || !r.problems.is_empty() {

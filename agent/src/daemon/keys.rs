@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use trireme_common::crypto::DataKey;
 use trireme_common::tls::{connect, ClientTls};
-use trireme_common::{Error, KeyProvider, Result, WrappedKey};
+use trireme_common::{Error, Id, IndexLimits, KeyProvider, Result, WrappedKey};
 use trireme_proto::v1::key_service_client::KeyServiceClient;
 use trireme_proto::v1::{GenerateDataKeyRequest, JobKeysRequest, UnwrapDataKeysRequest};
 
@@ -30,7 +30,16 @@ pub struct ControllerKeys {
     tls: ClientTls,
     job_id: String,
     channel: Mutex<Option<Channel>>,
-    granted: tokio::sync::OnceCell<HashMap<WrappedKey, [u8; 32]>>,
+    granted: tokio::sync::OnceCell<Granted>,
+}
+
+/// A job's scope as the key service handed it out.
+struct Granted {
+    keys: HashMap<WrappedKey, [u8; 32]>,
+    /// Which index objects and packs the job may load.
+    limits: IndexLimits,
+    /// Backups: the job's attribution key, and the agent name it is for.
+    attribution_key: Option<([u8; 32], String)>,
 }
 
 impl fmt::Debug for ControllerKeys {
@@ -56,6 +65,29 @@ impl ControllerKeys {
     /// # Errors
     /// When the key service refuses or stays unreachable.
     pub async fn granted(&self) -> Result<&HashMap<WrappedKey, [u8; 32]>> {
+        Ok(&self.scope().await?.keys)
+    }
+
+    /// What the job may load of the index: the index objects the
+    /// controller believes and, for a backup, the packs of this agent's own
+    /// jobs (the only ones it may reference).
+    ///
+    /// # Errors
+    /// As [`ControllerKeys::granted`].
+    pub async fn index_limits(&self) -> Result<IndexLimits> {
+        Ok(self.scope().await?.limits.clone())
+    }
+
+    /// A backup's attribution key and the agent name it attributes to, when
+    /// the controller sent one.
+    ///
+    /// # Errors
+    /// As [`ControllerKeys::granted`].
+    pub async fn attribution_key(&self) -> Result<Option<([u8; 32], String)>> {
+        Ok(self.scope().await?.attribution_key.clone())
+    }
+
+    async fn scope(&self) -> Result<&Granted> {
         self.granted
             .get_or_try_init(|| async {
                 let job_id = self.job_id.clone();
@@ -80,7 +112,40 @@ impl ControllerKeys {
                     map.insert(WrappedKey(p.wrapped_key), raw);
                 }
                 tracing::debug!(job = %self.job_id, keys = map.len(), snapshots = ?reply.snapshots, "job keys received");
-                Ok(map)
+                let packs = if reply.packs_limited {
+                    let mut set = HashSet::with_capacity(reply.packs.len());
+                    for p in &reply.packs {
+                        set.insert(<[u8; 32]>::try_from(p.as_slice()).map(Id).map_err(|_| {
+                            Error::Key(format!(
+                                "the key service sent a {}-byte pack id",
+                                p.len()
+                            ))
+                        })?);
+                    }
+                    Some(set)
+                } else {
+                    None
+                };
+                let objects = reply
+                    .index_limited
+                    .then(|| reply.index_objects.iter().cloned().collect());
+                let attribution_key = match reply.attribution_key.len() {
+                    0 => None,
+                    _ => Some((
+                        <[u8; 32]>::try_from(reply.attribution_key.as_slice()).map_err(|_| {
+                            Error::Key(format!(
+                                "the key service sent a {}-byte attribution key",
+                                reply.attribution_key.len()
+                            ))
+                        })?,
+                        reply.attribution_agent.clone(),
+                    )),
+                };
+                Ok(Granted {
+                    keys: map,
+                    limits: IndexLimits { objects, packs },
+                    attribution_key,
+                })
             })
             .await
     }

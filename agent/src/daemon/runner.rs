@@ -228,7 +228,8 @@ impl Runner {
                 let loc = Location::parse(&l.url)?;
                 let remote = !matches!(loc, Location::File(_));
                 let backend = loc.open().await?;
-                let repo = Repository::open(backend, provider.clone()).await?;
+                let expected = <[u8; 32]>::try_from(l.config_sha256.as_slice()).ok();
+                let repo = Repository::open_expecting(backend, provider.clone(), expected).await?;
                 Ok::<_, trireme_common::Error>((Arc::new(repo), remote))
             };
             match attempt.await {
@@ -263,7 +264,18 @@ impl Runner {
     ) -> Result<JobResult> {
         let keys = self.keys(&a.job_id);
         let (repo, location, remote) = self.open_repo(a, &keys).await?;
-        let indexed = repo.load_index_scoped(&keys.granted_keys().await?).await?;
+        if let Some((key, agent)) = keys.attribution_key().await? {
+            let job = uuid::Uuid::parse_str(&a.job_id)
+                .map_err(|e| anyhow!("the controller sent job id {:?}: {e}", a.job_id))?;
+            repo.set_attribution(trireme_common::attribution::Attribution {
+                job: *job.as_bytes(),
+                agent,
+                key,
+            });
+        }
+        let indexed = repo
+            .load_index_limited(&keys.granted_keys().await?, &keys.index_limits().await?)
+            .await?;
         let mut opts = BackupOptions::new(&source.name, source.kind(), &self.config.hostname);
         if remote {
             opts.uploads = 4;
@@ -336,7 +348,9 @@ impl Runner {
         if let Some(r) = self.lock().get_mut(&a.job_id) {
             r.bytes_total = snap.manifest.summary.bytes;
         }
-        let indexed = repo.load_index_scoped(&keys.granted_keys().await?).await?;
+        let indexed = repo
+            .load_index_limited(&keys.granted_keys().await?, &keys.index_limits().await?)
+            .await?;
         let job = self.job_context(a, progress);
         let restored =
             tokio::time::timeout(timeout, sources::restore(&indexed, &snap, target, &job))

@@ -170,7 +170,9 @@ impl KeyTable {
                 "a re-wrapped key is empty or longer than 65,535 bytes".into(),
             ));
         }
-        let (mac_plain, mac_key) = provider.generate().await?;
+        // A controller key: an agent can get ordinary data keys (and so make a
+        // table whose MAC checks out), never one with the controller mark.
+        let (mac_plain, mac_key) = super::generate_controller_key(provider).await?;
         let fields = Fields {
             key_id,
             created,
@@ -428,6 +430,12 @@ impl SealedTable {
             )),
             e => e,
         })?;
+        if !super::is_controller_key(&mac_key) {
+            return Err(Error::corrupt(
+                &self.path,
+                "the key table's MAC key is an ordinary data key, not a controller key: agents can obtain those, so the table may have been planted by one; refusing it (another location's copy, or the controller's catalog, holds a good one)",
+            ));
+        }
         let want = mac_of(mac_key.as_bytes(), &self.bytes[..self.signed_len]);
         let got: [u8; 32] = self.bytes[self.signed_len..]
             .try_into()

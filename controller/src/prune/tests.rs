@@ -321,9 +321,16 @@ mod across_locations {
         // loc2 fails every delete: loc1 and loc3 are pruned, loc2 not.
         flaky.fail_deletes.store(true, Ordering::SeqCst);
         let keys: DynKeyProvider = key.clone();
-        let o = prune(&c, &rep, keys.clone(), &PruneRequest::default(), at(6))
-            .await
-            .unwrap();
+        let o = prune(
+            &c,
+            &rep,
+            keys.clone(),
+            &PruneTrust::everything(),
+            &PruneRequest::default(),
+            at(6),
+        )
+        .await
+        .unwrap();
         assert_eq!(o.removed.len(), 2);
         assert!(o.locations[1]
             .error
@@ -348,7 +355,16 @@ mod across_locations {
             dry_run: false,
             source: Some("h/other".parse().unwrap()),
         };
-        let o = prune(&c, &rep, keys.clone(), &other, at(6)).await.unwrap();
+        let o = prune(
+            &c,
+            &rep,
+            keys.clone(),
+            &PruneTrust::everything(),
+            &other,
+            at(6),
+        )
+        .await
+        .unwrap();
         assert!(
             o.locations
                 .iter()
@@ -366,9 +382,16 @@ mod across_locations {
 
         // loc2 works again: the next prune finishes it.
         flaky.fail_deletes.store(false, Ordering::SeqCst);
-        let o = prune(&c, &rep, keys.clone(), &PruneRequest::default(), at(8))
-            .await
-            .unwrap();
+        let o = prune(
+            &c,
+            &rep,
+            keys.clone(),
+            &PruneTrust::everything(),
+            &PruneRequest::default(),
+            at(8),
+        )
+        .await
+        .unwrap();
         assert!(o.removed.is_empty());
         assert!(
             o.locations

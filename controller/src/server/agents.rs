@@ -12,7 +12,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use trireme_common::wire::summary_from_wire;
-use trireme_common::{Id, Role};
+use trireme_common::{Id, Identity, Role};
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_server::AgentService;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
@@ -22,7 +22,8 @@ use trireme_proto::v1::{
 };
 
 use super::Shared;
-use crate::catalog::{CopyState, SnapshotRecord, SourceRecord};
+use crate::attribution::{CheckSite, Refusal, Reported};
+use crate::catalog::SourceRecord;
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Progress};
 use crate::policy::BackupMode;
@@ -285,6 +286,7 @@ fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
         .map(|l| LocationRef {
             name: l.name.clone(),
             url: l.agent_url.clone(),
+            config_sha256: shared.custody.config_sha256().to_vec(),
         })
         .collect();
     let mut a = JobAssignment {
@@ -351,111 +353,141 @@ fn register(
     Ok(())
 }
 
-/// Store a job result an agent reports. Results for jobs that already
-/// ended (cancelled, or failed while the agent was away) are kept when they
-/// carry a snapshot: the data is in the repository and valid.
-fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
+/// Store a job result an agent reports. A backup's result is believed only
+/// after [`crate::attribution::check_backup`] confirmed it at the location;
+/// a refused one fails the job (audited) and nothing of it is recorded.
+/// Results for jobs that already ended (cancelled, or failed while the agent
+/// was away) go through the same check and are kept when it passes: the
+/// data is in the repository and valid.
+///
+/// # Errors
+/// A result that cannot be checked now (location unreachable, catalog
+/// errors): it is not acknowledged, so the agent reports it again.
+async fn handle_result(
+    shared: &Shared,
+    agent: &Identity,
+    peer: Option<std::net::SocketAddr>,
+    r: &JobResult,
+) -> Result<()> {
+    let name = agent.name.as_str();
     let id: JobId = r.job_id.parse()?;
     let Some(job) = shared.catalog.jobs().get(&id)? else {
-        tracing::warn!(%agent, job = %r.job_id, "result for a job the catalog does not know; ignored");
+        tracing::warn!(agent = %name, job = %r.job_id, "result for a job the catalog does not know; ignored");
         return Ok(());
     };
-    if job.agent() != agent {
+    if job.agent() != name {
         return Err(Error::WrongAgent {
             job: id.to_string(),
             expected: job.agent().to_string(),
-            got: agent.to_string(),
+            got: name.to_string(),
         });
     }
     let now = shared.now();
     if r.ok && matches!(job.state, JobState::Assigned { .. }) {
         // Finished before its first progress report: it did start.
-        start(shared, &id, agent, now)?;
+        start(shared, &id, name, now)?;
     }
     if r.ok {
-        let snapshot = Id::from_hex(&r.snapshot_id).ok_or_else(|| {
-            Error::invalid(
-                "snapshot id",
-                r.snapshot_id.clone(),
-                "the agent reported success without a valid snapshot id",
-            )
-        })?;
         let outcome = match &job.kind {
-            JobKind::Backup => {
-                let summary = r
-                    .summary
-                    .as_ref()
-                    .map(summary_from_wire)
-                    .unwrap_or_default();
-                let mut copies = std::collections::BTreeMap::new();
-                if !r.location.is_empty() {
-                    copies.insert(r.location.clone(), CopyState::Copied { at: now });
-                }
-                let record = SnapshotRecord {
-                    id: snapshot,
-                    source: job.source.clone(),
-                    agent: agent.to_string(),
-                    time: DateTime::from_timestamp_nanos(r.snapshot_time_ns),
-                    size: summary.bytes,
-                    summary,
-                    job: Some(id),
-                    copies,
-                    position: r.datastore_position.clone().into_iter().collect(),
-                };
-                match blocking(|| jobs::complete_job(&shared.catalog, &id, agent, &record, now)) {
-                    Err(Error::IllegalTransition { from, .. }) => {
-                        if shared.catalog.snapshots().get(&snapshot)?.is_none() {
-                            blocking(|| shared.catalog.record_snapshot(&record))?;
+            JobKind::Backup => match check_result(shared, &job, name, r).await {
+                Ok(checked) => {
+                    blocking(|| {
+                        crate::attribution::believe(
+                            &shared.catalog,
+                            checked.index_objects.clone(),
+                            Some(id),
+                            now,
+                        )
+                    })?;
+                    let record = checked.record;
+                    let snapshot = record.id;
+                    match blocking(|| jobs::complete_job(&shared.catalog, &id, name, &record, now))
+                    {
+                        Err(Error::IllegalTransition { from, .. }) => {
+                            if shared.catalog.snapshots().get(&snapshot)?.is_none() {
+                                blocking(|| shared.catalog.record_snapshot(&record))?;
+                            }
+                            tracing::warn!(job = %id, agent = %name, state = %from, snapshot = %snapshot,
+                                "late result: the job had already ended; its snapshot was checked at the location and is kept in the catalog");
+                            Ok(snapshot)
                         }
-                        tracing::warn!(job = %id, %agent, state = %from, snapshot = %snapshot,
-                            "late result: the job had already ended; its snapshot is kept in the catalog");
-                        Ok(())
+                        other => other.map(|_| snapshot),
                     }
-                    other => other.map(|_| ()),
                 }
+                Err(Refusal::Later(why)) => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot check the result of job {id} now: {why}"
+                    )))
+                }
+                Err(Refusal::Refused(why)) => {
+                    tracing::warn!(target: "trireme::audit", job = %id, agent = %name, reason = %why, "backup result refused");
+                    shared.record(
+                        crate::audit::Event::by(
+                            agent,
+                            "backup result",
+                            format!("job {id} source {}", job.source),
+                        )
+                        .refused(why.clone())
+                        .from_peer(peer),
+                    );
+                    let event = JobEvent::Fail {
+                        agent: Some(name.to_string()),
+                        reason: why,
+                    };
+                    match blocking(|| jobs::update_job(&shared.catalog, &id, &event, now)) {
+                        Ok(_) | Err(Error::IllegalTransition { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                    shared.job_changed(id);
+                    shared.scheduler.wake();
+                    return Ok(());
+                }
+            },
+            JobKind::Restore { snapshot, .. } => {
+                let snapshot = *snapshot;
+                blocking(|| {
+                    jobs::update_job(
+                        &shared.catalog,
+                        &id,
+                        &JobEvent::Succeed {
+                            agent: name.to_string(),
+                            snapshot,
+                        },
+                        now,
+                    )?;
+                    // What the agent checked after restoring (key counts, row checksums, ...).
+                    if let Some(mut j) = shared.catalog.jobs().get(&id)? {
+                        j.checks.clone_from(&r.checks);
+                        j.took_ms = r
+                            .summary
+                            .as_ref()
+                            .map(|s| (s.duration_secs * 1000.0) as u64);
+                        shared.catalog.jobs().insert(&id, &j)?;
+                    }
+                    Ok(snapshot)
+                })
             }
-            JobKind::Restore { .. } => blocking(|| {
-                jobs::update_job(
-                    &shared.catalog,
-                    &id,
-                    &JobEvent::Succeed {
-                        agent: agent.to_string(),
-                        snapshot,
-                    },
-                    now,
-                )?;
-                // What the agent checked after restoring (key counts, row checksums, ...).
-                if let Some(mut j) = shared.catalog.jobs().get(&id)? {
-                    j.checks.clone_from(&r.checks);
-                    j.took_ms = r
-                        .summary
-                        .as_ref()
-                        .map(|s| (s.duration_secs * 1000.0) as u64);
-                    shared.catalog.jobs().insert(&id, &j)?;
-                }
-                Ok(())
-            }),
         };
         match outcome {
-            Ok(()) => {
-                tracing::info!(job = %id, %agent, snapshot = %snapshot.short(), "job succeeded");
+            Ok(snapshot) => {
+                tracing::info!(job = %id, agent = %name, snapshot = %snapshot.short(), "job succeeded");
             }
             Err(Error::IllegalTransition { from, .. }) => {
-                tracing::info!(job = %id, %agent, state = %from, "result for a job that had already ended; ignored");
+                tracing::info!(job = %id, agent = %name, state = %from, "result for a job that had already ended; ignored");
             }
             Err(e) => return Err(e),
         }
     } else {
         let event = JobEvent::Fail {
-            agent: Some(agent.to_string()),
+            agent: Some(name.to_string()),
             reason: r.error_message.clone(),
         };
         match blocking(|| jobs::update_job(&shared.catalog, &id, &event, now)) {
             Ok(u) => {
-                tracing::warn!(job = %id, %agent, reason = %r.error_message, follow_up = ?u.follow_up, "job failed");
+                tracing::warn!(job = %id, agent = %name, reason = %r.error_message, follow_up = ?u.follow_up, "job failed");
             }
             Err(Error::IllegalTransition { from, .. }) => {
-                tracing::info!(job = %id, %agent, state = %from, "failure report for a job that had already ended; ignored");
+                tracing::info!(job = %id, agent = %name, state = %from, "failure report for a job that had already ended; ignored");
             }
             Err(e) => return Err(e),
         }
@@ -466,6 +498,54 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
         shared.replicate_now.notify_one();
     }
     Ok(())
+}
+
+/// Check a backup result at the location the agent names (see
+/// [`crate::attribution::check_backup`]).
+async fn check_result(
+    shared: &Shared,
+    job: &Job,
+    agent: &str,
+    r: &JobResult,
+) -> std::result::Result<crate::attribution::Checked, Refusal> {
+    let refused = |why: String| {
+        Refusal::Refused(format!(
+            "the result of job {} was not recorded: {why}",
+            job.id
+        ))
+    };
+    let snapshot = Id::from_hex(&r.snapshot_id).ok_or_else(|| {
+        refused(format!(
+            "the agent reported success without a valid snapshot id ({:?})",
+            r.snapshot_id
+        ))
+    })?;
+    let Some((name, backend)) = shared.audit_mirrors.iter().find(|(n, _)| *n == r.location) else {
+        return Err(refused(format!(
+            "the agent names location {:?}, which is not one of this controller's",
+            r.location
+        )));
+    };
+    let writer = trireme_common::attribution::Writer {
+        job: *job.id.0.as_bytes(),
+        agent: agent.to_string(),
+    };
+    let index = shared
+        .keyed_index(name, Some(writer))
+        .await
+        .map_err(|e| Refusal::Later(format!("cannot read the index at {name}: {e}")))?;
+    let site = CheckSite {
+        name,
+        backend,
+        index: &index,
+        custody: &shared.custody,
+    };
+    let reported = Reported {
+        snapshot,
+        location: name.clone(),
+    };
+    crate::attribution::check_backup(&shared.catalog, &site, job, agent, &reported, shared.now())
+        .await
 }
 
 /// Mark an assigned job as started by `agent`.
@@ -667,7 +747,7 @@ impl AgentService for AgentApi {
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         for r in &hello.pending_results {
-            match handle_result(&shared, &agent, r) {
+            match handle_result(&shared, &id, peer, r).await {
                 Ok(()) => {
                     let _ = tx.send(Ok(ack(&r.job_id)));
                 }
@@ -719,6 +799,7 @@ impl AgentService for AgentApi {
         let liveness = shared.heartbeat_interval * 3;
         let s = shared.clone();
         let name = agent.clone();
+        let ident = id.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -769,7 +850,7 @@ impl AgentService for AgentApi {
                             tracing::warn!(agent = %name, job = %p.job_id, error = %e, "cannot record progress");
                         }
                     }
-                    Some(AgentMsg::Result(r)) => match handle_result(&s, &name, &r) {
+                    Some(AgentMsg::Result(r)) => match handle_result(&s, &ident, peer, &r).await {
                         Ok(()) => {
                             let _ = tx.send(Ok(ack(&r.job_id)));
                         }

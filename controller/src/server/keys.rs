@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
-use trireme_common::scope::{KeyScope, KeyedIndex};
-use trireme_common::{Identity, KeyProvider, Repository, Role, WrappedKey};
+use trireme_common::scope::KeyScope;
+use trireme_common::{Identity, KeyProvider, Role, WrappedKey};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest, KeyPair,
@@ -56,9 +56,6 @@ const MAX_UNWRAP: usize = 4096;
 pub struct KeyApi {
     shared: Arc<Shared>,
     scopes: Mutex<HashMap<JobId, Arc<JobScope>>>,
-    /// The last index read at each location: the next scope reads only the
-    /// index objects written since.
-    indexes: tokio::sync::Mutex<HashMap<String, Arc<KeyedIndex>>>,
     /// Stored keys unwrapped so far: every backup's scope holds every index
     /// key, and with a KMS each unwrap would be a call to it.
     unwrapped: trireme_common::keys::KeyCache,
@@ -72,7 +69,6 @@ impl KeyApi {
             unwrapped: trireme_common::keys::KeyCache::new(provider),
             shared,
             scopes: Mutex::default(),
-            indexes: tokio::sync::Mutex::default(),
         }
     }
 
@@ -104,31 +100,45 @@ impl KeyApi {
         };
         let parent = super::agents::backup_parent(&self.shared, job).map_err(Status::from)?;
         let mut errors = Vec::new();
-        for (name, backend) in &self.shared.audit_mirrors {
+        for (name, _) in &self.shared.audit_mirrors {
             if only.as_ref().is_some_and(|o| o != name) {
                 continue;
             }
             let attempt = async {
-                let repo = Arc::new(
-                    Repository::open(backend.clone(), self.shared.master_key.clone()).await?,
-                );
-                let index = {
-                    let mut cache = self.indexes.lock().await;
-                    let index =
-                        Arc::new(KeyedIndex::refresh(&repo, cache.get(name).map(|i| &**i)).await?);
-                    cache.insert(name.clone(), index.clone());
-                    index
-                };
+                let index = self.shared.keyed_index(name, None).await?;
                 match snapshot {
-                    Some(s) => index.restore_scope(&s).await,
-                    None => match index.backup_scope(parent.as_ref()).await {
-                        // The agent makes a full backup when the parent is
-                        // not readable where it writes.
-                        Err(trireme_common::Error::NotFound { .. }) => {
-                            index.backup_scope(None).await
-                        }
-                        r => r,
-                    },
+                    Some(s) => {
+                        // Prefer the packs the snapshot's own agent wrote.
+                        let owner = self
+                            .shared
+                            .catalog
+                            .snapshots()
+                            .get(&s)
+                            .ok()
+                            .flatten()
+                            .map(|r| r.agent);
+                        let ledger = crate::attribution::Ledger::new(&self.shared.catalog);
+                        let prefer = |k: &WrappedKey| {
+                            owner.as_ref().is_some_and(|a| ledger.issued_to_agent(k, a))
+                        };
+                        index.restore_scope(&s, &prefer).await
+                    }
+                    None => {
+                        let mut scope = match index.backup_scope(parent.as_ref()).await {
+                            // The agent makes a full backup when the parent is
+                            // not readable where it writes.
+                            Err(trireme_common::Error::NotFound { .. }) => {
+                                index.backup_scope(None).await
+                            }
+                            r => r,
+                        }?;
+                        // Dedup only against this agent's own packs: a result
+                        // referencing any other pack is refused.
+                        let ledger = crate::attribution::Ledger::new(&self.shared.catalog);
+                        scope.packs =
+                            Some(index.packs_where(|k| ledger.issued_to_agent(k, job.agent())));
+                        Ok(scope)
+                    }
                 }
             };
             match attempt.await {
@@ -241,6 +251,9 @@ impl KeyService for KeyApi {
                 e @ trireme_common::Error::KeyUnavailable(_) => Status::unavailable(e.to_string()),
                 e => Status::internal(e.to_string()),
             })?;
+        crate::attribution::Ledger::new(&self.shared.catalog)
+            .record(&wrapped, &job, self.shared.now())
+            .map_err(Status::from)?;
         lock(&self.job_scope(&job).generated).insert(wrapped.clone());
         tracing::info!(target: "trireme::audit", agent = %id.name, job = %job.id, source = %job.source, "data key generated");
         self.shared.record(
@@ -345,6 +358,19 @@ impl KeyService for KeyApi {
         Ok(Response::new(JobKeysReply {
             keys,
             snapshots: scope.snapshots.iter().map(|s| s.to_hex()).collect(),
+            packs_limited: scope.packs.is_some(),
+            packs: scope.packs.iter().flatten().map(|p| p.0.to_vec()).collect(),
+            index_limited: scope.index_objects.is_some(),
+            index_objects: scope.index_objects.iter().flatten().cloned().collect(),
+            attribution_key: if job.is_backup() {
+                self.shared
+                    .custody
+                    .job_mac_key(job.id.0.as_bytes(), job.agent())
+                    .to_vec()
+            } else {
+                Vec::new()
+            },
+            attribution_agent: job.agent().to_string(),
         }))
     }
 }

@@ -766,11 +766,21 @@ impl OperatorService for OperatorApi {
         )
         .await?;
         let keys: trireme_common::DynKeyProvider = self.shared.master_key.clone();
-        let repo = trireme_common::Repository::open(backend, keys)
-            .await
-            .map_err(Error::from)?;
-        let r =
-            crate::rebuild::rebuild(&self.shared.catalog, &repo, &name, self.shared.now()).await?;
+        let repo = trireme_common::Repository::from_config(
+            backend,
+            keys,
+            self.shared.custody.config_bytes(),
+        )
+        .await
+        .map_err(Error::from)?;
+        let r = crate::rebuild::rebuild(
+            &self.shared.catalog,
+            &repo,
+            &self.shared.custody,
+            &name,
+            self.shared.now(),
+        )
+        .await?;
         self.audit_ok(
             &id,
             peer,

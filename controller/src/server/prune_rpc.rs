@@ -60,7 +60,15 @@ pub async fn prune_now(shared: &Arc<Shared>, req: &prune::PruneRequest) -> Resul
     let outcome = async {
         prune::check_idle(&shared.catalog)?;
         let keys: DynKeyProvider = shared.master_key.clone();
-        prune::prune(&shared.catalog, &shared.replicator, keys, req, shared.now()).await
+        prune::prune(
+            &shared.catalog,
+            &shared.replicator,
+            keys,
+            &prune::PruneTrust::controller(&shared.catalog, &shared.custody, shared.now()),
+            req,
+            shared.now(),
+        )
+        .await
     }
     .await;
     drop(gate);
