@@ -1,9 +1,10 @@
 //! Rebuilding the catalog from the objects at one location, for a new
 //! controller that lost the old one's state directory: with the master key
 //! (imported from its recovery export), every snapshot manifest at the
-//! location is read and recorded — its source, agent, time, counters and
-//! datastore position — with the sources it names and each source's newest
-//! snapshot as the parent of its next incremental. The replication loop
+//! location is read and recorded — its source, agent, time, counters,
+//! datastore position and the snapshots it depends on — with the sources
+//! it names and each source's newest snapshot as the parent of its next
+//! incremental. The replication loop
 //! then finds the copies at the other locations and verifies them.
 //!
 //! Agents are named by the `agent:<name>` tag their snapshots carry (older
@@ -81,7 +82,7 @@ pub async fn rebuild(
             continue;
         }
         let time = DateTime::from_timestamp_nanos(m.started_ns);
-        let record = SnapshotRecord {
+        let mut record = SnapshotRecord {
             id: s.id,
             source: source.clone(),
             agent,
@@ -91,7 +92,10 @@ pub async fn rebuild(
             job: None,
             copies: BTreeMap::from([(location.to_string(), CopyState::Copied { at: now })]),
             position: m.position.clone(),
+            depends_on: Vec::new(),
         };
+        // Recomputed from the manifest's position, as when it was recorded.
+        record.derive_dependencies();
         catalog.transaction_durable(|tx| {
             tx.snapshots.insert(&record.id, &record)?;
             remember_latest_in(tx, &record)

@@ -563,6 +563,15 @@ pub fn snapshot_fields(s: &SnapshotInfo) -> String {
             .join("\n");
         rows.push(("position", text));
     }
+    if !s.depends_on.is_empty() {
+        let text = s
+            .depends_on
+            .iter()
+            .map(|d| format!("{} ({} chain)", d.id, d.chain))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("depends on", text));
+    }
     let copies = if s.copies.is_empty() {
         "none yet".to_string()
     } else {
@@ -587,6 +596,10 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
         "size": s.size,
         "summary": s.summary.as_ref().map_or(Value::Null, summary_json),
         "datastore_position": details_json(&s.datastore_position),
+        "depends_on": s.depends_on.iter().map(|d| json!({
+            "id": d.id,
+            "chain": d.chain,
+        })).collect::<Vec<_>>(),
         "copies": s.copies.iter().map(|c| json!({
             "location": c.location,
             "state": copy_state(c).map_or(Value::Null, |s| Value::String(s.into())),

@@ -37,6 +37,7 @@ fn snap(n: u8, source: &str, verified: usize) -> SnapshotRecord {
             })
             .collect::<BTreeMap<_, _>>(),
         position: BTreeMap::new(),
+        depends_on: Vec::new(),
     }
 }
 
@@ -306,6 +307,7 @@ mod across_locations {
                 job: None,
                 copies: BTreeMap::new(),
                 position: BTreeMap::new(),
+                depends_on: Vec::new(),
             })
             .unwrap();
             ids.push(s.id);

@@ -401,6 +401,8 @@ fn handle_result(shared: &Shared, agent: &str, r: &JobResult) -> Result<()> {
                     job: Some(id),
                     copies,
                     position: r.datastore_position.clone().into_iter().collect(),
+                    // Set from the position when recorded.
+                    depends_on: Vec::new(),
                 };
                 match blocking(|| jobs::complete_job(&shared.catalog, &id, agent, &record, now)) {
                     Err(Error::IllegalTransition { from, .. }) => {

@@ -19,9 +19,10 @@ use trireme_proto::v1::{
     ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
     ListSourcesRequest, LocationInfo, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
     MfaEnrollRequest, PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest,
-    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
-    SourceProtection, SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyAuditReply,
-    VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
+    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotDependency, SnapshotInfo,
+    SourceEntry, SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply,
+    StatusRequest, VerifyAuditReply, VerifyAuditRequest, VerifyReply, VerifyRequest,
+    WatchJobRequest,
 };
 
 use trireme_proto::v1::{PruneReply, PruneRequest};
@@ -268,6 +269,14 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
             .collect(),
         agent: s.agent.clone(),
         size: s.size,
+        depends_on: s
+            .depends_on
+            .iter()
+            .map(|d| SnapshotDependency {
+                id: d.snapshot.to_hex(),
+                chain: d.chain.clone(),
+            })
+            .collect(),
     }
 }
 
