@@ -88,6 +88,100 @@ fn the_newest_verified_copies_are_kept_whatever_the_class_says() {
     );
 }
 
+/// A TiDB snapshot resting on snapshot `previous` (of any source).
+fn incremental(n: u8, source: &str, previous: u8) -> SnapshotRecord {
+    let mut s = snap(n, source, 3);
+    s.position = BTreeMap::from([(
+        "tidb.previous_snapshot".to_string(),
+        Id([previous; 32]).to_hex(),
+    )]);
+    s.derive_dependencies();
+    s
+}
+
+#[test]
+fn a_kept_incremental_keeps_its_chain_and_says_why() {
+    let (_d, c) = catalog(KEEP_ONE);
+    // 1: an old full backup; 2: a full backup; 3, 4: incrementals on it.
+    // The tree snapshot 5 of another source names 2 only as its parent
+    // (change detection): that is no dependency.
+    let mut tree = snap(5, "h/files", 3);
+    tree.position = BTreeMap::from([("parent".to_string(), Id([2; 32]).to_hex())]);
+    for s in [
+        snap(1, "h/db", 3),
+        snap(2, "h/db", 3),
+        incremental(3, "h/db", 2),
+        incremental(4, "h/db", 3),
+        tree,
+    ] {
+        c.record_snapshot(&s).unwrap();
+    }
+    let (removed, kept, notes) = decide(&c, None, 3, at(12)).unwrap();
+    assert_eq!(
+        removed.iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![Id([1; 32])],
+        "{removed:?}"
+    );
+    assert_eq!(reason_of(&kept, 4).unwrap(), "newest, last 1");
+    let by = Id([4; 32]).short();
+    for n in [2, 3] {
+        assert_eq!(
+            reason_of(&kept, n).unwrap(),
+            format!("needed by {by} (tidb chain)")
+        );
+        let v = kept.iter().find(|v| v.id == Id([n; 32])).unwrap();
+        let needed = v.needed_by.as_ref().unwrap();
+        assert_eq!(
+            (needed.snapshot, needed.chain.as_str()),
+            (Id([4; 32]), "tidb")
+        );
+    }
+    assert!(
+        kept.iter()
+            .filter(|v| v.id != Id([2; 32]) && v.id != Id([3; 32]))
+            .all(|v| v.needed_by.is_none()),
+        "{kept:?}"
+    );
+    assert!(
+        notes.iter().all(|n| !n.contains("not in the catalog")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn chains_are_followed_across_sources_and_a_missing_link_is_reported() {
+    let (_d, c) = catalog(KEEP_ONE);
+    // h/db: 1, 2 (newest). h/other (no policy, so kept whole) rests on 1.
+    // h/db's 3 is gone from the catalog, and h/db's 9 still names it.
+    for s in [
+        snap(1, "h/db", 3),
+        snap(2, "h/db", 3),
+        incremental(4, "h/other", 1),
+    ] {
+        c.record_snapshot(&s).unwrap();
+    }
+    // Pruning only h/db: h/other's snapshot still needs 1.
+    let only: SourceId = "h/db".parse().unwrap();
+    let (removed, kept, _) = decide(&c, Some(&only), 3, at(12)).unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        reason_of(&kept, 1).unwrap(),
+        format!("needed by {} of h/other (tidb chain)", Id([4; 32]).short())
+    );
+    c.record_snapshot(&incremental(9, "h/db", 3)).unwrap();
+    let (_, kept, notes) = decide(&c, Some(&only), 3, at(12)).unwrap();
+    assert_eq!(reason_of(&kept, 9).unwrap(), "newest, last 1");
+    assert!(
+        notes.iter().any(|n| n
+            == &format!(
+                "snapshot {} of h/db needs {} (tidb chain), which is not in the catalog: it does not restore (make a full backup)",
+                Id([9; 32]).short(),
+                Id([3; 32]).short()
+            )),
+        "{notes:?}"
+    );
+}
+
 #[test]
 fn sources_without_a_policy_or_class_keep_everything() {
     let (_d, c) = catalog(
