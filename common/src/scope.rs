@@ -118,6 +118,11 @@ impl KeyedIndex {
         self.objects.len()
     }
 
+    /// The repository with this load's index (to read snapshots' trees).
+    pub fn indexed(&self) -> &IndexedRepo {
+        &self.repo
+    }
+
     /// The scope of a restore of `snapshot`.
     ///
     /// # Errors

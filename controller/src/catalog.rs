@@ -209,6 +209,16 @@ pub enum CopyState {
         /// What was found.
         reason: String,
     },
+    /// Objects the snapshot needs (its manifest, a pack it references) are
+    /// at no location, or the index lists none holding one of its chunks:
+    /// the copy cannot be completed, and the snapshot does not restore from
+    /// here. Checked again at every pass.
+    Incomplete {
+        /// When it was found.
+        at: DateTime<Utc>,
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// A snapshot the catalog knows about.

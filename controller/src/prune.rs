@@ -19,7 +19,10 @@
 //!   no copy runs meanwhile);
 //! - a location is skipped, with the reason reported, when it cannot be
 //!   listed, when a kept snapshot is not verified there or its manifest is
-//!   missing there, when it lacks a snapshot another location holds, or
+//!   missing there (a snapshot incomplete at every location, whose copies
+//!   replication cannot complete anywhere, does not count: no location is
+//!   behind another for it), when it lacks a snapshot another location
+//!   holds, or
 //!   when its repository cannot be read completely. Nothing is deleted at a
 //!   skipped location.
 //!
@@ -551,6 +554,9 @@ fn behind(
     sites: &[crate::replication::Site],
 ) -> Option<String> {
     for s in all.iter().filter(|s| !condemned.contains(&s.id)) {
+        if incomplete_everywhere(s, sites) {
+            continue;
+        }
         match s.copies.get(name) {
             Some(CopyState::Verified { .. }) => {}
             other => {
@@ -559,6 +565,9 @@ fn behind(
                     Some(CopyState::Copying { .. }) => "being copied".into(),
                     Some(CopyState::Copied { .. }) => "copied, not verified yet".into(),
                     Some(CopyState::Damaged { reason, .. }) => format!("damaged: {reason}"),
+                    Some(CopyState::Incomplete { reason, .. }) => {
+                        format!("incomplete: {reason}")
+                    }
                     Some(CopyState::Verified { .. }) => unreachable!(),
                 };
                 return Some(format!(
@@ -590,6 +599,15 @@ fn behind(
         }
     }
     None
+}
+
+/// Whether replication found `s` incomplete at every location: objects it
+/// needs are at none, so no location lags another for it.
+fn incomplete_everywhere(s: &SnapshotRecord, sites: &[crate::replication::Site]) -> bool {
+    !sites.is_empty()
+        && sites
+            .iter()
+            .all(|site| matches!(s.copies.get(&site.name), Some(CopyState::Incomplete { .. })))
 }
 
 /// Drop the tombstones of objects no location holds any more (only when

@@ -373,7 +373,12 @@ mod across_locations {
                 pacer: None,
             })
             .collect();
-        let rep = Replicator::new(c.clone(), sites, ReplicationSettings::default());
+        let rep = Replicator::new(
+            c.clone(),
+            sites,
+            ReplicationSettings::default(),
+            key.clone(),
+        );
         let file = parse_policy_file("p.toml", KEEP_ONE).unwrap();
         apply_policy_file(&c, &file, "test", at(0)).unwrap();
 

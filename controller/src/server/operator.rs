@@ -256,6 +256,9 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
                     CopyState::Damaged { at, reason } => {
                         ("failed", false, unix(*at), reason.clone())
                     }
+                    CopyState::Incomplete { at, reason } => {
+                        ("incomplete", false, unix(*at), reason.clone())
+                    }
                     CopyState::Pending => ("pending", false, 0, String::new()),
                 };
                 SnapshotCopy {
