@@ -10,7 +10,8 @@
 //! snapshot needs are there: its manifest and every pack holding a chunk it
 //! references ([`trireme_common::replicate::snapshot_objects`], read with
 //! the master key), each present with the size the index records and its
-//! checksum checked (HEAD: size, and the store's SHA-256 against the name).
+//! checksum checked by this process (HEAD: size, and the store's SHA-256
+//! against the name; or read back when it was copied there).
 //! A snapshot some of whose objects are at no location (a pack deleted
 //! before it was copied anywhere, chunks no index lists, a manifest gone)
 //! cannot be completed: its copies are marked *incomplete* with what is
@@ -427,15 +428,24 @@ impl Replicator {
                     }
                     let failed: HashSet<ObjectKey> =
                         r.failed.iter().map(|(k, _)| k.clone()).collect();
-                    for k in &redo {
-                        if !failed.contains(k) {
+                    for k in redo.iter().filter(|k| !failed.contains(*k)) {
+                        // Only what another location offered was rewritten.
+                        let text = if srcs.iter().any(|(_, l)| l.contains_key(k)) {
                             st.problems_repaired += 1;
                             let text = format!("{}: {k} repaired from a good copy", site.name);
                             report.repaired.push(text.clone());
-                            self.incident(&mut st, now, text);
-                            if let Some(set) = Self::lock(&self.damaged).get_mut(&site.name) {
-                                set.remove(k);
-                            }
+                            text
+                        } else {
+                            let text = format!(
+                                "{}: {k} cannot be repaired: no other location holds a good copy (a snapshot that needs it is marked incomplete)",
+                                site.name
+                            );
+                            report.unrepaired.push(text.clone());
+                            text
+                        };
+                        self.incident(&mut st, now, text);
+                        if let Some(set) = Self::lock(&self.damaged).get_mut(&site.name) {
+                            set.remove(k);
                         }
                     }
                     for (k, e) in &r.failed {
@@ -477,8 +487,7 @@ impl Replicator {
 
         // 4. Snapshot copies: verified where a complete location holds the
         //    objects the snapshot needs, checked.
-        let mut reads: HashMap<usize, std::result::Result<Arc<KeyedIndex>, String>> =
-            HashMap::new();
+        let mut reads: HashMap<usize, IndexRead> = HashMap::new();
         for id in snapshots_before {
             let Some(mut rec) = self.catalog.snapshots().get(&id)? else {
                 continue;
@@ -566,7 +575,7 @@ impl Replicator {
         &self,
         id: &Id,
         current: &[Option<Listing>],
-        reads: &mut HashMap<usize, std::result::Result<Arc<KeyedIndex>, String>>,
+        reads: &mut HashMap<usize, IndexRead>,
     ) -> Needs {
         if let Some(n) = Self::lock(&self.needs).get(id) {
             return Needs::Known(n.clone());
@@ -581,16 +590,20 @@ impl Replicator {
             {
                 continue;
             }
-            if !reads.contains_key(&i) {
-                let loaded = self.index_at(site).await.map_err(|e| {
-                    temporary |= e.is_temporary();
-                    e.to_string()
-                });
-                reads.insert(i, loaded);
-            }
-            let index = match &reads[&i] {
-                Ok(index) => index.clone(),
-                Err(e) => {
+            let loaded = match reads.entry(i) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let r = self
+                        .index_at(site)
+                        .await
+                        .map_err(|e| (e.to_string(), e.is_temporary()));
+                    v.insert(r).clone()
+                }
+            };
+            let index = match loaded {
+                Ok(index) => index,
+                Err((e, temp)) => {
+                    temporary |= temp;
                     errors.push(format!("{}: cannot read its index: {e}", site.name));
                     continue;
                 }
@@ -657,7 +670,10 @@ impl Replicator {
         // may hold it (then wait).
         let nowhere = |reason: String| {
             if all_reachable {
-                CopyState::Incomplete { at: now, reason }
+                CopyState::Incomplete {
+                    at: now,
+                    reason: format!("{reason}: the copy cannot be completed"),
+                }
             } else {
                 tracing::info!(location = %self.sites[i].name, %reason, unreachable = %unreachable(), "a snapshot's objects may be at an unreachable location; waiting");
                 CopyState::Pending
@@ -700,7 +716,7 @@ impl Replicator {
                 });
             if let Some(k) = nowhere_keys.first() {
                 return nowhere(format!(
-                    "{} object(s) it needs are at no location, e.g. {k}: the copy cannot be completed",
+                    "{} object(s) it needs are at no location, e.g. {k}",
                     nowhere_keys.len()
                 ));
             }
@@ -718,9 +734,19 @@ impl Replicator {
                 ),
             };
         }
-        let objects: Vec<(ObjectKey, u64)> =
-            n.objects.iter().map(|(k, s)| (k.clone(), *s)).collect();
+        // HEAD what this process has not read the checksum of here yet
+        // (objects present when the pass started were checked in step 2,
+        // copies were read back as they were written).
         let site = &self.sites[i];
+        let objects: Vec<(ObjectKey, u64)> = {
+            let v = Self::lock(&self.verified);
+            let known = v.get(&site.name);
+            n.objects
+                .iter()
+                .filter(|(k, _)| !known.is_some_and(|set| set.contains(*k)))
+                .map(|(k, s)| (k.clone(), *s))
+                .collect()
+        };
         let checked = replicate::verify(&site.backend, &objects, false, CONCURRENCY).await;
         if let Some(p) = checked.problems.first() {
             let reason = format!(
@@ -735,6 +761,10 @@ impl Replicator {
             self.save(&site.name, &st);
             return CopyState::Damaged { at: now, reason };
         }
+        Self::lock(&self.verified)
+            .entry(site.name.clone())
+            .or_default()
+            .extend(objects.into_iter().map(|(k, _)| k));
         CopyState::Verified { at: now }
     }
 
@@ -919,6 +949,10 @@ impl Replicator {
             .collect()
     }
 }
+
+/// A location's index as read in one pass, or why not (and whether that
+/// may pass).
+type IndexRead = std::result::Result<Arc<KeyedIndex>, (String, bool)>;
 
 /// What a pass knows of the objects one snapshot needs.
 enum Needs {
