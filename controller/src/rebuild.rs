@@ -120,3 +120,62 @@ pub async fn rebuild(
     catalog.flush()?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use trireme_common::backend::MemoryBackend;
+    use trireme_common::{
+        BackupInput, BackupOptions, ChunkerParams, Dependency, DynBackend, Id, LocalKeyFile,
+    };
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuilt_catalog_knows_what_each_snapshot_depends_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(LocalKeyFile::create(&dir.path().join("key")).unwrap());
+        let backend: DynBackend = Arc::new(MemoryBackend::new());
+        let repo = Arc::new(
+            Repository::init(backend, key, ChunkerParams::default())
+                .await
+                .unwrap(),
+        );
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"backup data").unwrap();
+        let mut previous: Option<Id> = None;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut opts = BackupOptions::new("tidb", "tidb", "db-1");
+            if let Some(p) = previous {
+                opts.position
+                    .insert("tidb.previous_snapshot".into(), p.to_hex());
+            }
+            let s = repo
+                .load_index()
+                .await
+                .unwrap()
+                .backup(BackupInput::Tree(src.clone()), opts)
+                .await
+                .unwrap();
+            previous = Some(s.id);
+            ids.push(s.id);
+        }
+        let catalog = Catalog::open(dir.path().join("catalog")).unwrap();
+        let report = rebuild(&catalog, &repo, "loc1", Utc::now()).await.unwrap();
+        assert_eq!(report.added, 3);
+        let deps = |id: &Id| catalog.snapshots().get(id).unwrap().unwrap().depends_on;
+        assert!(deps(&ids[0]).is_empty());
+        for i in 1..3 {
+            assert_eq!(
+                deps(&ids[i]),
+                vec![Dependency {
+                    snapshot: ids[i - 1],
+                    chain: "tidb".into()
+                }]
+            );
+        }
+    }
+}

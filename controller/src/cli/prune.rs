@@ -203,7 +203,7 @@ mod tests {
                     id: "ef".repeat(32),
                     source: "db-1/mongo".into(),
                     time_unix: 1_700_000_100,
-                    reason: "needed by cdcdcdcdcdcd (tidb chain)".into(),
+                    reason: "needed by cdcdcdcd (tidb chain)".into(),
                     needed_by: "cd".repeat(32),
                     chain: "tidb".into(),
                 },
@@ -244,7 +244,7 @@ mod tests {
             t.contains("WHY KEPT") && t.contains("daily 2023-11-15"),
             "{t}"
         );
-        assert!(t.contains("needed by cdcdcdcdcdcd (tidb chain)"), "{t}");
+        assert!(t.contains("needed by cdcdcdcd (tidb chain)"), "{t}");
         assert!(!prune_text(&r, false).contains("WHY KEPT"));
         assert!(t.contains("3.0 MiB"), "{t}");
         assert!(t.contains("skipped: unreachable"), "{t}");

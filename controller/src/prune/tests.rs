@@ -183,6 +183,46 @@ fn chains_are_followed_across_sources_and_a_missing_link_is_reported() {
 }
 
 #[test]
+fn a_snapshot_incomplete_everywhere_makes_no_location_behind() {
+    let sites: Vec<crate::replication::Site> = LOCS
+        .iter()
+        .map(|n| crate::replication::Site {
+            name: n.to_string(),
+            backend: Arc::new(trireme_common::backend::MemoryBackend::new()),
+            pacer: None,
+        })
+        .collect();
+    let incomplete = CopyState::Incomplete {
+        at: at(1),
+        reason: "1 object(s) it needs are at no location".into(),
+    };
+    let mut s = snap(1, "h/db", 0);
+    for l in LOCS {
+        s.copies.insert(l.to_string(), incomplete.clone());
+    }
+    let here: BTreeSet<Id> = [Id([1; 32])].into();
+    let listed: Vec<std::result::Result<BTreeSet<Id>, String>> =
+        vec![Ok(here.clone()), Ok(here.clone()), Ok(here.clone())];
+    let none = BTreeSet::new();
+    assert_eq!(
+        behind(
+            "loc1",
+            &here,
+            std::slice::from_ref(&s),
+            &none,
+            &listed,
+            &sites
+        ),
+        None
+    );
+    // Verified somewhere: the others lag behind it.
+    s.copies
+        .insert("loc2".into(), CopyState::Verified { at: at(1) });
+    let why = behind("loc1", &here, &[s], &none, &listed, &sites).unwrap();
+    assert!(why.contains("incomplete: 1 object(s)"), "{why}");
+}
+
+#[test]
 fn sources_without_a_policy_or_class_keep_everything() {
     let (_d, c) = catalog(
         "[[policy]]\nsource = \"h/db\"\nschedule = \"@daily\"\nretention = \"undefined\"\n",
