@@ -35,7 +35,7 @@ pub use error::{Error, Result};
 pub use format::ChunkerParams;
 pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, WrappedKey};
 pub use location::Location;
-pub use manifest::{ContentKind, SnapshotManifest, Summary, TreeEntry};
+pub use manifest::{ContentKind, Dependency, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
 pub use restore::{RestoreOptions, RestoreSummary};
 pub use tls::{Identity, Role};

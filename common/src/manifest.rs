@@ -87,6 +87,50 @@ pub struct SnapshotManifest {
     pub mac: Option<serde_bytes::ByteBuf>,
 }
 
+/// Position keys ending with this name an earlier snapshot that restoring
+/// this one needs first: its chain (e.g. `tidb.previous_snapshot`, a TiDB
+/// incremental backup resting on the one before it). The part before the
+/// suffix names the chain. Any source with incremental backups that do not
+/// stand alone records its predecessor this way; a tree snapshot's `parent`
+/// (change detection only) is not a dependency.
+pub const PREVIOUS_SNAPSHOT_SUFFIX: &str = ".previous_snapshot";
+
+/// An earlier snapshot that restoring a snapshot needs.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dependency {
+    /// The snapshot needed.
+    pub snapshot: Id,
+    /// The chain it belongs to: the position key's prefix, e.g. `tidb`.
+    pub chain: String,
+}
+
+/// The snapshots a snapshot with datastore position `position` depends on:
+/// one per key ending in [`PREVIOUS_SNAPSHOT_SUFFIX`], in key order. The one
+/// rule shared by restore key scopes and retention. A value that is not a
+/// snapshot id names nothing and is left out (the restore of such a
+/// snapshot fails on it).
+pub fn dependencies(position: &BTreeMap<String, String>) -> Vec<Dependency> {
+    let mut seen = std::collections::HashSet::new();
+    position
+        .iter()
+        .filter_map(|(k, v)| {
+            let chain = k.strip_suffix(PREVIOUS_SNAPSHOT_SUFFIX)?;
+            Some(Dependency {
+                snapshot: Id::from_hex(v.trim())?,
+                chain: chain.to_string(),
+            })
+        })
+        .filter(|d| seen.insert(d.snapshot))
+        .collect()
+}
+
+impl SnapshotManifest {
+    /// The snapshots this one depends on (see [`dependencies`]).
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        dependencies(&self.position)
+    }
+}
+
 /// The type of a tree entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -265,6 +309,36 @@ mod tests {
         r.next_entry().unwrap();
         let err = r.next_entry().unwrap_err().to_string();
         assert!(err.contains("snapshots/x"), "{err}");
+    }
+
+    #[test]
+    fn dependencies_are_the_previous_snapshot_keys_of_any_chain() {
+        let a = Id([0xaa; 32]);
+        let b = Id([0xbb; 32]);
+        let position: BTreeMap<String, String> = [
+            ("tidb.previous_snapshot", a.to_hex()),
+            ("tidb.backup_ts", "435".to_string()),
+            ("other.previous_snapshot", b.to_hex()),
+            ("broken.previous_snapshot", "not an id".to_string()),
+            ("previous_snapshot", b.to_hex()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(
+            dependencies(&position),
+            vec![
+                Dependency {
+                    snapshot: b,
+                    chain: "other".into()
+                },
+                Dependency {
+                    snapshot: a,
+                    chain: "tidb".into()
+                },
+            ]
+        );
+        assert!(dependencies(&BTreeMap::new()).is_empty());
     }
 
     #[test]

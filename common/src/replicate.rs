@@ -9,7 +9,10 @@
 //! the target after each write. [`verify`] checks objects at one location,
 //! quickly (HEAD: present, size, stored SHA-256) or deeply (re-read and
 //! re-hash). Memory is bounded: at most `concurrency` objects (packs are
-//! ~16 MiB) are in flight.
+//! ~16 MiB) are in flight. [`snapshot_objects`] names the objects one
+//! snapshot needs at a location (its manifest and the packs holding its
+//! chunks), so that its copy there is called verified only when those are
+//! present and checked.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -18,8 +21,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::backend::{DynBackend, ObjectKey, ObjectKind};
-use crate::crypto::sha256;
+use crate::crypto::{sha256, Id};
 use crate::error::{Error, Result};
+use crate::manifest::EntryReader;
+use crate::repo::IndexedRepo;
 
 /// Every object at a location: key → size.
 pub type Listing = BTreeMap<ObjectKey, u64>;
@@ -83,6 +88,73 @@ pub fn expected_sha256(key: &ObjectKey) -> Option<[u8; 32]> {
     }
     let raw = hex::decode(&key.name).ok()?;
     raw.try_into().ok()
+}
+
+/// The objects restoring one snapshot needs at a location.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotObjects {
+    /// Its manifest and one pack holding each chunk it references (its tree
+    /// stream and its files), with the sizes they must have.
+    pub objects: Listing,
+    /// Chunks it references that no index object lists: no location can
+    /// hold a complete copy (the tree is not read further when one of its
+    /// own chunks is among them).
+    pub unindexed: Vec<Id>,
+}
+
+/// The objects `snapshot` needs, read from the location of `repo` (its
+/// manifest and tree stream, and `repo`'s index). The manifest's size is
+/// the one at that location.
+///
+/// # Errors
+/// The manifest or the tree stream cannot be read there (missing,
+/// corrupt, a key that does not open it, storage errors).
+pub async fn snapshot_objects(repo: &IndexedRepo, snapshot: &Id) -> Result<SnapshotObjects> {
+    let manifest = ObjectKey::new(ObjectKind::Snapshot, snapshot.to_hex());
+    let backend = repo.repo.backend();
+    let size = backend
+        .head(&manifest)
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            key: manifest.path(),
+            location: backend.location().to_string(),
+        })?
+        .size;
+    let snap = repo.repo.read_snapshot(snapshot).await?;
+    let mut out = SnapshotObjects::default();
+    out.objects.insert(manifest, size);
+    let mut chunks: HashSet<Id> = snap.manifest.tree.iter().copied().collect();
+    let tree_readable = chunks.iter().all(|c| repo.index.contains(c));
+    if tree_readable {
+        let r = repo.clone();
+        let handle = tokio::runtime::Handle::current();
+        let files = tokio::task::spawn_blocking(move || -> Result<HashSet<Id>> {
+            let name = format!("snapshots/{}", snap.id);
+            let mut chunks = HashSet::new();
+            let mut entries =
+                EntryReader::new(r.chunk_reader(handle, snap.manifest.tree.clone()), &name);
+            while let Some(e) = entries.next_entry()? {
+                chunks.extend(e.chunks);
+            }
+            Ok(chunks)
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("snapshot objects task: {e}")))??;
+        chunks.extend(files);
+    }
+    for c in chunks {
+        match repo.index.get(&c) {
+            Some((pack, _)) => {
+                out.objects.insert(
+                    ObjectKey::new(ObjectKind::Pack, pack.id.to_hex()),
+                    pack.size,
+                );
+            }
+            None => out.unindexed.push(c),
+        }
+    }
+    out.unindexed.sort();
+    Ok(out)
 }
 
 /// What is wrong with one object at one location.
@@ -459,6 +531,64 @@ mod tests {
         let r = sync_to(&b, &srcs, &redo, 4, None).await.unwrap();
         assert_eq!(r.copied, 2, "k1 was missing, k2 was damaged");
         assert_eq!(&b.get(&k2).await.unwrap()[..], b"two");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_objects_are_the_manifest_and_the_packs_of_every_chunk() {
+        use crate::{BackupInput, BackupOptions, ChunkerParams, LocalKeyFile, Repository};
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Arc::new(LocalKeyFile::create(&dir.path().join("key")).unwrap());
+        let b = mem();
+        let repo = Arc::new(
+            Repository::init(b.clone(), keys, ChunkerParams::default())
+                .await
+                .unwrap(),
+        );
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut x = 7u64;
+        let noise: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(src.join("a"), &noise).unwrap();
+        let indexed = repo.load_index().await.unwrap();
+        let snap = indexed
+            .backup(
+                BackupInput::Tree(src),
+                BackupOptions::new("s", "volume", "h"),
+            )
+            .await
+            .unwrap();
+        let indexed = repo.load_index().await.unwrap();
+        let got = snapshot_objects(&indexed, &snap.id).await.unwrap();
+        assert!(got.unindexed.is_empty());
+        // Everything at the location but the config and the index objects.
+        let mut want = list_all(&b).await.unwrap();
+        want.retain(|k, _| matches!(k.kind, ObjectKind::Snapshot | ObjectKind::Pack));
+        assert_eq!(got.objects, want);
+        assert!(want.keys().any(|k| k.kind == ObjectKind::Pack));
+
+        // With an index that lists nothing, its tree cannot be followed:
+        // the tree's chunks are reported, only the manifest is named.
+        let empty = IndexedRepo {
+            repo: repo.clone(),
+            index: Arc::default(),
+            damaged: Arc::default(),
+        };
+        let got = snapshot_objects(&empty, &snap.id).await.unwrap();
+        assert_eq!(got.objects.len(), 1);
+        let mut tree = snap.manifest.tree.clone();
+        tree.sort();
+        tree.dedup();
+        assert_eq!(got.unindexed, tree);
+        // A snapshot that is not there.
+        let e = snapshot_objects(&indexed, &Id([9; 32])).await.unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,9 +6,9 @@
 //! - **Restore of snapshot S**: the repository's id key; S's own key (its
 //!   manifest's); the key of one pack holding each chunk S references (tree
 //!   stream and file contents); and the keys of the index objects that list
-//!   those packs. Snapshots S's restore needs as well (a chain recorded in
-//!   its position as `<kind>.previous_snapshot`, e.g. TiDB incrementals)
-//!   add theirs.
+//!   those packs. Snapshots S's restore needs as well (its dependencies,
+//!   [`crate::manifest::dependencies`]: a chain recorded in its position as
+//!   `<chain>.previous_snapshot`, e.g. TiDB incrementals) add theirs.
 //! - **Backup**: the id key; every index key that seals no pack (index
 //!   objects have their own key since backups seal them apart from their
 //!   data; see `docs/format.md` §3), so the backup can skip chunks the
@@ -31,10 +31,6 @@ use crate::error::{Error, Result};
 use crate::index::{Index, IndexFile, PackInfo};
 use crate::keys::WrappedKey;
 use crate::repo::{IndexedRepo, Repository};
-
-/// Position keys ending with this name an earlier snapshot that restoring
-/// this one needs first (e.g. `tidb.previous_snapshot`).
-pub const PREVIOUS_SNAPSHOT_SUFFIX: &str = ".previous_snapshot";
 
 /// Longest chain of previous snapshots a restore scope follows.
 const MAX_CHAIN: usize = 10_000;
@@ -220,6 +216,11 @@ impl KeyedIndex {
         self.objects.len()
     }
 
+    /// The repository with this load's index (to read snapshots' trees).
+    pub fn indexed(&self) -> &IndexedRepo {
+        &self.repo
+    }
+
     /// The scope of a restore of `snapshot`.
     ///
     /// # Errors
@@ -236,20 +237,18 @@ impl KeyedIndex {
             ..KeyScope::default()
         };
         scope.keys.insert(repo.config().wrapped_id_key());
-        let mut next = Some(*snapshot);
-        while let Some(id) = next.take() {
-            if scope.snapshots.contains(&id) || scope.snapshots.len() >= MAX_CHAIN {
+        let mut next = std::collections::VecDeque::from([*snapshot]);
+        while let Some(id) = next.pop_front() {
+            if scope.snapshots.contains(&id) {
+                continue;
+            }
+            if scope.snapshots.len() >= MAX_CHAIN {
                 break;
             }
             scope.snapshots.push(id);
             let (key, snap) = repo.read_snapshot_keyed(&id).await?;
             scope.keys.insert(key);
-            next = snap
-                .manifest
-                .position
-                .iter()
-                .filter(|(k, _)| k.ends_with(PREVIOUS_SNAPSHOT_SUFFIX))
-                .find_map(|(_, v)| Id::from_hex(v));
+            next.extend(snap.manifest.dependencies().into_iter().map(|d| d.snapshot));
         }
         let chunks = crate::prune::referenced_by(&self.repo, &scope.snapshots).await?;
         self.add_packs_of(&mut scope, &chunks, "the restore's key scope", prefer)?;

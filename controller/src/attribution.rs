@@ -409,7 +409,10 @@ pub async fn check_backup(
         job: Some(job.id),
         copies,
         position: m.position.clone(),
+        depends_on: Vec::new(),
     };
+    let mut record = record;
+    record.derive_dependencies();
     Ok(Checked {
         record,
         index_objects: own,

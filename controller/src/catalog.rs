@@ -12,6 +12,7 @@
 //! | tree        | key                          | value                      |
 //! |-------------|------------------------------|----------------------------|
 //! | `meta`      | `format`                     | catalog format version     |
+//! | `meta`      | `dependencies`               | 1 once older snapshot records got their `depends_on` |
 //! | `agents`    | agent name                   | [`AgentRecord`]            |
 //! | `sources`   | `agent/source`               | [`SourceRecord`]           |
 //! | `policies`  | `agent/source`               | [`PolicyRecord`]           |
@@ -42,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError, Transactional,
 };
-use trireme_common::{Id, Summary};
+use trireme_common::{Dependency, Id, Summary};
 
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobId};
@@ -211,6 +212,16 @@ pub enum CopyState {
         /// What was found.
         reason: String,
     },
+    /// Objects the snapshot needs (its manifest, a pack it references) are
+    /// at no location, or the index lists none holding one of its chunks:
+    /// the copy cannot be completed, and the snapshot does not restore from
+    /// here. Checked again at every pass.
+    Incomplete {
+        /// When it was found.
+        at: DateTime<Utc>,
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// A snapshot the catalog knows about.
@@ -237,6 +248,21 @@ pub struct SnapshotRecord {
     /// The datastore position the agent recorded (e.g. BR's backup TS).
     #[serde(default)]
     pub position: BTreeMap<String, String>,
+    /// The snapshots its restore needs first (a TiDB incremental's chain),
+    /// from `position` ([`trireme_common::manifest::dependencies`]): set
+    /// when the snapshot is recorded, recomputed by a catalog rebuild, and
+    /// filled in for catalogs written before the field existed. Retention
+    /// keeps them as long as this snapshot stays. A tree snapshot's parent
+    /// is not one.
+    #[serde(default)]
+    pub depends_on: Vec<Dependency>,
+}
+
+impl SnapshotRecord {
+    /// Set [`SnapshotRecord::depends_on`] from the position.
+    pub fn derive_dependencies(&mut self) {
+        self.depends_on = trireme_common::manifest::dependencies(&self.position);
+    }
 }
 
 /// The controller's catalog. Cloning is cheap and shares the database.
@@ -338,21 +364,43 @@ impl Catalog {
             db,
         };
         let key = "format".to_string();
-        match catalog.meta.get(&key)? {
-            None => {
-                catalog.meta.insert(&key, &CATALOG_FORMAT)?;
-                catalog.flush()?;
-            }
-            Some(v) if v > CATALOG_FORMAT => {
-                return Err(Error::CatalogVersion {
-                    path,
-                    found: v,
-                    supported: CATALOG_FORMAT,
-                })
-            }
-            Some(_) => {}
+        let format = catalog.meta.get(&key)?;
+        if let Some(v) = format.filter(|v| *v > CATALOG_FORMAT) {
+            return Err(Error::CatalogVersion {
+                path,
+                found: v,
+                supported: CATALOG_FORMAT,
+            });
+        }
+        let mut wrote = catalog.fill_dependencies()?;
+        if format.is_none() {
+            catalog.meta.insert(&key, &CATALOG_FORMAT)?;
+            wrote = true;
+        }
+        if wrote {
+            catalog.flush()?;
         }
         Ok(catalog)
+    }
+
+    /// Snapshots recorded before [`SnapshotRecord::depends_on`] existed get
+    /// it from their position, once (the `meta` key `dependencies` marks it
+    /// done). Whether it wrote anything (not flushed).
+    fn fill_dependencies(&self) -> Result<bool> {
+        let done = "dependencies".to_string();
+        if self.meta.get(&done)?.is_some() {
+            return Ok(false);
+        }
+        for mut s in self.snapshots.values()? {
+            if s.depends_on.is_empty() {
+                s.derive_dependencies();
+                if !s.depends_on.is_empty() {
+                    self.snapshots.insert(&s.id, &s)?;
+                }
+            }
+        }
+        self.meta.insert(&done, &1)?;
+        Ok(true)
     }
 
     /// The catalog directory.
@@ -570,14 +618,17 @@ impl Catalog {
         self.sources.scan_prefix(format!("{agent}/").as_bytes())
     }
 
-    /// Record a snapshot (durably).
+    /// Record a snapshot (durably), with the dependencies its position
+    /// names.
     ///
     /// # Errors
     /// Catalog errors.
     pub fn record_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        let mut s = s.clone();
+        s.derive_dependencies();
         self.transaction_durable(|tx| {
-            tx.snapshots.insert(&s.id, s)?;
-            crate::jobs::remember_latest_in(tx, s)
+            tx.snapshots.insert(&s.id, &s)?;
+            crate::jobs::remember_latest_in(tx, &s)
         })
     }
 

@@ -264,7 +264,8 @@ pub struct PruneArgs {
     /// Only this source's snapshots [default: every source].
     #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
     pub source: Option<SourceArg>,
-    /// Also list the snapshots kept, with the rules that keep them.
+    /// Also list the snapshots kept, with why each stays (a dry run always
+    /// lists them).
     #[arg(long)]
     pub show_kept: bool,
 }

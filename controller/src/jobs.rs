@@ -557,8 +557,9 @@ pub fn update_job(
     }
 }
 
-/// Finish job `id` as succeeded and record its snapshot, in one durable
-/// transaction: the catalog never has the one without the other.
+/// Finish job `id` as succeeded and record its snapshot (with the
+/// dependencies its position names), in one durable transaction: the
+/// catalog never has the one without the other.
 ///
 /// # Errors
 /// As [`update_job`]; [`Error::InvalidValue`] when the snapshot is of
@@ -585,6 +586,7 @@ pub fn complete_job(
         }
         let mut record = snapshot.clone();
         record.job = Some(*id);
+        record.derive_dependencies();
         tx.snapshots.insert(&record.id, &record)?;
         remember_latest_in(tx, &record)?;
         Ok(updated)

@@ -8,6 +8,10 @@
 //! - a source's newest snapshot, its newest snapshot verified at every
 //!   location and its newest snapshot verified at any location are always
 //!   kept, whatever the class says;
+//! - a snapshot that stays keeps every snapshot it depends on, transitively
+//!   (a TiDB incremental keeps its full backup and the incrementals
+//!   between; [`crate::retention::needed`]), whatever their source; each
+//!   is reported as "needed by" the staying snapshot that needs it;
 //! - a source without a policy, or whose class is not defined, keeps
 //!   everything;
 //! - nothing runs while a job is queued or running (the caller holds job
@@ -15,7 +19,10 @@
 //!   no copy runs meanwhile);
 //! - a location is skipped, with the reason reported, when it cannot be
 //!   listed, when a kept snapshot is not verified there or its manifest is
-//!   missing there, when it lacks a snapshot another location holds, or
+//!   missing there (a snapshot incomplete at every location, whose copies
+//!   replication cannot complete anywhere, does not count: no location is
+//!   behind another for it), when it lacks a snapshot another location
+//!   holds, or
 //!   when its repository cannot be read completely. Nothing is deleted at a
 //!   skipped location.
 //!
@@ -39,7 +46,7 @@ use trireme_common::{DynKeyProvider, Id, ObjectKey, ObjectKind, Repository};
 use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId};
 use crate::error::{Error, Result};
 use crate::replication::{verified_copies, Replicator};
-use crate::retention::{select, RetentionClass};
+use crate::retention::{needed, select, NeededBy, RetentionClass};
 
 /// A location that does not answer a listing within this time is skipped.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,8 +82,12 @@ pub struct Verdict {
     pub source: SourceId,
     /// Its backup time.
     pub time: DateTime<Utc>,
-    /// Why it goes, or the rules that keep it.
+    /// Why it goes, or why it stays (the rules that keep it, or the
+    /// snapshot that needs it).
     pub reason: String,
+    /// For a snapshot that stays only because a staying snapshot depends on
+    /// it: that snapshot and the chain.
+    pub needed_by: Option<NeededBy>,
 }
 
 /// What happened (or would happen) at one location.
@@ -116,7 +127,7 @@ pub struct PruneOutcome {
     pub dry_run: bool,
     /// Snapshots removed (or to remove), with why.
     pub removed: Vec<Verdict>,
-    /// Snapshots kept, with the rules that keep them.
+    /// Snapshots kept, with why.
     pub kept: Vec<Verdict>,
     /// Per location.
     pub locations: Vec<LocationOutcome>,
@@ -149,8 +160,9 @@ pub fn check_idle(catalog: &Catalog) -> Result<()> {
     )))
 }
 
-/// Which snapshots go, by retention and the safety rules. `locations` is
-/// the number of locations (for "verified at every location").
+/// Which snapshots go, by retention, the safety rules and the dependency
+/// chains. `locations` is the number of locations (for "verified at every
+/// location").
 ///
 /// # Errors
 /// Catalog errors.
@@ -160,21 +172,23 @@ pub fn decide(
     locations: usize,
     now: DateTime<Utc>,
 ) -> Result<(Vec<Verdict>, Vec<Verdict>, Vec<String>)> {
-    let mut by_source: BTreeMap<SourceId, Vec<SnapshotRecord>> = BTreeMap::new();
-    for s in catalog.snapshots().values()? {
+    let all = catalog.snapshots().values()?;
+    let mut by_source: BTreeMap<SourceId, Vec<&SnapshotRecord>> = BTreeMap::new();
+    for s in &all {
         if only.is_none_or(|o| *o == s.source) {
             by_source.entry(s.source.clone()).or_default().push(s);
         }
     }
+    let verdict = |s: &SnapshotRecord, reason: String| Verdict {
+        id: s.id,
+        source: s.source.clone(),
+        time: s.time,
+        reason,
+        needed_by: None,
+    };
     let (mut removed, mut kept, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for (source, mut snaps) in by_source {
         snaps.sort_by_key(|s| (s.time, s.id));
-        let verdict = |s: &SnapshotRecord, reason: String| Verdict {
-            id: s.id,
-            source: source.clone(),
-            time: s.time,
-            reason,
-        };
         let policy = catalog.policies().get(&source)?.map(|r| r.policy);
         let class: Option<RetentionClass> = match &policy {
             Some(p) => catalog.retention().get(&p.retention)?,
@@ -214,7 +228,7 @@ pub fn decide(
             .find(|s| verified_copies(s) >= 1)
             .map(|s| s.id);
         let record = |id: &Id| {
-            snaps
+            *snaps
                 .iter()
                 .find(|s| s.id == *id)
                 .expect("selected from snaps")
@@ -237,6 +251,51 @@ pub fn decide(
             } else {
                 removed.push(verdict(s, why));
             }
+        }
+    }
+
+    // Chains: what a staying snapshot (of any source) needs stays too.
+    let candidates: BTreeSet<Id> = removed.iter().map(|v| v.id).collect();
+    let graph: Vec<(Id, DateTime<Utc>, &[trireme_common::Dependency])> = all
+        .iter()
+        .map(|s| (s.id, s.time, s.depends_on.as_slice()))
+        .collect();
+    let needed = needed(&graph, &candidates);
+    let mut still_removed = Vec::new();
+    for mut v in removed {
+        match needed.get(&v.id) {
+            Some(n) => {
+                let by = all.iter().find(|s| s.id == n.snapshot);
+                v.reason = match by {
+                    Some(b) if b.source != v.source => format!(
+                        "needed by {} of {} ({} chain)",
+                        n.snapshot.short(),
+                        b.source,
+                        n.chain
+                    ),
+                    _ => n.to_string(),
+                };
+                v.needed_by = Some(n.clone());
+                kept.push(v);
+            }
+            None => still_removed.push(v),
+        }
+    }
+    let mut removed = still_removed;
+    // A staying snapshot whose chain the catalog lacks does not restore.
+    let known: HashSet<Id> = all.iter().map(|s| s.id).collect();
+    for v in &kept {
+        let Some(s) = all.iter().find(|s| s.id == v.id) else {
+            continue;
+        };
+        for d in s.depends_on.iter().filter(|d| !known.contains(&d.snapshot)) {
+            notes.push(format!(
+                "snapshot {} of {} needs {} ({} chain), which is not in the catalog: it does not restore (make a full backup)",
+                s.id.short(),
+                s.source,
+                d.snapshot.short(),
+                d.chain
+            ));
         }
     }
     removed.sort_by(|a, b| (&a.source, a.time).cmp(&(&b.source, b.time)));
@@ -557,6 +616,9 @@ fn behind(
     sites: &[crate::replication::Site],
 ) -> Option<String> {
     for s in all.iter().filter(|s| !condemned.contains(&s.id)) {
+        if incomplete_everywhere(s, sites) {
+            continue;
+        }
         match s.copies.get(name) {
             Some(CopyState::Verified { .. }) => {}
             other => {
@@ -565,6 +627,9 @@ fn behind(
                     Some(CopyState::Copying { .. }) => "being copied".into(),
                     Some(CopyState::Copied { .. }) => "copied, not verified yet".into(),
                     Some(CopyState::Damaged { reason, .. }) => format!("damaged: {reason}"),
+                    Some(CopyState::Incomplete { reason, .. }) => {
+                        format!("incomplete: {reason}")
+                    }
                     Some(CopyState::Verified { .. }) => unreachable!(),
                 };
                 return Some(format!(
@@ -596,6 +661,15 @@ fn behind(
         }
     }
     None
+}
+
+/// Whether replication found `s` incomplete at every location: objects it
+/// needs are at none, so no location lags another for it.
+fn incomplete_everywhere(s: &SnapshotRecord, sites: &[crate::replication::Site]) -> bool {
+    !sites.is_empty()
+        && sites
+            .iter()
+            .all(|site| matches!(s.copies.get(&site.name), Some(CopyState::Incomplete { .. })))
 }
 
 /// Drop the tombstones of objects no location holds any more (only when

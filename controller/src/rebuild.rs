@@ -1,9 +1,10 @@
 //! Rebuilding the catalog from the objects at one location, for a new
 //! controller that lost the old one's state directory: with the master key
 //! (imported from its recovery export), every snapshot manifest at the
-//! location is read and recorded — its source, agent, time, counters and
-//! datastore position — with the sources it names and each source's newest
-//! snapshot as the parent of its next incremental. The replication loop
+//! location is read and recorded — its source, agent, time, counters,
+//! datastore position and the snapshots it depends on — with the sources
+//! it names and each source's newest snapshot as the parent of its next
+//! incremental. The replication loop
 //! then finds the copies at the other locations and verifies them.
 //!
 //! Only what the controller's own key vouches for is believed: a snapshot
@@ -120,7 +121,7 @@ pub async fn rebuild(
             continue;
         }
         let time = DateTime::from_timestamp_nanos(m.started_ns);
-        let record = SnapshotRecord {
+        let mut record = SnapshotRecord {
             id: s.id,
             source: source.clone(),
             agent,
@@ -130,7 +131,10 @@ pub async fn rebuild(
             job: Some(JobId(uuid::Uuid::from_bytes(writer.job))),
             copies: BTreeMap::from([(location.to_string(), CopyState::Copied { at: now })]),
             position: m.position.clone(),
+            depends_on: Vec::new(),
         };
+        // Recomputed from the manifest's position, as when it was recorded.
+        record.derive_dependencies();
         catalog.transaction_durable(|tx| {
             tx.snapshots.insert(&record.id, &record)?;
             remember_latest_in(tx, &record)
@@ -154,4 +158,112 @@ pub async fn rebuild(
     }
     catalog.flush()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use trireme_common::backend::MemoryBackend;
+    use trireme_common::{
+        BackupInput, BackupOptions, ChunkerParams, Dependency, DynBackend, Id, LocalKeyFile,
+    };
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuilt_catalog_knows_what_each_snapshot_depends_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = Arc::new(LocalKeyFile::create(&dir.path().join("key")).unwrap());
+        let backend: DynBackend = Arc::new(MemoryBackend::new());
+        Repository::init(backend.clone(), key.clone(), ChunkerParams::default())
+            .await
+            .unwrap();
+        // The controller's custody (it upgrades the config with its key),
+        // and backups attributed to a job of agent db-1, as in fleet mode.
+        let catalog = Catalog::open(dir.path().join("catalog")).unwrap();
+        let (custody, _) = crate::custody::prepare(
+            &catalog,
+            &[("loc1".to_string(), backend.clone())],
+            key.clone(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        let repo = Repository::from_config(backend, key, custody.config_bytes())
+            .await
+            .unwrap();
+        let job = *uuid::Uuid::new_v4().as_bytes();
+        repo.set_attribution(trireme_common::attribution::Attribution {
+            job,
+            agent: "db-1".into(),
+            key: custody.job_mac_key(&job, "db-1"),
+        });
+        let repo = Arc::new(repo);
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), b"backup data").unwrap();
+        let mut previous: Option<Id> = None;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut opts = BackupOptions::new("tidb", "tidb", "db-1");
+            if let Some(p) = previous {
+                opts.position
+                    .insert("tidb.previous_snapshot".into(), p.to_hex());
+            }
+            let s = repo
+                .load_index()
+                .await
+                .unwrap()
+                .backup(BackupInput::Tree(src.clone()), opts)
+                .await
+                .unwrap();
+            previous = Some(s.id);
+            ids.push(s.id);
+        }
+        // A manifest written without attribution (as an agent could plant
+        // one) is not believed.
+        let planted = Repository::from_config(
+            repo.backend().clone(),
+            Arc::new(LocalKeyFile::load(&dir.path().join("key")).unwrap()),
+            custody.config_bytes(),
+        )
+        .await
+        .unwrap();
+        let planted = Arc::new(planted)
+            .load_index()
+            .await
+            .unwrap()
+            .backup(
+                BackupInput::Tree(src.clone()),
+                BackupOptions::new("tidb", "tidb", "db-1"),
+            )
+            .await
+            .unwrap();
+        let catalog2 = Catalog::open(dir.path().join("catalog2")).unwrap();
+        let report = rebuild(&catalog2, &repo, &custody, "loc1", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(report.found, 4);
+        assert!(
+            report.skipped.iter().any(
+                |s| s.contains(&planted.id.short().to_string()) && s.contains("not attributed")
+            ),
+            "{report:?}"
+        );
+        assert!(catalog2.snapshots().get(&planted.id).unwrap().is_none());
+        let catalog = catalog2;
+        assert_eq!(report.added, 3);
+        let deps = |id: &Id| catalog.snapshots().get(id).unwrap().unwrap().depends_on;
+        assert!(deps(&ids[0]).is_empty());
+        for i in 1..3 {
+            assert_eq!(
+                deps(&ids[i]),
+                vec![Dependency {
+                    snapshot: ids[i - 1],
+                    chain: "tidb".into()
+                }]
+            );
+        }
+    }
 }

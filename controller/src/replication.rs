@@ -6,20 +6,30 @@
 //! rolling deep verification forward by a budget so that every copy is
 //! re-read within the configured window. A snapshot's copy at a location
 //! becomes *verified* when a pass that started after the snapshot was
-//! recorded finished that location completely: every object there has had
-//! its checksum read back. Damaged copies (missing, truncated, corrupt) are
+//! recorded finished that location completely and the objects that
+//! snapshot needs are there: its manifest and every pack holding a chunk it
+//! references ([`trireme_common::replicate::snapshot_objects`], read with
+//! the master key), each present with the size the index records and its
+//! checksum checked by this process (HEAD: size, and the store's SHA-256
+//! against the name; or read back when it was copied there).
+//! A snapshot some of whose objects are at no location (a pack deleted
+//! before it was copied anywhere, chunks no index lists, a manifest gone)
+//! cannot be completed: its copies are marked *incomplete* with what is
+//! missing, an incident is recorded at each location and in the audit log,
+//! and it is checked again at every pass. Damaged copies (missing, truncated, corrupt) are
 //! rewritten from a copy that verified good and the incident is recorded.
 //! Nothing is ever deleted here, and objects prune deleted (tombstones in
 //! the catalog, see [`crate::prune`]) are not copied back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use trireme_common::replicate::{self, Listing, Problem};
-use trireme_common::{DynBackend, ObjectKey};
+use trireme_common::replicate::{self, Listing, Problem, SnapshotObjects};
+use trireme_common::scope::KeyedIndex;
+use trireme_common::{DynBackend, DynKeyProvider, Id, ObjectKey, ObjectKind, Repository};
 
 use crate::catalog::{Catalog, CopyState};
 use crate::error::Result;
@@ -122,24 +132,54 @@ pub struct Replicator {
     catalog: Catalog,
     sites: Vec<Site>,
     settings: ReplicationSettings,
+    /// The master key: snapshots' manifests and trees are read to know the
+    /// objects each needs.
+    keys: DynKeyProvider,
+    /// The last index read at each location (index objects are immutable:
+    /// a refresh reads only new ones).
+    indexes: tokio::sync::Mutex<HashMap<String, Arc<KeyedIndex>>>,
+    /// The objects each snapshot not yet verified everywhere needs.
+    needs: Mutex<HashMap<Id, Arc<SnapshotObjects>>>,
     /// Objects whose checksum was read back at each location since start.
     verified: Mutex<HashMap<String, HashSet<ObjectKey>>>,
     /// Known damaged copies, per location, to rewrite.
     damaged: Mutex<HashMap<String, HashSet<ObjectKey>>>,
     running: tokio::sync::Mutex<()>,
+    /// Believe every readable index object (engine tests; repositories
+    /// written outside fleet mode), not only the ones the catalog records.
+    believe_all: bool,
 }
 
 impl Replicator {
-    /// A replicator over `sites` (primary first).
-    pub fn new(catalog: Catalog, sites: Vec<Site>, settings: ReplicationSettings) -> Self {
+    /// A replicator over `sites` (primary first), reading snapshots with
+    /// the master key `keys`.
+    pub fn new(
+        catalog: Catalog,
+        sites: Vec<Site>,
+        settings: ReplicationSettings,
+        keys: DynKeyProvider,
+    ) -> Self {
         Replicator {
             catalog,
             sites,
             settings,
+            keys,
+            indexes: tokio::sync::Mutex::default(),
+            needs: Mutex::default(),
             verified: Mutex::default(),
             damaged: Mutex::default(),
             running: tokio::sync::Mutex::new(()),
+            believe_all: false,
         }
+    }
+
+    /// Believe every readable index object, not only those the catalog
+    /// records as written by checked jobs (for repositories written by the
+    /// engine directly, as in the engine-level tests).
+    #[must_use]
+    pub fn believing_every_index_object(mut self) -> Self {
+        self.believe_all = true;
+        self
     }
 
     /// The settings.
@@ -195,9 +235,25 @@ impl Replicator {
     }
 
     fn incident(&self, st: &mut LocationState, now: DateTime<Utc>, text: String) {
-        tracing::warn!(target: "trireme::audit", incident = %text, "copy damaged");
-        let event = crate::audit::Event::controller("copy damaged", text.clone())
-            .problem("a copy at a location is missing or corrupt");
+        self.record_incident(
+            st,
+            now,
+            "copy damaged",
+            "a copy at a location is missing or corrupt",
+            text,
+        );
+    }
+
+    fn record_incident(
+        &self,
+        st: &mut LocationState,
+        now: DateTime<Utc>,
+        action: &str,
+        problem: &str,
+        text: String,
+    ) {
+        tracing::warn!(target: "trireme::audit", incident = %text, "{action}");
+        let event = crate::audit::Event::controller(action, text.clone()).problem(problem);
         if let Err(e) = self.catalog.audit().append_lazy(event, now) {
             tracing::error!(error = %e, "cannot append to the audit log");
         }
@@ -330,6 +386,8 @@ impl Replicator {
             })
             .collect();
         let mut complete: Vec<bool> = vec![false; self.sites.len()];
+        // Each reachable location's objects once copying is done.
+        let mut current: Vec<Option<Listing>> = listings.clone();
         for (i, site) in self.sites.iter().enumerate() {
             if listings[i].is_none() {
                 continue;
@@ -383,26 +441,36 @@ impl Replicator {
                     }
                     let failed: HashSet<ObjectKey> =
                         r.failed.iter().map(|(k, _)| k.clone()).collect();
-                    for k in &redo {
-                        if !failed.contains(k) {
+                    for k in redo.iter().filter(|k| !failed.contains(*k)) {
+                        // Only what another location offered was rewritten.
+                        let text = if srcs.iter().any(|(_, l)| l.contains_key(k)) {
                             st.problems_repaired += 1;
                             let text = format!("{}: {k} repaired from a good copy", site.name);
                             report.repaired.push(text.clone());
-                            self.incident(&mut st, now, text);
-                            if let Some(set) = Self::lock(&self.damaged).get_mut(&site.name) {
-                                set.remove(k);
-                            }
+                            text
+                        } else {
+                            let text = format!(
+                                "{}: {k} cannot be repaired: no other location holds a good copy (a snapshot that needs it is marked incomplete)",
+                                site.name
+                            );
+                            report.unrepaired.push(text.clone());
+                            text
+                        };
+                        self.incident(&mut st, now, text);
+                        if let Some(set) = Self::lock(&self.damaged).get_mut(&site.name) {
+                            set.remove(k);
                         }
                     }
                     for (k, e) in &r.failed {
                         report.unrepaired.push(format!("{}: {k}: {e}", site.name));
                     }
+                    let after = replicate::list_all(&site.backend).await.ok();
                     if r.is_complete() {
                         st.last_error.clear();
                         st.last_sync = Some(now);
                         complete[i] = true;
                         // Everything copied was read back.
-                        let after = replicate::list_all(&site.backend).await.unwrap_or_default();
+                        let after = after.clone().unwrap_or_default();
                         st.objects = after.len() as u64;
                         st.bytes = after.values().sum();
                         let mut v = Self::lock(&self.verified);
@@ -418,6 +486,9 @@ impl Replicator {
                                 .unwrap_or_default()
                         );
                     }
+                    if let Some(after) = after {
+                        current[i] = Some(after);
+                    }
                 }
                 Err(e) => {
                     st.reachable = false;
@@ -427,17 +498,28 @@ impl Replicator {
             self.save(&site.name, &st);
         }
 
-        // 4. Snapshot copies.
+        // 4. Snapshot copies: verified where a complete location holds the
+        //    objects the snapshot needs, checked.
+        let mut reads: HashMap<usize, IndexRead> = HashMap::new();
         for id in snapshots_before {
             let Some(mut rec) = self.catalog.snapshots().get(&id)? else {
                 continue;
             };
+            let due = self.sites.iter().enumerate().any(|(i, site)| {
+                complete[i]
+                    && !matches!(rec.copies.get(&site.name), Some(CopyState::Verified { .. }))
+            });
+            let needs = if due {
+                Some(self.needs_of(&id, &current, &mut reads).await)
+            } else {
+                None
+            };
             let mut changed = false;
             for (i, site) in self.sites.iter().enumerate() {
                 let state = if complete[i] {
-                    match rec.copies.get(&site.name) {
-                        Some(CopyState::Verified { .. }) => continue,
-                        _ => CopyState::Verified { at: now },
+                    match (rec.copies.get(&site.name), &needs) {
+                        (Some(CopyState::Verified { .. }), _) | (_, None) => continue,
+                        (_, Some(n)) => self.copy_state(i, n, &current, &tombstones, now).await,
                     }
                 } else if listings[i].is_none() {
                     match rec.copies.get(&site.name) {
@@ -451,19 +533,264 @@ impl Replicator {
                         reason: err,
                     }
                 };
-                if rec.copies.get(&site.name) != Some(&state) {
-                    rec.copies.insert(site.name.clone(), state);
-                    changed = true;
+                let before = rec.copies.get(&site.name);
+                if same_state(before, &state) {
+                    continue;
                 }
+                if let CopyState::Incomplete { reason, .. } = &state {
+                    if !matches!(before, Some(CopyState::Incomplete { .. })) {
+                        let mut st = self.state(&site.name);
+                        self.record_incident(
+                            &mut st,
+                            now,
+                            "copy incomplete",
+                            "a snapshot's copy cannot be completed: objects it needs are at no location",
+                            format!(
+                                "{}: snapshot {} of {} is incomplete: {reason}",
+                                site.name,
+                                id.short(),
+                                rec.source
+                            ),
+                        );
+                        self.save(&site.name, &st);
+                    }
+                }
+                rec.copies.insert(site.name.clone(), state);
+                changed = true;
             }
             if changed {
                 self.catalog.snapshots().insert(&id, &rec)?;
             }
+            let everywhere = self
+                .sites
+                .iter()
+                .all(|site| matches!(rec.copies.get(&site.name), Some(CopyState::Verified { .. })));
+            if everywhere {
+                Self::lock(&self.needs).remove(&id);
+            }
+        }
+        {
+            let known: HashSet<Id> = self.catalog.snapshots().keys()?.into_iter().collect();
+            Self::lock(&self.needs).retain(|id, _| known.contains(id));
         }
         // A damaged verified copy (found by verification) is no longer verified.
         self.unverify_damaged(now)?;
         self.catalog.flush()?;
         Ok(report)
+    }
+
+    /// The objects snapshot `id` needs, read at the first location that
+    /// holds its manifest and can read it (`current`: each location's
+    /// objects, `None` when unreachable); remembered once known. `reads`
+    /// keeps this pass's index loads. The error says why it cannot be
+    /// known, and whether that may pass.
+    async fn needs_of(
+        &self,
+        id: &Id,
+        current: &[Option<Listing>],
+        reads: &mut HashMap<usize, IndexRead>,
+    ) -> Needs {
+        if let Some(n) = Self::lock(&self.needs).get(id) {
+            return Needs::Known(n.clone());
+        }
+        let manifest = ObjectKey::new(ObjectKind::Snapshot, id.to_hex());
+        let mut errors = Vec::new();
+        let mut temporary = false;
+        for (i, site) in self.sites.iter().enumerate() {
+            if !current[i]
+                .as_ref()
+                .is_some_and(|l| l.contains_key(&manifest))
+            {
+                continue;
+            }
+            let loaded = match reads.entry(i) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let r = self
+                        .index_at(site)
+                        .await
+                        .map_err(|e| (e.to_string(), e.is_temporary()));
+                    v.insert(r).clone()
+                }
+            };
+            let index = match loaded {
+                Ok(index) => index,
+                Err((e, temp)) => {
+                    temporary |= temp;
+                    errors.push(format!("{}: cannot read its index: {e}", site.name));
+                    continue;
+                }
+            };
+            match replicate::snapshot_objects(index.indexed(), id).await {
+                Ok(n) => {
+                    let n = Arc::new(n);
+                    Self::lock(&self.needs).insert(*id, n.clone());
+                    return Needs::Known(n);
+                }
+                Err(e) => {
+                    temporary |= e.is_temporary();
+                    errors.push(format!("{}: {e}", site.name));
+                }
+            }
+        }
+        let reason = if errors.is_empty() {
+            format!("its manifest {manifest} is at no location")
+        } else {
+            format!(
+                "it cannot be read at any location holding it ({})",
+                errors.join("; ")
+            )
+        };
+        if temporary {
+            Needs::NotNow(reason)
+        } else {
+            Needs::Unreadable(reason)
+        }
+    }
+
+    /// The repository at `site` with its index, refreshed from the last read.
+    async fn index_at(&self, site: &Site) -> trireme_common::Result<Arc<KeyedIndex>> {
+        let repo = Arc::new(Repository::open(site.backend.clone(), self.keys.clone()).await?);
+        let mut cache = self.indexes.lock().await;
+        // The index objects the controller believes (as prune and key
+        // scopes do): a planted object lists nothing a copy needs.
+        let catalog = self.catalog.clone();
+        let all = self.believe_all;
+        let believe = move |n: &str, f: Option<&trireme_common::index::IndexFile>| {
+            if all {
+                f.is_some()
+            } else {
+                crate::attribution::believed(&catalog, n)
+            }
+        };
+        let index = Arc::new(
+            KeyedIndex::refresh(&repo, cache.get(&site.name).map(|i| &**i), &believe).await?,
+        );
+        cache.insert(site.name.clone(), index.clone());
+        Ok(index)
+    }
+
+    /// The state of a snapshot's copy at location `i`, whose copying is
+    /// complete: verified when every object it needs is there with the
+    /// right size and checksum.
+    async fn copy_state(
+        &self,
+        i: usize,
+        needs: &Needs,
+        current: &[Option<Listing>],
+        tombstones: &HashSet<String>,
+        now: DateTime<Utc>,
+    ) -> CopyState {
+        let all_reachable = current.iter().all(Option::is_some);
+        let unreachable = || {
+            self.sites
+                .iter()
+                .zip(current)
+                .filter(|(_, l)| l.is_none())
+                .map(|(s, _)| s.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        // Missing everywhere: incomplete, unless an unreachable location
+        // may hold it (then wait).
+        let nowhere = |reason: String| {
+            if all_reachable {
+                CopyState::Incomplete {
+                    at: now,
+                    reason: format!("{reason}: the copy cannot be completed"),
+                }
+            } else {
+                tracing::info!(location = %self.sites[i].name, %reason, unreachable = %unreachable(), "a snapshot's objects may be at an unreachable location; waiting");
+                CopyState::Pending
+            }
+        };
+        let n = match needs {
+            Needs::Known(n) => n,
+            Needs::Unreadable(reason) => return nowhere(reason.clone()),
+            Needs::NotNow(reason) => {
+                return CopyState::Damaged {
+                    at: now,
+                    reason: format!("its objects cannot be checked now: {reason}"),
+                }
+            }
+        };
+        if let Some(c) = n.unindexed.first() {
+            return CopyState::Incomplete {
+                at: now,
+                reason: format!(
+                    "{} chunk(s) it references are listed by no index object, e.g. {}: the copy cannot be completed",
+                    n.unindexed.len(),
+                    c.to_hex()
+                ),
+            };
+        }
+        let here = current[i].as_ref().expect("complete locations are listed");
+        let missing: Vec<&ObjectKey> = n
+            .objects
+            .iter()
+            .filter(|(k, size)| here.get(*k) != Some(*size))
+            .map(|(k, _)| k)
+            .collect();
+        if !missing.is_empty() {
+            let (nowhere_keys, elsewhere): (Vec<&ObjectKey>, Vec<&ObjectKey>) =
+                missing.iter().partition(|k| {
+                    !current
+                        .iter()
+                        .flatten()
+                        .any(|l| l.get(**k) == n.objects.get(**k))
+                });
+            if let Some(k) = nowhere_keys.first() {
+                return nowhere(format!(
+                    "{} object(s) it needs are at no location, e.g. {k}",
+                    nowhere_keys.len()
+                ));
+            }
+            let k = elsewhere[0];
+            let why = if tombstones.contains(&k.path()) {
+                "deleted here by prune"
+            } else {
+                "not copied here"
+            };
+            return CopyState::Damaged {
+                at: now,
+                reason: format!(
+                    "{} object(s) it needs are missing here, e.g. {k} ({why})",
+                    elsewhere.len()
+                ),
+            };
+        }
+        // HEAD what this process has not read the checksum of here yet
+        // (objects present when the pass started were checked in step 2,
+        // copies were read back as they were written).
+        let site = &self.sites[i];
+        let objects: Vec<(ObjectKey, u64)> = {
+            let v = Self::lock(&self.verified);
+            let known = v.get(&site.name);
+            n.objects
+                .iter()
+                .filter(|(k, _)| !known.is_some_and(|set| set.contains(*k)))
+                .map(|(k, s)| (k.clone(), *s))
+                .collect()
+        };
+        let checked = replicate::verify(&site.backend, &objects, false, CONCURRENCY).await;
+        if let Some(p) = checked.problems.first() {
+            let reason = format!(
+                "{} object(s) it needs failed their check here, e.g. {p}",
+                checked.problems.len()
+            );
+            let mut st = self.state(&site.name);
+            let mut ignored = PassReport::default();
+            for p in &checked.problems {
+                self.found(&site.name, p, &mut st, now, &mut ignored);
+            }
+            self.save(&site.name, &st);
+            return CopyState::Damaged { at: now, reason };
+        }
+        Self::lock(&self.verified)
+            .entry(site.name.clone())
+            .or_default()
+            .extend(objects.into_iter().map(|(k, _)| k));
+        CopyState::Verified { at: now }
     }
 
     fn found(
@@ -648,6 +975,36 @@ impl Replicator {
     }
 }
 
+/// A location's index as read in one pass, or why not (and whether that
+/// may pass).
+type IndexRead = std::result::Result<Arc<KeyedIndex>, (String, bool)>;
+
+/// What a pass knows of the objects one snapshot needs.
+enum Needs {
+    /// They are known.
+    Known(Arc<SnapshotObjects>),
+    /// They cannot be known: its manifest or tree is at no location, or
+    /// unreadable wherever it is.
+    Unreadable(String),
+    /// Not now (a storage outage, the key service unavailable).
+    NotNow(String),
+}
+
+/// Whether a copy already is in `state` (the same kind with the same
+/// reason: only the time differs).
+fn same_state(before: Option<&CopyState>, state: &CopyState) -> bool {
+    match (before, state) {
+        (Some(CopyState::Pending), CopyState::Pending) => true,
+        (Some(CopyState::Damaged { reason: a, .. }), CopyState::Damaged { reason: b, .. })
+        | (
+            Some(CopyState::Incomplete { reason: a, .. }),
+            CopyState::Incomplete { reason: b, .. },
+        ) => a == b,
+        (Some(b), s) => b == s,
+        (None, _) => false,
+    }
+}
+
 /// A source's 3-2-1 state: its newest snapshot, and the newest one verified
 /// at every location.
 #[derive(Debug, Clone)]
@@ -700,3 +1057,6 @@ pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests;

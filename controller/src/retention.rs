@@ -14,14 +14,23 @@
 //! calendar period is kept. Periods are read in the policy's time zone. A
 //! snapshot is kept when any rule keeps it; the newest snapshot of a source
 //! is always kept. [`select`] is the pure function that decides.
+//!
+//! Keeping a snapshot keeps everything it depends on, transitively: a TiDB
+//! incremental backup needs the full backup and every incremental between
+//! them to restore, so with hourly incrementals and `daily = "30d"` each
+//! kept evening incremental keeps its whole chain. [`needed`] finds, among
+//! the snapshots a selection would remove, those that a staying snapshot
+//! needs (dependencies as recorded in the catalog,
+//! [`trireme_common::manifest::dependencies`]). A directory backup's parent
+//! is only for change detection: tree snapshots stand alone.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
-use trireme_common::Id;
+use trireme_common::{Dependency, Id};
 
 /// A retention class: which snapshots of a source to keep.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +213,67 @@ pub fn select(
             out.remove.push((id, reason.to_string()));
         } else {
             out.keep.push((id, why));
+        }
+    }
+    out
+}
+
+/// Why a snapshot stays although no rule keeps it: a staying snapshot
+/// needs it to restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededBy {
+    /// The staying snapshot that needs it, directly or through others (one
+    /// that stays on its own: kept by a rule, or not up for removal).
+    pub snapshot: Id,
+    /// The chain it belongs to (e.g. `tidb`).
+    pub chain: String,
+}
+
+impl fmt::Display for NeededBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "needed by {} ({} chain)",
+            self.snapshot.short(),
+            self.chain
+        )
+    }
+}
+
+/// Which of `remove` must stay because a staying snapshot depends on them,
+/// directly or through others. `snapshots` is every snapshot (id, backup
+/// time, dependencies); those not in `remove` stay. Each one found is named
+/// with the newest staying snapshot whose chain reaches it (ties by id), so
+/// the result does not depend on the input order. Dependencies on snapshots
+/// not in `snapshots` are not followed (the caller reports them).
+pub fn needed(
+    snapshots: &[(Id, DateTime<Utc>, &[Dependency])],
+    remove: &BTreeSet<Id>,
+) -> BTreeMap<Id, NeededBy> {
+    let deps: HashMap<Id, &[Dependency]> = snapshots.iter().map(|(id, _, d)| (*id, *d)).collect();
+    let mut roots: Vec<(DateTime<Utc>, Id)> = snapshots
+        .iter()
+        .filter(|(id, _, _)| !remove.contains(id))
+        .map(|(id, t, _)| (*t, *id))
+        .collect();
+    roots.sort_by(|a, b| b.cmp(a));
+    roots.dedup();
+    let mut out: BTreeMap<Id, NeededBy> = BTreeMap::new();
+    for (_, root) in roots {
+        let mut todo = vec![root];
+        while let Some(id) = todo.pop() {
+            for d in deps.get(&id).copied().unwrap_or_default() {
+                if remove.contains(&d.snapshot) && !out.contains_key(&d.snapshot) {
+                    out.insert(
+                        d.snapshot,
+                        NeededBy {
+                            snapshot: root,
+                            chain: d.chain.clone(),
+                        },
+                    );
+                    todo.push(d.snapshot);
+                }
+            }
         }
     }
     out

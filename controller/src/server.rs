@@ -432,7 +432,12 @@ pub async fn run(
                 .map(trireme_common::replicate::Pacer::new),
         })
         .collect();
-    let replicator = Arc::new(Replicator::new(catalog.clone(), sites, config.replication));
+    let replicator = Arc::new(Replicator::new(
+        catalog.clone(),
+        sites,
+        config.replication,
+        master_key.clone(),
+    ));
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Io {

@@ -687,6 +687,7 @@ impl OperatorService for Fake {
                 source: "web-1/www".into(),
                 time_unix: 1_764_052_020,
                 reason: "outside every window".into(),
+                ..Default::default()
             }],
             kept: vec![],
             locations: vec![

@@ -327,3 +327,172 @@ fn scheduled_prune_applies_retention_on_its_own() {
     }
     assert!(Fleet::log_text(&f.controller_log()).contains("scheduled prune"));
 }
+
+/// Change the cluster `dir` for backup `i`: a new file, a changed one and,
+/// from the third on, a deleted one; what it then holds.
+fn change_cluster(dir: &Path, i: u64) -> BTreeMap<PathBuf, Vec<u8>> {
+    make_data(&dir.join(format!("t{i}")), 1, 150_000, 500 + i);
+    std::fs::write(dir.join("meta.txt"), format!("after change {i}\n")).unwrap();
+    if i >= 2 {
+        let _ = std::fs::remove_dir_all(dir.join(format!("t{}", i - 2)));
+    }
+    tree(dir)
+}
+
+/// Restore `snap` into the `tidb-staging` source through the controller
+/// (the agent replays its chain with br) and compare the staging cluster
+/// with `want`.
+fn tidb_restores(f: &Fleet, br_root: &Path, snap: &str, want: &BTreeMap<PathBuf, Vec<u8>>) {
+    let out = f.cli(&[
+        "restore",
+        &snap[..12],
+        "--to",
+        "db-1:source:tidb-staging",
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let got = tree(&support::br::cluster(br_root, "staging"));
+    assert!(
+        got == *want,
+        "snapshot {snap} restored to {:?}, not {:?}",
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+}
+
+fn kept_by<'a>(reply: &'a Value, id: &str) -> &'a Value {
+    reply["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap_or_else(|| panic!("{id} is not kept: {reply}"))
+}
+
+#[test]
+fn a_tidb_chain_stays_restorable_after_prune_at_every_kept_point() {
+    let mut f = Fleet::new();
+    let br_root = f.dir.join("br");
+    let br = support::br::install(&br_root);
+    let main = support::br::cluster(&br_root, "main");
+    std::fs::create_dir_all(&main).unwrap();
+    let staging_dir = f.dir.join("br-staging");
+    f.start_controller();
+    let empty = f.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut spec = AgentSpec::volume("db-1", "unused", &empty);
+    spec.extra = support::br::source("tidb", "main", &br, &staging_dir)
+        + &support::br::source("tidb-staging", "staging", &br, &staging_dir);
+    f.start_agent(&spec);
+    f.wait_connected(&["db-1"]);
+
+    // An old full backup, then a new chain: a full backup and two
+    // incrementals on it.
+    let backup = |full: bool| {
+        let mut args = vec!["backup", "run", "db-1/tidb"];
+        if full {
+            args.push("--full");
+        }
+        let job = f.cli_json(&args);
+        wait_job(&f, job["id"].as_str().unwrap())
+    };
+    let mut snaps: Vec<(String, BTreeMap<PathBuf, Vec<u8>>)> = Vec::new();
+    for (i, full) in [(0u64, true), (1, true), (2, false), (3, false)] {
+        let want = change_cluster(&main, i);
+        snaps.push((backup(full), want));
+    }
+    for (id, _) in &snaps {
+        wait_verified(&f, id, 3);
+    }
+    let id = |i: usize| snaps[i].0.clone();
+    let show = f.cli_json(&["snapshots", "show", &id(3)]);
+    assert_eq!(
+        show["datastore_position"]["tidb.mode"], "incremental",
+        "{show}"
+    );
+    assert_eq!(show["depends_on"][0]["id"], id(2), "{show}");
+    assert_eq!(show["depends_on"][0]["chain"], "tidb", "{show}");
+    let show = f.cli_json(&["snapshots", "show", &id(1)]);
+    assert_eq!(show["depends_on"], serde_json::json!([]), "{show}");
+
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"db-1/tidb\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+
+    // keep_last = 1 keeps the newest incremental, and so its whole chain;
+    // only the old full backup goes. The dry run says why each stays.
+    let dry = f.cli_json(&["prune", "--dry-run"]);
+    assert_eq!(ids(&dry["removed"]), [id(0)].into(), "{dry}");
+    assert_eq!(ids(&dry["kept"]), [id(1), id(2), id(3)].into(), "{dry}");
+    assert_eq!(kept_by(&dry, &id(3))["reason"], "newest, last 1", "{dry}");
+    assert_eq!(kept_by(&dry, &id(3))["needed_by"], Value::Null, "{dry}");
+    for i in [1, 2] {
+        let k = kept_by(&dry, &id(i));
+        assert_eq!(
+            k["reason"],
+            format!("needed by {} (tidb chain)", &id(3)[..8]),
+            "{dry}"
+        );
+        assert_eq!(k["needed_by"], id(3), "{dry}");
+        assert_eq!(k["chain"], "tidb", "{dry}");
+    }
+    let text = f.cli(&["prune", "--dry-run"]);
+    assert!(
+        text.contains("WHY KEPT")
+            && text.contains(&format!("needed by {} (tidb chain)", &id(3)[..8]))
+            && text.contains("newest, last 1"),
+        "{text}"
+    );
+
+    let done = f.cli_json(&["prune"]);
+    for i in 1..=3 {
+        let l = location(&done, &format!("loc{i}"));
+        assert_eq!(l["skipped"], Value::Null, "{done}");
+        assert_eq!(l["error"], Value::Null, "{done}");
+        assert_eq!(ids(&l["snapshots_removed"]), [id(0)].into(), "{done}");
+        assert_eq!(
+            manifests(&f.location(i)),
+            [id(1), id(2), id(3)].into(),
+            "loc{i}"
+        );
+    }
+    assert_eq!(catalog_ids(&f), [id(1), id(2), id(3)].into());
+    // Every kept point restores: the full backup alone, and each
+    // incremental replayed on its chain.
+    for (snap, want) in &snaps[1..] {
+        tidb_restores(&f, &br_root, snap, want);
+    }
+
+    // A new chain: once nothing kept needs the old one, it goes whole.
+    for (i, full) in [(4u64, true), (5, false)] {
+        let want = change_cluster(&main, i);
+        snaps.push((backup(full), want));
+    }
+    for (snap, _) in &snaps[4..] {
+        wait_verified(&f, snap, 3);
+    }
+    let id = |i: usize| snaps[i].0.clone();
+    let done = f.cli_json(&["prune"]);
+    assert_eq!(
+        ids(&done["removed"]),
+        [id(1), id(2), id(3)].into(),
+        "{done}"
+    );
+    assert_eq!(
+        kept_by(&done, &id(4))["reason"],
+        format!("needed by {} (tidb chain)", &id(5)[..8]),
+        "{done}"
+    );
+    for i in 1..=3 {
+        assert_eq!(manifests(&f.location(i)), [id(4), id(5)].into(), "loc{i}");
+    }
+    for (snap, want) in &snaps[4..] {
+        tidb_restores(&f, &br_root, snap, want);
+    }
+    // The restores replayed exactly each chain, full backup first.
+    let applied = std::fs::read_to_string(br_root.join("restored-staging")).unwrap();
+    assert_eq!(applied.lines().count(), 1 + 2 + 3 + 1 + 2, "{applied}");
+}

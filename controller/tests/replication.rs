@@ -160,6 +160,122 @@ fn file_locations_three_verified_copies_and_self_healing() {
     assert_eq!(sample(&text, "trireme_agents_connected"), 1.0);
 }
 
+/// Relative paths of the packs under a `file://` location.
+fn packs(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    location_tree(dir)
+        .into_keys()
+        .filter(|k| k.starts_with("packs"))
+        .collect()
+}
+
+/// Make a `file://` location unreachable (a file where its directory was);
+/// where its objects were put aside.
+fn take_away(f: &Fleet, i: usize) -> PathBuf {
+    let away = f.dir.join(format!("loc{i}.away"));
+    std::fs::rename(f.location(i), &away).unwrap();
+    std::fs::write(f.location(i), "not a directory").unwrap();
+    away
+}
+
+fn bring_back(f: &Fleet, i: usize, away: &Path) {
+    std::fs::remove_file(f.location(i)).unwrap();
+    std::fs::rename(away, f.location(i)).unwrap();
+}
+
+#[test]
+fn a_pack_lost_before_replication_never_makes_its_snapshot_verified() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 4, 400_000, 41);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("app-1", "files", &data));
+    f.wait_connected(&["app-1"]);
+
+    // The normal path: three verified copies.
+    let first = backup(&f, "app-1/files");
+    wait_verified(&f, &first, 3, Duration::from_secs(60));
+
+    // loc2 and loc3 are out of reach while a backup of new data is made:
+    // its objects are at the primary only.
+    let away: Vec<PathBuf> = [2, 3].iter().map(|i| take_away(&f, *i)).collect();
+    make_data(&data.join("new"), 2, 600_000, 42);
+    let before = packs(&away[0]);
+    let second = backup(&f, "app-1/files");
+    let new_packs: Vec<PathBuf> = packs(&f.location(1)).difference(&before).cloned().collect();
+    assert!(!new_packs.is_empty());
+    // One of its packs is lost at the primary before any copy was made.
+    let lost = &new_packs[0];
+    std::fs::remove_file(f.location(1).join(lost)).unwrap();
+    let lost_name = lost.file_name().unwrap().to_str().unwrap().to_string();
+    bring_back(&f, 2, &away[0]);
+    bring_back(&f, 3, &away[1]);
+
+    // Replication copies what there is; the snapshot is verified nowhere,
+    // and each copy says why.
+    let shown = wait_for(
+        "the second snapshot's copies to be found incomplete",
+        Duration::from_secs(60),
+        || {
+            let s = f.cli_json(&["snapshots", "show", &second]);
+            (1..=3)
+                .all(|i| copy_state(&s, &format!("loc{i}")) == "incomplete")
+                .then_some(s)
+        },
+    );
+    for c in shown["copies"].as_array().unwrap() {
+        let detail = c["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&lost_name) && detail.contains("cannot be completed"),
+            "{shown}"
+        );
+    }
+    let text = f.cli(&["snapshots", "show", &second]);
+    assert!(
+        text.contains("loc2: incomplete (") && text.contains(&lost_name),
+        "{text}"
+    );
+    // The rest of it was copied: its manifest is everywhere.
+    for i in 2..=3 {
+        assert!(
+            f.location(i).join("snapshots").join(&second).exists(),
+            "loc{i}"
+        );
+    }
+    // Later passes leave it so.
+    std::thread::sleep(Duration::from_secs(5));
+    let s = f.cli_json(&["snapshots", "show", &second]);
+    assert_eq!(support::fleet::verified_copies(&s), 0, "{s}");
+    // Visible per location, in the audit log and the controller's log.
+    let locs = f.cli_json(&["locations", "ls"]);
+    for l in locs.as_array().unwrap() {
+        assert!(
+            l["incidents"].as_array().unwrap().iter().any(|i| i
+                .as_str()
+                .unwrap()
+                .contains("is incomplete")
+                && i.as_str().unwrap().contains(&lost_name)),
+            "{locs}"
+        );
+    }
+    let audit = f.cli_json(&["audit", "ls", "--limit", "500"]);
+    assert!(audit.to_string().contains("copy incomplete"), "{audit}");
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(log.contains("copy incomplete") && log.contains(&lost_name));
+    // The primary's loss is not reported as a repair.
+    assert!(!log.contains(&format!("{lost_name} repaired")), "{log}");
+
+    // The first snapshot is verified everywhere again; a backup without
+    // the lost data is verified at all three and restores from each.
+    wait_verified(&f, &first, 3, Duration::from_secs(60));
+    std::fs::remove_dir_all(data.join("new")).unwrap();
+    let third = backup(&f, "app-1/files");
+    wait_verified(&f, &third, 3, Duration::from_secs(60));
+    for i in 1..=3 {
+        let url = format!("file://{}", f.location(i).display());
+        restore_from_location_alone(&f, &url, &third, &data, &format!("third-loc{i}"));
+    }
+}
+
 #[test]
 fn garage_three_locations_outage_delays_copies_only() {
     let garage = Garage::start(3);

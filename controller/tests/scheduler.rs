@@ -686,6 +686,7 @@ fn kill_9_child() {
         job: None,
         copies: Default::default(),
         position: Default::default(),
+        depends_on: Vec::new(),
     };
     jobs::complete_job(&c, &job.id, AGENT, &snapshot, now).unwrap();
     // No drop, no flush: die at once.

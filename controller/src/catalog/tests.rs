@@ -40,6 +40,7 @@ fn snapshot(id: u8, source: &str, time: DateTime<Utc>) -> SnapshotRecord {
         job: None,
         copies: BTreeMap::new(),
         position: BTreeMap::new(),
+        depends_on: Vec::new(),
     }
 }
 
@@ -239,4 +240,101 @@ fn a_newer_catalog_format_is_refused() {
         e.contains("format version 2") && e.contains("upgrade"),
         "{e}"
     );
+}
+
+fn chained(id: u8, previous: u8, time: DateTime<Utc>) -> SnapshotRecord {
+    let mut s = snapshot(id, "host-a/tidb", time);
+    s.position = BTreeMap::from([
+        ("tidb.mode".to_string(), "incremental".to_string()),
+        (
+            "tidb.previous_snapshot".to_string(),
+            Id([previous; 32]).to_hex(),
+        ),
+    ]);
+    s
+}
+
+#[test]
+fn recorded_snapshots_carry_their_dependencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Catalog::open(dir.path()).unwrap();
+    let now = t("2025-03-01T10:00:00Z");
+    c.record_snapshot(&snapshot(1, "host-a/tidb", now)).unwrap();
+    // Whatever the caller put in `depends_on`, the position decides.
+    c.record_snapshot(&chained(2, 1, now)).unwrap();
+    let two = c.snapshots().get(&Id([2; 32])).unwrap().unwrap();
+    assert_eq!(
+        two.depends_on,
+        vec![trireme_common::Dependency {
+            snapshot: Id([1; 32]),
+            chain: "tidb".into()
+        }]
+    );
+    assert!(c
+        .snapshots()
+        .get(&Id([1; 32]))
+        .unwrap()
+        .unwrap()
+        .depends_on
+        .is_empty());
+}
+
+#[test]
+fn older_snapshot_records_load_and_get_their_dependencies_once() {
+    // A record as written before `depends_on` existed.
+    #[derive(serde::Serialize)]
+    struct Old {
+        id: Id,
+        source: SourceId,
+        agent: String,
+        time: DateTime<Utc>,
+        size: u64,
+        summary: Summary,
+        job: Option<JobId>,
+        copies: BTreeMap<String, CopyState>,
+        position: BTreeMap<String, String>,
+    }
+    let now = t("2025-03-01T10:00:00Z");
+    let new = chained(2, 1, now);
+    let old = Old {
+        id: new.id,
+        source: new.source.clone(),
+        agent: new.agent.clone(),
+        time: new.time,
+        size: new.size,
+        summary: new.summary.clone(),
+        job: None,
+        copies: BTreeMap::new(),
+        position: new.position.clone(),
+    };
+    let mut cbor = Vec::new();
+    ciborium::into_writer(&old, &mut cbor).unwrap();
+    let decoded: SnapshotRecord = ciborium::from_reader(&cbor[..]).unwrap();
+    assert!(decoded.depends_on.is_empty());
+    assert_eq!(decoded.position, new.position);
+
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Catalog::open(dir.path()).unwrap();
+        // As an older controller left it: no dependencies, not filled yet.
+        c.snapshots().insert(&decoded.id, &decoded).unwrap();
+        c.meta.remove(&"dependencies".to_string()).unwrap();
+        c.flush().unwrap();
+    }
+    let c = Catalog::open(dir.path()).unwrap();
+    let filled = c.snapshots().get(&new.id).unwrap().unwrap();
+    assert_eq!(filled.depends_on.len(), 1);
+    assert_eq!(filled.depends_on[0].snapshot, Id([1; 32]));
+    // Done once: a record changed afterwards is left as it is.
+    c.snapshots().insert(&decoded.id, &decoded).unwrap();
+    c.flush().unwrap();
+    drop(c);
+    let c = Catalog::open(dir.path()).unwrap();
+    assert!(c
+        .snapshots()
+        .get(&new.id)
+        .unwrap()
+        .unwrap()
+        .depends_on
+        .is_empty());
 }

@@ -27,7 +27,7 @@ pub async fn run(c: &mut Controller, format: Format, args: PruneArgs) -> anyhow:
         .into_inner();
     match format {
         Format::Json => print_json(&prune_json(&r), false)?,
-        Format::Table => println(&prune_text(&r, args.show_kept))?,
+        Format::Table => println(&prune_text(&r, args.show_kept || args.dry_run))?,
     }
     let failed: Vec<String> = r
         .locations
@@ -120,7 +120,7 @@ pub fn prune_text(r: &PruneReply, show_kept: bool) -> String {
     if show_kept && !r.kept.is_empty() {
         out.push(String::new());
         out.push("kept:".into());
-        out.push(snapshots_table(&r.kept, "KEPT BY"));
+        out.push(snapshots_table(&r.kept, "WHY KEPT"));
     }
     out.push(String::new());
     out.push(locations_table(&r.locations));
@@ -148,6 +148,8 @@ fn snapshot_json(s: &PruneSnapshot) -> Value {
         "source": s.source,
         "time": json_time(s.time_unix),
         "reason": s.reason,
+        "needed_by": json_str(&s.needed_by),
+        "chain": json_str(&s.chain),
     })
 }
 
@@ -187,13 +189,25 @@ mod tests {
                 source: "db-1/mongo".into(),
                 time_unix: 1_700_000_000,
                 reason: "outside every window".into(),
+                ..Default::default()
             }],
-            kept: vec![PruneSnapshot {
-                id: "cd".repeat(32),
-                source: "db-1/mongo".into(),
-                time_unix: 1_700_086_400,
-                reason: "newest, daily 2023-11-15".into(),
-            }],
+            kept: vec![
+                PruneSnapshot {
+                    id: "cd".repeat(32),
+                    source: "db-1/mongo".into(),
+                    time_unix: 1_700_086_400,
+                    reason: "newest, daily 2023-11-15".into(),
+                    ..Default::default()
+                },
+                PruneSnapshot {
+                    id: "ef".repeat(32),
+                    source: "db-1/mongo".into(),
+                    time_unix: 1_700_000_100,
+                    reason: "needed by cdcdcdcd (tidb chain)".into(),
+                    needed_by: "cd".repeat(32),
+                    chain: "tidb".into(),
+                },
+            ],
             locations: vec![
                 PruneLocation {
                     name: "loc1".into(),
@@ -219,7 +233,7 @@ mod tests {
         let r = reply();
         let t = prune_text(&r, true);
         assert!(
-            t.contains("would remove 1 snapshot(s), keeping 1 (dry run"),
+            t.contains("would remove 1 snapshot(s), keeping 2 (dry run"),
             "{t}"
         );
         assert!(
@@ -227,15 +241,20 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("KEPT BY") && t.contains("daily 2023-11-15"),
+            t.contains("WHY KEPT") && t.contains("daily 2023-11-15"),
             "{t}"
         );
+        assert!(t.contains("needed by cdcdcdcd (tidb chain)"), "{t}");
+        assert!(!prune_text(&r, false).contains("WHY KEPT"));
         assert!(t.contains("3.0 MiB"), "{t}");
         assert!(t.contains("skipped: unreachable"), "{t}");
         assert!(t.contains("note: db-1/redis: no policy"), "{t}");
         let j = prune_json(&r);
         assert_eq!(j["dry_run"], true);
         assert_eq!(j["removed"][0]["source"], "db-1/mongo");
+        assert_eq!(j["removed"][0]["needed_by"], Value::Null);
+        assert_eq!(j["kept"][1]["needed_by"], "cd".repeat(32));
+        assert_eq!(j["kept"][1]["chain"], "tidb");
         assert_eq!(j["locations"][0]["packs_deleted"], 3);
         assert_eq!(j["locations"][0]["skipped"], Value::Null);
         assert_eq!(

@@ -563,6 +563,15 @@ pub fn snapshot_fields(s: &SnapshotInfo) -> String {
             .join("\n");
         rows.push(("position", text));
     }
+    if !s.depends_on.is_empty() {
+        let text = s
+            .depends_on
+            .iter()
+            .map(|d| format!("{} ({} chain)", d.id, d.chain))
+            .collect::<Vec<_>>()
+            .join("\n");
+        rows.push(("depends on", text));
+    }
     let copies = if s.copies.is_empty() {
         "none yet".to_string()
     } else {
@@ -587,6 +596,10 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
         "size": s.size,
         "summary": s.summary.as_ref().map_or(Value::Null, summary_json),
         "datastore_position": details_json(&s.datastore_position),
+        "depends_on": s.depends_on.iter().map(|d| json!({
+            "id": d.id,
+            "chain": d.chain,
+        })).collect::<Vec<_>>(),
         "copies": s.copies.iter().map(|c| json!({
             "location": c.location,
             "state": copy_state(c).map_or(Value::Null, |s| Value::String(s.into())),
@@ -597,7 +610,8 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
     })
 }
 
-/// A copy's state: `pending`, `copying`, `copied`, `verified` or `failed`
+/// A copy's state: `pending`, `copying`, `copied`, `verified`, `failed` or
+/// `incomplete`
 /// (a controller without copy states only says verified or not: `None`).
 fn copy_state(c: &SnapshotCopy) -> Option<&str> {
     if !c.state.is_empty() {
@@ -930,6 +944,7 @@ pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trireme_proto::v1::SnapshotDependency;
 
     #[test]
     fn job_json_shape() {
@@ -970,15 +985,30 @@ mod tests {
                 c("primary", "verified", 1_764_052_100, ""),
                 c("offsite", "failed", 0, "hash mismatch"),
                 c("cold", "copying", 0, ""),
+                c("far", "incomplete", 0, "packs/ab is at no location"),
             ],
+            depends_on: vec![SnapshotDependency {
+                id: "ab".repeat(32),
+                chain: "tidb".into(),
+            }],
             ..Default::default()
         };
         let f = snapshot_fields(&s);
+        assert!(
+            f.contains("far: incomplete (packs/ab is at no location)"),
+            "{f}"
+        );
+        assert!(
+            f.contains("depends on:") && f.contains(&format!("{} (tidb chain)", "ab".repeat(32))),
+            "{f}"
+        );
         assert!(f.contains("primary: verified 2025-11-25T06:28:20Z"), "{f}");
         assert!(f.contains("offsite: failed (hash mismatch)"), "{f}");
         assert!(f.contains("cold: copying"), "{f}");
-        assert!(snapshots_table(std::slice::from_ref(&s)).contains("1/3"));
+        assert!(snapshots_table(std::slice::from_ref(&s)).contains("1/4"));
         let v = snapshot_json(&s);
+        assert_eq!(v["depends_on"][0]["chain"], "tidb");
+        assert_eq!(v["copies"][3]["state"], "incomplete");
         assert_eq!(v["copies"][1]["state"], "failed");
         assert_eq!(v["copies"][1]["detail"], "hash mismatch");
         assert_eq!(v["copies"][0]["detail"], Value::Null);

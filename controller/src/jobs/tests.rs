@@ -357,6 +357,7 @@ fn completing_records_the_snapshot_with_the_job() {
         job: None,
         copies: Default::default(),
         position: Default::default(),
+        depends_on: Vec::new(),
     };
     let e = complete_job(&c, &j.id, "host-a", &snap, now).unwrap_err();
     assert!(e.to_string().contains("backs up host-a/redis"), "{e}");

@@ -37,6 +37,7 @@ fn snap(n: u8, source: &str, verified: usize) -> SnapshotRecord {
             })
             .collect::<BTreeMap<_, _>>(),
         position: BTreeMap::new(),
+        depends_on: Vec::new(),
     }
 }
 
@@ -85,6 +86,140 @@ fn the_newest_verified_copies_are_kept_whatever_the_class_says() {
         removed[0].reason.contains("outside every window"),
         "{removed:?}"
     );
+}
+
+/// A TiDB snapshot resting on snapshot `previous` (of any source).
+fn incremental(n: u8, source: &str, previous: u8) -> SnapshotRecord {
+    let mut s = snap(n, source, 3);
+    s.position = BTreeMap::from([(
+        "tidb.previous_snapshot".to_string(),
+        Id([previous; 32]).to_hex(),
+    )]);
+    s.derive_dependencies();
+    s
+}
+
+#[test]
+fn a_kept_incremental_keeps_its_chain_and_says_why() {
+    let (_d, c) = catalog(KEEP_ONE);
+    // 1: an old full backup; 2: a full backup; 3, 4: incrementals on it.
+    // The tree snapshot 5 of another source names 2 only as its parent
+    // (change detection): that is no dependency.
+    let mut tree = snap(5, "h/files", 3);
+    tree.position = BTreeMap::from([("parent".to_string(), Id([2; 32]).to_hex())]);
+    for s in [
+        snap(1, "h/db", 3),
+        snap(2, "h/db", 3),
+        incremental(3, "h/db", 2),
+        incremental(4, "h/db", 3),
+        tree,
+    ] {
+        c.record_snapshot(&s).unwrap();
+    }
+    let (removed, kept, notes) = decide(&c, None, 3, at(12)).unwrap();
+    assert_eq!(
+        removed.iter().map(|v| v.id).collect::<Vec<_>>(),
+        vec![Id([1; 32])],
+        "{removed:?}"
+    );
+    assert_eq!(reason_of(&kept, 4).unwrap(), "newest, last 1");
+    let by = Id([4; 32]).short();
+    for n in [2, 3] {
+        assert_eq!(
+            reason_of(&kept, n).unwrap(),
+            format!("needed by {by} (tidb chain)")
+        );
+        let v = kept.iter().find(|v| v.id == Id([n; 32])).unwrap();
+        let needed = v.needed_by.as_ref().unwrap();
+        assert_eq!(
+            (needed.snapshot, needed.chain.as_str()),
+            (Id([4; 32]), "tidb")
+        );
+    }
+    assert!(
+        kept.iter()
+            .filter(|v| v.id != Id([2; 32]) && v.id != Id([3; 32]))
+            .all(|v| v.needed_by.is_none()),
+        "{kept:?}"
+    );
+    assert!(
+        notes.iter().all(|n| !n.contains("not in the catalog")),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn chains_are_followed_across_sources_and_a_missing_link_is_reported() {
+    let (_d, c) = catalog(KEEP_ONE);
+    // h/db: 1, 2 (newest). h/other (no policy, so kept whole) rests on 1.
+    // h/db's 3 is gone from the catalog, and h/db's 9 still names it.
+    for s in [
+        snap(1, "h/db", 3),
+        snap(2, "h/db", 3),
+        incremental(4, "h/other", 1),
+    ] {
+        c.record_snapshot(&s).unwrap();
+    }
+    // Pruning only h/db: h/other's snapshot still needs 1.
+    let only: SourceId = "h/db".parse().unwrap();
+    let (removed, kept, _) = decide(&c, Some(&only), 3, at(12)).unwrap();
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        reason_of(&kept, 1).unwrap(),
+        format!("needed by {} of h/other (tidb chain)", Id([4; 32]).short())
+    );
+    c.record_snapshot(&incremental(9, "h/db", 3)).unwrap();
+    let (_, kept, notes) = decide(&c, Some(&only), 3, at(12)).unwrap();
+    assert_eq!(reason_of(&kept, 9).unwrap(), "newest, last 1");
+    assert!(
+        notes.iter().any(|n| n
+            == &format!(
+                "snapshot {} of h/db needs {} (tidb chain), which is not in the catalog: it does not restore (make a full backup)",
+                Id([9; 32]).short(),
+                Id([3; 32]).short()
+            )),
+        "{notes:?}"
+    );
+}
+
+#[test]
+fn a_snapshot_incomplete_everywhere_makes_no_location_behind() {
+    let sites: Vec<crate::replication::Site> = LOCS
+        .iter()
+        .map(|n| crate::replication::Site {
+            name: n.to_string(),
+            backend: Arc::new(trireme_common::backend::MemoryBackend::new()),
+            pacer: None,
+        })
+        .collect();
+    let incomplete = CopyState::Incomplete {
+        at: at(1),
+        reason: "1 object(s) it needs are at no location".into(),
+    };
+    let mut s = snap(1, "h/db", 0);
+    for l in LOCS {
+        s.copies.insert(l.to_string(), incomplete.clone());
+    }
+    let here: BTreeSet<Id> = [Id([1; 32])].into();
+    let listed: Vec<std::result::Result<BTreeSet<Id>, String>> =
+        vec![Ok(here.clone()), Ok(here.clone()), Ok(here.clone())];
+    let none = BTreeSet::new();
+    assert_eq!(
+        behind(
+            "loc1",
+            &here,
+            std::slice::from_ref(&s),
+            &none,
+            &listed,
+            &sites
+        ),
+        None
+    );
+    // Verified somewhere: the others lag behind it.
+    s.copies
+        .insert("loc2".into(), CopyState::Verified { at: at(1) });
+    let why = behind("loc1", &here, &[s], &none, &listed, &sites).unwrap();
+    assert!(why.contains("incomplete: 1 object(s)"), "{why}");
 }
 
 #[test]
@@ -278,7 +413,13 @@ mod across_locations {
                 pacer: None,
             })
             .collect();
-        let rep = Replicator::new(c.clone(), sites, ReplicationSettings::default());
+        let rep = Replicator::new(
+            c.clone(),
+            sites,
+            ReplicationSettings::default(),
+            key.clone(),
+        )
+        .believing_every_index_object();
         let file = parse_policy_file("p.toml", KEEP_ONE).unwrap();
         apply_policy_file(&c, &file, "test", at(0)).unwrap();
 
@@ -306,6 +447,7 @@ mod across_locations {
                 job: None,
                 copies: BTreeMap::new(),
                 position: BTreeMap::new(),
+                depends_on: Vec::new(),
             })
             .unwrap();
             ids.push(s.id);

@@ -45,6 +45,7 @@ fn snapshot(c: &Catalog, id: u8, time: DateTime<Utc>, verified: &[&str]) {
         job: None,
         copies,
         position: BTreeMap::new(),
+        depends_on: Vec::new(),
     })
     .unwrap();
 }

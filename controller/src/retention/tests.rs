@@ -192,6 +192,115 @@ fn an_empty_class_keeps_only_the_newest_and_reasons_are_given() {
     assert!(class.to_string().contains("daily = \"7days\""), "{class}");
 }
 
+/// Three days of hourly TiDB backups, 2026-03-01 00:00 to 2026-03-03
+/// 23:00 UTC: a full backup at 03-01 00:00 with an incremental every hour
+/// after it, each resting on the one before, until a new full backup at
+/// 03-03 12:00 starts a second chain. Each snapshot's dependencies.
+fn hourly_chains() -> Vec<(Id, DateTime<Utc>, Vec<Dependency>)> {
+    let mut v: Vec<(Id, DateTime<Utc>, Vec<Dependency>)> = Vec::new();
+    let mut t = at(2026, 3, 1, 0);
+    while t <= at(2026, 3, 3, 23) {
+        let full = t == at(2026, 3, 1, 0) || t == at(2026, 3, 3, 12);
+        let deps = match v.last() {
+            Some((prev, _, _)) if !full => vec![Dependency {
+                snapshot: *prev,
+                chain: "tidb".into(),
+            }],
+            _ => Vec::new(),
+        };
+        v.push((id_of(t), t, deps));
+        t += ChronoDuration::hours(1);
+    }
+    v
+}
+
+#[test]
+fn a_kept_incremental_keeps_its_full_backup_and_every_intermediate() {
+    let chains = hourly_chains();
+    let now = at(2026, 3, 4, 0) + ChronoDuration::minutes(30);
+    let class = RetentionClass {
+        daily: dur("30d"),
+        ..Default::default()
+    };
+    let times: Vec<(Id, DateTime<Utc>)> = chains.iter().map(|(id, t, _)| (*id, *t)).collect();
+    let sel = select(&times, &class, now, chrono_tz::UTC);
+    // The rules alone keep each day's 23:00 incremental.
+    let by_rule: BTreeSet<Id> = sel.keep.iter().map(|k| k.0).collect();
+    let evenings: BTreeSet<Id> = (1..=3).map(|d| id_of(at(2026, 3, d, 23))).collect();
+    assert_eq!(by_rule, evenings);
+    let remove: BTreeSet<Id> = sel.remove.iter().map(|r| r.0).collect();
+    let input: Vec<(Id, DateTime<Utc>, &[Dependency])> = chains
+        .iter()
+        .map(|(id, t, d)| (*id, *t, d.as_slice()))
+        .collect();
+    let needed = needed(&input, &remove);
+    // Each evening keeps its chain back to the full backup (or to the
+    // evening before, which stays anyway); only the morning of the 3rd,
+    // the end of the first chain after the last evening that needs it,
+    // goes.
+    let gone: BTreeSet<Id> = remove
+        .iter()
+        .filter(|id| !needed.contains_key(id))
+        .copied()
+        .collect();
+    let morning: BTreeSet<Id> = (0..12).map(|h| id_of(at(2026, 3, 3, h))).collect();
+    assert_eq!(gone, morning);
+    assert_eq!(by_rule.len() + needed.len() + gone.len(), chains.len());
+    let why = |d, h| needed[&id_of(at(2026, 3, d, h))].to_string();
+    let by = |d| id_of(at(2026, 3, d, 23)).short();
+    assert_eq!(why(1, 0), format!("needed by {} (tidb chain)", by(1)));
+    assert_eq!(why(1, 22), format!("needed by {} (tidb chain)", by(1)));
+    assert_eq!(why(2, 0), format!("needed by {} (tidb chain)", by(2)));
+    assert_eq!(why(3, 12), format!("needed by {} (tidb chain)", by(3)));
+    assert_eq!(needed[&id_of(at(2026, 3, 3, 12))].chain, "tidb");
+    // The same whatever the input order.
+    let mut rev = input.clone();
+    rev.reverse();
+    assert_eq!(super::needed(&rev, &remove), needed);
+}
+
+#[test]
+fn needed_follows_chains_through_removed_snapshots_only() {
+    let id = |n: u8| Id([n; 32]);
+    let dep = |n: u8| {
+        vec![Dependency {
+            snapshot: id(n),
+            chain: "x".into(),
+        }]
+    };
+    let t = |h: u32| at(2026, 1, 1, h);
+    // 1 <- 2 <- 3 <- 4, and 5 depends on a snapshot nobody knows.
+    let (d2, d3, d4, d5) = (dep(1), dep(2), dep(3), dep(99));
+    let snaps: Vec<(Id, DateTime<Utc>, &[Dependency])> = vec![
+        (id(1), t(1), &[]),
+        (id(2), t(2), &d2),
+        (id(3), t(3), &d3),
+        (id(4), t(4), &d4),
+        (id(5), t(5), &d5),
+    ];
+    // Nothing removed: nothing needed.
+    assert!(needed(&snaps, &BTreeSet::new()).is_empty());
+    // 4 stays: 1, 2, 3 are needed by it.
+    let all_but_4: BTreeSet<Id> = [1, 2, 3, 5].map(id).into();
+    let n = needed(&snaps, &all_but_4);
+    assert_eq!(
+        n.keys().copied().collect::<BTreeSet<_>>(),
+        [1, 2, 3].map(id).into()
+    );
+    assert!(n.values().all(|v| v.snapshot == id(4)));
+    // 4 goes too: nothing is needed.
+    let all: BTreeSet<Id> = [1, 2, 3, 4, 5].map(id).into();
+    assert!(needed(&snaps, &all).is_empty());
+    // 3 stays, 4 goes: 1 and 2 are needed by 3.
+    let but_3: BTreeSet<Id> = [1, 2, 4].map(id).into();
+    let n = needed(&snaps, &but_3);
+    assert_eq!(
+        n.keys().copied().collect::<BTreeSet<_>>(),
+        [1, 2].map(id).into()
+    );
+    assert!(n.values().all(|v| v.snapshot == id(3)));
+}
+
 fn class_strategy() -> impl Strategy<Value = RetentionClass> {
     let w = || proptest::option::of((1u64..2000).prop_map(|h| Duration::from_secs(h * 3600)));
     (proptest::option::of(0u32..10), w(), w(), w(), w(), w()).prop_map(

@@ -19,9 +19,10 @@ use trireme_proto::v1::{
     ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
     ListSourcesRequest, LocationInfo, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
     MfaEnrollRequest, PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest,
-    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotInfo, SourceEntry, SourceInfo,
-    SourceProtection, SourceRecovery, SourceRef, StatusReply, StatusRequest, VerifyAuditReply,
-    VerifyAuditRequest, VerifyReply, VerifyRequest, WatchJobRequest,
+    RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotDependency, SnapshotInfo,
+    SourceEntry, SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply,
+    StatusRequest, VerifyAuditReply, VerifyAuditRequest, VerifyReply, VerifyRequest,
+    WatchJobRequest,
 };
 
 use trireme_proto::v1::{PruneReply, PruneRequest};
@@ -255,6 +256,9 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
                     CopyState::Damaged { at, reason } => {
                         ("failed", false, unix(*at), reason.clone())
                     }
+                    CopyState::Incomplete { at, reason } => {
+                        ("incomplete", false, unix(*at), reason.clone())
+                    }
                     CopyState::Pending => ("pending", false, 0, String::new()),
                 };
                 SnapshotCopy {
@@ -268,6 +272,14 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
             .collect(),
         agent: s.agent.clone(),
         size: s.size,
+        depends_on: s
+            .depends_on
+            .iter()
+            .map(|d| SnapshotDependency {
+                id: d.snapshot.to_hex(),
+                chain: d.chain.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -129,6 +129,16 @@ fn snapshot(v: &Verdict) -> PruneSnapshot {
         source: v.source.to_string(),
         time_unix: v.time.timestamp(),
         reason: v.reason.clone(),
+        needed_by: v
+            .needed_by
+            .as_ref()
+            .map(|n| n.snapshot.to_hex())
+            .unwrap_or_default(),
+        chain: v
+            .needed_by
+            .as_ref()
+            .map(|n| n.chain.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod br;
 pub mod fleet;
 #[path = "../../../common/tests/support/garage.rs"]
 pub mod garage;
