@@ -45,8 +45,9 @@ pub struct IssuedKey {
     pub job: JobId,
     /// The agent that ran it.
     pub agent: String,
-    /// The source it backed up.
-    pub source: SourceId,
+    /// The source it backed up (unknown for keys a catalog rebuild found
+    /// in attributed objects).
+    pub source: Option<SourceId>,
     /// When the key was generated.
     pub at: DateTime<Utc>,
 }
@@ -117,6 +118,36 @@ pub async fn adopt_existing(
     Ok(n)
 }
 
+/// The index objects at `locations` the controller does not believe
+/// (written outside a job it checked — planted by an agent, or left by a
+/// job that failed or is still running), as `location: index/<name>: …`
+/// lines. They are left in place: Trireme deletes nothing it did not write.
+///
+/// # Errors
+/// None: a location that cannot be listed is reported as a line too.
+pub async fn unbelieved_index_objects(
+    catalog: &Catalog,
+    locations: &[(String, DynBackend)],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, b) in locations {
+        match b.list(ObjectKind::Index).await {
+            Ok(listed) => {
+                for o in listed {
+                    if !believed(catalog, &o.key.name) {
+                        out.push(format!(
+                            "{name}: {}: not attributed to a job the controller checked (planted, or left by a failed or running job): not believed by prune, restores or backups; left in place",
+                            o.key.path()
+                        ));
+                    }
+                }
+            }
+            Err(e) => out.push(format!("{name}: cannot list index objects: {e}")),
+        }
+    }
+    out
+}
+
 /// The ledger of generated data keys (catalog tree `issued_keys`).
 pub struct Ledger<'a> {
     catalog: &'a Catalog,
@@ -133,6 +164,29 @@ impl<'a> Ledger<'a> {
         Ledger { catalog }
     }
 
+    /// Record that `w` was generated for job `job` of `agent` (a catalog
+    /// rebuild, from attributed objects).
+    ///
+    /// # Errors
+    /// Catalog errors.
+    pub fn record_found(
+        &self,
+        w: &WrappedKey,
+        job: JobId,
+        agent: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.catalog.issued_keys().insert(
+            &key_name(w),
+            &IssuedKey {
+                job,
+                agent: agent.to_string(),
+                source: None,
+                at: now,
+            },
+        )
+    }
+
     /// Record that `w` was generated for `job`.
     ///
     /// # Errors
@@ -143,7 +197,7 @@ impl<'a> Ledger<'a> {
             &IssuedKey {
                 job: job.id,
                 agent: job.agent().to_string(),
-                source: job.source.clone(),
+                source: Some(job.source.clone()),
                 at: now,
             },
         )
@@ -263,7 +317,9 @@ pub async fn check_backup(
         Some(k) => {
             return Err(refuse(format!(
                 "its manifest is sealed with a key generated for job {} of {}, not for this job",
-                k.job, k.source
+                k.job,
+                k.source
+                    .map_or_else(|| format!("agent {}", k.agent), |s| s.to_string())
             )))
         }
         None => {

@@ -70,18 +70,30 @@ pub async fn rebuild(
     now: DateTime<Utc>,
 ) -> Result<RebuildReport> {
     let key_of = |j: &[u8; 16], a: &str| custody.job_mac_key(j, a);
-    let mut believed = Vec::new();
+    // Index objects whose attribution verifies are believed, and the keys
+    // of the packs a job's own objects list go back into the ledger (so
+    // the agent's next backups deduplicate against them again).
+    let ledger = crate::attribution::Ledger::new(catalog);
     for o in repo.backend().list(ObjectKind::Index).await? {
-        let Ok(f) = repo.read_index(&o.key).await else {
+        let Ok((key, f)) = repo.read_index_keyed(&o.key).await else {
             continue;
         };
-        if let Some(w) = f.attributed(key_of) {
-            let job = (w.job != CONTROLLER_JOB).then(|| JobId(uuid::Uuid::from_bytes(w.job)));
-            believed.push((o.key.name, job));
+        let Some(w) = f.attributed(key_of) else {
+            continue;
+        };
+        let job = (w.job != CONTROLLER_JOB).then(|| JobId(uuid::Uuid::from_bytes(w.job)));
+        if let Some(j) = job {
+            ledger.record_found(&key, j, &w.agent, now)?;
+            for p in &f.packs {
+                ledger.record_found(
+                    &trireme_common::WrappedKey(p.key.clone()),
+                    j,
+                    &w.agent,
+                    now,
+                )?;
+            }
         }
-    }
-    for (name, job) in believed {
-        crate::attribution::believe(catalog, [name], job, now)?;
+        crate::attribution::believe(catalog, [o.key.name], job, now)?;
     }
     let snaps = repo.snapshots().await?;
     let mut report = RebuildReport {
@@ -99,6 +111,12 @@ pub async fn rebuild(
             continue;
         };
         let agent = writer.agent.clone();
+        ledger.record_found(
+            &repo.snapshot_key(&s.id).await?,
+            JobId(uuid::Uuid::from_bytes(writer.job)),
+            &agent,
+            now,
+        )?;
         if agent_of(&s) != agent {
             report.skipped.push(format!(
                 "snapshot {}: its tags name agent {:?} but it was written by a job of {agent:?}; not believed",

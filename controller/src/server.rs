@@ -467,6 +467,17 @@ pub async fn run(
         indexes: tokio::sync::Mutex::default(),
         custody: Arc::new(custody),
     });
+    // A key table at a location that does not open (planted by an agent:
+    // its MAC key is no controller key; or damaged) is never used: say so.
+    for (name, b) in &shared.audit_mirrors {
+        if let Err(e) = crate::rotation::table_at(b, shared.master_key.current().as_ref()).await {
+            tracing::warn!(location = %name, error = %e, "refused a key table at this location");
+            shared.record(
+                crate::audit::Event::controller("key table refused", name.clone())
+                    .problem(e.to_string()),
+            );
+        }
+    }
     for r in config_repairs {
         shared
             .record(crate::audit::Event::controller("config repaired", r.location).problem(r.what));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use support::fleet::{make_data, tree, AgentSpec, Fleet};
+use support::fleet::{make_data, tree, wait_for, AgentSpec, Fleet};
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -409,4 +409,267 @@ async fn an_agent_cannot_record_a_manifest_of_its_own_that_is_false() {
         "the forged manifest is at the location, but not in the catalog"
     );
     victim_restores(&f, &victim, &data, 2);
+}
+
+/// Write `bytes` at `key` in a `file://` location, as an agent with write
+/// access to the location can.
+fn plant(dir: &std::path::Path, key: &str, bytes: &[u8]) {
+    let p = dir.join(key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// Restore `snap` through the controller onto web-1 and compare.
+fn fleet_restore(f: &Fleet, snap: &str, data: &std::path::Path, n: usize) {
+    let target = f.dir.join(format!("fleet-restore-{n}"));
+    let job = f.cli_json(&[
+        "restore",
+        &snap[..16],
+        "--to",
+        &format!("web-1:{}", target.display()),
+    ]);
+    let j = wait_job(f, job["id"].as_str().unwrap(), &["succeeded", "failed"]);
+    assert_eq!(j["state"], "succeeded", "{j:#}");
+    assert_eq!(tree(&target), tree(data), "restored through the controller");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_index_object_deletes_nothing_and_misleads_no_restore() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("web-1-uploads");
+    let (first, mut hostile) = victim_and_attacker(&mut f, &data).await;
+    // A second backup of web-1 (one file changed): prune removes the first.
+    std::fs::write(data.join("d0/changed.bin"), vec![5u8; 200_000]).unwrap();
+    let out = f.cli(&["backup", "run", "web-1/uploads", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let victim = snapshot_ids(&f, "web-1/uploads")
+        .into_iter()
+        .find(|s| *s != first)
+        .unwrap();
+    let loc1 = std::path::PathBuf::from(f.locations[0].trim_start_matches("file://"));
+
+    // web-2, during a backup job of its own, reads the index objects it is
+    // given and plants, at every location, index objects that list each of
+    // web-1's packs with no chunks: sealed with web-1's own index key (it
+    // holds it), and one attributed to its own job.
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
+    let backend = Location::parse(&f.locations[0])
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let repo = Repository::open(backend.clone(), keys.clone())
+        .await
+        .unwrap();
+    let mut planted = Vec::new();
+    for o in backend.list(ObjectKind::Index).await.unwrap() {
+        let raw = std::fs::read(loc1.join(o.key.path())).unwrap();
+        let w = u16::from_le_bytes([raw[5], raw[6]]) as usize;
+        let wrapped = WrappedKey(raw[7..7 + w].to_vec());
+        let Some(k) = keys.granted.get(&wrapped) else {
+            continue;
+        };
+        let real = repo.read_index(&o.key).await.unwrap();
+        let mut forged = trireme_common::index::IndexFile::default();
+        for p in &real.packs {
+            let mut empty = p.clone();
+            empty.blobs.clear();
+            forged.packs.push(empty);
+        }
+        let sealed = trireme_common::format::seal_object(
+            trireme_common::format::INDEX_MAGIC,
+            &DataKey::from_bytes(*k),
+            &wrapped,
+            &forged,
+        );
+        planted.push(sealed);
+        // The same claims, attributed to web-2's own job.
+        use trireme_common::attribution::Attributable;
+        forged.attribute(&keys.attribution);
+        planted.push(trireme_common::format::seal_object(
+            trireme_common::format::INDEX_MAGIC,
+            &DataKey::from_bytes(*k),
+            &wrapped,
+            &forged,
+        ));
+    }
+    assert!(
+        !planted.is_empty(),
+        "web-2 could seal with web-1's index keys"
+    );
+    for i in 1..=3 {
+        let dir = std::path::PathBuf::from(f.locations[i - 1].trim_start_matches("file://"));
+        for bytes in &planted {
+            let name = hex::encode(trireme_common::crypto::sha256(bytes));
+            plant(&dir, &format!("index/{name}"), bytes);
+        }
+    }
+    hostile
+        .report(JobResult {
+            job_id: job_id.clone(),
+            ok: false,
+            error_message: "gave up".into(),
+            ..Default::default()
+        })
+        .await;
+    wait_job(&f, &job_id, &["failed"]);
+
+    // verify reports them (audited), and leaves them in place.
+    let out = f.cli_as("op", &["verify"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("not attributed to a job the controller checked"),
+        "{text}"
+    );
+    assert!(audit_text(&f).contains("unattributed object"));
+
+    // Retention keeps one snapshot: prune removes the first, and deletes
+    // none of the packs the newest needs, whatever the forged claims say.
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-1/uploads\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    let done = f.cli_json(&["prune"]);
+    assert_eq!(done["dry_run"], false, "{done}");
+    assert!(
+        snapshot_ids(&f, "web-1/uploads") == vec![victim.clone()],
+        "{done}"
+    );
+    victim_restores(&f, &victim, &data, 3);
+    fleet_restore(&f, &victim, &data, 3);
+    for bytes in &planted {
+        let name = hex::encode(trireme_common::crypto::sha256(bytes));
+        assert!(
+            loc1.join("index").join(&name).exists(),
+            "a planted object is left in place"
+        );
+    }
+}
+
+/// A key table as `docs/format.md` §3.5 lays it out, MAC'd with `mac_key`
+/// (whose wrapped form is `mac_wrapped`): one entry mapping `from` to `to`.
+fn forged_table(
+    key_id: &str,
+    mac_wrapped: &[u8],
+    mac_key: &[u8; 32],
+    from: &[u8],
+    to: &[u8],
+) -> Vec<u8> {
+    let mut out = b"TRKT".to_vec();
+    out.push(1);
+    out.extend_from_slice(&chrono::Utc::now().timestamp().to_le_bytes());
+    out.push(key_id.len() as u8);
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(&(mac_wrapped.len() as u16).to_le_bytes());
+    out.extend_from_slice(mac_wrapped);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&trireme_common::crypto::sha256(from));
+    out.extend_from_slice(&(to.len() as u16).to_le_bytes());
+    out.extend_from_slice(to);
+    let mac = blake3::keyed_hash(
+        &blake3::derive_key("trireme key table mac v1", mac_key),
+        &out,
+    );
+    out.extend_from_slice(mac.as_bytes());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_planted_key_table_and_a_rewritten_config_are_refused() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("web-1-uploads");
+    let (victim, mut hostile) = victim_and_attacker(&mut f, &data).await;
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
+
+    // A key table named for the master key, MAC'd with a data key the
+    // agent got from GenerateDataKey, remapping web-1's manifest key to
+    // another data key: before controller keys, it verified.
+    let (mac_key, mac_wrapped) = keys.generate().await.unwrap();
+    let (_, other) = keys.generate().await.unwrap();
+    let loc1 = std::path::PathBuf::from(f.locations[0].trim_start_matches("file://"));
+    let raw = std::fs::read(loc1.join("snapshots").join(&victim)).unwrap();
+    let w = u16::from_le_bytes([raw[5], raw[6]]) as usize;
+    let victim_key = raw[7..7 + w].to_vec();
+    let key_id = trireme_common::LocalKeyFile::load(&f.dir.join("master.key"))
+        .unwrap()
+        .key_id();
+    let table = forged_table(
+        &key_id,
+        &mac_wrapped.0,
+        mac_key.as_bytes(),
+        &victim_key,
+        &other.0,
+    );
+
+    // And a config of its own (a new repository id and id key, with a
+    // valid id-key MAC, no controller MAC).
+    let cfg_bytes = std::fs::read(loc1.join("config")).unwrap();
+    let mut cfg = trireme_common::format::RepoConfig::decode(&cfg_bytes).unwrap();
+    let (id_key, id_wrapped) = keys.generate().await.unwrap();
+    cfg.id = uuid::Uuid::new_v4();
+    cfg.id_key = id_wrapped.0.clone();
+    cfg.controller_key = None;
+    cfg.controller_mac = None;
+    cfg.mac = cfg.compute_mac(id_key.as_bytes());
+    let forged_cfg = cfg.encode();
+    for i in 1..=3 {
+        let dir = std::path::PathBuf::from(f.locations[i - 1].trim_start_matches("file://"));
+        plant(&dir, &format!("keys/table-{key_id}"), &table);
+        plant(&dir, "config", &forged_cfg);
+    }
+    hostile
+        .report(JobResult {
+            job_id: job_id.clone(),
+            ok: false,
+            error_message: "gave up".into(),
+            ..Default::default()
+        })
+        .await;
+    wait_job(&f, &job_id, &["failed"]);
+
+    // The controller puts the authentic config back (audited) within a
+    // replication pass, and a restart neither refuses to start nor uses
+    // the table.
+    wait_for("the config put back", Duration::from_secs(30), || {
+        (std::fs::read(loc1.join("config")).unwrap() == cfg_bytes).then_some(())
+    });
+    assert!(audit_text(&f).contains("config repaired"));
+    f.stop_controller();
+    for i in 1..=3 {
+        let dir = std::path::PathBuf::from(f.locations[i - 1].trim_start_matches("file://"));
+        plant(&dir, "config", &forged_cfg);
+    }
+    f.start_controller();
+    f.wait_connected(&["web-1"]);
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(log.contains("refused a key table"), "{log}");
+    assert!(log.contains("not a controller key"), "{log}");
+    for i in 1..=3 {
+        let dir = std::path::PathBuf::from(f.locations[i - 1].trim_start_matches("file://"));
+        assert_eq!(
+            std::fs::read(dir.join("config")).unwrap(),
+            cfg_bytes,
+            "loc{i}"
+        );
+    }
+    let audit = audit_text(&f);
+    assert!(
+        audit.contains("key table refused") && audit.contains("config repaired"),
+        "{audit}"
+    );
+    victim_restores(&f, &victim, &data, 4);
+    fleet_restore(&f, &victim, &data, 4);
+    // A new backup of web-1 works on the authentic config.
+    let out = f.cli(&["backup", "run", "web-1/uploads", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
 }

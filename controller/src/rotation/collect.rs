@@ -56,6 +56,13 @@ pub async fn collect(sites: &[(String, DynBackend)], keys: &KeyCache) -> Result<
                         .keys
                         .entry(c.wrapped_id_key())
                         .or_insert_with(|| format!("{name}: config"));
+                    // The controller key (fleet mode) is re-wrapped too.
+                    if let Some(k) = c.wrapped_controller_key() {
+                        found
+                            .keys
+                            .entry(k)
+                            .or_insert_with(|| format!("{name}: config (controller key)"));
+                    }
                 }
                 Err(e) => {
                     found

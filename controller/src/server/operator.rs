@@ -962,6 +962,19 @@ impl OperatorService for OperatorApi {
             .verify_now(r.deep, only, self.shared.now())
             .await?;
         let mut problems = report.problems;
+        let sites: Vec<(String, trireme_common::DynBackend)> = self
+            .shared
+            .audit_mirrors
+            .iter()
+            .filter(|(n, _)| only.is_none_or(|o| o == n))
+            .cloned()
+            .collect();
+        for p in crate::attribution::unbelieved_index_objects(&self.shared.catalog, &sites).await {
+            self.shared.record(
+                crate::audit::Event::controller("unattributed object", "verify").problem(p.clone()),
+            );
+            problems.push(p);
+        }
         if let Some(s) = snapshot {
             // Report on this snapshot's copies after the repair pass.
             if let Some(rec) = self.shared.catalog.snapshots().get(&s.id)? {
