@@ -218,6 +218,9 @@ struct RawKeyService {
     credentials_file: Option<PathBuf>,
     /// vault-transit and aws-kms: how long one attempt may take (default 10s).
     timeout: Option<String>,
+    /// vault-transit and aws-kms: accept a plain `http://` address or
+    /// endpoint (default false; the replies carry plaintext data keys).
+    allow_http: Option<bool>,
 }
 
 const VAULT_KEYS: &[&str] = &[
@@ -228,6 +231,7 @@ const VAULT_KEYS: &[&str] = &[
     "namespace",
     "ca_file",
     "timeout",
+    "allow_http",
 ];
 const AWS_KEYS: &[&str] = &[
     "key_id",
@@ -235,6 +239,7 @@ const AWS_KEYS: &[&str] = &[
     "endpoint",
     "credentials_file",
     "timeout",
+    "allow_http",
 ];
 
 impl RawKeyService {
@@ -252,6 +257,7 @@ impl RawKeyService {
             ("endpoint", self.endpoint.is_some()),
             ("credentials_file", self.credentials_file.is_some()),
             ("timeout", self.timeout.is_some()),
+            ("allow_http", self.allow_http.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, set)| set.then_some(n))
@@ -341,6 +347,7 @@ impl RawKeyService {
             v.namespace = self.namespace;
             v.ca_file = self.ca_file.as_deref().map(&abs);
             v.timeout = timeout;
+            v.allow_http = self.allow_http.unwrap_or(false);
             v.validate().map_err(|e| format!("[key_service] {e}"))?;
             KeySource::VaultTransit(v)
         } else {
@@ -350,6 +357,7 @@ impl RawKeyService {
             a.endpoint = self.endpoint;
             a.credentials_file = self.credentials_file.as_deref().map(&abs);
             a.timeout = timeout;
+            a.allow_http = self.allow_http.unwrap_or(false);
             a.validate().map_err(|e| format!("[key_service] {e}"))?;
             KeySource::AwsKms(a)
         };
@@ -823,7 +831,7 @@ url = "file:///tmp/x"
         assert_eq!(v.timeout, Duration::from_secs(3));
         let a = parse(
             "",
-            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/trireme\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\ncredentials_file = \"kms.creds\"\n",
+            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/trireme\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\nallow_http = true\ncredentials_file = \"kms.creds\"\n",
         )
         .unwrap();
         assert!(
@@ -898,6 +906,27 @@ url = "file:///tmp/x"
                 &["address"][..],
             ),
             ("", &format!("{aws}timeout = \"soon\"\n"), &["timeout"][..]),
+            (
+                "",
+                &format!("{aws}endpoint = \"http://127.0.0.1:4566\"\n"),
+                &[
+                    "[key_service] endpoint = \"http://127.0.0.1:4566\" is plain http",
+                    "allow_http = true",
+                ][..],
+            ),
+            (
+                "",
+                &vault.replace("https://vault:8200", "http://vault:8200"),
+                &[
+                    "[key_service] address = \"http://vault:8200\" is plain http",
+                    "allow_http = true",
+                ][..],
+            ),
+            (
+                "key_file = \"k\"",
+                "[key_service]\nprovider = \"local\"\nallow_http = true\n",
+                &["does not take `allow_http`"][..],
+            ),
             ("", &format!("{aws}tokenfile = \"t\"\n"), &["tokenfile"][..]),
         ] {
             let e = parse(top, table).unwrap_err();
