@@ -1,5 +1,7 @@
 //! The audit log, MFA and the recovery key, against a real controller
-//! process and the real `trireme` / `trireme-controller` binaries.
+//! process and the real `trireme` / `trireme-controller` binaries: also a
+//! prune needing a code like a restore, the back-off after wrong codes, and
+//! a revoked agent losing its open session.
 
 mod support;
 
@@ -682,5 +684,150 @@ fn key_export_from_the_operator_cli_needs_a_code_and_imports_on_a_new_host() {
                 .as_str()
                 .is_some_and(|t| t.contains("with a TOTP code"))),
         "{export_entries:#?}"
+    );
+}
+
+/// A six-digit code that none of `codes` is.
+fn wrong_code(codes: &[String]) -> String {
+    (0..10)
+        .map(|d| d.to_string().repeat(6))
+        .find(|c| !codes.contains(c))
+        .unwrap()
+}
+
+fn count(entries: &[Value], f: impl Fn(&Value) -> bool) -> usize {
+    entries.iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn a_prune_needs_a_code_like_a_restore_and_is_audited_with_what_it_deleted() {
+    let mut f = Fleet::new();
+    f.controller_extra = "[mfa]\nrequired = true\n".into();
+    let data = f.dir.join("data");
+    make_data(&data, 2, 50_000, 11);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    for i in 0..2 {
+        std::fs::write(data.join(format!("change-{i}.txt")), format!("change {i}")).unwrap();
+        let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+        assert!(out.contains("succeeded"), "{out}");
+    }
+    let ids = |f: &Fleet| -> Vec<String> {
+        f.cli_json(&["snapshots", "ls", "web-1/files"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&f);
+    assert_eq!(before.len(), 2);
+
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-1/files\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&[
+        "policy",
+        "apply",
+        "-f",
+        policy.to_str().unwrap(),
+        "--totp",
+        &code(0),
+    ]);
+
+    // A viewer may not prune; an operator without a code or with a wrong
+    // one is refused; nothing is deleted.
+    let out = f.cli_as("viewer", &["prune"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("operator role"), "{}", text(&out));
+    let out = f.cli_as("op", &["prune"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("prune is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    let wrong = wrong_code(&[code(-1), code(0), code(1), code(2)]);
+    let out = f.cli_as("op", &["prune", "--totp", &wrong]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wrong or expired"), "{}", text(&out));
+    assert_eq!(ids(&f), before, "a refused prune deleted something");
+
+    // A dry run deletes nothing and needs no code.
+    let dry = f.cli_json(&["prune", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let doomed = dry["removed"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(ids(&f), before);
+    assert!(f.location(1).join("snapshots").join(&doomed).exists());
+
+    // With a code: done, at every location.
+    let done = f.cli_json(&["prune", "--totp", &code(1)]);
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(done["removed"][0]["id"], doomed.as_str(), "{done}");
+    let left = ids(&f);
+    assert_eq!(left.len(), 1);
+    assert!(!left.contains(&doomed));
+    assert!(!f.location(1).join("snapshots").join(&doomed).exists());
+
+    let entries = audit_entries(&f, "viewer", &["--actor", "op"]);
+    let prunes: Vec<&Value> = entries.iter().filter(|e| e["action"] == "prune").collect();
+    assert_eq!(
+        count(&entries, |e| e["action"] == "prune"
+            && e["outcome"] == "refused"),
+        2,
+        "{prunes:#?}"
+    );
+    assert!(
+        prunes.iter().any(|e| e["outcome"] == "refused"
+            && e["target"] == "second factor"
+            && e["reason"].as_str().unwrap().contains("wrong or expired")),
+        "{prunes:#?}"
+    );
+    let dry_entry = prunes
+        .iter()
+        .find(|e| e["outcome"] == "ok" && e["target"].as_str().unwrap().starts_with("dry run"))
+        .unwrap_or_else(|| panic!("{prunes:#?}"));
+    let t = dry_entry["target"].as_str().unwrap();
+    assert!(
+        t.contains(&format!("would remove 1 snapshot(s): {doomed}"))
+            && t.contains("nothing deleted")
+            && t.contains("no second factor needed"),
+        "{t}"
+    );
+    let done_entry = prunes
+        .iter()
+        .find(|e| e["outcome"] == "ok" && e["target"].as_str().unwrap().starts_with("prune of"))
+        .unwrap_or_else(|| panic!("{prunes:#?}"));
+    let t = done_entry["target"].as_str().unwrap();
+    assert!(
+        t.starts_with(&format!(
+            "prune of every source: removed 1 snapshot(s): {doomed} (web-1/files)"
+        )) && t.contains("loc1: 1 snapshot(s)")
+            && t.contains("loc3: 1 snapshot(s)")
+            && t.contains("with a TOTP code"),
+        "{t}"
+    );
+    assert!(
+        done_entry["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{done_entry}"
+    );
+    let viewer = audit_entries(&f, "viewer", &["--actor", "viewer"]);
+    assert_eq!(
+        count(&viewer, |e| e["action"] == "prune"
+            && e["outcome"] == "refused"),
+        1,
+        "{viewer:#?}"
     );
 }

@@ -1068,8 +1068,18 @@ impl OperatorService for OperatorApi {
     }
 
     async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
-        let reply = super::prune_rpc::run(&self.shared, &id, request.into_inner()).await?;
+        let action = super::prune_rpc::ACTION;
+        let id = self.authorize(&request, OPERATE, action)?;
+        let peer = request.remote_addr();
+        // Deleting backups is as sensitive as restoring them. A dry run
+        // deletes nothing: the role suffices (it is still audited).
+        let mfa = if request.get_ref().dry_run {
+            " (dry run: no second factor needed)"
+        } else {
+            mfa_note(self.second_factor(&request, &id, action).await?)
+        };
+        let reply =
+            super::prune_rpc::run(&self.shared, &id, peer, mfa, request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 
