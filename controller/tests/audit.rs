@@ -7,7 +7,7 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
@@ -830,4 +830,85 @@ fn a_prune_needs_a_code_like_a_restore_and_is_audited_with_what_it_deleted() {
         1,
         "{viewer:#?}"
     );
+}
+
+#[test]
+fn wrong_codes_back_the_name_off_and_the_chain_counts_the_burst_once() {
+    let mut f = Fleet::new();
+    ca::issue(&f.ca, Role::Operator, "op2", 30, &f.ca).unwrap();
+    f.controller_extra = "[mfa]\nmax_failures = 3\nbackoff = \"4s\"\n".into();
+    f.start_controller();
+    let p1 = policy_file(&f, 1);
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+    let wrong = wrong_code(&[code(-1), code(0), code(1), code(2)]);
+
+    for i in 1..=3 {
+        let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &wrong]);
+        assert!(!out.status.success());
+        let t = text(&out);
+        assert!(t.contains("wrong or expired"), "{t}");
+        assert_eq!(
+            t.contains("3 wrong codes for op") && t.contains("refused without being checked until"),
+            i == 3,
+            "attempt {i}: {t}"
+        );
+    }
+    let op_entries = || audit_entries(&f, "viewer", &["--actor", "op"]);
+    let before = op_entries();
+    assert_eq!(
+        count(&before, |e| e["target"] == "second factor"
+            && e["outcome"] == "refused"),
+        3,
+        "{before:#?}"
+    );
+
+    // Backed off: every code, even the right one, is refused unchecked with
+    // when to try again; none of these adds to the chain.
+    let backed_off = Instant::now();
+    for c in [code(0), wrong.clone(), code(0), code(1), wrong.clone()] {
+        let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &c]);
+        assert!(!out.status.success());
+        let t = text(&out);
+        assert!(
+            t.contains("too many wrong TOTP codes for op")
+                && t.contains("refused without being checked until")
+                && t.contains("try again after that"),
+            "{t}"
+        );
+    }
+    assert!(
+        backed_off.elapsed() < Duration::from_secs(3),
+        "too slow to test a 4 s back-off"
+    );
+    assert_eq!(op_entries().len(), before.len(), "guesses grew the chain");
+    // Only that name is backed off.
+    let out = f.cli_as("op2", &["policy", "apply", "-f", &p1]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // When the back-off ends: one entry, with the count.
+    let burst = wait_for(
+        "the back-off's audit entry",
+        Duration::from_secs(20),
+        || {
+            op_entries()
+                .into_iter()
+                .find(|e| e["action"] == "second factor" && e["target"] == "TOTP back-off")
+        },
+    );
+    assert_eq!(burst["outcome"], "refused");
+    assert!(
+        burst["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("5 attempt(s) refused without checking the code"),
+        "{burst}"
+    );
+    assert_eq!(op_entries().len(), before.len() + 1);
+    // The right code works again (the refused attempts did not use it up).
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &code(0)]);
+    assert!(out.status.success(), "{}", text(&out));
 }

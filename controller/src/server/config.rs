@@ -13,6 +13,8 @@
 //!
 //! [mfa]
 //! required = true   # sensitive actions need a TOTP code from every operator
+//! max_failures = 5  # wrong codes (per certificate name, 15 min) before a back-off
+//! backoff = "5m"    # codes are then refused unchecked; doubles in a row, up to 1h
 //!
 //! [[location]]
 //! name = "primary"
@@ -187,6 +189,13 @@ struct RawMfa {
     /// who enrolled always need one).
     #[serde(default)]
     required: bool,
+    /// Wrong TOTP codes from one certificate name within 15 minutes that
+    /// make the controller refuse its codes unchecked for `backoff`
+    /// (default 5).
+    max_failures: Option<u32>,
+    /// The first back-off after `max_failures` wrong codes; each one in a
+    /// row doubles, up to an hour (default "5m").
+    backoff: Option<String>,
 }
 
 /// `[key_service]`: every provider's settings; which apply is checked per
@@ -654,10 +663,31 @@ impl ControllerConfig {
             metrics_listen,
             mfa: crate::mfa::MfaSettings {
                 required: raw.mfa.required,
+                limits: mfa_limits(&raw.mfa).map_err(bad)?,
             },
             prune_every,
         })
     }
+}
+
+/// `[mfa] max_failures` and `backoff`, checked.
+fn mfa_limits(raw: &RawMfa) -> std::result::Result<crate::mfa::Limits, String> {
+    let mut limits = crate::mfa::Limits::default();
+    if let Some(n) = raw.max_failures {
+        if n == 0 {
+            return Err("[mfa] max_failures must be at least 1 (default 5)".into());
+        }
+        limits.max_failures = n;
+    }
+    if let Some(b) = &raw.backoff {
+        let d = humantime::parse_duration(b)
+            .map_err(|e| format!("[mfa] backoff = {b:?}: {e}; write e.g. \"5m\""))?;
+        if d < Duration::from_secs(1) {
+            return Err("[mfa] backoff must be at least 1s (default \"5m\")".into());
+        }
+        limits.backoff = d;
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -731,6 +761,25 @@ url = "file:///tmp/x"
         )
         .unwrap();
         assert!(c.mfa.required);
+        assert_eq!(c.mfa.limits, crate::mfa::Limits::default());
+        let c = ControllerConfig::parse(
+            Path::new("/c.toml"),
+            &format!("{GOOD}\n[mfa]\nmax_failures = 3\nbackoff = \"2m\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.mfa.limits.max_failures, 3);
+        assert_eq!(c.mfa.limits.backoff, Duration::from_secs(120));
+        for (table, needle) in [
+            ("max_failures = 0", "max_failures must be at least 1"),
+            ("backoff = \"0s\"", "backoff must be at least 1s"),
+            ("backoff = \"soon\"", "[mfa] backoff = \"soon\""),
+        ] {
+            let e =
+                ControllerConfig::parse(Path::new("/c.toml"), &format!("{GOOD}\n[mfa]\n{table}\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(needle), "{table}: {e}");
+        }
         assert_eq!(c.prune_every, None);
         let c = ControllerConfig::parse(
             Path::new("c.toml"),
