@@ -912,3 +912,78 @@ fn wrong_codes_back_the_name_off_and_the_chain_counts_the_burst_once() {
     let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &code(0)]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn revoking_an_agent_closes_its_open_session_within_seconds() {
+    let mut f = Fleet::new();
+    let (d1, d2) = (f.dir.join("d1"), f.dir.join("d2"));
+    make_data(&d1, 1, 1000, 5);
+    make_data(&d2, 1, 1000, 6);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &d1));
+    f.start_agent(&AgentSpec::volume("web-2", "files", &d2));
+    f.wait_connected(&["web-1", "web-2"]);
+    let connected = |f: &Fleet, name: &str| {
+        f.cli_json(&["agents", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == name && a["connected"] == true)
+    };
+    // Left alone, a session stays open (heartbeats every second).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(connected(&f, "web-1"));
+
+    let out = Command::new(bin("trireme"))
+        .args(["cert", "revoke", "--dir"])
+        .arg(&f.ca)
+        .args(["--name", "web-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let revoked = Instant::now();
+    wait_for("web-1's session to end", Duration::from_secs(15), || {
+        (!connected(&f, "web-1")).then_some(())
+    });
+    assert!(
+        revoked.elapsed() < Duration::from_secs(5),
+        "the session outlived the revocation by {:?}",
+        revoked.elapsed()
+    );
+    let entries = audit_entries(&f, "viewer", &["--actor", "web-1"]);
+    let closed = entries
+        .iter()
+        .find(|e| e["action"] == "agent session" && e["target"] == "session closed")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(closed["outcome"], "refused");
+    assert_eq!(closed["role"], "agent");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is revoked (CRL)"),
+        "{closed}"
+    );
+    assert!(closed["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // It cannot come back: the agent keeps dialling (max_backoff 2s) and
+    // its handshakes are refused; the other agent is untouched.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!connected(&f, "web-1"));
+    assert!(connected(&f, "web-2"));
+    let all = audit_entries(&f, "viewer", &[]);
+    assert!(
+        all.iter().any(|e| e["action"] == "connection refused"
+            && e["reason"].as_str().unwrap_or("").contains("revoked")),
+        "{all:#?}"
+    );
+    assert_eq!(
+        count(&all, |e| e["target"] == "session closed"),
+        1,
+        "{all:#?}"
+    );
+    let agent_log = Fleet::log_text(&f.agent_log("web-1"));
+    assert!(agent_log.contains("has been revoked"), "{agent_log}");
+    assert!(Fleet::log_text(&f.controller_log())
+        .contains("closed the session of an agent whose certificate was revoked"));
+}

@@ -551,7 +551,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.authorize(&request, READ, "jobs watch")?;
+        let who = self.authorize(&request, READ, "jobs watch")?;
+        let peer = request.remote_addr();
         let job = self.find_job(&request.get_ref().id)?;
         let shared = self.shared.clone();
         let mut events = shared.job_events.subscribe();
@@ -560,6 +561,18 @@ impl OperatorService for OperatorApi {
             let id = job.id;
             let mut last = None;
             loop {
+                // A certificate revoked while it watches: the stream ends.
+                if shared.authz.is_revoked(&who.serial) {
+                    let why =
+                        format!("the certificate of {who} has been revoked; the watch was closed");
+                    shared.audit(
+                        crate::audit::Event::by(&who, "jobs watch", id.to_string())
+                            .refused(why.clone())
+                            .from_peer(peer),
+                    );
+                    let _ = tx.send(Err(Status::unauthenticated(why))).await;
+                    return;
+                }
                 let current = match shared.catalog.jobs().get(&id) {
                     Ok(Some(j)) => j,
                     Ok(None) => return,
