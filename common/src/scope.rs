@@ -85,12 +85,15 @@ pub fn believe_all(_: &str, f: Option<&IndexFile>) -> bool {
     f.is_some()
 }
 
+/// An index object's payload with the key its header carries.
+type Keyed = Arc<(WrappedKey, IndexFile)>;
+
 /// The repository's index objects, each with the key its header carries.
 pub struct KeyedIndex {
     repo: IndexedRepo,
     /// Index object name → (its key, the packs it lists); `None`: it could
     /// not be opened.
-    objects: BTreeMap<String, Option<Arc<(WrappedKey, IndexFile)>>>,
+    objects: BTreeMap<String, Option<Keyed>>,
     /// The objects believed at the last refresh (the index is built from
     /// them alone).
     believed: BTreeSet<String>,
@@ -131,22 +134,21 @@ impl KeyedIndex {
                 None => missing.push(o.key),
             }
         }
-        let read: Vec<(ObjectKey, Option<Arc<(WrappedKey, IndexFile)>>)> =
-            futures::stream::iter(missing)
-                .map(|key| async move {
-                    match repo.read_index_keyed(&key).await {
-                        Ok(f) => Ok((key, Some(Arc::new(f)))),
-                        // Damaged or planted: believed by nobody, unless the
-                        // caller requires it (checked below).
-                        Err(Error::Corrupt { .. } | Error::Key(_) | Error::WrongKey(_)) => {
-                            Ok((key, None))
-                        }
-                        Err(e) => Err(e),
+        let read: Vec<(ObjectKey, Option<Keyed>)> = futures::stream::iter(missing)
+            .map(|key| async move {
+                match repo.read_index_keyed(&key).await {
+                    Ok(f) => Ok((key, Some(Arc::new(f)))),
+                    // Damaged or planted: believed by nobody, unless the
+                    // caller requires it (checked below).
+                    Err(Error::Corrupt { .. } | Error::Key(_) | Error::WrongKey(_)) => {
+                        Ok((key, None))
                     }
-                })
-                .buffer_unordered(16)
-                .try_collect()
-                .await?;
+                    Err(e) => Err(e),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
         for (key, f) in read {
             objects.insert(key.name, f);
         }

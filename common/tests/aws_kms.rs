@@ -138,6 +138,7 @@ async fn unreachable_endpoint_is_named() {
     s.endpoint = Some(endpoint.clone());
     s.credentials_file = Some(creds);
     s.timeout = Duration::from_secs(2);
+    s.allow_http = true;
     let p = AwsKms::new(s).await.unwrap();
     let e = p.generate().await.unwrap_err();
     assert!(e.is_temporary(), "{e}");

@@ -21,6 +21,8 @@ fn settings(bao: &OpenBao, key: &str, token: &std::path::Path) -> VaultSettings 
     let mut s = VaultSettings::new(&bao.address, key, token);
     s.ca_file = bao.ca_file.clone();
     s.timeout = Duration::from_secs(5);
+    // The dev server without TLS listens on loopback only.
+    s.allow_http = bao.address.starts_with("http://");
     s
 }
 
@@ -257,6 +259,7 @@ async fn retries_then_reports_unreachable() {
     server.create_key("trireme");
     let mut s = VaultSettings::new(&server.address, "trireme", &token);
     s.timeout = Duration::from_secs(5);
+    s.allow_http = true;
     let p = VaultTransit::new(s).unwrap();
     server.fail_next(2);
     let before = server.requests();
@@ -268,6 +271,7 @@ async fn retries_then_reports_unreachable() {
     let address = format!("http://127.0.0.1:{}", support::ports::free_port());
     let mut s = VaultSettings::new(&address, "trireme", &token);
     s.timeout = Duration::from_secs(2);
+    s.allow_http = true;
     let e = VaultTransit::new(s).unwrap().generate().await.unwrap_err();
     assert!(matches!(e, Error::KeyUnavailable(_)), "{e}");
     let e = e.to_string();
@@ -284,6 +288,7 @@ async fn retries_then_reports_unreachable() {
         &token,
     );
     s.timeout = Duration::from_millis(300);
+    s.allow_http = true;
     let e = VaultTransit::new(s)
         .unwrap()
         .generate()

@@ -92,8 +92,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
     pub log: String,
     /// The current code from your authenticator, for sensitive actions
-    /// (policy apply, restore, restore-test run, drill run, catalog rebuild)
-    /// once you enrolled with `trireme mfa enroll`.
+    /// (policy apply, restore, restore-test run, drill run, catalog rebuild,
+    /// key export, prune) once you enrolled with `trireme mfa enroll`.
     #[arg(
         long,
         global = true,
@@ -184,7 +184,8 @@ pub enum Command {
     Key(KeyCmd),
     /// Apply retention: remove the snapshots no retention class keeps, and
     /// the data only they use, at every location that is up to date
-    /// (`--dry-run` first to see what would go).
+    /// (`--dry-run` first to see what would go). A sensitive action: once
+    /// you enrolled in MFA it needs --totp <code> (a dry run does not).
     Prune(PruneArgs),
 }
 

@@ -6,7 +6,9 @@
 //! from then on every sensitive action of that operator needs a current
 //! code (gRPC metadata [`TOTP_HEADER`]). A code is accepted one step either
 //! side of the controller's clock, and only for a step later than the last
-//! accepted one, so a code cannot be used twice.
+//! accepted one, so a code cannot be used twice. Wrong codes are limited per
+//! name ([`throttle`]): past `[mfa] max_failures` of them, codes are refused
+//! unchecked for a back-off.
 //!
 //! Secrets are stored in the catalog sealed (AES-256-GCM) under a data key
 //! that is wrapped by the controller's master key, like backup data: a copy
@@ -138,12 +140,18 @@ pub fn check_code(
     })
 }
 
+pub mod throttle;
+
+pub use throttle::{Burst, Limits};
+
 /// MFA settings (`[mfa]` in the controller configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MfaSettings {
     /// Refuse sensitive actions to operators who have not enrolled. Enrolled
     /// operators always need a code, whatever this says.
     pub required: bool,
+    /// How many wrong codes back a name off, and for how long.
+    pub limits: Limits,
 }
 
 /// A new secret, shown once.
@@ -169,6 +177,11 @@ pub enum Passed {
 pub enum MfaError {
     /// Refused; the message is for the caller (and the audit log).
     Denied(String),
+    /// Refused without checking the code: the name is backed off after too
+    /// many wrong codes. The message says until when; the attempt is
+    /// counted into the back-off's one audit entry ([`Mfa::take_bursts`]),
+    /// not audited on its own.
+    Throttled(String),
     /// The catalog or the key service failed.
     Internal(Error),
 }
@@ -184,8 +197,11 @@ pub struct Mfa {
     catalog: Catalog,
     keys: DynKeyProvider,
     settings: MfaSettings,
-    /// Serialises check-and-update of `last_step` (no code twice).
+    /// Serialises check-and-update of `last_step` (no code twice) and of
+    /// the throttle's counters.
     lock: tokio::sync::Mutex<()>,
+    /// Wrong codes and back-offs per name.
+    throttle: throttle::Throttle,
 }
 
 impl Mfa {
@@ -196,6 +212,7 @@ impl Mfa {
             keys,
             settings,
             lock: tokio::sync::Mutex::new(()),
+            throttle: throttle::Throttle::new(settings.limits),
         }
     }
 
@@ -287,9 +304,7 @@ impl Mfa {
             }
             Some(r) => r,
         };
-        let secret = self.secret(name, &r).await?;
-        let step = check_code(&secret, code, unix(now), r.last_step)
-            .map_err(|e| MfaError::Denied(code_message("mfa confirm", e)))?;
+        let step = self.checked(name, &r, code, "mfa confirm", now).await?;
         r.confirmed = true;
         r.last_step = Some(step);
         self.catalog.mfa().insert(&key, &r)?;
@@ -324,13 +339,57 @@ impl Mfa {
                 "{action} is a sensitive action: pass --totp <code> from your authenticator (or set TRIREME_TOTP; enroll with `trireme mfa enroll`)"
             )));
         };
-        let secret = self.secret(name, &r).await?;
-        let step = check_code(&secret, code, unix(now), r.last_step)
-            .map_err(|e| MfaError::Denied(code_message(action, e)))?;
+        let step = self.checked(name, &r, code, action, now).await?;
         r.last_step = Some(step);
         self.catalog.mfa().insert(&key, &r)?;
         self.catalog.flush()?;
         Ok(Passed::Code)
+    }
+
+    /// Check `code` against `name`'s secret through the throttle (called
+    /// with `lock` held): refused unchecked while backed off; a wrong code
+    /// counts, and the one that reaches the limit says the back-off began.
+    async fn checked(
+        &self,
+        name: &str,
+        r: &MfaRecord,
+        code: &str,
+        action: &str,
+        now: DateTime<Utc>,
+    ) -> std::result::Result<u64, MfaError> {
+        if let Some(until) = self.throttle.admit(name, now) {
+            return Err(MfaError::Throttled(format!(
+                "{action}: too many wrong TOTP codes for {name}: codes are refused without being checked until {} (in {} s); try again after that with the current code",
+                until.format("%Y-%m-%d %H:%M:%S UTC"),
+                (until - now).num_seconds().max(1)
+            )));
+        }
+        let secret = self.secret(name, r).await?;
+        match check_code(&secret, code, unix(now), r.last_step) {
+            Ok(step) => {
+                self.throttle.succeeded(name);
+                Ok(step)
+            }
+            Err(e) => {
+                let message = code_message(action, e);
+                Err(MfaError::Denied(match self.throttle.failed(name, now) {
+                    None => message,
+                    Some(b) => format!(
+                        "{message}. That makes {} wrong codes for {name} within {} min: further codes are refused without being checked until {} (in {} s)",
+                        b.failures,
+                        throttle::FAILURE_WINDOW.as_secs() / 60,
+                        b.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                        (b.until - now).num_seconds().max(1)
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// Back-offs that ended by `now` (or all, with `all`) and refused
+    /// attempts unchecked, each once: for one audit entry per back-off.
+    pub fn take_bursts(&self, now: DateTime<Utc>, all: bool) -> Vec<Burst> {
+        self.throttle.take_bursts(now, all)
     }
 }
 

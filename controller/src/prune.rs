@@ -303,19 +303,24 @@ pub fn decide(
     Ok((removed, kept, notes))
 }
 
+/// Which index objects a prune believes (see [`trireme_common::scope::Belief`]).
+pub type BeliefFn<'a> =
+    dyn Fn(&str, Option<&trireme_common::index::IndexFile>) -> bool + Send + Sync + 'a;
+/// Told the names of the index objects a prune wrote.
+pub type WroteFn<'a> = dyn Fn(&[String]) -> Result<()> + Send + Sync + 'a;
+
 /// What a prune believes and how it writes: which index objects it plans
 /// with, the config it opens locations with, and the attribution of the
 /// index objects it writes.
 pub struct PruneTrust<'a> {
     /// Which index objects to believe ([`trireme_common::scope::Belief`]).
-    pub believe:
-        Box<dyn Fn(&str, Option<&trireme_common::index::IndexFile>) -> bool + Send + Sync + 'a>,
+    pub believe: Box<BeliefFn<'a>>,
     /// The authentic config bytes (else each location's own is read).
     pub config: Option<Vec<u8>>,
     /// The attribution of the index objects prune writes.
     pub attribution: Option<trireme_common::attribution::Attribution>,
     /// Called with the names of the index objects prune wrote.
-    pub wrote: Box<dyn Fn(&[String]) -> Result<()> + Send + Sync + 'a>,
+    pub wrote: Box<WroteFn<'a>>,
 }
 
 impl<'a> PruneTrust<'a> {

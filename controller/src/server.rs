@@ -255,6 +255,24 @@ impl Shared {
     }
 }
 
+/// Put each TOTP back-off that refused attempts unchecked into the audit
+/// chain, once, with how many (those that ended; all with `all`, when the
+/// controller stops). Second factors are asked of operators only.
+pub fn audit_mfa_bursts(shared: &Shared, all: bool) {
+    let t = |d: DateTime<Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for b in shared.mfa.take_bursts(shared.now(), all) {
+        shared.audit(
+            crate::audit::Event::actor(&b.name, "operator", "second factor", "TOTP back-off")
+                .refused(format!(
+                    "{} attempt(s) refused without checking the code during the back-off from {} to {} after too many wrong codes",
+                    b.refused,
+                    t(b.since),
+                    t(b.until)
+                )),
+        );
+    }
+}
+
 /// Open every location and make sure each holds the repository this
 /// controller vouches for ([`crate::custody::prepare`]): create it at the
 /// first location when there is none anywhere, copy its `config` to the
@@ -602,6 +620,24 @@ pub async fn run(
                 tokio::select! {
                     _ = stop.wait_for(|v| *v) => stopping = true,
                     () = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
+    {
+        // TOTP back-offs: one audit entry each, when they end.
+        let s = shared.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let stopping = tokio::select! {
+                    _ = stop.wait_for(|v| *v) => true,
+                    _ = every.tick() => false,
+                };
+                audit_mfa_bursts(&s, stopping);
+                if stopping {
+                    return;
                 }
             }
         }));

@@ -1,11 +1,13 @@
 //! The audit log, MFA and the recovery key, against a real controller
-//! process and the real `trireme` / `trireme-controller` binaries.
+//! process and the real `trireme` / `trireme-controller` binaries: also a
+//! prune needing a code like a restore, the back-off after wrong codes, and
+//! a revoked agent losing its open session.
 
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
@@ -683,4 +685,305 @@ fn key_export_from_the_operator_cli_needs_a_code_and_imports_on_a_new_host() {
                 .is_some_and(|t| t.contains("with a TOTP code"))),
         "{export_entries:#?}"
     );
+}
+
+/// A six-digit code that none of `codes` is.
+fn wrong_code(codes: &[String]) -> String {
+    (0..10)
+        .map(|d| d.to_string().repeat(6))
+        .find(|c| !codes.contains(c))
+        .unwrap()
+}
+
+fn count(entries: &[Value], f: impl Fn(&Value) -> bool) -> usize {
+    entries.iter().filter(|e| f(e)).count()
+}
+
+#[test]
+fn a_prune_needs_a_code_like_a_restore_and_is_audited_with_what_it_deleted() {
+    let mut f = Fleet::new();
+    f.controller_extra = "[mfa]\nrequired = true\n".into();
+    let data = f.dir.join("data");
+    make_data(&data, 2, 50_000, 11);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    for i in 0..2 {
+        std::fs::write(data.join(format!("change-{i}.txt")), format!("change {i}")).unwrap();
+        let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+        assert!(out.contains("succeeded"), "{out}");
+    }
+    let ids = |f: &Fleet| -> Vec<String> {
+        f.cli_json(&["snapshots", "ls", "web-1/files"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = ids(&f);
+    assert_eq!(before.len(), 2);
+
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-1/files\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&[
+        "policy",
+        "apply",
+        "-f",
+        policy.to_str().unwrap(),
+        "--totp",
+        &code(0),
+    ]);
+
+    // A viewer may not prune; an operator without a code or with a wrong
+    // one is refused; nothing is deleted.
+    let out = f.cli_as("viewer", &["prune"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("operator role"), "{}", text(&out));
+    let out = f.cli_as("op", &["prune"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("prune is a sensitive action: pass --totp <code>"),
+        "{}",
+        text(&out)
+    );
+    let wrong = wrong_code(&[code(-1), code(0), code(1), code(2)]);
+    let out = f.cli_as("op", &["prune", "--totp", &wrong]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("wrong or expired"), "{}", text(&out));
+    assert_eq!(ids(&f), before, "a refused prune deleted something");
+
+    // A dry run deletes nothing and needs no code.
+    let dry = f.cli_json(&["prune", "--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    let doomed = dry["removed"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(ids(&f), before);
+    assert!(f.location(1).join("snapshots").join(&doomed).exists());
+
+    // With a code: done, at every location.
+    let done = f.cli_json(&["prune", "--totp", &code(1)]);
+    assert_eq!(done["dry_run"], false);
+    assert_eq!(done["removed"][0]["id"], doomed.as_str(), "{done}");
+    let left = ids(&f);
+    assert_eq!(left.len(), 1);
+    assert!(!left.contains(&doomed));
+    assert!(!f.location(1).join("snapshots").join(&doomed).exists());
+
+    let entries = audit_entries(&f, "viewer", &["--actor", "op"]);
+    let prunes: Vec<&Value> = entries.iter().filter(|e| e["action"] == "prune").collect();
+    assert_eq!(
+        count(&entries, |e| e["action"] == "prune"
+            && e["outcome"] == "refused"),
+        2,
+        "{prunes:#?}"
+    );
+    assert!(
+        prunes.iter().any(|e| e["outcome"] == "refused"
+            && e["target"] == "second factor"
+            && e["reason"].as_str().unwrap().contains("wrong or expired")),
+        "{prunes:#?}"
+    );
+    let dry_entry = prunes
+        .iter()
+        .find(|e| e["outcome"] == "ok" && e["target"].as_str().unwrap().starts_with("dry run"))
+        .unwrap_or_else(|| panic!("{prunes:#?}"));
+    let t = dry_entry["target"].as_str().unwrap();
+    assert!(
+        t.contains(&format!("would remove 1 snapshot(s): {doomed}"))
+            && t.contains("nothing deleted")
+            && t.contains("no second factor needed"),
+        "{t}"
+    );
+    let done_entry = prunes
+        .iter()
+        .find(|e| e["outcome"] == "ok" && e["target"].as_str().unwrap().starts_with("prune of"))
+        .unwrap_or_else(|| panic!("{prunes:#?}"));
+    let t = done_entry["target"].as_str().unwrap();
+    assert!(
+        t.starts_with(&format!(
+            "prune of every source: removed 1 snapshot(s): {doomed} (web-1/files)"
+        )) && t.contains("loc1: 1 snapshot(s)")
+            && t.contains("loc3: 1 snapshot(s)")
+            && t.contains("with a TOTP code"),
+        "{t}"
+    );
+    assert!(
+        done_entry["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{done_entry}"
+    );
+    let viewer = audit_entries(&f, "viewer", &["--actor", "viewer"]);
+    assert_eq!(
+        count(&viewer, |e| e["action"] == "prune"
+            && e["outcome"] == "refused"),
+        1,
+        "{viewer:#?}"
+    );
+}
+
+#[test]
+fn wrong_codes_back_the_name_off_and_the_chain_counts_the_burst_once() {
+    let mut f = Fleet::new();
+    ca::issue(&f.ca, Role::Operator, "op2", 30, &f.ca).unwrap();
+    f.controller_extra = "[mfa]\nmax_failures = 3\nbackoff = \"4s\"\n".into();
+    f.start_controller();
+    let p1 = policy_file(&f, 1);
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let secret = secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap();
+    let step = quiet_step();
+    let code = |offset: i64| code_at(&secret, (step as i64 + offset * STEP_SECS as i64) as u64);
+    f.cli(&["mfa", "confirm", &code(-1)]);
+    let wrong = wrong_code(&[code(-1), code(0), code(1), code(2)]);
+
+    for i in 1..=3 {
+        let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &wrong]);
+        assert!(!out.status.success());
+        let t = text(&out);
+        assert!(t.contains("wrong or expired"), "{t}");
+        assert_eq!(
+            t.contains("3 wrong codes for op") && t.contains("refused without being checked until"),
+            i == 3,
+            "attempt {i}: {t}"
+        );
+    }
+    let op_entries = || audit_entries(&f, "viewer", &["--actor", "op"]);
+    let before = op_entries();
+    assert_eq!(
+        count(&before, |e| e["target"] == "second factor"
+            && e["outcome"] == "refused"),
+        3,
+        "{before:#?}"
+    );
+
+    // Backed off: every code, even the right one, is refused unchecked with
+    // when to try again; none of these adds to the chain.
+    let backed_off = Instant::now();
+    for c in [code(0), wrong.clone(), code(0), code(1), wrong.clone()] {
+        let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &c]);
+        assert!(!out.status.success());
+        let t = text(&out);
+        assert!(
+            t.contains("too many wrong TOTP codes for op")
+                && t.contains("refused without being checked until")
+                && t.contains("try again after that"),
+            "{t}"
+        );
+    }
+    assert!(
+        backed_off.elapsed() < Duration::from_secs(3),
+        "too slow to test a 4 s back-off"
+    );
+    assert_eq!(op_entries().len(), before.len(), "guesses grew the chain");
+    // Only that name is backed off.
+    let out = f.cli_as("op2", &["policy", "apply", "-f", &p1]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // When the back-off ends: one entry, with the count.
+    let burst = wait_for(
+        "the back-off's audit entry",
+        Duration::from_secs(20),
+        || {
+            op_entries()
+                .into_iter()
+                .find(|e| e["action"] == "second factor" && e["target"] == "TOTP back-off")
+        },
+    );
+    assert_eq!(burst["outcome"], "refused");
+    assert!(
+        burst["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("5 attempt(s) refused without checking the code"),
+        "{burst}"
+    );
+    assert_eq!(op_entries().len(), before.len() + 1);
+    // The right code works again (the refused attempts did not use it up).
+    let out = f.cli_as("op", &["policy", "apply", "-f", &p1, "--totp", &code(0)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn revoking_an_agent_closes_its_open_session_within_seconds() {
+    let mut f = Fleet::new();
+    let (d1, d2) = (f.dir.join("d1"), f.dir.join("d2"));
+    make_data(&d1, 1, 1000, 5);
+    make_data(&d2, 1, 1000, 6);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &d1));
+    f.start_agent(&AgentSpec::volume("web-2", "files", &d2));
+    f.wait_connected(&["web-1", "web-2"]);
+    let connected = |f: &Fleet, name: &str| {
+        f.cli_json(&["agents", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == name && a["connected"] == true)
+    };
+    // Left alone, a session stays open (heartbeats every second).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(connected(&f, "web-1"));
+
+    let out = Command::new(bin("trireme"))
+        .args(["cert", "revoke", "--dir"])
+        .arg(&f.ca)
+        .args(["--name", "web-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let revoked = Instant::now();
+    wait_for("web-1's session to end", Duration::from_secs(15), || {
+        (!connected(&f, "web-1")).then_some(())
+    });
+    assert!(
+        revoked.elapsed() < Duration::from_secs(5),
+        "the session outlived the revocation by {:?}",
+        revoked.elapsed()
+    );
+    let entries = audit_entries(&f, "viewer", &["--actor", "web-1"]);
+    let closed = entries
+        .iter()
+        .find(|e| e["action"] == "agent session" && e["target"] == "session closed")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(closed["outcome"], "refused");
+    assert_eq!(closed["role"], "agent");
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("is revoked (CRL)"),
+        "{closed}"
+    );
+    assert!(closed["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // It cannot come back: the agent keeps dialling (max_backoff 2s) and
+    // its handshakes are refused; the other agent is untouched.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(!connected(&f, "web-1"));
+    assert!(connected(&f, "web-2"));
+    let all = audit_entries(&f, "viewer", &[]);
+    assert!(
+        all.iter().any(|e| e["action"] == "connection refused"
+            && e["reason"].as_str().unwrap_or("").contains("revoked")),
+        "{all:#?}"
+    );
+    assert_eq!(
+        count(&all, |e| e["target"] == "session closed"),
+        1,
+        "{all:#?}"
+    );
+    let agent_log = Fleet::log_text(&f.agent_log("web-1"));
+    assert!(agent_log.contains("has been revoked"), "{agent_log}");
+    assert!(Fleet::log_text(&f.controller_log())
+        .contains("closed the session of an agent whose certificate was revoked"));
 }

@@ -677,6 +677,7 @@ impl OperatorService for Fake {
 
     async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
         self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
         let req = r.into_inner();
         let failing = req.source.as_ref().is_some_and(|s| s.source == "broken");
         self.prunes.lock().unwrap().push(req.clone());
@@ -1321,7 +1322,9 @@ async fn prune_shows_what_goes_per_location_and_needs_the_operator_role() {
     assert!(req.dry_run);
     assert_eq!(req.source, src("web-1", "www"));
 
-    let out = ok(&s.run(&pki, "op", &["-o", "json", "prune"]).await);
+    let out = ok(&s
+        .run(&pki, "op", &["-o", "json", "prune", "--totp", "135790"])
+        .await);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["dry_run"], false);
     assert_eq!(v["locations"][0]["packs_deleted"], 2);
@@ -1356,5 +1359,11 @@ async fn prune_shows_what_goes_per_location_and_needs_the_operator_role() {
     assert!(
         err.contains("agent/source") || err.contains("AGENT/SOURCE"),
         "{err}"
+    );
+    // The code travels like a restore's: `--totp` as request metadata.
+    assert_eq!(
+        s.fake.totps.lock().unwrap().clone(),
+        vec![None, Some("135790".to_string()), None],
+        "dry run, prune with --totp, prune without"
     );
 }

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 use support::fleet::{bin, free_port, make_data, tree, AgentSpec, Fleet};
 use support::moto::{Moto, REGION};
 
+/// moto serves plain http on loopback: the section opts in with
+/// `allow_http = true`.
 fn kms_section(key_id: &str, endpoint: &str, creds: &std::path::Path, extra: &str) -> String {
     format!(
-        "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"{key_id}\"\nregion = \"{REGION}\"\nendpoint = \"{endpoint}\"\ncredentials_file = \"{}\"\n{extra}",
+        "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"{key_id}\"\nregion = \"{REGION}\"\nendpoint = \"{endpoint}\"\nallow_http = true\ncredentials_file = \"{}\"\n{extra}",
         creds.display()
     )
 }
@@ -32,6 +34,30 @@ fn backup_and_restore_with_the_master_key_in_aws_kms() {
         &moto.credentials_file,
         "",
     );
+
+    // Without the opt-in the plain-http endpoint is refused, named.
+    let plain = f.dir.join("controller-plain-http.toml");
+    let section = f.key_section.replace("allow_http = true\n", "");
+    std::fs::write(
+        &plain,
+        std::fs::read_to_string(f.write_controller_config())
+            .unwrap()
+            .replace(&f.key_section, &section),
+    )
+    .unwrap();
+    let out = Command::new(bin("trireme-controller"))
+        .args(["check-config", "--config"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("endpoint = \"{}\" is plain http", moto.endpoint))
+            && err.contains("allow_http = true"),
+        "{err}"
+    );
+
     let cfg = f.write_controller_config();
 
     // check-config names the provider.

@@ -308,9 +308,11 @@ fn scheduled_prune_applies_retention_on_its_own() {
     for (id, _) in &snaps {
         wait_verified(&f, id, 3);
     }
-    // No policy yet: the scheduled prunes keep everything.
+    // No policy yet: the scheduled prunes keep everything, and runs that
+    // delete nothing are not audited.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(catalog_ids(&f).len(), 3);
+    assert!(scheduler_entries(&f).is_empty());
     let policy = f.dir.join("policy.toml");
     Fleet::write_file(
         &policy,
@@ -326,6 +328,36 @@ fn scheduled_prune_applies_retention_on_its_own() {
         restores_from(&f, &f.location(i), &snaps[2].0, &snaps[2].1);
     }
     assert!(Fleet::log_text(&f.controller_log()).contains("scheduled prune"));
+    // The run that deleted is in the audit chain, as by the scheduler, with
+    // what it deleted where; later runs with nothing to do are not.
+    std::thread::sleep(Duration::from_secs(4));
+    let entries = scheduler_entries(&f);
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    let e = &entries[0];
+    assert_eq!(e["role"], "controller");
+    assert_eq!(e["outcome"], "ok");
+    let t = e["target"].as_str().unwrap();
+    assert!(
+        t.starts_with("prune of every source: removed 2 snapshot(s): ")
+            && t.contains(&snaps[0].0)
+            && t.contains(&snaps[1].0)
+            && !t.contains(&snaps[2].0)
+            && (1..=3).all(|i| t.contains(&format!("loc{i}: 2 snapshot(s)"))),
+        "{t}"
+    );
+}
+
+/// The audit entries of scheduled prunes.
+fn scheduler_entries(f: &Fleet) -> Vec<Value> {
+    let out = f.cli(&["audit", "ls", "--json", "--limit", "1000"]);
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "scheduler" && e["action"] == "prune")
+        .cloned()
+        .collect()
 }
 
 /// Change the cluster `dir` for backup `i`: a new file, a changed one and,

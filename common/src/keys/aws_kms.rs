@@ -55,11 +55,14 @@ pub struct AwsKmsSettings {
     pub credentials_file: Option<PathBuf>,
     /// How long one attempt may take.
     pub timeout: Duration,
+    /// Accept a plain `http://` endpoint. KMS replies carry plaintext data
+    /// keys, so this is for a local test server only.
+    pub allow_http: bool,
 }
 
 impl AwsKmsSettings {
-    /// Settings with the region's endpoint, the default credential chain and
-    /// a 10 s timeout per attempt.
+    /// Settings with the region's endpoint, the default credential chain, a
+    /// 10 s timeout per attempt and https only.
     pub fn new(key_id: &str, region: &str) -> Self {
         AwsKmsSettings {
             key_id: key_id.to_string(),
@@ -67,6 +70,7 @@ impl AwsKmsSettings {
             endpoint: None,
             credentials_file: None,
             timeout: Duration::from_secs(10),
+            allow_http: false,
         }
     }
 
@@ -103,6 +107,12 @@ impl AwsKmsSettings {
             if !url.username().is_empty() || url.password().is_some() {
                 return Err(format!(
                     "endpoint = {ep:?} carries credentials: use credentials_file"
+                ));
+            }
+            if url.scheme() == "http" && !self.allow_http {
+                return Err(format!(
+                    "endpoint = {ep:?} is plain http: KMS replies carry plaintext data keys, so they would cross the network unencrypted; \
+                     use https://, or set allow_http = true (a local test server only)"
                 ));
             }
         }
@@ -392,6 +402,25 @@ mod tests {
             let e = s.validate().unwrap_err();
             assert!(e.contains(needle), "{s:?}: {e}");
         }
+    }
+
+    #[tokio::test]
+    async fn plain_http_needs_allow_http() {
+        let mut s = AwsKmsSettings::new("alias/trireme", "eu-west-1");
+        s.endpoint = Some("http://kms.internal:4566".into());
+        let e = s.validate().unwrap_err();
+        assert!(
+            e.contains("\"http://kms.internal:4566\" is plain http")
+                && e.contains("allow_http = true"),
+            "{e}"
+        );
+        let e = AwsKms::new(s.clone()).await.unwrap_err().to_string();
+        assert!(e.contains("allow_http = true"), "{e}");
+        s.allow_http = true;
+        assert_eq!(s.validate(), Ok(()));
+        s.endpoint = Some("HTTPS://kms.internal".into());
+        s.allow_http = false;
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[tokio::test]

@@ -42,7 +42,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Where Vault is and which transit key to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VaultSettings {
-    /// `https://vault.example.com:8200` (`http://` only for a local dev server).
+    /// `https://vault.example.com:8200` (`http://` only with `allow_http`).
     pub address: String,
     /// Where the transit engine is mounted (default `transit`).
     pub mount: String,
@@ -57,11 +57,14 @@ pub struct VaultSettings {
     pub ca_file: Option<PathBuf>,
     /// How long one attempt (connect, TLS, request, reply) may take.
     pub timeout: Duration,
+    /// Accept a plain `http://` address. Vault's replies carry plaintext
+    /// data keys, so this is for a dev server on the same host only.
+    pub allow_http: bool,
 }
 
 impl VaultSettings {
     /// Settings with the default mount (`transit`), no namespace, the
-    /// system roots and a 10 s timeout.
+    /// system roots, a 10 s timeout and https only.
     pub fn new(address: &str, key: &str, token_file: &Path) -> Self {
         VaultSettings {
             address: address.to_string(),
@@ -71,6 +74,7 @@ impl VaultSettings {
             namespace: None,
             ca_file: None,
             timeout: Duration::from_secs(10),
+            allow_http: false,
         }
     }
 
@@ -79,7 +83,14 @@ impl VaultSettings {
     /// # Errors
     /// A message naming the setting at fault and what it should look like.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        Endpoint::parse(&self.address)?;
+        let endpoint = Endpoint::parse(&self.address)?;
+        if !endpoint.https && !self.allow_http {
+            return Err(format!(
+                "address = {:?} is plain http: Vault's replies carry plaintext data keys, so they would cross the network unencrypted; \
+                 use https://, or set allow_http = true (a dev server on this host only)",
+                self.address
+            ));
+        }
         let name_ok = |s: &str, slash: bool| {
             !s.is_empty()
                 && s.chars().all(|c| {
@@ -137,7 +148,7 @@ impl Endpoint {
             "http" => false,
             _ => {
                 return Err(bad(
-                    "must start with https:// (or http:// for a dev server)",
+                    "must start with https:// (or http:// with allow_http = true)",
                 ))
             }
         };
@@ -612,12 +623,32 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_needs_allow_http() {
+        let mut s = VaultSettings::new("http://vault.internal:8200", "trireme", Path::new("/t"));
+        let e = s.validate().unwrap_err();
+        assert!(
+            e.contains("\"http://vault.internal:8200\" is plain http")
+                && e.contains("allow_http = true"),
+            "{e}"
+        );
+        let e = VaultTransit::new(s.clone()).unwrap_err().to_string();
+        assert!(e.contains("allow_http = true"), "{e}");
+        s.allow_http = true;
+        assert_eq!(s.validate(), Ok(()));
+        // https needs no opt-in.
+        s.address = "https://vault.internal:8200".into();
+        s.allow_http = false;
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
     fn token_file_must_be_private_and_non_empty() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("token");
         std::fs::write(&p, "hvs.x\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let s = VaultSettings::new("http://127.0.0.1:8200", "k", &p);
+        let mut s = VaultSettings::new("http://127.0.0.1:8200", "k", &p);
+        s.allow_http = true;
         let e = VaultTransit::new(s.clone()).unwrap_err().to_string();
         assert!(e.contains("chmod 600") && e.contains("644"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();

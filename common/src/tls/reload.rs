@@ -103,6 +103,12 @@ impl ReloadingServerConfig {
         self.refreshed().revoked.contains(serial)
     }
 
+    /// Every serial the current CRL lists (lowercase hex), reloaded first if
+    /// the files changed: for checking many open connections at once.
+    pub fn revoked_serials(&self) -> Arc<HashSet<String>> {
+        self.refreshed().revoked.clone()
+    }
+
     /// How many configurations have been loaded so far (starts at 1).
     pub fn generation(&self) -> u64 {
         self.refreshed().generation
@@ -208,9 +214,11 @@ mod tests {
         assert_eq!(r.generation(), 1);
         assert!(!r.is_revoked(&agent.cert.serial));
 
+        assert!(r.revoked_serials().is_empty());
         ca::revoke(d, &ca::RevokeTarget::Name("db-1".into())).unwrap();
         assert!(r.is_revoked(&agent.cert.serial));
         assert_eq!(r.generation(), 2);
+        assert!(r.revoked_serials().contains(&agent.cert.serial));
         assert_eq!(r.generation(), 2, "no reload without a change");
 
         // A broken CRL keeps the previous state, and is not retried until it changes.

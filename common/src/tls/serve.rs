@@ -270,6 +270,18 @@ impl Authorizer {
         check(request, allowed, Some(&self.tls))
     }
 
+    /// Whether the current CRL lists `serial` (as in [`Identity::serial`]):
+    /// for streams that outlive the RPC's own check.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.tls.is_revoked(serial)
+    }
+
+    /// Every serial the current CRL lists: for checking many open streams
+    /// at once (e.g. every connected agent's session).
+    pub fn revoked_serials(&self) -> Arc<std::collections::HashSet<String>> {
+        self.tls.revoked_serials()
+    }
+
     /// A tonic interceptor that admits only `allowed` roles and puts the
     /// caller's [`Identity`] in the request extensions, e.g.
     /// `HealthServer::with_interceptor(svc, authz.require(&[Role::Operator]))`.

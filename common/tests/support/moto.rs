@@ -125,6 +125,8 @@ impl Moto {
         s.endpoint = Some(self.endpoint.clone());
         s.credentials_file = Some(self.credentials_file.clone());
         s.timeout = Duration::from_secs(5);
+        // moto serves plain http on loopback.
+        s.allow_http = true;
         s
     }
 

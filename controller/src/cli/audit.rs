@@ -143,7 +143,7 @@ pub async fn mfa(
             match format {
                 Format::Json => print_json(&json!({ "account": r.account, "confirmed": true }), false),
                 Format::Table => println(&format!(
-                    "MFA confirmed for {}: sensitive actions (policy apply, restore, restore tests, drills, catalog rebuild) now need --totp <code>",
+                    "MFA confirmed for {}: sensitive actions (policy apply, restore, restore tests, drills, catalog rebuild, key export, prune) now need --totp <code>",
                     r.account
                 )),
             }

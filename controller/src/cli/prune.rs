@@ -6,19 +6,25 @@ use anyhow::bail;
 use serde_json::{json, Value};
 use trireme_proto::v1::{PruneLocation, PruneReply, PruneRequest, PruneSnapshot};
 
+use super::audit::with_totp;
 use super::connect::Controller;
 use super::output::{json_str, json_time, print_json, println, size, table, time, Format};
 use super::PruneArgs;
 
-/// Run `trireme prune`.
+/// Run `trireme prune` (with `--totp` / `TRIREME_TOTP`: a prune that
+/// deletes is a sensitive action).
 ///
 /// # Errors
-/// RPC errors (e.g. jobs under way); a location that failed part-way.
+/// RPC errors (e.g. jobs under way, no or a wrong TOTP code); a location
+/// that failed part-way.
 pub async fn run(c: &mut Controller, format: Format, args: PruneArgs) -> anyhow::Result<()> {
-    let req = PruneRequest {
-        dry_run: args.dry_run,
-        source: args.source.map(Into::into),
-    };
+    let req = with_totp(
+        PruneRequest {
+            dry_run: args.dry_run,
+            source: args.source.map(Into::into),
+        },
+        c.totp.as_deref(),
+    )?;
     let r = c
         .operator
         .prune(req)

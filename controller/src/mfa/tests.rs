@@ -96,16 +96,23 @@ fn at(unix: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(unix, 0).unwrap()
 }
 
-async fn service(required: bool) -> (tempfile::TempDir, Mfa) {
+fn service(required: bool) -> (tempfile::TempDir, Mfa) {
+    service_with(MfaSettings {
+        required,
+        ..MfaSettings::default()
+    })
+}
+
+fn service_with(settings: MfaSettings) -> (tempfile::TempDir, Mfa) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = Catalog::open(dir.path().join("catalog")).unwrap();
     let key = Arc::new(LocalKeyFile::create(&dir.path().join("master.key")).unwrap());
-    (dir, Mfa::new(catalog, key, MfaSettings { required }))
+    (dir, Mfa::new(catalog, key, settings))
 }
 
 #[tokio::test]
 async fn enroll_confirm_and_check() {
-    let (_d, mfa) = service(false).await;
+    let (_d, mfa) = service(false);
     let now = 1_800_000_015;
     // Not enrolled, not required: passes without a code.
     assert_eq!(
@@ -173,7 +180,7 @@ async fn enroll_confirm_and_check() {
 
 #[tokio::test]
 async fn required_refuses_operators_who_never_enrolled() {
-    let (_d, mfa) = service(true).await;
+    let (_d, mfa) = service(true);
     let m = match mfa
         .check("bob", Some("123456"), "restore", at(1_800_000_000))
         .await
@@ -184,5 +191,71 @@ async fn required_refuses_operators_who_never_enrolled() {
     assert!(
         m.contains("requires MFA") && m.contains("trireme mfa enroll"),
         "{m}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_codes_back_the_name_off_and_are_counted_once() {
+    let (_d, mfa) = service_with(MfaSettings {
+        required: false,
+        limits: Limits {
+            max_failures: 3,
+            backoff: std::time::Duration::from_secs(60),
+        },
+    });
+    let now = 1_800_000_015;
+    let e = mfa.enroll("alice", None, at(now)).await.unwrap();
+    let secret = secret_from_base32(&e.secret_base32).unwrap();
+    mfa.confirm("alice", &code_at(&secret, now as u64 - 30), at(now))
+        .await
+        .unwrap();
+    let good = code_at(&secret, now as u64);
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    let denied = |r: std::result::Result<Passed, MfaError>| match r {
+        Err(MfaError::Denied(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..2 {
+        let m = denied(mfa.check("alice", Some(wrong), "prune", at(now)).await);
+        assert!(!m.contains("refused without being checked"), "{m}");
+    }
+    let m = denied(mfa.check("alice", Some(wrong), "prune", at(now)).await);
+    assert!(
+        m.contains("3 wrong codes for alice")
+            && m.contains("refused without being checked until 2027-01-15 08:01:15 UTC (in 60 s)"),
+        "{m}"
+    );
+    // Backed off: even the right code is refused, unchecked, saying when.
+    for s in 0..4 {
+        match mfa
+            .check("alice", Some(&good), "restore", at(now + s))
+            .await
+        {
+            Err(MfaError::Throttled(m)) => assert!(
+                m.contains("too many wrong TOTP codes for alice")
+                    && m.contains("until 2027-01-15 08:01:15 UTC")
+                    && m.contains(&format!("(in {} s)", 60 - s)),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Another operator is not affected.
+    assert_eq!(
+        mfa.check("bob", None, "restore", at(now)).await.unwrap(),
+        Passed::NotEnrolled
+    );
+    assert!(mfa.take_bursts(at(now + 59), false).is_empty());
+    let bursts = mfa.take_bursts(at(now + 60), false);
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    assert_eq!((bursts[0].name.as_str(), bursts[0].refused), ("alice", 4));
+    // After the back-off the right code works (the refused ones did not
+    // use it up).
+    let later = code_at(&secret, now as u64 + 60);
+    assert_eq!(
+        mfa.check("alice", Some(&later), "restore", at(now + 60))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}")),
+        Passed::Code
     );
 }

@@ -1,6 +1,9 @@
 //! `AgentService`: agents register and hold one `Session` stream each. This
 //! module also keeps the table of connected agents, sends them their queued
-//! jobs, and fails the jobs of agents that stay away too long.
+//! jobs, fails the jobs of agents that stay away too long, and ends the
+//! session of an agent whose certificate is revoked (the watchdog checks
+//! every connected agent's serial against the CRL each second, and each
+//! session checks its own before it handles a message), audited.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -38,6 +41,10 @@ type Outbound = mpsc::UnboundedSender<Result<ControllerMessage, Status>>;
 /// One connected agent.
 struct Conn {
     session: u64,
+    /// The certificate it connected with (its serial is checked against
+    /// the CRL while the session lasts).
+    identity: trireme_common::Identity,
+    peer: Option<std::net::SocketAddr>,
     tx: Outbound,
     /// Tells the session's reader to end (and drop its sender).
     stop: Arc<tokio::sync::Notify>,
@@ -87,11 +94,13 @@ impl Registry {
 
     fn connect(
         &self,
-        agent: &str,
+        identity: &trireme_common::Identity,
+        peer: Option<std::net::SocketAddr>,
         tx: Outbound,
         stop: Arc<tokio::sync::Notify>,
         now: DateTime<Utc>,
     ) -> u64 {
+        let agent = identity.name.as_str();
         let mut g = self.lock();
         g.next_session += 1;
         let session = g.next_session;
@@ -100,6 +109,8 @@ impl Registry {
             agent.to_string(),
             Conn {
                 session,
+                identity: identity.clone(),
+                peer,
                 tx,
                 stop,
                 connected_at: now,
@@ -182,6 +193,39 @@ impl Registry {
             c.stop.notify_one();
             g.gone_since.insert(n, Instant::now());
         }
+    }
+
+    /// End the sessions whose certificate serial is in `revoked`; who they
+    /// were and where from.
+    fn close_revoked(
+        &self,
+        revoked: &HashSet<String>,
+    ) -> Vec<(trireme_common::Identity, Option<std::net::SocketAddr>)> {
+        if revoked.is_empty() {
+            return Vec::new();
+        }
+        let mut g = self.lock();
+        let names: Vec<String> = g
+            .conns
+            .iter()
+            .filter(|(_, c)| revoked.contains(&c.identity.serial))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut closed = Vec::new();
+        for n in names {
+            if let Some(c) = g.conns.remove(&n) {
+                // The agent learns why; the stream ends when its reader
+                // drops the last sender.
+                let _ = c.tx.send(Err(Status::unauthenticated(format!(
+                    "the certificate of {} has been revoked: session closed",
+                    c.identity
+                ))));
+                c.stop.notify_one();
+                g.gone_since.insert(n, Instant::now());
+                closed.push((c.identity, c.peer));
+            }
+        }
+        closed
     }
 
     /// Send a message to a connected agent; false when it is not connected.
@@ -583,8 +627,27 @@ fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgr
     Ok(())
 }
 
-/// Fail the jobs of agents away longer than the agent timeout, and send
-/// connected agents jobs that are still queued. Runs until `stop`.
+/// End (and audit) the sessions of connected agents whose certificate the
+/// CRL now lists. They cannot come back: the TLS handshake checks the same
+/// CRL.
+pub fn close_revoked_sessions(shared: &Shared) {
+    let revoked = shared.authz.revoked_serials();
+    for (id, peer) in shared.agents.close_revoked(&revoked) {
+        tracing::warn!(agent = %id.name, serial = %id.serial, "closed the session of an agent whose certificate was revoked");
+        shared.record(
+            crate::audit::Event::by(&id, "agent session", "session closed")
+                .refused(format!(
+                    "certificate serial {} is revoked (CRL): its open session was closed",
+                    id.serial
+                ))
+                .from_peer(peer),
+        );
+    }
+}
+
+/// Fail the jobs of agents away longer than the agent timeout, close the
+/// sessions of revoked agents, and send connected agents jobs that are
+/// still queued. Runs until `stop`.
 pub async fn watchdog(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(WATCHDOG_EVERY);
     let mut sweep = 0u32;
@@ -593,6 +656,7 @@ pub async fn watchdog(shared: Arc<Shared>, mut stop: tokio::sync::watch::Receive
             _ = stop.wait_for(|v| *v) => return,
             _ = every.tick() => {}
         }
+        close_revoked_sessions(&shared);
         if let Err(e) = fail_lost_jobs(&shared) {
             tracing::error!(error = %e, "watchdog: cannot check for lost jobs");
         }
@@ -785,7 +849,7 @@ impl AgentService for AgentApi {
         let stop = Arc::new(tokio::sync::Notify::new());
         let session = shared
             .agents
-            .connect(&agent, tx.clone(), stop.clone(), shared.now());
+            .connect(&id, peer, tx.clone(), stop.clone(), shared.now());
         shared.agents.touch(
             &agent,
             session,
@@ -800,6 +864,7 @@ impl AgentService for AgentApi {
         let s = shared.clone();
         let name = agent.clone();
         let ident = id.clone();
+        let serial = id.serial.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -821,6 +886,11 @@ impl AgentService for AgentApi {
                     Ok(Ok(None)) => break,
                     Ok(Ok(Some(m))) => m,
                 };
+                // Nothing from a certificate revoked meanwhile is believed.
+                if s.authz.is_revoked(&serial) {
+                    close_revoked_sessions(&s);
+                    break;
+                }
                 s.agents.touch(&name, session, s.now(), None);
                 match msg.msg {
                     Some(AgentMsg::Heartbeat(h)) => {

@@ -13,6 +13,8 @@
 //!
 //! [mfa]
 //! required = true   # sensitive actions need a TOTP code from every operator
+//! max_failures = 5  # wrong codes (per certificate name, 15 min) before a back-off
+//! backoff = "5m"    # codes are then refused unchecked; doubles in a row, up to 1h
 //!
 //! [[location]]
 //! name = "primary"
@@ -187,6 +189,13 @@ struct RawMfa {
     /// who enrolled always need one).
     #[serde(default)]
     required: bool,
+    /// Wrong TOTP codes from one certificate name within 15 minutes that
+    /// make the controller refuse its codes unchecked for `backoff`
+    /// (default 5).
+    max_failures: Option<u32>,
+    /// The first back-off after `max_failures` wrong codes; each one in a
+    /// row doubles, up to an hour (default "5m").
+    backoff: Option<String>,
 }
 
 /// `[key_service]`: every provider's settings; which apply is checked per
@@ -218,6 +227,9 @@ struct RawKeyService {
     credentials_file: Option<PathBuf>,
     /// vault-transit and aws-kms: how long one attempt may take (default 10s).
     timeout: Option<String>,
+    /// vault-transit and aws-kms: accept a plain `http://` address or
+    /// endpoint (default false; the replies carry plaintext data keys).
+    allow_http: Option<bool>,
 }
 
 const VAULT_KEYS: &[&str] = &[
@@ -228,6 +240,7 @@ const VAULT_KEYS: &[&str] = &[
     "namespace",
     "ca_file",
     "timeout",
+    "allow_http",
 ];
 const AWS_KEYS: &[&str] = &[
     "key_id",
@@ -235,6 +248,7 @@ const AWS_KEYS: &[&str] = &[
     "endpoint",
     "credentials_file",
     "timeout",
+    "allow_http",
 ];
 
 impl RawKeyService {
@@ -252,6 +266,7 @@ impl RawKeyService {
             ("endpoint", self.endpoint.is_some()),
             ("credentials_file", self.credentials_file.is_some()),
             ("timeout", self.timeout.is_some()),
+            ("allow_http", self.allow_http.is_some()),
         ]
         .into_iter()
         .filter_map(|(n, set)| set.then_some(n))
@@ -341,6 +356,7 @@ impl RawKeyService {
             v.namespace = self.namespace;
             v.ca_file = self.ca_file.as_deref().map(&abs);
             v.timeout = timeout;
+            v.allow_http = self.allow_http.unwrap_or(false);
             v.validate().map_err(|e| format!("[key_service] {e}"))?;
             KeySource::VaultTransit(v)
         } else {
@@ -350,6 +366,7 @@ impl RawKeyService {
             a.endpoint = self.endpoint;
             a.credentials_file = self.credentials_file.as_deref().map(&abs);
             a.timeout = timeout;
+            a.allow_http = self.allow_http.unwrap_or(false);
             a.validate().map_err(|e| format!("[key_service] {e}"))?;
             KeySource::AwsKms(a)
         };
@@ -646,10 +663,31 @@ impl ControllerConfig {
             metrics_listen,
             mfa: crate::mfa::MfaSettings {
                 required: raw.mfa.required,
+                limits: mfa_limits(&raw.mfa).map_err(bad)?,
             },
             prune_every,
         })
     }
+}
+
+/// `[mfa] max_failures` and `backoff`, checked.
+fn mfa_limits(raw: &RawMfa) -> std::result::Result<crate::mfa::Limits, String> {
+    let mut limits = crate::mfa::Limits::default();
+    if let Some(n) = raw.max_failures {
+        if n == 0 {
+            return Err("[mfa] max_failures must be at least 1 (default 5)".into());
+        }
+        limits.max_failures = n;
+    }
+    if let Some(b) = &raw.backoff {
+        let d = humantime::parse_duration(b)
+            .map_err(|e| format!("[mfa] backoff = {b:?}: {e}; write e.g. \"5m\""))?;
+        if d < Duration::from_secs(1) {
+            return Err("[mfa] backoff must be at least 1s (default \"5m\")".into());
+        }
+        limits.backoff = d;
+    }
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -723,6 +761,25 @@ url = "file:///tmp/x"
         )
         .unwrap();
         assert!(c.mfa.required);
+        assert_eq!(c.mfa.limits, crate::mfa::Limits::default());
+        let c = ControllerConfig::parse(
+            Path::new("/c.toml"),
+            &format!("{GOOD}\n[mfa]\nmax_failures = 3\nbackoff = \"2m\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.mfa.limits.max_failures, 3);
+        assert_eq!(c.mfa.limits.backoff, Duration::from_secs(120));
+        for (table, needle) in [
+            ("max_failures = 0", "max_failures must be at least 1"),
+            ("backoff = \"0s\"", "backoff must be at least 1s"),
+            ("backoff = \"soon\"", "[mfa] backoff = \"soon\""),
+        ] {
+            let e =
+                ControllerConfig::parse(Path::new("/c.toml"), &format!("{GOOD}\n[mfa]\n{table}\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(needle), "{table}: {e}");
+        }
         assert_eq!(c.prune_every, None);
         let c = ControllerConfig::parse(
             Path::new("c.toml"),
@@ -823,7 +880,7 @@ url = "file:///tmp/x"
         assert_eq!(v.timeout, Duration::from_secs(3));
         let a = parse(
             "",
-            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/trireme\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\ncredentials_file = \"kms.creds\"\n",
+            "[key_service]\nprovider = \"aws-kms\"\nkey_id = \"alias/trireme\"\nregion = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:4566\"\nallow_http = true\ncredentials_file = \"kms.creds\"\n",
         )
         .unwrap();
         assert!(
@@ -898,6 +955,27 @@ url = "file:///tmp/x"
                 &["address"][..],
             ),
             ("", &format!("{aws}timeout = \"soon\"\n"), &["timeout"][..]),
+            (
+                "",
+                &format!("{aws}endpoint = \"http://127.0.0.1:4566\"\n"),
+                &[
+                    "[key_service] endpoint = \"http://127.0.0.1:4566\" is plain http",
+                    "allow_http = true",
+                ][..],
+            ),
+            (
+                "",
+                &vault.replace("https://vault:8200", "http://vault:8200"),
+                &[
+                    "[key_service] address = \"http://vault:8200\" is plain http",
+                    "allow_http = true",
+                ][..],
+            ),
+            (
+                "key_file = \"k\"",
+                "[key_service]\nprovider = \"local\"\nallow_http = true\n",
+                &["does not take `allow_http`"][..],
+            ),
             ("", &format!("{aws}tokenfile = \"t\"\n"), &["tokenfile"][..]),
         ] {
             let e = parse(top, table).unwrap_err();

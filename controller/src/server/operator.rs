@@ -563,7 +563,8 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.authorize(&request, READ, "jobs watch")?;
+        let who = self.authorize(&request, READ, "jobs watch")?;
+        let peer = request.remote_addr();
         let job = self.find_job(&request.get_ref().id)?;
         let shared = self.shared.clone();
         let mut events = shared.job_events.subscribe();
@@ -572,6 +573,18 @@ impl OperatorService for OperatorApi {
             let id = job.id;
             let mut last = None;
             loop {
+                // A certificate revoked while it watches: the stream ends.
+                if shared.authz.is_revoked(&who.serial) {
+                    let why =
+                        format!("the certificate of {who} has been revoked; the watch was closed");
+                    shared.audit(
+                        crate::audit::Event::by(&who, "jobs watch", id.to_string())
+                            .refused(why.clone())
+                            .from_peer(peer),
+                    );
+                    let _ = tx.send(Err(Status::unauthenticated(why))).await;
+                    return;
+                }
                 let current = match shared.catalog.jobs().get(&id) {
                     Ok(Some(j)) => j,
                     Ok(None) => return,
@@ -1103,8 +1116,18 @@ impl OperatorService for OperatorApi {
     }
 
     async fn prune(&self, request: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
-        let id = self.shared.authz.authorize(&request, OPERATE)?;
-        let reply = super::prune_rpc::run(&self.shared, &id, request.into_inner()).await?;
+        let action = super::prune_rpc::ACTION;
+        let id = self.authorize(&request, OPERATE, action)?;
+        let peer = request.remote_addr();
+        // Deleting backups is as sensitive as restoring them. A dry run
+        // deletes nothing: the role suffices (it is still audited).
+        let mfa = if request.get_ref().dry_run {
+            " (dry run: no second factor needed)"
+        } else {
+            mfa_note(self.second_factor(&request, &id, action).await?)
+        };
+        let reply =
+            super::prune_rpc::run(&self.shared, &id, peer, mfa, request.into_inner()).await?;
         Ok(Response::new(reply))
     }
 

@@ -60,7 +60,9 @@ impl OperatorApi {
     }
 
     /// The second factor for a sensitive action: the code in the request's
-    /// metadata. Refusals are audited.
+    /// metadata. Refusals are audited; those of a backed-off name (too many
+    /// wrong codes) are counted into one entry per back-off instead
+    /// ([`crate::server::audit_mfa_bursts`]).
     pub(super) async fn second_factor<T>(
         &self,
         request: &Request<T>,
@@ -83,6 +85,7 @@ impl OperatorApi {
                 );
                 Err(Status::permission_denied(m))
             }
+            Err(MfaError::Throttled(m)) => Err(Status::resource_exhausted(m)),
             Err(MfaError::Internal(e)) => Err(e.into()),
         }
     }
@@ -246,6 +249,7 @@ impl OperatorApi {
                 self.audit_refused(&id, peer, "mfa enroll", &m);
                 Err(Status::permission_denied(m))
             }
+            Err(MfaError::Throttled(m)) => Err(Status::resource_exhausted(m)),
             Err(MfaError::Internal(e)) => Err(e.into()),
         }
     }
@@ -273,6 +277,7 @@ impl OperatorApi {
                 self.audit_refused(&id, peer, "mfa confirm", &m);
                 Err(Status::permission_denied(m))
             }
+            Err(MfaError::Throttled(m)) => Err(Status::resource_exhausted(m)),
             Err(MfaError::Internal(e)) => Err(e.into()),
         }
     }
