@@ -1389,8 +1389,14 @@ async fn a_stream_restore_never_writes_through_a_symlink() {
     );
     assert!(e.contains("symbolic link"), "{e}");
     assert!(!nowhere.exists(), "{e}");
-    // A new name works.
+    // A new name works; as a restore test, the file is removed afterwards.
     let fresh = f.path("fresh.sql");
     f.restore(&snap, RestoreTarget::Path(&fresh)).await.unwrap();
     assert!(std::fs::read(&fresh).unwrap() == dump);
+    let tested = f.path("tested.sql");
+    let ix = f.indexed().await;
+    restore_job(&ix, &snap, RestoreTarget::Path(&tested), &job, minute, true)
+        .await
+        .unwrap();
+    assert!(!tested.exists());
 }
