@@ -76,6 +76,24 @@ enum Command {
     },
 }
 
+/// A restore keeps every file of a batch open until its data is written
+/// (batches are sized to a quarter of this limit), so raise the soft limit
+/// on open files to the hard one, as Go programs do at start. Best effort.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let l = getrlimit(Resource::Nofile);
+    let want = l.maximum.unwrap_or(1 << 20);
+    if l.current.is_some_and(|c| c < want) {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: l.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "cannot raise the open files limit");
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let default_log = match cli.command {
@@ -88,6 +106,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

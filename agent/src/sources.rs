@@ -27,10 +27,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use trireme_common::{
-    BackupInput, BackupOptions, ContentKind, IndexedRepo, Progress, RestoreOptions, Snapshot,
+    BackupInput, BackupOptions, ContentKind, IndexedRepo, Progress, RestoreLedger, RestoreOptions,
+    Snapshot,
 };
 
 /// Source kinds this agent can back up.
@@ -352,17 +353,29 @@ pub struct RestoreReport {
 /// Restore `snap` to `target`, then check it where the kind can.
 ///
 /// # Errors
-/// Repository errors (corrupt data is named), a target that is not empty,
-/// a failing restore tool, or a check that does not match the backup.
+/// Repository errors (corrupt data is named), a target that is not empty
+/// or is a symbolic link, a failing restore tool, or a check that does not
+/// match the backup.
 pub async fn restore(
     repo: &IndexedRepo,
     snap: &Snapshot,
     target: RestoreTarget<'_>,
     job: &JobContext,
 ) -> Result<RestoreReport> {
+    restore_recorded(repo, snap, target, job, None).await
+}
+
+/// [`restore`], recording what it creates as files in `ledger`.
+async fn restore_recorded(
+    repo: &IndexedRepo,
+    snap: &Snapshot,
+    target: RestoreTarget<'_>,
+    job: &JobContext,
+    ledger: Option<&Arc<RestoreLedger>>,
+) -> Result<RestoreReport> {
     let kind = snap.manifest.source_kind.as_str();
     match target {
-        RestoreTarget::Path(path) => restore_to_path(repo, snap, path, &job.progress).await,
+        RestoreTarget::Path(path) => restore_to_path(repo, snap, path, &job.progress, ledger).await,
         RestoreTarget::Source(source) => {
             if source.kind() != kind {
                 bail!(
@@ -373,8 +386,10 @@ pub async fn restore(
                 );
             }
             match &source.spec {
-                SourceSpec::Volume(v) => restore_to_path(repo, snap, &v.path, &job.progress).await,
-                SourceSpec::Kafka(k) => k.restore(repo, snap, &job.progress).await,
+                SourceSpec::Volume(v) => {
+                    restore_to_path(repo, snap, &v.path, &job.progress, ledger).await
+                }
+                SourceSpec::Kafka(k) => k.restore(repo, snap, &job.progress, ledger).await,
                 SourceSpec::Command(c) => c.restore(&source.name, repo, snap, job).await,
                 SourceSpec::Redis(r) => r.restore(&source.name, repo, snap, job).await,
                 SourceSpec::Mongodb(m) => m.restore(&source.name, repo, snap, job).await,
@@ -384,82 +399,110 @@ pub async fn restore(
     }
 }
 
-/// After a restore: run the target source's smoke test (if it has one) on
-/// the restored data; then, for a restore test (`clean`), remove what the
-/// restore wrote where that is files (a path, or a `volume`/`kafka`
-/// source's directory) so the next test finds it empty. Datastore targets
-/// keep their data: the next restore replaces it.
+/// A restore as a job runs it: [`restore`] within `timeout`, then the
+/// target source's smoke test (if it has one) on the restored data.
+///
+/// A restore test (`test`) then removes exactly what the restore created
+/// as files (into a path, or a `volume`/`kafka` source's directory) — also
+/// when it failed or timed out, and only what it created: a target it
+/// refused is left untouched, and nothing that was there before or that
+/// someone else wrote meanwhile is removed. Datastore targets keep their
+/// data: the next restore replaces it.
 ///
 /// # Errors
-/// The smoke test failing (the clean-up still runs).
-pub async fn after_restore(
+/// As [`restore`]; the timeout; the smoke test failing.
+pub async fn restore_job(
+    repo: &IndexedRepo,
+    snap: &Snapshot,
     target: RestoreTarget<'_>,
     job: &JobContext,
-    clean: bool,
-) -> Result<Vec<String>> {
-    let mut checks = Vec::new();
-    let smoke = match target {
-        RestoreTarget::Source(s) if !s.smoke_test.is_empty() => {
-            process::run_hook(&s.smoke_test, "smoke_test", &s.name, job.hook_timeout)
-                .await
-                .map(|()| checks.push(format!("smoke test {:?} passed", s.smoke_test.join(" "))))
-        }
-        _ => Ok(()),
+    timeout: Duration,
+    test: bool,
+) -> Result<RestoreReport> {
+    let ledger = test.then(|| Arc::new(RestoreLedger::default()));
+    let restored = tokio::time::timeout(
+        timeout,
+        restore_recorded(repo, snap, target, job, ledger.as_ref()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow!(
+            "the restore did not finish within {}",
+            humantime::format_duration(timeout)
+        ))
+    });
+    let mut result = match restored {
+        Ok(mut report) => smoke_test(target, job).await.map(|checks| {
+            report.checks.extend(checks);
+            report
+        }),
+        Err(e) => Err(e),
     };
-    let dir = match target {
-        _ if !clean => None,
-        RestoreTarget::Path(p) => Some(p.to_path_buf()),
-        RestoreTarget::Source(s) => match &s.spec {
-            SourceSpec::Volume(v) => Some(v.path.clone()),
-            SourceSpec::Kafka(k) => Some(k.path.clone()),
-            _ => None,
-        },
-    };
-    if let Some(d) = dir {
-        let cleaned = if d.is_dir() {
-            empty_dir(&d)
-        } else if d.exists() {
-            std::fs::remove_file(&d)
-        } else {
-            Ok(())
-        };
-        match cleaned {
-            Ok(()) => checks.push(format!("cleaned up {}", d.display())),
+    if let Some(ledger) = ledger {
+        let removed = tokio::task::spawn_blocking(move || ledger.remove())
+            .await
+            .context("clean-up task")
+            .and_then(|r| Ok(r?));
+        match removed {
+            Ok(r) => {
+                if !r.kept.is_empty() {
+                    tracing::warn!(kept = ?r.kept, "the restore test left entries it did not create in place");
+                }
+                if let Ok(report) = &mut result {
+                    if r.files + r.dirs > 0 {
+                        report.checks.push(format!(
+                            "cleaned up: removed the {} files and {} directories the restore created",
+                            r.files, r.dirs
+                        ));
+                    }
+                    if !r.kept.is_empty() {
+                        report.checks.push(format!(
+                            "kept {} entries the restore did not create (e.g. {})",
+                            r.kept.len(),
+                            r.kept[0].display()
+                        ));
+                    }
+                }
+            }
             Err(e) => {
-                tracing::warn!(path = %d.display(), error = %e, "cannot clean up after the restore test")
+                tracing::warn!(error = %format!("{e:#}"), "cannot clean up after the restore test")
             }
         }
     }
-    smoke?;
-    Ok(checks)
+    result
 }
 
-/// Remove everything inside `dir`, keeping `dir` (it may be a mount point).
-fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            std::fs::remove_dir_all(e.path())?;
-        } else {
-            std::fs::remove_file(e.path())?;
+/// Run the target source's smoke test, if it has one.
+async fn smoke_test(target: RestoreTarget<'_>, job: &JobContext) -> Result<Vec<String>> {
+    match target {
+        RestoreTarget::Source(s) if !s.smoke_test.is_empty() => {
+            process::run_hook(&s.smoke_test, "smoke_test", &s.name, job.hook_timeout).await?;
+            Ok(vec![format!(
+                "smoke test {:?} passed",
+                s.smoke_test.join(" ")
+            )])
         }
+        _ => Ok(Vec::new()),
     }
-    Ok(())
 }
 
 /// The snapshot's files: a tree into an empty or new directory, a stream
-/// into a new file.
+/// into a new file; never through a symbolic link. What it creates is
+/// recorded in `ledger`, when given.
 pub async fn restore_to_path(
     repo: &IndexedRepo,
     snap: &Snapshot,
     target: &Path,
     progress: &Progress,
+    ledger: Option<&Arc<RestoreLedger>>,
 ) -> Result<RestoreReport> {
     match snap.manifest.content {
         ContentKind::Tree => {
-            let s = repo
-                .restore_to_dir(snap, target, &RestoreOptions::default())
-                .await?;
+            let opts = RestoreOptions {
+                ledger: ledger.cloned(),
+                ..RestoreOptions::default()
+            };
+            let s = repo.restore_to_dir(snap, target, &opts).await?;
             progress.files.store(s.files, Ordering::Relaxed);
             progress.bytes_read.store(s.bytes, Ordering::Relaxed);
             Ok(RestoreReport {
@@ -474,14 +517,7 @@ pub async fn restore_to_path(
             })
         }
         ContentKind::Stream => {
-            if target.exists() {
-                bail!(
-                    "restore target {} exists; give a new file name",
-                    target.display()
-                );
-            }
-            let f = std::fs::File::create(target)
-                .with_context(|| format!("cannot create {}", target.display()))?;
+            let f = trireme_common::restore::create_new_file(target, ledger.map(|l| &**l))?;
             let n = repo.restore_stream(snap, f).await?;
             progress.bytes_read.store(n, Ordering::Relaxed);
             Ok(RestoreReport {

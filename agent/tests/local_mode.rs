@@ -122,10 +122,29 @@ fn backup_snapshots_restore_check_through_the_cli() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(tree_digest(&src), tree_digest(&target));
 
-    // Restoring into a non-empty directory is refused; nothing is overwritten.
+    // Restoring into a non-empty directory is refused, said once; nothing
+    // is overwritten.
+    std::fs::write(target.join("a.log"), "edited since\n").unwrap();
+    let before = tree_digest(&target);
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("not empty").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree_digest(&target), before);
+
+    // A symlink as the target is refused, not followed.
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let link = env.path("link");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let out = env.run(&["restore", "latest", "--target", link.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 
     let out = env.run(&["check", "--deep"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));

@@ -43,15 +43,28 @@ pub enum Error {
     },
 
     /// Local file system error (source files, restore targets, key files).
-    #[error("{op} {path}: {source}")]
+    ///
+    /// The OS error is part of the message and deliberately not a `source`:
+    /// error chains (`{:#}`) would print it a second time.
+    #[error("{op} {path}: {error}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The path concerned.
         path: PathBuf,
         /// The OS error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
+    },
+
+    /// A restore refused to write at a path: the target is not empty, or a
+    /// symbolic link (or anything the restore did not create) stands where
+    /// it was to write. Nothing was written there, nor through it.
+    #[error("cannot restore into {path}: {reason}")]
+    RestoreTarget {
+        /// The path refused.
+        path: PathBuf,
+        /// What is there and what to do.
+        reason: String,
     },
 
     /// An object's bytes do not match its name, checksum, or authentication tag.
@@ -160,7 +173,7 @@ impl Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

@@ -37,5 +37,5 @@ pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, W
 pub use location::Location;
 pub use manifest::{ContentKind, Dependency, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
-pub use restore::{RestoreOptions, RestoreSummary};
+pub use restore::{RestoreLedger, RestoreOptions, RestoreSummary};
 pub use tls::{Identity, Role};

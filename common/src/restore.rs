@@ -2,20 +2,28 @@
 //! verifying every chunk on the way.
 //!
 //! The tree stream is read in order: directories and symlinks are created at
-//! once, files are created at their full size and gathered into batches.
-//! Each batch is then restored pack by pack, several packs at a time: a pack
-//! that is mostly needed is fetched whole in one request and its frame
-//! (magic, authenticated header, wrapped key, trailer) is verified, otherwise
-//! only its needed blobs are fetched. Every chunk is authenticated and re-hashed to its id before
-//! it is written to each place it belongs. A file's metadata (mode, owner,
-//! mtime) is applied when its last chunk lands; directories get theirs at the
-//! end, deepest first.
+//! once, files are created at their full size, kept open and gathered into
+//! batches. Each batch is then restored pack by pack, several packs at a
+//! time: a pack that is mostly needed is fetched whole in one request and
+//! its frame (magic, authenticated header, wrapped key, trailer) is
+//! verified, otherwise only its needed blobs are fetched. Every chunk is
+//! authenticated and re-hashed to its id before it is written to each place
+//! it belongs. A file's metadata (mode, owner, mtime) is applied when its
+//! last chunk lands; directories get theirs at the end, deepest first.
+//!
+//! Nothing is written through a symbolic link: everything is created
+//! relative to open directories and written through the descriptors the
+//! creation returned (see [`fs`]).
+
+mod fs;
+
+pub use fs::{create_new_file, Removed, RestoreLedger};
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,6 +46,9 @@ pub struct RestoreOptions {
     pub workers: usize,
     /// Restore file owners (uid/gid); needs root.
     pub owners: bool,
+    /// Where to record everything the restore creates, so that exactly that
+    /// can be removed afterwards (restore tests); none by default.
+    pub ledger: Option<Arc<RestoreLedger>>,
 }
 
 impl Default for RestoreOptions {
@@ -46,6 +57,7 @@ impl Default for RestoreOptions {
         RestoreOptions {
             workers: cores.max(2),
             owners: rustix::process::geteuid().is_root(),
+            ledger: None,
         }
     }
 }
@@ -64,32 +76,34 @@ pub struct RestoreSummary {
 }
 
 impl IndexedRepo {
-    /// Restore a tree snapshot into `target`, which must be empty or absent.
+    /// Restore a tree snapshot into `target`, which must be an empty
+    /// directory or absent (then it is created). Its last component must not
+    /// be a symbolic link; nothing is ever written through one.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] naming the object when data fails verification;
-    /// storage, key and I/O errors.
+    /// [`Error::RestoreTarget`] for a target that is not empty or is a link,
+    /// and for a link (or anything else) found where the restore writes, before
+    /// or while it runs; [`Error::Corrupt`] naming the object when data fails
+    /// verification; storage, key and I/O errors.
     pub async fn restore_to_dir(
         &self,
         snap: &Snapshot,
         target: &Path,
         opts: &RestoreOptions,
     ) -> Result<RestoreSummary> {
-        prepare_target(target)?;
         let this = self.clone();
         let snap = snap.clone();
         let target = target.to_path_buf();
         let opts = opts.clone();
         let handle = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || this.restore_blocking(&handle, &snap, &target, &opts))
-            .await
-            .map_err(|e| Error::Pipeline(format!("restore task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let root = fs::open_target(&target, opts.ledger.as_deref())?;
+            this.restore_blocking(&handle, &snap, &target, root, &opts)
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("restore task: {e}")))?
     }
 
-    /// Write a stream snapshot's bytes to `out`; returns the byte count.
-    ///
-    /// # Errors
-    /// As [`IndexedRepo::restore_to_dir`]; [`Error::Snapshot`] for a tree snapshot.
     /// Write a stream snapshot's bytes to `out`; returns the byte count.
     ///
     /// # Errors
@@ -136,53 +150,88 @@ impl IndexedRepo {
         handle: &tokio::runtime::Handle,
         snap: &Snapshot,
         target: &Path,
+        root: fs::TargetDir,
         opts: &RestoreOptions,
     ) -> Result<RestoreSummary> {
         let name = format!("snapshots/{}", snap.id);
+        let rec = fs::Recorder(opts.ledger.as_deref());
+        let max_files = batch_files();
         let mut summary = RestoreSummary::default();
-        let mut dirs: Vec<(PathBuf, TreeEntry)> = Vec::new();
+        let mut dirs: Vec<(fs::FileId, TreeEntry)> = Vec::new();
         let tree = self.chunk_reader(handle.clone(), snap.manifest.tree.clone());
         let mut entries = EntryReader::new(tree, name.clone());
         let mut batch = Batch::default();
         let mut order = TreeOrder::default();
+        // The directories enclosing the current entry, open, outermost
+        // first (the target itself is `root`).
+        let mut open: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
         while let Some(entry) = entries.next_entry()? {
             order.admit(&entry, &name)?;
             let path = safe_join(target, &entry.path, &name)?;
+            if entry.path.is_empty() {
+                // The root: the target itself.
+                summary.dirs += 1;
+                dirs.push((root.id, entry));
+                continue;
+            }
+            let (parent, file_name) = match entry.path.iter().rposition(|c| *c == b'/') {
+                Some(i) => (&entry.path[..i], &entry.path[i + 1..]),
+                None => (&b""[..], &entry.path[..]),
+            };
+            while open.last().is_some_and(|(d, _)| d.as_slice() != parent) {
+                open.pop();
+            }
+            let dir = match open.last() {
+                Some((_, fd)) => fd.as_fd(),
+                None if parent.is_empty() => root.fd.as_fd(),
+                None => {
+                    return Err(Error::corrupt(
+                        &name,
+                        format!("tree entry {} has no directory open", path.display()),
+                    ))
+                }
+            };
             match entry.kind {
                 EntryKind::Dir => {
-                    std::fs::create_dir_all(&path)
-                        .map_err(|e| Error::io("creating directory", &path, e))?;
+                    let fd = rec.made(|| {
+                        let (fd, id) = fs::make_dir(dir, file_name, &path)?;
+                        Ok(((fd, id), id))
+                    })?;
                     summary.dirs += 1;
-                    dirs.push((path, entry));
+                    dirs.push((fd.1, entry.clone()));
+                    open.push((entry.path, fd.0));
                 }
                 EntryKind::Symlink => {
-                    let t = std::ffi::OsStr::from_bytes(&entry.target);
-                    std::os::unix::fs::symlink(t, &path)
-                        .map_err(|e| Error::io("creating symlink", &path, e))?;
-                    if opts.owners {
-                        let _ = std::os::unix::fs::lchown(&path, Some(entry.uid), Some(entry.gid));
-                    }
-                    let mtime = filetime_of(entry.mtime_ns);
-                    filetime::set_symlink_file_times(&path, mtime, mtime)
-                        .map_err(|e| Error::io("setting times of", &path, e))?;
+                    rec.made(|| {
+                        let id = fs::make_symlink(dir, file_name, &path, &entry, opts.owners)?;
+                        Ok(((), id))
+                    })?;
                     summary.symlinks += 1;
                 }
                 EntryKind::File => {
                     summary.files += 1;
                     summary.bytes += entry.size;
-                    batch.add_file(self, &name, path, entry, opts.owners)?;
-                    if batch.is_full() {
+                    let file = rec.made(|| fs::make_file(dir, file_name, &path, entry.size))?;
+                    batch.add_file(self, &name, file, path, entry, opts.owners)?;
+                    if batch.is_full(max_files) {
                         self.restore_batch(handle, std::mem::take(&mut batch), opts)?;
                     }
                 }
             }
         }
+        drop(open);
         self.restore_batch(handle, batch, opts)?;
         // Directories last, deepest first, so writing into them does not
-        // disturb their mtimes.
-        for (path, entry) in dirs.iter().rev() {
-            apply_meta(path, entry, opts.owners)?;
+        // disturb their mtimes. Each is re-opened without following links
+        // and must still be the directory the restore created.
+        let mut walker = fs::DirWalker::new(root.fd.as_fd(), target);
+        for (id, entry) in dirs.iter().rev() {
+            let fd = walker.open(&entry.path, *id)?;
+            let path = safe_join(target, &entry.path, &name)?;
+            fs::set_meta(fd, &path, entry, opts.owners)?;
         }
+        // And the target is still where it was given.
+        fs::check_target(target, root.id)?;
         Ok(summary)
     }
 
@@ -200,7 +249,14 @@ impl IndexedRepo {
         handle.block_on(async {
             let mut work = futures::stream::iter(packs.into_values().map(|(pack, blobs)| {
                 let files = files.clone();
-                async move { self.restore_pack(pack, blobs, files, owners).await }
+                async move {
+                    // A restore test that gave up (timed out) removed what
+                    // this restore created: stop.
+                    if opts.ledger.as_ref().is_some_and(|l| l.is_closed()) {
+                        return Err(fs::stopped());
+                    }
+                    self.restore_pack(pack, blobs, files, owners).await
+                }
             }))
             .buffer_unordered(opts.workers.max(1));
             while let Some(r) = work.next().await {
@@ -285,15 +341,12 @@ impl IndexedRepo {
                     let f = &files[*file as usize];
                     // All-zero chunks stay holes: the file was sized up front.
                     if !zero {
-                        let out = OpenOptions::new()
-                            .write(true)
-                            .open(&f.path)
-                            .map_err(|e| Error::io("opening", &f.path, e))?;
-                        out.write_all_at(&data, *offset)
+                        f.file
+                            .write_all_at(&data, *offset)
                             .map_err(|e| Error::io("writing", &f.path, e))?;
                     }
                     if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        apply_meta(&f.path, &f.entry, owners)?;
+                        fs::set_meta(f.file.as_fd(), &f.path, &f.entry, owners)?;
                     }
                 }
             }
@@ -367,6 +420,18 @@ fn coalesce(blobs: &[NeededBlob]) -> Vec<(u64, u64)> {
 const BATCH_FILES: usize = 50_000;
 const BATCH_TARGETS: usize = 200_000;
 
+/// Files per batch: every file of a batch is held open until its last chunk
+/// lands, so at most a quarter of the process's open file limit (at least
+/// 64, at most [`BATCH_FILES`]).
+fn batch_files() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(limit / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(64, BATCH_FILES)
+}
+
 /// Files whose chunks are fetched together, pack by pack.
 #[derive(Default)]
 struct Batch {
@@ -380,28 +445,20 @@ struct Batch {
 }
 
 impl Batch {
-    fn is_full(&self) -> bool {
-        self.files.len() >= BATCH_FILES || self.targets >= BATCH_TARGETS
+    fn is_full(&self, max_files: usize) -> bool {
+        self.files.len() >= max_files || self.targets >= BATCH_TARGETS
     }
 
-    /// Create the file at its final size and note where each chunk goes.
+    /// Take a file created at its final size and note where each chunk goes.
     fn add_file(
         &mut self,
         repo: &IndexedRepo,
         snapshot: &str,
+        file: std::fs::File,
         path: PathBuf,
         entry: TreeEntry,
         owners: bool,
     ) -> Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("creating", &path, e))?;
-        file.set_len(entry.size)
-            .map_err(|e| Error::io("sizing", &path, e))?;
-        drop(file);
         let idx = self.files.len() as u32;
         let mut offset = 0u64;
         for id in &entry.chunks {
@@ -438,6 +495,7 @@ impl Batch {
         }
         let n_chunks = entry.chunks.len();
         let pending = PendingFile {
+            file,
             path,
             remaining: AtomicUsize::new(n_chunks),
             entry: TreeEntry {
@@ -446,7 +504,7 @@ impl Batch {
             },
         };
         if n_chunks == 0 {
-            apply_meta(&pending.path, &pending.entry, owners)?;
+            fs::set_meta(pending.file.as_fd(), &pending.path, &pending.entry, owners)?;
         }
         self.files.push(pending);
         Ok(())
@@ -537,8 +595,9 @@ pub fn fuzz_admit_tree(target: &Path, entries: &[TreeEntry]) -> Result<Vec<PathB
     Ok(out)
 }
 
-/// A file being restored.
+/// A file being restored, open for writing.
 struct PendingFile {
+    file: std::fs::File,
     path: PathBuf,
     entry: TreeEntry,
     remaining: AtomicUsize,
@@ -548,47 +607,6 @@ struct PendingFile {
 struct NeededBlob {
     entry: BlobEntry,
     targets: Vec<(u32, u64)>,
-}
-
-fn apply_meta(path: &Path, entry: &TreeEntry, owners: bool) -> Result<()> {
-    if owners {
-        std::os::unix::fs::chown(path, Some(entry.uid), Some(entry.gid))
-            .map_err(|e| Error::io("setting owner of", path, e))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(entry.mode))
-        .map_err(|e| Error::io("setting mode of", path, e))?;
-    let mtime = filetime_of(entry.mtime_ns);
-    filetime::set_file_times(path, mtime, mtime).map_err(|e| Error::io("setting times of", path, e))
-}
-
-fn filetime_of(ns: i64) -> filetime::FileTime {
-    filetime::FileTime::from_unix_time(
-        ns.div_euclid(1_000_000_000),
-        ns.rem_euclid(1_000_000_000) as u32,
-    )
-}
-
-/// The target must be absent or an empty directory: a restore never
-/// overwrites.
-fn prepare_target(target: &Path) -> Result<()> {
-    match std::fs::read_dir(target) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(Error::io(
-                    "restoring into",
-                    target,
-                    std::io::Error::other(
-                        "directory is not empty (restore into a new or empty directory)",
-                    ),
-                ));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(|e| Error::io("creating", target, e))
-        }
-        Err(e) => Err(Error::io("opening", target, e)),
-    }
 }
 
 /// Join a snapshot path under the target, refusing anything that could

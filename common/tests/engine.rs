@@ -673,3 +673,270 @@ async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
         .expect("a required object that cannot be opened");
     assert!(err.to_string().contains(&old.name), "{err}");
 }
+
+// ------------------------------------------------------------ restore safety
+
+/// A backend that runs `hook` before every read, to change the file system
+/// while a restore runs.
+struct Hooked {
+    inner: DynBackend,
+    hook: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Hooked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooked")
+    }
+}
+
+#[async_trait::async_trait]
+impl trireme_common::Backend for Hooked {
+    fn location(&self) -> &str {
+        self.inner.location()
+    }
+    async fn put(
+        &self,
+        key: &trireme_common::ObjectKey,
+        data: bytes::Bytes,
+        sha256: [u8; 32],
+    ) -> trireme_common::Result<()> {
+        self.inner.put(key, data, sha256).await
+    }
+    async fn get(&self, key: &trireme_common::ObjectKey) -> trireme_common::Result<bytes::Bytes> {
+        (self.hook)();
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &trireme_common::ObjectKey,
+        offset: u64,
+        length: u64,
+    ) -> trireme_common::Result<bytes::Bytes> {
+        (self.hook)();
+        self.inner.get_range(key, offset, length).await
+    }
+    async fn head(
+        &self,
+        key: &trireme_common::ObjectKey,
+    ) -> trireme_common::Result<Option<trireme_common::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        kind: ObjectKind,
+    ) -> trireme_common::Result<Vec<trireme_common::ListedObject>> {
+        self.inner.list(kind).await
+    }
+    async fn delete(&self, key: &trireme_common::ObjectKey) -> trireme_common::Result<()> {
+        self.inner.delete(key).await
+    }
+}
+
+/// A snapshot of `src/sub/data.bin` (300 kB over several packs) and
+/// `src/top.txt`, and the data file's bytes.
+async fn small_tree(f: &Fixture) -> (PathBuf, Snapshot, Vec<u8>) {
+    let src = f.dir.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let payload = data(1, 300_000, false);
+    std::fs::write(src.join("sub/data.bin"), &payload).unwrap();
+    std::fs::write(src.join("top.txt"), b"top").unwrap();
+    let snap = f.backup_dir(&src, None).await;
+    (src, snap, payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlink_at_the_restore_target_is_refused_and_never_followed() {
+    let f = Fixture::new(SMALL).await;
+    let (_src, snap, _) = small_tree(&f).await;
+    let restore = |target: PathBuf| {
+        let f = &f;
+        let snap = snap.clone();
+        async move {
+            f.indexed()
+                .await
+                .restore_to_dir(&snap, &target, &RestoreOptions::default())
+                .await
+                .unwrap_err()
+        }
+    };
+    // A link to an empty directory: following it would restore there.
+    let empty = f.dir.path().join("empty-victim");
+    std::fs::create_dir_all(&empty).unwrap();
+    let link = f.dir.path().join("link");
+    std::os::unix::fs::symlink(&empty, &link).unwrap();
+    let err = restore(link.clone()).await;
+    let msg = err.to_string();
+    assert!(matches!(err, Error::RestoreTarget { .. }), "{msg}");
+    assert!(
+        msg.contains(&link.display().to_string()) && msg.contains("symbolic link"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0, "{msg}");
+    // A dangling link: its target is not created.
+    let nowhere = f.dir.path().join("nowhere");
+    let dangling = f.dir.path().join("dangling");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    let msg = restore(dangling.clone()).await.to_string();
+    assert!(msg.contains("symbolic link"), "{msg}");
+    assert!(!nowhere.exists() && dangling.symlink_metadata().is_ok());
+    // A file where the directory should be.
+    let file = f.dir.path().join("a-file");
+    std::fs::write(&file, b"keep").unwrap();
+    let msg = restore(file.clone()).await.to_string();
+    assert!(msg.contains("not a directory"), "{msg}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+}
+
+/// A directory of the restore (one inside it, then the target itself)
+/// swapped for a symlink to another directory between creating its files
+/// and writing them: nothing is written through the link (the victim keeps
+/// its bytes, modes and times), the data lands in the file the restore
+/// created, and the restore fails naming the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_symlink_mid_restore_is_never_written_through() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let f = Fixture::new(SMALL).await;
+    let (_src, snap, payload) = small_tree(&f).await;
+    let key = LocalKeyFile::load(&f.dir.path().join("key")).unwrap();
+    let key = Arc::new(key);
+    // (name, directory swapped, where the victim's file sits in it)
+    for (case, swap, victim_sub) in [("inside", "sub", ""), ("target", "", "sub")] {
+        let out = f.dir.path().join(format!("out-{case}"));
+        let victim = f.dir.path().join(format!("victim-{case}"));
+        std::fs::create_dir_all(victim.join(victim_sub)).unwrap();
+        std::fs::write(
+            victim.join(victim_sub).join("data.bin"),
+            vec![0xAA; 300_000],
+        )
+        .unwrap();
+        set_mtime(&victim.join(victim_sub).join("data.bin"), 1_500_000_000);
+        let before = describe(&victim);
+        let at = if swap.is_empty() {
+            out.clone()
+        } else {
+            out.join(swap)
+        };
+        let moved = at.with_extension("moved");
+        let swapped = Arc::new(AtomicBool::new(false));
+        let hook = {
+            let (out, at, moved, victim, swapped) = (
+                out.clone(),
+                at.clone(),
+                moved.clone(),
+                victim.clone(),
+                swapped.clone(),
+            );
+            move || {
+                // Once the restore has created sub/data.bin, before its data.
+                if out.join("sub/data.bin").exists()
+                    && swapped
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                {
+                    std::fs::rename(&at, &moved).unwrap();
+                    std::os::unix::fs::symlink(&victim, &at).unwrap();
+                }
+            }
+        };
+        let hooked: DynBackend = Arc::new(Hooked {
+            inner: f.backend.clone(),
+            hook: Box::new(hook),
+        });
+        let repo = Arc::new(Repository::open(hooked, key.clone()).await.unwrap());
+        let err = repo
+            .load_index()
+            .await
+            .unwrap()
+            .restore_to_dir(&snap, &out, &RestoreOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            swapped.load(Ordering::SeqCst),
+            "{case}: swapped mid-restore"
+        );
+        let msg = err.to_string();
+        assert!(matches!(err, Error::RestoreTarget { .. }), "{case}: {msg}");
+        assert!(
+            msg.contains(&format!("{}: ", at.display())) && msg.contains("symbolic link"),
+            "{case}: {msg}"
+        );
+        assert_eq!(describe(&victim), before, "{case}: the victim is unchanged");
+        let written = if swap.is_empty() {
+            moved.join("sub/data.bin")
+        } else {
+            moved.join("data.bin")
+        };
+        assert_eq!(
+            std::fs::read(written).unwrap(),
+            payload,
+            "{case}: written through the descriptor the restore created"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_removes_what_the_restore_created_and_nothing_else() {
+    use trireme_common::RestoreLedger;
+    let f = Fixture::new(SMALL).await;
+    let (src, _, _) = small_tree(&f).await;
+    // A read-only directory with a file, and a symlink, too.
+    std::fs::create_dir_all(src.join("ro")).unwrap();
+    std::fs::write(src.join("ro/inside"), b"x").unwrap();
+    std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::os::unix::fs::symlink("top.txt", src.join("link")).unwrap();
+    let snap = f.backup_dir(&src, None).await;
+    let restore = |target: PathBuf, ledger: Arc<RestoreLedger>| {
+        let f = &f;
+        let snap = snap.clone();
+        async move {
+            let opts = RestoreOptions {
+                ledger: Some(ledger),
+                ..RestoreOptions::default()
+            };
+            f.indexed()
+                .await
+                .restore_to_dir(&snap, &target, &opts)
+                .await
+        }
+    };
+
+    // Into an existing empty directory (a staging mount point, say).
+    let staging = f.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let ledger = Arc::new(RestoreLedger::default());
+    restore(staging.clone(), ledger.clone()).await.unwrap();
+    assert_eq!(describe(&src), describe(&staging));
+    // Someone else writes into the restored tree meanwhile.
+    std::fs::write(staging.join("sub/theirs.txt"), b"theirs").unwrap();
+    std::fs::write(staging.join("theirs-too.txt"), b"theirs too").unwrap();
+    let removed = ledger.remove().unwrap();
+    assert_eq!(
+        (removed.files, removed.dirs),
+        (4, 1),
+        "sub/data.bin, top.txt, link, ro/inside; ro (sub holds theirs): {removed:?}"
+    );
+    let left: Vec<String> = describe(&staging).into_keys().collect();
+    assert_eq!(left, ["", "sub", "sub/theirs.txt", "theirs-too.txt"]);
+    assert_eq!(
+        std::fs::read(staging.join("sub/theirs.txt")).unwrap(),
+        b"theirs"
+    );
+    assert_eq!(
+        std::fs::metadata(&staging).unwrap().mode() & 0o7777,
+        0o750,
+        "the staging directory gets its mode back"
+    );
+    assert!(removed.kept.contains(&staging.join("sub/theirs.txt")));
+    // Closed: it refuses to record a new restore.
+    let again = f.dir.path().join("again");
+    assert!(restore(again.clone(), ledger).await.is_err());
+    assert!(!again.exists());
+
+    // Into a new directory whose parents are new too: all of it goes.
+    let fresh = Arc::new(RestoreLedger::default());
+    let deep = f.dir.path().join("new/deeper/target");
+    restore(deep.clone(), fresh.clone()).await.unwrap();
+    fresh.remove().unwrap();
+    assert!(!f.dir.path().join("new").exists());
+}

@@ -22,8 +22,8 @@ use trireme_common::backend::{ObjectKey, ObjectKind};
 use trireme_common::crypto::DataKey;
 use trireme_common::tls::{client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_common::{
-    ContentKind, Error as CommonError, Id, KeyProvider, Location, Repository, SnapshotManifest,
-    Summary, WrappedKey,
+    BackupInput, BackupOptions, ContentKind, Error as CommonError, Id, KeyProvider, Location,
+    Repository, SnapshotManifest, Summary, WrappedKey,
 };
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_client::AgentServiceClient;
@@ -115,6 +115,11 @@ struct JobKeys {
     granted: HashMap<WrappedKey, [u8; 32]>,
     /// The job's attribution key: what it signs its own objects with.
     attribution: Attribution,
+    /// What the job may load of the index.
+    limits: trireme_common::IndexLimits,
+    /// Data keys generated ahead (a slow agent has its keys before the
+    /// controller gives its job up).
+    ahead: std::sync::Mutex<Vec<(DataKey, WrappedKey)>>,
 }
 
 impl JobKeys {
@@ -126,7 +131,21 @@ impl JobKeys {
             .unwrap()
             .into_inner();
         let uuid = uuid::Uuid::parse_str(job).unwrap();
+        let limits = trireme_common::IndexLimits {
+            objects: reply
+                .index_limited
+                .then(|| reply.index_objects.iter().cloned().collect()),
+            packs: reply.packs_limited.then(|| {
+                reply
+                    .packs
+                    .iter()
+                    .map(|p| Id(p.as_slice().try_into().unwrap()))
+                    .collect()
+            }),
+        };
         JobKeys {
+            limits,
+            ahead: std::sync::Mutex::new(Vec::new()),
             attribution: Attribution {
                 job: *uuid.as_bytes(),
                 agent: "web-2".into(),
@@ -148,9 +167,22 @@ impl JobKeys {
     }
 }
 
+impl JobKeys {
+    /// Generate `n` data keys now, to use later.
+    async fn prefetch(&self, n: usize) {
+        for _ in 0..n {
+            let k = self.generate().await.unwrap();
+            self.ahead.lock().unwrap().push(k);
+        }
+    }
+}
+
 #[async_trait]
 impl KeyProvider for JobKeys {
     async fn generate(&self) -> trireme_common::Result<(DataKey, WrappedKey)> {
+        if let Some(k) = self.ahead.lock().unwrap().pop() {
+            return Ok(k);
+        }
         let r = self
             .client
             .lock()
@@ -672,4 +704,141 @@ async fn a_planted_key_table_and_a_rewritten_config_are_refused() {
     // A new backup of web-1 works on the authentic config.
     let out = f.cli(&["backup", "run", "web-1/uploads", "--wait"]);
     assert!(out.contains("succeeded"), "{out}");
+}
+
+/// A backup of `dir` as a real agent makes it, through the engine, with
+/// the keys and limits the controller hands the job: what an honest (but
+/// slow) agent writes.
+async fn engine_backup(
+    f: &Fleet,
+    hostile: &Hostile,
+    job: &str,
+) -> (
+    Arc<trireme_common::IndexedRepo>,
+    BackupOptions,
+    Arc<JobKeys>,
+) {
+    let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), job).await);
+    let backend = Location::parse(&f.locations[0])
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let repo = Repository::open(backend, keys.clone()).await.unwrap();
+    repo.set_attribution(keys.attribution.clone());
+    let repo = Arc::new(repo);
+    let granted = keys.granted.keys().cloned().collect();
+    let indexed = repo
+        .load_index_limited(&granted, &keys.limits)
+        .await
+        .unwrap();
+    (
+        Arc::new(indexed),
+        BackupOptions::new("uploads", "volume", "web-2"),
+        keys,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("web-1-uploads");
+    let (_, mut hostile) = victim_and_attacker(&mut f, &data).await;
+    let mine = f.dir.join("web-2-uploads");
+    make_data(&mine, 3, 200_000, 31);
+
+    // web-2's first backup, recorded.
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let j1 = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let (indexed, opts, _) = engine_backup(&f, &hostile, &a.job_id).await;
+    let s1 = indexed
+        .backup(BackupInput::Tree(mine.clone()), opts)
+        .await
+        .unwrap();
+    hostile.report(ok_result(&j1, &s1.id)).await;
+    assert_eq!(
+        wait_job(&f, &j1, &["succeeded", "failed"])["state"],
+        "succeeded"
+    );
+
+    // A second job loads the index (web-2's first packs in it), then is
+    // slow: the controller gives it up (cancelled).
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let j2 = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let (slow, opts2, slow_keys) = engine_backup(&f, &hostile, &a.job_id).await;
+    slow_keys.prefetch(2).await;
+    f.cli(&["jobs", "cancel", &j2]);
+    wait_job(&f, &j2, &["cancelled"]);
+
+    // A third backup with other data, recorded; retention keeps one, and
+    // prune removes the first snapshot and its packs.
+    let other = f.dir.join("web-2-other");
+    make_data(&other, 2, 150_000, 32);
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let j3 = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let (indexed, opts, _) = engine_backup(&f, &hostile, &a.job_id).await;
+    let s3 = indexed
+        .backup(BackupInput::Tree(other.clone()), opts)
+        .await
+        .unwrap();
+    hostile.report(ok_result(&j3, &s3.id)).await;
+    assert_eq!(
+        wait_job(&f, &j3, &["succeeded", "failed"])["state"],
+        "succeeded"
+    );
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-2/uploads\"\nschedule = \"0 0 1 1 *\"\nretention = \"one\"\n\n[retention.one]\nkeep_last = 1\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
+    let done = f.cli_json(&["prune"]);
+    assert_eq!(
+        snapshot_ids(&f, "web-2/uploads"),
+        vec![s3.id.to_hex()],
+        "{done}"
+    );
+
+    // The slow job now finishes: its manifest references the first
+    // snapshot's chunks (deduplicated against the index it loaded), whose
+    // packs are gone. Its late result is refused, and nothing in the
+    // catalog fails to restore.
+    let s2 = slow
+        .backup(BackupInput::Tree(mine.clone()), opts2)
+        .await
+        .unwrap();
+    assert_eq!(
+        s2.manifest.summary.new_chunks, 0,
+        "the slow job deduplicated against the first snapshot's packs"
+    );
+    hostile.report(ok_result(&j2, &s2.id)).await;
+    let audit = wait_for("the late result refused", Duration::from_secs(30), || {
+        let a = audit_text(&f);
+        a.contains(&format!("job {j2}")).then_some(a)
+    });
+    // (Prune removed the packs and the index objects that listed them: the
+    // chunks are in no believed index any more.)
+    assert!(audit.contains("not recorded"), "{audit}");
+    assert_eq!(wait_job(&f, &j2, &["cancelled"])["state"], "cancelled");
+    assert_eq!(snapshot_ids(&f, "web-2/uploads"), vec![s3.id.to_hex()]);
+    for id in snapshot_ids(&f, "web-2/uploads")
+        .into_iter()
+        .chain(snapshot_ids(&f, "web-1/uploads"))
+    {
+        let target = f.dir.join(format!("late-{}", &id[..8]));
+        f.restore_alone(&f.locations[0], &id[..16], &target);
+    }
+}
+
+fn ok_result(job: &str, snap: &Id) -> JobResult {
+    JobResult {
+        job_id: job.into(),
+        ok: true,
+        snapshot_id: snap.to_hex(),
+        location: "loc1".into(),
+        ..Default::default()
+    }
 }

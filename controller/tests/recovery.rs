@@ -238,6 +238,26 @@ fn restore_tests_objectives_and_drills() {
         tree(&files_staging).is_empty(),
         "the drill cleaned the staging directory"
     );
+    // A restore test aimed at a live directory (here, the staging one now
+    // holding three files) is refused, and every file stays as it was.
+    std::fs::create_dir_all(files_staging.join("live")).unwrap();
+    for (name, bytes) in [
+        ("app.db", &b"rows"[..]),
+        ("live/upload.jpg", &[0xff, 0xd8, 0xff][..]),
+        (".lock", &b"4242"[..]),
+    ] {
+        std::fs::write(files_staging.join(name), bytes).unwrap();
+    }
+    let live = tree(&files_staging);
+    let text = run_fails(&f, &["restore-test", "run", "cache-1/files", "--wait"]);
+    assert!(text.contains("the directory is not empty"), "{text}");
+    assert!(
+        text.lines().all(|l| l.matches("not empty").count() <= 1),
+        "each message says it once: {text}"
+    );
+    assert_eq!(tree(&files_staging), live, "every file in place: {text}");
+    std::fs::remove_dir_all(&files_staging).unwrap();
+    std::fs::create_dir_all(&files_staging).unwrap();
     let drills = f.cli_json(&["drill", "ls"]);
     let id = drills[0]["id"].as_str().unwrap().to_string();
     assert_eq!(drills[0]["result"], "passed");

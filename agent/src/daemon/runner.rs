@@ -352,29 +352,8 @@ impl Runner {
             .load_index_limited(&keys.granted_keys().await?, &keys.index_limits().await?)
             .await?;
         let job = self.job_context(a, progress);
-        let restored =
-            tokio::time::timeout(timeout, sources::restore(&indexed, &snap, target, &job))
-                .await
-                .map_err(|_| {
-                    anyhow!(
-                        "the restore did not finish within {}",
-                        humantime::format_duration(timeout)
-                    )
-                })
-                .and_then(|r| r);
-        let mut report = match restored {
-            Ok(r) => r,
-            Err(e) => {
-                if a.restore_test {
-                    // A failed test leaves nothing behind either.
-                    let _ = sources::after_restore(target, &job, true).await;
-                }
-                return Err(e);
-            }
-        };
-        report
-            .checks
-            .extend(sources::after_restore(target, &job, a.restore_test).await?);
+        let report =
+            sources::restore_job(&indexed, &snap, target, &job, timeout, a.restore_test).await?;
         tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %a.restore_target,
             files = report.files, bytes = report.bytes, checks = ?report.checks, "restore finished");
         Ok(JobResult {

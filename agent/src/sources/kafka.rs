@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use trireme_common::{BackupInput, BackupOptions, IndexedRepo, PathFilter, Progress, Snapshot};
+use trireme_common::{
+    BackupInput, BackupOptions, IndexedRepo, PathFilter, Progress, RestoreLedger, Snapshot,
+};
 
 use super::{absolute, RestoreReport};
 
@@ -185,12 +187,14 @@ impl KafkaSpec {
             .await?)
     }
 
-    /// Put the partition directories back into this source's (empty) path.
+    /// Put the partition directories back into this source's (empty) path,
+    /// recording what is created in `ledger` when given.
     pub(super) async fn restore(
         &self,
         repo: &IndexedRepo,
         snap: &Snapshot,
         progress: &Progress,
+        ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
         if self.path.exists()
             && std::fs::read_dir(&self.path)
@@ -202,7 +206,7 @@ impl KafkaSpec {
                 self.path.display()
             );
         }
-        let mut report = super::restore_to_path(repo, snap, &self.path, progress).await?;
+        let mut report = super::restore_to_path(repo, snap, &self.path, progress, ledger).await?;
         let all = PathFilter(Arc::new(|_: &Path| false));
         let (partitions, segments) = count(&self.path, &all);
         let want = |k| super::position(snap, k).and_then(|v| v.parse::<u64>().ok());

@@ -292,7 +292,8 @@ impl RedisSpec {
         }
         let tmp = dir.join(format!(".{file}.trireme-{}", job.job_id));
         let _ = std::fs::remove_file(&tmp);
-        let out = std::fs::File::create(&tmp)
+        // Never through a link planted at the temporary name.
+        let out = trireme_common::restore::create_new_file(&tmp, None)
             .with_context(|| format!("cannot write into data_dir {}", dir.display()))?;
         let n = match repo.restore_stream(snap, out).await {
             Ok(n) => n,

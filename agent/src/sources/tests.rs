@@ -1100,3 +1100,303 @@ async fn redis_over_tls_with_a_client_certificate() {
     assert!(e.to_lowercase().contains("certificate"), "{e}");
     assert_eq!(f.snapshots().await, 1);
 }
+
+// ---------------------------------------------------------------- restore safety
+
+/// Deterministic incompressible bytes (xorshift).
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Every entry under `root` (itself included): a file's bytes, a link's
+/// target, a directory's mode.
+fn tree_state(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        let what = if e.file_type().is_symlink() {
+            let t = std::fs::read_link(e.path()).unwrap();
+            format!("link {}", t.display()).into_bytes()
+        } else if e.file_type().is_dir() {
+            format!("dir {:o}", e.metadata().unwrap().mode() & 0o7777).into_bytes()
+        } else {
+            std::fs::read(e.path()).unwrap()
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
+/// A live directory: data an application is using.
+fn live_dir(root: &Path) {
+    std::fs::create_dir_all(root.join("uploads")).unwrap();
+    std::fs::write(root.join("app.db"), noise(11, 200_000)).unwrap();
+    std::fs::write(root.join("uploads/photo.jpg"), noise(12, 50_000)).unwrap();
+    std::fs::write(root.join(".lock"), b"4242\n").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_test_into_a_live_directory_is_refused_and_leaves_every_file() {
+    let f = Fixture::new().await;
+    let data = f.path("data");
+    live_dir(&data);
+    let vol = source(&format!("name = \"v\"\nkind = \"volume\"\npath = {data:?}"));
+    let snap = f.backup(&vol, None).await.unwrap();
+    let ix = f.indexed().await;
+    let job = f.job("restore-test");
+    let minute = Duration::from_secs(60);
+
+    let live = f.path("live");
+    live_dir(&live);
+    std::fs::write(live.join("other"), b"not in the snapshot").unwrap();
+    let before = tree_state(&live);
+    let as_source = source(&format!(
+        "name = \"live\"\nkind = \"volume\"\npath = {live:?}"
+    ));
+    for target in [
+        RestoreTarget::Path(&live),
+        RestoreTarget::Source(&as_source),
+    ] {
+        let e = format!(
+            "{:#}",
+            restore_job(&ix, &snap, target, &job, minute, true)
+                .await
+                .unwrap_err()
+        );
+        assert_eq!(e.matches("not empty").count(), 1, "said once: {e}");
+        assert_eq!(
+            e.matches(&live.display().to_string()).count(),
+            1,
+            "names the target once: {e}"
+        );
+        assert!(e.contains("new or empty directory"), "says what to do: {e}");
+        assert_eq!(tree_state(&live), before, "every file in place: {e}");
+    }
+
+    // A live Kafka log directory as the target of a Kafka restore test.
+    let kafka_src = f.path("kafka-src");
+    kafka_dir(&kafka_src);
+    let ks = source(&format!(
+        "name = \"kafka\"\nkind = \"kafka\"\npath = {kafka_src:?}"
+    ));
+    let ksnap = f.backup(&ks, None).await.unwrap();
+    let broker = f.path("kafka-live");
+    kafka_dir(&broker);
+    let before = tree_state(&broker);
+    let staging = source(&format!(
+        "name = \"kafka-staging\"\nkind = \"kafka\"\npath = {broker:?}"
+    ));
+    let e = format!(
+        "{:#}",
+        restore_job(
+            &ix,
+            &ksnap,
+            RestoreTarget::Source(&staging),
+            &job,
+            minute,
+            true
+        )
+        .await
+        .unwrap_err()
+    );
+    assert_eq!(e.matches("not empty").count(), 1, "{e}");
+    assert_eq!(tree_state(&broker), before, "the log directory is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_test_removes_only_what_it_wrote() {
+    let f = Fixture::new().await;
+    let data = f.path("data");
+    live_dir(&data);
+    std::fs::write(data.join("uploads/second.bin"), noise(13, 3_000_000)).unwrap();
+    // Small packs: file data in packs of their own, apart from the tree's.
+    let mut opts = BackupOptions::new("v", "volume", "test-host");
+    opts.pack_size = 256 * 1024;
+    let snap = f
+        .indexed()
+        .await
+        .backup(trireme_common::BackupInput::Tree(data.clone()), opts)
+        .await
+        .unwrap();
+    let job = f.job("restore-test");
+    let minute = Duration::from_secs(60);
+
+    // The smoke test (another process) writes into the restored tree, then
+    // fails: the restore's files go, the smoke test's stay.
+    let staging = f.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let script = format!(
+        "test -f {s}/app.db && echo theirs > {s}/uploads/theirs.txt && echo also > {s}/mine.log && exit 3",
+        s = staging.display()
+    );
+    let target = source(&format!(
+        "name = \"staging\"\nkind = \"volume\"\npath = {staging:?}\nsmoke_test = [\"sh\", \"-c\", {script:?}]"
+    ));
+    let ix = f.indexed().await;
+    let e = format!(
+        "{:#}",
+        restore_job(
+            &ix,
+            &snap,
+            RestoreTarget::Source(&target),
+            &job,
+            minute,
+            true
+        )
+        .await
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("smoke_test") && e.contains("exit status 3"),
+        "{e}"
+    );
+    let left = tree_state(&staging);
+    assert_eq!(
+        left.keys().collect::<Vec<_>>(),
+        ["", "mine.log", "uploads", "uploads/theirs.txt"],
+        "{e}"
+    );
+    assert_eq!(left["uploads/theirs.txt"], b"theirs\n");
+    assert_eq!(left[""], b"dir 750", "the staging directory's mode is back");
+
+    // A restore test that passes cleans up after itself, too.
+    let ok = f.path("ok");
+    let report = restore_job(&ix, &snap, RestoreTarget::Path(&ok), &job, minute, true)
+        .await
+        .unwrap();
+    assert!(!ok.exists(), "{:?}", report.checks);
+    assert!(
+        report
+            .checks
+            .iter()
+            .any(|c| c.starts_with("cleaned up: removed the 4 files and 2 directories")),
+        "{:?}",
+        report.checks
+    );
+
+    // Data damaged in a pack the tree does not use: the restore creates the
+    // files, then fails on that pack.
+    let tree_packs: std::collections::HashSet<_> = snap
+        .manifest
+        .tree
+        .iter()
+        .map(|c| ix.index.get(c).unwrap().0.id)
+        .collect();
+    let damaged = ix
+        .index
+        .packs()
+        .iter()
+        .map(|p| p.id)
+        .find(|id| !tree_packs.contains(id))
+        .expect("a pack of file data only");
+    let pack = f
+        .path("repo")
+        .join(trireme_common::ObjectKey::new(ObjectKind::Pack, damaged.to_hex()).path());
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&pack, bytes).unwrap();
+    // A plain restore shows what such a failure leaves: files were written.
+    let witness = f.path("witness");
+    let e = format!(
+        "{:#}",
+        f.restore(&snap, RestoreTarget::Path(&witness))
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("corrupt"), "{e}");
+    assert!(witness.join("app.db").exists(), "{e}");
+    // As a restore test it removes them, and the directories it created.
+    let parent = f.path("tests");
+    std::fs::create_dir_all(&parent).unwrap();
+    std::fs::write(parent.join("keep.txt"), b"keep").unwrap();
+    let before = tree_state(&parent);
+    let fresh = parent.join("run-1/target");
+    let e = format!(
+        "{:#}",
+        restore_job(&ix, &snap, RestoreTarget::Path(&fresh), &job, minute, true)
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("corrupt"), "{e}");
+    assert_eq!(tree_state(&parent), before, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_restore_never_writes_through_a_symlink() {
+    let f = Fixture::new().await;
+    let dump = noise(21, 100_000);
+    let snap = f
+        .indexed()
+        .await
+        .backup(
+            trireme_common::BackupInput::Stream {
+                name: "dump.sql".into(),
+                reader: Box::new(std::io::Cursor::new(dump.clone())),
+            },
+            BackupOptions::new("db", "command", "test-host"),
+        )
+        .await
+        .unwrap();
+    let job = f.job("restore-test");
+    let minute = Duration::from_secs(60);
+    let victim = f.path("victim.txt");
+    std::fs::write(&victim, b"precious").unwrap();
+    let link = f.path("restore.sql");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for test in [false, true] {
+        let e = format!(
+            "{:#}",
+            restore_job(
+                &f.indexed().await,
+                &snap,
+                RestoreTarget::Path(&link),
+                &job,
+                minute,
+                test
+            )
+            .await
+            .unwrap_err()
+        );
+        assert!(
+            e.contains(&link.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious", "{e}");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+    // A dangling link: what it points to is not created.
+    let nowhere = f.path("nowhere.sql");
+    let dangling = f.path("dangling.sql");
+    std::os::unix::fs::symlink(&nowhere, &dangling).unwrap();
+    let e = format!(
+        "{:#}",
+        f.restore(&snap, RestoreTarget::Path(&dangling))
+            .await
+            .unwrap_err()
+    );
+    assert!(e.contains("symbolic link"), "{e}");
+    assert!(!nowhere.exists(), "{e}");
+    // A new name works; as a restore test, the file is removed afterwards.
+    let fresh = f.path("fresh.sql");
+    f.restore(&snap, RestoreTarget::Path(&fresh)).await.unwrap();
+    assert!(std::fs::read(&fresh).unwrap() == dump);
+    let tested = f.path("tested.sql");
+    let ix = f.indexed().await;
+    restore_job(&ix, &snap, RestoreTarget::Path(&tested), &job, minute, true)
+        .await
+        .unwrap();
+    assert!(!tested.exists());
+}
