@@ -30,6 +30,16 @@ pub fn job_key(controller_key: &[u8; 32], job: &[u8; 16], agent: &str) -> [u8; 3
     blake3::derive_key("trireme job attribution key v1", &material)
 }
 
+/// A key for one purpose (`context`) derived from the controller key.
+pub fn controller_subkey(controller_key: &[u8; 32], context: &str) -> [u8; 32] {
+    blake3::derive_key(context, controller_key)
+}
+
+/// Keyed BLAKE3 of `bytes` under `key`.
+pub fn keyed_mac(key: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+    *blake3::keyed_hash(key, bytes).as_bytes()
+}
+
 /// Who wrote an object: a job and the agent that ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Writer {

@@ -14,8 +14,12 @@
 //! location as JSON-lines segments under `audit/` (named by their first
 //! sequence number), and [`compare_mirror`] checks the catalog's chain
 //! against a location's copy. The segments are integrity-protected by the
-//! chain, not encrypted; they hold names, actions and addresses, never
-//! secrets.
+//! chain and, in the controller, by a last line `{"mac":"<hex>"}`: keyed
+//! BLAKE3 of the segment's preceding bytes under a key derived from the
+//! controller key ([`crate::custody`]), which no agent can obtain, so an
+//! agent with write access to a location cannot rewrite a segment with a
+//! consistent chain. They are not encrypted; they hold names, actions and
+//! addresses, never secrets.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -402,7 +406,12 @@ impl AuditLog {
     ///
     /// # Errors
     /// Catalog and storage errors.
-    pub async fn mirror_to(&self, location: &str, backend: &DynBackend) -> Result<u64> {
+    pub async fn mirror_to(
+        &self,
+        location: &str,
+        backend: &DynBackend,
+        mac_key: Option<&[u8; 32]>,
+    ) -> Result<u64> {
         let mut written = 0;
         loop {
             let from = self.mirrored.get(&location.to_string())?.unwrap_or(0) + 1;
@@ -416,12 +425,39 @@ impl AuditLog {
                 serde_json::to_writer(&mut body, e).expect("audit entries encode to JSON");
                 body.push(b'\n');
             }
+            if let Some(k) = mac_key {
+                let mac = trireme_common::attribution::keyed_mac(k, &body);
+                body.extend_from_slice(
+                    format!("{{\"mac\":\"{}\"}}\n", hex::encode(mac)).as_bytes(),
+                );
+            }
             let key = segment_key(first);
             let sum = trireme_common::crypto::sha256(&body);
             backend.put(&key, Bytes::from(body), sum).await?;
             self.mirrored.insert(&location.to_string(), &last)?;
             written += last - first + 1;
         }
+    }
+}
+
+/// Why a mirror segment's MAC line does not vouch for it, if it does not.
+fn segment_mac_problem(key: &ObjectKey, bytes: &[u8], mac_key: &[u8; 32]) -> Option<String> {
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let (signed, last) = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => (&bytes[..=i], &body[i + 1..]),
+        None => (&bytes[..0], body),
+    };
+    let mac = serde_json::from_slice::<serde_json::Value>(last)
+        .ok()
+        .and_then(|v| v["mac"].as_str().and_then(|m| hex::decode(m).ok()));
+    match mac {
+        None => Some(format!(
+            "{key}: carries no controller MAC: not written by this controller (or by one before audit mirrors were authenticated); its entries are not believed"
+        )),
+        Some(m) if m == trireme_common::attribution::keyed_mac(mac_key, signed) => None,
+        Some(_) => Some(format!(
+            "{key}: its controller MAC does not match: the segment was rewritten by someone without the controller key; its entries are not believed"
+        )),
     }
 }
 
@@ -437,15 +473,25 @@ pub fn segment_key(first: u64) -> ObjectKey {
 ///
 /// # Errors
 /// Storage errors listing or reading the mirror.
-pub async fn compare_mirror(log: &AuditLog, backend: &DynBackend) -> Result<(u64, Vec<String>)> {
+pub async fn compare_mirror(
+    log: &AuditLog,
+    backend: &DynBackend,
+    mac_key: Option<&[u8; 32]>,
+) -> Result<(u64, Vec<String>)> {
     let mut segments = backend.list(ObjectKind::Audit).await?;
     segments.sort_by(|a, b| a.key.name.cmp(&b.key.name));
     let mut mirrored = std::collections::BTreeMap::new();
     let mut problems = Vec::new();
     for s in segments {
         let bytes = backend.get(&s.key).await?;
+        if let Some(k) = mac_key {
+            if let Some(p) = segment_mac_problem(&s.key, &bytes, k) {
+                problems.push(p);
+                continue;
+            }
+        }
         for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-            if line.is_empty() {
+            if line.is_empty() || line.starts_with(b"{\"mac\":") {
                 continue;
             }
             match serde_json::from_slice::<AuditEntry>(line) {

@@ -54,6 +54,14 @@ impl Custody {
         trireme_common::attribution::job_key(self.key.as_bytes(), job, agent)
     }
 
+    /// The key that authenticates the audit log's mirror segments.
+    pub fn audit_mirror_key(&self) -> [u8; 32] {
+        trireme_common::attribution::controller_subkey(
+            self.key.as_bytes(),
+            "trireme audit mirror mac v1",
+        )
+    }
+
     /// The config's bytes as the controller holds them.
     pub fn config_bytes(&self) -> &[u8] {
         &self.config
@@ -63,6 +71,26 @@ impl Custody {
     pub fn config_sha256(&self) -> [u8; 32] {
         self.config_sha
     }
+}
+
+/// The audit mirror key of the controller key in `catalog` (for the
+/// offline `audit verify`), or `None` when the catalog holds none.
+///
+/// # Errors
+/// Key provider errors; a catalog key that is not a controller key.
+pub async fn audit_mirror_key(
+    catalog: &Catalog,
+    provider: &DynKeyProvider,
+) -> Result<Option<[u8; 32]>> {
+    let Some(w) = entry(catalog, KEY_ENTRY)? else {
+        return Ok(None);
+    };
+    let k =
+        unwrap_controller_key(&**provider, &WrappedKey(w), "the catalog's controller key").await?;
+    Ok(Some(trireme_common::attribution::controller_subkey(
+        k.as_bytes(),
+        "trireme audit mirror mac v1",
+    )))
 }
 
 /// What [`prepare`] did at a location worth an audit entry.

@@ -598,7 +598,8 @@ pub async fn run(
             let mut has_table = std::collections::HashSet::new();
             loop {
                 for (name, backend) in &mirrors {
-                    if let Err(e) = s.catalog.audit().mirror_to(name, backend).await {
+                    let mac_key = s.custody.audit_mirror_key();
+                    if let Err(e) = s.catalog.audit().mirror_to(name, backend, Some(&mac_key)).await {
                         tracing::warn!(location = %name, error = %e, "cannot mirror the audit log; will retry");
                     }
                     if !has_table.contains(name) && s.master_key.table().is_some() {

@@ -214,12 +214,21 @@ async fn the_mirror_holds_every_entry_once_and_catches_rewrites() {
     let (_d, c) = log_with(3);
     let mem = Arc::new(MemoryBackend::new());
     let backend: DynBackend = mem.clone();
-    assert_eq!(c.audit().mirror_to("loc1", &backend).await.unwrap(), 3);
-    assert_eq!(c.audit().mirror_to("loc1", &backend).await.unwrap(), 0);
+    assert_eq!(
+        c.audit().mirror_to("loc1", &backend, None).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        c.audit().mirror_to("loc1", &backend, None).await.unwrap(),
+        0
+    );
     c.audit()
         .append(Event::controller("copy damaged", "x"), t0())
         .unwrap();
-    assert_eq!(c.audit().mirror_to("loc1", &backend).await.unwrap(), 1);
+    assert_eq!(
+        c.audit().mirror_to("loc1", &backend, None).await.unwrap(),
+        1
+    );
     let names: Vec<String> = mem.keys().iter().map(|k| k.path()).collect();
     assert_eq!(
         names,
@@ -236,7 +245,7 @@ async fn the_mirror_holds_every_entry_once_and_catches_rewrites() {
         .collect();
     assert_eq!(lines, c.audit().entries().values().unwrap()[..3].to_vec());
 
-    let (n, problems) = compare_mirror(c.audit(), &backend).await.unwrap();
+    let (n, problems) = compare_mirror(c.audit(), &backend, None).await.unwrap();
     assert_eq!((n, problems.len()), (4, 0), "{problems:?}");
 
     // Rewrite the catalog's chain consistently from entry 2 on: the chain
@@ -254,7 +263,65 @@ async fn the_mirror_holds_every_entry_once_and_catches_rewrites() {
         tree.insert(&seq, &e).unwrap();
     }
     assert_eq!(c.audit().verify().broken, None);
-    let (_, problems) = compare_mirror(c.audit(), &backend).await.unwrap();
+    let (_, problems) = compare_mirror(c.audit(), &backend, None).await.unwrap();
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(problems[0].contains("entry 2 differs"), "{problems:?}");
+}
+
+#[tokio::test]
+async fn a_mirror_segment_rewritten_without_the_controller_key_is_named() {
+    let (_d, c) = log_with(3);
+    let key = [7u8; 32];
+    let backend: DynBackend = Arc::new(MemoryBackend::new());
+    assert_eq!(
+        c.audit()
+            .mirror_to("loc1", &backend, Some(&key))
+            .await
+            .unwrap(),
+        3
+    );
+    let (n, problems) = compare_mirror(c.audit(), &backend, Some(&key))
+        .await
+        .unwrap();
+    assert_eq!((n, problems.len()), (3, 0), "{problems:?}");
+    let seg = backend.get(&segment_key(1)).await.unwrap();
+    assert!(
+        seg.ends_with(b"\"}\n")
+            && seg
+                .split(|b| *b == b'\n')
+                .any(|l| l.starts_with(b"{\"mac\":")),
+        "the segment ends with its MAC line"
+    );
+
+    // Someone with write access to the location but not the controller
+    // key rewrites the segment: the same entries, without the MAC line
+    // (a consistent chain), or with a MAC under another key.
+    let entries: Vec<u8> = seg
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty() && !l.starts_with(b"{\"mac\":"))
+        .flat_map(|l| l.iter().copied().chain([b'\n']))
+        .collect();
+    for forged in [
+        entries.clone(),
+        [
+            entries.clone(),
+            format!(
+                "{{\"mac\":\"{}\"}}\n",
+                hex::encode(trireme_common::attribution::keyed_mac(&[8u8; 32], &entries))
+            )
+            .into_bytes(),
+        ]
+        .concat(),
+    ] {
+        let sum = trireme_common::crypto::sha256(&forged);
+        backend
+            .put(&segment_key(1), bytes::Bytes::from(forged), sum)
+            .await
+            .unwrap();
+        let (_, problems) = compare_mirror(c.audit(), &backend, Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("controller MAC"), "{problems:?}");
+    }
 }

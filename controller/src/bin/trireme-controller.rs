@@ -356,10 +356,19 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        // The mirrors' MAC key comes from the controller key in the catalog
+        // (unwrapped with the configured key provider).
+        let mac_key = rt.block_on(async {
+            let provider = server::key_provider(&c).await?;
+            trireme_controller::custody::audit_mirror_key(&catalog, &provider).await
+        })?;
+        if mac_key.is_none() {
+            println!("mirror: the catalog holds no controller key: segment MACs are not checked");
+        }
         for l in &c.locations {
             let r = rt.block_on(async {
                 let backend = l.location.open().await?;
-                audit::compare_mirror(catalog.audit(), &backend).await
+                audit::compare_mirror(catalog.audit(), &backend, mac_key.as_ref()).await
             });
             match r {
                 Ok((n, problems)) if problems.is_empty() => {

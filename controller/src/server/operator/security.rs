@@ -189,7 +189,10 @@ impl OperatorApi {
                 location: name.clone(),
                 ..Default::default()
             };
-            match crate::audit::compare_mirror(self.shared.catalog.audit(), backend).await {
+            let mac_key = self.shared.custody.audit_mirror_key();
+            match crate::audit::compare_mirror(self.shared.catalog.audit(), backend, Some(&mac_key))
+                .await
+            {
                 Ok((n, problems)) => {
                     check.entries_compared = n;
                     check.problems = problems;
