@@ -267,6 +267,37 @@ pub struct CheckSite<'a> {
     pub custody: &'a Custody,
 }
 
+/// What is wrong with pack `id` at the site, when the index says it is
+/// `size` bytes: missing, another size, or (where the store keeps one)
+/// another SHA-256 than its name.
+///
+/// # Errors
+/// [`Refusal::Later`] when the location cannot be asked.
+async fn pack_problem(
+    site: &CheckSite<'_>,
+    id: &Id,
+    size: u64,
+) -> std::result::Result<Option<String>, Refusal> {
+    match site
+        .backend
+        .head(&ObjectKey::new(ObjectKind::Pack, id.to_hex()))
+        .await
+    {
+        Ok(Some(meta)) if meta.size == size && meta.sha256.is_none_or(|s| s == id.0) => Ok(None),
+        Ok(Some(meta)) => Ok(Some(format!(
+            "is {} bytes at the location (SHA-256 {}); the index says {size} bytes (SHA-256 = its name)",
+            meta.size,
+            meta.sha256.map_or("not stored".into(), hex::encode)
+        ))),
+        Ok(None) => Ok(Some("is not at the location".into())),
+        Err(e) => Err(Refusal::Later(format!(
+            "cannot check pack {} at {}: {e}",
+            id.short(),
+            site.name
+        ))),
+    }
+}
+
 /// Check a backup result against the location and the ledger; on success,
 /// the catalog record to store (built from the manifest, not from what the
 /// agent said).
@@ -373,32 +404,8 @@ pub async fn check_backup(
         )));
     }
     for p in refs.packs.values() {
-        let key = ObjectKey::new(ObjectKind::Pack, p.id.to_hex());
-        match site.backend.head(&key).await {
-            Ok(Some(meta)) => {
-                if meta.size != p.size || meta.sha256.is_some_and(|s| s != p.id.0) {
-                    return Err(refuse(format!(
-                        "pack {} at the location is {} bytes (SHA-256 {}), the index says {} bytes (SHA-256 = its name)",
-                        p.id.short(),
-                        meta.size,
-                        meta.sha256.map_or("not stored".into(), hex::encode),
-                        p.size
-                    )));
-                }
-            }
-            Ok(None) => {
-                return Err(refuse(format!(
-                    "pack {} it references is not at the location",
-                    p.id.short()
-                )))
-            }
-            Err(e) => {
-                return Err(Refusal::Later(format!(
-                    "cannot check pack {} at {}: {e}",
-                    p.id.short(),
-                    site.name
-                )))
-            }
+        if let Some(why) = pack_problem(site, &p.id, p.size).await? {
+            return Err(refuse(format!("pack {} it references {why}", p.id.short())));
         }
     }
     // The index objects this job wrote: each attributed to it, listing only
@@ -420,35 +427,12 @@ pub async fn check_backup(
                     )))
                 }
             }
-            match site
-                .backend
-                .head(&ObjectKey::new(ObjectKind::Pack, p.id.to_hex()))
-                .await
-            {
-                Ok(Some(meta)) if meta.size == p.size => {}
-                Ok(Some(meta)) => {
-                    return Err(refuse(format!(
-                        "its index object {} says pack {} is {} bytes; the location holds {} bytes",
-                        &name[..12.min(name.len())],
-                        p.id.short(),
-                        p.size,
-                        meta.size
-                    )))
-                }
-                Ok(None) => {
-                    return Err(refuse(format!(
-                        "its index object {} lists pack {}, which is not at the location",
-                        &name[..12.min(name.len())],
-                        p.id.short()
-                    )))
-                }
-                Err(e) => {
-                    return Err(Refusal::Later(format!(
-                        "cannot check pack {} at {}: {e}",
-                        p.id.short(),
-                        site.name
-                    )))
-                }
+            if let Some(why) = pack_problem(site, &p.id, p.size).await? {
+                return Err(refuse(format!(
+                    "its index object {} lists pack {}, which {why}",
+                    &name[..12.min(name.len())],
+                    p.id.short()
+                )));
             }
         }
         own.push(name.clone());

@@ -744,6 +744,25 @@ async fn engine_backup(
     )
 }
 
+/// A backup job of web-2 run to the end by the engine and reported, as an
+/// honest agent does; the snapshot it recorded.
+async fn honest_backup(f: &Fleet, hostile: &mut Hostile, dir: &std::path::Path) -> Id {
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    let (indexed, opts, _) = engine_backup(f, hostile, &a.job_id).await;
+    let snap = indexed
+        .backup(BackupInput::Tree(dir.to_path_buf()), opts)
+        .await
+        .unwrap();
+    hostile.report(ok_result(&id, &snap.id)).await;
+    assert_eq!(
+        wait_job(f, &id, &["succeeded", "failed"])["state"],
+        "succeeded"
+    );
+    snap.id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
     let mut f = Fleet::new();
@@ -753,19 +772,7 @@ async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
     make_data(&mine, 3, 200_000, 31);
 
     // web-2's first backup, recorded.
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let j1 = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
-    let (indexed, opts, _) = engine_backup(&f, &hostile, &a.job_id).await;
-    let s1 = indexed
-        .backup(BackupInput::Tree(mine.clone()), opts)
-        .await
-        .unwrap();
-    hostile.report(ok_result(&j1, &s1.id)).await;
-    assert_eq!(
-        wait_job(&f, &j1, &["succeeded", "failed"])["state"],
-        "succeeded"
-    );
+    honest_backup(&f, &mut hostile, &mine).await;
 
     // A second job loads the index (web-2's first packs in it), then is
     // slow: the controller gives it up (cancelled).
@@ -781,19 +788,10 @@ async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
     // prune removes the first snapshot and its packs.
     let other = f.dir.join("web-2-other");
     make_data(&other, 2, 150_000, 32);
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let j3 = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
-    let (indexed, opts, _) = engine_backup(&f, &hostile, &a.job_id).await;
-    let s3 = indexed
-        .backup(BackupInput::Tree(other.clone()), opts)
-        .await
-        .unwrap();
-    hostile.report(ok_result(&j3, &s3.id)).await;
-    assert_eq!(
-        wait_job(&f, &j3, &["succeeded", "failed"])["state"],
-        "succeeded"
-    );
+    let s3 = honest_backup(&f, &mut hostile, &other).await;
+    // (Retention also keeps the newest snapshot verified everywhere: wait
+    // until that is the third.)
+    support::fleet::wait_verified(&f, &s3.to_hex(), 3, Duration::from_secs(60));
     let policy = f.dir.join("policy.toml");
     Fleet::write_file(
         &policy,
@@ -803,7 +801,7 @@ async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
     let done = f.cli_json(&["prune"]);
     assert_eq!(
         snapshot_ids(&f, "web-2/uploads"),
-        vec![s3.id.to_hex()],
+        vec![s3.to_hex()],
         "{done}"
     );
 
@@ -835,7 +833,7 @@ async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
         "{line}"
     );
     assert_eq!(wait_job(&f, &j2, &["cancelled"])["state"], "cancelled");
-    assert_eq!(snapshot_ids(&f, "web-2/uploads"), vec![s3.id.to_hex()]);
+    assert_eq!(snapshot_ids(&f, "web-2/uploads"), vec![s3.to_hex()]);
     for id in snapshot_ids(&f, "web-2/uploads")
         .into_iter()
         .chain(snapshot_ids(&f, "web-1/uploads"))
