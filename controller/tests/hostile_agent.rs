@@ -364,15 +364,7 @@ async fn an_agent_cannot_record_a_manifest_of_its_own_that_is_false() {
         )
         .await
         .unwrap();
-    hostile
-        .report(JobResult {
-            job_id: job_id.clone(),
-            ok: true,
-            snapshot_id: old.to_hex(),
-            location: "loc1".into(),
-            ..Default::default()
-        })
-        .await;
+    hostile.report(ok_result(&job_id, &old)).await;
     let j = wait_job(&f, &job_id, &["failed"]);
     let reason = j["error"].as_str().unwrap_or_default();
     assert!(reason.contains("outside the job's run"), "{j:#}");
@@ -421,15 +413,7 @@ async fn an_agent_cannot_record_a_manifest_of_its_own_that_is_false() {
         .write_snapshot(&session, &manifest("uploads", "web-2", now_ns(), stolen))
         .await
         .unwrap();
-    hostile
-        .report(JobResult {
-            job_id: job_id.clone(),
-            ok: true,
-            snapshot_id: forged.to_hex(),
-            location: "loc1".into(),
-            ..Default::default()
-        })
-        .await;
+    hostile.report(ok_result(&job_id, &forged)).await;
     let j = wait_job(&f, &job_id, &["failed"]);
     let reason = j["error"].as_str().unwrap_or_default();
     assert!(
