@@ -20,6 +20,7 @@ use tonic::transport::Channel;
 use trireme_common::attribution::Attribution;
 use trireme_common::backend::{ObjectKey, ObjectKind};
 use trireme_common::crypto::DataKey;
+use trireme_common::format::{seal_object, sealed_object_key, INDEX_MAGIC, SNAPSHOT_MAGIC};
 use trireme_common::tls::{client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_common::{
     BackupInput, BackupOptions, ContentKind, Error as CommonError, Id, KeyProvider, Location,
@@ -216,6 +217,16 @@ impl KeyProvider for JobKeys {
     }
 }
 
+/// Queue a backup of web-2/uploads and take its assignment on the hostile
+/// session: the job id and the assignment.
+async fn start_job(f: &Fleet, hostile: &mut Hostile) -> (String, JobAssignment) {
+    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let a = hostile.next_job().await;
+    assert_eq!(a.job_id, id, "the job just queued");
+    (id, a)
+}
+
 fn wait_job(f: &Fleet, id: &str, states: &[&str]) -> Value {
     support::fleet::wait_for(
         &format!("job {id} in {states:?}"),
@@ -300,10 +311,7 @@ async fn an_agent_cannot_claim_another_hosts_snapshot() {
 
     // web-2 takes a backup job and reports web-1's snapshot as its result,
     // with a far-future time (which would make it its own parent).
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
-    assert_eq!(a.job_id, job_id);
+    let (job_id, _) = start_job(&f, &mut hostile).await;
     hostile
         .report(JobResult {
             job_id: job_id.clone(),
@@ -348,9 +356,7 @@ async fn an_agent_cannot_record_a_manifest_of_its_own_that_is_false() {
     // (1) A manifest sealed with the job's own key but dated 1970: the
     // time would drop it (or, claimed as another's, a victim) out of
     // retention.
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (job_id, a) = start_job(&f, &mut hostile).await;
     let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
     let repo = Repository::open(backend.clone(), keys.clone())
         .await
@@ -372,9 +378,7 @@ async fn an_agent_cannot_record_a_manifest_of_its_own_that_is_false() {
     // (2) A manifest of its own source whose tree is web-1's chunks (read
     // from the index objects a backup is given): recording it would put
     // web-1's pack keys into web-2's restore scope.
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (job_id, a) = start_job(&f, &mut hostile).await;
     let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
     let repo = Arc::new(
         Repository::open(backend.clone(), keys.clone())
@@ -473,9 +477,7 @@ async fn a_forged_index_object_deletes_nothing_and_misleads_no_restore() {
     // given and plants, at every location, index objects that list each of
     // web-1's packs with no chunks: sealed with web-1's own index key (it
     // holds it), and one attributed to its own job.
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (job_id, a) = start_job(&f, &mut hostile).await;
     let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
     let backend = Location::parse(&f.locations[0])
         .unwrap()
@@ -488,8 +490,7 @@ async fn a_forged_index_object_deletes_nothing_and_misleads_no_restore() {
     let mut planted = Vec::new();
     for o in backend.list(ObjectKind::Index).await.unwrap() {
         let raw = std::fs::read(loc1.join(o.key.path())).unwrap();
-        let w = u16::from_le_bytes([raw[5], raw[6]]) as usize;
-        let wrapped = WrappedKey(raw[7..7 + w].to_vec());
+        let (wrapped, _) = sealed_object_key(&o.key.path(), &raw, INDEX_MAGIC).unwrap();
         let Some(k) = keys.granted.get(&wrapped) else {
             continue;
         };
@@ -500,18 +501,13 @@ async fn a_forged_index_object_deletes_nothing_and_misleads_no_restore() {
             empty.blobs.clear();
             forged.packs.push(empty);
         }
-        let sealed = trireme_common::format::seal_object(
-            trireme_common::format::INDEX_MAGIC,
-            &DataKey::from_bytes(*k),
-            &wrapped,
-            &forged,
-        );
+        let sealed = seal_object(INDEX_MAGIC, &DataKey::from_bytes(*k), &wrapped, &forged);
         planted.push(sealed);
         // The same claims, attributed to web-2's own job.
         use trireme_common::attribution::Attributable;
         forged.attribute(&keys.attribution);
-        planted.push(trireme_common::format::seal_object(
-            trireme_common::format::INDEX_MAGIC,
+        planted.push(seal_object(
+            INDEX_MAGIC,
             &DataKey::from_bytes(*k),
             &wrapped,
             &forged,
@@ -607,9 +603,7 @@ async fn a_planted_key_table_and_a_rewritten_config_are_refused() {
     let mut f = Fleet::new();
     let data = f.dir.join("web-1-uploads");
     let (victim, mut hostile) = victim_and_attacker(&mut f, &data).await;
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let job_id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (job_id, a) = start_job(&f, &mut hostile).await;
     let keys = Arc::new(JobKeys::fetch(hostile.channel.clone(), &a.job_id).await);
 
     // A key table named for the master key, MAC'd with a data key the
@@ -619,8 +613,10 @@ async fn a_planted_key_table_and_a_rewritten_config_are_refused() {
     let (_, other) = keys.generate().await.unwrap();
     let loc1 = std::path::PathBuf::from(f.locations[0].trim_start_matches("file://"));
     let raw = std::fs::read(loc1.join("snapshots").join(&victim)).unwrap();
-    let w = u16::from_le_bytes([raw[5], raw[6]]) as usize;
-    let victim_key = raw[7..7 + w].to_vec();
+    let victim_key = sealed_object_key(&victim, &raw, SNAPSHOT_MAGIC)
+        .unwrap()
+        .0
+         .0;
     let key_id = trireme_common::LocalKeyFile::load(&f.dir.join("master.key"))
         .unwrap()
         .key_id();
@@ -731,9 +727,7 @@ async fn engine_backup(
 /// A backup job of web-2 run to the end by the engine and reported, as an
 /// honest agent does; the snapshot it recorded.
 async fn honest_backup(f: &Fleet, hostile: &mut Hostile, dir: &std::path::Path) -> Id {
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let id = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (id, a) = start_job(f, hostile).await;
     let (indexed, opts, _) = engine_backup(f, hostile, &a.job_id).await;
     let snap = indexed
         .backup(BackupInput::Tree(dir.to_path_buf()), opts)
@@ -760,9 +754,7 @@ async fn a_late_result_whose_packs_were_pruned_is_not_recorded() {
 
     // A second job loads the index (web-2's first packs in it), then is
     // slow: the controller gives it up (cancelled).
-    let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
-    let j2 = job["id"].as_str().unwrap().to_string();
-    let a = hostile.next_job().await;
+    let (j2, a) = start_job(&f, &mut hostile).await;
     let (slow, opts2, slow_keys) = engine_backup(&f, &hostile, &a.job_id).await;
     slow_keys.prefetch(2).await;
     f.cli(&["jobs", "cancel", &j2]);
