@@ -237,15 +237,6 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// What an agent reported for a backup job.
-#[derive(Debug, Clone)]
-pub struct Reported {
-    /// The snapshot it says it wrote.
-    pub snapshot: Id,
-    /// The location it says it wrote to.
-    pub location: String,
-}
-
 /// A backup result that passed [`check_backup`].
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -310,10 +301,9 @@ pub async fn check_backup(
     site: &CheckSite<'_>,
     job: &Job,
     agent: &str,
-    reported: &Reported,
+    snap: Id,
     now: DateTime<Utc>,
 ) -> std::result::Result<Checked, Refusal> {
-    let snap = reported.snapshot;
     let refuse = |why: String| {
         Refusal::Refused(format!(
             "the result of job {} (snapshot {} at {}) was not recorded: {why}",

@@ -56,10 +56,7 @@ impl Custody {
 
     /// The key that authenticates the audit log's mirror segments.
     pub fn audit_mirror_key(&self) -> [u8; 32] {
-        trireme_common::attribution::controller_subkey(
-            self.key.as_bytes(),
-            "trireme audit mirror mac v1",
-        )
+        mirror_key(&self.key)
     }
 
     /// The config's bytes as the controller holds them.
@@ -87,10 +84,15 @@ pub async fn audit_mirror_key(
     };
     let k =
         unwrap_controller_key(&**provider, &WrappedKey(w), "the catalog's controller key").await?;
-    Ok(Some(trireme_common::attribution::controller_subkey(
-        k.as_bytes(),
+    Ok(Some(mirror_key(&k)))
+}
+
+/// The audit mirror key derived from the controller key.
+fn mirror_key(controller_key: &DataKey) -> [u8; 32] {
+    trireme_common::attribution::controller_subkey(
+        controller_key.as_bytes(),
         "trireme audit mirror mac v1",
-    )))
+    )
 }
 
 /// What [`prepare`] did at a location worth an audit entry.

@@ -105,14 +105,6 @@ impl Shared {
                 url: name.to_string(),
                 reason: "no location of this controller has that name".into(),
             })?;
-        let repo = Arc::new(
-            trireme_common::Repository::from_config(
-                backend,
-                self.master_key.clone(),
-                self.custody.config_bytes(),
-            )
-            .await?,
-        );
         // Believed: the objects recorded as written by checked jobs or by
         // the controller; for a result check, also the job's own (verified
         // by their attribution MAC).
@@ -128,6 +120,19 @@ impl Shared {
                 })
         };
         let mut cache = self.indexes.lock().await;
+        // The repository opened for the last read (config decoded, id key
+        // unwrapped: with a KMS that is a call) serves the next one.
+        let repo = match cache.get(name) {
+            Some(previous) => previous.indexed().repo.clone(),
+            None => Arc::new(
+                trireme_common::Repository::from_config(
+                    backend,
+                    self.master_key.clone(),
+                    self.custody.config_bytes(),
+                )
+                .await?,
+            ),
+        };
         let index = Arc::new(
             trireme_common::scope::KeyedIndex::refresh(
                 &repo,

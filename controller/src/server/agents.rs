@@ -25,7 +25,7 @@ use trireme_proto::v1::{
 };
 
 use super::Shared;
-use crate::attribution::{CheckSite, Refusal, Reported};
+use crate::attribution::{CheckSite, Refusal};
 use crate::catalog::SourceRecord;
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Progress};
@@ -584,11 +584,7 @@ async fn check_result(
         index: &index,
         custody: &shared.custody,
     };
-    let reported = Reported {
-        snapshot,
-        location: name.clone(),
-    };
-    crate::attribution::check_backup(&shared.catalog, &site, job, agent, &reported, shared.now())
+    crate::attribution::check_backup(&shared.catalog, &site, job, agent, snapshot, shared.now())
         .await
 }
 
