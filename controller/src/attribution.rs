@@ -29,10 +29,12 @@ use trireme_common::backend::{ObjectKey, ObjectKind};
 use trireme_common::scope::KeyedIndex;
 use trireme_common::{DynBackend, Id, WrappedKey};
 
-use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId};
+use crate::catalog::Catalog;
 use crate::custody::Custody;
 use crate::error::Result;
 use crate::jobs::{Job, JobId};
+use crate::snapshots::{CopyState, SnapshotRecord};
+use crate::sources::SourceId;
 
 /// How far a manifest's times may lie outside the job's run (clock skew
 /// between the agent's host and the controller's).
@@ -447,4 +449,24 @@ pub async fn check_backup(
         record,
         index_objects: own,
     })
+}
+
+/// Data keys the key service generated, by the SHA-256 of the wrapped key: which job (and agent) each was for.
+pub const ISSUED_KEYS: crate::catalog::TableDef<String, IssuedKey> =
+    crate::catalog::TableDef::new("issued_keys");
+
+/// The index objects the controller believes, by name.
+pub const INDEX_OBJECTS: crate::catalog::TableDef<String, IndexRecord> =
+    crate::catalog::TableDef::new("index_objects");
+
+impl crate::catalog::Catalog {
+    /// Data keys the key service generated, by the SHA-256 of the wrapped key: which job (and agent) each was for.
+    pub fn issued_keys(&self) -> crate::catalog::Tree<String, IssuedKey> {
+        self.table(&ISSUED_KEYS)
+    }
+
+    /// The index objects the controller believes, by name.
+    pub fn index_objects(&self) -> crate::catalog::Tree<String, IndexRecord> {
+        self.table(&INDEX_OBJECTS)
+    }
 }

@@ -29,7 +29,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use trireme_common::{DynBackend, Identity, ObjectKey, ObjectKind};
 
-use crate::catalog::Tree;
+use crate::catalog::{Catalog, TableDef, Tree};
 use crate::error::{Error, Result};
 
 /// `prev_hash` of the first entry.
@@ -308,24 +308,28 @@ pub struct AuditLog {
     writer: Arc<Mutex<()>>,
 }
 
-impl AuditLog {
-    pub(crate) fn new(
-        entries: Tree<u64, AuditEntry>,
-        mirrored: Tree<String, u64>,
-        db: sled::Db,
-    ) -> Self {
+/// The hash-chained entries by sequence number.
+pub const AUDIT: TableDef<u64, AuditEntry> = TableDef::new("audit");
+/// The last sequence number mirrored to each location.
+pub const AUDIT_MIRROR: TableDef<String, u64> = TableDef::new("audit_mirror");
+
+impl Catalog {
+    /// The hash-chained audit log.
+    pub fn audit(&self) -> AuditLog {
         AuditLog {
-            entries,
-            mirrored,
-            db,
-            writer: Arc::default(),
+            entries: self.table(&AUDIT),
+            mirrored: self.table(&AUDIT_MIRROR),
+            db: self.db().clone(),
+            writer: self.write_lock(&AUDIT),
         }
     }
+}
 
+impl AuditLog {
     /// The entries by sequence number (raw access, e.g. for tests and
     /// repairs; appending goes through [`AuditLog::append`]).
-    pub fn entries(&self) -> &Tree<u64, AuditEntry> {
-        &self.entries
+    pub fn entries(&self) -> Tree<u64, AuditEntry> {
+        self.entries.clone()
     }
 
     /// Append `event` at `now` and flush it to disk.

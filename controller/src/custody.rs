@@ -345,3 +345,14 @@ pub async fn check_configs(
     }
     repairs
 }
+
+/// The controller key and the authentic config, hex, and when each location was last seen holding it.
+pub const CUSTODY: crate::catalog::TableDef<String, String> =
+    crate::catalog::TableDef::new("custody");
+
+impl crate::catalog::Catalog {
+    /// The controller key and the authentic config, hex, and when each location was last seen holding it.
+    pub fn custody(&self) -> crate::catalog::Tree<String, String> {
+        self.table(&CUSTODY)
+    }
+}

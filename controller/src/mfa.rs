@@ -412,5 +412,15 @@ pub fn code_message(action: &str, e: CodeError) -> String {
     }
 }
 
+/// MFA enrollments by operator certificate name.
+pub const MFA: crate::catalog::TableDef<String, MfaRecord> = crate::catalog::TableDef::new("mfa");
+
+impl crate::catalog::Catalog {
+    /// MFA enrollments by operator certificate name.
+    pub fn mfa(&self) -> crate::catalog::Tree<String, MfaRecord> {
+        self.table(&MFA)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -15,9 +15,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{abort, Catalog, SourceId};
+use crate::catalog::{abort, Catalog};
 use crate::error::{Error, Result};
-use crate::scheduler::SourceSchedule;
+pub use crate::jobs::BackupMode;
+use crate::schedule::SourceSchedule;
+use crate::sources::SourceId;
 
 pub use cron::{CronExpr, CRON_HELP};
 pub use file::{
@@ -35,26 +37,6 @@ pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(24 * 3600);
 /// Slack when deciding whether a full backup is due, so that a daily
 /// schedule across a daylight saving change keeps its weekday.
 pub const FULL_EVERY_SLACK: Duration = Duration::from_secs(3600);
-
-/// Full or incremental backups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackupMode {
-    /// Read only what changed since the source's last snapshot.
-    #[default]
-    Incremental,
-    /// Read everything.
-    Full,
-}
-
-impl fmt::Display for BackupMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackupMode::Incremental => "incremental",
-            BackupMode::Full => "full",
-        })
-    }
-}
 
 /// An IANA time zone, `UTC` by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -265,12 +247,12 @@ pub fn apply_policy_file(
     catalog.transaction_durable(|tx| {
         let mut report = ApplyReport::default();
         for (name, class) in &file.classes {
-            if tx.retention.get(name)?.as_ref() != Some(class) {
-                tx.retention.insert(name, class)?;
+            if tx.retention().get(name)?.as_ref() != Some(class) {
+                tx.retention().insert(name, class)?;
             }
         }
         for p in policies {
-            let old = tx.policies.get(&p.source)?;
+            let old = tx.policies().get(&p.source)?;
             let restart_slots = match &old {
                 None => true,
                 Some(r) => r.policy.schedule != p.schedule || r.policy.timezone != p.timezone,
@@ -283,7 +265,7 @@ pub fn apply_policy_file(
                 Some(_) => report.updated.push(p.source.clone()),
                 None => report.created.push(p.source.clone()),
             }
-            if tx.sources.get(&p.source)?.is_none() {
+            if tx.sources().get(&p.source)?.is_none() {
                 report.unknown_sources.push(p.source.clone());
             }
             let record = PolicyRecord {
@@ -291,11 +273,11 @@ pub fn apply_policy_file(
                 applied_at: now,
                 origin: origin.to_string(),
             };
-            tx.policies.insert(&p.source, &record)?;
+            tx.policies().insert(&p.source, &record)?;
             if restart_slots {
-                let mut state: SourceSchedule = tx.schedule.get(&p.source)?.unwrap_or_default();
+                let mut state: SourceSchedule = tx.schedule().get(&p.source)?.unwrap_or_default();
                 state.handled_until = Some(state.handled_until.map_or(now, |t| t.max(now)));
-                tx.schedule.insert(&p.source, &state)?;
+                tx.schedule().insert(&p.source, &state)?;
             }
         }
         Ok(report)
@@ -309,11 +291,29 @@ pub fn apply_policy_file(
 /// [`Error::NotFound`] when the source has no policy; catalog errors.
 pub fn remove_policy(catalog: &Catalog, source: &SourceId) -> Result<()> {
     catalog.transaction_durable(|tx| {
-        if !tx.policies.remove(source)? {
+        if !tx.policies().remove(source)? {
             return Err(abort(Error::not_found("policy for source", source)));
         }
         Ok(())
     })
+}
+
+/// Policies by source.
+pub const POLICIES: crate::catalog::TableDef<crate::sources::SourceId, PolicyRecord> =
+    crate::catalog::TableDef::new("policies");
+
+impl crate::catalog::Catalog {
+    /// Policies by source.
+    pub fn policies(&self) -> crate::catalog::Tree<crate::sources::SourceId, PolicyRecord> {
+        self.table(&POLICIES)
+    }
+}
+
+impl<'a> crate::catalog::Tx<'a> {
+    /// Policies by source, in this transaction.
+    pub fn policies(&self) -> crate::catalog::TxTree<'a, crate::sources::SourceId, PolicyRecord> {
+        self.table(&POLICIES)
+    }
 }
 
 #[cfg(test)]

@@ -43,10 +43,12 @@ use serde::{Deserialize, Serialize};
 use trireme_common::prune::{self as engine, IndexSealer, PrunePlan};
 use trireme_common::{DynKeyProvider, Id, ObjectKey, ObjectKind, Repository};
 
-use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId};
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::replication::{verified_copies, Replicator};
 use crate::retention::{needed, select, NeededBy, RetentionClass};
+use crate::snapshots::{CopyState, SnapshotRecord};
+use crate::sources::SourceId;
 
 /// A location that does not answer a listing within this time is skipped.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -565,7 +567,7 @@ pub async fn prune(
             since: now,
         });
         catalog.transaction_durable(|tx| {
-            tx.snapshots.remove(&v.id)?;
+            tx.snapshots().remove(&v.id)?;
             Ok(())
         })?;
         if let Some(p) = pending_entry {
@@ -695,6 +697,26 @@ async fn drop_tombstones(catalog: &Catalog, replicator: &Replicator) -> Result<(
         catalog.tombstones().remove(&path)?;
     }
     Ok(())
+}
+
+/// Snapshots removed from the catalog by prune that skipped locations still hold.
+pub const PRUNING: crate::catalog::TableDef<trireme_common::Id, PendingPrune> =
+    crate::catalog::TableDef::new("pruning");
+
+/// Objects prune deleted (by path): replication does not copy them back.
+pub const TOMBSTONES: crate::catalog::TableDef<String, chrono::DateTime<chrono::Utc>> =
+    crate::catalog::TableDef::new("tombstones");
+
+impl crate::catalog::Catalog {
+    /// Snapshots removed from the catalog by prune that skipped locations still hold.
+    pub fn pruning(&self) -> crate::catalog::Tree<trireme_common::Id, PendingPrune> {
+        self.table(&PRUNING)
+    }
+
+    /// Objects prune deleted (by path): replication does not copy them back.
+    pub fn tombstones(&self) -> crate::catalog::Tree<String, chrono::DateTime<chrono::Utc>> {
+        self.table(&TOMBSTONES)
+    }
 }
 
 #[cfg(test)]

@@ -23,10 +23,13 @@ use trireme_common::attribution::{Attributable, CONTROLLER_JOB};
 use trireme_common::backend::ObjectKind;
 use trireme_common::{Repository, Snapshot};
 
-use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId, SourceRecord};
+use crate::catalog::Catalog;
 use crate::custody::Custody;
 use crate::error::Result;
-use crate::jobs::{remember_latest_in, JobId};
+use crate::jobs::JobId;
+use crate::schedule::remember_latest_in;
+use crate::snapshots::{CopyState, SnapshotRecord};
+use crate::sources::{SourceId, SourceRecord};
 
 /// The tag naming the agent that made a snapshot.
 pub const AGENT_TAG: &str = "agent:";
@@ -154,7 +157,7 @@ pub async fn rebuild(
         // Recomputed from the manifest's position, as when it was recorded.
         record.derive_dependencies();
         catalog.transaction_durable(|tx| {
-            tx.snapshots.insert(&record.id, &record)?;
+            tx.snapshots().insert(&record.id, &record)?;
             remember_latest_in(tx, &record)
         })?;
         report.added += 1;

@@ -17,11 +17,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use trireme_common::Id;
 
-use crate::catalog::{Catalog, CopyState, SnapshotRecord, SourceId};
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobId, JobKind, JobState, RestorePurpose};
 use crate::policy::Policy;
 use crate::replication::verified_copies;
+use crate::snapshots::{CopyState, SnapshotRecord};
+use crate::sources::SourceId;
 
 /// One restore test or drill step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -703,6 +705,39 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// Restore tests and drill steps by job id (oldest first), pending and finished.
+pub const RESTORE_TESTS: crate::catalog::TableDef<crate::jobs::JobId, RestoreTestRecord> =
+    crate::catalog::TableDef::new("restore_tests");
+
+/// The last restore-test schedule slot handled, per source.
+pub const RESTORE_TEST_SLOTS: crate::catalog::TableDef<
+    crate::sources::SourceId,
+    chrono::DateTime<chrono::Utc>,
+> = crate::catalog::TableDef::new("restore_test_slots");
+
+/// DR drills and their reports, by id (oldest first).
+pub const DRILLS: crate::catalog::TableDef<String, DrillRecord> =
+    crate::catalog::TableDef::new("drills");
+
+impl crate::catalog::Catalog {
+    /// Restore tests and drill steps by job id (oldest first), pending and finished.
+    pub fn restore_tests(&self) -> crate::catalog::Tree<crate::jobs::JobId, RestoreTestRecord> {
+        self.table(&RESTORE_TESTS)
+    }
+
+    /// The last restore-test schedule slot handled, per source.
+    pub fn restore_test_slots(
+        &self,
+    ) -> crate::catalog::Tree<crate::sources::SourceId, chrono::DateTime<chrono::Utc>> {
+        self.table(&RESTORE_TEST_SLOTS)
+    }
+
+    /// DR drills and their reports, by id (oldest first).
+    pub fn drills(&self) -> crate::catalog::Tree<String, DrillRecord> {
+        self.table(&DRILLS)
+    }
 }
 
 #[cfg(test)]

@@ -31,8 +31,9 @@ use trireme_common::replicate::{self, Listing, Problem, SnapshotObjects};
 use trireme_common::scope::KeyedIndex;
 use trireme_common::{DynBackend, DynKeyProvider, Id, ObjectKey, ObjectKind, Repository};
 
-use crate::catalog::{Catalog, CopyState};
+use crate::catalog::Catalog;
 use crate::error::Result;
+use crate::snapshots::CopyState;
 
 /// Objects copied or checked at once per location.
 const CONCURRENCY: usize = 8;
@@ -1010,17 +1011,17 @@ fn same_state(before: Option<&CopyState>, state: &CopyState) -> bool {
 #[derive(Debug, Clone)]
 pub struct Protection {
     /// The source.
-    pub source: crate::catalog::SourceId,
+    pub source: crate::sources::SourceId,
     /// Its newest snapshot.
-    pub newest: crate::catalog::SnapshotRecord,
+    pub newest: crate::snapshots::SnapshotRecord,
     /// At how many locations the newest snapshot is verified.
     pub newest_verified: usize,
     /// The newest snapshot verified at `want` locations or more, if any.
-    pub full: Option<crate::catalog::SnapshotRecord>,
+    pub full: Option<crate::snapshots::SnapshotRecord>,
 }
 
 /// Locations where a snapshot's copy is verified.
-pub fn verified_copies(s: &crate::catalog::SnapshotRecord) -> usize {
+pub fn verified_copies(s: &crate::snapshots::SnapshotRecord) -> usize {
     s.copies
         .values()
         .filter(|c| matches!(c, CopyState::Verified { .. }))
@@ -1033,7 +1034,7 @@ pub fn verified_copies(s: &crate::catalog::SnapshotRecord) -> usize {
 /// # Errors
 /// Catalog errors.
 pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
-    let mut by_source: BTreeMap<crate::catalog::SourceId, Vec<crate::catalog::SnapshotRecord>> =
+    let mut by_source: BTreeMap<crate::sources::SourceId, Vec<crate::snapshots::SnapshotRecord>> =
         BTreeMap::new();
     for snap in catalog.snapshots().values()? {
         by_source.entry(snap.source.clone()).or_default().push(snap);
@@ -1056,6 +1057,17 @@ pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
             })
         })
         .collect())
+}
+
+/// Replication and verification state by location name.
+pub const LOCATIONS: crate::catalog::TableDef<String, LocationState> =
+    crate::catalog::TableDef::new("locations");
+
+impl crate::catalog::Catalog {
+    /// Replication and verification state by location name.
+    pub fn locations(&self) -> crate::catalog::Tree<String, LocationState> {
+        self.table(&LOCATIONS)
+    }
 }
 
 #[cfg(test)]

@@ -279,5 +279,23 @@ pub fn needed(
     out
 }
 
+/// Retention classes by name.
+pub const RETENTION: crate::catalog::TableDef<String, RetentionClass> =
+    crate::catalog::TableDef::new("retention");
+
+impl crate::catalog::Catalog {
+    /// Retention classes by name.
+    pub fn retention(&self) -> crate::catalog::Tree<String, RetentionClass> {
+        self.table(&RETENTION)
+    }
+}
+
+impl<'a> crate::catalog::Tx<'a> {
+    /// Retention classes by name, in this transaction.
+    pub fn retention(&self) -> crate::catalog::TxTree<'a, String, RetentionClass> {
+        self.table(&RETENTION)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -817,5 +817,16 @@ async fn verify_location(
     table
 }
 
+/// Key tables of master-key rotations, by object name.
+pub const KEY_TABLES: crate::catalog::TableDef<String, StoredKeyTable> =
+    crate::catalog::TableDef::new("key_tables");
+
+impl crate::catalog::Catalog {
+    /// Key tables of master-key rotations, by object name.
+    pub fn key_tables(&self) -> crate::catalog::Tree<String, StoredKeyTable> {
+        self.table(&KEY_TABLES)
+    }
+}
+
 #[cfg(test)]
 mod tests;

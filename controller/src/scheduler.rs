@@ -22,111 +22,18 @@
 mod runner;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use trireme_common::Id;
 
-use crate::catalog::{SourceId, Tx, TxResult};
-use crate::jobs::{create_in, Job, JobId, JobState, Trigger};
-use crate::policy::{BackupMode, Policy, PolicyRecord};
+use crate::catalog::{Tx, TxResult};
+use crate::jobs::{create_in, BackupMode, Job, JobId, JobState, Trigger};
+use crate::policy::{Policy, PolicyRecord};
+pub use crate::schedule::{Failure, GaveUp, PendingRetry, Skip, SourceSchedule};
+use crate::sources::SourceId;
 
 pub use runner::{Action, Clock, LoopOptions, ManualClock, Scheduler, SystemClock, Tick};
 
 /// Most slots counted as missed (counting stops there; only the report is
 /// affected).
 pub const MISSED_COUNT_LIMIT: u64 = 100_000;
-
-/// A retry waiting for its time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingRetry {
-    /// The slot of the run being retried.
-    pub slot: DateTime<Utc>,
-    /// The attempt number the retry will have (2 for the first retry).
-    pub attempt: u32,
-    /// When it is due.
-    pub due: DateTime<Utc>,
-    /// The mode of the failed attempt, kept for the retry.
-    pub mode: BackupMode,
-    /// The failed attempt.
-    pub previous: JobId,
-}
-
-/// A failed job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The job.
-    pub job: JobId,
-    /// When it failed.
-    pub at: DateTime<Utc>,
-    /// Why.
-    pub reason: String,
-    /// Its attempt number.
-    pub attempt: u32,
-}
-
-/// A run given up after its retries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GaveUp {
-    /// The run's slot.
-    pub slot: DateTime<Utc>,
-    /// When the last attempt failed.
-    pub at: DateTime<Utc>,
-    /// How many attempts were made.
-    pub attempts: u32,
-}
-
-/// Slots skipped because the source's previous job had not finished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Skip {
-    /// The latest slot skipped.
-    pub slot: DateTime<Utc>,
-    /// When the scheduler skipped it.
-    pub at: DateTime<Utc>,
-    /// How many slots this skip covered.
-    pub slots: u64,
-    /// The unfinished job.
-    pub blocked_by: JobId,
-}
-
-/// The scheduler's state for one source, stored in the catalog.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourceSchedule {
-    /// Slots at or before this time are handled (fired, caught up or
-    /// skipped). Set to the apply time when a policy is new or its
-    /// schedule changes.
-    #[serde(default)]
-    pub handled_until: Option<DateTime<Utc>>,
-    /// When the scheduler last queued a job for the source.
-    #[serde(default)]
-    pub last_fired: Option<DateTime<Utc>>,
-    /// The last job the scheduler queued.
-    #[serde(default)]
-    pub last_job: Option<JobId>,
-    /// When a job of the source last succeeded.
-    #[serde(default)]
-    pub last_success: Option<DateTime<Utc>>,
-    /// The slot of the last successful full backup.
-    #[serde(default)]
-    pub last_full_slot: Option<DateTime<Utc>>,
-    /// The last failed job.
-    #[serde(default)]
-    pub last_failure: Option<Failure>,
-    /// A retry waiting for its time.
-    #[serde(default)]
-    pub retry: Option<PendingRetry>,
-    /// The last run given up after its retries.
-    #[serde(default)]
-    pub gave_up: Option<GaveUp>,
-    /// Slots skipped so far because a job was still unfinished.
-    #[serde(default)]
-    pub skipped: u64,
-    /// The last skip.
-    #[serde(default)]
-    pub last_skip: Option<Skip>,
-    /// The source's newest snapshot (its time and id): the parent of the
-    /// next incremental backup, found without scanning every snapshot.
-    #[serde(default)]
-    pub last_snapshot: Option<(DateTime<Utc>, Id)>,
-}
 
 /// What to do for one source now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,11 +230,11 @@ pub(crate) fn apply_in(
     source: &SourceId,
     now: DateTime<Utc>,
 ) -> TxResult<Option<Action>> {
-    let Some(record) = tx.policies.get(source)? else {
+    let Some(record) = tx.policies().get(source)? else {
         return Ok(None);
     };
-    let mut state = tx.schedule.get(source)?.unwrap_or_default();
-    let active = tx.active.get(source)?;
+    let mut state = tx.schedule().get(source)?.unwrap_or_default();
+    let active = tx.active().get(source)?;
     let action = match decide(&record, &state, active, now) {
         Decision::Wait { .. } => return Ok(None),
         Decision::Fire { slot, missed, mode } => {
@@ -385,7 +292,7 @@ pub(crate) fn apply_in(
             }
         }
     };
-    tx.schedule.insert(source, &state)?;
+    tx.schedule().insert(source, &state)?;
     Ok(Some(action))
 }
 

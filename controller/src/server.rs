@@ -426,6 +426,7 @@ pub async fn run(
         source: e,
     })?;
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
+    crate::snapshots::fill_dependencies(&catalog)?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
     // Keys wrapped under a retired master key open through its key table.
     let master_key = Arc::new(

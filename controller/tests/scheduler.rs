@@ -8,12 +8,11 @@ use std::time::Duration as StdDuration;
 use chrono::{DateTime, Duration, Utc};
 use tempfile::TempDir;
 use trireme_common::Id;
-use trireme_controller::catalog::SourceRecord;
-use trireme_controller::jobs::{
-    self, reconcile_after_restart, update_job, JobEvent, JobState, Trigger, RESTART_REASON,
-};
+use trireme_controller::jobs::{self, JobEvent, JobState, Trigger};
+use trireme_controller::lifecycle::{self, reconcile_after_restart, update_job, RESTART_REASON};
 use trireme_controller::policy::{apply_policies, parse_policies, read_policy_file};
 use trireme_controller::scheduler::{Action, Clock, LoopOptions, ManualClock, Tick};
+use trireme_controller::sources::SourceRecord;
 use trireme_controller::{BackupMode, Catalog, Job, JobId, Scheduler, SourceId};
 
 fn t(s: &str) -> DateTime<Utc> {
@@ -108,7 +107,7 @@ impl Sim {
         actions
     }
 
-    fn event(&self, id: &JobId, e: JobEvent) -> jobs::Updated {
+    fn event(&self, id: &JobId, e: JobEvent) -> lifecycle::Updated {
         let u = update_job(self.catalog(), id, &e, self.now()).unwrap();
         self.sched().wake();
         u
@@ -139,7 +138,7 @@ impl Sim {
         );
     }
 
-    fn fail(&self, job: &Job, reason: &str) -> jobs::Updated {
+    fn fail(&self, job: &Job, reason: &str) -> lifecycle::Updated {
         self.event(
             &job.id,
             JobEvent::Fail {
@@ -676,7 +675,7 @@ fn kill_9_child() {
     ] {
         update_job(&c, &job.id, &e, now).unwrap();
     }
-    let snapshot = trireme_controller::catalog::SnapshotRecord {
+    let snapshot = trireme_controller::snapshots::SnapshotRecord {
         id: Id([5; 32]),
         source: src,
         agent: AGENT.into(),
@@ -688,7 +687,7 @@ fn kill_9_child() {
         position: Default::default(),
         depends_on: Vec::new(),
     };
-    jobs::complete_job(&c, &job.id, AGENT, &snapshot, now).unwrap();
+    lifecycle::complete_job(&c, &job.id, AGENT, &snapshot, now).unwrap();
     // No drop, no flush: die at once.
     let _ = std::process::Command::new("sh")
         .args(["-c", &format!("kill -9 {}", std::process::id())])

@@ -245,7 +245,7 @@ async fn the_mirror_holds_every_entry_once_and_catches_rewrites() {
         .collect();
     assert_eq!(lines, c.audit().entries().values().unwrap()[..3].to_vec());
 
-    let (n, problems) = compare_mirror(c.audit(), &backend, None).await.unwrap();
+    let (n, problems) = compare_mirror(&c.audit(), &backend, None).await.unwrap();
     assert_eq!((n, problems.len()), (4, 0), "{problems:?}");
 
     // Rewrite the catalog's chain consistently from entry 2 on: the chain
@@ -263,7 +263,7 @@ async fn the_mirror_holds_every_entry_once_and_catches_rewrites() {
         tree.insert(&seq, &e).unwrap();
     }
     assert_eq!(c.audit().verify().broken, None);
-    let (_, problems) = compare_mirror(c.audit(), &backend, None).await.unwrap();
+    let (_, problems) = compare_mirror(&c.audit(), &backend, None).await.unwrap();
     assert_eq!(problems.len(), 3, "{problems:?}");
     assert!(problems[0].contains("entry 2 differs"), "{problems:?}");
 }
@@ -280,7 +280,7 @@ async fn a_mirror_segment_rewritten_without_the_controller_key_is_named() {
             .unwrap(),
         3
     );
-    let (n, problems) = compare_mirror(c.audit(), &backend, Some(&key))
+    let (n, problems) = compare_mirror(&c.audit(), &backend, Some(&key))
         .await
         .unwrap();
     assert_eq!((n, problems.len()), (3, 0), "{problems:?}");
@@ -318,7 +318,7 @@ async fn a_mirror_segment_rewritten_without_the_controller_key_is_named() {
             .put(&segment_key(1), bytes::Bytes::from(forged), sum)
             .await
             .unwrap();
-        let (_, problems) = compare_mirror(c.audit(), &backend, Some(&key))
+        let (_, problems) = compare_mirror(&c.audit(), &backend, Some(&key))
             .await
             .unwrap();
         assert_eq!(problems.len(), 1, "{problems:?}");

@@ -368,7 +368,7 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
         for l in &c.locations {
             let r = rt.block_on(async {
                 let backend = l.location.open().await?;
-                audit::compare_mirror(catalog.audit(), &backend, mac_key.as_ref()).await
+                audit::compare_mirror(&catalog.audit(), &backend, mac_key.as_ref()).await
             });
             match r {
                 Ok((n, problems)) if problems.is_empty() => {
@@ -399,7 +399,10 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
 fn open_offline(config: &ControllerConfig, what: &str) -> anyhow::Result<Catalog> {
     let path = config.data_dir.join("catalog");
     match Catalog::open(&path) {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            trireme_controller::snapshots::fill_dependencies(&c)?;
+            Ok(c)
+        }
         Err(trireme_controller::Error::CatalogOpen {
             source: sled::Error::Io(e),
             ..

@@ -5,8 +5,9 @@ use trireme_common::{Id, Summary};
 
 use super::*;
 use crate::error::Error;
-use crate::jobs::{Job, JobId, Trigger};
-use crate::policy::BackupMode;
+use crate::jobs::{BackupMode, Job, JobId, Trigger};
+use crate::snapshots::{fill_dependencies, CopyState, SnapshotRecord};
+use crate::sources::{SourceId, SourceRecord};
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -147,8 +148,8 @@ fn transactions_are_all_or_nothing() {
     let s = snapshot(7, "h/x", now);
     let e = c
         .transaction(|tx| {
-            tx.snapshots.insert(&s.id, &s)?;
-            tx.active.insert(&s.source, &JobId::new(now))?;
+            tx.snapshots().insert(&s.id, &s)?;
+            tx.active().insert(&s.source, &JobId::new(now))?;
             Err::<(), _>(abort(Error::not_found("thing", "x")))
         })
         .unwrap_err();
@@ -156,8 +157,8 @@ fn transactions_are_all_or_nothing() {
     assert!(c.snapshots().is_empty());
     assert!(c.active().is_empty());
     c.transaction_durable(|tx| {
-        tx.snapshots.insert(&s.id, &s)?;
-        tx.active.insert(&s.source, &JobId::new(now))
+        tx.snapshots().insert(&s.id, &s)?;
+        tx.active().insert(&s.source, &JobId::new(now))
     })
     .unwrap();
     assert_eq!(c.snapshots().len(), 1);
@@ -207,8 +208,9 @@ fn jobs_iterate_in_creation_order() {
 fn damaged_entries_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let c = Catalog::open(dir.path()).unwrap();
-    c.jobs
-        .sled()
+    c.db()
+        .open_tree("jobs")
+        .unwrap()
         .insert(JobId::new(Utc::now()).0.as_bytes(), &b"\xff\x00junk"[..])
         .unwrap();
     let e = c.jobs().values().unwrap_err().to_string();
@@ -230,7 +232,7 @@ fn a_newer_catalog_format_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
         let c = Catalog::open(dir.path()).unwrap();
-        c.meta
+        c.meta()
             .insert(&"format".to_string(), &(CATALOG_FORMAT + 1))
             .unwrap();
         c.flush().unwrap();
@@ -318,10 +320,11 @@ fn older_snapshot_records_load_and_get_their_dependencies_once() {
         let c = Catalog::open(dir.path()).unwrap();
         // As an older controller left it: no dependencies, not filled yet.
         c.snapshots().insert(&decoded.id, &decoded).unwrap();
-        c.meta.remove(&"dependencies".to_string()).unwrap();
+        c.meta().remove(&"dependencies".to_string()).unwrap();
         c.flush().unwrap();
     }
     let c = Catalog::open(dir.path()).unwrap();
+    assert!(fill_dependencies(&c).unwrap());
     let filled = c.snapshots().get(&new.id).unwrap().unwrap();
     assert_eq!(filled.depends_on.len(), 1);
     assert_eq!(filled.depends_on[0].snapshot, Id([1; 32]));
@@ -330,6 +333,7 @@ fn older_snapshot_records_load_and_get_their_dependencies_once() {
     c.flush().unwrap();
     drop(c);
     let c = Catalog::open(dir.path()).unwrap();
+    assert!(!fill_dependencies(&c).unwrap());
     assert!(c
         .snapshots()
         .get(&new.id)

@@ -6,11 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sled::transaction::TransactionalTree;
 use trireme_common::Id;
-use uuid::Uuid;
 
-use super::{abort, SourceId, TxResult};
+use super::{abort, TxResult};
 use crate::error::{Error, Result};
-use crate::jobs::JobId;
 
 /// A catalog key: its byte encoding orders the way iteration should.
 pub trait Key: Sized {
@@ -30,27 +28,6 @@ impl Key for String {
     }
     fn from_key(bytes: &[u8]) -> Option<Self> {
         String::from_utf8(bytes.to_vec()).ok()
-    }
-}
-
-impl Key for SourceId {
-    fn to_key(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
-    }
-    fn from_key(bytes: &[u8]) -> Option<Self> {
-        std::str::from_utf8(bytes).ok()?.parse().ok()
-    }
-}
-
-impl Key for JobId {
-    fn to_key(&self) -> Vec<u8> {
-        self.0.as_bytes().to_vec()
-    }
-    fn from_key(bytes: &[u8]) -> Option<Self> {
-        Uuid::from_slice(bytes).ok().map(JobId)
-    }
-    fn display_key(bytes: &[u8]) -> String {
-        Self::from_key(bytes).map_or_else(|| hex::encode(bytes), |id| id.to_string())
     }
 }
 
@@ -127,10 +104,6 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tree<K, V> {
             name,
             _types: PhantomData,
         }
-    }
-
-    pub(super) fn sled(&self) -> &sled::Tree {
-        &self.inner
     }
 
     /// The tree's name.

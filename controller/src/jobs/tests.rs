@@ -4,8 +4,10 @@ use chrono::{DateTime, Utc};
 use trireme_common::Id;
 
 use super::*;
-use crate::catalog::SourceRecord;
+use crate::lifecycle::*;
 use crate::policy::{apply_policies, parse_policies};
+use crate::scheduler::FollowUp;
+use crate::sources::SourceRecord;
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -347,7 +349,7 @@ fn completing_records_the_snapshot_with_the_job() {
     for e in [assign(), start()] {
         update_job(&c, &j.id, &e, now).unwrap();
     }
-    let mut snap = crate::catalog::SnapshotRecord {
+    let mut snap = crate::snapshots::SnapshotRecord {
         id: Id([3; 32]),
         source: "host-a/other".parse().unwrap(),
         agent: "host-a".into(),

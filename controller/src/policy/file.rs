@@ -38,9 +38,9 @@ use super::{
     BackupMode, CronExpr, Policy, RestoreTestPolicy, Timezone, DEFAULT_MAX_RETRIES,
     DEFAULT_RESTORE_TEST_SCHEDULE, DEFAULT_RETRY_BACKOFF, MAX_RETRIES_LIMIT,
 };
-use crate::catalog::{validate_name, SourceId};
 use crate::error::{Error, Result};
 use crate::retention::RetentionClass;
+use crate::sources::{validate_name, SourceId};
 
 /// What a policy table holds, appended to errors about fields.
 pub const POLICY_HELP: &str = "a policy file is [[policy]] tables, each with source, schedule and \

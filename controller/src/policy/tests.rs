@@ -3,7 +3,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::catalog::SourceRecord;
+use crate::sources::SourceRecord;
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()

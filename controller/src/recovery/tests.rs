@@ -127,7 +127,7 @@ fn restore_tests_are_settled_against_the_rto() {
                 snapshot: Id([1; 32]),
             },
         ] {
-            jobs::update_job(c, &id, &e, t(at)).unwrap();
+            crate::lifecycle::update_job(c, &id, &e, t(at)).unwrap();
         }
         let mut j = c.jobs().get(&id).unwrap().unwrap();
         j.took_ms = Some((secs * 1000.0) as u64);

@@ -16,7 +16,7 @@ use trireme_common::{
 };
 
 use super::*;
-use crate::catalog::SnapshotRecord;
+use crate::snapshots::SnapshotRecord;
 
 const LOCS: [&str; 3] = ["loc1", "loc2", "loc3"];
 

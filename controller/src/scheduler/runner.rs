@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use super::{apply_in, decide, Decision};
-use crate::catalog::{Catalog, SourceId};
+use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobId};
+use crate::sources::SourceId;
 
 /// Where the scheduler gets the time.
 pub trait Clock: Send + Sync {

@@ -26,10 +26,11 @@ use trireme_proto::v1::{
 
 use super::Shared;
 use crate::attribution::{CheckSite, Refusal};
-use crate::catalog::SourceRecord;
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Progress};
+use crate::lifecycle;
 use crate::policy::BackupMode;
+use crate::sources::SourceRecord;
 
 /// How long a new session may take to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -275,7 +276,7 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
     for job in queued {
         let assignment = assignment(shared, &job)?;
         let assigned = blocking(|| {
-            jobs::update_job(
+            lifecycle::update_job(
                 &shared.catalog,
                 &job.id,
                 &JobEvent::Assign {
@@ -445,8 +446,9 @@ async fn handle_result(
                     })?;
                     let record = checked.record;
                     let snapshot = record.id;
-                    match blocking(|| jobs::complete_job(&shared.catalog, &id, name, &record, now))
-                    {
+                    match blocking(|| {
+                        lifecycle::complete_job(&shared.catalog, &id, name, &record, now)
+                    }) {
                         Err(Error::IllegalTransition { from, .. }) => {
                             if shared.catalog.snapshots().get(&snapshot)?.is_none() {
                                 blocking(|| shared.catalog.record_snapshot(&record))?;
@@ -478,7 +480,7 @@ async fn handle_result(
                         agent: Some(name.to_string()),
                         reason: why,
                     };
-                    match blocking(|| jobs::update_job(&shared.catalog, &id, &event, now)) {
+                    match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, now)) {
                         Ok(_) | Err(Error::IllegalTransition { .. }) => {}
                         Err(e) => return Err(e),
                     }
@@ -490,7 +492,7 @@ async fn handle_result(
             JobKind::Restore { snapshot, .. } => {
                 let snapshot = *snapshot;
                 blocking(|| {
-                    jobs::update_job(
+                    lifecycle::update_job(
                         &shared.catalog,
                         &id,
                         &JobEvent::Succeed {
@@ -526,7 +528,7 @@ async fn handle_result(
             agent: Some(name.to_string()),
             reason: r.error_message.clone(),
         };
-        match blocking(|| jobs::update_job(&shared.catalog, &id, &event, now)) {
+        match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, now)) {
             Ok(u) => {
                 tracing::warn!(job = %id, agent = %name, reason = %r.error_message, follow_up = ?u.follow_up, "job failed");
             }
@@ -593,7 +595,7 @@ fn start(shared: &Shared, id: &JobId, agent: &str, now: DateTime<Utc>) -> Result
     let event = JobEvent::Start {
         agent: agent.to_string(),
     };
-    blocking(|| jobs::update_job(&shared.catalog, id, &event, now)).map(|_| ())
+    blocking(|| lifecycle::update_job(&shared.catalog, id, &event, now)).map(|_| ())
 }
 
 fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgress) -> Result<()> {
@@ -608,12 +610,12 @@ fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgr
         },
     };
     let now = shared.now();
-    match jobs::update_job(&shared.catalog, &id, &event, now) {
+    match lifecycle::update_job(&shared.catalog, &id, &event, now) {
         Ok(_) => {}
         // The first progress report is the agent's "started".
         Err(Error::IllegalTransition { from, .. }) if from == "assigned" => {
             start(shared, &id, agent, now)?;
-            jobs::update_job(&shared.catalog, &id, &event, now)?;
+            lifecycle::update_job(&shared.catalog, &id, &event, now)?;
         }
         // Cancelled or failed meanwhile: the cancel is on its way.
         Err(Error::IllegalTransition { .. }) => return Ok(()),
@@ -694,7 +696,7 @@ fn fail_lost_jobs(shared: &Shared) -> Result<()> {
             agent: None,
             reason: reason.clone(),
         };
-        match blocking(|| jobs::update_job(&shared.catalog, &id, &event, shared.now())) {
+        match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, shared.now())) {
             Ok(u) => {
                 tracing::warn!(job = %id, %agent, follow_up = ?u.follow_up, "{reason}");
                 shared.job_changed(id);
@@ -826,9 +828,9 @@ impl AgentService for AgentApi {
             }
         }
         let settled =
-            blocking(|| jobs::settle_agent(&shared.catalog, &agent, &running, shared.now()))?;
+            blocking(|| lifecycle::settle_agent(&shared.catalog, &agent, &running, shared.now()))?;
         for id in &settled.failed {
-            tracing::warn!(%agent, job = %id, "{}", jobs::AGENT_LOST_JOB_REASON);
+            tracing::warn!(%agent, job = %id, "{}", lifecycle::AGENT_LOST_JOB_REASON);
             shared.job_changed(*id);
         }
         if !settled.failed.is_empty() {
@@ -895,7 +897,7 @@ impl AgentService for AgentApi {
                             let mut vols = s.volumes.lock().unwrap_or_else(|e| e.into_inner());
                             for v in &h.volumes {
                                 if let Ok(id) =
-                                    crate::catalog::SourceId::new(name.clone(), v.source.clone())
+                                    crate::sources::SourceId::new(name.clone(), v.source.clone())
                                 {
                                     vols.insert(
                                         id,
@@ -985,9 +987,9 @@ pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result
     match msg.msg {
         Some(AgentMsg::Hello(h)) => {
             check_claimed_name(agent, &h.agent_name).map_err(|s| s.message().to_string())?;
-            crate::catalog::validate_name("agent name", agent).map_err(|e| e.to_string())?;
+            crate::sources::validate_name("agent name", agent).map_err(|e| e.to_string())?;
             for s in &h.sources {
-                crate::catalog::SourceId::new(agent, s.name.clone()).map_err(|e| e.to_string())?;
+                crate::sources::SourceId::new(agent, s.name.clone()).map_err(|e| e.to_string())?;
             }
             for r in &h.pending_results {
                 let _ = result(r);
@@ -999,7 +1001,7 @@ pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result
         }
         Some(AgentMsg::Heartbeat(h)) => {
             for v in &h.volumes {
-                if let Ok(id) = crate::catalog::SourceId::new(agent, v.source.clone()) {
+                if let Ok(id) = crate::sources::SourceId::new(agent, v.source.clone()) {
                     let vol = super::Volume {
                         path: v.path.clone(),
                         total_bytes: v.total_bytes,

@@ -528,7 +528,7 @@ impl ControllerConfig {
         }
         let mut locations = Vec::new();
         for l in raw.locations {
-            crate::catalog::validate_name("location name", &l.name)
+            crate::sources::validate_name("location name", &l.name)
                 .map_err(|e| bad(e.to_string()))?;
             if locations.iter().any(|x: &LocationConfig| x.name == l.name) {
                 return Err(bad(format!("location {:?} is listed twice", l.name)));

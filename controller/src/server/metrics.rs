@@ -245,7 +245,7 @@ pub fn render(shared: &Shared) -> Result<String> {
             .filter(|s| {
                 !matches!(
                     s.copies.get(&l.name),
-                    Some(crate::catalog::CopyState::Verified { .. })
+                    Some(crate::snapshots::CopyState::Verified { .. })
                 )
             })
             .collect();
@@ -266,7 +266,7 @@ pub fn render(shared: &Shared) -> Result<String> {
         "trireme_source_last_backup_new_bytes",
         "Bytes of new (not deduplicated) chunks in the source's newest snapshot",
     )?;
-    let mut newest: std::collections::BTreeMap<String, &crate::catalog::SnapshotRecord> =
+    let mut newest: std::collections::BTreeMap<String, &crate::snapshots::SnapshotRecord> =
         std::collections::BTreeMap::new();
     for s in &snaps {
         let k = s.source.to_string();

@@ -30,10 +30,12 @@ use trireme_proto::v1::{RebuildCatalogReply, RebuildCatalogRequest};
 
 use super::agents::{blocking, dispatch_soon, send_cancel};
 use super::Shared;
-use crate::catalog::{CopyState, SnapshotRecord, SourceId};
 use crate::error::Error;
 use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Trigger};
+use crate::lifecycle;
 use crate::policy::{self, BackupMode, Policy};
+use crate::snapshots::{CopyState, SnapshotRecord};
+use crate::sources::SourceId;
 use security::mfa_note;
 
 mod security;
@@ -541,7 +543,7 @@ impl OperatorService for OperatorApi {
         let reason = format!("cancelled by {}", id.name);
         let now = self.shared.now();
         let updated = blocking(|| {
-            jobs::update_job(
+            lifecycle::update_job(
                 &self.shared.catalog,
                 &job.id,
                 &JobEvent::Cancel {

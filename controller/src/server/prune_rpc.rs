@@ -20,9 +20,9 @@ use trireme_proto::v1::{PruneLocation, PruneReply, PruneRequest, PruneSnapshot};
 use super::agents::dispatch_soon;
 use super::Shared;
 use crate::audit::Event;
-use crate::catalog::SourceId;
 use crate::error::{Error, Result};
 use crate::prune::{self, LocationOutcome, PruneOutcome, Verdict};
+use crate::sources::SourceId;
 
 /// The audit log's action name of every prune, manual or scheduled.
 pub const ACTION: &str = "prune";

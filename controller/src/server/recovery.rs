@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::catalog::CopyState;
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobId};
 use crate::recovery::{self, kind_rank, DrillRecord, DrillStep, LocationCheck, RestoreTestRecord};
+use crate::snapshots::CopyState;
 
 use super::agents::{blocking, dispatch_soon};
 use super::Shared;
@@ -101,7 +101,7 @@ fn log_result(r: &RestoreTestRecord) {
 /// No policy, no staging target, no snapshot verified everywhere, target busy.
 pub fn run_test_now(
     shared: &Arc<Shared>,
-    source: &crate::catalog::SourceId,
+    source: &crate::sources::SourceId,
     by: &str,
 ) -> Result<Job> {
     let policy = shared

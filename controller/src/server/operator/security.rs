@@ -190,8 +190,12 @@ impl OperatorApi {
                 ..Default::default()
             };
             let mac_key = self.shared.custody.audit_mirror_key();
-            match crate::audit::compare_mirror(self.shared.catalog.audit(), backend, Some(&mac_key))
-                .await
+            match crate::audit::compare_mirror(
+                &self.shared.catalog.audit(),
+                backend,
+                Some(&mac_key),
+            )
+            .await
             {
                 Ok((n, problems)) => {
                     check.entries_compared = n;
