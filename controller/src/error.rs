@@ -149,7 +149,7 @@ pub enum Error {
     /// check (generate a data key, unwrap it, wrap it again).
     #[error("key provider {provider}: {message}")]
     KeyProvider {
-        /// The provider and its key, as [`crate::server::config::KeySource::describe`].
+        /// The provider and its key, as [`crate::config::KeySource::describe`].
         provider: String,
         /// What failed and what to do.
         message: String,

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod catalog;
 pub mod cert_cmd;
 pub mod cli;
+pub mod config;
 pub mod custody;
 pub mod error;
 pub mod jobs;

@@ -53,7 +53,7 @@ pub enum RecoveryError {
     ExternalKms {
         /// `export` or `import`.
         command: &'static str,
-        /// The provider, as [`crate::server::config::KeySource::describe`].
+        /// The provider, as [`crate::config::KeySource::describe`].
         provider: String,
     },
     /// No passphrase was given and there is no terminal to ask on, or the
@@ -79,7 +79,7 @@ type Result<T> = std::result::Result<T, RecoveryError>;
 /// # Errors
 /// [`RecoveryError::ExternalKms`] naming the provider.
 pub fn local_key_file<'a>(
-    source: &'a crate::server::config::KeySource,
+    source: &'a crate::config::KeySource,
     command: &'static str,
 ) -> Result<&'a Path> {
     source.key_file().ok_or_else(|| RecoveryError::ExternalKms {
@@ -367,7 +367,7 @@ mod tests {
 
     #[test]
     fn refused_for_external_kms() {
-        use crate::server::config::KeySource;
+        use crate::config::KeySource;
         use trireme_common::keys::aws_kms::AwsKmsSettings;
         let local = KeySource::Local {
             key_file: "/etc/trireme/master.key".into(),

@@ -32,8 +32,8 @@ use trireme_common::{
 
 use crate::audit::Event;
 use crate::catalog::Catalog;
+use crate::config::LocationConfig;
 use crate::error::{Error, Result};
-use crate::server::LocationConfig;
 
 use collect::{collect, unreachable, Found};
 

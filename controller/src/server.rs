@@ -12,7 +12,6 @@
 //! [`crate::catalog`]).
 
 pub mod agents;
-pub mod config;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
@@ -26,13 +25,12 @@ use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use trireme_common::tls::{Authorizer, HealthService, ReloadingServerConfig};
-use trireme_common::LocalKeyFile;
 use trireme_proto::v1::agent_service_server::AgentServiceServer;
 use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::key_service_server::KeyServiceServer;
 use trireme_proto::v1::operator_service_server::OperatorServiceServer;
 
-pub use config::{ControllerConfig, KeySource, LocationConfig};
+use crate::config::{ControllerConfig, KeySource, LocationConfig};
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
@@ -75,7 +73,7 @@ pub struct Shared {
     pub prune_gate: tokio::sync::RwLock<()>,
     /// Where the master key comes from (`trireme key export` needs the
     /// local key file).
-    pub key_source: config::KeySource,
+    pub key_source: KeySource,
     /// The last index read at each location (key scopes, result checks):
     /// the next read loads only index objects written since.
     pub indexes: tokio::sync::Mutex<
@@ -308,60 +306,6 @@ pub async fn prepare_locations(
     ))
 }
 
-/// The key provider `config` names (the local key file, Vault transit or
-/// AWS KMS), checked: it must generate a data key, unwrap it to the same
-/// bytes, and wrap it again (what backups, restores and key rotation need).
-/// This is the one place that turns key settings into a provider (the
-/// controller, its offline commands and key rotation all go through it).
-///
-/// # Errors
-/// [`Error::KeyProvider`] naming the provider, what failed and what to do:
-/// a missing, too open or malformed key or token file, an unreachable KMS,
-/// a refused call.
-pub async fn key_provider(config: &ControllerConfig) -> Result<trireme_common::DynKeyProvider> {
-    use trireme_common::keys::{aws_kms::AwsKms, vault::VaultTransit};
-    let source = &config.key_source;
-    let fail = |message: String| Error::KeyProvider {
-        provider: source.describe(),
-        message,
-    };
-    let provider: trireme_common::DynKeyProvider = match source {
-        KeySource::Local { key_file } => {
-            Arc::new(LocalKeyFile::load(key_file).map_err(|e| fail(e.to_string()))?)
-        }
-        KeySource::VaultTransit(s) => {
-            Arc::new(VaultTransit::new(s.clone()).map_err(|e| fail(e.to_string()))?)
-        }
-        KeySource::AwsKms(s) => Arc::new(
-            AwsKms::new(s.clone())
-                .await
-                .map_err(|e| fail(e.to_string()))?,
-        ),
-    };
-    self_check(&provider).await.map_err(|e| {
-        fail(format!(
-            "the start-up check (generate a data key, unwrap it, wrap it again) failed: {e}. \
-             The controller does not start without a working master key (docs/security.md, \"Key providers\")"
-        ))
-    })?;
-    tracing::info!(provider = %source.describe(), "master key provider ready");
-    Ok(provider)
-}
-
-/// Generate → unwrap → wrap → unwrap, comparing the keys.
-async fn self_check(p: &trireme_common::DynKeyProvider) -> trireme_common::Result<()> {
-    let (key, wrapped) = p.generate().await?;
-    let back = p.unwrap(&wrapped).await?;
-    let rewrapped = p.wrap(&key).await?;
-    let again = p.unwrap(&rewrapped).await?;
-    if back.as_bytes() != key.as_bytes() || again.as_bytes() != key.as_bytes() {
-        return Err(trireme_common::Error::Key(
-            "the provider unwrapped a data key to other bytes than it generated".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// Puts connections refused at the TLS handshake (no certificate, another
 /// CA, expired, revoked, too slow) into the audit chain: the first of each
 /// peer address and reason per minute, then one entry with how many more
@@ -420,7 +364,7 @@ pub async fn run(
     config: ControllerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let provider = key_provider(&config).await?;
+    let provider = config.key_source.build().await?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
         source: e,

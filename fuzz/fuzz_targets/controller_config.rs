@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use trireme_controller::server::config::ControllerConfig;
+use trireme_controller::config::ControllerConfig;
 
 fuzz_target!(|data: &[u8]| {
     let text = trireme_fuzz::text(data);

@@ -10,8 +10,9 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use trireme_common::LocalKeyFile;
 use trireme_controller::audit::{self, Event};
+use trireme_controller::config::ControllerConfig;
 use trireme_controller::recovery_key as recovery;
-use trireme_controller::server::{self, ControllerConfig};
+use trireme_controller::server;
 use trireme_controller::Catalog;
 
 /// Trireme controller: schedules backups on the agents, keeps the catalog,
@@ -359,7 +360,7 @@ fn audit_verify(data_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::R
         // The mirrors' MAC key comes from the controller key in the catalog
         // (unwrapped with the configured key provider).
         let mac_key = rt.block_on(async {
-            let provider = server::key_provider(&c).await?;
+            let provider = c.key_source.build().await?;
             trireme_controller::custody::audit_mirror_key(&catalog, &provider).await
         })?;
         if mac_key.is_none() {
@@ -448,8 +449,8 @@ fn key_rotate(config: &Path, new_config: &Path, skip: &[String]) -> anyhow::Resu
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let old = server::key_provider(&old_cfg).await?;
-        let new = server::key_provider(&new_cfg).await?;
+        let old = old_cfg.key_source.build().await?;
+        let new = new_cfg.key_source.build().await?;
         trireme_controller::rotation::rotate(trireme_controller::rotation::RotateRequest {
             catalog: &catalog,
             locations: &old_cfg.locations,
@@ -519,7 +520,7 @@ fn key_verify(config: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let report = rt.block_on(async {
-        let provider = server::key_provider(&cfg).await?;
+        let provider = cfg.key_source.build().await?;
         trireme_controller::rotation::verify(
             &catalog,
             &cfg.locations,

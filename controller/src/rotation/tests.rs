@@ -5,7 +5,7 @@ use trireme_common::{
 };
 
 use super::*;
-use crate::server::ControllerConfig;
+use crate::config::ControllerConfig;
 
 struct Setup {
     dir: tempfile::TempDir,

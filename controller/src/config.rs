@@ -1,4 +1,6 @@
-//! The controller's configuration file (TOML).
+//! The controller's configuration file (TOML): typed, validated, and
+//! importable by domain code (it depends on nothing of the controller but
+//! its error type).
 //!
 //! ```toml
 //! listen = "0.0.0.0:7443"
@@ -36,12 +38,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use trireme_common::keys::aws_kms::AwsKmsSettings;
-use trireme_common::keys::vault::VaultSettings;
 use trireme_common::tls::TlsFiles;
 use trireme_common::Location;
 
 use crate::error::{Error, Result};
+
+mod key_provider;
+
+pub use key_provider::KeySource;
+use key_provider::RawKeyService;
 
 /// A validated controller configuration.
 #[derive(Debug, Clone)]
@@ -72,70 +77,6 @@ pub struct ControllerConfig {
     /// `[retention] prune_every`: apply retention (`trireme prune`) this
     /// often on its own; unset: only when an operator runs it.
     pub prune_every: Option<Duration>,
-}
-
-/// Where the controller's master key lives (`key_file` or `[key_service]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// A master key file on this host (`key_file`).
-    Local {
-        /// The key file.
-        key_file: PathBuf,
-    },
-    /// HashiCorp Vault's transit engine (`provider = "vault-transit"`).
-    VaultTransit(VaultSettings),
-    /// AWS KMS (`provider = "aws-kms"`).
-    AwsKms(AwsKmsSettings),
-}
-
-impl KeySource {
-    /// The `provider` name: `local`, `vault-transit` or `aws-kms`.
-    pub fn provider(&self) -> &'static str {
-        match self {
-            KeySource::Local { .. } => "local",
-            KeySource::VaultTransit(_) => "vault-transit",
-            KeySource::AwsKms(_) => "aws-kms",
-        }
-    }
-
-    /// The key file, for the local provider only.
-    pub fn key_file(&self) -> Option<&Path> {
-        match self {
-            KeySource::Local { key_file } => Some(key_file),
-            _ => None,
-        }
-    }
-
-    /// One line for operators, e.g. `aws-kms: key alias/trireme in eu-west-1`.
-    pub fn describe(&self) -> String {
-        match self {
-            KeySource::Local { key_file } => format!("local: key file {}", key_file.display()),
-            KeySource::VaultTransit(v) => format!(
-                "vault-transit: key {} at {} (mount {}{}), token from {}",
-                v.key,
-                v.address,
-                v.mount,
-                v.namespace
-                    .as_deref()
-                    .map(|n| format!(", namespace {n}"))
-                    .unwrap_or_default(),
-                v.token_file.display()
-            ),
-            KeySource::AwsKms(a) => format!(
-                "aws-kms: key {} in {}{}, credentials from {}",
-                a.key_id,
-                a.region,
-                a.endpoint
-                    .as_deref()
-                    .map(|e| format!(" (endpoint {e})"))
-                    .unwrap_or_default(),
-                a.credentials_file.as_ref().map_or_else(
-                    || "the SDK's default chain".to_string(),
-                    |f| f.display().to_string()
-                )
-            ),
-        }
-    }
 }
 
 /// One location.
@@ -196,182 +137,6 @@ struct RawMfa {
     /// The first back-off after `max_failures` wrong codes; each one in a
     /// row doubles, up to an hour (default "5m").
     backoff: Option<String>,
-}
-
-/// `[key_service]`: every provider's settings; which apply is checked per
-/// provider so a setting of another provider is named as such.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeyService {
-    /// `local`, `vault-transit` or `aws-kms`.
-    provider: String,
-    /// vault-transit: `https://vault.example.com:8200`.
-    address: Option<String>,
-    /// vault-transit: the transit engine's mount (default `transit`).
-    mount: Option<String>,
-    /// vault-transit: the transit key's name.
-    key: Option<String>,
-    /// vault-transit: a file (mode 0600) holding the token.
-    token_file: Option<PathBuf>,
-    /// vault-transit: `X-Vault-Namespace`.
-    namespace: Option<String>,
-    /// vault-transit: PEM CA certificates for https (else the system roots).
-    ca_file: Option<PathBuf>,
-    /// aws-kms: key id, key ARN, `alias/NAME` or alias ARN.
-    key_id: Option<String>,
-    /// aws-kms: the key's region.
-    region: Option<String>,
-    /// aws-kms: another endpoint (VPC endpoint).
-    endpoint: Option<String>,
-    /// aws-kms: credentials file (mode 0600); else the SDK's default chain.
-    credentials_file: Option<PathBuf>,
-    /// vault-transit and aws-kms: how long one attempt may take (default 10s).
-    timeout: Option<String>,
-    /// vault-transit and aws-kms: accept a plain `http://` address or
-    /// endpoint (default false; the replies carry plaintext data keys).
-    allow_http: Option<bool>,
-}
-
-const VAULT_KEYS: &[&str] = &[
-    "address",
-    "mount",
-    "key",
-    "token_file",
-    "namespace",
-    "ca_file",
-    "timeout",
-    "allow_http",
-];
-const AWS_KEYS: &[&str] = &[
-    "key_id",
-    "region",
-    "endpoint",
-    "credentials_file",
-    "timeout",
-    "allow_http",
-];
-
-impl RawKeyService {
-    /// The settings given, by name.
-    fn given(&self) -> Vec<&'static str> {
-        [
-            ("address", self.address.is_some()),
-            ("mount", self.mount.is_some()),
-            ("key", self.key.is_some()),
-            ("token_file", self.token_file.is_some()),
-            ("namespace", self.namespace.is_some()),
-            ("ca_file", self.ca_file.is_some()),
-            ("key_id", self.key_id.is_some()),
-            ("region", self.region.is_some()),
-            ("endpoint", self.endpoint.is_some()),
-            ("credentials_file", self.credentials_file.is_some()),
-            ("timeout", self.timeout.is_some()),
-            ("allow_http", self.allow_http.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(n, set)| set.then_some(n))
-        .collect()
-    }
-
-    /// The typed key source; `key_file` is the top-level setting, `abs`
-    /// anchors relative paths.
-    fn resolve(
-        self,
-        key_file: Option<PathBuf>,
-        abs: impl Fn(&Path) -> PathBuf,
-    ) -> std::result::Result<KeySource, String> {
-        let allowed: &[&str] = match self.provider.as_str() {
-            "local" => &[],
-            "vault-transit" => VAULT_KEYS,
-            "aws-kms" => AWS_KEYS,
-            other => {
-                return Err(format!(
-                    "[key_service] provider = {other:?} is not a key provider: write \"local\" (with key_file), \"vault-transit\" or \"aws-kms\""
-                ))
-            }
-        };
-        if let Some(extra) = self.given().into_iter().find(|n| !allowed.contains(n)) {
-            let owner = match (VAULT_KEYS.contains(&extra), AWS_KEYS.contains(&extra)) {
-                (true, false) => "a vault-transit setting",
-                (false, true) => "an aws-kms setting",
-                _ => "a setting of the external providers",
-            };
-            return Err(format!(
-                "[key_service] provider = {:?} does not take `{extra}` ({owner}); it takes {}",
-                self.provider,
-                if allowed.is_empty() {
-                    "nothing else: the local provider's key file is the top-level key_file"
-                        .to_string()
-                } else {
-                    allowed.join(", ")
-                }
-            ));
-        }
-        if self.provider == "local" {
-            return match key_file {
-                Some(key_file) => Ok(KeySource::Local { key_file }),
-                None => Err(
-                    "[key_service] provider = \"local\" needs the top-level key_file = \"/etc/trireme/master.key\" (create it with `trireme-controller keygen --key-file ...`)".into(),
-                ),
-            };
-        }
-        if let Some(f) = key_file {
-            return Err(format!(
-                "both key_file ({}) and [key_service] provider = {:?} are set: the controller has exactly one master key; \
-                 remove key_file to use {}, or remove [key_service] to keep the local key file",
-                f.display(),
-                self.provider,
-                self.provider
-            ));
-        }
-        let timeout = match &self.timeout {
-            None => std::time::Duration::from_secs(10),
-            Some(t) => humantime::parse_duration(t)
-                .map_err(|e| format!("[key_service] timeout = {t:?}: {e}; write e.g. \"10s\""))?,
-        };
-        let need = |name: &str, v: Option<String>, example: &str| {
-            v.ok_or_else(|| {
-                format!(
-                    "[key_service] provider = {:?} needs {name}, e.g. {name} = {example}",
-                    self.provider
-                )
-            })
-        };
-        let source = if self.provider == "vault-transit" {
-            let address = need(
-                "address",
-                self.address.clone(),
-                "\"https://vault.example.com:8200\"",
-            )?;
-            let key = need("key", self.key.clone(), "\"trireme\"")?;
-            let token_file = need(
-                "token_file",
-                self.token_file.as_ref().map(|p| p.display().to_string()),
-                "\"/etc/trireme/vault.token\"",
-            )?;
-            let mut v = VaultSettings::new(&address, &key, &abs(Path::new(&token_file)));
-            if let Some(m) = self.mount {
-                v.mount = m;
-            }
-            v.namespace = self.namespace;
-            v.ca_file = self.ca_file.as_deref().map(&abs);
-            v.timeout = timeout;
-            v.allow_http = self.allow_http.unwrap_or(false);
-            v.validate().map_err(|e| format!("[key_service] {e}"))?;
-            KeySource::VaultTransit(v)
-        } else {
-            let key_id = need("key_id", self.key_id.clone(), "\"alias/trireme\"")?;
-            let region = need("region", self.region.clone(), "\"eu-west-1\"")?;
-            let mut a = AwsKmsSettings::new(&key_id, &region);
-            a.endpoint = self.endpoint;
-            a.credentials_file = self.credentials_file.as_deref().map(&abs);
-            a.timeout = timeout;
-            a.allow_http = self.allow_http.unwrap_or(false);
-            a.validate().map_err(|e| format!("[key_service] {e}"))?;
-            KeySource::AwsKms(a)
-        };
-        Ok(source)
-    }
 }
 
 #[derive(Deserialize, Default)]
@@ -927,27 +692,27 @@ url = "file:///tmp/x"
             (
                 "",
                 "[key_service]\nprovider = \"gcp\"\n",
-                &["\"gcp\" is not a key provider"][..],
+                &["unknown variant `gcp`", "`vault-transit`", "`aws-kms`"][..],
             ),
             (
                 "",
                 &format!("{aws}token_file = \"t\"\n"),
-                &["does not take `token_file`", "a vault-transit setting"][..],
+                &["unknown field `token_file`", "expected one of `key_id`"][..],
             ),
             (
                 "",
                 &format!("{vault}region = \"x\"\n"),
-                &["does not take `region`", "an aws-kms setting"][..],
+                &["unknown field `region`", "expected one of `address`"][..],
             ),
             (
                 "",
                 &aws.replace("region = \"eu-west-1\"\n", ""),
-                &["needs region"][..],
+                &["missing field `region`"][..],
             ),
             (
                 "",
                 &vault.replace("token_file = \"t\"\n", ""),
-                &["needs token_file"][..],
+                &["missing field `token_file`"][..],
             ),
             (
                 "",
@@ -974,7 +739,7 @@ url = "file:///tmp/x"
             (
                 "key_file = \"k\"",
                 "[key_service]\nprovider = \"local\"\nallow_http = true\n",
-                &["does not take `allow_http`"][..],
+                &["unknown field `allow_http`"][..],
             ),
             ("", &format!("{aws}tokenfile = \"t\"\n"), &["tokenfile"][..]),
         ] {
