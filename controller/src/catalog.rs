@@ -182,6 +182,12 @@ pub struct SourceRecord {
     pub details: BTreeMap<String, String>,
     /// When the agent last reported this source.
     pub last_seen: DateTime<Utc>,
+    /// Where a DR drill restores it, lower first, as the agent's integration
+    /// describes its kind (see `recovery::drill_rank`). None when the agent
+    /// did not say (agents older than this field, sources rebuilt from the
+    /// repository): the drill restores those last.
+    #[serde(default)]
+    pub drill_rank: Option<u32>,
 }
 
 /// The state of a snapshot's copy at one location.
