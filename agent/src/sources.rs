@@ -204,7 +204,8 @@ struct Common {
     smoke_test: Vec<String>,
 }
 
-/// The keys of [`Common`]; the rest of a table is the kind's.
+/// The keys every `[[source]]` table may have; the rest of a table is the
+/// kind's.
 pub const COMMON_KEYS: &[&str] = &[
     "name",
     "kind",
