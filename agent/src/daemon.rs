@@ -20,7 +20,9 @@ use trireme_common::Role;
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_client::AgentServiceClient;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
-use trireme_proto::v1::{AgentMessage, Heartbeat, Hello, RegisterRequest, SourceInfo};
+use trireme_proto::v1::{
+    AgentMessage, Heartbeat, Hello, RegisterRequest, SourceInfo, SourceKindInfo,
+};
 
 pub use config::AgentConfig;
 use runner::Runner;
@@ -118,6 +120,8 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The sources as registered: each with its kind's description, so the
+/// controller need not know kinds.
 fn sources(config: &AgentConfig) -> Vec<SourceInfo> {
     config
         .sources
@@ -126,6 +130,9 @@ fn sources(config: &AgentConfig) -> Vec<SourceInfo> {
             name: s.name.clone(),
             kind: s.kind().to_string(),
             details: s.details().into_iter().collect(),
+            kind_info: Some(SourceKindInfo {
+                drill_rank: s.spec.kind().drill_rank,
+            }),
         })
         .collect()
 }

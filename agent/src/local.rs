@@ -34,7 +34,7 @@ pub struct BackupArgs {
     #[arg(long)]
     source: String,
     /// Source kind recorded in the snapshot.
-    #[arg(long, default_value = "volume")]
+    #[arg(long, default_value = crate::sources::volume::KIND.name)]
     kind: String,
     /// Host name recorded in the snapshot (default: this machine's).
     #[arg(long)]

@@ -12,6 +12,10 @@
 //!
 //! Every kind restores to a plain directory too (the files the backup holds),
 //! so a snapshot can be inspected or moved by hand.
+//!
+//! Each kind is one module implementing [`Source`] on its parsed
+//! configuration, with a [`Kind`] (its name, drill rank and parser) listed
+//! once in [`KINDS`]; nothing outside the kind's module matches on kinds.
 
 pub mod command;
 pub mod kafka;
@@ -20,7 +24,9 @@ pub mod process;
 pub mod redis;
 mod resp;
 pub mod tidb;
+pub mod volume;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -28,14 +34,116 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
 use trireme_common::{
-    BackupInput, BackupOptions, ContentKind, IndexedRepo, Progress, RestoreLedger, RestoreOptions,
-    Snapshot,
+    BackupOptions, ContentKind, IndexedRepo, Progress, RestoreLedger, RestoreOptions, Snapshot,
 };
 
-/// Source kinds this agent can back up.
-pub const KINDS: &[&str] = &["volume", "kafka", "command", "redis", "mongodb", "tidb"];
+/// Every kind this agent supports, in the order the "not supported" error
+/// lists them: the one place that names them all. Config parsing,
+/// registration and job dispatch go through it (or through the [`Source`]
+/// a kind's parser returns). To add a kind, write a module with a
+/// [`Source`] implementation and a `static KIND: Kind`, and add that
+/// `KIND` here.
+pub static KINDS: &[&Kind] = &[
+    &volume::KIND,
+    &kafka::KIND,
+    &command::KIND,
+    &redis::KIND,
+    &mongodb::KIND,
+    &tidb::KIND,
+];
+
+/// The kind named `name`, if this agent supports it.
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().copied().find(|k| k.name == name)
+}
+
+/// A kind of source: its name, what it tells the controller about itself,
+/// and how its part of a `[[source]]` table is read.
+#[derive(Debug)]
+pub struct Kind {
+    /// The `kind` key's value, e.g. `redis`.
+    pub name: &'static str,
+    /// The order a DR drill restores sources of this kind in, lower first:
+    /// what others depend on first, caches last (reported to the controller
+    /// with each source; see [`drill_rank`]).
+    pub drill_rank: u32,
+    /// Read the kind's keys (the table without the keys every source has,
+    /// [`COMMON_KEYS`]); relative paths are relative to the path given.
+    /// Errors name the key; the caller adds which source it is.
+    pub parse: fn(toml::Table, &Path) -> Result<Arc<dyn Source>>,
+}
+
+/// Drill ranks ([`Kind::drill_rank`]), spaced so that a new kind can go
+/// between two others without renumbering (agents of different versions
+/// report to one controller).
+pub mod drill_rank {
+    /// The database of record (TiDB): everything else may refer to it.
+    pub const DATABASE_OF_RECORD: u32 = 10;
+    /// Other databases (MongoDB).
+    pub const DATABASE: u32 = 20;
+    /// Logs and queues (Kafka).
+    pub const LOG: u32 = 30;
+    /// Caches, rebuilt from the above (Redis).
+    pub const CACHE: u32 = 40;
+    /// Plain files and program dumps, which nothing is known to depend on.
+    pub const OTHER: u32 = 50;
+}
+
+/// One configured source of some kind: what each kind does where the
+/// agent used to match over kinds. A kind's module implements it on its
+/// parsed configuration; [`backup`], [`restore`] and [`restore_job`] add
+/// what every kind shares (hooks, timeouts, smoke tests, the restore test's
+/// clean-up) around it.
+#[async_trait]
+pub trait Source: Any + std::fmt::Debug + Send + Sync {
+    /// Its kind.
+    fn kind(&self) -> &'static Kind;
+
+    /// Facts shown to operators (`trireme sources ls`); never secrets.
+    fn details(&self) -> BTreeMap<String, String>;
+
+    /// The directory whose filesystem holds the datastore's data (or the
+    /// staging area), to watch its usage; none when the agent cannot see it.
+    fn data_path(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Back up the datastore into `repo` as a snapshot, recording its
+    /// position (counts, samples, backup TS) for the restore's checks.
+    /// `name` is the source's name, for messages.
+    ///
+    /// # Errors
+    /// The datastore's or its tool's failure, or the repository's.
+    async fn backup(
+        &self,
+        name: &str,
+        repo: &IndexedRepo,
+        req: BackupRequest,
+        job: &JobContext,
+    ) -> Result<Snapshot>;
+
+    /// Restore `snap` (a snapshot of this kind) into this source's
+    /// datastore, then check the result against what the backup recorded
+    /// (counts, sampled values, checksums, a check program's output): the
+    /// check is part of the restore because for several kinds it reads what
+    /// the restore tool reported. What is created as files is recorded in
+    /// `ledger`, when given.
+    ///
+    /// # Errors
+    /// A target that is not ready (not empty, missing settings), the
+    /// restore tool's failure, or a check that does not match the backup.
+    async fn restore(
+        &self,
+        name: &str,
+        repo: &IndexedRepo,
+        snap: &Snapshot,
+        job: &JobContext,
+        ledger: Option<&Arc<RestoreLedger>>,
+    ) -> Result<RestoreReport>;
+}
 
 /// One source of this host, as configured.
 #[derive(Debug, Clone)]
@@ -43,7 +151,7 @@ pub struct SourceConfig {
     /// Unique on this agent.
     pub name: String,
     /// What it is and how to reach it.
-    pub spec: SourceSpec,
+    pub spec: Arc<dyn Source>,
     /// Run before a backup (argv); a failure fails the job.
     pub pre_hook: Vec<String>,
     /// Run after a backup, also after a failed one (argv).
@@ -56,9 +164,9 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    /// The kind, e.g. `redis`.
+    /// The kind's name, e.g. `redis`.
     pub fn kind(&self) -> &'static str {
-        self.spec.kind()
+        self.spec.kind().name
     }
 
     /// Facts shown to operators (`trireme sources ls`); never secrets.
@@ -72,68 +180,12 @@ impl SourceConfig {
         }
         d
     }
-}
 
-/// A plain directory.
-#[derive(Debug, Clone)]
-pub struct VolumeSpec {
-    /// The directory.
-    pub path: PathBuf,
-}
-
-/// What a source is, per kind.
-#[derive(Debug, Clone)]
-pub enum SourceSpec {
-    /// Any directory (PD, TiKV raw volumes, uploads, ...).
-    Volume(VolumeSpec),
-    /// A Kafka log directory.
-    Kafka(kafka::KafkaSpec),
-    /// A dump program and its restore counterpart.
-    Command(command::CommandSpec),
-    /// A Redis instance.
-    Redis(redis::RedisSpec),
-    /// A MongoDB deployment, through mongodump/mongorestore.
-    Mongodb(mongodb::MongoSpec),
-    /// A TiDB cluster, through BR.
-    Tidb(tidb::TidbSpec),
-}
-
-impl SourceSpec {
-    /// The kind's name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceSpec::Volume(_) => "volume",
-            SourceSpec::Kafka(_) => "kafka",
-            SourceSpec::Command(_) => "command",
-            SourceSpec::Redis(_) => "redis",
-            SourceSpec::Mongodb(_) => "mongodb",
-            SourceSpec::Tidb(_) => "tidb",
-        }
-    }
-
-    /// The directory whose filesystem holds the datastore's data (or the
-    /// staging area), to watch its usage; none when the agent cannot see it.
-    pub fn data_path(&self) -> Option<&Path> {
-        match self {
-            SourceSpec::Volume(v) => Some(&v.path),
-            SourceSpec::Kafka(k) => Some(&k.path),
-            SourceSpec::Redis(r) => r.data_dir.as_deref(),
-            SourceSpec::Tidb(t) => Some(&t.staging_dir),
-            SourceSpec::Command(_) | SourceSpec::Mongodb(_) => None,
-        }
-    }
-
-    fn details(&self) -> BTreeMap<String, String> {
-        match self {
-            SourceSpec::Volume(v) => {
-                BTreeMap::from([("path".to_string(), v.path.display().to_string())])
-            }
-            SourceSpec::Kafka(k) => k.details(),
-            SourceSpec::Command(c) => c.details(),
-            SourceSpec::Redis(r) => r.details(),
-            SourceSpec::Mongodb(m) => m.details(),
-            SourceSpec::Tidb(t) => t.details(),
-        }
+    /// The kind's own configuration, when it is a `T` (e.g.
+    /// [`redis::RedisSpec`]).
+    pub fn spec_as<T: Source>(&self) -> Option<&T> {
+        let any: &dyn Any = &*self.spec;
+        any.downcast_ref()
     }
 }
 
@@ -152,7 +204,9 @@ struct Common {
     smoke_test: Vec<String>,
 }
 
-const COMMON_KEYS: &[&str] = &[
+/// The keys every `[[source]]` table may have; the rest of a table is the
+/// kind's.
+pub const COMMON_KEYS: &[&str] = &[
     "name",
     "kind",
     "pre_hook",
@@ -171,34 +225,14 @@ pub fn parse_source(table: toml::Table, base: &Path) -> Result<SourceConfig> {
         .partition(|(k, _)| COMMON_KEYS.contains(&k.as_str()));
     let c: Common = common.try_into().context("[[source]]")?;
     let name = c.name;
-    let ctx = || format!("source {name:?} ({})", c.kind);
-    let spec = match c.kind.as_str() {
-        "volume" => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Raw {
-                path: Option<PathBuf>,
-            }
-            let r: Raw = rest.try_into().with_context(ctx)?;
-            let path = r
-                .path
-                .with_context(|| format!("{}: needs `path`, the directory to back up", ctx()))?;
-            SourceSpec::Volume(VolumeSpec {
-                path: absolute(base, &path),
-            })
-        }
-        "kafka" => SourceSpec::Kafka(kafka::KafkaSpec::parse(rest, base).with_context(ctx)?),
-        "command" => {
-            SourceSpec::Command(command::CommandSpec::parse(rest, base).with_context(ctx)?)
-        }
-        "redis" => SourceSpec::Redis(redis::RedisSpec::parse(rest, base).with_context(ctx)?),
-        "mongodb" => SourceSpec::Mongodb(mongodb::MongoSpec::parse(rest, base).with_context(ctx)?),
-        "tidb" => SourceSpec::Tidb(tidb::TidbSpec::parse(rest, base).with_context(ctx)?),
-        other => bail!(
-            "source {name:?}: kind {other:?} is not supported by this agent (supported: {})",
-            KINDS.join(", ")
-        ),
+    let Some(kind) = kind(&c.kind) else {
+        bail!(
+            "source {name:?}: kind {:?} is not supported by this agent (supported: {})",
+            c.kind,
+            KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        );
     };
+    let spec = (kind.parse)(rest, base).with_context(|| format!("source {name:?} ({})", c.kind))?;
     let timeout = match &c.timeout {
         None => Duration::from_secs(24 * 3600),
         Some(s) => parse_duration(s).with_context(|| format!("source {name:?}: timeout"))?,
@@ -286,7 +320,7 @@ pub async fn backup(
     let pre = process::run_hook(&source.pre_hook, "pre_hook", name, job.hook_timeout).await;
     let result = match pre {
         Err(e) => Err(e),
-        Ok(()) => tokio::time::timeout(source.timeout, backup_kind(source, repo, req, job))
+        Ok(()) => tokio::time::timeout(source.timeout, source.spec.backup(name, repo, req, job))
             .await
             .unwrap_or_else(|_| {
                 Err(anyhow::anyhow!(
@@ -304,26 +338,6 @@ pub async fn backup(
         )
     })?;
     Ok(snap)
-}
-
-async fn backup_kind(
-    source: &SourceConfig,
-    repo: &IndexedRepo,
-    req: BackupRequest,
-    job: &JobContext,
-) -> Result<Snapshot> {
-    let BackupRequest { mut opts, parent } = req;
-    match &source.spec {
-        SourceSpec::Volume(v) => {
-            opts.parent = parent.map(|p| p.id);
-            Ok(repo.backup(BackupInput::Tree(v.path.clone()), opts).await?)
-        }
-        SourceSpec::Kafka(k) => k.backup(repo, opts, parent).await,
-        SourceSpec::Command(c) => c.backup(&source.name, repo, opts).await,
-        SourceSpec::Redis(r) => r.backup(&source.name, repo, opts).await,
-        SourceSpec::Mongodb(m) => m.backup(&source.name, repo, opts).await,
-        SourceSpec::Tidb(t) => t.backup(&source.name, repo, opts, parent, job).await,
-    }
 }
 
 /// Where a restore goes.
@@ -385,16 +399,10 @@ async fn restore_recorded(
                     source.kind()
                 );
             }
-            match &source.spec {
-                SourceSpec::Volume(v) => {
-                    restore_to_path(repo, snap, &v.path, &job.progress, ledger).await
-                }
-                SourceSpec::Kafka(k) => k.restore(repo, snap, &job.progress, ledger).await,
-                SourceSpec::Command(c) => c.restore(&source.name, repo, snap, job).await,
-                SourceSpec::Redis(r) => r.restore(&source.name, repo, snap, job).await,
-                SourceSpec::Mongodb(m) => m.restore(&source.name, repo, snap, job).await,
-                SourceSpec::Tidb(t) => t.restore(&source.name, repo, snap, job).await,
-            }
+            source
+                .spec
+                .restore(&source.name, repo, snap, job, ledger)
+                .await
         }
     }
 }

@@ -102,27 +102,29 @@ fn agent_platform_example_parses() {
     assert_eq!(timeout("tidb"), 12 * 3600);
     assert_eq!(timeout("kafka"), 24 * 3600, "the default");
 
-    let redis_staging = match &c.source("redis-staging").unwrap().spec {
-        trireme_agent::sources::SourceSpec::Redis(r) => r.clone(),
-        other => panic!("{other:?}"),
-    };
+    let redis_staging = c
+        .source("redis-staging")
+        .unwrap()
+        .spec_as::<trireme_agent::sources::redis::RedisSpec>()
+        .unwrap()
+        .clone();
     assert_eq!(
         redis_staging.start_hook,
         ["docker", "start", "redis-staging"]
     );
     assert_eq!(redis_staging.ready_timeout.as_secs(), 600);
-    match &c.source("mongo-staging").unwrap().spec {
-        trireme_agent::sources::SourceSpec::Mongodb(m) => assert_eq!(m.restore_args, ["--drop"]),
-        other => panic!("{other:?}"),
-    }
-    match &c.source("pg-app").unwrap().spec {
-        trireme_agent::sources::SourceSpec::Command(cmd) => {
-            assert_eq!(cmd.backup, ["pg_dump", "--format=custom", "--dbname=app"]);
-            assert_eq!(cmd.stream_name, "app.dump");
-            assert_eq!(cmd.env["PGHOST"], "postgres");
-        }
-        other => panic!("{other:?}"),
-    }
+    let mongo = c.source("mongo-staging").unwrap();
+    let m = mongo
+        .spec_as::<trireme_agent::sources::mongodb::MongoSpec>()
+        .unwrap_or_else(|| panic!("{:?}", mongo.spec));
+    assert_eq!(m.restore_args, ["--drop"]);
+    let pg = c.source("pg-app").unwrap();
+    let cmd = pg
+        .spec_as::<trireme_agent::sources::command::CommandSpec>()
+        .unwrap_or_else(|| panic!("{:?}", pg.spec));
+    assert_eq!(cmd.backup, ["pg_dump", "--format=custom", "--dbname=app"]);
+    assert_eq!(cmd.stream_name, "app.dump");
+    assert_eq!(cmd.env["PGHOST"], "postgres");
 }
 
 /// The commented-out variants parse too once uncommented (the offline

@@ -669,6 +669,7 @@ fn sources() -> Vec<SourceInfo> {
         name: SOURCE.into(),
         kind: "volume".into(),
         details: [("path".to_string(), "/srv/data".to_string())].into(),
+        ..Default::default()
     }]
 }
 

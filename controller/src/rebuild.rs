@@ -165,6 +165,7 @@ pub async fn rebuild(
             kind: m.source_kind.clone(),
             details: BTreeMap::new(),
             last_seen: time,
+            drill_rank: None,
         });
         if time > entry.last_seen {
             entry.last_seen = time;

@@ -23,7 +23,7 @@ use crate::jobs::{self, Job, JobId, JobKind, JobState, RestorePurpose};
 use crate::policy::Policy;
 use crate::replication::verified_copies;
 use crate::snapshots::{CopyState, SnapshotRecord};
-use crate::sources::SourceId;
+use crate::sources::{SourceId, SourceRecord};
 
 /// One restore test or drill step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,7 +358,7 @@ pub fn due_tests(catalog: &Catalog, now: DateTime<Utc>) -> Result<Vec<Policy>> {
 pub struct DrillStep {
     /// The source.
     pub source: SourceId,
-    /// Its kind (orders the drill).
+    /// Its kind, as its agent reported it (shown in the report).
     pub kind: String,
     /// The restore job (none when it could not start).
     pub job: Option<JobId>,
@@ -427,16 +427,14 @@ impl DrillRecord {
     }
 }
 
-/// The order sources are restored in a drill: the database of record
-/// first, caches last.
-pub fn kind_rank(kind: &str) -> u8 {
-    match kind {
-        "tidb" => 0,
-        "mongodb" => 1,
-        "kafka" => 2,
-        "redis" => 3,
-        _ => 4,
-    }
+/// Where a source comes in a drill, lower first: the rank its agent gave
+/// its kind (the database of record first, caches last; the controller
+/// knows no kinds itself). A source whose agent gave none (an agent older
+/// than `SourceKindInfo`, a source rebuilt from the repository, or one no
+/// longer registered) comes after all others, as a kind nothing depends
+/// on; ties go by source name.
+pub fn drill_rank(source: Option<&SourceRecord>) -> u32 {
+    source.and_then(|s| s.drill_rank).unwrap_or(u32::MAX)
 }
 
 fn mark(ok: bool) -> &'static str {

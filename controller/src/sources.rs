@@ -129,7 +129,8 @@ pub struct AgentRecord {
 /// A source an agent reported.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceRecord {
-    /// Source kind: `volume`, `redis`, `tidb-br`, `kafka`, `mongodump`, `command`.
+    /// Source kind, as the agent's integration names it (`volume`, `redis`,
+    /// `tidb`, `kafka`, `mongodb`, `command`, …).
     pub kind: String,
     /// Kind-specific details as the agent reported them (paths, addresses;
     /// never secrets).
@@ -137,6 +138,12 @@ pub struct SourceRecord {
     pub details: BTreeMap<String, String>,
     /// When the agent last reported this source.
     pub last_seen: DateTime<Utc>,
+    /// Where a DR drill restores it, lower first, as the agent's integration
+    /// describes its kind (see `recovery::drill_rank`). None when the agent
+    /// did not say (agents older than this field, sources rebuilt from the
+    /// repository): the drill restores those last.
+    #[serde(default)]
+    pub drill_rank: Option<u32>,
 }
 
 impl Key for SourceId {

@@ -333,6 +333,7 @@ impl OperatorService for Fake {
                         name: "www".into(),
                         kind: "volume".into(),
                         details: [("path".to_string(), "/srv/www".to_string())].into(),
+                        ..Default::default()
                     }],
                 },
                 AgentInfo {
@@ -354,6 +355,7 @@ impl OperatorService for Fake {
                 name: "www".into(),
                 kind: "volume".into(),
                 details: Default::default(),
+                ..Default::default()
             }),
             policy: "web-1/www".into(),
         }];

@@ -69,6 +69,7 @@ impl Hostile {
                     name: source.into(),
                     kind: "volume".into(),
                     details: HashMap::new(),
+                    ..Default::default()
                 }],
                 max_concurrent_jobs: 1,
                 ..Default::default()

@@ -44,6 +44,7 @@ impl Sim {
                         kind: "volume".into(),
                         details: Default::default(),
                         last_seen: clock.now(),
+                        drill_rank: None,
                     },
                 )
             })
@@ -660,6 +661,7 @@ fn kill_9_child() {
         kind: "redis".into(),
         details: Default::default(),
         last_seen: now,
+        drill_rank: None,
     };
     c.register_agent(AGENT, AGENT, "test", &[("redis".into(), source)], now)
         .unwrap();

@@ -6,13 +6,24 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{BackupInput, BackupOptions, IndexedRepo, Snapshot};
+use trireme_common::{BackupInput, IndexedRepo, RestoreLedger, Snapshot};
 
 use super::process::Program;
-use super::{absolute, check_secret_file, JobContext, RestoreReport};
+use super::{
+    absolute, check_secret_file, drill_rank, BackupRequest, JobContext, Kind, RestoreReport, Source,
+};
+
+/// The `command` kind.
+pub static KIND: Kind = Kind {
+    name: "command",
+    drill_rank: drill_rank::OTHER,
+    parse: |t, base| Ok(Arc::new(CommandSpec::parse(t, base)?)),
+};
 
 /// Position key holding the check program's output at backup time.
 pub const CHECK_OUTPUT: &str = "check.output";
@@ -56,7 +67,7 @@ struct Raw {
 }
 
 impl CommandSpec {
-    pub(super) fn parse(t: toml::Table, base: &Path) -> Result<Self> {
+    fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         if r.backup.is_empty() {
             bail!("`backup` must name a program, e.g. [\"pg_dump\", \"--format=custom\", \"app\"]");
@@ -78,17 +89,6 @@ impl CommandSpec {
             stream_name,
             dir: r.dir.map(|d| absolute(base, &d)),
         })
-    }
-
-    pub(super) fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::from([("backup".to_string(), self.backup.join(" "))]);
-        if !self.restore.is_empty() {
-            d.insert("restore".into(), self.restore.join(" "));
-        }
-        if !self.check.is_empty() {
-            d.insert("check".into(), self.check.join(" "));
-        }
-        d
     }
 
     fn program(&self, source: &str, which: &str, argv: &[String]) -> Result<Program> {
@@ -118,13 +118,33 @@ impl CommandSpec {
         }
         Ok(Some(out))
     }
+}
 
-    pub(super) async fn backup(
+#[async_trait]
+impl Source for CommandSpec {
+    fn kind(&self) -> &'static Kind {
+        &KIND
+    }
+
+    fn details(&self) -> BTreeMap<String, String> {
+        let mut d = BTreeMap::from([("backup".to_string(), self.backup.join(" "))]);
+        if !self.restore.is_empty() {
+            d.insert("restore".into(), self.restore.join(" "));
+        }
+        if !self.check.is_empty() {
+            d.insert("check".into(), self.check.join(" "));
+        }
+        d
+    }
+
+    async fn backup(
         &self,
         source: &str,
         repo: &IndexedRepo,
-        mut opts: BackupOptions,
+        req: BackupRequest,
+        _job: &JobContext,
     ) -> Result<Snapshot> {
+        let mut opts = req.opts;
         let before = self.run_check(source).await?;
         let reader = self.program(source, "backup", &self.backup)?.reader(None)?;
         let _kill = reader.kill_on_drop();
@@ -168,12 +188,13 @@ impl CommandSpec {
             .await?)
     }
 
-    pub(super) async fn restore(
+    async fn restore(
         &self,
         source: &str,
         repo: &IndexedRepo,
         snap: &Snapshot,
         job: &JobContext,
+        _ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
         if self.restore.is_empty() {
             bail!("source {source} has no `restore` command: add one (e.g. [\"psql\", \"--single-transaction\", \"app_staging\"]) or restore to a path");

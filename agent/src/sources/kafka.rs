@@ -17,12 +17,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{
-    BackupInput, BackupOptions, IndexedRepo, PathFilter, Progress, RestoreLedger, Snapshot,
-};
+use trireme_common::{BackupInput, IndexedRepo, PathFilter, RestoreLedger, Snapshot};
 
-use super::{absolute, RestoreReport};
+use super::{absolute, drill_rank, BackupRequest, JobContext, Kind, RestoreReport, Source};
+
+/// The `kafka` kind.
+pub static KIND: Kind = Kind {
+    name: "kafka",
+    drill_rank: drill_rank::LOG,
+    parse: |t, base| Ok(Arc::new(KafkaSpec::parse(t, base)?)),
+};
 
 /// Position keys recorded at backup time.
 pub const PARTITIONS: &str = "kafka.partitions";
@@ -120,26 +126,12 @@ fn active_segments(root: &Path) -> Result<HashMap<String, u64>> {
 }
 
 impl KafkaSpec {
-    pub(super) fn parse(t: toml::Table, base: &Path) -> Result<Self> {
+    fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         Ok(KafkaSpec {
             path: absolute(base, &r.path),
             online: r.online.unwrap_or(true),
         })
-    }
-
-    pub(super) fn details(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("path".to_string(), self.path.display().to_string()),
-            (
-                "segments".to_string(),
-                if self.online {
-                    "closed only (online)".to_string()
-                } else {
-                    "all (offline: stop the broker in pre_hook)".to_string()
-                },
-            ),
-        ])
     }
 
     /// What a backup of `root` leaves out.
@@ -162,13 +154,40 @@ impl KafkaSpec {
             }
         })))
     }
+}
 
-    pub(super) async fn backup(
+#[async_trait]
+impl Source for KafkaSpec {
+    fn kind(&self) -> &'static Kind {
+        &KIND
+    }
+
+    fn details(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("path".to_string(), self.path.display().to_string()),
+            (
+                "segments".to_string(),
+                if self.online {
+                    "closed only (online)".to_string()
+                } else {
+                    "all (offline: stop the broker in pre_hook)".to_string()
+                },
+            ),
+        ])
+    }
+
+    fn data_path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    async fn backup(
         &self,
+        _name: &str,
         repo: &IndexedRepo,
-        mut opts: BackupOptions,
-        parent: Option<Snapshot>,
+        req: BackupRequest,
+        _job: &JobContext,
     ) -> Result<Snapshot> {
+        let BackupRequest { mut opts, parent } = req;
         if !self.path.join("meta.properties").exists() {
             bail!(
                 "{} has no meta.properties: is it a Kafka log directory (`log.dirs`)?",
@@ -189,11 +208,12 @@ impl KafkaSpec {
 
     /// Put the partition directories back into this source's (empty) path,
     /// recording what is created in `ledger` when given.
-    pub(super) async fn restore(
+    async fn restore(
         &self,
+        _name: &str,
         repo: &IndexedRepo,
         snap: &Snapshot,
-        progress: &Progress,
+        job: &JobContext,
         ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
         if self.path.exists()
@@ -206,7 +226,8 @@ impl KafkaSpec {
                 self.path.display()
             );
         }
-        let mut report = super::restore_to_path(repo, snap, &self.path, progress, ledger).await?;
+        let mut report =
+            super::restore_to_path(repo, snap, &self.path, &job.progress, ledger).await?;
         let all = PathFilter(Arc::new(|_: &Path| false));
         let (partitions, segments) = count(&self.path, &all);
         let want = |k| super::position(snap, k).and_then(|v| v.parse::<u64>().ok());

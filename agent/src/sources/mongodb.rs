@@ -14,11 +14,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{BackupInput, BackupOptions, IndexedRepo, Snapshot};
+use trireme_common::{BackupInput, IndexedRepo, RestoreLedger, Snapshot};
 
 use super::process::Program;
-use super::{absolute, check_secret_file, JobContext, RestoreReport};
+use super::{
+    absolute, check_secret_file, drill_rank, BackupRequest, JobContext, Kind, RestoreReport, Source,
+};
+
+/// The `mongodb` kind.
+pub static KIND: Kind = Kind {
+    name: "mongodb",
+    drill_rank: drill_rank::DATABASE,
+    parse: |t, base| Ok(Arc::new(MongoSpec::parse(t, base)?)),
+};
 
 /// Position key: documents dumped, summed over collections.
 pub const DOCUMENTS: &str = "mongodb.documents";
@@ -65,7 +75,7 @@ fn has_password(uri: &str) -> bool {
 }
 
 impl MongoSpec {
-    pub(super) fn parse(t: toml::Table, base: &Path) -> Result<Self> {
+    fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         if let Some(u) = &r.uri {
             if !u.starts_with("mongodb://") && !u.starts_with("mongodb+srv://") {
@@ -92,17 +102,6 @@ impl MongoSpec {
         })
     }
 
-    pub(super) fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::from([(
-            "credentials_file".to_string(),
-            self.credentials_file.display().to_string(),
-        )]);
-        if let Some(u) = &self.uri {
-            d.insert("uri".into(), u.clone());
-        }
-        d
-    }
-
     fn argv(&self, program: &str, extra: &[String]) -> Vec<String> {
         let mut argv = vec![
             program.to_string(),
@@ -116,13 +115,33 @@ impl MongoSpec {
         argv.extend(extra.iter().cloned());
         argv
     }
+}
 
-    pub(super) async fn backup(
+#[async_trait]
+impl Source for MongoSpec {
+    fn kind(&self) -> &'static Kind {
+        &KIND
+    }
+
+    fn details(&self) -> BTreeMap<String, String> {
+        let mut d = BTreeMap::from([(
+            "credentials_file".to_string(),
+            self.credentials_file.display().to_string(),
+        )]);
+        if let Some(u) = &self.uri {
+            d.insert("uri".into(), u.clone());
+        }
+        d
+    }
+
+    async fn backup(
         &self,
         source: &str,
         repo: &IndexedRepo,
-        mut opts: BackupOptions,
+        req: BackupRequest,
+        _job: &JobContext,
     ) -> Result<Snapshot> {
+        let mut opts = req.opts;
         check_secret_file("credentials_file", &self.credentials_file)?;
         let program = Program::new(
             format!("source {source}: mongodump"),
@@ -160,12 +179,13 @@ impl MongoSpec {
             .await?)
     }
 
-    pub(super) async fn restore(
+    async fn restore(
         &self,
         source: &str,
         repo: &IndexedRepo,
         snap: &Snapshot,
         job: &JobContext,
+        _ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
         check_secret_file("credentials_file", &self.credentials_file)?;
         let program = Program::new(

@@ -7,15 +7,27 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{BackupInput, BackupOptions, IndexedRepo, Snapshot};
+use trireme_common::{BackupInput, IndexedRepo, RestoreLedger, Snapshot};
 
 use super::process::Program;
 use super::resp::{Conn, ConnectSettings, TlsSettings, Value};
-use super::{absolute, check_secret_file, parse_duration, JobContext, RestoreReport};
+use super::{
+    absolute, check_secret_file, drill_rank, parse_duration, BackupRequest, JobContext, Kind,
+    RestoreReport, Source,
+};
+
+/// The `redis` kind.
+pub static KIND: Kind = Kind {
+    name: "redis",
+    drill_rank: drill_rank::CACHE,
+    parse: |t, base| Ok(Arc::new(RedisSpec::parse(t, base)?)),
+};
 
 /// Position keys recorded at backup time.
 pub const KEYS_MIN: &str = "redis.keys_min";
@@ -95,7 +107,7 @@ struct DbKeys {
 }
 
 impl RedisSpec {
-    pub(super) fn parse(t: toml::Table, base: &Path) -> Result<Self> {
+    fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         match r.address.rsplit_once(':') {
             Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
@@ -138,21 +150,6 @@ impl RedisSpec {
         })
     }
 
-    pub(super) fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::from([("address".to_string(), self.address.clone())]);
-        d.insert(
-            "rdb".into(),
-            match &self.data_dir {
-                Some(p) => format!("from {}", p.display()),
-                None => "streamed over the replication protocol".into(),
-            },
-        );
-        if self.tls.is_some() {
-            d.insert("tls".into(), "yes".into());
-        }
-        d
-    }
-
     fn settings(&self) -> Result<ConnectSettings> {
         let password = match &self.password_file {
             None => None,
@@ -174,29 +171,6 @@ impl RedisSpec {
 
     fn connect(&self) -> Result<Conn> {
         Conn::open(&self.settings()?)
-    }
-
-    pub(super) async fn backup(
-        &self,
-        source: &str,
-        repo: &IndexedRepo,
-        mut opts: BackupOptions,
-    ) -> Result<Snapshot> {
-        let this = self.clone();
-        let source = source.to_string();
-        let (reader, position) = tokio::task::spawn_blocking(move || this.prepare_backup(&source))
-            .await
-            .context("redis backup task")??;
-        opts.position.extend(position);
-        Ok(repo
-            .backup(
-                BackupInput::Stream {
-                    name: "dump.rdb".into(),
-                    reader,
-                },
-                opts,
-            )
-            .await?)
     }
 
     /// Save, sample, and open the RDB.
@@ -266,62 +240,6 @@ impl RedisSpec {
             }
         }
         Ok((reader, position))
-    }
-
-    pub(super) async fn restore(
-        &self,
-        source: &str,
-        repo: &IndexedRepo,
-        snap: &Snapshot,
-        job: &JobContext,
-    ) -> Result<RestoreReport> {
-        let Some(dir) = self.data_dir.clone() else {
-            bail!("restoring into redis source {source} needs its `data_dir`, where the RDB is placed before the instance starts");
-        };
-        if self.start_hook.is_empty() {
-            bail!("restoring into redis source {source} needs `start_hook`, how to start the instance once the RDB is in place (e.g. [\"docker\", \"start\", \"redis-staging\"])");
-        }
-        let (file, aof) = {
-            let this = self.clone();
-            tokio::task::spawn_blocking(move || this.target_facts())
-                .await
-                .context("redis restore task")??
-        };
-        if aof {
-            bail!("redis source {source} has `appendonly yes`: on start Redis would load its AOF, not the restored RDB; turn AOF off on this (staging) instance, or restore to a path and load the RDB by hand");
-        }
-        let tmp = dir.join(format!(".{file}.trireme-{}", job.job_id));
-        let _ = std::fs::remove_file(&tmp);
-        // Never through a link planted at the temporary name.
-        let out = trireme_common::restore::create_new_file(&tmp, None)
-            .with_context(|| format!("cannot write into data_dir {}", dir.display()))?;
-        let n = match repo.restore_stream(snap, out).await {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.into());
-            }
-        };
-        job.progress
-            .bytes_read
-            .store(n, std::sync::atomic::Ordering::Relaxed);
-        let this = self.clone();
-        let snap = snap.clone();
-        let source = source.to_string();
-        let checks = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
-            let placed = this.stop_place_start(&source, &tmp, &dir.join(&file));
-            let _ = std::fs::remove_file(&tmp);
-            placed?;
-            this.check_restored(&source, &snap)
-        })
-        .await
-        .context("redis restore task")??;
-        Ok(RestoreReport {
-            files: 1,
-            bytes: n,
-            checks,
-            ..Default::default()
-        })
     }
 
     /// The RDB file name and whether AOF is on, asked of the running target
@@ -461,6 +379,114 @@ impl RedisSpec {
             ));
         }
         Ok(checks)
+    }
+}
+
+#[async_trait]
+impl Source for RedisSpec {
+    fn kind(&self) -> &'static Kind {
+        &KIND
+    }
+
+    fn details(&self) -> BTreeMap<String, String> {
+        let mut d = BTreeMap::from([("address".to_string(), self.address.clone())]);
+        d.insert(
+            "rdb".into(),
+            match &self.data_dir {
+                Some(p) => format!("from {}", p.display()),
+                None => "streamed over the replication protocol".into(),
+            },
+        );
+        if self.tls.is_some() {
+            d.insert("tls".into(), "yes".into());
+        }
+        d
+    }
+
+    fn data_path(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    async fn backup(
+        &self,
+        source: &str,
+        repo: &IndexedRepo,
+        req: BackupRequest,
+        _job: &JobContext,
+    ) -> Result<Snapshot> {
+        let mut opts = req.opts;
+        let this = self.clone();
+        let source = source.to_string();
+        let (reader, position) = tokio::task::spawn_blocking(move || this.prepare_backup(&source))
+            .await
+            .context("redis backup task")??;
+        opts.position.extend(position);
+        Ok(repo
+            .backup(
+                BackupInput::Stream {
+                    name: "dump.rdb".into(),
+                    reader,
+                },
+                opts,
+            )
+            .await?)
+    }
+
+    async fn restore(
+        &self,
+        source: &str,
+        repo: &IndexedRepo,
+        snap: &Snapshot,
+        job: &JobContext,
+        _ledger: Option<&Arc<RestoreLedger>>,
+    ) -> Result<RestoreReport> {
+        let Some(dir) = self.data_dir.clone() else {
+            bail!("restoring into redis source {source} needs its `data_dir`, where the RDB is placed before the instance starts");
+        };
+        if self.start_hook.is_empty() {
+            bail!("restoring into redis source {source} needs `start_hook`, how to start the instance once the RDB is in place (e.g. [\"docker\", \"start\", \"redis-staging\"])");
+        }
+        let (file, aof) = {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.target_facts())
+                .await
+                .context("redis restore task")??
+        };
+        if aof {
+            bail!("redis source {source} has `appendonly yes`: on start Redis would load its AOF, not the restored RDB; turn AOF off on this (staging) instance, or restore to a path and load the RDB by hand");
+        }
+        let tmp = dir.join(format!(".{file}.trireme-{}", job.job_id));
+        let _ = std::fs::remove_file(&tmp);
+        // Never through a link planted at the temporary name.
+        let out = trireme_common::restore::create_new_file(&tmp, None)
+            .with_context(|| format!("cannot write into data_dir {}", dir.display()))?;
+        let n = match repo.restore_stream(snap, out).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e.into());
+            }
+        };
+        job.progress
+            .bytes_read
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        let this = self.clone();
+        let snap = snap.clone();
+        let source = source.to_string();
+        let checks = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+            let placed = this.stop_place_start(&source, &tmp, &dir.join(&file));
+            let _ = std::fs::remove_file(&tmp);
+            placed?;
+            this.check_restored(&source, &snap)
+        })
+        .await
+        .context("redis restore task")??;
+        Ok(RestoreReport {
+            files: 1,
+            bytes: n,
+            checks,
+            ..Default::default()
+        })
     }
 }
 

@@ -951,6 +951,33 @@ async fn tidb_full_then_incremental_and_a_chain_restore() {
 }
 
 #[test]
+fn kinds_are_registered_once_and_rank_the_drill() {
+    let names: Vec<_> = KINDS.iter().map(|k| k.name).collect();
+    let unique: std::collections::BTreeSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    for k in KINDS {
+        assert!(std::ptr::eq(kind(k.name).unwrap(), *k));
+    }
+    assert!(kind("oracle").is_none());
+    // The order a drill restores in: the database of record first, caches
+    // last, then what nothing depends on.
+    let rank = |n: &str| kind(n).unwrap().drill_rank;
+    assert!(rank("tidb") < rank("mongodb"));
+    assert!(rank("mongodb") < rank("kafka"));
+    assert!(rank("kafka") < rank("redis"));
+    assert!(rank("redis") < rank("volume"));
+    assert_eq!(rank("volume"), rank("command"));
+    // A parsed source is of the kind it was parsed as.
+    let v = source("name = \"v\"\nkind = \"volume\"\npath = \"/x\"");
+    assert!(std::ptr::eq(v.spec.kind(), &volume::KIND));
+    assert_eq!(
+        v.spec_as::<volume::VolumeSpec>().unwrap().path,
+        Path::new("/x")
+    );
+    assert!(v.spec_as::<redis::RedisSpec>().is_none());
+}
+
+#[test]
 fn config_errors_name_the_key() {
     let e = |t: &str| {
         format!(

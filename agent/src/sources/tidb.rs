@@ -13,13 +13,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{BackupInput, BackupOptions, Id, IndexedRepo, RestoreOptions, Snapshot};
+use trireme_common::{BackupInput, Id, IndexedRepo, RestoreLedger, RestoreOptions, Snapshot};
 
 use super::process::Program;
-use super::{absolute, JobContext, RestoreReport};
+use super::{absolute, drill_rank, BackupRequest, JobContext, Kind, RestoreReport, Source};
+
+/// The `tidb` kind.
+pub static KIND: Kind = Kind {
+    name: "tidb",
+    drill_rank: drill_rank::DATABASE_OF_RECORD,
+    parse: |t, base| Ok(Arc::new(TidbSpec::parse(t, base)?)),
+};
 
 /// Position key: BR's backup TS (end version) of this snapshot.
 pub const BACKUP_TS: &str = "tidb.backup_ts";
@@ -77,7 +86,7 @@ impl Drop for Cleanup {
 }
 
 impl TidbSpec {
-    pub(super) fn parse(t: toml::Table, base: &Path) -> Result<Self> {
+    fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         if r.pd.split(',').any(|p| p.rsplit_once(':').is_none()) {
             bail!("pd = {:?}: write host:port of PD, e.g. \"pd-0:2379\" (several separated by commas)", r.pd);
@@ -93,20 +102,6 @@ impl TidbSpec {
             backup_args: r.backup_args,
             restore_args: r.restore_args,
         })
-    }
-
-    pub(super) fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::from([
-            ("pd".to_string(), self.pd.clone()),
-            (
-                "staging_dir".to_string(),
-                self.staging_dir.display().to_string(),
-            ),
-        ]);
-        if let Some(r) = self.ratelimit {
-            d.insert("ratelimit".into(), format!("{r} MiB/s per TiKV"));
-        }
-        d
     }
 
     fn br(&self, source: &str, what: &str, args: Vec<String>) -> Program {
@@ -130,14 +125,63 @@ impl TidbSpec {
         Ok(dir)
     }
 
-    pub(super) async fn backup(
+    /// The snapshots to apply, the full one first.
+    async fn chain(repo: &IndexedRepo, snap: &Snapshot) -> Result<Vec<Snapshot>> {
+        let mut chain = vec![snap.clone()];
+        while let Some(prev) = super::position(chain.last().expect("non-empty"), PREVIOUS) {
+            if chain.len() >= MAX_CHAIN {
+                bail!(
+                    "the incremental chain of {} is longer than {MAX_CHAIN}; make a full backup",
+                    snap.id.short()
+                );
+            }
+            let id = Id::from_hex(prev).ok_or_else(|| anyhow!("malformed {PREVIOUS} {prev:?}"))?;
+            let p = repo.repo.read_snapshot(&id).await.with_context(|| {
+                format!(
+                    "incremental snapshot {} needs {} (the backup it applies on), which cannot be read",
+                    chain.last().expect("non-empty").id.short(),
+                    id.short()
+                )
+            })?;
+            chain.push(p);
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}
+
+#[async_trait]
+impl Source for TidbSpec {
+    fn kind(&self) -> &'static Kind {
+        &KIND
+    }
+
+    fn details(&self) -> BTreeMap<String, String> {
+        let mut d = BTreeMap::from([
+            ("pd".to_string(), self.pd.clone()),
+            (
+                "staging_dir".to_string(),
+                self.staging_dir.display().to_string(),
+            ),
+        ]);
+        if let Some(r) = self.ratelimit {
+            d.insert("ratelimit".into(), format!("{r} MiB/s per TiKV"));
+        }
+        d
+    }
+
+    fn data_path(&self) -> Option<&Path> {
+        Some(&self.staging_dir)
+    }
+
+    async fn backup(
         &self,
         source: &str,
         repo: &IndexedRepo,
-        mut opts: BackupOptions,
-        parent: Option<Snapshot>,
+        req: BackupRequest,
         job: &JobContext,
     ) -> Result<Snapshot> {
+        let BackupRequest { mut opts, parent } = req;
         let dir = self.staging(&format!("backup-{}", job.job_id))?;
         let _cleanup = Cleanup(dir.clone());
         let last = parent
@@ -209,36 +253,13 @@ impl TidbSpec {
         Ok(repo.backup(BackupInput::Tree(dir.clone()), opts).await?)
     }
 
-    /// The snapshots to apply, the full one first.
-    async fn chain(repo: &IndexedRepo, snap: &Snapshot) -> Result<Vec<Snapshot>> {
-        let mut chain = vec![snap.clone()];
-        while let Some(prev) = super::position(chain.last().expect("non-empty"), PREVIOUS) {
-            if chain.len() >= MAX_CHAIN {
-                bail!(
-                    "the incremental chain of {} is longer than {MAX_CHAIN}; make a full backup",
-                    snap.id.short()
-                );
-            }
-            let id = Id::from_hex(prev).ok_or_else(|| anyhow!("malformed {PREVIOUS} {prev:?}"))?;
-            let p = repo.repo.read_snapshot(&id).await.with_context(|| {
-                format!(
-                    "incremental snapshot {} needs {} (the backup it applies on), which cannot be read",
-                    chain.last().expect("non-empty").id.short(),
-                    id.short()
-                )
-            })?;
-            chain.push(p);
-        }
-        chain.reverse();
-        Ok(chain)
-    }
-
-    pub(super) async fn restore(
+    async fn restore(
         &self,
         source: &str,
         repo: &IndexedRepo,
         snap: &Snapshot,
         job: &JobContext,
+        _ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
         let chain = Self::chain(repo, snap).await?;
         let mut report = RestoreReport::default();

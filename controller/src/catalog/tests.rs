@@ -22,6 +22,7 @@ fn source_record(kind: &str, now: DateTime<Utc>) -> SourceRecord {
         kind: kind.into(),
         details: BTreeMap::from([("path".to_string(), "/data".to_string())]),
         last_seen: now,
+        drill_rank: None,
     }
 }
 

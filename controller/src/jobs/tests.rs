@@ -168,6 +168,7 @@ fn catalog_with_policy(dir: &std::path::Path, now: DateTime<Utc>) -> Catalog {
                 kind: "redis".into(),
                 details: Default::default(),
                 last_seen: now,
+                drill_rank: None,
             },
         )],
         now,

@@ -171,6 +171,7 @@ fn apply_is_atomic_and_reports_changes() {
                 kind: "redis".into(),
                 details: Default::default(),
                 last_seen: t0,
+                drill_rank: None,
             },
         )],
         t0,

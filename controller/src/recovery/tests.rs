@@ -248,3 +248,16 @@ fn drill_report_walks_the_checklist_and_names_failures() {
         "{html}"
     );
 }
+
+#[test]
+fn drill_rank_is_the_agents_and_last_without_one() {
+    let source = |drill_rank| SourceRecord {
+        kind: "anything".into(),
+        details: BTreeMap::new(),
+        last_seen: t("2024-05-01T00:00:00Z"),
+        drill_rank,
+    };
+    assert_eq!(drill_rank(Some(&source(Some(10)))), 10);
+    assert!(drill_rank(Some(&source(Some(50)))) < drill_rank(Some(&source(None))));
+    assert_eq!(drill_rank(Some(&source(None))), drill_rank(None));
+}

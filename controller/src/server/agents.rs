@@ -386,6 +386,7 @@ fn register(
                     kind: s.kind.clone(),
                     details: s.details.clone().into_iter().collect(),
                     last_seen: now,
+                    drill_rank: s.kind_info.as_ref().map(|k| k.drill_rank),
                 },
             )
         })

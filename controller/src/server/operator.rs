@@ -20,8 +20,8 @@ use trireme_proto::v1::{
     ListSourcesRequest, LocationInfo, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
     MfaEnrollRequest, PolicyInfo, RestoreRequest, RestoreTestInfo, RunBackupRequest,
     RunDrillRequest, RunRestoreTestRequest, SnapshotCopy, SnapshotDependency, SnapshotInfo,
-    SourceEntry, SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply,
-    StatusRequest, VerifyAuditReply, VerifyAuditRequest, VerifyReply, VerifyRequest,
+    SourceEntry, SourceInfo, SourceKindInfo, SourceProtection, SourceRecovery, SourceRef,
+    StatusReply, StatusRequest, VerifyAuditReply, VerifyAuditRequest, VerifyReply, VerifyRequest,
     WatchJobRequest,
 };
 
@@ -354,6 +354,7 @@ impl OperatorService for OperatorApi {
                     name: id.name,
                     kind: s.kind,
                     details: s.details.into_iter().collect(),
+                    kind_info: s.drill_rank.map(|drill_rank| SourceKindInfo { drill_rank }),
                 })
                 .collect();
             agents.push(AgentInfo {
@@ -394,6 +395,7 @@ impl OperatorService for OperatorApi {
                     name: id.name,
                     kind: s.kind,
                     details: s.details.into_iter().collect(),
+                    kind_info: s.drill_rank.map(|drill_rank| SourceKindInfo { drill_rank }),
                 }),
                 policy,
             });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobId};
-use crate::recovery::{self, kind_rank, DrillRecord, DrillStep, LocationCheck, RestoreTestRecord};
+use crate::recovery::{self, DrillRecord, DrillStep, LocationCheck, RestoreTestRecord};
 use crate::snapshots::CopyState;
 
 use super::agents::{blocking, dispatch_soon};
@@ -139,21 +139,20 @@ pub fn start_drill(
         if rec.policy.restore_test.is_none() {
             continue;
         }
-        let kind = shared
-            .catalog
-            .sources()
-            .get(&rec.policy.source)?
-            .map(|s| s.kind)
-            .unwrap_or_default();
-        steps.push(DrillStep {
-            source: rec.policy.source.clone(),
-            kind,
-            job: None,
-            snapshot: None,
-            snapshot_time: None,
-            result: None,
-            error: String::new(),
-        });
+        let source = shared.catalog.sources().get(&rec.policy.source)?;
+        let rank = recovery::drill_rank(source.as_ref());
+        steps.push((
+            rank,
+            DrillStep {
+                source: rec.policy.source.clone(),
+                kind: source.map(|s| s.kind).unwrap_or_default(),
+                job: None,
+                snapshot: None,
+                snapshot_time: None,
+                result: None,
+                error: String::new(),
+            },
+        ));
     }
     if steps.is_empty() {
         return Err(Error::invalid(
@@ -162,7 +161,8 @@ pub fn start_drill(
             "no source has a staging target: give policies restore_test = { target = \"AGENT:source:NAME\" }",
         ));
     }
-    steps.sort_by(|a, b| (kind_rank(&a.kind), &a.source).cmp(&(kind_rank(&b.kind), &b.source)));
+    steps.sort_by(|(ra, a), (rb, b)| (ra, &a.source).cmp(&(rb, &b.source)));
+    let steps: Vec<DrillStep> = steps.into_iter().map(|(_, s)| s).collect();
     // The checklist's first item: every location reachable, each source's
     // newest snapshot verified there.
     let mut newest = Vec::new();
