@@ -20,6 +20,8 @@ pub mod retention;
 pub mod rotation;
 pub mod scheduler;
 pub mod server;
+pub mod status;
+pub mod views;
 
 pub use catalog::{Catalog, SourceId};
 pub use error::{Error, Result};

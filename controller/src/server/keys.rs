@@ -15,11 +15,11 @@ use trireme_common::scope::KeyScope;
 use trireme_common::{Identity, KeyProvider, Role, WrappedKey};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
-    GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest, KeyPair,
+    GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest,
     UnwrapDataKeysReply, UnwrapDataKeysRequest,
 };
 
-use super::Shared;
+use super::{convert, Shared};
 use crate::audit::Event;
 use crate::jobs::{Job, JobId, JobKind, JobState};
 
@@ -98,7 +98,7 @@ impl KeyApi {
             } => (Some(*snapshot), only_location.clone()),
             JobKind::Backup => (None, None),
         };
-        let parent = super::agents::backup_parent(&self.shared, job).map_err(Status::from)?;
+        let parent = super::reports::backup_parent(&self.shared, job).map_err(Status::from)?;
         let mut errors = Vec::new();
         for (name, _) in &self.shared.audit_mirrors {
             if only.as_ref().is_some_and(|o| o != name) {
@@ -264,10 +264,10 @@ impl KeyService for KeyApi {
             )
             .from_peer(peer),
         );
-        Ok(Response::new(GenerateDataKeyReply {
-            data_key: key.as_bytes().to_vec(),
-            wrapped_key: wrapped.0,
-        }))
+        Ok(Response::new(convert::data_key_reply(
+            key.as_bytes(),
+            wrapped,
+        )))
     }
 
     async fn unwrap_data_keys(
@@ -331,13 +331,9 @@ impl KeyService for KeyApi {
         let job = self.job_for(&id, peer, &r.job_id, "JobKeys")?;
         let entry = self.scope(&job).await?;
         let scope = entry.scope.get().expect("scope computed");
-        let keys: Vec<KeyPair> = futures::stream::iter(scope.keys.iter().cloned())
+        let keys: Vec<(WrappedKey, Vec<u8>)> = futures::stream::iter(scope.keys.iter().cloned())
             .map(|w| self.unwrap_one(w))
             .buffer_unordered(8)
-            .map_ok(|(w, k)| KeyPair {
-                wrapped_key: w.0,
-                data_key: k,
-            })
             .try_collect()
             .await?;
         let what = describe(&job, Some(scope));
@@ -355,23 +351,20 @@ impl KeyService for KeyApi {
             )
             .from_peer(peer),
         );
-        Ok(Response::new(JobKeysReply {
+        let attribution_key = if job.is_backup() {
+            self.shared
+                .custody
+                .job_mac_key(job.id.0.as_bytes(), job.agent())
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(convert::job_keys_reply(
             keys,
-            snapshots: scope.snapshots.iter().map(|s| s.to_hex()).collect(),
-            packs_limited: scope.packs.is_some(),
-            packs: scope.packs.iter().flatten().map(|p| p.0.to_vec()).collect(),
-            index_limited: scope.index_objects.is_some(),
-            index_objects: scope.index_objects.iter().flatten().cloned().collect(),
-            attribution_key: if job.is_backup() {
-                self.shared
-                    .custody
-                    .job_mac_key(job.id.0.as_bytes(), job.agent())
-                    .to_vec()
-            } else {
-                Vec::new()
-            },
-            attribution_agent: job.agent().to_string(),
-        }))
+            scope,
+            attribution_key,
+            job.agent(),
+        )))
     }
 }
 
