@@ -16,15 +16,19 @@ use trireme_common::{Id, WrappedKey};
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, AuditEntry as WireAuditEntry, AuditMirrorCheck, CancelJob,
-    ControllerMessage, DrillInfo, GenerateDataKeyReply, JobAssignment, JobInfo, JobKeysReply,
-    JobKind as WireJobKind, JobProgress, JobResult, JobState as WireJobState, KeyPair,
-    LocationInfo, LocationRef, MfaEnrollReply, PolicyInfo, PruneLocation, PruneReply,
-    PruneSnapshot, RebuildCatalogReply, RegisterReply, RestoreTestInfo, ResultAck, SnapshotCopy,
-    SnapshotDependency, SnapshotInfo, SourceEntry, SourceInfo, SourceProtection, SourceRecovery,
-    SourceRef, StatusReply, VerifyAuditReply, VerifyReply, VolumeUsage,
+    ControllerMessage, DrillInfo, ExportKeyReply, GenerateDataKeyReply, JobAssignment, JobInfo,
+    JobKeysReply, JobKind as WireJobKind, JobProgress, JobResult, JobState as WireJobState,
+    KeyPair, ListAgentsReply, ListAuditReply, ListAuditRequest, ListDrillsReply, ListJobsReply,
+    ListJobsRequest, ListLocationsReply, ListPoliciesReply, ListRestoreTestsReply,
+    ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
+    LocationInfo, LocationRef, MfaConfirmReply, MfaEnrollReply, PolicyInfo, PruneLocation,
+    PruneReply, PruneRequest, PruneSnapshot, RebuildCatalogReply, RegisterReply, RestoreRequest,
+    RestoreTestInfo, ResultAck, RunDrillRequest, SnapshotCopy, SnapshotDependency, SnapshotInfo,
+    SourceEntry, SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply,
+    UnwrapDataKeysReply, VerifyAuditReply, VerifyReply, VerifyRequest, VolumeUsage,
 };
 
-use super::actions::outcomes::{AuditCheck, PolicyApplied, Verified};
+use super::actions::outcomes::{AuditCheck, PolicyApplied, RestoreAsk, Verified, VerifyAsk};
 use super::reports::JobReport;
 use super::LocationConfig;
 use crate::audit::AuditEntry;
@@ -38,7 +42,9 @@ use crate::rebuild::RebuildReport;
 use crate::recovery::{DrillRecord, RestoreTestRecord};
 use crate::replication::LocationState;
 use crate::status::{FleetStatus, Volume};
-use crate::views::{AgentView, JobView, PolicyView, SourceView, StateFilter};
+use crate::views::{
+    self, AgentView, JobFilter, JobView, PolicyView, SnapshotFilter, SourceView, StateFilter,
+};
 use crate::SourceId;
 
 fn unix(t: DateTime<Utc>) -> i64 {
@@ -77,6 +83,77 @@ pub fn state_filter(state: i32) -> Option<StateFilter> {
         WireJobState::Failed => Some(StateFilter::Failed),
         WireJobState::Cancelled => Some(StateFilter::Cancelled),
     }
+}
+
+/// Which jobs `ListJobs` asks for.
+pub fn job_filter(r: ListJobsRequest) -> JobFilter {
+    JobFilter {
+        state: state_filter(r.state),
+        limit: views::page(r.limit),
+        agent: r.agent,
+        source: r.source,
+    }
+}
+
+/// Which snapshots `ListSnapshots` asks for.
+pub fn snapshot_filter(r: ListSnapshotsRequest) -> SnapshotFilter {
+    let source = r.source.unwrap_or_default();
+    SnapshotFilter {
+        agent: source.agent,
+        source: source.source,
+        limit: views::page(r.limit),
+    }
+}
+
+/// The one source `ListRestoreTests` asks about, if any.
+///
+/// # Errors
+/// An invalid source name.
+pub fn restore_tests_of(r: &ListRestoreTestsRequest) -> Result<Option<SourceId>> {
+    match &r.source {
+        Some(s) if !s.agent.is_empty() => Some(source_id(Some(s))).transpose(),
+        _ => Ok(None),
+    }
+}
+
+/// A restore as asked.
+pub fn restore_ask(r: RestoreRequest) -> RestoreAsk {
+    RestoreAsk {
+        snapshot: r.snapshot_id,
+        to_agent: r.to_agent,
+        target: r.target,
+    }
+}
+
+/// A verification as asked.
+pub fn verify_ask(r: VerifyRequest) -> VerifyAsk {
+    VerifyAsk {
+        deep: r.deep,
+        location: r.location,
+        snapshot: r.snapshot_id,
+    }
+}
+
+/// The agent and source names a prune is limited to (both empty: none).
+pub fn prune_source(r: &PruneRequest) -> (String, String) {
+    r.source
+        .as_ref()
+        .map(|s| (s.agent.clone(), s.source.clone()))
+        .unwrap_or_default()
+}
+
+/// `ListAudit`'s filter: entries since a time, by an actor.
+pub fn audit_filter(r: &ListAuditRequest) -> (Option<DateTime<Utc>>, Option<&str>) {
+    let since = (r.since_unix != 0)
+        .then(|| DateTime::<Utc>::from_timestamp(r.since_unix, 0))
+        .flatten();
+    let actor = (!r.actor.is_empty()).then_some(r.actor.as_str());
+    (since, actor)
+}
+
+/// A drill's location: empty for the usual ones.
+pub fn drill_location(r: RunDrillRequest) -> Option<String> {
+    (!r.location.is_empty()).then_some(r.location)
 }
 
 /// A manual backup's mode.
@@ -235,7 +312,7 @@ fn source_info(name: String, s: SourceRecord) -> SourceInfo {
 }
 
 /// An agent as the CLI shows it.
-pub fn agent_info(a: AgentView) -> AgentInfo {
+fn agent_info(a: AgentView) -> AgentInfo {
     AgentInfo {
         connected: a.connected,
         last_seen_unix: unix(a.last_seen),
@@ -250,8 +327,88 @@ pub fn agent_info(a: AgentView) -> AgentInfo {
     }
 }
 
+/// Every agent.
+pub fn agents_reply(agents: Vec<AgentView>) -> ListAgentsReply {
+    ListAgentsReply {
+        agents: agents.into_iter().map(agent_info).collect(),
+    }
+}
+
+/// Sources with their policies' schedules.
+pub fn sources_reply(sources: Vec<SourceView>) -> ListSourcesReply {
+    ListSourcesReply {
+        sources: sources.into_iter().map(source_entry).collect(),
+    }
+}
+
+/// Policies with their next runs.
+pub fn policies_reply(policies: Vec<PolicyView>) -> ListPoliciesReply {
+    ListPoliciesReply {
+        policies: policies.into_iter().map(policy_info).collect(),
+    }
+}
+
+/// Jobs with their snapshots.
+pub fn jobs_reply(jobs: &[JobView]) -> ListJobsReply {
+    ListJobsReply {
+        jobs: jobs.iter().map(job_info).collect(),
+    }
+}
+
+/// Snapshots.
+pub fn snapshots_reply(snapshots: &[SnapshotRecord]) -> ListSnapshotsReply {
+    ListSnapshotsReply {
+        snapshots: snapshots.iter().map(snapshot_info).collect(),
+    }
+}
+
+/// Every location with its state after the last pass (none yet: the
+/// default state).
+pub fn locations_reply(
+    locations: &[LocationConfig],
+    states: &BTreeMap<String, LocationState>,
+) -> ListLocationsReply {
+    ListLocationsReply {
+        locations: locations
+            .iter()
+            .map(|l| location_info(l, states.get(&l.name).cloned().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+/// Restore tests.
+pub fn restore_tests_reply(tests: &[RestoreTestRecord]) -> ListRestoreTestsReply {
+    ListRestoreTestsReply {
+        tests: tests.iter().map(restore_test_info).collect(),
+    }
+}
+
+/// Drills, without their reports.
+pub fn drills_reply(drills: &[DrillRecord]) -> ListDrillsReply {
+    ListDrillsReply {
+        drills: drills.iter().map(|d| drill_info(d, false)).collect(),
+    }
+}
+
+/// Audit log entries.
+pub fn audit_reply(entries: Vec<AuditEntry>) -> ListAuditReply {
+    ListAuditReply {
+        entries: entries.into_iter().map(audit_entry).collect(),
+    }
+}
+
+/// A confirmed TOTP enrollment of `account`.
+pub fn mfa_confirm_reply(account: String) -> MfaConfirmReply {
+    MfaConfirmReply { account }
+}
+
+/// The master key's export and the key's id.
+pub fn export_key_reply(export: String, key_id: String) -> ExportKeyReply {
+    ExportKeyReply { export, key_id }
+}
+
 /// A source with its policy's schedule.
-pub fn source_entry(s: SourceView) -> SourceEntry {
+fn source_entry(s: SourceView) -> SourceEntry {
     SourceEntry {
         agent: s.id.agent.clone(),
         source: Some(source_info(s.id.name, s.record)),
@@ -260,7 +417,7 @@ pub fn source_entry(s: SourceView) -> SourceEntry {
 }
 
 /// A policy with its next run.
-pub fn policy_info(p: PolicyView) -> PolicyInfo {
+fn policy_info(p: PolicyView) -> PolicyInfo {
     PolicyInfo {
         name: p.source.to_string(),
         toml: p.toml,
@@ -285,7 +442,7 @@ pub fn apply_policy_reply(a: PolicyApplied) -> ApplyPolicyReply {
 }
 
 /// A location with its state after the last pass.
-pub fn location_info(l: &LocationConfig, st: LocationState) -> LocationInfo {
+fn location_info(l: &LocationConfig, st: LocationState) -> LocationInfo {
     LocationInfo {
         name: l.name.clone(),
         url: l.location.to_string(),
@@ -417,7 +574,7 @@ pub fn drill_info(d: &DrillRecord, report: bool) -> DrillInfo {
 }
 
 /// An audit log entry.
-pub fn audit_entry(e: AuditEntry) -> WireAuditEntry {
+fn audit_entry(e: AuditEntry) -> WireAuditEntry {
     WireAuditEntry {
         seq: e.seq,
         time: e.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
@@ -682,6 +839,11 @@ pub fn data_key_reply(key: &[u8], wrapped: WrappedKey) -> GenerateDataKeyReply {
         data_key: key.to_vec(),
         wrapped_key: wrapped.0,
     }
+}
+
+/// Data keys, in the order asked.
+pub fn unwrap_reply(data_keys: Vec<Vec<u8>>) -> UnwrapDataKeysReply {
+    UnwrapDataKeysReply { data_keys }
 }
 
 /// A job's keys and what else its scope allows; `attribution_key`: the

@@ -318,7 +318,7 @@ impl KeyService for KeyApi {
             )
             .from_peer(peer),
         );
-        Ok(Response::new(UnwrapDataKeysReply { data_keys: keys }))
+        Ok(Response::new(convert::unwrap_reply(keys)))
     }
 
     async fn job_keys(

@@ -15,9 +15,9 @@ use trireme_common::Role;
 use trireme_proto::v1 as pb;
 use trireme_proto::v1::operator_service_server::OperatorService;
 
-use super::actions::{self, RestoreAsk, VerifyAsk};
+use super::actions;
 use super::{blocking, convert, Shared};
-use crate::views::{self, JobFilter, SnapshotFilter};
+use crate::views;
 
 mod security;
 mod watch;
@@ -52,9 +52,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListAgentsReply>, Status> {
         self.authorize(&request, READ, "agents ls")?;
         let agents = actions::agents(&self.shared)?;
-        Ok(Response::new(pb::ListAgentsReply {
-            agents: agents.into_iter().map(convert::agent_info).collect(),
-        }))
+        Ok(Response::new(convert::agents_reply(agents)))
     }
 
     async fn list_sources(
@@ -63,9 +61,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListSourcesReply>, Status> {
         self.authorize(&request, READ, "sources ls")?;
         let sources = views::sources(&self.shared.catalog, &request.get_ref().agent)?;
-        Ok(Response::new(pb::ListSourcesReply {
-            sources: sources.into_iter().map(convert::source_entry).collect(),
-        }))
+        Ok(Response::new(convert::sources_reply(sources)))
     }
 
     async fn apply_policy(
@@ -84,9 +80,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListPoliciesReply>, Status> {
         self.authorize(&request, READ, "policy ls")?;
         let policies = views::policies(&self.shared.catalog, self.shared.now())?;
-        Ok(Response::new(pb::ListPoliciesReply {
-            policies: policies.into_iter().map(convert::policy_info).collect(),
-        }))
+        Ok(Response::new(convert::policies_reply(policies)))
     }
 
     async fn run_backup(
@@ -106,17 +100,9 @@ impl OperatorService for OperatorApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsReply>, Status> {
         self.authorize(&request, READ, "jobs ls")?;
-        let r = request.into_inner();
-        let filter = JobFilter {
-            state: convert::state_filter(r.state),
-            limit: views::page(r.limit),
-            agent: r.agent,
-            source: r.source,
-        };
+        let filter = convert::job_filter(request.into_inner());
         let jobs = views::jobs(&self.shared.catalog, &filter)?;
-        Ok(Response::new(pb::ListJobsReply {
-            jobs: jobs.iter().map(convert::job_info).collect(),
-        }))
+        Ok(Response::new(convert::jobs_reply(&jobs)))
     }
 
     async fn get_job(
@@ -154,17 +140,9 @@ impl OperatorService for OperatorApi {
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsReply>, Status> {
         self.authorize(&request, READ, "snapshots ls")?;
-        let r = request.into_inner();
-        let source = r.source.unwrap_or_default();
-        let filter = SnapshotFilter {
-            agent: source.agent,
-            source: source.source,
-            limit: views::page(r.limit),
-        };
+        let filter = convert::snapshot_filter(request.into_inner());
         let snapshots = views::snapshots(&self.shared.catalog, &filter)?;
-        Ok(Response::new(pb::ListSnapshotsReply {
-            snapshots: snapshots.iter().map(convert::snapshot_info).collect(),
-        }))
+        Ok(Response::new(convert::snapshots_reply(&snapshots)))
     }
 
     async fn get_snapshot(
@@ -182,12 +160,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::JobInfo>, Status> {
         // Every restore counts as sensitive: it writes onto a machine.
         let (caller, passed) = self.sensitive(&request, "restore").await?;
-        let r = request.into_inner();
-        let ask = RestoreAsk {
-            snapshot: r.snapshot_id,
-            to_agent: r.to_agent,
-            target: r.target,
-        };
+        let ask = convert::restore_ask(request.into_inner());
         let job = actions::restore(&self.shared, &caller, passed, &ask)?;
         Ok(Response::new(self.job_info(job)))
     }
@@ -198,13 +171,10 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListLocationsReply>, Status> {
         self.authorize(&request, READ, "locations ls")?;
         let states = self.shared.replicator.states();
-        let locations = self
-            .shared
-            .locations
-            .iter()
-            .map(|l| convert::location_info(l, states.get(&l.name).cloned().unwrap_or_default()))
-            .collect();
-        Ok(Response::new(pb::ListLocationsReply { locations }))
+        Ok(Response::new(convert::locations_reply(
+            &self.shared.locations,
+            &states,
+        )))
     }
 
     async fn rebuild_catalog(
@@ -233,15 +203,10 @@ impl OperatorService for OperatorApi {
         request: Request<pb::ListRestoreTestsRequest>,
     ) -> Result<Response<pb::ListRestoreTestsReply>, Status> {
         self.authorize(&request, READ, "restore-test ls")?;
-        let r = request.into_inner();
-        let only = match &r.source {
-            Some(s) if !s.agent.is_empty() => Some(convert::source_id(Some(s))?),
-            _ => None,
-        };
+        let r = request.get_ref();
+        let only = convert::restore_tests_of(r)?;
         let tests = views::restore_tests(&self.shared.catalog, only.as_ref(), r.limit)?;
-        Ok(Response::new(pb::ListRestoreTestsReply {
-            tests: tests.iter().map(convert::restore_test_info).collect(),
-        }))
+        Ok(Response::new(convert::restore_tests_reply(&tests)))
     }
 
     async fn run_drill(
@@ -249,8 +214,7 @@ impl OperatorService for OperatorApi {
         request: Request<pb::RunDrillRequest>,
     ) -> Result<Response<pb::DrillInfo>, Status> {
         let (caller, passed) = self.sensitive(&request, "drill run").await?;
-        let location = request.into_inner().location;
-        let location = (!location.is_empty()).then_some(location);
+        let location = convert::drill_location(request.into_inner());
         let drill = actions::run_drill(&self.shared, &caller, passed, location)?;
         Ok(Response::new(convert::drill_info(&drill, false)))
     }
@@ -261,12 +225,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::ListDrillsReply>, Status> {
         self.authorize(&request, READ, "drill ls")?;
         let drills = views::drills(&self.shared.catalog)?;
-        Ok(Response::new(pb::ListDrillsReply {
-            drills: drills
-                .iter()
-                .map(|d| convert::drill_info(d, false))
-                .collect(),
-        }))
+        Ok(Response::new(convert::drills_reply(&drills)))
     }
 
     async fn get_drill(
@@ -283,12 +242,7 @@ impl OperatorService for OperatorApi {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyReply>, Status> {
         let caller = self.caller(&request, OPERATE, "verify")?;
-        let r = request.into_inner();
-        let ask = VerifyAsk {
-            deep: r.deep,
-            location: r.location,
-            snapshot: r.snapshot_id,
-        };
+        let ask = convert::verify_ask(request.into_inner());
         let verified = actions::verify(&self.shared, &caller, &ask).await?;
         Ok(Response::new(convert::verify_reply(verified)))
     }
@@ -315,15 +269,14 @@ impl OperatorService for OperatorApi {
         } else {
             actions::mfa_note(self.second_factor(&request, &caller, action).await?)
         };
-        let r = request.into_inner();
-        let source = r.source.map(|s| (s.agent, s.source)).unwrap_or_default();
+        let r = request.get_ref();
         let outcome = super::prune_rpc::run(
             &self.shared,
             &caller.id,
             caller.peer,
             mfa,
             r.dry_run,
-            source,
+            convert::prune_source(r),
         )
         .await?;
         Ok(Response::new(convert::prune_reply(&outcome)))
@@ -334,20 +287,11 @@ impl OperatorService for OperatorApi {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditReply>, Status> {
         self.authorize(&request, READ, "audit ls")?;
-        let r = request.into_inner();
-        let since = (r.since_unix != 0)
-            .then(|| chrono::DateTime::<chrono::Utc>::from_timestamp(r.since_unix, 0))
-            .flatten();
-        let actor = (!r.actor.is_empty()).then_some(r.actor.as_str());
-        let entries = blocking(|| {
-            self.shared
-                .catalog
-                .audit()
-                .list(since, actor, views::page(r.limit))
-        })?;
-        Ok(Response::new(pb::ListAuditReply {
-            entries: entries.into_iter().map(convert::audit_entry).collect(),
-        }))
+        let r = request.get_ref();
+        let (since, actor) = convert::audit_filter(r);
+        let limit = views::page(r.limit);
+        let entries = blocking(|| self.shared.catalog.audit().list(since, actor, limit))?;
+        Ok(Response::new(convert::audit_reply(entries)))
     }
 
     async fn verify_audit(
@@ -378,9 +322,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::MfaConfirmReply>, Status> {
         let caller = self.caller(&request, OPERATE, "mfa confirm")?;
         actions::mfa_confirm(&self.shared, &caller, &request.get_ref().code).await?;
-        Ok(Response::new(pb::MfaConfirmReply {
-            account: caller.id.name,
-        }))
+        Ok(Response::new(convert::mfa_confirm_reply(caller.id.name)))
     }
 
     async fn export_key(
@@ -391,6 +333,6 @@ impl OperatorService for OperatorApi {
         let passphrase = request.into_inner().passphrase;
         let (export, key_id) =
             actions::export_key(&self.shared, &caller, passed, passphrase).await?;
-        Ok(Response::new(pb::ExportKeyReply { export, key_id }))
+        Ok(Response::new(convert::export_key_reply(export, key_id)))
     }
 }
