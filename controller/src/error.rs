@@ -180,6 +180,11 @@ pub enum Error {
     #[error("{0}")]
     Missing(String),
 
+    /// A caller asked for what it may not have (an agent asking for the
+    /// keys of another agent's job); the message says why.
+    #[error("{0}")]
+    Forbidden(String),
+
     /// A request that cannot be carried out in the controller's present
     /// setup or state; the message says why.
     #[error("{0}")]
@@ -264,7 +269,7 @@ impl From<Error> for tonic::Status {
             | Error::PruneRefused(_)
             | Error::Precondition(_) => Status::failed_precondition(msg),
             Error::Internal(_) => Status::internal(msg),
-            Error::WrongAgent { .. } => Status::permission_denied(msg),
+            Error::WrongAgent { .. } | Error::Forbidden(_) => Status::permission_denied(msg),
             e if e.is_temporary() => Status::unavailable(msg),
             _ => Status::internal(msg),
         }

@@ -18,6 +18,7 @@ pub mod actions;
 pub mod agents;
 pub mod config;
 pub mod convert;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod operator;

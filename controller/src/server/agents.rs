@@ -4,6 +4,9 @@
 //! session of an agent whose certificate is revoked (the watchdog checks
 //! every connected agent's serial against the CRL each second, and each
 //! session checks its own before it handles a message), audited.
+//!
+//! The handlers decode what agents send ([`super::convert`]) and hand it to
+//! [`super::reports`], which checks and records it.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;

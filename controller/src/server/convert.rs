@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tonic::Status;
-use trireme_common::scope::KeyScope;
 use trireme_common::wire::{summary_from_wire, summary_to_wire};
 use trireme_common::{Id, WrappedKey};
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
@@ -29,6 +28,7 @@ use trireme_proto::v1::{
 };
 
 use super::actions::outcomes::{AuditCheck, PolicyApplied, RestoreAsk, Verified, VerifyAsk};
+use super::grants::JobGrant;
 use super::reports::JobReport;
 use super::LocationConfig;
 use crate::audit::AuditEntry;
@@ -846,28 +846,29 @@ pub fn unwrap_reply(data_keys: Vec<Vec<u8>>) -> UnwrapDataKeysReply {
     UnwrapDataKeysReply { data_keys }
 }
 
-/// A job's keys and what else its scope allows; `attribution_key`: the
-/// MAC key of a backup's index objects (empty for a restore).
-pub fn job_keys_reply(
-    keys: Vec<(WrappedKey, Vec<u8>)>,
-    scope: &KeyScope,
-    attribution_key: Vec<u8>,
-    agent: &str,
-) -> JobKeysReply {
+/// Wrapped keys as an agent sends them.
+pub fn wrapped_keys(keys: Vec<Vec<u8>>) -> Vec<WrappedKey> {
+    keys.into_iter().map(WrappedKey).collect()
+}
+
+/// A job's keys and what else its scope allows.
+pub fn job_keys_reply(grant: JobGrant) -> JobKeysReply {
+    let scope = grant.scope();
     JobKeysReply {
-        keys: keys
+        snapshots: scope.snapshots.iter().map(|s| s.to_hex()).collect(),
+        packs_limited: scope.packs.is_some(),
+        packs: scope.packs.iter().flatten().map(|p| p.0.to_vec()).collect(),
+        index_limited: scope.index_objects.is_some(),
+        index_objects: scope.index_objects.iter().flatten().cloned().collect(),
+        keys: grant
+            .keys
             .into_iter()
             .map(|(w, k)| KeyPair {
                 wrapped_key: w.0,
                 data_key: k,
             })
             .collect(),
-        snapshots: scope.snapshots.iter().map(|s| s.to_hex()).collect(),
-        packs_limited: scope.packs.is_some(),
-        packs: scope.packs.iter().flatten().map(|p| p.0.to_vec()).collect(),
-        index_limited: scope.index_objects.is_some(),
-        index_objects: scope.index_objects.iter().flatten().cloned().collect(),
-        attribution_key,
-        attribution_agent: agent.to_string(),
+        attribution_key: grant.attribution_key,
+        attribution_agent: grant.agent,
     }
 }
