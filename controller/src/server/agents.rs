@@ -23,7 +23,7 @@ use trireme_proto::v1::agent_service_server::AgentService;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::{AgentMessage, ControllerMessage, RegisterReply, RegisterRequest};
 
-use super::reports::{backup_parent, handle_progress, handle_result, register};
+use super::reports::{backup_parent, handle_progress, handle_result, register, settle};
 use super::{blocking, convert, Shared};
 use crate::error::{Error, Result};
 use crate::jobs::{self, JobEvent, JobId, JobState};
@@ -494,24 +494,8 @@ impl AgentService for AgentApi {
                 }
             }
         }
-        let mut running = HashSet::new();
-        for j in &hello.running_job_ids {
-            match j.parse::<JobId>() {
-                Ok(id) => {
-                    running.insert(id);
-                }
-                Err(_) => tracing::warn!(%agent, job = %j, "agent runs a job with a malformed id"),
-            }
-        }
-        let settled =
-            blocking(|| jobs::settle_agent(&shared.catalog, &agent, &running, shared.now()))?;
-        for id in &settled.failed {
-            tracing::warn!(%agent, job = %id, "{}", jobs::AGENT_LOST_JOB_REASON);
-            shared.job_changed(*id);
-        }
-        if !settled.failed.is_empty() {
-            shared.scheduler.wake();
-        }
+        let (running, settled) = settle(&shared, &agent, &hello.running_job_ids)?;
+
         for id in &settled.stray {
             let _ = tx.send(Ok(convert::message(convert::cancel(
                 id.to_string(),
@@ -529,7 +513,7 @@ impl AgentService for AgentApi {
             Some(hello.running_job_ids.clone()),
         );
         tracing::info!(%agent, host = %hello.hostname, version = %hello.agent_version,
-            sources = hello.sources.len(), running = running.len(),
+            sources = hello.sources.len(), running,
             resumed = settled.resumed.len(), failed = settled.failed.len(),
             "agent connected");
         let liveness = shared.heartbeat_interval * 3;

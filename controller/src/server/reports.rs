@@ -4,6 +4,8 @@
 //! session handler in [`super::agents`] decodes the messages
 //! ([`super::convert`]) and calls these.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use trireme_common::{Id, Identity};
 
@@ -297,4 +299,32 @@ pub fn handle_progress(
     }
     shared.job_changed(id);
     Ok(())
+}
+
+/// Settle what `agent` says it runs (`running`, job ids as sent) when it
+/// connects: jobs it lost fail (and are retried as their policies say),
+/// jobs it confirms resume; the others it runs are stray (to cancel).
+/// Returns how many valid ids it sent, and the outcome.
+///
+/// # Errors
+/// Catalog errors.
+pub fn settle(shared: &Shared, agent: &str, running: &[String]) -> Result<(usize, jobs::Settled)> {
+    let mut ids = HashSet::new();
+    for j in running {
+        match j.parse::<JobId>() {
+            Ok(id) => {
+                ids.insert(id);
+            }
+            Err(_) => tracing::warn!(%agent, job = %j, "agent runs a job with a malformed id"),
+        }
+    }
+    let settled = blocking(|| jobs::settle_agent(&shared.catalog, agent, &ids, shared.now()))?;
+    for id in &settled.failed {
+        tracing::warn!(%agent, job = %id, "{}", jobs::AGENT_LOST_JOB_REASON);
+        shared.job_changed(*id);
+    }
+    if !settled.failed.is_empty() {
+        shared.scheduler.wake();
+    }
+    Ok((ids.len(), settled))
 }
