@@ -407,3 +407,83 @@ pub fn drill_steps_failed(d: &DrillRecord) -> usize {
         })
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Trigger;
+    use crate::policy::BackupMode;
+
+    fn catalog_with_jobs(n: usize) -> (tempfile::TempDir, Catalog, Vec<Job>) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(dir.path().join("catalog")).unwrap();
+        let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let jobs: Vec<Job> = (0..n)
+            .map(|i| {
+                let job = Job::new(
+                    format!("web-{i}/redis").parse().unwrap(),
+                    BackupMode::Full,
+                    Trigger::Manual { by: "ops".into() },
+                    1,
+                    now + chrono::Duration::seconds(i as i64),
+                );
+                catalog.jobs().insert(&job.id, &job).unwrap();
+                job
+            })
+            .collect();
+        (dir, catalog, jobs)
+    }
+
+    #[test]
+    fn jobs_are_found_by_id_or_unique_prefix() {
+        let (_dir, catalog, jobs) = catalog_with_jobs(2);
+        let id = jobs[1].id.to_string();
+        assert_eq!(find_job(&catalog, &id).unwrap().id, jobs[1].id);
+        // Both ids start with the same time: a short prefix matches both.
+        let err = find_job(&catalog, &id[..4]).unwrap_err();
+        assert!(matches!(err, Error::BadRequest(_)), "{err}");
+        assert!(err.to_string().contains("matches 2 jobs"), "{err}");
+        let err = find_job(&catalog, "ab").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job id \"ab\": give the full id or at least 4 of its first hex digits"
+        );
+        let err = find_job(&catalog, "ffffffff").unwrap_err();
+        assert!(matches!(err, Error::NotFound { what: "job", .. }), "{err}");
+    }
+
+    #[test]
+    fn job_lists_filter_by_state_agent_and_page() {
+        let (_dir, catalog, jobs) = catalog_with_jobs(3);
+        let all = |f: JobFilter| -> Vec<JobId> {
+            super::jobs(&catalog, &f)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.job.id)
+                .collect()
+        };
+        let page = JobFilter {
+            limit: page(0),
+            ..Default::default()
+        };
+        assert_eq!(all(page.clone()), vec![jobs[2].id, jobs[1].id, jobs[0].id]);
+        let queued = JobFilter {
+            state: Some(StateFilter::Queued),
+            limit: 2,
+            ..page.clone()
+        };
+        assert_eq!(all(queued), vec![jobs[2].id, jobs[1].id]);
+        let failed = JobFilter {
+            state: Some(StateFilter::Failed),
+            ..page.clone()
+        };
+        assert!(all(failed).is_empty());
+        let one = JobFilter {
+            agent: "web-1".into(),
+            ..page
+        };
+        assert_eq!(all(one), vec![jobs[1].id]);
+        assert_eq!(super::page(0), 50);
+        assert_eq!(super::page(u32::MAX), 10_000);
+    }
+}

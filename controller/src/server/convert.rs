@@ -872,3 +872,52 @@ pub fn job_keys_reply(grant: JobGrant) -> JobKeysReply {
         attribution_agent: grant.agent,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_decoding_keeps_the_codes_and_messages_of_the_api() {
+        let status = Status::from(source_id(None).unwrap_err());
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "give a source as agent/source");
+        assert_eq!(state_filter(0), None);
+        assert_eq!(state_filter(99), None);
+        assert_eq!(
+            state_filter(WireJobState::Running as i32),
+            Some(StateFilter::Running)
+        );
+        let r = ListRestoreTestsRequest {
+            source: Some(SourceRef {
+                agent: String::new(),
+                source: "redis".into(),
+            }),
+            limit: 0,
+        };
+        assert_eq!(restore_tests_of(&r).unwrap(), None);
+    }
+
+    #[test]
+    fn results_and_errors_of_agents_map_field_by_field() {
+        let r = JobResult {
+            job_id: "j".into(),
+            ok: true,
+            snapshot_id: "ab".into(),
+            location: "primary".into(),
+            checks: vec!["keys: 3".into()],
+            summary: Some(trireme_proto::v1::JobSummary {
+                duration_secs: 1.5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let report = job_report(&r);
+        assert_eq!(report.took_ms, Some(1500));
+        assert_eq!(report.checks, r.checks);
+        let denied = Status::from(MfaError::Denied("no".into()));
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let throttled = Status::from(MfaError::Throttled("later".into()));
+        assert_eq!(throttled.code(), tonic::Code::ResourceExhausted);
+    }
+}
