@@ -169,6 +169,31 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    /// A request that cannot be acted on as given (a too short or ambiguous
+    /// id prefix, a missing argument); the message says what to give.
+    #[error("{0}")]
+    BadRequest(String),
+
+    /// Something a request names does not exist (outside the catalog's
+    /// records: a location, an agent that never registered); the message
+    /// says where to look.
+    #[error("{0}")]
+    Missing(String),
+
+    /// A caller asked for what it may not have (an agent asking for the
+    /// keys of another agent's job); the message says why.
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// A request that cannot be carried out in the controller's present
+    /// setup or state; the message says why.
+    #[error("{0}")]
+    Precondition(String),
+
+    /// An unexpected failure (a worker task that died); the message says what.
+    #[error("{0}")]
+    Internal(String),
+
     /// An I/O error outside the catalog.
     #[error("{context}: {source}")]
     Io {
@@ -235,12 +260,16 @@ impl From<Error> for tonic::Status {
         use tonic::Status;
         let msg = e.to_string();
         match e {
-            Error::NotFound { .. } => Status::not_found(msg),
-            Error::InvalidValue { .. } | Error::Policy { .. } => Status::invalid_argument(msg),
-            Error::IllegalTransition { .. } | Error::SourceBusy { .. } | Error::PruneRefused(_) => {
-                Status::failed_precondition(msg)
+            Error::NotFound { .. } | Error::Missing(_) => Status::not_found(msg),
+            Error::InvalidValue { .. } | Error::Policy { .. } | Error::BadRequest(_) => {
+                Status::invalid_argument(msg)
             }
-            Error::WrongAgent { .. } => Status::permission_denied(msg),
+            Error::IllegalTransition { .. }
+            | Error::SourceBusy { .. }
+            | Error::PruneRefused(_)
+            | Error::Precondition(_) => Status::failed_precondition(msg),
+            Error::Internal(_) => Status::internal(msg),
+            Error::WrongAgent { .. } | Error::Forbidden(_) => Status::permission_denied(msg),
             e if e.is_temporary() => Status::unavailable(msg),
             _ => Status::internal(msg),
         }

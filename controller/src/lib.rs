@@ -25,6 +25,8 @@ pub mod scheduler;
 pub mod server;
 pub mod snapshots;
 pub mod sources;
+pub mod status;
+pub mod views;
 
 pub use catalog::Catalog;
 pub use error::{Error, Result};

@@ -7,16 +7,23 @@
 //! - [`operator`]: `OperatorService`, what the `trireme` CLI calls.
 //! - [`keys`]: `KeyService`, data keys for the jobs agents run.
 //!
-//! Handlers stay thin: they check the caller's role, translate messages and
-//! call the domain core ([`crate::jobs`], [`crate::policy`],
-//! [`crate::catalog`]).
+//! Handlers are thin: each checks the caller's role (and second factor),
+//! decodes the request ([`convert`]), makes one call into the domain —
+//! [`actions`] for what operators change, [`crate::views`] and
+//! [`crate::status`] for what they read, [`reports`] for what agents report
+//! — and encodes the answer ([`convert`]). Every mapping between gRPC
+//! messages and domain types is in [`convert`].
 
+pub mod actions;
 pub mod agents;
+pub mod convert;
+pub mod grants;
 pub mod keys;
 pub mod metrics;
 pub mod operator;
 pub mod prune_rpc;
 pub mod recovery;
+pub mod reports;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +75,8 @@ pub struct Shared {
     /// Where the audit log is mirrored: every location, by name.
     pub audit_mirrors: Vec<(String, trireme_common::DynBackend)>,
     /// The filesystems holding sources' data, as their agents last reported.
-    pub volumes: std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, Volume>>,
+    pub volumes:
+        std::sync::Mutex<std::collections::BTreeMap<crate::SourceId, crate::status::Volume>>,
     /// Held (write) by a prune: job dispatch (read) waits until it ends.
     pub prune_gate: tokio::sync::RwLock<()>,
     /// Where the master key comes from (`trireme key export` needs the
@@ -144,50 +152,10 @@ impl Shared {
     }
 }
 
-/// A source's data filesystem as its agent reported it.
-#[derive(Debug, Clone)]
-pub struct Volume {
-    /// The path on the agent's host.
-    pub path: String,
-    /// Filesystem size.
-    pub total_bytes: u64,
-    /// Used bytes.
-    pub used_bytes: u64,
-    /// When reported.
-    pub at: DateTime<Utc>,
-}
-
-/// Used share at which `status` warns about a source's volume.
-pub const VOLUME_WARN_RATIO: f64 = 0.75;
-
-/// Status problems for volumes at or over [`VOLUME_WARN_RATIO`].
-pub fn volume_problems(
-    volumes: &std::collections::BTreeMap<crate::SourceId, Volume>,
-) -> Vec<String> {
-    volumes
-        .iter()
-        .filter(|(_, v)| v.ratio() >= VOLUME_WARN_RATIO)
-        .map(|(source, v)| {
-            format!(
-                "{source}: its data volume {} is {:.0}% full ({} of {} bytes used; warning at 75%)",
-                v.path,
-                v.ratio() * 100.0,
-                v.used_bytes,
-                v.total_bytes
-            )
-        })
-        .collect()
-}
-
-impl Volume {
-    /// Used share, 0..1.
-    pub fn ratio(&self) -> f64 {
-        if self.total_bytes == 0 {
-            0.0
-        } else {
-            self.used_bytes as f64 / self.total_bytes as f64
-        }
-    }
+/// Run a catalog operation that may wait for the disk without stalling the
+/// runtime's other tasks.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 impl Shared {
@@ -252,7 +220,7 @@ impl Shared {
     pub fn record(&self, event: crate::audit::Event) {
         // The append flushes to disk: keep it off the async workers' hot path.
         let now = self.now();
-        if let Err(err) = agents::blocking(|| self.catalog.audit().append(event, now)) {
+        if let Err(err) = blocking(|| self.catalog.audit().append(event, now)) {
             tracing::error!(error = %err, "cannot append to the audit log");
         }
     }
@@ -669,31 +637,4 @@ pub async fn run(
     }
     shared.catalog.flush()?;
     result.map_err(Error::from)
-}
-
-#[cfg(test)]
-mod volume_tests {
-    use super::*;
-
-    #[test]
-    fn volumes_warn_at_three_quarters_full() {
-        let v = |used| Volume {
-            path: "/data".into(),
-            total_bytes: 1000,
-            used_bytes: used,
-            at: DateTime::from_timestamp(0, 0).unwrap(),
-        };
-        let m = std::collections::BTreeMap::from([
-            ("a/redis".parse().unwrap(), v(749)),
-            ("b/kafka".parse().unwrap(), v(750)),
-            ("c/tikv".parse().unwrap(), v(990)),
-        ]);
-        let p = volume_problems(&m);
-        assert_eq!(p.len(), 2, "{p:?}");
-        assert!(
-            p[0].starts_with("b/kafka: its data volume /data is 75% full"),
-            "{p:?}"
-        );
-        assert!(p[1].contains("99% full"), "{p:?}");
-    }
 }

@@ -4,6 +4,9 @@
 //! session of an agent whose certificate is revoked (the watchdog checks
 //! every connected agent's serial against the CRL each second, and each
 //! session checks its own before it handles a message), audited.
+//!
+//! The handlers decode what agents send ([`super::convert`]) and hand it to
+//! [`super::reports`], which checks and records it.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -14,23 +17,16 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use trireme_common::wire::summary_from_wire;
-use trireme_common::{Id, Identity, Role};
+use trireme_common::{Id, Role};
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_server::AgentService;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
-use trireme_proto::v1::{
-    AgentMessage, CancelJob, ControllerMessage, JobAssignment, JobKind as WireJobKind, JobResult,
-    LocationRef, RegisterReply, RegisterRequest, ResultAck, SourceInfo,
-};
+use trireme_proto::v1::{AgentMessage, ControllerMessage, RegisterReply, RegisterRequest};
 
-use super::Shared;
-use crate::attribution::{CheckSite, Refusal};
+use super::reports::{backup_parent, handle_progress, handle_result, register, settle};
+use super::{blocking, convert, Shared};
 use crate::error::{Error, Result};
-use crate::jobs::{self, Job, JobEvent, JobId, JobKind, JobState, Progress};
-use crate::lifecycle;
-use crate::policy::BackupMode;
-use crate::sources::SourceRecord;
+use crate::jobs::{self, JobEvent, JobId, JobState};
 
 /// How long a new session may take to send its `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -232,25 +228,15 @@ impl Registry {
     /// Send a message to a connected agent; false when it is not connected.
     fn send(&self, agent: &str, msg: CtlMsg) -> bool {
         self.sender(agent)
-            .is_some_and(|tx| tx.send(Ok(ControllerMessage { msg: Some(msg) })).is_ok())
+            .is_some_and(|tx| tx.send(Ok(convert::message(msg))).is_ok())
     }
-}
-
-/// Run a catalog operation that may wait for the disk without stalling the
-/// runtime's other tasks.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 /// Ask agent `agent` to stop job `job`.
 pub(crate) fn send_cancel(shared: &Shared, agent: &str, job: &JobId, reason: &str) -> bool {
-    shared.agents.send(
-        agent,
-        CtlMsg::Cancel(CancelJob {
-            job_id: job.to_string(),
-            reason: reason.to_string(),
-        }),
-    )
+    shared
+        .agents
+        .send(agent, convert::cancel(job.to_string(), reason.to_string()))
 }
 
 /// Send `agent` its queued jobs, in the background.
@@ -274,9 +260,14 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
     };
     let queued = blocking(|| jobs::queued_for_agent(&shared.catalog, agent))?;
     for job in queued {
-        let assignment = assignment(shared, &job)?;
+        let assignment = convert::assignment(
+            &job,
+            &shared.locations,
+            &shared.custody.config_sha256(),
+            backup_parent(shared, &job)?,
+        );
         let assigned = blocking(|| {
-            lifecycle::update_job(
+            crate::lifecycle::update_job(
                 &shared.catalog,
                 &job.id,
                 &JobEvent::Assign {
@@ -294,9 +285,7 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
         shared.job_changed(job.id);
         tracing::info!(job = %job.id, %agent, source = %job.source, "sent a job to its agent");
         if tx
-            .send(Ok(ControllerMessage {
-                msg: Some(CtlMsg::Assign(assignment)),
-            }))
+            .send(Ok(convert::message(CtlMsg::Assign(assignment))))
             .is_err()
         {
             // The session ended: the agent will not confirm the job when it
@@ -304,325 +293,6 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
             break;
         }
     }
-    Ok(())
-}
-
-/// The snapshot an incremental backup job compares against: its source's
-/// latest (none for a full backup or a first one).
-///
-/// # Errors
-/// Catalog errors.
-pub(crate) fn backup_parent(shared: &Shared, job: &Job) -> Result<Option<trireme_common::Id>> {
-    if job.mode == BackupMode::Full || !job.is_backup() {
-        return Ok(None);
-    }
-    Ok(shared
-        .catalog
-        .schedule()
-        .get(&job.source)?
-        .and_then(|s| s.last_snapshot)
-        .map(|(_, id)| id))
-}
-
-fn assignment(shared: &Shared, job: &Job) -> Result<JobAssignment> {
-    let locations = shared
-        .locations
-        .iter()
-        .map(|l| LocationRef {
-            name: l.name.clone(),
-            url: l.agent_url.clone(),
-            config_sha256: shared.custody.config_sha256().to_vec(),
-        })
-        .collect();
-    let mut a = JobAssignment {
-        job_id: job.id.to_string(),
-        source_name: job.source.name.clone(),
-        attempt: job.attempt,
-        locations,
-        ..Default::default()
-    };
-    match &job.kind {
-        JobKind::Backup => {
-            a.set_kind(WireJobKind::Backup);
-            a.full = job.mode == BackupMode::Full;
-            a.parent_snapshot_id = backup_parent(shared, job)?
-                .map(|id| id.to_hex())
-                .unwrap_or_default();
-        }
-        JobKind::Restore {
-            snapshot,
-            target,
-            purpose,
-            only_location,
-            ..
-        } => {
-            a.set_kind(WireJobKind::Restore);
-            a.snapshot_id = snapshot.to_hex();
-            a.restore_target = target.clone();
-            a.restore_test = !matches!(purpose, crate::jobs::RestorePurpose::Restore);
-            if let Some(only) = only_location {
-                a.locations.retain(|l| &l.name == only);
-            }
-        }
-    }
-    Ok(a)
-}
-
-/// Record what an agent reports about itself and its sources.
-fn register(
-    shared: &Shared,
-    agent: &str,
-    hostname: &str,
-    version: &str,
-    sources: &[SourceInfo],
-) -> Result<()> {
-    let now = shared.now();
-    let records: Vec<(String, SourceRecord)> = sources
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                SourceRecord {
-                    kind: s.kind.clone(),
-                    details: s.details.clone().into_iter().collect(),
-                    last_seen: now,
-                    drill_rank: s.kind_info.as_ref().map(|k| k.drill_rank),
-                },
-            )
-        })
-        .collect();
-    blocking(|| {
-        shared
-            .catalog
-            .register_agent(agent, hostname, version, &records, now)
-    })?;
-    Ok(())
-}
-
-/// Store a job result an agent reports. A backup's result is believed only
-/// after [`crate::attribution::check_backup`] confirmed it at the location;
-/// a refused one fails the job (audited) and nothing of it is recorded.
-/// Results for jobs that already ended (cancelled, or failed while the agent
-/// was away) go through the same check and are kept when it passes: the
-/// data is in the repository and valid.
-///
-/// # Errors
-/// A result that cannot be checked now (location unreachable, catalog
-/// errors): it is not acknowledged, so the agent reports it again.
-async fn handle_result(
-    shared: &Shared,
-    agent: &Identity,
-    peer: Option<std::net::SocketAddr>,
-    r: &JobResult,
-) -> Result<()> {
-    let name = agent.name.as_str();
-    let id: JobId = r.job_id.parse()?;
-    let Some(job) = shared.catalog.jobs().get(&id)? else {
-        tracing::warn!(agent = %name, job = %r.job_id, "result for a job the catalog does not know; ignored");
-        return Ok(());
-    };
-    if job.agent() != name {
-        return Err(Error::WrongAgent {
-            job: id.to_string(),
-            expected: job.agent().to_string(),
-            got: name.to_string(),
-        });
-    }
-    let now = shared.now();
-    if r.ok && matches!(job.state, JobState::Assigned { .. }) {
-        // Finished before its first progress report: it did start.
-        start(shared, &id, name, now)?;
-    }
-    if r.ok {
-        let outcome = match &job.kind {
-            JobKind::Backup => match check_result(shared, &job, name, r).await {
-                Ok(checked) => {
-                    blocking(|| {
-                        crate::attribution::believe(
-                            &shared.catalog,
-                            checked.index_objects.clone(),
-                            Some(id),
-                            now,
-                        )
-                    })?;
-                    let record = checked.record;
-                    let snapshot = record.id;
-                    match blocking(|| {
-                        lifecycle::complete_job(&shared.catalog, &id, name, &record, now)
-                    }) {
-                        Err(Error::IllegalTransition { from, .. }) => {
-                            if shared.catalog.snapshots().get(&snapshot)?.is_none() {
-                                blocking(|| shared.catalog.record_snapshot(&record))?;
-                            }
-                            tracing::warn!(job = %id, agent = %name, state = %from, snapshot = %snapshot,
-                                "late result: the job had already ended; its snapshot was checked at the location and is kept in the catalog");
-                            Ok(snapshot)
-                        }
-                        other => other.map(|_| snapshot),
-                    }
-                }
-                Err(Refusal::Later(why)) => {
-                    return Err(Error::Unavailable(format!(
-                        "cannot check the result of job {id} now: {why}"
-                    )))
-                }
-                Err(Refusal::Refused(why)) => {
-                    tracing::warn!(target: "trireme::audit", job = %id, agent = %name, reason = %why, "backup result refused");
-                    shared.record(
-                        crate::audit::Event::by(
-                            agent,
-                            "backup result",
-                            format!("job {id} source {}", job.source),
-                        )
-                        .refused(why.clone())
-                        .from_peer(peer),
-                    );
-                    let event = JobEvent::Fail {
-                        agent: Some(name.to_string()),
-                        reason: why,
-                    };
-                    match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, now)) {
-                        Ok(_) | Err(Error::IllegalTransition { .. }) => {}
-                        Err(e) => return Err(e),
-                    }
-                    shared.job_changed(id);
-                    shared.scheduler.wake();
-                    return Ok(());
-                }
-            },
-            JobKind::Restore { snapshot, .. } => {
-                let snapshot = *snapshot;
-                blocking(|| {
-                    lifecycle::update_job(
-                        &shared.catalog,
-                        &id,
-                        &JobEvent::Succeed {
-                            agent: name.to_string(),
-                            snapshot,
-                        },
-                        now,
-                    )?;
-                    // What the agent checked after restoring (key counts, row checksums, ...).
-                    if let Some(mut j) = shared.catalog.jobs().get(&id)? {
-                        j.checks.clone_from(&r.checks);
-                        j.took_ms = r
-                            .summary
-                            .as_ref()
-                            .map(|s| (s.duration_secs * 1000.0) as u64);
-                        shared.catalog.jobs().insert(&id, &j)?;
-                    }
-                    Ok(snapshot)
-                })
-            }
-        };
-        match outcome {
-            Ok(snapshot) => {
-                tracing::info!(job = %id, agent = %name, snapshot = %snapshot.short(), "job succeeded");
-            }
-            Err(Error::IllegalTransition { from, .. }) => {
-                tracing::info!(job = %id, agent = %name, state = %from, "result for a job that had already ended; ignored");
-            }
-            Err(e) => return Err(e),
-        }
-    } else {
-        let event = JobEvent::Fail {
-            agent: Some(name.to_string()),
-            reason: r.error_message.clone(),
-        };
-        match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, now)) {
-            Ok(u) => {
-                tracing::warn!(job = %id, agent = %name, reason = %r.error_message, follow_up = ?u.follow_up, "job failed");
-            }
-            Err(Error::IllegalTransition { from, .. }) => {
-                tracing::info!(job = %id, agent = %name, state = %from, "failure report for a job that had already ended; ignored");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    shared.job_changed(id);
-    shared.scheduler.wake();
-    if r.ok && job.is_backup() {
-        shared.replicate_now.notify_one();
-    }
-    Ok(())
-}
-
-/// Check a backup result at the location the agent names (see
-/// [`crate::attribution::check_backup`]).
-async fn check_result(
-    shared: &Shared,
-    job: &Job,
-    agent: &str,
-    r: &JobResult,
-) -> std::result::Result<crate::attribution::Checked, Refusal> {
-    let refused = |why: String| {
-        Refusal::Refused(format!(
-            "the result of job {} was not recorded: {why}",
-            job.id
-        ))
-    };
-    let snapshot = Id::from_hex(&r.snapshot_id).ok_or_else(|| {
-        refused(format!(
-            "the agent reported success without a valid snapshot id ({:?})",
-            r.snapshot_id
-        ))
-    })?;
-    let Some((name, backend)) = shared.audit_mirrors.iter().find(|(n, _)| *n == r.location) else {
-        return Err(refused(format!(
-            "the agent names location {:?}, which is not one of this controller's",
-            r.location
-        )));
-    };
-    let writer = trireme_common::attribution::Writer {
-        job: *job.id.0.as_bytes(),
-        agent: agent.to_string(),
-    };
-    let index = shared
-        .keyed_index(name, Some(writer))
-        .await
-        .map_err(|e| Refusal::Later(format!("cannot read the index at {name}: {e}")))?;
-    let site = CheckSite {
-        name,
-        backend,
-        index: &index,
-        custody: &shared.custody,
-    };
-    crate::attribution::check_backup(&shared.catalog, &site, job, agent, snapshot, shared.now())
-        .await
-}
-
-/// Mark an assigned job as started by `agent`.
-fn start(shared: &Shared, id: &JobId, agent: &str, now: DateTime<Utc>) -> Result<()> {
-    let event = JobEvent::Start {
-        agent: agent.to_string(),
-    };
-    blocking(|| lifecycle::update_job(&shared.catalog, id, &event, now)).map(|_| ())
-}
-
-fn handle_progress(shared: &Shared, agent: &str, p: &trireme_proto::v1::JobProgress) -> Result<()> {
-    let id: JobId = p.job_id.parse()?;
-    let event = JobEvent::Progress {
-        agent: agent.to_string(),
-        progress: Progress {
-            bytes_done: p.bytes_read,
-            bytes_total: (p.bytes_total > 0).then_some(p.bytes_total),
-            files_done: p.files,
-            bytes_uploaded: p.bytes_uploaded,
-        },
-    };
-    let now = shared.now();
-    match lifecycle::update_job(&shared.catalog, &id, &event, now) {
-        Ok(_) => {}
-        // The first progress report is the agent's "started".
-        Err(Error::IllegalTransition { from, .. }) if from == "assigned" => {
-            start(shared, &id, agent, now)?;
-            lifecycle::update_job(&shared.catalog, &id, &event, now)?;
-        }
-        // Cancelled or failed meanwhile: the cancel is on its way.
-        Err(Error::IllegalTransition { .. }) => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    shared.job_changed(id);
     Ok(())
 }
 
@@ -697,7 +367,8 @@ fn fail_lost_jobs(shared: &Shared) -> Result<()> {
             agent: None,
             reason: reason.clone(),
         };
-        match blocking(|| lifecycle::update_job(&shared.catalog, &id, &event, shared.now())) {
+        match blocking(|| crate::lifecycle::update_job(&shared.catalog, &id, &event, shared.now()))
+        {
             Ok(u) => {
                 tracing::warn!(job = %id, %agent, follow_up = ?u.follow_up, "{reason}");
                 shared.job_changed(id);
@@ -755,19 +426,21 @@ impl AgentService for AgentApi {
         let r = request.into_inner();
         check_claimed_name(&id.name, &r.agent_name)
             .inspect_err(|s| self.audit_claim(&id, peer, "agent register", s))?;
+        let now = self.shared.now();
+        let sources = convert::source_records(&r.sources, now);
         register(
             &self.shared,
             &id.name,
             &r.hostname,
             &r.agent_version,
-            &r.sources,
+            &sources,
+            now,
         )?;
         tracing::info!(agent = %id.name, host = %r.hostname, sources = r.sources.len(), "agent registered");
-        Ok(Response::new(RegisterReply {
-            agent_name: id.name,
-            heartbeat_interval_secs: u32::try_from(self.shared.heartbeat_interval.as_secs())
-                .unwrap_or(u32::MAX),
-        }))
+        Ok(Response::new(convert::register_reply(
+            id.name,
+            self.shared.heartbeat_interval,
+        )))
     }
 
     type SessionStream = SessionStream;
@@ -801,49 +474,34 @@ impl AgentService for AgentApi {
         check_claimed_name(&agent, &hello.agent_name)
             .inspect_err(|s| self.audit_claim(&id, peer, "agent session", s))?;
         let shared = self.shared.clone();
+        let now = shared.now();
+        let sources = convert::source_records(&hello.sources, now);
         register(
             &shared,
             &agent,
             &hello.hostname,
             &hello.agent_version,
-            &hello.sources,
+            &sources,
+            now,
         )?;
         let (tx, rx) = mpsc::unbounded_channel();
         for r in &hello.pending_results {
-            match handle_result(&shared, &id, peer, r).await {
+            match handle_result(&shared, &id, peer, &convert::job_report(r)).await {
                 Ok(()) => {
-                    let _ = tx.send(Ok(ack(&r.job_id)));
+                    let _ = tx.send(Ok(convert::ack(&r.job_id)));
                 }
                 Err(e) => {
                     tracing::error!(%agent, job = %r.job_id, error = %e, "cannot store a result the agent kept while away");
                 }
             }
         }
-        let mut running = HashSet::new();
-        for j in &hello.running_job_ids {
-            match j.parse::<JobId>() {
-                Ok(id) => {
-                    running.insert(id);
-                }
-                Err(_) => tracing::warn!(%agent, job = %j, "agent runs a job with a malformed id"),
-            }
-        }
-        let settled =
-            blocking(|| lifecycle::settle_agent(&shared.catalog, &agent, &running, shared.now()))?;
-        for id in &settled.failed {
-            tracing::warn!(%agent, job = %id, "{}", lifecycle::AGENT_LOST_JOB_REASON);
-            shared.job_changed(*id);
-        }
-        if !settled.failed.is_empty() {
-            shared.scheduler.wake();
-        }
+        let (running, settled) = settle(&shared, &agent, &hello.running_job_ids)?;
+
         for id in &settled.stray {
-            let _ = tx.send(Ok(ControllerMessage {
-                msg: Some(CtlMsg::Cancel(CancelJob {
-                    job_id: id.to_string(),
-                    reason: "the controller has no such unfinished job for this agent".into(),
-                })),
-            }));
+            let _ = tx.send(Ok(convert::message(convert::cancel(
+                id.to_string(),
+                "the controller has no such unfinished job for this agent".into(),
+            ))));
         }
         let stop = Arc::new(tokio::sync::Notify::new());
         let session = shared
@@ -856,7 +514,7 @@ impl AgentService for AgentApi {
             Some(hello.running_job_ids.clone()),
         );
         tracing::info!(%agent, host = %hello.hostname, version = %hello.agent_version,
-            sources = hello.sources.len(), running = running.len(),
+            sources = hello.sources.len(), running,
             resumed = settled.resumed.len(), failed = settled.failed.len(),
             "agent connected");
         let liveness = shared.heartbeat_interval * 3;
@@ -894,39 +552,29 @@ impl AgentService for AgentApi {
                 match msg.msg {
                     Some(AgentMsg::Heartbeat(h)) => {
                         let now = s.now();
-                        {
-                            let mut vols = s.volumes.lock().unwrap_or_else(|e| e.into_inner());
-                            for v in &h.volumes {
-                                if let Ok(id) =
-                                    crate::sources::SourceId::new(name.clone(), v.source.clone())
-                                {
-                                    vols.insert(
-                                        id,
-                                        super::Volume {
-                                            path: v.path.clone(),
-                                            total_bytes: v.total_bytes,
-                                            used_bytes: v.used_bytes,
-                                            at: now,
-                                        },
-                                    );
-                                }
-                            }
-                        }
+                        let reported = convert::volumes(&name, &h.volumes, now);
+                        s.volumes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend(reported);
                         s.agents.touch(&name, session, now, Some(h.running_job_ids));
                     }
                     Some(AgentMsg::Progress(p)) => {
-                        if let Err(e) = handle_progress(&s, &name, &p) {
+                        if let Err(e) = handle_progress(&s, &name, &p.job_id, convert::progress(&p))
+                        {
                             tracing::warn!(agent = %name, job = %p.job_id, error = %e, "cannot record progress");
                         }
                     }
-                    Some(AgentMsg::Result(r)) => match handle_result(&s, &ident, peer, &r).await {
-                        Ok(()) => {
-                            let _ = tx.send(Ok(ack(&r.job_id)));
+                    Some(AgentMsg::Result(r)) => {
+                        match handle_result(&s, &ident, peer, &convert::job_report(&r)).await {
+                            Ok(()) => {
+                                let _ = tx.send(Ok(convert::ack(&r.job_id)));
+                            }
+                            Err(e) => {
+                                tracing::error!(agent = %name, job = %r.job_id, error = %e, "cannot store a job result; the agent keeps it and reports it again");
+                            }
                         }
-                        Err(e) => {
-                            tracing::error!(agent = %name, job = %r.job_id, error = %e, "cannot store a job result; the agent keeps it and reports it again");
-                        }
-                    },
+                    }
                     Some(AgentMsg::Hello(_)) => {
                         tracing::warn!(agent = %name, "ignoring a second Hello in one session");
                     }
@@ -944,14 +592,6 @@ impl AgentService for AgentApi {
     }
 }
 
-fn ack(job_id: &str) -> ControllerMessage {
-    ControllerMessage {
-        msg: Some(CtlMsg::Ack(ResultAck {
-            job_id: job_id.to_string(),
-        })),
-    }
-}
-
 /// Fuzzing entry point: given an `AgentMessage` as the `Session` stream
 /// decodes it (prost, in the fuzz target), run the checks the handlers above apply to its fields
 /// before anything reaches the catalog: the claimed name, agent and source
@@ -962,27 +602,15 @@ fn ack(job_id: &str) -> ControllerMessage {
 /// What a handler would refuse, as text.
 #[doc(hidden)]
 pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result<(), String> {
-    let result = |r: &JobResult| -> std::result::Result<(), String> {
+    let result = |r: &trireme_proto::v1::JobResult| -> std::result::Result<(), String> {
         let _: JobId = r.job_id.parse().map_err(|e: Error| e.to_string())?;
-        let _ = ack(&r.job_id);
+        let _ = convert::ack(&r.job_id);
         if r.ok {
             Id::from_hex(&r.snapshot_id).ok_or("no valid snapshot id")?;
         }
-        let summary = r
-            .summary
-            .as_ref()
-            .map(summary_from_wire)
-            .unwrap_or_default();
-        let _ = (
-            summary.bytes,
-            DateTime::from_timestamp_nanos(r.snapshot_time_ns),
-        );
-        let _ = r
-            .summary
-            .as_ref()
-            .map(|s| (s.duration_secs * 1000.0) as u64);
-        let _: std::collections::BTreeMap<String, String> =
-            r.datastore_position.clone().into_iter().collect();
+        let _ = convert::job_report(r);
+        let (summary, time, position) = convert::result_extras(r);
+        let _ = (summary.bytes, time, position);
         Ok(())
     };
     match msg.msg {
@@ -1001,16 +629,8 @@ pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result
             Ok(())
         }
         Some(AgentMsg::Heartbeat(h)) => {
-            for v in &h.volumes {
-                if let Ok(id) = crate::sources::SourceId::new(agent, v.source.clone()) {
-                    let vol = super::Volume {
-                        path: v.path.clone(),
-                        total_bytes: v.total_bytes,
-                        used_bytes: v.used_bytes,
-                        at: DateTime::UNIX_EPOCH,
-                    };
-                    let _ = super::volume_problems(&[(id, vol)].into_iter().collect());
-                }
+            for v in convert::volumes(agent, &h.volumes, DateTime::UNIX_EPOCH) {
+                let _ = crate::status::volume_problems(&[v].into_iter().collect());
             }
             Ok(())
         }

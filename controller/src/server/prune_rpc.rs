@@ -1,8 +1,9 @@
 //! The `Prune` RPC's work: hold job dispatch, check that no job is under
-//! way, run [`crate::prune::prune`], put what it deleted into the audit
-//! chain, and turn the outcome into its reply. The handler in
-//! [`super::operator`] checks the role and the second factor (audited, as
-//! for a restore: deleting backups is as sensitive as reading them back).
+//! way, run [`crate::prune::prune`], and put what it deleted into the audit
+//! chain. The handler in [`super::operator`] checks the role and the second
+//! factor (audited, as for a restore: deleting backups is as sensitive as
+//! reading them back) and turns the outcome into its reply
+//! ([`super::convert::prune_reply`]).
 //!
 //! A dry run deletes nothing: it needs the operator role but no second
 //! factor, and is audited too. The `[retention] prune_every` loop is
@@ -13,15 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::Status;
 use trireme_common::{DynKeyProvider, Identity};
-use trireme_proto::v1::{PruneLocation, PruneReply, PruneRequest, PruneSnapshot};
 
 use super::agents::dispatch_soon;
 use super::Shared;
 use crate::audit::Event;
 use crate::error::{Error, Result};
-use crate::prune::{self, LocationOutcome, PruneOutcome, Verdict};
+use crate::prune::{self, PruneOutcome};
 use crate::sources::SourceId;
 
 /// The audit log's action name of every prune, manual or scheduled.
@@ -32,31 +31,30 @@ const AUDIT_IDS: usize = 100;
 
 /// Run a prune for `who` (whose role and second factor were checked;
 /// `mfa` says how, for the audit entry) and audit it: what it deleted, or
-/// why it was refused or failed.
+/// why it was refused or failed. `source`: the agent and source names of
+/// the one source to prune (both empty: every source).
 ///
 /// # Errors
-/// `InvalidArgument` for a bad source, `FailedPrecondition` while jobs are
-/// under way, catalog errors.
+/// An invalid source name, [`Error::PruneRefused`] while jobs are under
+/// way, catalog errors.
 pub async fn run(
     shared: &Arc<Shared>,
     who: &Identity,
     peer: Option<SocketAddr>,
     mfa: &str,
-    r: PruneRequest,
-) -> Result<PruneReply, Status> {
+    dry_run: bool,
+    source: (String, String),
+) -> Result<PruneOutcome> {
     let audit = |event: Event| shared.audit(event.from_peer(peer));
-    let source = match &r.source {
-        Some(s) if !(s.agent.is_empty() && s.source.is_empty()) => Some(
-            SourceId::new(s.agent.clone(), s.source.clone()).inspect_err(|e| {
+    let source = match source {
+        (agent, name) if !(agent.is_empty() && name.is_empty()) => {
+            Some(SourceId::new(agent, name).inspect_err(|e| {
                 audit(Event::by(who, ACTION, "").refused(e.to_string()));
-            })?,
-        ),
+            })?)
+        }
         _ => None,
     };
-    let req = prune::PruneRequest {
-        dry_run: r.dry_run,
-        source,
-    };
+    let req = prune::PruneRequest { dry_run, source };
     match prune_now(shared, &req).await {
         Ok(outcome) => {
             let event = Event::by(who, ACTION, format!("{}{mfa}", summary(&req, &outcome)));
@@ -64,7 +62,7 @@ pub async fn run(
                 Some(errors) => event.problem(errors),
                 None => event,
             });
-            Ok(to_wire(&outcome))
+            Ok(outcome)
         }
         Err(e) => {
             let target = scope(&req);
@@ -72,7 +70,7 @@ pub async fn run(
                 Error::PruneRefused(why) => Event::by(who, ACTION, target).refused(why.clone()),
                 e => Event::by(who, ACTION, target).problem(e.to_string()),
             });
-            Err(e.into())
+            Err(e)
         }
     }
 }
@@ -242,51 +240,4 @@ pub async fn scheduled(
 /// A scheduled prune's audit entry: actor `scheduler`, role `controller`.
 fn scheduler_event(target: String) -> Event {
     Event::actor("scheduler", "controller", ACTION, target)
-}
-
-fn snapshot(v: &Verdict) -> PruneSnapshot {
-    PruneSnapshot {
-        id: v.id.to_hex(),
-        source: v.source.to_string(),
-        time_unix: v.time.timestamp(),
-        reason: v.reason.clone(),
-        needed_by: v
-            .needed_by
-            .as_ref()
-            .map(|n| n.snapshot.to_hex())
-            .unwrap_or_default(),
-        chain: v
-            .needed_by
-            .as_ref()
-            .map(|n| n.chain.clone())
-            .unwrap_or_default(),
-    }
-}
-
-fn location(o: &LocationOutcome) -> PruneLocation {
-    PruneLocation {
-        name: o.name.clone(),
-        skipped: o.skipped.clone().unwrap_or_default(),
-        error: o.error.clone().unwrap_or_default(),
-        snapshots_removed: o.snapshots_removed.iter().map(|i| i.to_hex()).collect(),
-        packs_deleted: o.packs_deleted,
-        index_deleted: o.index_deleted,
-        index_written: o.index_written,
-        bytes_freed: o.bytes_freed,
-        locked: o.locked.clone(),
-        mixed_packs: o.mixed_packs,
-        unused_bytes: o.unused_bytes,
-        unindexed_packs: o.unindexed_packs,
-    }
-}
-
-/// The outcome as the wire reply.
-pub fn to_wire(o: &PruneOutcome) -> PruneReply {
-    PruneReply {
-        dry_run: o.dry_run,
-        removed: o.removed.iter().map(snapshot).collect(),
-        kept: o.kept.iter().map(snapshot).collect(),
-        locations: o.locations.iter().map(location).collect(),
-        notes: o.notes.clone(),
-    }
 }

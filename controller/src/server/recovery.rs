@@ -9,7 +9,8 @@ use crate::jobs::{Job, JobId};
 use crate::recovery::{self, DrillRecord, DrillStep, LocationCheck, RestoreTestRecord};
 use crate::snapshots::CopyState;
 
-use super::agents::{blocking, dispatch_soon};
+use super::agents::dispatch_soon;
+use super::blocking;
 use super::Shared;
 
 /// How often the loop looks for due tests and finished ones.
