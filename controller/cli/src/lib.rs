@@ -9,8 +9,9 @@
 //!   `prune` and `recovery` (restore tests and drills) in their own modules;
 //! - `watch`: following a job to its end (`jobs watch`, `--wait`).
 //!
-//! The modules import one way: `commands` → `audit`, `prune`, `recovery` →
-//! `watch` → `view` → `output`.
+//! The modules import one way: `commands` uses `audit`, `prune`, `recovery`,
+//! `watch` and `view`; `recovery` uses `watch`; `watch` uses `view`; all of
+//! them print with `output`, which uses only [`cert::Output`].
 //!
 //! Every command prints its result to stdout (`-o json` for scripts) and
 //! errors to stderr as `error: …`; the exit code is 0 on success and 1 on any
