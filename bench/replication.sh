@@ -31,7 +31,7 @@ command -v rclone >/dev/null || { echo "== installing rclone"; apt-get install -
 # the servers here are plain http anyway.
 
 echo "== building release binaries"
-cargo build --release --quiet --locked -p trireme-controller -p trireme-agent
+cargo build --release --quiet --locked -p trireme-controller -p trireme-agent -p trireme-cli
 bin=$CARGO_TARGET_DIR/release
 trireme=$bin/trireme
 

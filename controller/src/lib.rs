@@ -4,8 +4,6 @@
 pub mod attribution;
 pub mod audit;
 pub mod catalog;
-pub mod cert_cmd;
-pub mod cli;
 pub mod config;
 pub mod custody;
 pub mod error;

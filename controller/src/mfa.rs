@@ -24,7 +24,7 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 
 /// gRPC metadata key that carries the code.
-pub const TOTP_HEADER: &str = "x-trireme-totp";
+pub use trireme_proto::TOTP_HEADER;
 /// Seconds per code.
 pub const STEP_SECS: u64 = 30;
 /// Digits per code.

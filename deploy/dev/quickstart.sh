@@ -20,7 +20,7 @@ port=${QUICKSTART_PORT:-17443}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 
 echo "== building trireme, trireme-controller and trireme-agent"
-cargo build --quiet --locked -p trireme-controller -p trireme-agent
+cargo build --quiet --locked -p trireme-controller -p trireme-agent -p trireme-cli
 bin="$CARGO_TARGET_DIR/debug"
 trireme="$bin/trireme"
 

@@ -17,13 +17,14 @@ use serde_json::Value;
 use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
 
-/// A binary of the workspace: next to the `trireme` CLI cargo built, or in
-/// `TRIREME_TEST_BIN_DIR` when set (binaries copied aside, e.g. when the
-/// target directory is shared with other checkouts).
+/// A binary of the workspace (`trireme-agent`, the `trireme` CLI of package
+/// `trireme-cli`, …): next to the `trireme-controller` cargo built for these
+/// tests, or in `TRIREME_TEST_BIN_DIR` when set (binaries copied aside, e.g.
+/// when the target directory is shared with other checkouts).
 pub fn bin(name: &str) -> PathBuf {
     let dir = match std::env::var_os("TRIREME_TEST_BIN_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_BIN_EXE_trireme"))
+        None => PathBuf::from(env!("CARGO_BIN_EXE_trireme-controller"))
             .parent()
             .unwrap()
             .to_path_buf(),
@@ -31,7 +32,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: build it first (`cargo build -p trireme-agent`, or run `cargo test --workspace`)",
+        "{} is missing: build it first (`cargo build --workspace --bins`, or run `cargo test --workspace`)",
         p.display()
     );
     p

@@ -1,14 +1,17 @@
 //! The `trireme` operator CLI: command-line arguments, and the commands that
 //! talk to the controller's `OperatorService` over mTLS (`trireme cert` is in
-//! [`crate::cert_cmd`]).
+//! [`cert`]). Dialling the controller is [`trireme_client::connect`].
 //!
-//! - [`connect`](mod@connect): which certificate, which controller, dialling, and
-//!   gRPC statuses turned into operator-readable errors;
-//! - [`output`]: tables, JSON, sizes and times;
+//! - [`output`]: tables, JSON, sizes and times, a list or one object;
 //! - `view`: how each API message looks as a table row, a detail listing
 //!   and a JSON object;
-//! - `commands`: one function per command;
+//! - `commands`: one function per command, with `audit` (and `mfa`),
+//!   `prune` and `recovery` (restore tests and drills) in their own modules;
 //! - `watch`: following a job to its end (`jobs watch`, `--wait`).
+//!
+//! The modules import one way: `commands` uses `audit`, `prune`, `recovery`,
+//! `watch` and `view`; `recovery` uses `watch`; `watch` uses `view`; all of
+//! them print with `output`, which uses only [`cert::Output`].
 //!
 //! Every command prints its result to stdout (`-o json` for scripts) and
 //! errors to stderr as `error: …`; the exit code is 0 on success and 1 on any
@@ -16,8 +19,8 @@
 //! was cancelled, and a `verify` that left copies it could not repair.
 
 mod audit;
+pub mod cert;
 mod commands;
-pub mod connect;
 pub mod output;
 mod prune;
 mod recovery;
@@ -29,12 +32,10 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use trireme_client::{recovery_key, Settings, DEFAULT_CONTROLLER};
 use trireme_proto::v1;
 
-use crate::cert_cmd::{self, CertCommand};
-
-/// Default `--controller`.
-pub const DEFAULT_CONTROLLER: &str = "localhost:7443";
+use crate::cert::CertCommand;
 
 /// Trireme operator CLI: agents, sources, policies, backups, jobs, snapshots,
 /// restores, locations and verification, through the controller (mTLS);
@@ -57,7 +58,7 @@ pub struct Cli {
 /// and `trireme cert ls --output`, whose own arguments win there (clap does
 /// not add a global argument to a subcommand that has one with its id, and
 /// passes values between levels by id, so both must have the same type:
-/// [`cert_cmd::Output`]).
+/// [`cert::Output`]).
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
@@ -87,7 +88,7 @@ pub struct GlobalArgs {
     /// Output format: tables for people, JSON for scripts.
     #[arg(short = 'o', long, global = true, env = "TRIREME_OUTPUT", default_value = "table",
           value_parser = output_parser())]
-    pub output: cert_cmd::Output,
+    pub output: cert::Output,
     /// Log filter for diagnostics on stderr (e.g. `debug`); also RUST_LOG.
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
     pub log: String,
@@ -104,9 +105,25 @@ pub struct GlobalArgs {
     pub totp: Option<String>,
 }
 
-/// `table` (alias `text`) or `json`, as the [`cert_cmd::Output`] that
+impl GlobalArgs {
+    /// How to reach the controller, for [`trireme_client::Controller::connect`].
+    pub fn settings(&self) -> Settings {
+        Settings {
+            controller: self.controller.clone(),
+            server_name: self.server_name.clone(),
+            tls_dir: self.tls_dir.clone(),
+            name: self.name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+            totp: self.totp.clone(),
+        }
+    }
+}
+
+/// `table` (alias `text`) or `json`, as the [`cert::Output`] that
 /// `trireme cert ls --output` also uses.
-fn output_parser() -> impl TypedValueParser<Value = cert_cmd::Output> {
+fn output_parser() -> impl TypedValueParser<Value = cert::Output> {
     PossibleValuesParser::new([
         PossibleValue::new("table")
             .alias("text")
@@ -114,8 +131,8 @@ fn output_parser() -> impl TypedValueParser<Value = cert_cmd::Output> {
         PossibleValue::new("json").help("JSON: arrays for lists, one object per line for watch"),
     ])
     .map(|s| match s.as_str() {
-        "json" => cert_cmd::Output::Json,
-        _ => cert_cmd::Output::Text,
+        "json" => cert::Output::Json,
+        _ => cert::Output::Text,
     })
 }
 
@@ -570,7 +587,7 @@ fn parse_restore_to(s: &str) -> Result<RestoreTo, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     match command {
-        Command::Cert(cmd) => cert_cmd::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
         Command::Key(KeyCmd::Import {
             input,
             key_file,
@@ -579,9 +596,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             use anyhow::Context as _;
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("reading the export {}", input.display()))?;
-            let pass = crate::recovery_key::ask_passphrase(passphrase_file.as_deref(), false)?;
-            let id =
-                crate::recovery_key::import(&input.display().to_string(), &text, &pass, &key_file)?;
+            let pass = recovery_key::ask_passphrase(passphrase_file.as_deref(), false)?;
+            let id = recovery_key::import(&input.display().to_string(), &text, &pass, &key_file)?;
             output::println(&format!(
                 "restored master key {id} to {}; point the new controller's key_file at it",
                 key_file.display()
@@ -675,10 +691,52 @@ mod tests {
     fn global_options_go_before_or_after_the_subcommand() {
         let a = Cli::try_parse_from(["trireme", "-o", "json", "jobs", "ls"]).unwrap();
         let b = Cli::try_parse_from(["trireme", "jobs", "ls", "--output", "json"]).unwrap();
-        assert_eq!(a.global.output, cert_cmd::Output::Json);
-        assert_eq!(b.global.output, cert_cmd::Output::Json);
+        assert_eq!(a.global.output, cert::Output::Json);
+        assert_eq!(b.global.output, cert::Output::Json);
         let c = Cli::try_parse_from(["trireme", "status", "--controller", "ctl:1"]).unwrap();
         assert_eq!(c.global.controller, "ctl:1");
+    }
+
+    #[test]
+    fn global_options_are_the_connection_settings() {
+        // Environment variables would leak into these parses.
+        if std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("TRIREME_")) {
+            return;
+        }
+        let c = Cli::try_parse_from([
+            "trireme",
+            "status",
+            "--controller",
+            "ctl:1",
+            "--server-name",
+            "ctl.example",
+            "--tls-dir",
+            "/t",
+            "--name",
+            "alice",
+            "--ca",
+            "/etc/ca.pem",
+            "--totp",
+            "123456",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.global.settings(),
+            Settings {
+                controller: "ctl:1".into(),
+                server_name: Some("ctl.example".into()),
+                tls_dir: Some("/t".into()),
+                name: Some("alice".into()),
+                cert: None,
+                key: None,
+                ca: Some("/etc/ca.pem".into()),
+                totp: Some("123456".into()),
+            }
+        );
+        let c = Cli::try_parse_from(["trireme", "status", "--cert", "c", "--key", "k"]).unwrap();
+        let s = c.global.settings();
+        assert_eq!(s.controller, DEFAULT_CONTROLLER);
+        assert_eq!((s.cert, s.key), (Some("c".into()), Some("k".into())));
     }
 
     #[test]
@@ -730,7 +788,7 @@ mod tests {
         assert!(matches!(
             c.command,
             Command::Cert(CertCommand::Ls {
-                output: cert_cmd::Output::Json,
+                output: cert::Output::Json,
                 ..
             })
         ));

@@ -4,32 +4,14 @@
 use anyhow::{anyhow, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use tonic::metadata::MetadataValue;
+use trireme_client::{with_totp, Controller};
 use trireme_proto::v1::{
     AuditEntry, ListAuditRequest, MfaConfirmRequest, MfaEnrollRequest, VerifyAuditReply,
     VerifyAuditRequest,
 };
 
-use super::connect::Controller;
-use super::output::{fields, json_str, or_dash, print_json, println, table, Format};
-use super::{AuditCmd, MfaCmd};
-use crate::mfa::TOTP_HEADER;
-
-/// `request` with the TOTP code (from `--totp` / `TRIREME_TOTP`) in its
-/// metadata, for the sensitive RPCs.
-///
-/// # Errors
-/// A code that cannot be sent as metadata.
-pub fn with_totp<T>(message: T, totp: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
-    let mut request = tonic::Request::new(message);
-    if let Some(code) = totp.map(str::trim).filter(|c| !c.is_empty()) {
-        let value: MetadataValue<_> = code
-            .parse()
-            .map_err(|_| anyhow!("--totp {code:?}: give the 6 digits your authenticator shows"))?;
-        request.metadata_mut().insert(TOTP_HEADER, value);
-    }
-    Ok(request)
-}
+use crate::output::{fields, json_str, or_dash, print_json, println, table, Format};
+use crate::{AuditCmd, MfaCmd};
 
 /// `--since`: an RFC 3339 time, or a duration back from now (`24h`, `7d`).
 ///
@@ -297,13 +279,5 @@ mod tests {
         let e = verify_outcome(&r).unwrap_err().to_string();
         assert!(e.contains("broken at entry 5"), "{e}");
         assert!(verify_fields(&r).contains("BROKEN at entry 5"));
-    }
-
-    #[test]
-    fn the_code_travels_as_metadata() {
-        let r = with_totp((), Some(" 123456 ")).unwrap();
-        assert_eq!(r.metadata().get(TOTP_HEADER).unwrap(), "123456");
-        assert!(with_totp((), None).unwrap().metadata().is_empty());
-        assert!(with_totp((), Some("12\n34")).is_err());
     }
 }

@@ -6,14 +6,15 @@ use anyhow::bail;
 use serde_json::{json, Value};
 use trireme_proto::v1::{
     DrillInfo, GetDrillRequest, ListDrillsRequest, ListRestoreTestsRequest, RestoreTestInfo,
-    RunDrillRequest, RunRestoreTestRequest, SourceRef, StatusReply,
+    RunDrillRequest, RunRestoreTestRequest, SourceRef,
 };
 
-use super::audit::with_totp;
-use super::commands::{list, one};
-use super::connect::Controller;
-use super::output::{duration, json_str, json_time, or_dash, println, table, time, Format};
-use super::{watch, DrillCmd, RestoreTestCmd};
+use trireme_client::{with_totp, Controller};
+
+use crate::output::{
+    duration, json_str, json_time, list, one, or_dash, println, table, time, Format,
+};
+use crate::{watch, DrillCmd, RestoreTestCmd};
 
 /// `trireme restore-test …`
 pub async fn restore_test(
@@ -263,7 +264,7 @@ fn test_fields(t: &RestoreTestInfo) -> String {
     if !t.error.is_empty() {
         rows.push(("error", t.error.clone()));
     }
-    super::output::fields(&rows)
+    crate::output::fields(&rows)
 }
 
 fn drill_json(d: &DrillInfo) -> Value {
@@ -297,76 +298,6 @@ fn drills_table(drills: &[DrillInfo]) -> String {
                         v => v.to_string(),
                     },
                 ]
-            })
-            .collect(),
-    )
-}
-
-/// The `recovery` lines of `status`: per source, RPO and RTO, red or green.
-pub fn recovery_text(st: &StatusReply) -> String {
-    if st.recovery.is_empty() {
-        return "no sources with policies".into();
-    }
-    let names: Vec<String> = st
-        .recovery
-        .iter()
-        .map(|r| source_text(r.source.as_ref()))
-        .collect();
-    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
-    st.recovery
-        .iter()
-        .zip(&names)
-        .map(|(r, name)| {
-            let rpo = if r.rpo_secs > 0.0 {
-                let age = if r.age_secs < 0.0 {
-                    "no 3/3 snapshot".to_string()
-                } else {
-                    format!("{} old", duration(r.age_secs))
-                };
-                format!("RPO {} ({age})", duration(r.rpo_secs))
-            } else {
-                "RPO -".to_string()
-            };
-            let rto = match (r.rto_secs > 0.0, r.last_test_unix) {
-                (_, 0) if r.rto_secs > 0.0 => {
-                    format!("RTO {} (never tested)", duration(r.rto_secs))
-                }
-                (_, 0) => "RTO - (never tested)".to_string(),
-                (has_rto, t) => format!(
-                    "RTO {} (last test {} {}, took {})",
-                    if has_rto {
-                        duration(r.rto_secs)
-                    } else {
-                        "-".into()
-                    },
-                    time(t),
-                    if r.last_test_ok { "passed" } else { "FAILED" },
-                    duration(r.last_test_secs)
-                ),
-            };
-            format!("{:<w$}  {:<5}  {rpo}; {rto}", name, r.state.to_uppercase())
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The `recovery` part of `status -o json`.
-pub fn recovery_json(st: &StatusReply) -> Value {
-    Value::Array(
-        st.recovery
-            .iter()
-            .map(|r| {
-                json!({
-                    "source": r.source.as_ref().map(|s| json!({"agent": s.agent, "name": s.source})),
-                    "state": r.state,
-                    "rpo_secs": (r.rpo_secs > 0.0).then_some(r.rpo_secs),
-                    "age_secs": (r.age_secs >= 0.0).then_some(r.age_secs),
-                    "rto_secs": (r.rto_secs > 0.0).then_some(r.rto_secs),
-                    "last_test": json_time(r.last_test_unix),
-                    "last_test_ok": (r.last_test_unix != 0).then_some(r.last_test_ok),
-                    "last_test_secs": (r.last_test_unix != 0).then_some(r.last_test_secs),
-                    "problems": r.problems,
-                })
             })
             .collect(),
     )

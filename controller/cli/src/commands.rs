@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use trireme_client::{recovery_key, with_totp, Controller};
 use trireme_proto::v1::{
     ApplyPolicyRequest, CancelJobRequest, GetJobRequest, GetSnapshotRequest, JobInfo, JobState,
     ListAgentsRequest, ListJobsRequest, ListLocationsRequest, ListPoliciesRequest,
@@ -15,12 +15,10 @@ use trireme_proto::v1::{
     SourceRef, StatusRequest, VerifyReply, VerifyRequest,
 };
 
-use super::audit::with_totp;
-use super::connect::Controller;
-use super::output::{print_json, println, Format};
-use super::{
-    audit, view, watch, AgentsCmd, BackupCmd, Command, GlobalArgs, JobsCmd, LocationsCmd,
-    PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
+use crate::output::{list, one, print_json, println, Format};
+use crate::{
+    audit, prune, recovery, view, watch, AgentsCmd, BackupCmd, CatalogCmd, Command, GlobalArgs,
+    JobsCmd, KeyCmd, LocationsCmd, PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
 };
 
 /// Run a command that needs the controller.
@@ -35,7 +33,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         _ => None,
     };
     let totp = global.totp.as_deref();
-    let mut c = Controller::connect(global).await?;
+    let mut c = Controller::connect(&global.settings()).await?;
     match command {
         Command::Agents(AgentsCmd::Ls) => {
             let r = c
@@ -275,14 +273,14 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         }
         Command::Audit(cmd) => audit::audit(&mut c, format, cmd).await,
         Command::Mfa(cmd) => audit::mfa(&mut c, format, cmd, totp).await,
-        Command::Key(super::KeyCmd::Export {
+        Command::Key(KeyCmd::Export {
             out,
             passphrase_file,
         }) => {
             if out.exists() {
                 anyhow::bail!("{} exists; give a new file", out.display());
             }
-            let passphrase = crate::recovery_key::ask_passphrase(passphrase_file.as_deref(), true)?;
+            let passphrase = recovery_key::ask_passphrase(passphrase_file.as_deref(), true)?;
             let r = c
                 .operator
                 .export_key(with_totp(
@@ -292,7 +290,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
-            crate::recovery_key::write_new(&out, r.export.as_bytes())?;
+            recovery_key::write_new(&out, r.export.as_bytes())?;
             one(
                 format,
                 serde_json::json!({ "key_id": r.key_id, "file": out.display().to_string() }),
@@ -305,12 +303,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 },
             )
         }
-        Command::Key(super::KeyCmd::Import { .. }) => {
+        Command::Key(KeyCmd::Import { .. }) => {
             unreachable!("`key import` runs locally (cli::run)")
         }
-        Command::RestoreTest(cmd) => super::recovery::restore_test(&mut c, format, cmd).await,
-        Command::Drill(cmd) => super::recovery::drill(&mut c, format, cmd).await,
-        Command::Catalog(super::CatalogCmd::Rebuild { from }) => {
+        Command::RestoreTest(cmd) => recovery::restore_test(&mut c, format, cmd).await,
+        Command::Drill(cmd) => recovery::drill(&mut c, format, cmd).await,
+        Command::Catalog(CatalogCmd::Rebuild { from }) => {
             let r = c
                 .operator
                 .rebuild_catalog(with_totp(
@@ -341,37 +339,10 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 },
             )
         }
-        Command::Prune(args) => super::prune::run(&mut c, format, args).await,
+        Command::Prune(args) => prune::run(&mut c, format, args).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }
-    }
-}
-
-/// Print a list: a JSON array, or a table (a note when empty).
-pub(super) fn list<T>(
-    format: Format,
-    items: &[T],
-    json: fn(&T) -> Value,
-    table: fn(&[T]) -> String,
-    empty: &str,
-) -> anyhow::Result<()> {
-    match format {
-        Format::Json => print_json(&Value::Array(items.iter().map(json).collect()), false),
-        Format::Table if items.is_empty() => println(empty),
-        Format::Table => println(&table(items)),
-    }
-}
-
-/// Print one object: JSON, or the text made by `text`.
-pub(super) fn one(
-    format: Format,
-    json: Value,
-    text: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    match format {
-        Format::Json => print_json(&json, false),
-        Format::Table => println(&text()),
     }
 }
 

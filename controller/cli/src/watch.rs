@@ -15,9 +15,10 @@ use anyhow::{anyhow, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use trireme_proto::v1::{GetJobRequest, JobInfo, JobState, WatchJobRequest};
 
-use super::connect::Controller;
-use super::output::{print_json, println, time, Format};
-use super::view;
+use trireme_client::Controller;
+
+use crate::output::{print_json, println, time, Format};
+use crate::view;
 
 /// Least time between two plain progress lines of a running job.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);

@@ -15,7 +15,7 @@ use std::time::Duration;
 use comfy_table::{presets, Table};
 use serde_json::Value;
 
-use crate::cert_cmd;
+use crate::cert;
 
 /// How to print results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +26,11 @@ pub enum Format {
     Json,
 }
 
-impl From<cert_cmd::Output> for Format {
-    fn from(o: cert_cmd::Output) -> Self {
+impl From<cert::Output> for Format {
+    fn from(o: cert::Output) -> Self {
         match o {
-            cert_cmd::Output::Text => Format::Table,
-            cert_cmd::Output::Json => Format::Json,
+            cert::Output::Text => Format::Table,
+            cert::Output::Json => Format::Json,
         }
     }
 }
@@ -210,6 +210,29 @@ pub fn age(secs: i64) -> String {
             0 => format!("{d}d"),
             rh => format!("{d}d {rh}h"),
         }
+    }
+}
+
+/// Print a list: a JSON array, or a table (a note when empty).
+pub fn list<T>(
+    format: Format,
+    items: &[T],
+    json: fn(&T) -> Value,
+    table: fn(&[T]) -> String,
+    empty: &str,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&Value::Array(items.iter().map(json).collect()), false),
+        Format::Table if items.is_empty() => println(empty),
+        Format::Table => println(&table(items)),
+    }
+}
+
+/// Print one object: JSON, or the text made by `text`.
+pub fn one(format: Format, json: Value, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+    match format {
+        Format::Json => print_json(&json, false),
+        Format::Table => println(&text()),
     }
 }
 

@@ -1,9 +1,9 @@
 //! `trireme`: the operator CLI. Everything but starting up is in
-//! [`trireme_controller::cli`].
+//! [`trireme_cli`].
 
 use std::process::ExitCode;
 
-use trireme_controller::cli;
+use trireme_cli as cli;
 
 fn main() -> ExitCode {
     let args = cli::parse();

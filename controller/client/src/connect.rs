@@ -1,10 +1,13 @@
 //! Reaching the controller: which certificate files, which address and
 //! server name, the mTLS channel, and gRPC statuses as operator-readable
-//! errors.
+//! errors. The messages name the `trireme` CLI's flags and variables
+//! (`--tls-dir`, `TRIREME_TLS_DIR`, …), which [`Settings`] mirrors.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
+use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use trireme_common::tls::ca::CA_CERT_FILE;
@@ -12,8 +15,36 @@ use trireme_common::tls::{client_config, connect, ClientTls, TlsFiles};
 use trireme_common::Role;
 use trireme_proto::v1::health_client::HealthClient;
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
+use trireme_proto::TOTP_HEADER;
 
-use super::GlobalArgs;
+/// The controller address dialled when none is given (`--controller`).
+pub const DEFAULT_CONTROLLER: &str = "localhost:7443";
+
+/// How to reach the controller: the `trireme` CLI's global options
+/// `--controller`, `--server-name`, `--tls-dir`, `--name`, `--cert`,
+/// `--key`, `--ca` and `--totp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Controller address, `HOST[:PORT]` (an `https://` prefix and a
+    /// trailing slash are allowed; the port defaults to
+    /// [`DEFAULT_CONTROLLER`]'s).
+    pub controller: String,
+    /// Name the controller's certificate must carry; `None`: the host of
+    /// `controller`.
+    pub server_name: Option<String>,
+    /// Directory holding `NAME.pem`, `NAME.key` and `ca.pem`.
+    pub tls_dir: Option<PathBuf>,
+    /// The certificate's name in `tls_dir`.
+    pub name: Option<String>,
+    /// The client certificate (PEM); overrides `tls_dir`.
+    pub cert: Option<PathBuf>,
+    /// The client's private key (PEM); overrides `tls_dir`.
+    pub key: Option<PathBuf>,
+    /// The Trireme CA certificate; overrides `tls_dir`.
+    pub ca: Option<PathBuf>,
+    /// The current TOTP code, for the sensitive RPCs.
+    pub totp: Option<String>,
+}
 
 /// How to get an operator certificate, appended to certificate errors.
 const ISSUE_HINT: &str = "an operator certificate is issued with \
@@ -33,12 +64,12 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Dial the controller named by the global options over mTLS.
+    /// Dial the controller named by `global` over mTLS.
     ///
     /// # Errors
     /// Missing certificate settings, unusable certificate files, or an
     /// unreachable controller, each saying what to fix.
-    pub async fn connect(global: &GlobalArgs) -> anyhow::Result<Self> {
+    pub async fn connect(global: &Settings) -> anyhow::Result<Self> {
         let addr = normalize_addr(&global.controller);
         let files = tls_files(global)?;
         let config = client_config(&files).context("loading your client certificate")?;
@@ -73,7 +104,7 @@ impl Controller {
 ///
 /// # Errors
 /// When a file is not given either way, naming the flags and variables.
-pub fn tls_files(g: &GlobalArgs) -> anyhow::Result<TlsFiles> {
+pub fn tls_files(g: &Settings) -> anyhow::Result<TlsFiles> {
     let in_dir = match (&g.tls_dir, &g.name) {
         (Some(dir), Some(name)) => Some(TlsFiles::in_dir(dir, name)),
         _ => None,
@@ -148,11 +179,28 @@ pub fn normalize_addr(addr: &str) -> String {
     if has_port {
         a.to_string()
     } else {
-        let port = super::DEFAULT_CONTROLLER
+        let port = DEFAULT_CONTROLLER
             .rsplit_once(':')
             .map_or("7443", |(_, p)| p);
         format!("{a}:{port}")
     }
+}
+
+/// `message` as a request with the TOTP code `totp` (from `--totp` /
+/// `TRIREME_TOTP`) in its metadata ([`TOTP_HEADER`]), for the sensitive
+/// RPCs.
+///
+/// # Errors
+/// A code that cannot be sent as metadata.
+pub fn with_totp<T>(message: T, totp: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    if let Some(code) = totp.map(str::trim).filter(|c| !c.is_empty()) {
+        let value: MetadataValue<_> = code
+            .parse()
+            .map_err(|_| anyhow!("--totp {code:?}: give the 6 digits your authenticator shows"))?;
+        request.metadata_mut().insert(TOTP_HEADER, value);
+    }
+    Ok(request)
 }
 
 /// The host of `host:port` or `[v6]:port`, without brackets: the default
@@ -274,17 +322,24 @@ pub fn code_words(code: Code) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use clap::Parser;
-
     use super::*;
 
-    fn global(args: &[&str]) -> GlobalArgs {
-        let mut v = vec!["trireme"];
-        v.extend_from_slice(args);
-        v.push("status");
-        super::super::Cli::try_parse_from(v).unwrap().global
+    /// Settings from `--tls-dir`, `--name`, `--cert`, `--key` and `--ca`
+    /// flags and their values.
+    fn global(args: &[&str]) -> Settings {
+        let mut s = Settings::default();
+        for pair in args.chunks(2) {
+            let v = pair[1].to_string();
+            match pair[0] {
+                "--tls-dir" => s.tls_dir = Some(v.into()),
+                "--name" => s.name = Some(v),
+                "--cert" => s.cert = Some(v.into()),
+                "--key" => s.key = Some(v.into()),
+                "--ca" => s.ca = Some(v.into()),
+                other => panic!("{other}"),
+            }
+        }
+        s
     }
 
     #[test]
@@ -301,18 +356,6 @@ mod tests {
 
     #[test]
     fn certificate_files() {
-        // Environment variables would leak into these parses.
-        for v in [
-            "TRIREME_TLS_DIR",
-            "TRIREME_CERT_NAME",
-            "TRIREME_CERT",
-            "TRIREME_KEY",
-            "TRIREME_CA",
-        ] {
-            if std::env::var_os(v).is_some() {
-                return;
-            }
-        }
         let f = tls_files(&global(&["--tls-dir", "/t", "--name", "alice"])).unwrap();
         assert_eq!(f.cert, PathBuf::from("/t/alice.pem"));
         assert_eq!(f.key, PathBuf::from("/t/alice.key"));
@@ -352,6 +395,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs --tls-dir"), "{err}");
+    }
+
+    #[test]
+    fn the_code_travels_as_metadata() {
+        let r = with_totp((), Some(" 123456 ")).unwrap();
+        assert_eq!(r.metadata().get(TOTP_HEADER).unwrap(), "123456");
+        assert!(with_totp((), None).unwrap().metadata().is_empty());
+        assert!(with_totp((), Some("12\n34")).is_err());
     }
 
     #[test]

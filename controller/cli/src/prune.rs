@@ -6,10 +6,10 @@ use anyhow::bail;
 use serde_json::{json, Value};
 use trireme_proto::v1::{PruneLocation, PruneReply, PruneRequest, PruneSnapshot};
 
-use super::audit::with_totp;
-use super::connect::Controller;
-use super::output::{json_str, json_time, print_json, println, size, table, time, Format};
-use super::PruneArgs;
+use trireme_client::{with_totp, Controller};
+
+use crate::output::{json_str, json_time, print_json, println, size, table, time, Format};
+use crate::PruneArgs;
 
 /// Run `trireme prune` (with `--totp` / `TRIREME_TOTP`: a prune that
 /// deletes is a sensitive action).

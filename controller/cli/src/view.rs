@@ -12,7 +12,7 @@ use trireme_proto::v1::{
     VerifyReply, VerifyRequest,
 };
 
-use super::output::{
+use crate::output::{
     age, duration, elapsed, fields, json_str, json_time, or_dash, rate, size, table, time,
 };
 
@@ -860,7 +860,7 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
             ),
         ),
         ("protection", protection_text(st, now())),
-        ("recovery", super::recovery::recovery_text(st)),
+        ("recovery", recovery_text(st)),
         ("problems", problems),
     ])
 }
@@ -936,9 +936,83 @@ pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
         },
         "locations_total": st.locations_total,
         "protection": st.protection.iter().map(protection_json).collect::<Vec<_>>(),
-        "recovery": super::recovery::recovery_json(st),
+        "recovery": recovery_json(st),
         "problems": st.problems,
     })
+}
+
+/// The `recovery` lines of `status`: per source, RPO and RTO, red or green.
+pub fn recovery_text(st: &StatusReply) -> String {
+    if st.recovery.is_empty() {
+        return "no sources with policies".into();
+    }
+    let names: Vec<String> = st
+        .recovery
+        .iter()
+        .map(|r| {
+            r.source
+                .as_ref()
+                .map_or("-".into(), |s| format!("{}/{}", s.agent, s.source))
+        })
+        .collect();
+    let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    st.recovery
+        .iter()
+        .zip(&names)
+        .map(|(r, name)| {
+            let rpo = if r.rpo_secs > 0.0 {
+                let age = if r.age_secs < 0.0 {
+                    "no 3/3 snapshot".to_string()
+                } else {
+                    format!("{} old", duration(r.age_secs))
+                };
+                format!("RPO {} ({age})", duration(r.rpo_secs))
+            } else {
+                "RPO -".to_string()
+            };
+            let rto = match (r.rto_secs > 0.0, r.last_test_unix) {
+                (_, 0) if r.rto_secs > 0.0 => {
+                    format!("RTO {} (never tested)", duration(r.rto_secs))
+                }
+                (_, 0) => "RTO - (never tested)".to_string(),
+                (has_rto, t) => format!(
+                    "RTO {} (last test {} {}, took {})",
+                    if has_rto {
+                        duration(r.rto_secs)
+                    } else {
+                        "-".into()
+                    },
+                    time(t),
+                    if r.last_test_ok { "passed" } else { "FAILED" },
+                    duration(r.last_test_secs)
+                ),
+            };
+            format!("{:<w$}  {:<5}  {rpo}; {rto}", name, r.state.to_uppercase())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `recovery` part of `status -o json`.
+pub fn recovery_json(st: &StatusReply) -> Value {
+    Value::Array(
+        st.recovery
+            .iter()
+            .map(|r| {
+                json!({
+                    "source": r.source.as_ref().map(|s| json!({"agent": s.agent, "name": s.source})),
+                    "state": r.state,
+                    "rpo_secs": (r.rpo_secs > 0.0).then_some(r.rpo_secs),
+                    "age_secs": (r.age_secs >= 0.0).then_some(r.age_secs),
+                    "rto_secs": (r.rto_secs > 0.0).then_some(r.rto_secs),
+                    "last_test": json_time(r.last_test_unix),
+                    "last_test_ok": (r.last_test_unix != 0).then_some(r.last_test_ok),
+                    "last_test_secs": (r.last_test_unix != 0).then_some(r.last_test_secs),
+                    "problems": r.problems,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
