@@ -11,6 +11,7 @@ strongly connected component of two or more modules.
     python3 deploy/dev/import-cycles.py            # every crate
     python3 deploy/dev/import-cycles.py controller # crates under a directory
     python3 deploy/dev/import-cycles.py --largest 15
+    python3 deploy/dev/import-cycles.py --layers controller  # who imports whom
 
 Exits 1 when there is a circle, so CI or a hook can hold the line.
 """
@@ -136,9 +137,34 @@ def sccs(nodes, edges):
     return out
 
 
+def print_layers(name, edges):
+    """Top-level modules by layer: each imports only modules of lower layers."""
+    top = defaultdict(set)
+    for a, targets in edges.items():
+        for b in targets:
+            if a[:1] != b[:1] and a and b and a[0] != "bin":
+                top[a[0]].add(b[0])
+    nodes = set(top) | {b for t in top.values() for b in t}
+    level = {}
+
+    def lv(n):
+        if n not in level:
+            level[n] = 1 + max((lv(b) for b in top[n]), default=-1)
+        return level[n]
+
+    for n in nodes:
+        lv(n)
+    for l in sorted(set(level.values()), reverse=True):
+        mods = sorted(n for n in nodes if level[n] == l)
+        print(f"  layer {l}: " + ", ".join(f"{n} -> {{{', '.join(sorted(top[n]))}}}" if top[n] else n for n in mods))
+
+
 def main():
     args = sys.argv[1:]
     largest = 0
+    layers = "--layers" in args
+    if layers:
+        args.remove("--layers")
     if "--largest" in args:
         i = args.index("--largest")
         largest = int(args[i + 1])
@@ -173,6 +199,8 @@ def main():
             print(f"{name}: circle of {len(comp)} modules: {', '.join(shown)}")
         if not comps:
             print(f"{name}: no circles ({len(modules)} modules)")
+        if layers and not comps:
+            print_layers(name, edges)
     if largest:
         print(f"\nlargest files:")
         for n, p in sorted(sizes, reverse=True)[:largest]:
