@@ -13,7 +13,7 @@
 //! A domain module declares a table as a constant and gives the catalog
 //! (and, for a transactional table, [`Tx`]) an accessor, e.g. in `jobs`:
 //!
-//! ```ignore
+//! ```text
 //! pub const JOBS: TableDef<JobId, Job> = TableDef::new("jobs");
 //! impl Catalog {
 //!     pub fn jobs(&self) -> Tree<JobId, Job> { self.table(&JOBS) }
