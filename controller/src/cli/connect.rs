@@ -7,9 +7,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use trireme_common::tls::ca::CA_CERT_FILE;
-use trireme_common::tls::{client_config, connect, ClientTls, TlsFiles};
-use trireme_common::Role;
+use trireme_net::tls::ca::CA_CERT_FILE;
+use trireme_net::tls::{client_config, connect, ClientTls, TlsFiles};
+use trireme_net::Role;
 use trireme_proto::v1::health_client::HealthClient;
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
 

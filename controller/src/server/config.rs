@@ -36,10 +36,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use trireme_common::keys::aws_kms::AwsKmsSettings;
-use trireme_common::keys::vault::VaultSettings;
-use trireme_common::tls::TlsFiles;
 use trireme_common::Location;
+use trireme_kms::aws_kms::AwsKmsSettings;
+use trireme_kms::vault::VaultSettings;
+use trireme_net::tls::TlsFiles;
 
 use crate::error::{Error, Result};
 

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
 use trireme_common::scope::KeyScope;
-use trireme_common::{Identity, KeyProvider, Role, WrappedKey};
+use trireme_common::{KeyProvider, WrappedKey};
+use trireme_net::{Identity, Role};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest, KeyPair,

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use trireme_common::wire::summary_to_wire;
-use trireme_common::{Id, Role};
+use trireme_common::Id;
+use trireme_net::wire::summary_to_wire;
+use trireme_net::Role;
 use trireme_proto::v1::operator_service_server::OperatorService;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, ApplyPolicyRequest, CancelJobRequest, DrillInfo, GetDrillRequest,

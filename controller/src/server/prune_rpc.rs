@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
-use trireme_common::{DynKeyProvider, Identity};
+use trireme_common::DynKeyProvider;
+use trireme_net::Identity;
 use trireme_proto::v1::{PruneLocation, PruneReply, PruneRequest, PruneSnapshot};
 
 use super::agents::dispatch_soon;

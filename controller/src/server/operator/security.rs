@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
-use trireme_common::{Identity, Role};
+use trireme_net::{Identity, Role};
 use trireme_proto::v1::{
     AuditEntry as WireAuditEntry, AuditMirrorCheck, ExportKeyReply, ExportKeyRequest,
     ListAuditReply, ListAuditRequest, MfaConfirmReply, MfaConfirmRequest, MfaEnrollReply,
