@@ -37,6 +37,12 @@ impl Pki {
     }
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub tls: Arc<ReloadingServerConfig>,
