@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::sync::mpsc;
-use trireme_common::tls::{client_config, connect, ClientTls};
-use trireme_common::Role;
+use trireme_net::tls::{client_config, connect, ClientTls};
+use trireme_net::Role;
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_client::AgentServiceClient;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
@@ -60,8 +60,8 @@ pub async fn run(
     let (_stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.metrics_listen {
         let m = runner.metrics.clone();
-        let render: trireme_common::metrics_http::Render = Arc::new(move || Ok(m.render()));
-        let serve = trireme_common::metrics_http::serve(addr, render, stop_rx);
+        let render: trireme_net::metrics_http::Render = Arc::new(move || Ok(m.render()));
+        let serve = trireme_net::metrics_http::serve(addr, render, stop_rx);
         // A bind failure is logged; the agent runs on without metrics.
         tokio::spawn(async move {
             if let Err(e) = serve.await {

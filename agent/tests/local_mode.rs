@@ -3,9 +3,11 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use trireme_testkit::{noise, tree};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_trireme-agent");
 
@@ -60,36 +62,6 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-fn tree_digest(root: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let e = e.unwrap();
-        if e.file_type().is_file() {
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            out.push((rel, std::fs::read(e.path()).unwrap()));
-        }
-    }
-    out
-}
-
 #[test]
 fn backup_snapshots_restore_check_through_the_cli() {
     let env = Env::new();
@@ -120,12 +92,12 @@ fn backup_snapshots_restore_check_through_the_cli() {
     let target = env.path("restored");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(tree_digest(&src), tree_digest(&target));
+    assert_eq!(tree(&src), tree(&target));
 
     // Restoring into a non-empty directory is refused, said once; nothing
     // is overwritten.
     std::fs::write(target.join("a.log"), "edited since\n").unwrap();
-    let before = tree_digest(&target);
+    let before = tree(&target);
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(!out.status.success());
     assert_eq!(
@@ -134,7 +106,7 @@ fn backup_snapshots_restore_check_through_the_cli() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(tree_digest(&target), before);
+    assert_eq!(tree(&target), before);
 
     // A symlink as the target is refused, not followed.
     let elsewhere = env.path("elsewhere");
@@ -302,7 +274,7 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_works() {
     let target = env.path("out");
     let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(tree_digest(&src), tree_digest(&target));
+    assert_eq!(tree(&src), tree(&target));
     let out = env.run(&["check", "--deep"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }

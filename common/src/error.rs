@@ -1,4 +1,5 @@
-//! The one error type of `trireme-common`.
+//! The one error type of `trireme-common`, which `trireme-net` (TLS, CA,
+//! certificates) and `trireme-kms` (external key services) return too.
 //!
 //! Every message is written for the operator: it names the object, file or
 //! setting at fault and, where there is one, what to do about it.

@@ -3,8 +3,8 @@
 //!
 //! [`LocalKeyFile`] is the provider for one machine: a master key in a file
 //! kept apart from the backups. The controller's key service and the
-//! external KMSs ([`vault::VaultTransit`], [`aws_kms::AwsKms`]) sit behind
-//! the same trait.
+//! external KMSs (`trireme_kms::vault::VaultTransit`,
+//! `trireme_kms::aws_kms::AwsKms`) sit behind the same trait.
 //!
 //! The first byte of a wrapped key names the scheme, hence the provider that
 //! made it (docs/format.md §3): 1 local key file, 2 Vault transit, 3 AWS KMS.
@@ -33,9 +33,6 @@ use async_trait::async_trait;
 
 use crate::crypto::{random_bytes, DataKey, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
-
-pub mod aws_kms;
-pub mod vault;
 
 /// A data key wrapped (encrypted) by a master key: safe to store with the data.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -85,9 +82,9 @@ pub type DynKeyProvider = Arc<dyn KeyProvider>;
 /// Scheme byte of wrapped keys made by [`LocalKeyFile`]: AES-256-GCM under a
 /// local master key.
 pub const SCHEME_LOCAL_V1: u8 = 1;
-/// Scheme byte of wrapped keys made by [`vault::VaultTransit`].
+/// Scheme byte of wrapped keys made by `trireme_kms::vault::VaultTransit`.
 pub const SCHEME_VAULT_TRANSIT_V1: u8 = 2;
-/// Scheme byte of wrapped keys made by [`aws_kms::AwsKms`].
+/// Scheme byte of wrapped keys made by `trireme_kms::aws_kms::AwsKms`.
 pub const SCHEME_AWS_KMS_V1: u8 = 3;
 
 /// The provider that makes wrapped keys of `scheme`, for messages, e.g.
@@ -104,12 +101,12 @@ pub fn scheme_provider(scheme: u8) -> &'static str {
 }
 
 /// The scheme byte of `wrapped`, refusing an empty key or one of another
-/// scheme than `expected` with a message naming both providers.
-pub(crate) fn check_scheme<'a>(
-    wrapped: &'a WrappedKey,
-    expected: u8,
-    this: &str,
-) -> Result<&'a [u8]> {
+/// scheme than `expected` with a message naming both providers. Every
+/// [`KeyProvider`] calls it before unwrapping (the external ones too).
+///
+/// # Errors
+/// [`Error::Key`] for an empty key; [`Error::WrongKey`] for another scheme.
+pub fn check_scheme<'a>(wrapped: &'a WrappedKey, expected: u8, this: &str) -> Result<&'a [u8]> {
     match wrapped.0.split_first() {
         None => Err(Error::Key("empty wrapped key".into())),
         Some((&s, rest)) if s == expected => Ok(rest),

@@ -1,11 +1,14 @@
-//! Trireme's shared core: the repository format, its crypto, storage backends
-//! and location URLs. See `docs/format.md` for the on-disk format.
+//! Trireme's repository engine: the repository format, its crypto, storage
+//! backends and location URLs. See `docs/format.md` for the on-disk format.
 //!
 //! Layers, bottom up: [`backend`] moves opaque objects; [`crypto`] and
 //! [`keys`] seal and unwrap; [`format`], [`index`] and [`manifest`] define
 //! the bytes; [`repo`] ties them to a location; [`backup`], [`restore`],
-//! [`check`] and [`prune`] are the operations. [`tls`] is the mTLS layer of the control
-//! plane: roles, the CA, rustls configurations and the authorised server.
+//! [`check`] and [`prune`] are the operations.
+//!
+//! The control plane's networking (mTLS, the metrics endpoint, proto
+//! conversions) is `trireme-net`; the external key providers (Vault transit,
+//! AWS KMS) are `trireme-kms`. Neither is needed to read or write a repository.
 
 pub mod attribution;
 pub mod backend;
@@ -18,14 +21,11 @@ pub mod index;
 pub mod keys;
 pub mod location;
 pub mod manifest;
-pub mod metrics_http;
 pub mod prune;
 pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod scope;
-pub mod tls;
-pub mod wire;
 
 pub use backend::{Backend, DynBackend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
 pub use backup::{BackupInput, BackupOptions, LatePosition, PathFilter, Progress};
@@ -38,4 +38,3 @@ pub use location::Location;
 pub use manifest::{ContentKind, Dependency, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
 pub use restore::{RestoreLedger, RestoreOptions, RestoreSummary};
-pub use tls::{Identity, Role};

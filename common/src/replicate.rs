@@ -546,16 +546,7 @@ mod tests {
         );
         let src = dir.path().join("src");
         std::fs::create_dir_all(&src).unwrap();
-        let mut x = 7u64;
-        let noise: Vec<u8> = (0..3_000_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(src.join("a"), &noise).unwrap();
+        std::fs::write(src.join("a"), trireme_testkit::noise(7, 3_000_000)).unwrap();
         let indexed = repo.load_index().await.unwrap();
         let snap = indexed
             .backup(

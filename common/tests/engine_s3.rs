@@ -1,46 +1,15 @@
 //! The repository engine against a real S3 server (Garage, started by the
 //! test): round trips, dedup, and damage at the location caught and named.
 
-mod support;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
-use support::garage::Garage;
 use trireme_common::{
     BackupInput, BackupOptions, ChunkerParams, DynBackend, LocalKeyFile, Location, ObjectKey,
     ObjectKind, Repository, RestoreOptions,
 };
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
-fn files(root: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
-        let e = e.unwrap();
-        if e.file_type().is_file() {
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            out.push((rel, std::fs::read(e.path()).unwrap()));
-        }
-    }
-    out
-}
+use trireme_testkit::garage::Garage;
+use trireme_testkit::{noise, tree};
 
 /// One Garage for the whole scenario (starting one costs seconds).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +61,7 @@ async fn engine_on_garage() {
         .restore_to_dir(&snap, &out, &RestoreOptions::default())
         .await
         .unwrap();
-    assert_eq!(files(&src), files(&out));
+    assert_eq!(tree(&src), tree(&out));
     assert_eq!(
         std::fs::read_link(out.join("link")).unwrap().to_str(),
         Some("d/f1")

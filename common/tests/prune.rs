@@ -15,6 +15,7 @@ use trireme_common::{
     Backend, BackupInput, BackupOptions, ChunkerParams, DynBackend, Error, Id, ListedObject,
     LocalKeyFile, ObjectKey, ObjectKind, ObjectMeta, Repository, RestoreOptions, Snapshot,
 };
+use trireme_testkit::{noise, tree};
 
 const SMALL: ChunkerParams = ChunkerParams {
     min: 4 * 1024,
@@ -146,40 +147,12 @@ impl Fixture {
     }
 }
 
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn files(dir: &Path, spec: &[(&str, u64)]) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     for (name, seed) in spec {
         std::fs::write(dir.join(name), noise(*seed, 300_000)).unwrap();
     }
-}
-
-fn contents(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    walkdir::WalkDir::new(root)
-        .sort_by_file_name()
-        .into_iter()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            (
-                e.path().strip_prefix(root).unwrap().to_path_buf(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
 }
 
 /// Restore `snap` from `repo` and compare with `want`.
@@ -198,7 +171,7 @@ async fn assert_restores(
         .await
         .unwrap();
     assert!(
-        &contents(out) == want,
+        &tree(out) == want,
         "snapshot {} restores differently",
         snap.short()
     );
@@ -220,13 +193,13 @@ async fn three(f: &Fixture) -> ([Snapshot; 3], [BTreeMap<PathBuf, Vec<u8>>; 3]) 
     let src = f.dir.path().join("src");
     files(&src, &[("x", 1), ("y", 2)]);
     let a = f.backup(&src).await;
-    let wa = contents(&src);
+    let wa = tree(&src);
     files(&src, &[("y", 2), ("z", 3)]);
     let b = f.backup(&src).await;
-    let wb = contents(&src);
+    let wb = tree(&src);
     files(&src, &[("z", 3)]);
     let c = f.backup(&src).await;
-    let wc = contents(&src);
+    let wc = tree(&src);
     ([a, b, c], [wa, wb, wc])
 }
 
@@ -316,13 +289,13 @@ async fn deletes_happen_in_crash_safe_order_and_dry_run_touches_nothing() {
     let f = Fixture::new().await;
     let ([a, b, _c], [_, wb, _]) = three(&f).await;
     let root = f.dir.path().join("repo");
-    let before = contents(&root);
+    let before = tree(&root);
     f.spy.log.lock().unwrap().clear();
     let plan = prune::plan(&f.repo, &BTreeSet::from([a.id])).await.unwrap();
     assert!(!plan.delete_packs.is_empty() && !plan.replace_index.is_empty());
     // Planning is the dry run: nothing written, nothing deleted.
     assert!(f.spy.log().is_empty(), "{:?}", f.spy.log());
-    assert!(contents(&root) == before);
+    assert!(tree(&root) == before);
 
     f.spy.log.lock().unwrap().clear();
     let report = prune::execute(&f.repo, plan, &IndexSealer::new())
@@ -396,7 +369,7 @@ async fn an_interrupted_prune_leaves_a_readable_repository_and_can_be_redone() {
             .backup(BackupInput::Tree(src.clone()), o)
             .await
             .unwrap();
-        assert_restores(&repo, &d.id, &contents(&src), &f.dir.path().join("rd")).await;
+        assert_restores(&repo, &d.id, &tree(&src), &f.dir.path().join("rd")).await;
         // Pruning again finishes the job.
         let plan = prune::plan(&repo, &BTreeSet::from([a.id])).await.unwrap();
         prune::execute(&repo, plan, &IndexSealer::new())
@@ -448,7 +421,7 @@ async fn two_locations_get_the_same_replacement_index() {
     let ([a, b, c], [_, wb, wc]) = three(&f).await;
     let root = f.dir.path().join("repo");
     let copy = f.dir.path().join("repo2");
-    for (rel, bytes) in contents(&root) {
+    for (rel, bytes) in tree(&root) {
         let p = copy.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
@@ -464,7 +437,7 @@ async fn two_locations_get_the_same_replacement_index() {
     assert!(x1.index_written.is_some());
     assert_eq!(x1.index_written, x2.index_written);
     assert!(
-        contents(&root) == contents(&copy),
+        tree(&root) == tree(&copy),
         "both locations hold the same objects"
     );
     for r in [&r1, &r2] {

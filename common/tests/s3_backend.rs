@@ -1,38 +1,26 @@
 //! The `s3://` backend against a real Garage server (started by
-//! `deploy/dev/garage.sh` through `support::garage`).
+//! `deploy/dev/garage.sh` through `trireme_testkit::garage`).
 //!
 //! Needs Garage installed: `deploy/dev/garage.sh install`.
-
-mod support;
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use support::garage::Garage;
 use trireme_common::backend::S3Backend;
 use trireme_common::location::S3Credentials;
 use trireme_common::{Backend, Error, Location, ObjectKey, ObjectKind};
+use trireme_testkit::garage::Garage;
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     d.as_ref().try_into().unwrap()
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so a test's data is not
-/// all-zero and differs between seeds.
+/// `len` test bytes for `seed`, as the backend takes them.
 fn data(len: usize, seed: u64) -> Bytes {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    Bytes::from(trireme_testkit::noise(seed, len))
 }
 
 /// A content-addressed key of `kind` for `bytes`.

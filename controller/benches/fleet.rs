@@ -74,7 +74,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
-use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
+use trireme_net::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_client::AgentServiceClient;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use trireme_common::{DynBackend, Identity, ObjectKey, ObjectKind};
+use trireme_common::{DynBackend, ObjectKey, ObjectKind};
+use trireme_net::Identity;
 
 use crate::catalog::{Catalog, TableDef, Tree};
 use crate::error::{Error, Result};

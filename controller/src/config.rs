@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use trireme_common::tls::TlsFiles;
 use trireme_common::Location;
+use trireme_net::tls::TlsFiles;
 
 use crate::error::{Error, Result};
 

@@ -29,7 +29,7 @@ mod tests {
     #[test]
     fn refused_for_external_kms() {
         use crate::config::KeySource;
-        use trireme_common::keys::aws_kms::AwsKmsSettings;
+        use trireme_kms::aws_kms::AwsKmsSettings;
         let local = KeySource::Local {
             key_file: "/etc/trireme/master.key".into(),
         };

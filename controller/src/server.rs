@@ -31,7 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
-use trireme_common::tls::{Authorizer, HealthService, ReloadingServerConfig};
+use trireme_net::tls::{Authorizer, HealthService, ReloadingServerConfig};
 use trireme_proto::v1::agent_service_server::AgentServiceServer;
 use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::key_service_server::KeyServiceServer;
@@ -194,15 +194,15 @@ impl Shared {
     pub fn authorize_audited<T>(
         &self,
         request: &tonic::Request<T>,
-        roles: &[trireme_common::Role],
+        roles: &[trireme_net::Role],
         action: &str,
         target: &str,
-    ) -> std::result::Result<trireme_common::Identity, tonic::Status> {
+    ) -> std::result::Result<trireme_net::Identity, tonic::Status> {
         self.authz.authorize(request, roles).inspect_err(|status| {
             let who = request
                 .peer_certs()
                 .and_then(|c| c.first().cloned())
-                .and_then(|leaf| trireme_common::tls::identity_from_cert(&leaf).ok());
+                .and_then(|leaf| trireme_net::tls::identity_from_cert(&leaf).ok());
             let event = match &who {
                 Some(id) => crate::audit::Event::by(id, action, target),
                 None => crate::audit::Event::actor("(no certificate)", "", action, target),
@@ -278,7 +278,7 @@ pub async fn prepare_locations(
 /// CA, expired, revoked, too slow) into the audit chain: the first of each
 /// peer address and reason per minute, then one entry with how many more
 /// came, so a scanner cannot flood the chain.
-fn handshake_audit(shared: std::sync::Weak<Shared>) -> trireme_common::tls::RefusalObserver {
+fn handshake_audit(shared: std::sync::Weak<Shared>) -> trireme_net::tls::RefusalObserver {
     use std::collections::HashMap;
     use std::time::{Duration, Instant};
     const WINDOW: Duration = Duration::from_secs(60);
@@ -611,7 +611,7 @@ pub async fn run(
         )))
         .add_service(KeyServiceServer::new(keys::KeyApi::new(shared.clone())));
     let mut stop = stop_rx.clone();
-    let served = trireme_common::tls::serve(routes.routes(), listener, tls, async move {
+    let served = trireme_net::tls::serve(routes.routes(), listener, tls, async move {
         let _ = stop.wait_for(|v| *v).await;
     });
     tokio::pin!(served);

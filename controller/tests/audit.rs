@@ -10,10 +10,11 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use support::fleet::{bin, make_data, tree, wait_for, AgentSpec, Fleet};
-use trireme_common::tls::{ca, Role};
+use support::fleet::{bin, make_data, wait_for, AgentSpec, Fleet};
 use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
 use trireme_controller::Catalog;
+use trireme_net::tls::{ca, Role};
+use trireme_testkit::tree;
 
 fn text(out: &Output) -> String {
     format!(

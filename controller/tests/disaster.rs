@@ -11,7 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::fleet::{bin, make_data, tree, wait_verified, AgentSpec, Fleet};
+use support::fleet::{bin, make_data, wait_verified, AgentSpec, Fleet};
+use trireme_testkit::tree;
 
 fn controller_cmd(args: &[&str]) {
     let out = Command::new(bin("trireme-controller"))

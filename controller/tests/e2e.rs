@@ -8,8 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{make_data, tree, wait_for, AgentSpec, Fleet, Proxy};
-use trireme_common::tls::{ca, Role};
+use support::fleet::{make_data, wait_for, AgentSpec, Fleet, Proxy};
+use trireme_net::tls::{ca, Role};
+use trireme_testkit::tree;
 
 fn job(f: &Fleet, id: &str) -> Value {
     f.cli_json(&["jobs", "show", id])
@@ -186,15 +187,15 @@ fn refusals_are_clear_and_logged() {
 
     // An agent certificate speaking for another agent's name (a tampered
     // agent: the real one always uses its certificate's name).
-    let files = trireme_common::tls::TlsFiles::in_dir(&f.ca, "web-1");
-    let tls = trireme_common::tls::ClientTls {
-        config: std::sync::Arc::new(trireme_common::tls::client_config(&files).unwrap()),
+    let files = trireme_net::tls::TlsFiles::in_dir(&f.ca, "web-1");
+    let tls = trireme_net::tls::ClientTls {
+        config: std::sync::Arc::new(trireme_net::tls::client_config(&files).unwrap()),
         server_name: "localhost".into(),
         server_role: Some(Role::Controller),
     };
     let addr = f.addr().to_string();
     let err = rt.block_on(async move {
-        let channel = trireme_common::tls::connect(&addr, tls).await.unwrap();
+        let channel = trireme_net::tls::connect(&addr, tls).await.unwrap();
         trireme_proto::v1::agent_service_client::AgentServiceClient::new(channel)
             .register(trireme_proto::v1::RegisterRequest {
                 agent_name: "web-9".into(),

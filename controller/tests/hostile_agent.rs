@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use support::fleet::{make_data, tree, wait_for, AgentSpec, Fleet};
+use support::fleet::{make_data, wait_for, AgentSpec, Fleet};
 use tokio::sync::{mpsc, Mutex};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -21,11 +21,11 @@ use trireme_common::attribution::Attribution;
 use trireme_common::backend::{ObjectKey, ObjectKind};
 use trireme_common::crypto::DataKey;
 use trireme_common::format::{seal_object, sealed_object_key, INDEX_MAGIC, SNAPSHOT_MAGIC};
-use trireme_common::tls::{client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_common::{
     BackupInput, BackupOptions, ContentKind, Error as CommonError, Id, KeyProvider, Location,
     Repository, SnapshotManifest, Summary, WrappedKey,
 };
+use trireme_net::tls::{client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_client::AgentServiceClient;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
@@ -34,6 +34,7 @@ use trireme_proto::v1::{
     AgentMessage, GenerateDataKeyRequest, Hello, JobAssignment, JobKeysRequest, JobResult,
     SourceInfo,
 };
+use trireme_testkit::tree;
 
 fn tls_for(f: &Fleet, name: &str) -> ClientTls {
     let files = TlsFiles::in_dir(&f.ca, name);
@@ -54,7 +55,7 @@ struct Hostile {
 impl Hostile {
     async fn connect(f: &Fleet, name: &str, source: &str) -> Hostile {
         if !f.ca.join(format!("{name}.pem")).exists() {
-            trireme_common::tls::ca::issue(&f.ca, Role::Agent, name, 30, &f.ca).unwrap();
+            trireme_net::tls::ca::issue(&f.ca, Role::Agent, name, 30, &f.ca).unwrap();
         }
         let channel = connect(&f.addr().to_string(), tls_for(f, name))
             .await

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{make_data, tree, AgentSpec, Fleet};
-use trireme_common::tls::{client_config, connect, ClientTls, Role, TlsFiles};
+use support::fleet::{make_data, AgentSpec, Fleet};
+use trireme_net::tls::{client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::key_service_client::KeyServiceClient;
 use trireme_proto::v1::{JobKeysRequest, UnwrapDataKeysRequest};
+use trireme_testkit::tree;
 
 /// The wrapped key in a snapshot manifest's header, read from a file://
 /// location (docs/format.md §5: magic, version, u16 LE length, key).

@@ -10,8 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::fleet::{bin, free_port, make_data, tree, AgentSpec, Fleet};
-use support::moto::{Moto, REGION};
+use support::fleet::{bin, make_data, AgentSpec, Fleet};
+use trireme_testkit::moto::{Moto, REGION};
+use trireme_testkit::ports::free_port;
+use trireme_testkit::tree;
 
 /// moto serves plain http on loopback: the section opts in with
 /// `allow_http = true`.

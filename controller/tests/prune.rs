@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{location_tree, make_data, tree, wait_for, AgentSpec, Fleet};
+use support::fleet::{location_tree, make_data, wait_for, AgentSpec, Fleet};
+use trireme_testkit::tree;
 
 fn verified_copies(snap: &Value) -> usize {
     snap["copies"]

@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{make_data, sample, scrape, tree, wait_verified, AgentSpec, Fleet};
+use support::fleet::{make_data, sample, scrape, wait_verified, AgentSpec, Fleet};
 use support::redis::Redis;
+use trireme_testkit::tree;
 
 const POLICIES: &str = r#"
 [[policy]]
@@ -81,7 +82,7 @@ fn restore_tests_objectives_and_drills() {
     let mut f = Fleet::new();
     // Passes only after backups (and verify): corruption made below stays.
     f.replication = "every = \"1h\"\n".into();
-    let metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
     f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
     let redis = Redis::start(&f.dir.join("redis-main"));
     let staging = Redis::start(&f.dir.join("redis-staging"));
@@ -102,7 +103,7 @@ fn restore_tests_objectives_and_drills() {
             files_staging.display(),
             files_staging.display()
         );
-    let agent_metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    let agent_metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
     spec.settings = format!("metrics_listen = \"{agent_metrics}\"\n");
     f.start_agent(&spec);
     f.wait_connected(&["cache-1"]);

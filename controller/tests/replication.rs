@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::fleet::{
-    location_tree, make_data, sample, scrape, tree, wait_for, wait_verified, AgentSpec, Fleet,
+    location_tree, make_data, sample, scrape, wait_for, wait_verified, AgentSpec, Fleet,
 };
-use support::garage::Garage;
+use trireme_testkit::garage::Garage;
+use trireme_testkit::tree;
 
 /// The state of a snapshot's copy at `location` ("" when it has none).
 fn copy_state(snap: &Value, location: &str) -> String {
@@ -43,7 +44,7 @@ fn restore_from_location_alone(f: &Fleet, url: &str, snap: &str, want: &Path, ta
 #[test]
 fn file_locations_three_verified_copies_and_self_healing() {
     let mut f = Fleet::new();
-    let metrics = format!("127.0.0.1:{}", support::fleet::free_port());
+    let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
     f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
     let data = f.dir.join("data");
     make_data(&data, 6, 700_000, 11);

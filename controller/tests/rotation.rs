@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::fleet::{bin, make_data, tree, wait_verified, AgentSpec, Fleet};
+use support::fleet::{bin, make_data, wait_verified, AgentSpec, Fleet};
+use trireme_testkit::tree;
 
 fn controller(args: &[&str]) -> Output {
     Command::new(bin("trireme-controller"))

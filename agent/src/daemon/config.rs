@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use trireme_common::tls::TlsFiles;
+use trireme_net::tls::TlsFiles;
 
 pub use crate::sources::{SourceConfig, KINDS as SUPPORTED_KINDS};
 

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use trireme_common::crypto::DataKey;
-use trireme_common::tls::{connect, ClientTls};
 use trireme_common::{Error, Id, IndexLimits, KeyProvider, Result, WrappedKey};
+use trireme_net::tls::{connect, ClientTls};
 use trireme_proto::v1::key_service_client::KeyServiceClient;
 use trireme_proto::v1::{GenerateDataKeyRequest, JobKeysRequest, UnwrapDataKeysRequest};
 

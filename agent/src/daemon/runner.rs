@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{Notify, Semaphore};
-use trireme_common::tls::ClientTls;
-use trireme_common::wire::summary_to_wire;
 use trireme_common::{BackupOptions, DynKeyProvider, Id, Location, Progress, Repository};
+use trireme_net::tls::ClientTls;
+use trireme_net::wire::summary_to_wire;
 use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSummary};
 
 use super::config::{AgentConfig, SourceConfig};

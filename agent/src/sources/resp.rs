@@ -295,7 +295,7 @@ fn tls_stream(
     t: &TlsSettings,
     tcp: TcpStream,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    use trireme_common::tls::config::{load_certs, load_key, provider};
+    use trireme_net::tls::config::{load_certs, load_key, provider};
     let mut roots = rustls::RootCertStore::empty();
     for c in load_certs(&t.ca)? {
         roots

@@ -80,9 +80,8 @@ fn source(toml_text: &str) -> SourceConfig {
     parse_source(toml::from_str(toml_text).unwrap(), Path::new("/")).unwrap()
 }
 
-#[path = "../../../common/tests/support/ports.rs"]
-mod ports;
-use ports::free_port;
+use trireme_testkit::noise;
+use trireme_testkit::ports::free_port;
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -1080,7 +1079,7 @@ async fn a_dump_over_its_timeout_is_killed_and_leaves_no_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_client_certificate() {
-    use trireme_common::tls::{ca, Role};
+    use trireme_net::tls::{ca, Role};
     let f = Fixture::new().await;
     let pki = f.path("pki");
     ca::init_ca(&pki).unwrap();
@@ -1129,20 +1128,6 @@ async fn redis_over_tls_with_a_client_certificate() {
 }
 
 // ---------------------------------------------------------------- restore safety
-
-/// Deterministic incompressible bytes (xorshift).
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 /// Every entry under `root` (itself included): a file's bytes, a link's
 /// target, a directory's mode.

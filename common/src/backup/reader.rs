@@ -422,24 +422,13 @@ mod tests {
     use super::*;
     use fastcdc::v2020::StreamCDC;
     use proptest::prelude::*;
+    use trireme_testkit::noise;
 
     const P: ChunkerParams = ChunkerParams {
         min: 1024,
         avg: 4096,
         max: 16384,
     };
-
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]

@@ -1,12 +1,12 @@
 //! `trireme cert ...`: the CA tooling on the command line. The work is done
-//! by [`trireme_common::tls::ca`]; this module parses arguments and prints.
+//! by [`trireme_net::tls::ca`]; this module parses arguments and prints.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use trireme_common::tls::ca::{self, IssuedCert, RevokeTarget};
-use trireme_common::Role;
+use trireme_net::tls::ca::{self, IssuedCert, RevokeTarget};
+use trireme_net::Role;
 
 /// Manage the Trireme CA: create it, issue and revoke certificates, list them.
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use trireme_common::tls::{self, ca, Authorizer, HealthService, ReloadingServerConfig, Role};
+use trireme_net::tls::{self, ca, Authorizer, HealthService, ReloadingServerConfig, Role};
 use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::operator_service_server::{OperatorService, OperatorServiceServer};
 use trireme_proto::v1::*;

@@ -2,7 +2,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use trireme_common::backend::MemoryBackend;
-use trireme_common::{DynBackend, Identity, Role};
+use trireme_common::DynBackend;
+use trireme_net::{Identity, Role};
 
 use super::*;
 use crate::catalog::Catalog;

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use trireme_common::keys::aws_kms::{AwsKms, AwsKmsSettings};
-use trireme_common::keys::vault::{VaultSettings, VaultTransit};
 use trireme_common::{DynKeyProvider, LocalKeyFile};
+use trireme_kms::aws_kms::{AwsKms, AwsKmsSettings};
+use trireme_kms::vault::{VaultSettings, VaultTransit};
 
 use crate::error::{Error, Result};
 

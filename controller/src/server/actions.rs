@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use trireme_common::Identity;
+use trireme_net::Identity;
 
 use super::agents::{dispatch_soon, send_cancel};
 use super::{blocking, Shared};

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use trireme_common::{Id, Role};
+use trireme_common::Id;
+use trireme_net::Role;
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_server::AgentService;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
@@ -40,7 +41,7 @@ struct Conn {
     session: u64,
     /// The certificate it connected with (its serial is checked against
     /// the CRL while the session lasts).
-    identity: trireme_common::Identity,
+    identity: trireme_net::Identity,
     peer: Option<std::net::SocketAddr>,
     tx: Outbound,
     /// Tells the session's reader to end (and drop its sender).
@@ -91,7 +92,7 @@ impl Registry {
 
     fn connect(
         &self,
-        identity: &trireme_common::Identity,
+        identity: &trireme_net::Identity,
         peer: Option<std::net::SocketAddr>,
         tx: Outbound,
         stop: Arc<tokio::sync::Notify>,
@@ -197,7 +198,7 @@ impl Registry {
     fn close_revoked(
         &self,
         revoked: &HashSet<String>,
-    ) -> Vec<(trireme_common::Identity, Option<std::net::SocketAddr>)> {
+    ) -> Vec<(trireme_net::Identity, Option<std::net::SocketAddr>)> {
         if revoked.is_empty() {
             return Vec::new();
         }
@@ -395,7 +396,7 @@ impl AgentApi {
     /// Audit an agent certificate speaking for another agent's name.
     fn audit_claim(
         &self,
-        id: &trireme_common::Identity,
+        id: &trireme_net::Identity,
         peer: Option<std::net::SocketAddr>,
         action: &str,
         status: &Status,

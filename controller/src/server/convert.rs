@@ -4,14 +4,14 @@
 //! show or store is decided in the domain modules ([`crate::views`],
 //! [`crate::status`], [`super::actions`], [`super::reports`]).
 //! The summary counters shared with the agent convert in
-//! `trireme_common::wire`.
+//! `trireme_net::wire`.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use tonic::Status;
-use trireme_common::wire::{summary_from_wire, summary_to_wire};
 use trireme_common::{Id, WrappedKey};
+use trireme_net::wire::{summary_from_wire, summary_to_wire};
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, AuditEntry as WireAuditEntry, AuditMirrorCheck, CancelJob,

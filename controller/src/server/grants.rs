@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use trireme_common::crypto::DataKey;
 use trireme_common::scope::KeyScope;
-use trireme_common::{Identity, KeyProvider, WrappedKey};
+use trireme_common::{KeyProvider, WrappedKey};
+use trireme_net::Identity;
 
 use super::Shared;
 use crate::audit::Event;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use trireme_common::{Identity, Role};
+use trireme_net::{Identity, Role};
 use trireme_proto::v1::key_service_server::KeyService;
 use trireme_proto::v1::{
     GenerateDataKeyReply, GenerateDataKeyRequest, JobKeysReply, JobKeysRequest,

@@ -299,9 +299,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let render: trireme_common::metrics_http::Render =
+    let render: trireme_net::metrics_http::Render =
         Arc::new(move || render(&shared).map_err(|e| e.to_string()));
-    trireme_common::metrics_http::serve(addr, render, stop)
+    trireme_net::metrics_http::serve(addr, render, stop)
         .await
         .map_err(|e| Error::Io {
             context: format!("metrics endpoint {addr}"),

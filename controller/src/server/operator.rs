@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
-use trireme_common::Role;
+use trireme_net::Role;
 use trireme_proto::v1 as pb;
 use trireme_proto::v1::operator_service_server::OperatorService;
 

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use trireme_common::{DynKeyProvider, Identity};
+use trireme_common::DynKeyProvider;
+use trireme_net::Identity;
 
 use super::agents::dispatch_soon;
 use super::Shared;

@@ -7,7 +7,8 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use trireme_common::{Id, Identity};
+use trireme_common::Id;
+use trireme_net::Identity;
 
 use super::{blocking, Shared};
 use crate::attribution::{CheckSite, Refusal};

@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use trireme_common::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
+use trireme_net::tls::{ca, client_config, connect, ClientTls, Role, TlsFiles};
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
+use trireme_testkit::ports::free_port;
+use trireme_testkit::tree;
 
 /// A binary of the workspace (`trireme-agent`, the `trireme` CLI of package
 /// `trireme-cli`, …): next to the `trireme-controller` cargo built for these
@@ -37,8 +39,6 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
-
-pub use super::ports::free_port;
 
 /// Poll `f` until it returns `Some`, or panic after `timeout` with `what`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -415,21 +415,6 @@ pub fn make_data(dir: &Path, n: usize, size: usize, seed: u64) {
         std::fs::create_dir_all(&sub).unwrap();
         std::fs::write(sub.join(format!("f{i}.bin")), &buf).unwrap();
     }
-}
-
-/// Relative path → contents of every regular file under `dir`.
-pub fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(dir).sort_by_file_name() {
-        let e = e.unwrap();
-        if e.file_type().is_file() {
-            out.insert(
-                e.path().strip_prefix(dir).unwrap().to_path_buf(),
-                std::fs::read(e.path()).unwrap(),
-            );
-        }
-    }
-    out
 }
 
 /// A TCP proxy that can cut the link: `cut()` drops every connection and

@@ -1,15 +1,11 @@
-//! Shared helpers of the controller's integration tests.
+//! Helpers of the controller's integration tests (a fleet of real
+//! processes, the br stand-in, redis). The helpers shared with the other
+//! crates' tests (Garage, moto, free ports, test data) are `trireme_testkit`.
 
 #![allow(dead_code)]
 
 pub mod br;
 pub mod fleet;
-#[path = "../../../common/tests/support/garage.rs"]
-pub mod garage;
-#[path = "../../../common/tests/support/moto.rs"]
-pub mod moto;
-#[path = "../../../common/tests/support/ports.rs"]
-pub mod ports;
 pub mod redis;
 
 use std::net::SocketAddr;

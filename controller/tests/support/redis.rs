@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::fleet::{free_port, wait_for};
+use trireme_testkit::ports::free_port;
+
+use super::fleet::wait_for;
 
 /// A redis-server started in the background on a free port.
 pub struct Redis {

@@ -3,7 +3,7 @@
 //! [`actions::second_factor`]).
 
 use tonic::{Request, Status};
-use trireme_common::{Identity, Role};
+use trireme_net::{Identity, Role};
 
 use super::{OperatorApi, OPERATE};
 use crate::mfa::{Passed, TOTP_HEADER};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use trireme_common::Identity;
+use trireme_net::Identity;
 use trireme_proto::v1::JobInfo;
 
 use crate::jobs::Job;

@@ -2,17 +2,15 @@
 //! 127.0.0.1:0 behind `tls::serve`, certificates from `tls::ca`, real
 //! rustls clients.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use support::pki::*;
 use tonic::Code;
-use trireme_common::tls::{
+use trireme_net::tls::{
     self, ca, client_config, Authorizer, HealthService, ReloadingServerConfig, Role, TlsFiles,
 };
 use trireme_proto::v1::health_server::HealthServer;
+use trireme_testkit::pki::*;
 
 #[tokio::test]
 async fn valid_agent_pings_and_server_sees_its_name_and_role() {

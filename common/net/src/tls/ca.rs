@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::Role;
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 /// CA certificate file in a CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -162,7 +162,7 @@ pub fn init_ca(dir: &Path) -> Result<CaInfo> {
     let now = OffsetDateTime::now_utc();
     let name = format!(
         "Trireme CA {}",
-        hex::encode(crate::crypto::random_bytes::<4>())
+        hex::encode(trireme_common::crypto::random_bytes::<4>())
     );
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -405,7 +405,7 @@ fn normalize_serial(s: &str) -> String {
 /// A positive 16-byte serial with a non-zero first byte, so its DER form,
 /// its CRL entry and its hex are the same bytes.
 fn random_serial() -> SerialNumber {
-    let mut b = crate::crypto::random_bytes::<16>();
+    let mut b = trireme_common::crypto::random_bytes::<16>();
     b[0] = (b[0] & 0x7f) | 0x10;
     SerialNumber::from_slice(&b)
 }

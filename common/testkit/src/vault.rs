@@ -1,6 +1,6 @@
 //! A small Vault transit server for fault injection: it answers a chosen
 //! number of requests with 503 (`Vault is sealed`) and then serves, which a
-//! real Vault or OpenBao (tests/support/openbao.rs, used for everything
+//! real Vault or OpenBao ([`crate::openbao`], used for everything
 //! else) cannot be made to do exactly. Written from Vault's API
 //! documentation: the three endpoints Trireme calls, real AES-256-GCM
 //! (aws-lc-rs) under versioned named keys, Vault's ciphertext format
@@ -18,8 +18,6 @@
 //! server has one) gets 403 `permission denied`; another mount 404.
 //! [`VaultServer::fail_next`] makes the next requests answer 503
 //! `Vault is sealed`.
-
-#![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -3,15 +3,13 @@
 //! round trips by key id and alias, the encryption context, and the errors
 //! an operator sees.
 
-mod support;
-
 use std::time::Duration;
 
-use support::moto::Moto;
 use trireme_common::crypto::DataKey;
-use trireme_common::keys::aws_kms::{AwsKms, AwsKmsSettings, ENCRYPTION_CONTEXT};
 use trireme_common::keys::{KeyProvider, LocalKeyFile, WrappedKey};
 use trireme_common::Error;
+use trireme_kms::aws_kms::{AwsKms, AwsKmsSettings, ENCRYPTION_CONTEXT};
+use trireme_testkit::moto::Moto;
 
 #[tokio::test]
 async fn round_trip_by_id_and_alias() {
@@ -128,7 +126,7 @@ async fn errors_name_the_key_and_the_cause() {
 
 #[tokio::test]
 async fn unreachable_endpoint_is_named() {
-    let port = support::ports::free_port();
+    let port = trireme_testkit::ports::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
     let creds = dir.path().join("kms.creds");

@@ -34,7 +34,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use x509_parser::extensions::GeneralName;
 
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 pub use ca::{init_ca, issue, issue_between, list, revoke, CaInfo, IssuedCert, RevokeTarget};
 pub use config::{client_config, server_config, TlsFiles};

@@ -10,16 +10,14 @@
 //! The server is also stopped when the test process dies (a shell watches
 //! its pid). Tests fail, never skip, when moto is missing.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use trireme_common::keys::aws_kms::AwsKmsSettings;
+use trireme_kms::aws_kms::AwsKmsSettings;
 
-use super::ports::free_port;
+use crate::ports::free_port;
 
 /// The region the tests use.
 pub const REGION: &str = "eu-west-1";

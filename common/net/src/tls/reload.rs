@@ -18,7 +18,7 @@ use std::time::SystemTime;
 use rustls::ServerConfig;
 
 use super::config::{load_crls, server_config, TlsFiles};
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 /// (mtime, size, inode) of each file; `None` for a missing file.
 type Fingerprint = Vec<Option<(SystemTime, u64, u64)>>;

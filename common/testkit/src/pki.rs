@@ -1,13 +1,11 @@
 //! A test PKI and a `Health` server behind `tls::serve`, for the mTLS tests.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use trireme_common::tls::{
+use trireme_net::tls::{
     self, ca, client_config, Authorizer, ClientTls, HealthService, ReloadingServerConfig, Role,
     TlsFiles,
 };
@@ -36,6 +34,12 @@ impl Pki {
 
     pub fn files(&self, name: &str) -> TlsFiles {
         TlsFiles::in_dir(&self.dir, name)
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

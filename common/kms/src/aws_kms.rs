@@ -29,10 +29,10 @@ use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 
-use super::{check_scheme, KeyProvider, WrappedKey, SCHEME_AWS_KMS_V1};
-use crate::crypto::DataKey;
-use crate::error::{Error, Result};
-use crate::location::S3Credentials;
+use trireme_common::crypto::DataKey;
+use trireme_common::error::{Error, Result};
+use trireme_common::keys::{check_scheme, KeyProvider, WrappedKey, SCHEME_AWS_KMS_V1};
+use trireme_common::location::S3Credentials;
 
 /// The encryption context of every KMS call: (key, value).
 pub const ENCRYPTION_CONTEXT: (&str, &str) = ("purpose", "trireme data key v1");

@@ -3,13 +3,11 @@
 //! hitting the same callsites without a subscriber on a parallel thread could
 //! make this test's scoped subscriber miss events.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::pki::*;
-use trireme_common::tls::Role;
+use trireme_net::tls::Role;
+use trireme_testkit::pki::*;
 
 /// Log lines captured for one test (`tracing` output as text).
 #[derive(Clone, Default)]

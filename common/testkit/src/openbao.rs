@@ -9,15 +9,13 @@
 //! stops the server; a shell also stops it when the test process dies.
 //! Tests fail, never skip, when it is missing.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::ports::free_port;
+use crate::ports::free_port;
 
 /// The dev server's root token.
 pub const ROOT_TOKEN: &str = "trireme-test-root";

@@ -30,9 +30,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use super::{check_scheme, KeyProvider, WrappedKey, SCHEME_VAULT_TRANSIT_V1};
-use crate::crypto::DataKey;
-use crate::error::{Error, Result};
+use trireme_common::crypto::DataKey;
+use trireme_common::error::{Error, Result};
+use trireme_common::keys::{check_scheme, KeyProvider, WrappedKey, SCHEME_VAULT_TRANSIT_V1};
 
 /// Attempts per call, the first included.
 const ATTEMPTS: u32 = 3;
@@ -250,7 +250,7 @@ impl VaultTransit {
             let mut roots = rustls::RootCertStore::empty();
             match &settings.ca_file {
                 Some(ca) => {
-                    for c in crate::tls::config::load_certs(ca)? {
+                    for c in trireme_net::tls::config::load_certs(ca)? {
                         roots.add(c).map_err(|e| Error::Certificate {
                             path: ca.clone(),
                             reason: format!("not a usable CA certificate: {e}"),
@@ -270,7 +270,7 @@ impl VaultTransit {
                 }
             }
             let config =
-                rustls::ClientConfig::builder_with_provider(crate::tls::config::provider())
+                rustls::ClientConfig::builder_with_provider(trireme_net::tls::config::provider())
                     .with_safe_default_protocol_versions()
                     .map_err(|e| Error::Tls(e.to_string()))?
                     .with_root_certificates(roots)

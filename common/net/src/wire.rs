@@ -3,7 +3,7 @@
 
 use trireme_proto::v1::JobSummary;
 
-use crate::manifest::Summary;
+use trireme_common::manifest::Summary;
 
 /// The wire form of a snapshot's counters (plus the job's duration).
 pub fn summary_to_wire(s: &Summary, duration_secs: f64) -> JobSummary {

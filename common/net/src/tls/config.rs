@@ -14,7 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use super::ca::{CA_CERT_FILE, CRL_FILE};
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 /// The files one end of a link needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

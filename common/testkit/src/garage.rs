@@ -9,8 +9,6 @@
 //! `cargo install garage --locked`); `GARAGE_BIN` may point at the binary.
 //! Tests fail, never skip, when it is missing.
 
-#![allow(dead_code)] // each test binary uses a different part
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -61,7 +59,7 @@ pub struct Garage {
 
 /// The dev script, found from this crate's manifest directory.
 pub fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/garage.sh")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/dev/garage.sh")
 }
 
 /// The installed garage binary, or a panic saying how to install it.

@@ -26,7 +26,7 @@ use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tonic::{Request, Status};
 
 use super::{identity_from_cert, Identity, ReloadingServerConfig, Role};
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 
-use crate::error::{Error, Result};
+use trireme_common::error::{Error, Result};
 
 /// Renders the metrics text, or says why it cannot.
 pub type Render = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
