@@ -364,16 +364,11 @@ mod across_locations {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("base"), vec![7u8; 100_000]).unwrap();
-        let mut x = seed | 1;
-        let noise: Vec<u8> = (0..200_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(dir.join(format!("only-{seed}")), noise).unwrap();
+        std::fs::write(
+            dir.join(format!("only-{seed}")),
+            trireme_testkit::noise(seed, 200_000),
+        )
+        .unwrap();
     }
 
     async fn snapshot_names(b: &DynBackend) -> BTreeSet<String> {

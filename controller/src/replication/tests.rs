@@ -123,16 +123,7 @@ impl World {
         let before = list_all(&primary).await.unwrap();
         let src = self.dir.path().join(format!("src-{seed}"));
         std::fs::create_dir_all(&src).unwrap();
-        let mut x = seed | 1;
-        let noise: Vec<u8> = (0..1_500_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(src.join("data"), noise).unwrap();
+        std::fs::write(src.join("data"), trireme_testkit::noise(seed, 1_500_000)).unwrap();
         let s = self
             .repo
             .load_index()
