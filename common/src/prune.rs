@@ -34,7 +34,6 @@ use crate::crypto::{sha256, Id};
 use crate::error::{Error, Result};
 use crate::format::{seal_object, INDEX_MAGIC};
 use crate::index::{Index, IndexFile, IndexPack};
-use crate::manifest::EntryReader;
 use crate::repo::{IndexedRepo, Repository, SessionKey};
 
 /// Objects read or deleted at once.
@@ -327,44 +326,9 @@ pub async fn plan_believing(
         index: Arc::new(index),
         damaged: Arc::default(),
     };
-    plan.referenced = referenced_by(&repo, &plan.kept).await?;
+    plan.referenced = crate::scope::referenced_by(&repo, &plan.kept).await?;
     plan.compute_packs();
     Ok(plan)
-}
-
-/// Every chunk the snapshots `ids` reference (tree stream and files).
-pub(crate) async fn referenced_by(repo: &IndexedRepo, ids: &[Id]) -> Result<HashSet<Id>> {
-    let mut all = HashSet::new();
-    for id in ids {
-        let snap = repo.repo.read_snapshot(id).await?;
-        let r = repo.clone();
-        let handle = tokio::runtime::Handle::current();
-        let chunks = tokio::task::spawn_blocking(move || -> Result<HashSet<Id>> {
-            let name = format!("snapshots/{}", snap.id);
-            let mut chunks: HashSet<Id> = HashSet::new();
-            for c in &snap.manifest.tree {
-                if !r.index.contains(c) {
-                    return Err(r.not_indexed(&name, c));
-                }
-                chunks.insert(*c);
-            }
-            let mut entries =
-                EntryReader::new(r.chunk_reader(handle, snap.manifest.tree.clone()), &name);
-            while let Some(e) = entries.next_entry()? {
-                for c in e.chunks {
-                    if !r.index.contains(&c) {
-                        return Err(r.not_indexed(&name, &c));
-                    }
-                    chunks.insert(c);
-                }
-            }
-            Ok(chunks)
-        })
-        .await
-        .map_err(|e| Error::Pipeline(format!("prune task: {e}")))??;
-        all.extend(chunks);
-    }
-    Ok(all)
 }
 
 /// Carry out a plan made by [`plan`] on the same repository, in the crash-safe
@@ -417,7 +381,7 @@ pub async fn execute(
             index: Arc::new(index),
             damaged: Arc::default(),
         };
-        let more = referenced_by(&indexed, &report.locked_snapshots).await?;
+        let more = crate::scope::referenced_by(&indexed, &report.locked_snapshots).await?;
         plan.referenced.extend(more);
         plan.compute_packs();
     }

@@ -30,6 +30,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::index::{Index, IndexFile, PackInfo};
 use crate::keys::WrappedKey;
+use crate::manifest::EntryReader;
 use crate::repo::{IndexedRepo, Repository};
 
 /// Longest chain of previous snapshots a restore scope follows.
@@ -252,7 +253,7 @@ impl KeyedIndex {
             scope.keys.insert(key);
             next.extend(snap.manifest.dependencies().into_iter().map(|d| d.snapshot));
         }
-        let chunks = crate::prune::referenced_by(&self.repo, &scope.snapshots).await?;
+        let chunks = referenced_by(&self.repo, &scope.snapshots).await?;
         self.add_packs_of(&mut scope, &chunks, "the restore's key scope", prefer)?;
         Ok(scope)
     }
@@ -370,7 +371,7 @@ impl KeyedIndex {
         prefer: impl Fn(&WrappedKey) -> bool + Sync,
     ) -> Result<SnapshotRefs> {
         let (key, snapshot) = self.repo.repo.read_snapshot_keyed(id).await?;
-        let chunks = crate::prune::referenced_by(&self.repo, &[*id]).await?;
+        let chunks = referenced_by(&self.repo, &[*id]).await?;
         let (packs, rest) = self.resolve(&chunks, "the snapshot", &prefer)?;
         let unpreferred = rest.into_iter().map(|(c, p)| (c, p.id)).collect();
         Ok(SnapshotRefs {
@@ -414,4 +415,39 @@ impl KeyedIndex {
         }
         Ok(scope)
     }
+}
+
+/// Every chunk the snapshots `ids` reference (tree stream and files).
+pub(crate) async fn referenced_by(repo: &IndexedRepo, ids: &[Id]) -> Result<HashSet<Id>> {
+    let mut all = HashSet::new();
+    for id in ids {
+        let snap = repo.repo.read_snapshot(id).await?;
+        let r = repo.clone();
+        let handle = tokio::runtime::Handle::current();
+        let chunks = tokio::task::spawn_blocking(move || -> Result<HashSet<Id>> {
+            let name = format!("snapshots/{}", snap.id);
+            let mut chunks: HashSet<Id> = HashSet::new();
+            for c in &snap.manifest.tree {
+                if !r.index.contains(c) {
+                    return Err(r.not_indexed(&name, c));
+                }
+                chunks.insert(*c);
+            }
+            let mut entries =
+                EntryReader::new(r.chunk_reader(handle, snap.manifest.tree.clone()), &name);
+            while let Some(e) = entries.next_entry()? {
+                for c in e.chunks {
+                    if !r.index.contains(&c) {
+                        return Err(r.not_indexed(&name, &c));
+                    }
+                    chunks.insert(c);
+                }
+            }
+            Ok(chunks)
+        })
+        .await
+        .map_err(|e| Error::Pipeline(format!("prune task: {e}")))??;
+        all.extend(chunks);
+    }
+    Ok(all)
 }
