@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{location_tree, make_data, wait_for, AgentSpec, Fleet};
+use support::fleet::{location_tree, make_data, wait_for, wait_replication_pass, AgentSpec, Fleet};
 use trireme_testkit::tree;
 
 fn verified_copies(snap: &Value) -> usize {
@@ -28,6 +28,15 @@ fn wait_verified(f: &Fleet, id: &str, n: usize) {
         Duration::from_secs(90),
         || (verified_copies(&f.cli_json(&["snapshots", "show", id])) >= n).then_some(()),
     );
+}
+
+/// Scheduled prune runs that finished (deleting or not), as the controller
+/// logged them.
+fn scheduled_prune_runs(f: &Fleet) -> usize {
+    Fleet::log_text(&f.controller_log())
+        .lines()
+        .filter(|l| l.contains("scheduled prune") && l.contains("removed"))
+        .count()
 }
 
 /// Wait for job `id` to end; its snapshot id.
@@ -198,7 +207,7 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     }
     // The locations stay identical (the replacement index is the same
     // object everywhere), and nothing is copied back by replication.
-    std::thread::sleep(Duration::from_secs(5));
+    wait_replication_pass(&f, Duration::from_secs(90));
     let one = location_tree(&f.location(1));
     assert!(one == location_tree(&f.location(2)) && one == location_tree(&f.location(3)));
 
@@ -255,7 +264,7 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     // loc3 is back and catches up; replication does not copy the pruned
     // objects back to loc1 and loc2.
     wait_verified(&f, &newest, 3);
-    std::thread::sleep(Duration::from_secs(5));
+    wait_replication_pass(&f, Duration::from_secs(90));
     for i in 1..=2 {
         assert!(
             manifests(&f.location(i)).is_disjoint(&gone),
@@ -310,8 +319,11 @@ fn scheduled_prune_applies_retention_on_its_own() {
         wait_verified(&f, id, 3);
     }
     // No policy yet: the scheduled prunes keep everything, and runs that
-    // delete nothing are not audited.
-    std::thread::sleep(Duration::from_secs(3));
+    // delete nothing are not audited (one has run since the backups).
+    let runs = scheduled_prune_runs(&f);
+    wait_for("a scheduled prune run", Duration::from_secs(60), || {
+        (scheduled_prune_runs(&f) > runs).then_some(())
+    });
     assert_eq!(catalog_ids(&f).len(), 3);
     assert!(scheduler_entries(&f).is_empty());
     let policy = f.dir.join("policy.toml");
@@ -331,7 +343,12 @@ fn scheduled_prune_applies_retention_on_its_own() {
     assert!(Fleet::log_text(&f.controller_log()).contains("scheduled prune"));
     // The run that deleted is in the audit chain, as by the scheduler, with
     // what it deleted where; later runs with nothing to do are not.
-    std::thread::sleep(Duration::from_secs(4));
+    let runs = scheduled_prune_runs(&f);
+    wait_for(
+        "a later scheduled prune run",
+        Duration::from_secs(60),
+        || (scheduled_prune_runs(&f) > runs).then_some(()),
+    );
     let entries = scheduler_entries(&f);
     assert_eq!(entries.len(), 1, "{entries:#?}");
     let e = &entries[0];

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::fleet::{make_data, sample, scrape, wait_verified, AgentSpec, Fleet};
+use support::fleet::{make_data, sample, scrape, wait_for, wait_verified, AgentSpec, Fleet};
 use support::redis::Redis;
 use trireme_testkit::tree;
 
@@ -198,10 +198,11 @@ fn restore_tests_objectives_and_drills() {
 
     // The RPO tightened below the snapshot's age: red in status and metrics.
     apply(&f, &POLICIES.replacen("rpo = \"1h\"", "rpo = \"2s\"", 1));
-    std::thread::sleep(Duration::from_secs(3));
-    let st = f.cli_json(&["status"]);
-    let r = recovery_of(&st, "cache-1/redis");
-    assert_eq!(r["state"], "red", "{r}");
+    let r = wait_for("cache-1/redis to turn red", Duration::from_secs(30), || {
+        let st = f.cli_json(&["status"]);
+        let r = recovery_of(&st, "cache-1/redis").clone();
+        (r["state"] == "red").then_some(r)
+    });
     assert!(r["problems"].to_string().contains("RPO missed"), "{r}");
     assert!(f.cli(&["status"]).contains("RED"));
     let text = scrape(&metrics);

@@ -243,7 +243,7 @@ fn a_pack_lost_before_replication_never_makes_its_snapshot_verified() {
         );
     }
     // Later passes leave it so.
-    std::thread::sleep(Duration::from_secs(5));
+    support::fleet::wait_replication_pass(&f, Duration::from_secs(90));
     let s = f.cli_json(&["snapshots", "show", &second]);
     assert_eq!(support::fleet::verified_copies(&s), 0, "{s}");
     // Visible per location, in the audit log and the controller's log.

@@ -483,6 +483,41 @@ pub fn wait_verified(f: &Fleet, id: &str, n: usize, timeout: Duration) -> Value 
     )
 }
 
+/// Every location's `last_sync` (when a replication pass last completed
+/// it), as `trireme locations ls` shows it (`%Y-%m-%dT%H:%M:%SZ`, so
+/// strings order as times); `None` for one never synced.
+fn last_syncs(f: &Fleet) -> Vec<Option<String>> {
+    f.cli_json(&["locations", "ls"])
+        .as_array()
+        .expect("locations ls prints a list")
+        .iter()
+        .map(|l| l["last_sync"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Wait until a replication pass that *started* after this call has
+/// completed at every location: two completions later than now (the first
+/// may belong to a pass already under way). What a test then finds absent
+/// (an object copied back, say) a pass had the chance to do.
+pub fn wait_replication_pass(f: &Fleet, timeout: Duration) {
+    let mut after = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    for round in ["a pass under way", "a pass started after it"] {
+        let t = wait_for(
+            &format!("{round} to complete at every location (last_sync after {after})"),
+            timeout,
+            || {
+                let syncs = last_syncs(f);
+                let all_later = !syncs.is_empty()
+                    && syncs
+                        .iter()
+                        .all(|t| t.as_deref().is_some_and(|t| t > after.as_str()));
+                all_later.then(|| syncs.into_iter().flatten().max().unwrap_or_default())
+            },
+        );
+        after = t;
+    }
+}
+
 /// GET /metrics from the controller's metrics endpoint.
 pub fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
