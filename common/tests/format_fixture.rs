@@ -210,7 +210,10 @@ async fn reads_the_v1_repository() {
         .await
         .unwrap();
     assert_eq!(hex::encode(ck.as_bytes()), s(&vec["controller_key"]));
-    assert!(trireme_common::keys::is_controller_key(&ck), "TRCTRL01 mark");
+    assert!(
+        trireme_common::keys::is_controller_key(&ck),
+        "TRCTRL01 mark"
+    );
     config.verify_controller_mac(ck.as_bytes()).unwrap();
 
     // Snapshots.
