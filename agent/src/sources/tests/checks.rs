@@ -164,27 +164,30 @@ async fn redis_restore_with_a_sampled_key_changed_or_missing_fails() {
         "the count passed: {e}"
     );
 
-    // A sample recorded in a form the check cannot read fails the check
+    // A sample recorded in a form the check cannot read (too few fields, a
+    // database that is not a number, a key that is not hex) fails the check
     // instead of being skipped.
-    let mut opts = BackupOptions::new("redis", "redis", "test-host");
-    opts.position = snap.manifest.position.clone();
-    opts.position
-        .insert(format!("{}0", redis::SAMPLE), "not-a-sample".into());
     let rdb = std::fs::read(&strangers).unwrap();
-    let malformed = f
-        .indexed()
-        .await
-        .backup(
-            trireme_common::BackupInput::Stream {
-                name: "dump.rdb".into(),
-                reader: Box::new(std::io::Cursor::new(rdb)),
-            },
-            opts,
-        )
-        .await
-        .unwrap();
-    let e = restore_error(&f, &malformed, &s).await;
-    assert!(e.contains("malformed sample \"not-a-sample\""), "{e}");
+    for bad in ["not-a-sample", "x:757365723a31:d", "0:zz:d"] {
+        let mut opts = BackupOptions::new("redis", "redis", "test-host");
+        opts.position = snap.manifest.position.clone();
+        opts.position
+            .insert(format!("{}0", redis::SAMPLE), bad.into());
+        let malformed = f
+            .indexed()
+            .await
+            .backup(
+                trireme_common::BackupInput::Stream {
+                    name: "dump.rdb".into(),
+                    reader: Box::new(std::io::Cursor::new(rdb.clone())),
+                },
+                opts,
+            )
+            .await
+            .unwrap();
+        let e = restore_error(&f, &malformed, &s).await;
+        assert!(e.contains(&format!("malformed sample {bad:?}")), "{e}");
+    }
 
     // Restored honestly, every sample matches.
     let report = f.restore(&snap, RestoreTarget::Source(&s)).await.unwrap();
