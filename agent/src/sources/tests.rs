@@ -723,7 +723,10 @@ async fn kafka_backs_up_closed_segments_and_then_only_new_ones() {
 // ---------------------------------------------------------------- mongodb (scripted tools)
 
 /// mongodump/mongorestore stand-ins that check their arguments as the real
-/// tools take them and answer in their documented formats.
+/// tools take them and answer in their documented formats. mongorestore
+/// reports the 1234 documents mongodump dumped, unless told to lie: the
+/// file `mongo.restored` holds another count to report, `mongo.failed` a
+/// count of failed documents, and `mongo.silent` makes it print no summary.
 fn mongo_tools(dir: &Path, dump_exit: i32) -> (PathBuf, PathBuf) {
     let dump = dir.join("mongodump");
     write_script(
@@ -762,12 +765,15 @@ echo "$@" > {args}
 for a in "$@"; do case "$a" in *password*) exit 64 ;; esac; done
 cat > {restored}
 cmp -s {restored} {dumped} || {{ echo "archive differs" >&2; exit 1; }}
-echo "2024-05-01T11:00:00.000+0000	1234 document(s) restored successfully. $(cat {failed} 2>/dev/null || echo 0) document(s) failed to restore." >&2
+[ -f {silent} ] && exit 0
+echo "2024-05-01T11:00:00.000+0000	$(cat {count} 2>/dev/null || echo 1234) document(s) restored successfully. $(cat {failed} 2>/dev/null || echo 0) document(s) failed to restore." >&2
 "#,
             args = dir.join("restore.args").display(),
             restored = dir.join("restored").display(),
             dumped = dir.join("dumped").display(),
-            failed = dir.join("mongo.failed").display()
+            count = dir.join("mongo.restored").display(),
+            failed = dir.join("mongo.failed").display(),
+            silent = dir.join("mongo.silent").display()
         ),
     );
     (dump, restore)
@@ -847,7 +853,9 @@ async fn mongodb_dump_streams_in_and_restores_with_the_counts_checked() {
 
 /// A `br` stand-in: `backup full` writes backupmeta and SST files under the
 /// local:// storage and a TS, `validate decode --field=end-version` prints
-/// it, `restore full` appends what it applied to a log.
+/// it, `restore full` appends what it applied to a log. Told to lie (the
+/// file `br.checksum` holds a backup TS), `restore full` of that backup
+/// fails BR's checksum validation as BR reports it.
 fn br_tool(dir: &Path) -> PathBuf {
     let br = dir.join("br");
     write_script(
@@ -875,14 +883,22 @@ case "$1 $2" in
     echo "[INFO] [\"Full Backup success summary\"] [BackupTS=$ts]"
     ;;
   "validate decode") sed -n 's/^ts=\([0-9]*\).*/\1/p' "$storage/backupmeta" ;;
-  "restore full") head -1 "$storage/backupmeta" >> {restored} ;;
+  "restore full")
+    ts=$(sed -n 's/^ts=\([0-9]*\).*/\1/p' "$storage/backupmeta")
+    if [ -f {checksum} ] && [ "$(cat {checksum})" = "$ts" ]; then
+      echo "[2024/05/01 11:00:00.000 +00:00] [ERROR] [client.go:1422] [\"failed in validate checksum\"] [database=app] [table=orders] [\"origin tidb crc64\"=5473284912764323281] [\"calculated crc64\"=1160939187163729520] [\"origin tidb total kvs\"=5000] [\"calculated total kvs\"=4999] [\"origin tidb total bytes\"=412000] [\"calculated total bytes\"=411917]" >&2
+      echo "Error: [BR:Restore:ErrRestoreChecksumMismatch]restore checksum mismatch" >&2
+      exit 1
+    fi
+    head -1 "$storage/backupmeta" >> {restored} ;;
   *) echo "unknown command $1 $2" >&2; exit 2 ;;
 esac
 "#,
             calls = dir.join("br.calls").display(),
             counter = dir.join("br.ts").display(),
             restored = dir.join("br.restored").display(),
-            fail = dir.join("br.fail").display()
+            fail = dir.join("br.fail").display(),
+            checksum = dir.join("br.checksum").display()
         ),
     );
     br
@@ -1412,3 +1428,5 @@ async fn a_stream_restore_never_writes_through_a_symlink() {
         .unwrap();
     assert!(!tested.exists());
 }
+
+mod checks;

@@ -150,6 +150,17 @@ impl TidbSpec {
     }
 }
 
+/// Whether BR's arguments turn its restore checksums off (`--checksum=false`;
+/// a Go bool flag takes its value only after `=`).
+fn checksums_off(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        matches!(
+            a.strip_prefix("--checksum="),
+            Some("false" | "FALSE" | "False" | "f" | "F" | "0")
+        )
+    })
+}
+
 #[async_trait]
 impl Source for TidbSpec {
     fn kind(&self) -> &'static Kind {
@@ -287,12 +298,32 @@ impl Source for TidbSpec {
                 .await
                 .context("br task")??;
             report.checks.push(format!(
-                "br restore full of {} ({}, backup TS {}) succeeded, BR checksums verified",
+                "br restore full of {} ({}, backup TS {}) succeeded, {}",
                 s.id.short(),
                 super::position(s, MODE).unwrap_or("full"),
-                super::position(s, BACKUP_TS).unwrap_or("?")
+                super::position(s, BACKUP_TS).unwrap_or("?"),
+                if checksums_off(&self.restore_args) {
+                    "not checked: restore_args turn BR's checksums off (--checksum=false)"
+                } else {
+                    "BR checksums verified"
+                }
             ));
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksums_turned_off_are_seen() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(checksums_off(&args(&["--checksum=false"])));
+        assert!(checksums_off(&args(&["--ratelimit=8", "--checksum=0"])));
+        assert!(!checksums_off(&args(&["--checksum=true"])));
+        assert!(!checksums_off(&args(&["--checksum"])));
+        assert!(!checksums_off(&args(&[])));
     }
 }
