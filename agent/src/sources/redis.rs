@@ -221,12 +221,7 @@ impl RedisSpec {
         let (b, a) = (total(&before), total(&after));
         position.insert(KEYS_MIN.to_string(), b.min(a).to_string());
         position.insert(KEYS_MAX.to_string(), b.max(a).to_string());
-        let expires = before
-            .iter()
-            .chain(&after)
-            .map(|d| d.expires)
-            .max()
-            .unwrap_or(0);
+        let expires = may_expire(&before, &after);
         position.insert(EXPIRES.to_string(), expires.to_string());
         // Keep the samples that did not change across the save: they are in the RDB as sampled.
         let mut n = 0;
@@ -520,6 +515,14 @@ fn info_field(info: &str, field: &str) -> Option<String> {
     })
 }
 
+/// How many keys may be gone by the time a restore is checked: those with
+/// a time to live, across every database, before or after the save
+/// (whichever is more).
+fn may_expire(before: &[DbKeys], after: &[DbKeys]) -> u64 {
+    let total = |k: &[DbKeys]| k.iter().map(|d| d.expires).sum::<u64>();
+    total(before).max(total(after))
+}
+
 fn keyspace(c: &mut Conn) -> Result<Vec<DbKeys>> {
     let info = c.cmd_str(&["INFO", "keyspace"])?.text().unwrap_or_default();
     Ok(parse_keyspace(&info))
@@ -706,6 +709,19 @@ fn value_digest(c: &mut Conn, db: u32, key: &[u8]) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_that_may_expire_are_counted_across_databases() {
+        let db = |db, expires| DbKeys {
+            db,
+            keys: 10,
+            expires,
+        };
+        // Three expiring keys in db0 and four in db1: seven may be gone.
+        assert_eq!(may_expire(&[db(0, 3), db(1, 4)], &[db(0, 3), db(1, 2)]), 7);
+        assert_eq!(may_expire(&[db(0, 1)], &[db(0, 2), db(3, 2)]), 4);
+        assert_eq!(may_expire(&[], &[]), 0);
+    }
 
     #[test]
     fn keyspace_lines_parse() {
