@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,9 @@ impl Program {
             .ok_or_else(|| anyhow!("{}: the command is empty", self.what))?;
         let mut c = Command::new(prog);
         c.args(args).envs(&self.env);
+        // Its own process group, so that stopping it (see `kill_tree`)
+        // stops what it started too (a script's pipeline, a wrapper's tool).
+        c.process_group(0);
         if let Some(d) = &self.dir {
             c.current_dir(d);
         }
@@ -199,6 +203,19 @@ impl Stderr {
     }
 }
 
+/// Kill `child` and whatever it started that is still in its process group
+/// (each program runs in its own, see [`Program`]): a cancelled or failed
+/// job leaves no dump or restore tool of its own running. `child` must not
+/// have been waited for (its pid, the group's id, is still its own).
+fn kill_tree(child: &mut Child) {
+    use rustix::process::{kill_process_group, Pid, Signal};
+    let group = Pid::from_child(child);
+    if group != Pid::INIT {
+        let _ = kill_process_group(group, Signal::KILL);
+    }
+    let _ = child.kill();
+}
+
 /// The last lines, joined, at most 1,000 characters.
 fn tail_of(lines: impl Iterator<Item = String>) -> String {
     let lines: Vec<String> = lines.filter(|l| !l.trim().is_empty()).collect();
@@ -229,7 +246,7 @@ pub struct KillOnDrop(Arc<Mutex<Option<Child>>>);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(c) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            let _ = c.kill();
+            kill_tree(c);
         }
     }
 }
@@ -265,7 +282,7 @@ impl Drop for ChildReader {
         if let Some(mut c) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() {
             // Stopped early (a failed upload, a cancel): the tool must not
             // run on unattended.
-            let _ = c.kill();
+            kill_tree(&mut c);
             let _ = c.wait();
         }
     }
@@ -334,7 +351,7 @@ impl Drop for ChildWriter {
         if st.written != st.expected {
             // Kill before closing stdin: a short input must not look complete.
             if let Some(c) = st.child.as_mut() {
-                let _ = c.kill();
+                kill_tree(c);
             }
         }
         drop(self.stdin.take());
@@ -387,7 +404,7 @@ impl WriterHandle {
 impl Drop for WriterState {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            kill_tree(&mut c);
             let _ = c.wait();
         }
     }

@@ -79,7 +79,10 @@ pub fn register(
 /// a refused one fails the job (audited) and nothing of it is recorded.
 /// Results for jobs that already ended (cancelled, or failed while the agent
 /// was away) go through the same check and are kept when it passes: the
-/// data is in the repository and valid.
+/// data is in the repository and valid. A result for a job the catalog does
+/// not know is ignored, and one from an agent that does not hold the job is
+/// refused (audited) and the job left as it is: both are acknowledged, as
+/// nothing would make them acceptable later.
 ///
 /// # Errors
 /// A result that cannot be checked now (location unreachable, catalog
@@ -97,11 +100,25 @@ pub async fn handle_result(
         return Ok(());
     };
     if job.agent() != name {
-        return Err(Error::WrongAgent {
+        // Refused and audited, and acknowledged like any refused result:
+        // it can never be accepted, so the sender must not keep it.
+        let why = Error::WrongAgent {
             job: id.to_string(),
             expected: job.agent().to_string(),
             got: name.to_string(),
-        });
+        }
+        .to_string();
+        tracing::warn!(target: "trireme::audit", job = %id, agent = %name, reason = %why, "job result refused");
+        shared.record(
+            crate::audit::Event::by(
+                agent,
+                "job result",
+                format!("job {id} source {}", job.source),
+            )
+            .refused(why)
+            .from_peer(peer),
+        );
+        return Ok(());
     }
     let now = shared.now();
     if r.ok && matches!(job.state, JobState::Assigned { .. }) {
