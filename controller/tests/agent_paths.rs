@@ -264,6 +264,24 @@ async fn a_result_for_an_unknown_job_is_acked_and_records_nothing() {
     let mut s = Session::open(&f, "web-2", "uploads", pending).await;
     s.acked(&ghost2).await;
     assert!(!f.cli_as("op", &["jobs", "show", &ghost2]).status.success());
+
+    // A job id that is no id at all (a damaged spool): acknowledged too, so
+    // it is not sent forever, and logged.
+    let garbage = "not-a-job-id".to_string();
+    s.send(AgentMsg::Result(JobResult {
+        job_id: garbage.clone(),
+        ok: true,
+        snapshot_id: "cd".repeat(32),
+        ..Default::default()
+    }))
+    .await;
+    s.acked(&garbage).await;
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("result with a malformed job id") && l.contains(&garbage)),
+        "the controller logs the malformed id: {log}"
+    );
 }
 
 /// A `command` source as TOML (`[[source]]` table) running `argv`.

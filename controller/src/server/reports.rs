@@ -94,7 +94,13 @@ pub async fn handle_result(
     r: &JobReport,
 ) -> Result<()> {
     let name = agent.name.as_str();
-    let id: JobId = r.job_id.parse()?;
+    let Ok(id) = r.job_id.parse::<JobId>() else {
+        // No job can ever have this id: acknowledged (returning Ok), so an
+        // agent's spool does not send it forever; logged, not audited, like
+        // a result for an unknown job.
+        tracing::warn!(agent = %name, job = %r.job_id, "result with a malformed job id; ignored");
+        return Ok(());
+    };
     let Some(job) = shared.catalog.jobs().get(&id)? else {
         tracing::warn!(agent = %name, job = %r.job_id, "result for a job the catalog does not know; ignored");
         return Ok(());
