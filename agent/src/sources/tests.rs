@@ -779,10 +779,8 @@ echo "2024-05-01T11:00:00.000+0000	$(cat {count} 2>/dev/null || echo 1234) docum
     (dump, restore)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mongodb_dump_streams_in_and_restores_with_the_counts_checked() {
-    let f = Fixture::new().await;
-    let (dump, restore_tool) = mongo_tools(f.dir.path(), 1);
+/// A mongo tools config file (mode 0600) with the backup user's URI.
+fn mongo_credentials(f: &Fixture) -> PathBuf {
     let creds = f.path("mongo.yaml");
     std::fs::write(
         &creds,
@@ -790,6 +788,14 @@ async fn mongodb_dump_streams_in_and_restores_with_the_counts_checked() {
     )
     .unwrap();
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    creds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_dump_streams_in_and_restores_with_the_counts_checked() {
+    let f = Fixture::new().await;
+    let (dump, restore_tool) = mongo_tools(f.dir.path(), 1);
+    let creds = mongo_credentials(&f);
     let spec = |name: &str, extra: &str| {
         source(&format!(
             "name = \"{name}\"\nkind = \"mongodb\"\ncredentials_file = {creds:?}\nmongodump = {dump:?}\nmongorestore = {restore_tool:?}\n{extra}"

@@ -419,13 +419,7 @@ async fn kafka_restore_with_other_partition_or_segment_counts_fails() {
 async fn mongodb_restore_with_other_counts_or_failed_documents_fails() {
     let f = Fixture::new().await;
     let (dump, restore_tool) = mongo_tools(f.dir.path(), 1);
-    let creds = f.path("mongo.yaml");
-    std::fs::write(
-        &creds,
-        "uri: mongodb://backup:s3cret@db-1:27017/?authSource=admin\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let creds = mongo_credentials(&f);
     let spec = |name: &str| {
         source(&format!(
             "name = \"{name}\"\nkind = \"mongodb\"\ncredentials_file = {creds:?}\nmongodump = {dump:?}\nmongorestore = {restore_tool:?}"
