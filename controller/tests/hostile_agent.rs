@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use support::fleet::{make_data, wait_for, AgentSpec, Fleet};
-use tokio::sync::{mpsc, Mutex};
-use tokio_stream::wrappers::ReceiverStream;
+use support::session::Session;
+use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use trireme_common::attribution::Attribution;
 use trireme_common::backend::{ObjectKey, ObjectKind};
@@ -25,89 +25,9 @@ use trireme_common::{
     BackupInput, BackupOptions, ContentKind, Error as CommonError, Id, KeyProvider, Location,
     Repository, SnapshotManifest, Summary, WrappedKey,
 };
-use trireme_net::tls::{client_config, connect, ClientTls, Role, TlsFiles};
-use trireme_proto::v1::agent_message::Msg as AgentMsg;
-use trireme_proto::v1::agent_service_client::AgentServiceClient;
-use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::key_service_client::KeyServiceClient;
-use trireme_proto::v1::{
-    AgentMessage, GenerateDataKeyRequest, Hello, JobAssignment, JobKeysRequest, JobResult,
-    SourceInfo,
-};
+use trireme_proto::v1::{GenerateDataKeyRequest, JobAssignment, JobKeysRequest, JobResult};
 use trireme_testkit::tree;
-
-fn tls_for(f: &Fleet, name: &str) -> ClientTls {
-    let files = TlsFiles::in_dir(&f.ca, name);
-    ClientTls {
-        config: Arc::new(client_config(&files).unwrap()),
-        server_name: "localhost".into(),
-        server_role: Some(Role::Controller),
-    }
-}
-
-/// One hostile Session: it registers `source` and answers jobs as it likes.
-struct Hostile {
-    tx: mpsc::Sender<AgentMessage>,
-    rx: tonic::Streaming<trireme_proto::v1::ControllerMessage>,
-    channel: Channel,
-}
-
-impl Hostile {
-    async fn connect(f: &Fleet, name: &str, source: &str) -> Hostile {
-        if !f.ca.join(format!("{name}.pem")).exists() {
-            trireme_net::tls::ca::issue(&f.ca, Role::Agent, name, 30, &f.ca).unwrap();
-        }
-        let channel = connect(&f.addr().to_string(), tls_for(f, name))
-            .await
-            .unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(AgentMessage {
-            msg: Some(AgentMsg::Hello(Hello {
-                agent_name: name.into(),
-                agent_version: "hostile".into(),
-                hostname: name.into(),
-                sources: vec![SourceInfo {
-                    name: source.into(),
-                    kind: "volume".into(),
-                    details: HashMap::new(),
-                    ..Default::default()
-                }],
-                max_concurrent_jobs: 1,
-                ..Default::default()
-            })),
-        })
-        .await
-        .unwrap();
-        let rx = AgentServiceClient::new(channel.clone())
-            .session(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        Hostile { tx, rx, channel }
-    }
-
-    async fn next_job(&mut self) -> JobAssignment {
-        let wait = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                match self.rx.message().await.unwrap().and_then(|m| m.msg) {
-                    Some(CtlMsg::Assign(a)) => return a,
-                    Some(_) => continue,
-                    None => panic!("the session ended before a job came"),
-                }
-            }
-        });
-        wait.await.expect("a job within 60 s")
-    }
-
-    async fn report(&self, r: JobResult) {
-        self.tx
-            .send(AgentMessage {
-                msg: Some(AgentMsg::Result(r)),
-            })
-            .await
-            .unwrap();
-    }
-}
 
 /// The keys the key service hands one job, as a key provider: what a
 /// compromised agent can do with them.
@@ -221,7 +141,7 @@ impl KeyProvider for JobKeys {
 
 /// Queue a backup of web-2/uploads and take its assignment on the hostile
 /// session: the job id and the assignment.
-async fn start_job(f: &Fleet, hostile: &mut Hostile) -> (String, JobAssignment) {
+async fn start_job(f: &Fleet, hostile: &mut Session) -> (String, JobAssignment) {
     let job = f.cli_json(&["backup", "run", "web-2/uploads"]);
     let id = job["id"].as_str().unwrap().to_string();
     let a = hostile.next_job().await;
@@ -252,7 +172,7 @@ fn snapshot_ids(f: &Fleet, source: &str) -> Vec<String> {
 /// A victim `web-1/uploads` with one verified backup, and a hostile
 /// `web-2` session registering `web-2/uploads`. Returns the victim's
 /// snapshot id.
-async fn victim_and_attacker(f: &mut Fleet, data: &std::path::Path) -> (String, Hostile) {
+async fn victim_and_attacker(f: &mut Fleet, data: &std::path::Path) -> (String, Session) {
     make_data(data, 4, 300_000, 21);
     f.start_controller();
     f.start_agent(&AgentSpec::volume("web-1", "uploads", data));
@@ -260,7 +180,7 @@ async fn victim_and_attacker(f: &mut Fleet, data: &std::path::Path) -> (String, 
     let out = f.cli(&["backup", "run", "web-1/uploads", "--wait"]);
     assert!(out.contains("succeeded"), "{out}");
     let victim = snapshot_ids(f, "web-1/uploads").pop().unwrap();
-    let hostile = Hostile::connect(f, "web-2", "uploads").await;
+    let hostile = Session::open(f, "web-2", "uploads", Vec::new()).await;
     f.wait_connected(&["web-1", "web-2"]);
     (victim, hostile)
 }
@@ -698,7 +618,7 @@ async fn a_planted_key_table_and_a_rewritten_config_are_refused() {
 /// slow) agent writes.
 async fn engine_backup(
     f: &Fleet,
-    hostile: &Hostile,
+    hostile: &Session,
     job: &str,
 ) -> (
     Arc<trireme_common::IndexedRepo>,
@@ -728,7 +648,7 @@ async fn engine_backup(
 
 /// A backup job of web-2 run to the end by the engine and reported, as an
 /// honest agent does; the snapshot it recorded.
-async fn honest_backup(f: &Fleet, hostile: &mut Hostile, dir: &std::path::Path) -> Id {
+async fn honest_backup(f: &Fleet, hostile: &mut Session, dir: &std::path::Path) -> Id {
     let (id, a) = start_job(f, hostile).await;
     let (indexed, opts, _) = engine_backup(f, hostile, &a.job_id).await;
     let snap = indexed

@@ -1,5 +1,5 @@
 //! Helpers of the controller's integration tests (a fleet of real
-//! processes, the br stand-in, redis). The helpers shared with the other
+//! processes, the br stand-in, redis, a hand-spoken agent session). The helpers shared with the other
 //! crates' tests (Garage, moto, free ports, test data) are `trireme_testkit`.
 
 #![allow(dead_code)]
@@ -7,6 +7,7 @@
 pub mod br;
 pub mod fleet;
 pub mod redis;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::path::Path;
