@@ -78,8 +78,7 @@ pub fn complete_job(
         let mut record = snapshot.clone();
         record.job = Some(*id);
         record.derive_dependencies();
-        tx.snapshots().insert(&record.id, &record)?;
-        remember_latest_in(tx, &record)?;
+        record_snapshot_in(tx, &record)?;
         Ok(updated)
     })
 }
@@ -273,9 +272,13 @@ impl Catalog {
     pub fn record_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
         let mut s = s.clone();
         s.derive_dependencies();
-        self.transaction_durable(|tx| {
-            tx.snapshots().insert(&s.id, &s)?;
-            remember_latest_in(tx, &s)
-        })
+        self.transaction_durable(|tx| record_snapshot_in(tx, &s))
     }
+}
+
+/// Store a snapshot record (its dependencies already derived) and keep it
+/// as its source's newest when it is.
+fn record_snapshot_in(tx: &Tx<'_>, s: &SnapshotRecord) -> TxResult<()> {
+    tx.snapshots().insert(&s.id, s)?;
+    remember_latest_in(tx, s)
 }

@@ -68,6 +68,16 @@ fn change_and_backup(f: &Fleet, data: &Path, i: usize) -> (String, BTreeMap<Path
     (id, tree(data))
 }
 
+/// `n` backups of `data` (each after [`change_and_backup`]), waited for
+/// until verified at all three locations; their snapshot ids and trees.
+fn verified_backups(f: &Fleet, data: &Path, n: usize) -> Vec<(String, BTreeMap<PathBuf, Vec<u8>>)> {
+    let snaps: Vec<_> = (0..n).map(|i| change_and_backup(f, data, i)).collect();
+    for (id, _) in &snaps {
+        wait_verified(f, id, 3);
+    }
+    snaps
+}
+
 /// Restore `snap` from the `file://` location at `dir` alone (the agent's
 /// local mode with the master key) and compare with `want`.
 fn restores_from(f: &Fleet, dir: &Path, snap: &str, want: &BTreeMap<PathBuf, Vec<u8>>) {
@@ -140,13 +150,7 @@ fn retention_prunes_every_location_and_skips_a_lagging_one() {
     });
     f.wait_connected(&["app-1"]);
 
-    let mut snaps = Vec::new();
-    for i in 0..4 {
-        snaps.push(change_and_backup(&f, &data, i));
-    }
-    for (id, _) in &snaps {
-        wait_verified(&f, id, 3);
-    }
+    let mut snaps = verified_backups(&f, &data, 4);
     let policy = f.dir.join("policy.toml");
     Fleet::write_file(
         &policy,
@@ -312,13 +316,7 @@ fn scheduled_prune_applies_retention_on_its_own() {
     f.start_controller();
     f.start_agent(&AgentSpec::volume("app-1", "files", &data));
     f.wait_connected(&["app-1"]);
-    let mut snaps = Vec::new();
-    for i in 0..3 {
-        snaps.push(change_and_backup(&f, &data, i));
-    }
-    for (id, _) in &snaps {
-        wait_verified(&f, id, 3);
-    }
+    let snaps = verified_backups(&f, &data, 3);
     // No policy yet: the scheduled prunes keep everything, and runs that
     // delete nothing are not audited (one has run since the backups).
     let runs = scheduled_prune_runs(&f);
@@ -395,13 +393,7 @@ fn prune_on_three_garage_locations() {
     f.start_controller();
     f.start_agent(&AgentSpec::volume("app-1", "files", &data));
     f.wait_connected(&["app-1"]);
-    let mut snaps = Vec::new();
-    for i in 0..3 {
-        snaps.push(change_and_backup(&f, &data, i));
-    }
-    for (id, _) in &snaps {
-        wait_verified(&f, id, 3);
-    }
+    let snaps = verified_backups(&f, &data, 3);
     let all: BTreeSet<String> = snaps.iter().map(|(id, _)| id.clone()).collect();
     for i in 1..=3 {
         assert_eq!(
