@@ -27,8 +27,9 @@ if [[ -z "${SKIP_LINT:-}" ]]; then
 fi
 
 echo "== cargo test"
-# Every test binary runs under a deadline (deploy/dev/test-runner.sh), so a
-# hang fails in minutes.
+# Every test and every test binary runs under a deadline
+# (deploy/dev/test-runner.sh, checked first), so a hang fails in minutes.
+deploy/dev/test-runner-check.sh
 host="$(rustc -vV | sed -n 's/^host: //p' | tr 'a-z-' 'A-Z_')"
 export "CARGO_TARGET_${host}_RUNNER=$PWD/deploy/dev/test-runner.sh"
 cargo test --workspace --locked -- --test-threads=2
