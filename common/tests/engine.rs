@@ -631,7 +631,8 @@ async fn a_restore_scope_is_enough_and_excludes_other_snapshots() {
         .unwrap();
     assert_eq!(describe(&a), describe(&out));
     // ... and cannot read the other one.
-    assert!(agent.read_snapshot(&s2.id).await.is_err());
+    let e = agent.read_snapshot(&s2.id).await.unwrap_err();
+    assert!(e.to_string().contains("outside the scope"), "{e}");
 
     // A backup's scope holds index keys but no pack (data) key.
     let backup = first.backup_scope(None).await.unwrap();
@@ -930,7 +931,8 @@ async fn a_ledger_removes_what_the_restore_created_and_nothing_else() {
     assert!(removed.kept.contains(&staging.join("sub/theirs.txt")));
     // Closed: it refuses to record a new restore.
     let again = f.dir.path().join("again");
-    assert!(restore(again.clone(), ledger).await.is_err());
+    let e = restore(again.clone(), ledger).await.unwrap_err();
+    assert!(e.to_string().contains("the restore was stopped"), "{e}");
     assert!(!again.exists());
 
     // Into a new directory whose parents are new too: all of it goes.

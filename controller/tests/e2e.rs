@@ -137,8 +137,19 @@ fn refusals_are_clear_and_logged() {
     ca::issue(&other, Role::Operator, "mallory", 30, &other).unwrap();
     std::fs::copy(other.join("mallory.pem"), f.ca.join("mallory.pem")).unwrap();
     std::fs::copy(other.join("mallory.key"), f.ca.join("mallory.key")).unwrap();
+    // TLS 1.3 checks the client's certificate after the client finished its
+    // half of the handshake: the CLI sees either the fatal alert or the
+    // closed connection, and names the certificate either way.
+    let refused_cert = |e: &str| {
+        (e.contains("the controller refused your certificate")
+            || e.contains("it does so when it refuses your certificate"))
+            && e.contains("not from its CA")
+    };
     let e = fail("mallory", &["status"]);
-    assert!(!e.is_empty(), "another CA's certificate must be refused");
+    assert!(
+        refused_cert(&e),
+        "another CA's certificate must be refused, saying so: {e}"
+    );
 
     // An expired certificate.
     let now = std::time::SystemTime::now();
@@ -151,7 +162,8 @@ fn refusals_are_clear_and_logged() {
         &f.ca,
     )
     .unwrap();
-    fail("old-op", &["status"]);
+    let e = fail("old-op", &["status"]);
+    assert!(refused_cert(&e), "{e}");
 
     // A revoked certificate: refused once the controller reloads its CRL.
     ca::issue(&f.ca, Role::Operator, "leaver", 30, &f.ca).unwrap();
@@ -449,10 +461,9 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
         (j["progress"]["bytes_uploaded"].as_u64()? > 0).then_some(())
     });
 
-    // Cut the link for a minute. The job finishes meanwhile; its result is
-    // kept on disk, even across an agent restart.
+    // Cut the link. The job finishes meanwhile; its result is kept on disk,
+    // even across an agent restart.
     proxy.cut();
-    let cut_at = std::time::Instant::now();
     let spool = f.dir.join("agent-mq-1/results");
     wait_for(
         "the result to be kept in the spool",
@@ -460,13 +471,25 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
         || (std::fs::read_dir(&spool).ok()?.count() > 0).then_some(()),
     );
     f.kill_agent("mq-1");
+    let retries = |f: &Fleet| {
+        Fleet::log_text(&f.agent_log("mq-1"))
+            .matches("waiting before reconnecting")
+            .count()
+    };
+    let before = retries(&f);
     f.start_agent(&agent);
+    // The restarted agent keeps dialling through the cut (max_backoff 2 s):
+    // three failed attempts, and still nothing reached the controller.
+    wait_for(
+        "the restarted agent to fail three reconnection attempts during the cut",
+        Duration::from_secs(30),
+        || (retries(&f) >= before + 3).then_some(()),
+    );
     assert_eq!(
         job(&f, &id)["state"],
         "running",
         "nothing reported during the cut"
     );
-    std::thread::sleep(Duration::from_secs(60).saturating_sub(cut_at.elapsed()));
     proxy.heal();
 
     let done = wait_job_state(&f, &id, &["succeeded", "failed"], Duration::from_secs(30));
@@ -475,11 +498,6 @@ fn network_cut_agent_reconnects_and_reports_kept_result() {
         "the spool to empty after the ack",
         Duration::from_secs(10),
         || (std::fs::read_dir(&spool).ok()?.count() == 0).then_some(()),
-    );
-    let log = Fleet::log_text(&f.agent_log("mq-1"));
-    assert!(
-        log.contains("reconnecting"),
-        "the agent logs its reconnection attempts"
     );
     drop(rt);
 }

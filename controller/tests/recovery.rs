@@ -161,7 +161,9 @@ fn restore_tests_objectives_and_drills() {
         1.0
     );
     let dedup = sample(&text, "trireme_agent_backup_dedup_ratio{source=\"files\"}");
-    assert!((0.0..=1.0).contains(&dedup), "{dedup}");
+    // Its one backup was of random data new to the repository: almost
+    // nothing was already there.
+    assert!((0.0..0.05).contains(&dedup), "{dedup}");
     let used = sample(
         &text,
         "trireme_agent_source_volume_used_ratio{source=\"files\"}",

@@ -648,13 +648,10 @@ async fn the_async_loop_ticks_on_time() {
     }
 }
 
-/// The child half of `a_finished_job_survives_kill_9`: it does something
-/// only when that test runs it, and then dies by SIGKILL.
-#[test]
-fn kill_9_child() {
-    let Ok(dir) = std::env::var("TRIREME_TEST_KILL9_DIR") else {
-        return;
-    };
+/// The child half of `a_finished_job_survives_kill_9`, run in a copy of
+/// this test binary: finish a job in the catalog at `dir`, then die by
+/// SIGKILL without closing anything.
+fn finish_a_job_then_kill_9(dir: &str) -> ! {
     let now = t("2025-03-01T02:00:00Z");
     let c = Catalog::open(&dir).unwrap();
     let source = SourceRecord {
@@ -701,9 +698,18 @@ fn kill_9_child() {
 #[test]
 fn a_finished_job_survives_kill_9() {
     use std::os::unix::process::ExitStatusExt;
+    // In the copy of this binary started below, be the child.
+    if let Ok(dir) = std::env::var("TRIREME_TEST_KILL9_DIR") {
+        finish_a_job_then_kill_9(&dir);
+    }
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "kill_9_child", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "a_finished_job_survives_kill_9",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env("TRIREME_TEST_KILL9_DIR", dir.path())
         .stdout(std::process::Stdio::null())
         .status()
