@@ -524,15 +524,16 @@ fn sigterm_stops_the_controller_with_agents_connected() {
         || c.try_wait().unwrap(),
     );
     assert!(status.success(), "clean exit: {status}");
-    // Sessions are closed at once, not after the 10 s grace.
-    assert!(
-        t0.elapsed() < Duration::from_secs(8),
-        "took {:?}",
-        t0.elapsed()
-    );
+    // Sessions are closed at once, not cut after the 10 s grace (the
+    // controller has exited: its log is complete).
     let log = Fleet::log_text(&f.controller_log());
     assert!(
         log.contains("shutting down") && log.contains("closing the agent's session"),
         "{log}"
+    );
+    assert!(
+        !log.contains("connections still open after 10 s"),
+        "the session was not closed at shutdown ({:?} to exit): {log}",
+        t0.elapsed()
     );
 }
