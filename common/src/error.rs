@@ -107,6 +107,11 @@ pub enum Error {
     #[error("a Trireme repository already exists at {0}")]
     RepositoryExists(String),
 
+    /// A restore's `--path`, `--include`, `--exclude` or `--overwrite` is
+    /// not usable; the message names it and what is accepted.
+    #[error("{0}")]
+    Selection(String),
+
     /// A snapshot id (or prefix) matched nothing or more than one snapshot.
     #[error("snapshot {0}")]
     Snapshot(String),

@@ -37,4 +37,4 @@ pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, W
 pub use location::Location;
 pub use manifest::{ContentKind, Dependency, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
-pub use restore::{RestoreLedger, RestoreOptions, RestoreSummary};
+pub use restore::{Overwrite, RestoreLedger, RestoreOptions, RestoreSummary, Selection};

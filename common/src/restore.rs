@@ -16,12 +16,15 @@
 //! creation returned (see [`fs`]).
 
 mod fs;
+mod place;
+mod select;
 
 pub use fs::{create_new_file, Removed, RestoreLedger};
+pub use select::Selection;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
@@ -37,6 +40,7 @@ use crate::format::{open_blob, pack_header, pack_tail, BlobEntry};
 use crate::index::PackInfo;
 use crate::manifest::{ContentKind, EntryKind, EntryReader, TreeEntry};
 use crate::repo::{IndexedRepo, Snapshot};
+use place::{Placer, Replace};
 
 /// Settings of a restore.
 #[derive(Debug, Clone)]
@@ -49,6 +53,55 @@ pub struct RestoreOptions {
     /// Where to record everything the restore creates, so that exactly that
     /// can be removed afterwards (restore tests); none by default.
     pub ledger: Option<Arc<RestoreLedger>>,
+    /// Which entries to restore; all by default.
+    pub selection: Selection,
+    /// What to do with what is already in the target; `None` (the default):
+    /// the target must be new or empty.
+    pub overwrite: Option<Overwrite>,
+}
+
+/// What a restore with `--overwrite` does where the target already holds
+/// something at an entry's path. A directory is reused (its own mode and
+/// times are left as they are); a file or link is kept or replaced as the
+/// mode says (a replacement is written beside it and renamed over it once
+/// whole, so an interrupted restore never leaves a half-written file in its
+/// place); anything of another kind (a directory where the snapshot has a
+/// file, a device, a file where it has a directory) is left alone and
+/// reported, with everything below it. Nothing is ever written through a
+/// link: a link is replaced itself, never followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overwrite {
+    /// Keep every existing file and link; write only what is missing.
+    Never,
+    /// Replace a file whose size or modification time differs from the
+    /// snapshot's (a link whose target differs).
+    IfChanged,
+    /// Replace every file and link.
+    Always,
+}
+
+impl std::str::FromStr for Overwrite {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "never" => Ok(Overwrite::Never),
+            "if-changed" => Ok(Overwrite::IfChanged),
+            "always" => Ok(Overwrite::Always),
+            other => Err(Error::Selection(format!(
+                "--overwrite {other:?} is not a mode: use never, if-changed or always"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Overwrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Overwrite::Never => "never",
+            Overwrite::IfChanged => "if-changed",
+            Overwrite::Always => "always",
+        })
+    }
 }
 
 impl Default for RestoreOptions {
@@ -58,6 +111,8 @@ impl Default for RestoreOptions {
             workers: cores.max(2),
             owners: rustix::process::geteuid().is_root(),
             ledger: None,
+            selection: Selection::all(),
+            overwrite: None,
         }
     }
 }
@@ -73,6 +128,30 @@ pub struct RestoreSummary {
     pub symlinks: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// With `--overwrite`: files and links already there that were
+    /// replaced (counted in `files`/`symlinks` too).
+    pub replaced: u64,
+    /// With `--overwrite`: files and links already there that were kept
+    /// (unchanged, or `never`).
+    pub kept: u64,
+    /// With `--overwrite`: paths where something of another kind stood and
+    /// was left alone, with everything the snapshot has below it (the first
+    /// [`MAX_CONFLICTS`]; `conflicts` counts them all).
+    pub conflict_paths: Vec<String>,
+    /// How many such paths there were.
+    pub conflicts: u64,
+}
+
+/// Conflicting paths a [`RestoreSummary`] names.
+pub const MAX_CONFLICTS: usize = 20;
+
+impl RestoreSummary {
+    fn conflict(&mut self, path: &Path) {
+        self.conflicts += 1;
+        if self.conflict_paths.len() < MAX_CONFLICTS {
+            self.conflict_paths.push(path.display().to_string());
+        }
+    }
 }
 
 impl IndexedRepo {
@@ -96,8 +175,13 @@ impl IndexedRepo {
         let target = target.to_path_buf();
         let opts = opts.clone();
         let handle = tokio::runtime::Handle::current();
+        if opts.ledger.is_some() && opts.overwrite.is_some() {
+            return Err(Error::Pipeline(
+                "a restore recorded for removal (a restore test) writes into a new or empty directory, never with --overwrite".into(),
+            ));
+        }
         tokio::task::spawn_blocking(move || {
-            let root = fs::open_target(&target, opts.ledger.as_deref())?;
+            let root = fs::open_target(&target, opts.ledger.as_deref(), opts.overwrite.is_some())?;
             this.restore_blocking(&handle, &snap, &target, root, &opts)
         })
         .await
@@ -156,71 +240,34 @@ impl IndexedRepo {
         let name = format!("snapshots/{}", snap.id);
         let rec = fs::Recorder(opts.ledger.as_deref());
         let max_files = batch_files();
-        let mut summary = RestoreSummary::default();
-        let mut dirs: Vec<(fs::FileId, TreeEntry)> = Vec::new();
+        let mut place = Placer::new(target, &root.fd, rec, opts)?;
         let tree = self.chunk_reader(handle.clone(), snap.manifest.tree.clone());
         let mut entries = EntryReader::new(tree, name.clone());
         let mut batch = Batch::default();
         let mut order = TreeOrder::default();
-        // The directories enclosing the current entry, open, outermost
-        // first (the target itself is `root`).
-        let mut open: Vec<(Vec<u8>, OwnedFd)> = Vec::new();
         while let Some(entry) = entries.next_entry()? {
             order.admit(&entry, &name)?;
             let path = safe_join(target, &entry.path, &name)?;
             if entry.path.is_empty() {
-                // The root: the target itself.
-                summary.dirs += 1;
-                dirs.push((root.id, entry));
+                // The root: the target itself, which gets the root's
+                // metadata unless it held something before.
+                if opts.overwrite.is_none() {
+                    place.summary.dirs += 1;
+                    place.dirs.push((root.id, entry));
+                }
                 continue;
             }
-            let (parent, file_name) = match entry.path.iter().rposition(|c| *c == b'/') {
-                Some(i) => (&entry.path[..i], &entry.path[i + 1..]),
-                None => (&b""[..], &entry.path[..]),
-            };
-            while open.last().is_some_and(|(d, _)| d.as_slice() != parent) {
-                open.pop();
-            }
-            let dir = match open.last() {
-                Some((_, fd)) => fd.as_fd(),
-                None if parent.is_empty() => root.fd.as_fd(),
-                None => {
-                    return Err(Error::corrupt(
-                        &name,
-                        format!("tree entry {} has no directory open", path.display()),
-                    ))
-                }
-            };
-            match entry.kind {
-                EntryKind::Dir => {
-                    let fd = rec.made(|| {
-                        let (fd, id) = fs::make_dir(dir, file_name, &path)?;
-                        Ok(((fd, id), id))
-                    })?;
-                    summary.dirs += 1;
-                    dirs.push((fd.1, entry.clone()));
-                    open.push((entry.path, fd.0));
-                }
-                EntryKind::Symlink => {
-                    rec.made(|| {
-                        let id = fs::make_symlink(dir, file_name, &path, &entry, opts.owners)?;
-                        Ok(((), id))
-                    })?;
-                    summary.symlinks += 1;
-                }
-                EntryKind::File => {
-                    summary.files += 1;
-                    summary.bytes += entry.size;
-                    let file = rec.made(|| fs::make_file(dir, file_name, &path, entry.size))?;
-                    batch.add_file(self, &name, file, path, entry, opts.owners)?;
-                    if batch.is_full(max_files) {
-                        self.restore_batch(handle, std::mem::take(&mut batch), opts)?;
-                    }
+            if let Some(file) = place.place(&entry, &path, &name)? {
+                place.summary.files += 1;
+                place.summary.bytes += entry.size;
+                batch.add_file(self, &name, file, path, entry, opts.owners)?;
+                if batch.is_full(max_files) {
+                    self.restore_batch(handle, std::mem::take(&mut batch), opts)?;
                 }
             }
         }
-        drop(open);
         self.restore_batch(handle, batch, opts)?;
+        let Placer { summary, dirs, .. } = place;
         // Directories last, deepest first, so writing into them does not
         // disturb their mtimes. Each is re-opened without following links
         // and must still be the directory the restore created.
@@ -346,7 +393,7 @@ impl IndexedRepo {
                             .map_err(|e| Error::io("writing", &f.path, e))?;
                     }
                     if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        fs::set_meta(f.file.as_fd(), &f.path, &f.entry, owners)?;
+                        f.finish(owners)?;
                     }
                 }
             }
@@ -454,7 +501,7 @@ impl Batch {
         &mut self,
         repo: &IndexedRepo,
         snapshot: &str,
-        file: std::fs::File,
+        (file, replace): (std::fs::File, Option<Replace>),
         path: PathBuf,
         entry: TreeEntry,
         owners: bool,
@@ -502,9 +549,10 @@ impl Batch {
                 chunks: Vec::new(),
                 ..entry
             },
+            replace,
         };
         if n_chunks == 0 {
-            fs::set_meta(pending.file.as_fd(), &pending.path, &pending.entry, owners)?;
+            pending.finish(owners)?;
         }
         self.files.push(pending);
         Ok(())
@@ -601,6 +649,19 @@ struct PendingFile {
     path: PathBuf,
     entry: TreeEntry,
     remaining: AtomicUsize,
+    /// With `--overwrite`: the file it replaces once whole.
+    replace: Option<Replace>,
+}
+
+impl PendingFile {
+    /// The last chunk landed: metadata, then into its place.
+    fn finish(&self, owners: bool) -> Result<()> {
+        fs::set_meta(self.file.as_fd(), &self.path, &self.entry, owners)?;
+        match &self.replace {
+            Some(r) => r.finish(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A chunk needed from a pack, and where it goes: (file, offset).

@@ -111,11 +111,18 @@ pub(super) struct TargetDir {
 }
 
 /// Open `target` for a restore, creating it (and missing parents) when
-/// absent. An existing target must be an empty directory and not a link.
-pub(super) fn open_target(target: &Path, ledger: Option<&RestoreLedger>) -> Result<TargetDir> {
+/// absent. An existing target must be a directory and not a link, and
+/// empty unless `non_empty` (a restore with `--overwrite`).
+pub(super) fn open_target(
+    target: &Path,
+    ledger: Option<&RestoreLedger>,
+    non_empty: bool,
+) -> Result<TargetDir> {
     let fd = match rfs::open(target, DIR, Mode::empty()) {
         Ok(fd) => {
-            check_empty(fd.as_fd(), target)?;
+            if !non_empty {
+                check_empty(fd.as_fd(), target)?;
+            }
             let st = rfs::fstat(&fd).map_err(|e| io("reading the status of", target, e))?;
             let id = FileId::of(&st);
             if let Some(l) = ledger {
@@ -128,7 +135,7 @@ pub(super) fn open_target(target: &Path, ledger: Option<&RestoreLedger>) -> Resu
             }
             return Ok(TargetDir { fd, id });
         }
-        Err(Errno::NOENT) => create_target(target, ledger)?,
+        Err(Errno::NOENT) => create_target(target, ledger, non_empty)?,
         Err(e) => return Err(open_error(target, e)),
     };
     let id = FileId::of_fd(fd.as_fd(), target)?;
@@ -179,7 +186,11 @@ pub(super) fn check_target(target: &Path, id: FileId) -> Result<()> {
 }
 
 /// Create an absent target, recording it and the parents it needed.
-fn create_target(target: &Path, ledger: Option<&RestoreLedger>) -> Result<OwnedFd> {
+fn create_target(
+    target: &Path,
+    ledger: Option<&RestoreLedger>,
+    non_empty: bool,
+) -> Result<OwnedFd> {
     let mut missing = Vec::new();
     let mut up = target.parent();
     while let Some(p) = up.filter(|p| !p.as_os_str().is_empty()) {
@@ -215,7 +226,9 @@ fn create_target(target: &Path, ledger: Option<&RestoreLedger>) -> Result<OwnedF
             Err(Errno::EXIST) => {
                 let fd =
                     rfs::open(target, DIR, Mode::empty()).map_err(|e| open_error(target, e))?;
-                check_empty(fd.as_fd(), target)?;
+                if !non_empty {
+                    check_empty(fd.as_fd(), target)?;
+                }
                 let st = rfs::fstat(&fd).map_err(|e| io("reading the status of", target, e))?;
                 let place =
                     Place::Tree(target.to_path_buf(), FileId::of(&st), Some(Attrs::of(&st)));
@@ -242,7 +255,7 @@ fn check_empty(dir: BorrowedFd<'_>, target: &Path) -> Result<()> {
         if name != b"." && name != b".." {
             return Err(refused(
                 target,
-                "the directory is not empty. A restore writes only into a new or empty directory and left this one untouched: give a new directory, or move its contents away first",
+                "the directory is not empty. Without --overwrite a restore writes only into a new or empty directory, and it left this one untouched: give a new directory, or say what to do with what is there (--overwrite never keeps every existing file, if-changed replaces files whose size or mtime differ, always replaces them all)",
             ));
         }
     }
@@ -700,4 +713,115 @@ pub fn create_new_file(path: &Path, ledger: Option<&RestoreLedger>) -> Result<Fi
         Some(l) => l.record(create),
         None => Ok(create()?.0),
     }
+}
+
+/// What stands at a name the restore is to create, with `--overwrite`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Existing {
+    Nothing,
+    Dir,
+    File {
+        size: u64,
+        mtime_ns: i64,
+    },
+    Symlink(Vec<u8>),
+    /// A device, fifo or socket: never replaced.
+    Other,
+}
+
+/// What is at `name` in `dir`, without following a link.
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+pub(super) fn existing(dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<Existing> {
+    let st = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(Existing::Nothing),
+        Err(e) => return Err(io("reading the status of", path, e)),
+    };
+    Ok(match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Existing::Dir,
+        FileType::RegularFile => Existing::File {
+            size: st.st_size as u64,
+            mtime_ns: (st.st_mtime as i64) * 1_000_000_000 + st.st_mtime_nsec as i64,
+        },
+        FileType::Symlink => Existing::Symlink(
+            rfs::readlinkat(dir, name, Vec::new())
+                .map_err(|e| io("reading the link", path, e))?
+                .into_bytes(),
+        ),
+        _ => Existing::Other,
+    })
+}
+
+/// Open the directory already at `name` in `dir` (never through a link).
+pub(super) fn open_existing_dir(dir: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<OwnedFd> {
+    rfs::openat(dir, name, DIR, Mode::empty()).map_err(|e| replaced(path, e))
+}
+
+/// A name beside `name` for a file or link that replaces it once whole:
+/// `.NAME.trireme-PID-N`.
+fn temp_name(name: &[u8]) -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let mut t = b".".to_vec();
+    t.extend_from_slice(&name[..name.len().min(200)]);
+    t.extend_from_slice(
+        format!(
+            ".trireme-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+        .as_bytes(),
+    );
+    t
+}
+
+/// A new file beside `name` in `dir` at `size`, to replace `name` once
+/// written ([`replace`]); returns it and its name.
+pub(super) fn make_replacement_file(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &Path,
+    size: u64,
+) -> Result<(File, Vec<u8>)> {
+    let tmp = temp_name(name);
+    let (file, _) = make_file(dir, &tmp, path, size)?;
+    Ok((file, tmp))
+}
+
+/// Put `tmp` (written by this restore) in place of `name` in `dir`. What
+/// stands at `name` must still be a file or a link (a rename replaces the
+/// link itself, never what it points to); a directory that appeared there
+/// meanwhile fails the rename and `tmp` is removed.
+pub(super) fn replace(dir: BorrowedFd<'_>, tmp: &[u8], name: &[u8], path: &Path) -> Result<()> {
+    rfs::renameat(dir, tmp, dir, name).map_err(|e| {
+        remove_temp(dir, tmp);
+        match e {
+            Errno::ISDIR | Errno::NOTEMPTY | Errno::EXIST => refused(
+                path,
+                "a directory appeared there while the restore ran; it was left alone",
+            ),
+            e => io("replacing", path, e),
+        }
+    })
+}
+
+/// Remove a replacement this restore wrote and did not put in place.
+pub(super) fn remove_temp(dir: BorrowedFd<'_>, tmp: &[u8]) {
+    let _ = rfs::unlinkat(dir, tmp, AtFlags::empty());
+}
+
+/// Replace what is at `name` (a file or a link) by the snapshot's link.
+pub(super) fn replace_symlink(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    path: &Path,
+    entry: &TreeEntry,
+    owners: bool,
+) -> Result<()> {
+    let tmp = temp_name(name);
+    if let Err(e) = make_symlink(dir, &tmp, path, entry, owners) {
+        remove_temp(dir, &tmp);
+        return Err(e);
+    }
+    replace(dir, &tmp, name, path)
 }
