@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use trireme_common::{
     BackupInput, BackupOptions, ChunkerParams, DynKeyProvider, Id, IndexedRepo, LocalKeyFile,
-    Location, Progress, Repository, RestoreOptions, Snapshot,
+    Location, Overwrite, Progress, Repository, RestoreOptions, Selection, Snapshot,
 };
 
 /// Where the repository is and which master key opens it.
@@ -72,12 +72,29 @@ pub struct RestoreArgs {
     /// With `latest`: the newest snapshot of this source.
     #[arg(long)]
     source: Option<String>,
-    /// Directory to restore into (must be empty or absent).
+    /// Directory to restore into (empty or absent, unless --overwrite).
     #[arg(long, required_unless_present = "stdout")]
     target: Option<PathBuf>,
     /// Write a stream snapshot to standard output.
     #[arg(long, conflicts_with = "target")]
     stdout: bool,
+    /// Restore only this subtree (a path from the snapshot's root); it
+    /// keeps its place under the target.
+    #[arg(long, value_name = "PATH", conflicts_with = "stdout")]
+    path: Option<String>,
+    /// Restore only entries matching this glob (repeatable): with a `/`
+    /// matched from the root (`/etc/*.conf`), without one against every
+    /// name (`*.log`); a matching directory comes whole.
+    #[arg(long, value_name = "GLOB", conflicts_with = "stdout")]
+    include: Vec<String>,
+    /// Leave out entries matching this glob (repeatable; wins over --include).
+    #[arg(long, value_name = "GLOB", conflicts_with = "stdout")]
+    exclude: Vec<String>,
+    /// Restore into a directory that holds files: `never` keeps them,
+    /// `if-changed` replaces those whose size or mtime differ, `always`
+    /// replaces them all. Nothing is deleted; no link is followed.
+    #[arg(long, value_name = "MODE", conflicts_with = "stdout")]
+    overwrite: Option<Overwrite>,
 }
 
 fn key_provider(path: &Path) -> Result<DynKeyProvider> {
@@ -249,15 +266,25 @@ pub async fn restore(a: RestoreArgs) -> Result<ExitCode> {
             .target
             .clone()
             .context("--target or --stdout is required")?;
-        let mut ropts = RestoreOptions::default();
+        let mut ropts = RestoreOptions {
+            selection: Selection::new(a.path.as_deref(), &a.include, &a.exclude)?,
+            overwrite: a.overwrite,
+            ..RestoreOptions::default()
+        };
         if a.repo.is_remote() {
             ropts.workers = ropts.workers.max(4);
         }
         let s = indexed.restore_to_dir(&snap, &target, &ropts).await?;
         let secs = started.elapsed().as_secs_f64();
+        let part = ropts.selection.describe();
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s ({}/s)",
+            "restored snapshot {}{} to {}: {} files, {} dirs, {} symlinks, {} in {:.1}s ({}/s)",
             snap.id.short(),
+            if part.is_empty() {
+                String::new()
+            } else {
+                format!(" ({part})")
+            },
             target.display(),
             s.files,
             s.dirs,
@@ -266,6 +293,19 @@ pub async fn restore(a: RestoreArgs) -> Result<ExitCode> {
             secs,
             human_bytes((s.bytes as f64 / secs.max(1e-9)) as u64)
         );
+        if let Some(mode) = ropts.overwrite {
+            println!(
+                "--overwrite {mode}: {} existing files and links replaced, {} kept as they were",
+                s.replaced, s.kept
+            );
+            if s.conflicts > 0 {
+                eprintln!(
+                    "warning: {} paths left alone because something of another kind stands there (and what the snapshot has below them): {}",
+                    s.conflicts,
+                    s.conflict_paths.join(", ")
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -37,7 +37,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use async_trait::async_trait;
 use serde::Deserialize;
 use trireme_common::{
-    BackupOptions, ContentKind, IndexedRepo, Progress, RestoreLedger, RestoreOptions, Snapshot,
+    BackupOptions, ContentKind, IndexedRepo, Overwrite, Progress, RestoreLedger, RestoreOptions,
+    Selection, Snapshot,
 };
 
 /// Every kind this agent supports, in the order the "not supported" error
@@ -290,6 +291,37 @@ pub struct JobContext {
     pub progress: Arc<Progress>,
     /// Longest pre/post hook.
     pub hook_timeout: Duration,
+    /// A restore of a tree: which part, and what to do with files already
+    /// in the target (default: all of it into a new or empty directory).
+    pub tree: TreeRestore,
+}
+
+/// Which part of a tree snapshot a restore writes, and over what.
+#[derive(Clone, Debug, Default)]
+pub struct TreeRestore {
+    /// `--path`, `--include`, `--exclude`.
+    pub selection: Selection,
+    /// `--overwrite`; none: the target must be new or empty.
+    pub overwrite: Option<Overwrite>,
+}
+
+impl TreeRestore {
+    /// The whole snapshot into a new or empty target.
+    pub fn is_whole(&self) -> bool {
+        self.selection.is_all() && self.overwrite.is_none()
+    }
+
+    /// As flags, for messages.
+    pub fn describe(&self) -> String {
+        let mut s = self.selection.describe();
+        if let Some(o) = self.overwrite {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(&format!("--overwrite {o}"));
+        }
+        s
+    }
 }
 
 /// A backup to make.
@@ -389,8 +421,15 @@ async fn restore_recorded(
 ) -> Result<RestoreReport> {
     let kind = snap.manifest.source_kind.as_str();
     match target {
-        RestoreTarget::Path(path) => restore_to_path(repo, snap, path, &job.progress, ledger).await,
+        RestoreTarget::Path(path) => restore_to_path(repo, snap, path, job, ledger).await,
         RestoreTarget::Source(source) => {
+            if !job.tree.is_whole() && source.kind() != "volume" {
+                bail!(
+                    "{} restores into a {} source only whole: --path, --include, --exclude and --overwrite apply to directory trees (restore to a path, or into a volume source)",
+                    job.tree.describe(),
+                    source.kind()
+                );
+            }
             if source.kind() != kind {
                 bail!(
                     "snapshot {} is a {kind} backup; source {:?} is a {} source: restore into a {kind} source or to a path",
@@ -494,37 +533,61 @@ async fn smoke_test(target: RestoreTarget<'_>, job: &JobContext) -> Result<Vec<S
     }
 }
 
-/// The snapshot's files: a tree into an empty or new directory, a stream
-/// into a new file; never through a symbolic link. What it creates is
-/// recorded in `ledger`, when given.
+/// The snapshot's files: a tree into an empty or new directory (or, as
+/// `job.tree` says, part of it, or over what is there), a stream into a new
+/// file; never through a symbolic link. What it creates is recorded in
+/// `ledger`, when given.
 pub async fn restore_to_path(
     repo: &IndexedRepo,
     snap: &Snapshot,
     target: &Path,
-    progress: &Progress,
+    job: &JobContext,
     ledger: Option<&Arc<RestoreLedger>>,
 ) -> Result<RestoreReport> {
+    let progress = &job.progress;
     match snap.manifest.content {
         ContentKind::Tree => {
             let opts = RestoreOptions {
                 ledger: ledger.cloned(),
+                selection: job.tree.selection.clone(),
+                overwrite: job.tree.overwrite,
                 ..RestoreOptions::default()
             };
             let s = repo.restore_to_dir(snap, target, &opts).await?;
             progress.files.store(s.files, Ordering::Relaxed);
             progress.bytes_read.store(s.bytes, Ordering::Relaxed);
+            let mut checks = vec![if job.tree.selection.is_all() {
+                format!(
+                    "{} files, {} bytes, as in the snapshot; every chunk's hash verified",
+                    s.files, s.bytes
+                )
+            } else {
+                format!(
+                    "{} files, {} bytes of the snapshot ({}); every chunk's hash verified",
+                    s.files,
+                    s.bytes,
+                    job.tree.selection.describe()
+                )
+            }];
+            if let Some(mode) = job.tree.overwrite {
+                checks.push(overwrite_line(mode, &s));
+            }
             Ok(RestoreReport {
                 files: s.files,
                 dirs: s.dirs,
                 symlinks: s.symlinks,
                 bytes: s.bytes,
-                checks: vec![format!(
-                    "{} files, {} bytes, as in the snapshot; every chunk's hash verified",
-                    s.files, s.bytes
-                )],
+                checks,
             })
         }
         ContentKind::Stream => {
+            if !job.tree.is_whole() {
+                bail!(
+                    "snapshot {} is a stream, restored whole into a new file: {} applies to directory trees",
+                    snap.id.short(),
+                    job.tree.describe()
+                );
+            }
             let f = trireme_common::restore::create_new_file(target, ledger.map(|l| &**l))?;
             let n = repo.restore_stream(snap, f).await?;
             progress.bytes_read.store(n, Ordering::Relaxed);
@@ -535,6 +598,23 @@ pub async fn restore_to_path(
             })
         }
     }
+}
+
+/// What `--overwrite` did, in one line.
+fn overwrite_line(mode: Overwrite, s: &trireme_common::RestoreSummary) -> String {
+    let mut line = format!(
+        "--overwrite {mode}: {} existing files and links replaced, {} kept as they were",
+        s.replaced, s.kept
+    );
+    if s.conflicts > 0 {
+        line.push_str(&format!(
+            ", {} left alone because something of another kind stands there (with what the snapshot has below them): {}{}",
+            s.conflicts,
+            s.conflict_paths.join(", "),
+            if s.conflicts as usize > s.conflict_paths.len() { ", ..." } else { "" }
+        ));
+    }
+    line
 }
 
 /// Feed a stream snapshot into a program's stdin and wait for it.

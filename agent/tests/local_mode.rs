@@ -108,6 +108,50 @@ fn backup_snapshots_restore_check_through_the_cli() {
     );
     assert_eq!(tree(&target), before);
 
+    // With --overwrite if-changed the edited file is put back; only *.log
+    // is restored with --include, into a new directory.
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out)
+            .contains("--overwrite if-changed: 1 existing files and links replaced, 1 kept"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(tree(&src), tree(&target));
+    let logs = env.path("logs");
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        logs.to_str().unwrap(),
+        "--include",
+        "*.log",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let got: Vec<PathBuf> = tree(&logs).into_keys().collect();
+    assert_eq!(got, [PathBuf::from("a.log")]);
+    let out = env.run(&[
+        "restore",
+        "latest",
+        "--target",
+        "/tmp/x",
+        "--overwrite",
+        "sometimes",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("never, if-changed or always"),
+        "{}",
+        stderr(&out)
+    );
+
     // A symlink as the target is refused, not followed.
     let elsewhere = env.path("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();

@@ -69,7 +69,8 @@ pub struct RestoreOptions {
 /// file, a device, a file where it has a directory) is left alone and
 /// reported, with everything below it. Nothing is ever written through a
 /// link: a link is replaced itself, never followed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Overwrite {
     /// Keep every existing file and link; write only what is missing.
     Never,

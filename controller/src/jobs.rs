@@ -314,7 +314,78 @@ pub enum JobKind {
         /// Read only from this location (drills); none: the usual order.
         #[serde(default)]
         only_location: Option<String>,
+        /// Which part of the snapshot, and over what; default: all of it
+        /// into a new or empty target.
+        #[serde(default)]
+        selection: Box<RestoreSelection>,
     },
+}
+
+/// Which part of a tree snapshot a restore writes, and what it does with
+/// files already in the target (`trireme restore --path --include --exclude
+/// --overwrite`). Kept as asked, checked when asked: the agent applies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreSelection {
+    /// Only this subtree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Only entries matching one of these globs (none: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// No entry matching one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// `never`, `if-changed` or `always`; none: the target must be new or
+    /// empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overwrite: Option<trireme_common::Overwrite>,
+}
+
+impl RestoreSelection {
+    /// From what an operator asked (empty strings: not given).
+    ///
+    /// # Errors
+    /// [`Error::BadRequest`] naming a bad glob, path or overwrite mode.
+    pub fn new(
+        path: &str,
+        include: Vec<String>,
+        exclude: Vec<String>,
+        overwrite: &str,
+    ) -> Result<Self> {
+        let bad = |e: trireme_common::Error| Error::BadRequest(e.to_string());
+        let path = (!path.is_empty()).then(|| path.to_string());
+        trireme_common::Selection::new(path.as_deref(), &include, &exclude).map_err(bad)?;
+        let overwrite = match overwrite {
+            "" => None,
+            mode => Some(mode.parse().map_err(bad)?),
+        };
+        Ok(RestoreSelection {
+            path,
+            include,
+            exclude,
+            overwrite,
+        })
+    }
+
+    /// The whole snapshot into a new or empty target.
+    pub fn is_all(&self) -> bool {
+        *self == RestoreSelection::default()
+    }
+
+    /// As flags, e.g. `--path a --include "*.db" --overwrite never`; empty
+    /// for the whole snapshot.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.path {
+            parts.push(format!("--path {p}"));
+        }
+        parts.extend(self.include.iter().map(|i| format!("--include {i:?}")));
+        parts.extend(self.exclude.iter().map(|e| format!("--exclude {e:?}")));
+        if let Some(o) = self.overwrite {
+            parts.push(format!("--overwrite {o}"));
+        }
+        parts.join(" ")
+    }
 }
 
 /// Why a restore runs.
@@ -409,6 +480,7 @@ impl Job {
             target,
             purpose: RestorePurpose::Restore,
             only_location: None,
+            selection: Box::default(),
         };
         job
     }

@@ -537,3 +537,150 @@ fn sigterm_stops_the_controller_with_agents_connected() {
         t0.elapsed()
     );
 }
+
+/// `sha256sum FILE`'s hex digest: an oracle outside Trireme.
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn one_file_back_into_place_and_part_of_a_snapshot_elsewhere() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    // d0/f0.bin d1/f1.bin d2/f2.bin d0/f3.bin d1/f4.bin d2/f5.bin
+    make_data(&data, 6, 50_000, 9);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snap = f.cli_json(&["snapshots", "ls", "web-1/files"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let f1 = data.join("d1/f1.bin");
+    let f1_sum = sha256sum(&f1);
+
+    // The live volume: one file deleted, another edited since.
+    std::fs::remove_file(&f1).unwrap();
+    std::fs::write(data.join("d0/f0.bin"), b"edited after the backup").unwrap();
+    let before = tree(&data);
+
+    // Into a directory that holds files, without --overwrite: refused, and
+    // nothing touched.
+    let j = f.cli_json(&["restore", &snap, "--to", "web-1:source:files"]);
+    let failed = wait_job_state(
+        &f,
+        j["id"].as_str().unwrap(),
+        &["failed", "succeeded"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(failed["state"], "failed", "{failed:#}");
+    let why = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not empty") && why.contains("--overwrite"),
+        "{failed:#}"
+    );
+    assert!(
+        tree(&data) == before,
+        "a refused restore changed the volume"
+    );
+
+    // The deleted file back into place; the edited one is kept.
+    let out = f.cli(&[
+        "restore",
+        &snap,
+        "--to",
+        "web-1:source:files",
+        "--path",
+        "d1/f1.bin",
+        "--overwrite",
+        "never",
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(sha256sum(&f1), f1_sum, "the file came back byte for byte");
+    assert_eq!(
+        std::fs::read(data.join("d0/f0.bin")).unwrap(),
+        b"edited after the backup"
+    );
+    let mut want = before.clone();
+    want.insert("d1/f1.bin".into(), std::fs::read(&f1).unwrap());
+    assert!(tree(&data) == want, "only the one file was written");
+    let jobs = f.cli_json(&["jobs", "ls", "--state", "succeeded"]);
+    let restore = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "restore")
+        .unwrap()
+        .clone();
+    let shown = job(&f, restore["id"].as_str().unwrap());
+    assert_eq!(
+        shown["restore"]["selection"], "--path d1/f1.bin --overwrite never",
+        "{shown:#}"
+    );
+    let checks = shown["restore"]["checks"].to_string();
+    assert!(
+        checks.contains("1 files") && checks.contains("0 existing files and links replaced"),
+        "{checks}"
+    );
+
+    // Part of the snapshot to a new directory: globs, an exclude.
+    let target = f.dir.join("part");
+    let out = f.cli(&[
+        "restore",
+        &snap,
+        "--to",
+        &format!("web-1:{}", target.display()),
+        "--include",
+        "/d1/*",
+        "--include",
+        "f2.bin",
+        "--exclude",
+        "f4*",
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let got: Vec<String> = tree(&target)
+        .keys()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(got, ["d1/f1.bin", "d2/f2.bin"]);
+    assert_eq!(sha256sum(&target.join("d1/f1.bin")), f1_sum);
+
+    // A bad glob is refused by the controller, naming it; no job.
+    let n_jobs = f.cli_json(&["jobs", "ls"]).as_array().unwrap().len();
+    let out = f.cli_as(
+        "op",
+        &[
+            "restore",
+            &snap,
+            "--to",
+            "web-1:/tmp/x",
+            "--include",
+            "d1/[z-",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--include \"d1/[z-\" is not a valid glob"),
+        "{err}"
+    );
+    assert_eq!(
+        f.cli_json(&["jobs", "ls"]).as_array().unwrap().len(),
+        n_jobs
+    );
+
+    // The audit trail says what was restored where.
+    let audit = f.cli(&["audit", "ls", "--actor", "op"]);
+    assert!(
+        audit.contains("to web-1:source:files (--path d1/f1.bin --overwrite never)"),
+        "{audit}"
+    );
+}

@@ -653,7 +653,7 @@ async fn the_async_loop_ticks_on_time() {
 /// SIGKILL without closing anything.
 fn finish_a_job_then_kill_9(dir: &str) -> ! {
     let now = t("2025-03-01T02:00:00Z");
-    let c = Catalog::open(&dir).unwrap();
+    let c = Catalog::open(dir).unwrap();
     let source = SourceRecord {
         kind: "redis".into(),
         details: Default::default(),

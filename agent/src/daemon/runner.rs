@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::sync::{Notify, Semaphore};
-use trireme_common::{BackupOptions, DynKeyProvider, Id, Location, Progress, Repository};
+use trireme_common::{
+    BackupOptions, DynKeyProvider, Id, Location, Overwrite, Progress, Repository, Selection,
+};
 use trireme_net::tls::ClientTls;
 use trireme_net::wire::summary_to_wire;
 use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSummary};
@@ -247,13 +249,14 @@ impl Runner {
         bail!("no location is usable: {}", errors.join("; "))
     }
 
-    fn job_context(&self, a: &JobAssignment, progress: Arc<Progress>) -> JobContext {
-        JobContext {
+    fn job_context(&self, a: &JobAssignment, progress: Arc<Progress>) -> Result<JobContext> {
+        Ok(JobContext {
             job_id: a.job_id.clone(),
             scratch: self.config.state_dir.join("work").join(&a.job_id),
             progress,
             hook_timeout: self.config.hook_timeout,
-        }
+            tree: tree_restore(a)?,
+        })
     }
 
     async fn backup_inner(
@@ -297,7 +300,7 @@ impl Runner {
                 }
             }
         }
-        let job = self.job_context(a, progress);
+        let job = self.job_context(a, progress)?;
         let req = sources::BackupRequest { opts, parent };
         let snap = sources::backup(source, &indexed, req, &job).await?;
         let m = &snap.manifest;
@@ -351,7 +354,7 @@ impl Runner {
         let indexed = repo
             .load_index_limited(&keys.granted_keys().await?, &keys.index_limits().await?)
             .await?;
-        let job = self.job_context(a, progress);
+        let job = self.job_context(a, progress)?;
         let report =
             sources::restore_job(&indexed, &snap, target, &job, timeout, a.restore_test).await?;
         tracing::info!(job = %a.job_id, snapshot = %id.short(), target = %a.restore_target,
@@ -372,6 +375,20 @@ impl Runner {
             ..Default::default()
         })
     }
+}
+
+/// Which part of a tree a restore assignment asks for, checked here too.
+fn tree_restore(a: &JobAssignment) -> Result<sources::TreeRestore> {
+    let path = (!a.restore_path.is_empty()).then_some(a.restore_path.as_str());
+    let selection = Selection::new(path, &a.restore_include, &a.restore_exclude)?;
+    let overwrite = match a.restore_overwrite.as_str() {
+        "" => None,
+        mode => Some(mode.parse::<Overwrite>()?),
+    };
+    Ok(sources::TreeRestore {
+        selection,
+        overwrite,
+    })
 }
 
 /// Restore targets that name a source of the agent start with this.

@@ -226,8 +226,7 @@ impl Source for KafkaSpec {
                 self.path.display()
             );
         }
-        let mut report =
-            super::restore_to_path(repo, snap, &self.path, &job.progress, ledger).await?;
+        let mut report = super::restore_to_path(repo, snap, &self.path, job, ledger).await?;
         let all = PathFilter(Arc::new(|_: &Path| false));
         let (partitions, segments) = count(&self.path, &all);
         let want = |k| super::position(snap, k).and_then(|v| v.parse::<u64>().ok());

@@ -53,6 +53,7 @@ impl Fixture {
             scratch: self.path("scratch"),
             progress: Arc::default(),
             hook_timeout: Duration::from_secs(5),
+            tree: TreeRestore::default(),
         }
     }
 

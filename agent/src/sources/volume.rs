@@ -79,6 +79,6 @@ impl Source for VolumeSpec {
         job: &JobContext,
         ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
-        super::restore_to_path(repo, snap, &self.path, &job.progress, ledger).await
+        super::restore_to_path(repo, snap, &self.path, job, ledger).await
     }
 }

@@ -119,7 +119,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 .into_inner();
             started(&mut c, format, job, wait).await
         }
-        Command::Restore(RestoreArgs { snapshot, to, wait }) => {
+        Command::Restore(RestoreArgs {
+            snapshot,
+            to,
+            wait,
+            part,
+        }) => {
             let job = c
                 .operator
                 .restore(with_totp(
@@ -127,6 +132,10 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                         snapshot_id: snapshot,
                         to_agent: to.agent,
                         target: to.target,
+                        path: part.path.unwrap_or_default(),
+                        include: part.include,
+                        exclude: part.exclude,
+                        overwrite: part.overwrite.unwrap_or_default(),
                     },
                     totp,
                 )?)

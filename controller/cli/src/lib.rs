@@ -522,6 +522,32 @@ pub struct RestoreArgs {
     /// Follow the job until it ends; exit 1 if it fails.
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub part: RestorePart,
+}
+
+/// Which part of a tree snapshot `trireme restore` writes, and over what.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RestorePart {
+    /// Restore only this subtree (a path from the snapshot's root, e.g.
+    /// `var/lib/app`); it keeps its place under the target.
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Restore only entries matching this glob (repeatable). With a `/` it
+    /// is matched from the snapshot's root (`/etc/*.conf`), without one
+    /// against every name (`*.log`); a matching directory comes whole.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Leave out entries matching this glob (repeatable; wins over
+    /// --include).
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Restore into a directory that already holds files: `never` keeps
+    /// every existing file, `if-changed` replaces files whose size or mtime
+    /// differ, `always` replaces them all. Nothing is deleted and no link
+    /// is followed. Without it the target must be new or empty.
+    #[arg(long, value_name = "MODE", value_parser = ["never", "if-changed", "always"])]
+    pub overwrite: Option<String>,
 }
 
 /// A source named on the command line as `AGENT/SOURCE`.

@@ -418,6 +418,9 @@ pub fn job_fields(j: &JobInfo) -> String {
     if !j.restore_snapshot_id.is_empty() || !j.restore_target.is_empty() {
         rows.push(("restores", or_dash(&j.restore_snapshot_id)));
         rows.push(("to", or_dash(&j.restore_target)));
+        if !j.restore_selection.is_empty() {
+            rows.push(("selection", j.restore_selection.clone()));
+        }
     }
     rows.push(("trigger", or_dash(&j.trigger)));
     if j.attempt > 1 {
@@ -482,6 +485,7 @@ pub fn job_json(j: &JobInfo) -> Value {
         json!({
             "snapshot_id": json_str(&j.restore_snapshot_id),
             "target": json_str(&j.restore_target),
+            "selection": json_str(&j.restore_selection),
             "checks": j.checks,
         })
     };

@@ -15,7 +15,7 @@ use super::agents::{dispatch_soon, send_cancel};
 use super::{blocking, Shared};
 use crate::audit::Event;
 use crate::error::{Error, Result};
-use crate::jobs::{self, Job, JobEvent};
+use crate::jobs::{self, Job, JobEvent, JobKind};
 use crate::mfa::{Enrollment, MfaError, Passed};
 use crate::policy::{self, BackupMode};
 use crate::rebuild::RebuildReport;
@@ -236,7 +236,7 @@ pub fn restore(
             "give a restore target: --to agent:/path/to/empty/dir, or --to agent:source:<name> to restore into one of the agent's datastores".into(),
         ));
     }
-    let job = Job::restore(
+    let mut job = Job::restore(
         snap.source.clone(),
         snap.id,
         to_agent.clone(),
@@ -244,6 +244,9 @@ pub fn restore(
         &caller.id.name,
         shared.now(),
     );
+    if let JobKind::Restore { selection, .. } = &mut job.kind {
+        **selection = ask.selection.clone();
+    }
     blocking(|| {
         shared
             .catalog
@@ -253,10 +256,15 @@ pub fn restore(
         shared,
         "restore",
         format!(
-            "snapshot {} of {} to {to_agent}:{} job {}{}",
+            "snapshot {} of {} to {to_agent}:{}{} job {}{}",
             snap.id.short(),
             snap.source,
             ask.target,
+            if ask.selection.is_all() {
+                String::new()
+            } else {
+                format!(" ({})", ask.selection.describe())
+            },
             job.id,
             mfa_note(passed)
         ),

@@ -118,12 +118,16 @@ pub fn restore_tests_of(r: &ListRestoreTestsRequest) -> Result<Option<SourceId>>
 }
 
 /// A restore as asked.
-pub fn restore_ask(r: RestoreRequest) -> RestoreAsk {
-    RestoreAsk {
+///
+/// # Errors
+/// [`Error::BadRequest`] for a bad `--path`, glob or overwrite mode.
+pub fn restore_ask(r: RestoreRequest) -> Result<RestoreAsk> {
+    Ok(RestoreAsk {
+        selection: crate::jobs::RestoreSelection::new(&r.path, r.include, r.exclude, &r.overwrite)?,
         snapshot: r.snapshot_id,
         to_agent: r.to_agent,
         target: r.target,
-    }
+    })
 }
 
 /// A verification as asked.
@@ -201,11 +205,15 @@ pub fn job_info(view: &JobView) -> JobInfo {
             info.mode = job.mode.to_string();
         }
         JobKind::Restore {
-            snapshot, target, ..
+            snapshot,
+            target,
+            selection,
+            ..
         } => {
             info.set_kind(WireJobKind::Restore);
             info.restore_snapshot_id = snapshot.to_hex();
             info.restore_target = target.clone();
+            info.restore_selection = selection.describe();
         }
     }
     let state = match &job.state {
@@ -805,11 +813,19 @@ pub fn assignment(
             target,
             purpose,
             only_location,
+            selection,
             ..
         } => {
             a.set_kind(WireJobKind::Restore);
             a.snapshot_id = snapshot.to_hex();
             a.restore_target = target.clone();
+            a.restore_path = selection.path.clone().unwrap_or_default();
+            a.restore_include = selection.include.clone();
+            a.restore_exclude = selection.exclude.clone();
+            a.restore_overwrite = selection
+                .overwrite
+                .map(|o| o.to_string())
+                .unwrap_or_default();
             a.restore_test = !matches!(purpose, RestorePurpose::Restore);
             if let Some(only) = only_location {
                 a.locations.retain(|l| &l.name == only);

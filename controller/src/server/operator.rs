@@ -160,7 +160,7 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::JobInfo>, Status> {
         // Every restore counts as sensitive: it writes onto a machine.
         let (caller, passed) = self.sensitive(&request, "restore").await?;
-        let ask = convert::restore_ask(request.into_inner());
+        let ask = convert::restore_ask(request.into_inner())?;
         let job = actions::restore(&self.shared, &caller, passed, &ask)?;
         Ok(Response::new(self.job_info(job)))
     }

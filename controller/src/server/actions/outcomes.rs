@@ -25,6 +25,8 @@ pub struct RestoreAsk {
     pub to_agent: String,
     /// Where it restores to (a path, or `source:<name>`).
     pub target: String,
+    /// Which part, and over what.
+    pub selection: crate::jobs::RestoreSelection,
 }
 
 /// A verification as asked.
