@@ -96,6 +96,12 @@ pub struct BackupOptions {
     pub late_position: Option<LatePosition>,
     /// Paths of a tree to leave out.
     pub exclude: Option<PathFilter>,
+    /// Leave out a directory (and all in it) that holds a file of one of
+    /// these names, e.g. `.nobackup`.
+    pub exclude_if_present: Vec<String>,
+    /// Stay on the file system of the tree's root: a directory on another
+    /// one (a mount point) is kept, empty.
+    pub one_file_system: bool,
     /// zstd level (1–19).
     pub zstd_level: i32,
     /// Target pack size in bytes.
@@ -129,6 +135,8 @@ impl BackupOptions {
             position: BTreeMap::new(),
             late_position: None,
             exclude: None,
+            exclude_if_present: Vec::new(),
+            one_file_system: false,
             zstd_level: DEFAULT_ZSTD_LEVEL,
             pack_size: 16 * 1024 * 1024,
             workers: cores,
@@ -194,6 +202,8 @@ impl IndexedRepo {
                 progress: opts.progress.clone(),
                 stop: stop.clone(),
                 exclude: opts.exclude.clone(),
+                exclude_if_present: opts.exclude_if_present.clone(),
+                one_file_system: opts.one_file_system,
             };
             std::thread::Builder::new()
                 .name("trireme-reader".into())

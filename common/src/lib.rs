@@ -17,6 +17,7 @@ pub mod check;
 pub mod crypto;
 pub mod error;
 pub mod format;
+pub mod glob;
 pub mod index;
 pub mod keys;
 pub mod location;

@@ -1437,3 +1437,4 @@ async fn a_stream_restore_never_writes_through_a_symlink() {
 }
 
 mod checks;
+mod volume_filters;

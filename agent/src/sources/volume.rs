@@ -9,7 +9,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use serde::Deserialize;
-use trireme_common::{BackupInput, IndexedRepo, RestoreLedger, Snapshot};
+use std::os::unix::ffi::OsStrExt;
+
+use trireme_common::glob::PathGlobs;
+use trireme_common::{BackupInput, IndexedRepo, PathFilter, RestoreLedger, Snapshot};
 
 use super::{absolute, drill_rank, BackupRequest, JobContext, Kind, RestoreReport, Source};
 
@@ -25,20 +28,59 @@ pub static KIND: Kind = Kind {
 pub struct VolumeSpec {
     /// The directory.
     pub path: PathBuf,
+    /// Globs of paths to leave out (see [`trireme_common::glob`]).
+    pub exclude: PathGlobs,
+    /// Leave out directories holding a file of one of these names.
+    pub exclude_if_present: Vec<String>,
+    /// Do not cross into other file systems.
+    pub one_file_system: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     path: Option<PathBuf>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    exclude_if_present: OneOrMany,
+    #[serde(default)]
+    one_file_system: bool,
+}
+
+/// A name, or a list of names.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum OneOrMany {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
 }
 
 impl VolumeSpec {
     fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
         let path = r.path.context("needs `path`, the directory to back up")?;
+        let exclude = PathGlobs::new("exclude", &r.exclude)?;
+        let exclude_if_present = match r.exclude_if_present {
+            OneOrMany::None => Vec::new(),
+            OneOrMany::One(n) => vec![n],
+            OneOrMany::Many(v) => v,
+        };
+        if let Some(bad) = exclude_if_present
+            .iter()
+            .find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..")
+        {
+            anyhow::bail!(
+                "exclude_if_present {bad:?} must be a file name (no '/'), e.g. \".nobackup\""
+            );
+        }
         Ok(VolumeSpec {
             path: absolute(base, &path),
+            exclude,
+            exclude_if_present,
+            one_file_system: r.one_file_system,
         })
     }
 }
@@ -50,7 +92,20 @@ impl Source for VolumeSpec {
     }
 
     fn details(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("path".to_string(), self.path.display().to_string())])
+        let mut d = BTreeMap::from([("path".to_string(), self.path.display().to_string())]);
+        if !self.exclude.is_empty() {
+            d.insert("exclude".into(), self.exclude.describe());
+        }
+        if !self.exclude_if_present.is_empty() {
+            d.insert(
+                "exclude_if_present".into(),
+                self.exclude_if_present.join(", "),
+            );
+        }
+        if self.one_file_system {
+            d.insert("one_file_system".into(), "true".into());
+        }
+        d
     }
 
     fn data_path(&self) -> Option<&Path> {
@@ -66,6 +121,14 @@ impl Source for VolumeSpec {
     ) -> Result<Snapshot> {
         let BackupRequest { mut opts, parent } = req;
         opts.parent = parent.map(|p| p.id);
+        if !self.exclude.is_empty() {
+            let globs = self.exclude.clone();
+            opts.exclude = Some(PathFilter(Arc::new(move |rel: &Path| {
+                globs.matches_or_inside(rel.as_os_str().as_bytes())
+            })));
+        }
+        opts.exclude_if_present.clone_from(&self.exclude_if_present);
+        opts.one_file_system = self.one_file_system;
         Ok(repo
             .backup(BackupInput::Tree(self.path.clone()), opts)
             .await?)

@@ -91,6 +91,8 @@ pub(super) struct ReaderCtx {
     pub progress: Arc<Progress>,
     pub stop: Arc<AtomicBool>,
     pub exclude: Option<super::PathFilter>,
+    pub exclude_if_present: Vec<String>,
+    pub one_file_system: bool,
 }
 
 pub(super) struct ReadOutput {
@@ -255,6 +257,7 @@ impl Reader {
         let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
         let mut walker = walkdir::WalkDir::new(root)
             .follow_links(false)
+            .same_file_system(self.ctx.one_file_system)
             .sort_by_file_name()
             .into_iter();
         while let Some(item) = walker.next() {
@@ -280,6 +283,17 @@ impl Reader {
                     }
                     continue;
                 }
+            }
+            if item.file_type().is_dir()
+                && !rel.as_os_str().is_empty()
+                && self
+                    .ctx
+                    .exclude_if_present
+                    .iter()
+                    .any(|marker| item.path().join(marker).symlink_metadata().is_ok())
+            {
+                walker.skip_current_dir();
+                continue;
             }
             let rel_bytes = rel.as_os_str().as_bytes().to_vec();
             let meta = match item.metadata() {

@@ -10,12 +10,8 @@
 //! any are given), and matches no exclude: excludes win. The directories
 //! that lead to a restored entry are created too.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-
-use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
-
 use crate::error::{Error, Result};
+use crate::glob::PathGlobs as Patterns;
 
 /// What a restore writes; [`Selection::all`] by default.
 #[derive(Clone, Debug, Default)]
@@ -24,99 +20,6 @@ pub struct Selection {
     path: Option<Vec<u8>>,
     include: Patterns,
     exclude: Patterns,
-}
-
-#[derive(Clone, Debug, Default)]
-struct Patterns {
-    /// Patterns with a `/`, matched against the whole path.
-    paths: Option<GlobSet>,
-    /// Patterns without, matched against each name.
-    names: Option<GlobSet>,
-    texts: Vec<String>,
-}
-
-impl Patterns {
-    fn new(flag: &str, patterns: &[String]) -> Result<Self> {
-        let mut paths = GlobSetBuilder::new();
-        let mut names = GlobSetBuilder::new();
-        let (mut n_paths, mut n_names) = (0, 0);
-        for p in patterns {
-            let text = p.trim();
-            let anchored = text.trim_start_matches('/').trim_end_matches('/');
-            if anchored.is_empty() {
-                return Err(Error::Selection(format!(
-                    "{flag} {p:?} is empty: give a glob such as \"*.log\" or \"/var/lib/app/**\""
-                )));
-            }
-            let glob = GlobBuilder::new(anchored)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| {
-                    Error::Selection(format!(
-                        "{flag} {p:?} is not a valid glob ({}): use *, ?, [a-z], {{a,b}} and ** (any depth)",
-                        e.kind()
-                    ))
-                })?;
-            if anchored.contains('/') {
-                paths.add(glob);
-                n_paths += 1;
-            } else {
-                names.add(glob);
-                n_names += 1;
-            }
-        }
-        let build = |b: GlobSetBuilder, n: usize| -> Result<Option<GlobSet>> {
-            if n == 0 {
-                return Ok(None);
-            }
-            b.build()
-                .map(Some)
-                .map_err(|e| Error::Selection(format!("{flag}: {e}")))
-        };
-        Ok(Patterns {
-            paths: build(paths, n_paths)?,
-            names: build(names, n_names)?,
-            texts: patterns.to_vec(),
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.texts.is_empty()
-    }
-
-    /// Whether `path` or a directory above it matches.
-    fn matches_or_inside(&self, path: &[u8]) -> bool {
-        if let Some(names) = &self.names {
-            if path
-                .split(|c| *c == b'/')
-                .any(|name| names.is_match_candidate(&candidate(name)))
-            {
-                return true;
-            }
-        }
-        if let Some(paths) = &self.paths {
-            let mut end = 0;
-            loop {
-                end = match path[end..].iter().position(|c| *c == b'/') {
-                    Some(i) => end + i,
-                    None => path.len(),
-                };
-                if paths.is_match_candidate(&candidate(&path[..end])) {
-                    return true;
-                }
-                if end == path.len() {
-                    break;
-                }
-                end += 1;
-            }
-        }
-        false
-    }
-}
-
-fn candidate(bytes: &[u8]) -> Candidate<'_> {
-    Candidate::new(OsStr::from_bytes(bytes))
 }
 
 impl Selection {
