@@ -5,6 +5,7 @@
 
 pub mod config;
 mod keys;
+pub mod limits;
 pub mod metrics;
 mod runner;
 mod spool;
@@ -55,6 +56,8 @@ pub async fn run(
         server_name: config.server_name.clone(),
         server_role: Some(Role::Controller),
     };
+    // Before anything else starts: every thread and child inherits it.
+    limits::apply_priority(config.cpu_nice, config.io_priority)?;
     let spool = Spool::open(&config.state_dir)?;
     let runner = Arc::new(Runner::new(config.clone(), tls.clone(), spool));
     let (_stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
@@ -70,7 +73,8 @@ pub async fn run(
         });
     }
     tracing::info!(agent = %config.name, controller = %config.controller, sources = config.sources.len(),
-        max_jobs = config.max_concurrent_jobs, "trireme-agent started");
+        max_jobs = config.max_concurrent_jobs, upload_bytes_per_sec = ?config.upload_bytes_per_sec,
+        cpu_nice = ?config.cpu_nice, io_priority = ?config.io_priority, "trireme-agent started");
     tokio::pin!(shutdown);
     let mut failures = 0u32;
     loop {

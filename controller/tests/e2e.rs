@@ -684,3 +684,78 @@ fn one_file_back_into_place_and_part_of_a_snapshot_elsewhere() {
         "{audit}"
     );
 }
+
+/// Niceness (field 19) of `/proc/<path>/stat`.
+fn nice_of(stat_path: &Path) -> i32 {
+    let stat = std::fs::read_to_string(stat_path).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_agent_keeps_to_its_upload_budget_and_priority() {
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 6, 1 << 20, 11);
+    let seen = f.dir.join("hook-saw");
+    f.start_controller();
+    let agent = AgentSpec {
+        name: "web-1".into(),
+        // The pre-hook records the niceness and I/O class it runs with.
+        sources: vec![(
+            "files".into(),
+            data.clone(),
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "cat /proc/self/stat > {0}.stat && ionice -p $$ > {0}.io",
+                    seen.display()
+                ),
+            ],
+            Vec::new(),
+        )],
+        via: None,
+        extra: String::new(),
+        settings: "upload_bytes_per_sec = \"2 MiB\"\ncpu_nice = 10\nio_priority = \"idle\"\n"
+            .into(),
+    };
+    f.start_agent(&agent);
+    f.wait_connected(&["web-1"]);
+
+    // Every thread of the agent runs at the configured priority.
+    let pid = f.agents["web-1"].id();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        assert_eq!(nice_of(&t.join("stat")), 10, "{}", t.display());
+    }
+
+    let t0 = std::time::Instant::now();
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    let took = t0.elapsed();
+    assert!(out.contains("succeeded"), "{out}");
+    // The packs were cut to about half a second of budget (1 MiB), and
+    // came no faster than the budget (the first quarter second of it is
+    // free); without one they take well under a second here.
+    let packs: Vec<u64> = walkdir::WalkDir::new(f.location(1).join("packs"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert!(packs.len() >= 3, "{packs:?}");
+    assert!(packs.iter().all(|n| *n < 2 << 20), "{packs:?}");
+    let uploaded: u64 = packs.iter().sum();
+    assert!(uploaded > 3 << 20, "{packs:?}");
+    let least = (uploaded - (512 << 10)) as f64 / f64::from(2 << 20);
+    assert!(
+        took.as_secs_f64() >= least * 0.95,
+        "{uploaded} bytes of packs at 2 MiB/s took {took:?}"
+    );
+
+    // What the agent runs inherits it.
+    let hook_stat = seen.with_extension("stat");
+    assert_eq!(nice_of(&hook_stat), 10);
+    let io = std::fs::read_to_string(seen.with_extension("io")).unwrap();
+    assert_eq!(io.trim(), "idle", "{io}");
+}

@@ -51,6 +51,12 @@ pub struct AgentConfig {
     pub hook_timeout: Duration,
     /// Plain-HTTP Prometheus `/metrics` endpoint (off when unset).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Upload budget shared by all jobs, bytes per second (none: no limit).
+    pub upload_bytes_per_sec: Option<u64>,
+    /// Niceness for the agent and everything it runs (none: unchanged).
+    pub cpu_nice: Option<i32>,
+    /// I/O class for the agent and everything it runs.
+    pub io_priority: super::limits::IoPriority,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +70,9 @@ struct Raw {
     max_backoff: Option<String>,
     hook_timeout: Option<String>,
     metrics_listen: Option<String>,
+    upload_bytes_per_sec: Option<toml::Value>,
+    cpu_nice: Option<i32>,
+    io_priority: Option<String>,
     tls: RawTls,
     #[serde(default, rename = "source")]
     sources: Vec<toml::Table>,
@@ -195,6 +204,23 @@ impl AgentConfig {
                     })
                 })
                 .transpose()?,
+            upload_bytes_per_sec: raw
+                .upload_bytes_per_sec
+                .as_ref()
+                .map(super::limits::parse_rate)
+                .transpose()?,
+            cpu_nice: match raw.cpu_nice {
+                Some(n) if !(-20..=19).contains(&n) => {
+                    bail!("cpu_nice = {n}: write a niceness from -20 (first) to 19 (last), e.g. 10")
+                }
+                n => n,
+            },
+            io_priority: raw
+                .io_priority
+                .as_deref()
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 

@@ -20,6 +20,7 @@ use trireme_proto::v1::{JobAssignment, JobKind, JobProgress, JobResult, JobSumma
 
 use super::config::{AgentConfig, SourceConfig};
 use super::keys::ControllerKeys;
+use super::limits::UploadBudget;
 use super::spool::Spool;
 use crate::sources::{self, JobContext, RestoreTarget};
 
@@ -47,12 +48,15 @@ pub struct Runner {
     pub progress_now: Notify,
     /// Counters for `/metrics`.
     pub metrics: Arc<super::metrics::AgentMetrics>,
+    /// The upload budget all jobs share, when the config sets one.
+    budget: Option<UploadBudget>,
 }
 
 impl Runner {
     /// A runner for `config`.
     pub fn new(config: AgentConfig, tls: ClientTls, spool: Spool) -> Self {
         Runner {
+            budget: config.upload_bytes_per_sec.map(UploadBudget::new),
             slots: Arc::new(Semaphore::new(config.max_concurrent_jobs)),
             config,
             tls,
@@ -229,7 +233,10 @@ impl Runner {
             let attempt = async {
                 let loc = Location::parse(&l.url)?;
                 let remote = !matches!(loc, Location::File(_));
-                let backend = loc.open().await?;
+                let mut backend = loc.open().await?;
+                if let Some(b) = &self.budget {
+                    backend = b.wrap(backend);
+                }
                 let expected = <[u8; 32]>::try_from(l.config_sha256.as_slice()).ok();
                 let repo = Repository::open_expecting(backend, provider.clone(), expected).await?;
                 Ok::<_, trireme_common::Error>((Arc::new(repo), remote))
@@ -282,6 +289,10 @@ impl Runner {
         let mut opts = BackupOptions::new(&source.name, source.kind(), &self.config.hostname);
         if remote {
             opts.uploads = 4;
+        }
+        if let Some(b) = &self.budget {
+            // Small packs, so the budget spreads uploads evenly.
+            opts.pack_size = b.pack_size(opts.pack_size);
         }
         opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
