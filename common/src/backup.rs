@@ -38,6 +38,9 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 2;
 pub enum BackupInput {
     /// A directory tree.
     Tree(PathBuf),
+    /// Several directories (absolute), each stored under its full path:
+    /// `/srv/app` and `/etc/app` as `srv/app` and `etc/app`.
+    Trees(Vec<PathBuf>),
     /// A byte stream (e.g. a dump command's stdout), stored as one file named `name`.
     Stream {
         /// The stream's name in the snapshot.
@@ -181,11 +184,13 @@ impl IndexedRepo {
         // without the keys of the data they describe (docs/security.md §7).
         let index_session = self.repo.new_session_key().await?;
         let parent = match (&input, opts.parent) {
-            (BackupInput::Tree(_), Some(p)) => Some(self.repo.read_snapshot(&p).await?),
+            (BackupInput::Tree(_) | BackupInput::Trees(_), Some(p)) => {
+                Some(self.repo.read_snapshot(&p).await?)
+            }
             _ => None,
         };
         let content = match input {
-            BackupInput::Tree(_) => ContentKind::Tree,
+            BackupInput::Tree(_) | BackupInput::Trees(_) => ContentKind::Tree,
             BackupInput::Stream { .. } => ContentKind::Stream,
         };
         let workers = opts.workers.max(1);

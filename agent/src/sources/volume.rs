@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::os::unix::ffi::OsStrExt;
@@ -26,8 +26,10 @@ pub static KIND: Kind = Kind {
 /// A plain directory.
 #[derive(Debug, Clone)]
 pub struct VolumeSpec {
-    /// The directory.
+    /// The directory (with `paths`: the first of them).
     pub path: PathBuf,
+    /// With `paths`: every directory, each stored under its full path.
+    pub paths: Vec<PathBuf>,
     /// Globs of paths to leave out (see [`trireme_common::glob`]).
     pub exclude: PathGlobs,
     /// Leave out directories holding a file of one of these names.
@@ -40,6 +42,8 @@ pub struct VolumeSpec {
 #[serde(deny_unknown_fields)]
 struct Raw {
     path: Option<PathBuf>,
+    #[serde(default)]
+    paths: Vec<PathBuf>,
     #[serde(default)]
     exclude: Vec<String>,
     #[serde(default)]
@@ -61,7 +65,23 @@ enum OneOrMany {
 impl VolumeSpec {
     fn parse(t: toml::Table, base: &Path) -> Result<Self> {
         let r: Raw = t.try_into()?;
-        let path = r.path.context("needs `path`, the directory to back up")?;
+        let paths: Vec<PathBuf> = r.paths.iter().map(|p| absolute(base, p)).collect();
+        let path = match (r.path, paths.first()) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "has both `path` and `paths`: give one directory as `path`, or several as `paths`"
+            ),
+            (Some(p), None) => p,
+            (None, Some(first)) => first.clone(),
+            (None, None) => anyhow::bail!(
+                "needs `path`, the directory to back up (or `paths`, several directories)"
+            ),
+        };
+        if let Some(root) = paths.iter().find(|p| p.parent().is_none()) {
+            anyhow::bail!(
+                "paths: {} is the whole file system; give the directories to back up",
+                root.display()
+            );
+        }
         let exclude = PathGlobs::new("exclude", &r.exclude)?;
         let exclude_if_present = match r.exclude_if_present {
             OneOrMany::None => Vec::new(),
@@ -78,6 +98,7 @@ impl VolumeSpec {
         }
         Ok(VolumeSpec {
             path: absolute(base, &path),
+            paths,
             exclude,
             exclude_if_present,
             one_file_system: r.one_file_system,
@@ -92,7 +113,18 @@ impl Source for VolumeSpec {
     }
 
     fn details(&self) -> BTreeMap<String, String> {
-        let mut d = BTreeMap::from([("path".to_string(), self.path.display().to_string())]);
+        let mut d = BTreeMap::from([if self.paths.is_empty() {
+            ("path".to_string(), self.path.display().to_string())
+        } else {
+            (
+                "paths".to_string(),
+                self.paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        }]);
         if !self.exclude.is_empty() {
             d.insert("exclude".into(), self.exclude.describe());
         }
@@ -130,7 +162,14 @@ impl Source for VolumeSpec {
         opts.exclude_if_present.clone_from(&self.exclude_if_present);
         opts.one_file_system = self.one_file_system;
         Ok(repo
-            .backup(BackupInput::Tree(self.path.clone()), opts)
+            .backup(
+                if self.paths.is_empty() {
+                    BackupInput::Tree(self.path.clone())
+                } else {
+                    BackupInput::Trees(self.paths.clone())
+                },
+                opts,
+            )
             .await?)
     }
 
@@ -142,6 +181,11 @@ impl Source for VolumeSpec {
         job: &JobContext,
         ledger: Option<&Arc<RestoreLedger>>,
     ) -> Result<RestoreReport> {
+        if !self.paths.is_empty() {
+            anyhow::bail!(
+                "this volume source backs up several paths, each stored under its full path: restore it to a path (e.g. --to agent:/srv/restore) and move what you need, or restore one of them there with --path"
+            );
+        }
         super::restore_to_path(repo, snap, &self.path, job, ledger).await
     }
 }

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -137,7 +137,8 @@ pub(super) fn run(
     let mut tree = BufWriter::with_capacity(1 << 20, tree_file);
     let parent_id = parent.as_ref().map(|p| p.id);
     match input {
-        BackupInput::Tree(root) => r.walk(&root, parent, &mut tree)?,
+        BackupInput::Tree(root) => r.walk(&[root], parent, &mut tree)?,
+        BackupInput::Trees(roots) => r.walk(&roots, parent, &mut tree)?,
         BackupInput::Stream { name, reader } => {
             let (chunks, size) = r.chunk_stream(reader, &name)?;
             r.summary.files = 1;
@@ -242,7 +243,102 @@ impl Reader {
         self.chunk_stream(f, &path.to_string_lossy())
     }
 
-    fn walk(&mut self, root: &Path, parent: Option<Snapshot>, tree: &mut impl Write) -> Result<()> {
+    /// One tree as the snapshot's root, or several directories each under
+    /// its full path (`/srv/app` as `srv/app`, with `srv` and the root
+    /// taken from the file system), in tree order.
+    fn walk(
+        &mut self,
+        roots: &[PathBuf],
+        parent: Option<Snapshot>,
+        tree: &mut impl Write,
+    ) -> Result<()> {
+        let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
+        if let [root] = roots {
+            return self.walk_one(root, b"", &mut parent, tree);
+        }
+        let mut under: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
+        for root in roots {
+            let rel: Vec<&[u8]> = root
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n.as_bytes()),
+                    _ => None,
+                })
+                .collect();
+            if !root.is_absolute()
+                || rel.is_empty()
+                || root
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(Error::io(
+                    "backing up",
+                    root,
+                    std::io::Error::other(
+                        "several paths must each be an absolute directory other than /",
+                    ),
+                ));
+            }
+            under.push((rel.join(&b'/'), root));
+        }
+        under.sort_by(|a, b| crate::manifest::path_cmp(&a.0, &b.0));
+        // A path inside another is in it already.
+        let mut kept: Vec<(Vec<u8>, &PathBuf)> = Vec::new();
+        for (rel, root) in under {
+            let inside = kept.last().is_some_and(|(k, _)| {
+                rel == *k || (rel.starts_with(k) && rel.get(k.len()) == Some(&b'/'))
+            });
+            if !inside {
+                kept.push((rel, root));
+            }
+        }
+        self.dir_entry(Path::new("/"), Vec::new(), tree)?;
+        let mut made: HashSet<Vec<u8>> = HashSet::new();
+        for (rel, root) in &kept {
+            let mut end = 0;
+            while let Some(i) = rel[end..].iter().position(|c| *c == b'/') {
+                end += i;
+                let above = rel[..end].to_vec();
+                if made.insert(above.clone()) {
+                    let at = Path::new("/").join(std::ffi::OsStr::from_bytes(&above));
+                    self.dir_entry(&at, above, tree)?;
+                }
+                end += 1;
+            }
+            self.walk_one(root, rel, &mut parent, tree)?;
+        }
+        Ok(())
+    }
+
+    /// A directory entry at `path` in the snapshot for the directory `at`
+    /// (followed if a link), enclosing what is backed up below it.
+    fn dir_entry(&mut self, at: &Path, path: Vec<u8>, tree: &mut impl Write) -> Result<()> {
+        let meta = std::fs::metadata(at).map_err(|e| Error::io("reading", at, e))?;
+        let entry = TreeEntry {
+            path,
+            kind: EntryKind::Dir,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            inode: meta.ino(),
+            size: 0,
+            target: Vec::new(),
+            chunks: Vec::new(),
+        };
+        self.summary.dirs += 1;
+        write_entry(tree, &entry).map_err(|e| Error::io("writing temp file", "tree", e))
+    }
+
+    /// Walk `root` into the snapshot under `prefix` (empty: as its root).
+    fn walk_one(
+        &mut self,
+        root: &Path,
+        prefix: &[u8],
+        parent: &mut Option<ParentCursor>,
+        tree: &mut impl Write,
+    ) -> Result<()> {
         // The root may be a symlink to a directory; below it, links are kept as links.
         let meta = std::fs::metadata(root).map_err(|e| Error::io("reading", root, e))?;
         if !meta.is_dir() {
@@ -254,7 +350,6 @@ impl Reader {
                 ),
             ));
         }
-        let mut parent = parent.map(|p| ParentCursor::new(&self.ctx, p));
         let mut walker = walkdir::WalkDir::new(root)
             .follow_links(false)
             .same_file_system(self.ctx.one_file_system)
@@ -272,10 +367,22 @@ impl Reader {
                     continue;
                 }
             };
-            let rel = item
+            let rel_in_root = item
                 .path()
                 .strip_prefix(root)
                 .expect("walk stays under root");
+            let joined;
+            let rel = if prefix.is_empty() {
+                rel_in_root
+            } else {
+                let mut p = prefix.to_vec();
+                if !rel_in_root.as_os_str().is_empty() {
+                    p.push(b'/');
+                    p.extend_from_slice(rel_in_root.as_os_str().as_bytes());
+                }
+                joined = std::path::PathBuf::from(std::ffi::OsString::from_vec(p));
+                joined.as_path()
+            };
             if let Some(f) = &self.ctx.exclude {
                 if !rel.as_os_str().is_empty() && (f.0)(rel) {
                     if item.file_type().is_dir() {

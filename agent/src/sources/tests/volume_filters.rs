@@ -141,3 +141,82 @@ async fn one_file_system_keeps_a_mount_point_empty() {
         ["mnt/", "sub/", "sub/here"]
     );
 }
+
+#[tokio::test]
+async fn several_paths_each_under_its_full_path_and_incremental() {
+    let f = Fixture::new().await;
+    let data = f.path("data");
+    for d in ["a/inner", "b/c", "b/not-this"] {
+        std::fs::create_dir_all(data.join(d)).unwrap();
+    }
+    std::fs::write(data.join("a/one"), "one").unwrap();
+    std::fs::write(data.join("a/inner/two"), "two").unwrap();
+    std::fs::write(data.join("b/c/three"), noise(3, 300_000)).unwrap();
+    std::fs::write(data.join("b/not-this/four"), "four").unwrap();
+    // A path inside another is backed up once.
+    let (a, bc, inner) = (data.join("a"), data.join("b/c"), data.join("a/inner"));
+    let s = source(&format!(
+        "name = \"v\"\nkind = \"volume\"\npaths = [{bc:?}, {a:?}, {inner:?}]"
+    ));
+    let first = f.backup(&s, None).await.unwrap();
+    let out = f.path("out");
+    f.restore(&first, RestoreTarget::Path(&out)).await.unwrap();
+    // Everything above the paths, from the root: tmp/.../data/{a,b/c}.
+    let rel = data.strip_prefix("/").unwrap();
+    let under = out.join(rel);
+    assert_eq!(
+        entries(&under),
+        [
+            "a/",
+            "a/inner/",
+            "a/inner/two",
+            "a/one",
+            "b/",
+            "b/c/",
+            "b/c/three"
+        ]
+    );
+    assert_eq!(
+        std::fs::read(under.join("b/c/three")).unwrap(),
+        std::fs::read(data.join("b/c/three")).unwrap()
+    );
+    let above: Vec<String> = rel
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| format!("{}/", p.display()))
+        .collect();
+    let all = entries(&out);
+    for dir in &above {
+        assert!(all.contains(dir), "{dir} missing from {all:?}");
+    }
+    // The next backup reads only what changed.
+    std::fs::write(data.join("a/one"), "one, changed").unwrap();
+    let second = f.backup(&s, Some(first)).await.unwrap();
+    assert_eq!(second.manifest.summary.files, 3);
+    assert_eq!(second.manifest.summary.files_unchanged, 2);
+    // Into the source itself it is refused: the paths are not one directory.
+    let e = f
+        .restore(&second, RestoreTarget::Source(&s))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("several paths"), "{e:#}");
+    // Both `path` and `paths`, or `/` among them, is named.
+    let e = parse_source(
+        toml::from_str(&format!(
+            "name = \"v\"\nkind = \"volume\"\npath = {a:?}\npaths = [{bc:?}]"
+        ))
+        .unwrap(),
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("both `path` and `paths`"),
+        "{e:#}"
+    );
+    let e = parse_source(
+        toml::from_str("name = \"v\"\nkind = \"volume\"\npaths = [\"/\"]").unwrap(),
+        Path::new("/"),
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("whole file system"), "{e:#}");
+}
