@@ -115,6 +115,27 @@ pub struct Policy {
     /// Scheduled restore tests, and the target drills restore to.
     #[serde(default)]
     pub restore_test: Option<RestoreTestPolicy>,
+    /// What the agent leaves out of this source and how fast it uploads it.
+    #[serde(default)]
+    pub limits: SourceLimits,
+}
+
+/// A source's backup limits set by its policy, on top of the agent's own
+/// settings for it: sent with each backup job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLimits {
+    /// Globs of paths to leave out (volume sources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// File names whose directory is left out (volume sources).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_if_present: Vec<String>,
+    /// Stay on one file system (volume sources).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_file_system: bool,
+    /// Upload budget of each backup job, bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_bytes_per_sec: Option<u64>,
 }
 
 /// Where and when a source's restore tests run.

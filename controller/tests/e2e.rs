@@ -722,6 +722,14 @@ fn an_agent_keeps_to_its_upload_budget_and_priority() {
     };
     f.start_agent(&agent);
     f.wait_connected(&["web-1"]);
+    // The policy leaves more out, on top of the agent's settings.
+    std::fs::write(data.join("d0/scratch.skip"), "not to be backed up").unwrap();
+    let policy = f.dir.join("policy.toml");
+    Fleet::write_file(
+        &policy,
+        "[[policy]]\nsource = \"web-1/files\"\nschedule = \"0 3 * * *\"\nretention = \"r\"\nexclude = [\"*.skip\"]\n\n[retention.r]\nkeep_last = 5\n",
+    );
+    f.cli(&["policy", "apply", "-f", policy.to_str().unwrap()]);
 
     // Every thread of the agent runs at the configured priority.
     let pid = f.agents["web-1"].id();
@@ -751,6 +759,27 @@ fn an_agent_keeps_to_its_upload_budget_and_priority() {
     assert!(
         took.as_secs_f64() >= least * 0.95,
         "{uploaded} bytes of packs at 2 MiB/s took {took:?}"
+    );
+
+    // The policy's exclude held.
+    let snap = f.cli_json(&["snapshots", "ls", "web-1/files"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let back = f.dir.join("back");
+    let out = f.cli(&[
+        "restore",
+        &snap,
+        "--to",
+        &format!("web-1:{}", back.display()),
+        "--wait",
+    ]);
+    assert!(out.contains("succeeded"), "{out}");
+    let mut want = tree(&data);
+    want.remove(Path::new("d0/scratch.skip")).unwrap();
+    assert!(
+        tree(&back) == want,
+        "the restored tree is the source minus *.skip"
     );
 
     // What the agent runs inherits it.

@@ -10,9 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::os::unix::ffi::OsStrExt;
 use tokio::sync::{Notify, Semaphore};
+
+use trireme_common::glob::PathGlobs;
 use trireme_common::{
-    BackupOptions, DynKeyProvider, Id, Location, Overwrite, Progress, Repository, Selection,
+    BackupOptions, DynKeyProvider, Id, Location, Overwrite, PathFilter, Progress, Repository,
+    Selection,
 };
 use trireme_net::tls::ClientTls;
 use trireme_net::wire::summary_to_wire;
@@ -237,6 +241,10 @@ impl Runner {
                 if let Some(b) = &self.budget {
                     backend = b.wrap(backend);
                 }
+                // The policy's budget for this source's jobs, on top.
+                if a.upload_bytes_per_sec > 0 {
+                    backend = UploadBudget::new(a.upload_bytes_per_sec).wrap(backend);
+                }
                 let expected = <[u8; 32]>::try_from(l.config_sha256.as_slice()).ok();
                 let repo = Repository::open_expecting(backend, provider.clone(), expected).await?;
                 Ok::<_, trireme_common::Error>((Arc::new(repo), remote))
@@ -290,10 +298,14 @@ impl Runner {
         if remote {
             opts.uploads = 4;
         }
+        // Small packs under a budget, so it spreads uploads evenly.
         if let Some(b) = &self.budget {
-            // Small packs, so the budget spreads uploads evenly.
             opts.pack_size = b.pack_size(opts.pack_size);
         }
+        if a.upload_bytes_per_sec > 0 {
+            opts.pack_size = UploadBudget::new(a.upload_bytes_per_sec).pack_size(opts.pack_size);
+        }
+        policy_filters(a, source, &mut opts)?;
         opts.progress = progress.clone();
         opts.tags.push(format!("job:{}", a.job_id));
         // Names the agent in the repository itself, for a catalog rebuild.
@@ -386,6 +398,34 @@ impl Runner {
             ..Default::default()
         })
     }
+}
+
+/// What the source's policy leaves out (volume sources only), on top of the
+/// source's own settings.
+fn policy_filters(
+    a: &JobAssignment,
+    source: &SourceConfig,
+    opts: &mut BackupOptions,
+) -> Result<()> {
+    if a.exclude.is_empty() && a.exclude_if_present.is_empty() && !a.one_file_system {
+        return Ok(());
+    }
+    if source.kind() != "volume" {
+        bail!(
+            "the policy of {} sets exclude, exclude_if_present or one_file_system, which apply to volume sources only; this source is {}: remove them from its policy",
+            source.name,
+            source.kind()
+        );
+    }
+    if !a.exclude.is_empty() {
+        let globs = PathGlobs::new("exclude (from the policy)", &a.exclude)?;
+        opts.exclude = Some(PathFilter(Arc::new(move |rel: &std::path::Path| {
+            globs.matches_or_inside(rel.as_os_str().as_bytes())
+        })));
+    }
+    opts.exclude_if_present.clone_from(&a.exclude_if_present);
+    opts.one_file_system = a.one_file_system;
+    Ok(())
 }
 
 /// Which part of a tree a restore assignment asks for, checked here too.

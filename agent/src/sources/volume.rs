@@ -153,14 +153,18 @@ impl Source for VolumeSpec {
     ) -> Result<Snapshot> {
         let BackupRequest { mut opts, parent } = req;
         opts.parent = parent.map(|p| p.id);
+        // The source's own settings, and what the policy added.
         if !self.exclude.is_empty() {
             let globs = self.exclude.clone();
+            let also = opts.exclude.take();
             opts.exclude = Some(PathFilter(Arc::new(move |rel: &Path| {
                 globs.matches_or_inside(rel.as_os_str().as_bytes())
+                    || also.as_ref().is_some_and(|f| (f.0)(rel))
             })));
         }
-        opts.exclude_if_present.clone_from(&self.exclude_if_present);
-        opts.one_file_system = self.one_file_system;
+        opts.exclude_if_present
+            .extend(self.exclude_if_present.iter().cloned());
+        opts.one_file_system |= self.one_file_system;
         Ok(repo
             .backup(
                 if self.paths.is_empty() {

@@ -13,6 +13,10 @@
 //! rpo = "26h"                    # newest snapshot verified everywhere must be younger
 //! rto = "30m"                    # restore tests must finish within
 //! restore_test = { target = "host-a:source:redis-staging", schedule = "0 4 1 * *" }
+//! exclude = ["*.tmp"]            # volume sources: left out, on top of the agent's own
+//! exclude_if_present = [".nobackup"]
+//! one_file_system = true
+//! upload_bytes_per_sec = "20 MiB" # each backup job's upload budget
 //!
 //! [retention.daily-30]           # a retention class (see crate::retention)
 //! daily = "30d"                  # newest of each day of the last 30 days
@@ -35,7 +39,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BackupMode, CronExpr, Policy, RestoreTestPolicy, Timezone, DEFAULT_MAX_RETRIES,
+    BackupMode, CronExpr, Policy, RestoreTestPolicy, SourceLimits, Timezone, DEFAULT_MAX_RETRIES,
     DEFAULT_RESTORE_TEST_SCHEDULE, DEFAULT_RETRY_BACKOFF, MAX_RETRIES_LIMIT,
 };
 use crate::error::{Error, Result};
@@ -44,8 +48,8 @@ use crate::sources::{validate_name, SourceId};
 
 /// What a policy table holds, appended to errors about fields.
 pub const POLICY_HELP: &str = "a policy file is [[policy]] tables, each with source, schedule and \
-retention, and optionally mode, full_every, timezone, max_retries, retry_backoff, rpo, rto and \
-restore_test";
+retention, and optionally mode, full_every, timezone, max_retries, retry_backoff, rpo, rto, \
+restore_test, and for the agent exclude, exclude_if_present, one_file_system and upload_bytes_per_sec";
 
 /// What a retention table holds, appended to errors about it.
 pub const RETENTION_HELP: &str = "a [retention.NAME] table sets keep_last (a count) and/or \
@@ -142,6 +146,18 @@ struct RawPolicy {
     /// `{ target = "agent:source:<name>", schedule = "0 4 1 * *" }`.
     #[serde(default)]
     restore_test: Option<RawRestoreTest>,
+    /// Globs of paths to leave out (volume sources).
+    #[serde(default)]
+    exclude: Option<Spanned<Vec<String>>>,
+    /// File names whose directory is left out (volume sources).
+    #[serde(default)]
+    exclude_if_present: Option<Spanned<Vec<String>>>,
+    /// Stay on one file system (volume sources).
+    #[serde(default)]
+    one_file_system: Option<bool>,
+    /// Upload budget of each backup job: bytes per second, or "20 MiB".
+    #[serde(default)]
+    upload_bytes_per_sec: Option<Spanned<toml::Value>>,
 }
 
 /// `restore_test = { target = ..., schedule = ... }`.
@@ -461,6 +477,7 @@ fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {
             })
         }
     };
+    let limits = limits(loc, r)?;
     Ok(Policy {
         source,
         schedule,
@@ -473,6 +490,75 @@ fn validate(loc: &Locator<'_>, r: &RawPolicy) -> Result<Policy> {
         rpo,
         rto,
         restore_test,
+        limits,
+    })
+}
+
+/// The policy's `exclude`, `exclude_if_present`, `one_file_system` and
+/// `upload_bytes_per_sec`, checked.
+fn limits(loc: &Locator<'_>, r: &RawPolicy) -> Result<SourceLimits> {
+    let exclude = match &r.exclude {
+        None => Vec::new(),
+        Some(v) => {
+            trireme_common::glob::PathGlobs::new("exclude", v.get_ref())
+                .map_err(|e| loc.value_error(v, Error::BadRequest(e.to_string())))?;
+            v.get_ref().clone()
+        }
+    };
+    let exclude_if_present = match &r.exclude_if_present {
+        None => Vec::new(),
+        Some(v) => {
+            if let Some(bad) = v
+                .get_ref()
+                .iter()
+                .find(|n| n.is_empty() || n.contains('/') || *n == "." || *n == "..")
+            {
+                return Err(loc.value_error(
+                    v,
+                    Error::invalid(
+                        "exclude_if_present",
+                        bad,
+                        "each is a file name (no '/'), e.g. [\".nobackup\"]",
+                    ),
+                ));
+            }
+            v.get_ref().clone()
+        }
+    };
+    let upload_bytes_per_sec = match &r.upload_bytes_per_sec {
+        None => None,
+        Some(v) => {
+            let bad = || {
+                loc.value_error(
+                    v,
+                    Error::invalid(
+                        "upload_bytes_per_sec",
+                        match v.get_ref() {
+                            toml::Value::String(t) => t.clone(),
+                            other => format!("{other:?}"),
+                        },
+                        "write a positive size per second, e.g. \"20 MiB\" or 20971520",
+                    ),
+                )
+            };
+            let n = match v.get_ref() {
+                toml::Value::Integer(n) if *n > 0 => *n as u64,
+                toml::Value::String(t) => {
+                    t.parse::<bytesize::ByteSize>().map_err(|_| bad())?.as_u64()
+                }
+                _ => return Err(bad()),
+            };
+            if n == 0 {
+                return Err(bad());
+            }
+            Some(n)
+        }
+    };
+    Ok(SourceLimits {
+        exclude,
+        exclude_if_present,
+        one_file_system: r.one_file_system.unwrap_or(false),
+        upload_bytes_per_sec,
     })
 }
 

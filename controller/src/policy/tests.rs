@@ -343,3 +343,28 @@ fn retention_tables_parse_and_errors_name_line_and_column() {
         }
     }
 }
+
+#[test]
+fn a_policy_can_limit_what_and_how_fast_its_source_is_backed_up() {
+    let base = "[[policy]]\nsource = \"h/x\"\nschedule = \"0 2 * * *\"\nretention = \"r\"\n";
+    let parse = |extra: &str| crate::policy::parse_policies("p.toml", &format!("{base}{extra}"));
+    let p = parse(
+        "exclude = [\"*.tmp\", \"/cache\"]\nexclude_if_present = [\".nobackup\"]\none_file_system = true\nupload_bytes_per_sec = \"5 MiB\"\n",
+    )
+    .unwrap();
+    let l = &p[0].limits;
+    assert_eq!(l.exclude, ["*.tmp", "/cache"]);
+    assert_eq!(l.exclude_if_present, [".nobackup"]);
+    assert!(l.one_file_system);
+    assert_eq!(l.upload_bytes_per_sec, Some(5 << 20));
+    assert_eq!(parse("").unwrap()[0].limits, Default::default());
+    let e = |extra: &str| parse(extra).unwrap_err().to_string();
+    let bad = e("exclude = [\"[z-\"]\n");
+    assert!(
+        bad.starts_with("p.toml:5:") && bad.contains("not a valid glob"),
+        "{bad}"
+    );
+    assert!(e("exclude_if_present = [\"a/b\"]\n").contains("file name"));
+    assert!(e("upload_bytes_per_sec = \"fast\"\n").contains("e.g. \"20 MiB\""));
+    assert!(e("upload_bytes_per_sec = 0\n").contains("upload_bytes_per_sec"));
+}

@@ -261,12 +261,17 @@ fn dispatch(shared: &Shared, agent: &str) -> Result<()> {
     };
     let queued = blocking(|| jobs::queued_for_agent(&shared.catalog, agent))?;
     for job in queued {
-        let assignment = convert::assignment(
+        let mut assignment = convert::assignment(
             &job,
             &shared.locations,
             &shared.custody.config_sha256(),
             backup_parent(shared, &job)?,
         );
+        if job.kind == jobs::JobKind::Backup {
+            if let Some(p) = blocking(|| shared.catalog.policies().get(&job.source))? {
+                convert::with_limits(&mut assignment, &p.policy.limits);
+            }
+        }
         let assigned = blocking(|| {
             crate::lifecycle::update_job(
                 &shared.catalog,

@@ -779,6 +779,14 @@ pub fn volumes(
         .collect()
 }
 
+/// A backup's limits from its source's policy, for the agent.
+pub fn with_limits(a: &mut JobAssignment, l: &crate::policy::SourceLimits) {
+    a.exclude.clone_from(&l.exclude);
+    a.exclude_if_present.clone_from(&l.exclude_if_present);
+    a.one_file_system = l.one_file_system;
+    a.upload_bytes_per_sec = l.upload_bytes_per_sec.unwrap_or(0);
+}
+
 /// A job as sent to its agent: the locations to use (every one, or the
 /// one a drill is pinned to), and for an incremental backup its `parent`.
 pub fn assignment(
