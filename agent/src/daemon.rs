@@ -63,8 +63,18 @@ pub async fn run(
     let (_stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.metrics_listen {
         let m = runner.metrics.clone();
-        let render: trireme_net::metrics_http::Render = Arc::new(move || Ok(m.render()));
-        let serve = trireme_net::metrics_http::serve(addr, render, stop_rx);
+        let metrics: trireme_net::metrics_http::Render = Arc::new(move || Ok(m.render()));
+        // Ready while a session with the controller is open.
+        let r = runner.clone();
+        let ready: trireme_net::metrics_http::Render = Arc::new(move || {
+            if r.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok("ready: connected to the controller".into())
+            } else {
+                Err("not connected to the controller (see the agent's log)".into())
+            }
+        });
+        let endpoints = trireme_net::metrics_http::Endpoints { metrics, ready };
+        let serve = trireme_net::metrics_http::serve(addr, endpoints, stop_rx);
         // A bind failure is logged; the agent runs on without metrics.
         tokio::spawn(async move {
             if let Err(e) = serve.await {
@@ -83,6 +93,9 @@ pub async fn run(
             () = &mut shutdown => return Ok(()),
             r = session(&config, &tls, &runner) => r,
         };
+        runner
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         match outcome {
             Ok(()) => tracing::warn!("the controller closed the session; reconnecting"),
             Err(e) => {
@@ -177,6 +190,9 @@ async fn session(config: &AgentConfig, tls: &ClientTls, runner: &Arc<Runner>) ->
         .map_err(|s| anyhow::anyhow!("session refused ({:?}): {}", s.code(), s.message()))?
         .into_inner();
     tracing::info!(controller = %config.controller, heartbeat_secs = heartbeat.as_secs(), "connected to the controller");
+    runner
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut beat = tokio::time::interval(heartbeat);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     // A dead link is caught by HTTP/2 keepalive (see `connect`) and by the

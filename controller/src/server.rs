@@ -600,8 +600,20 @@ pub async fn run(
         }));
     }
 
+    // The standard grpc.health.v1 service (for load balancers and gRPC
+    // probes that hold a client certificate): "" and each service SERVING
+    // until shutdown.
+    let (health, standard_health) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<OperatorServiceServer<operator::OperatorApi>>()
+        .await;
+    health
+        .set_serving::<AgentServiceServer<agents::AgentApi>>()
+        .await;
+    health.set_serving::<KeyServiceServer<keys::KeyApi>>().await;
     let mut routes = tonic::service::Routes::builder();
     routes
+        .add_service(standard_health)
         .add_service(HealthServer::new(HealthService::new(authz.clone())))
         .add_service(AgentServiceServer::new(agents::AgentApi::new(
             shared.clone(),
@@ -619,6 +631,7 @@ pub async fn run(
         r = &mut served => r,
         () = shutdown => {
             tracing::info!("shutting down");
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             let _ = stop_tx.send(true);
             // Sessions end only when their response streams do.
             shared.agents.close_all();

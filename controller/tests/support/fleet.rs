@@ -520,14 +520,21 @@ pub fn wait_replication_pass(f: &Fleet, timeout: Duration) {
 
 /// GET /metrics from the controller's metrics endpoint.
 pub fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let (status, out) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{out}");
     out
+}
+
+/// GET `path` from a plain-HTTP endpoint with curl: status and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl is installed (deploy/dev/prereqs.sh)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// The value of one sample line, e.g. `name{location="loc2"}`.
