@@ -826,6 +826,48 @@ async fn standard_health_and_readiness() {
     };
     assert_eq!(agent_ready(), "ready: connected to the controller\n");
 
+    // Both scrapes follow Prometheus's conventions, after a backup filled
+    // in the job and location series (promtool, an independent linter).
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    for addr in [&ctl_http, &agent_http] {
+        let (status, text) = http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        let mut lint = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool is installed (deploy/dev/prereqs.sh)");
+        use std::io::Write as _;
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = lint.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {addr}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let text = support::fleet::scrape(&ctl_http);
+    assert_eq!(
+        support::fleet::sample(&text, "trireme_agent_connected{agent=\"web-1\"}"),
+        1.0
+    );
+    assert!(text.contains("trireme_build_info{version=\""), "{text}");
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    let text = support::fleet::scrape(&agent_http);
+    assert!(
+        text.contains("trireme_agent_build_info{version=\""),
+        "{text}"
+    );
+
     // grpc.health.v1 over mTLS, as a load balancer with a certificate asks.
     let channel = {
         let files = trireme_net::tls::TlsFiles::in_dir(&f.ca, "op");
@@ -868,4 +910,7 @@ async fn standard_health_and_readiness() {
         },
     );
     assert_eq!(http_get(&agent_http, "/healthz").0, 200);
+    f.start_controller();
+    f.wait_connected(&["web-1"]);
+    assert_eq!(agent_ready(), "ready: connected to the controller\n");
 }

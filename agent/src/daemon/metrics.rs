@@ -97,7 +97,20 @@ impl Default for AgentMetrics {
                 &["source", "kind"],
             ),
             full: Mutex::default(),
-            registry: r,
+            registry: {
+                let build = igv(
+                    "trireme_agent_build_info",
+                    "Always 1; the agent's version in the label",
+                    &["version"],
+                );
+                build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                #[cfg(target_os = "linux")]
+                r.register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ))
+                .expect("registered once");
+                r
+            },
         }
     }
 }

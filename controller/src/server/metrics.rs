@@ -7,7 +7,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use prometheus::{Encoder, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::Shared;
 use crate::error::{Error, Result};
@@ -41,6 +43,34 @@ pub fn render(shared: &Shared) -> Result<String> {
     let known = IntGauge::new("trireme_agents_known", "Agents in the catalog").map_err(m)?;
     reg.register(Box::new(known.clone())).map_err(m)?;
     known.set(shared.catalog.agents().len() as i64);
+    // Per agent: 1 while its session is open, 0 when known but away.
+    let connected = gauge_vec(
+        &reg,
+        "trireme_agent_connected",
+        "1 while the agent has a session, 0 when it is known but not connected",
+        &["agent"],
+    )
+    .map_err(m)?;
+    let now_connected: std::collections::HashSet<String> =
+        shared.agents.connected().into_iter().collect();
+    for name in shared.catalog.agents().keys()? {
+        connected
+            .with_label_values(&[name.as_str()])
+            .set(i64::from(now_connected.contains(&name)));
+    }
+    let build = gauge_vec(
+        &reg,
+        "trireme_build_info",
+        "Always 1; the controller's version in the label",
+        &["version"],
+    )
+    .map_err(m)?;
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    #[cfg(target_os = "linux")]
+    reg.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .map_err(m)?;
 
     let jobs = gauge_vec(
         &reg,
@@ -70,13 +100,19 @@ pub fn render(shared: &Shared) -> Result<String> {
         "trireme_location_bytes",
         "Bytes at the location at the last pass",
     )?;
-    let found = loc(
+    // Counts since the controller started: counters.
+    let counter = |n: &str, h: &str| -> Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(n, h), &["location"]).map_err(m)?;
+        reg.register(Box::new(c.clone())).map_err(m)?;
+        Ok(c)
+    };
+    let found = counter(
         "trireme_location_damaged_copies_found_total",
-        "Missing, truncated or corrupt copies found at the location (verification and replication)",
+        "Missing, truncated or corrupt copies found at the location since the controller started (verification and replication)",
     )?;
-    let repaired = loc(
+    let repaired = counter(
         "trireme_location_damaged_copies_repaired_total",
-        "Damaged copies at the location rewritten from a good copy",
+        "Damaged copies at the location rewritten from a good copy since the controller started",
     )?;
     let last_quick = loc(
         "trireme_location_last_quick_verify_timestamp_seconds",
@@ -100,10 +136,8 @@ pub fn render(shared: &Shared) -> Result<String> {
         reachable.with_label_values(&l).set(i64::from(st.reachable));
         objects.with_label_values(&l).set(st.objects as i64);
         bytes.with_label_values(&l).set(st.bytes as i64);
-        found.with_label_values(&l).set(st.problems_found as i64);
-        repaired
-            .with_label_values(&l)
-            .set(st.problems_repaired as i64);
+        found.with_label_values(&l).inc_by(st.problems_found);
+        repaired.with_label_values(&l).inc_by(st.problems_repaired);
         last_quick
             .with_label_values(&l)
             .set(st.last_quick_verify.map_or(0, |t| t.timestamp()));
