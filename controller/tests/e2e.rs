@@ -116,8 +116,14 @@ fn refusals_are_clear_and_logged() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
 
-    // A viewer reads but cannot run a backup.
+    // A viewer reads but cannot run a backup: refused, exit code 3.
     assert!(f.cli_as("viewer", &["jobs", "ls"]).status.success());
+    assert_eq!(
+        f.cli_as("viewer", &["backup", "run", "web-1/files"])
+            .status
+            .code(),
+        Some(3)
+    );
     let e = fail("viewer", &["backup", "run", "web-1/files"]);
     assert!(
         e.contains("permission denied") && e.contains("operator role"),
@@ -145,11 +151,27 @@ fn refusals_are_clear_and_logged() {
             || e.contains("it does so when it refuses your certificate"))
             && e.contains("not from its CA")
     };
-    let e = fail("mallory", &["status"]);
+    let out = f.cli_as("mallory", &["status"]);
+    let e = String::from_utf8_lossy(&out.stderr);
     assert!(
         refused_cert(&e),
         "another CA's certificate must be refused, saying so: {e}"
     );
+    assert_eq!(out.status.code(), Some(3), "{e}");
+    // Nothing listening: unreachable, exit code 4.
+    let out = std::process::Command::new(support::fleet::bin("trireme"))
+        .args([
+            "--controller",
+            &format!("127.0.0.1:{}", trireme_testkit::ports::free_port()),
+        ])
+        .args(["--server-name", "localhost", "--tls-dir"])
+        .arg(&f.ca)
+        .args(["--name", "op", "status"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("cannot reach the controller"), "{e}");
+    assert_eq!(out.status.code(), Some(4), "{e}");
 
     // An expired certificate.
     let now = std::time::SystemTime::now();
@@ -571,15 +593,20 @@ fn one_file_back_into_place_and_part_of_a_snapshot_elsewhere() {
     std::fs::write(data.join("d0/f0.bin"), b"edited after the backup").unwrap();
     let before = tree(&data);
 
-    // Into a directory that holds files, without --overwrite: refused, and
-    // nothing touched.
-    let j = f.cli_json(&["restore", &snap, "--to", "web-1:source:files"]);
-    let failed = wait_job_state(
-        &f,
-        j["id"].as_str().unwrap(),
-        &["failed", "succeeded"],
-        Duration::from_secs(60),
+    // Into a directory that holds files, without --overwrite: the job
+    // fails (a watched job that fails: exit code 5), nothing touched.
+    let out = f.cli_as(
+        "op",
+        &["restore", &snap, "--to", "web-1:source:files", "--wait"],
     );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = f.cli_json(&["jobs", "ls", "--state", "failed"]);
+    let failed = job(&f, jobs[0]["id"].as_str().unwrap());
     assert_eq!(failed["state"], "failed", "{failed:#}");
     let why = failed["error"].as_str().unwrap_or_default();
     assert!(

@@ -656,7 +656,10 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             if e.downcast_ref::<output::BrokenPipe>().is_none() {
                 eprintln!("error: {e:#}");
             }
-            ExitCode::FAILURE
+            match trireme_client::Failure::of(&e) {
+                Some(f) => ExitCode::from(f.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -71,12 +71,12 @@ pub async fn restore_test(
             };
             one(format, test_json(&test), || test_fields(&test))?;
             if !test.ok {
-                bail!(
+                return Err(trireme_client::Failure::JobFailed.wrap(anyhow::anyhow!(
                     "restore test of {}/{} failed: {}",
                     source.agent,
                     source.source,
                     test.error
-                );
+                )));
             }
             watched
         }

@@ -104,8 +104,11 @@ fn outcome(job: &JobInfo) -> anyhow::Result<()> {
     };
     match JobState::try_from(job.state) {
         Ok(JobState::Succeeded) => Ok(()),
-        Ok(JobState::Cancelled) => Err(anyhow!("job {} was cancelled{why}", job.id)),
-        _ => Err(anyhow!("job {} failed{why}", job.id)),
+        Ok(JobState::Cancelled) => {
+            Err(trireme_client::Failure::JobFailed
+                .wrap(anyhow!("job {} was cancelled{why}", job.id)))
+        }
+        _ => Err(trireme_client::Failure::JobFailed.wrap(anyhow!("job {} failed{why}", job.id))),
     }
 }
 

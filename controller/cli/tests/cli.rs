@@ -53,18 +53,25 @@ fn ok(o: &Output) -> String {
     stdout(o)
 }
 
-/// Exit code 1 and the `error: …` message.
+/// A documented failure exit code (1 error, 3 refused, 4 unreachable, 5
+/// job failed) and the `error: …` message.
 fn fails(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "expected exit 1; stdout:\n{}\nstderr:\n{}",
+    assert!(
+        matches!(o.status.code(), Some(1 | 3 | 4 | 5)),
+        "expected exit 1, 3, 4 or 5, got {:?}; stdout:\n{}\nstderr:\n{}",
+        o.status,
         stdout(o),
         stderr(o)
     );
     let err = stderr(o);
     assert!(err.starts_with("error: "), "{err}");
     err
+}
+
+/// Exit code `code` and the `error: …` message.
+fn fails_with(o: &Output, code: i32) -> String {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    fails(o)
 }
 
 /// A CA with the controller's certificate (`localhost`), an operator `op`
@@ -120,7 +127,7 @@ async fn an_unreachable_controller_is_named() {
         l.local_addr().unwrap().port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let err = fails(
+    let err = fails_with(
         &trireme(&[
             "status",
             "--controller",
@@ -131,6 +138,7 @@ async fn an_unreachable_controller_is_named() {
             "op",
         ])
         .await,
+        4,
     );
     assert!(
         err.contains(&format!("cannot reach the controller at {addr}")),
@@ -957,7 +965,10 @@ async fn reads_as_tables_and_json() {
 async fn changes_need_the_operator_role() {
     let pki = Pki::new();
     let s = Server::start(&pki).await;
-    let err = fails(&s.run(&pki, "eve", &["backup", "run", "web-1/www"]).await);
+    let err = fails_with(
+        &s.run(&pki, "eve", &["backup", "run", "web-1/www"]).await,
+        3,
+    );
     assert!(
         err.contains("error: permission denied: /trireme.v1.OperatorService/RunBackup needs the operator role, but eve has the viewer role"),
         "{err}"
@@ -1124,7 +1135,7 @@ async fn watching_ends_with_the_jobs_outcome() {
     assert!(out.contains("state:") && out.contains("succeeded"), "{out}");
 
     let o = s.run(&pki, "eve", &["jobs", "watch", JOB_BAD]).await;
-    let err = fails(&o);
+    let err = fails_with(&o, 5);
     assert!(
         err.contains(&format!("job {JOB_BAD} failed: the agent lost its disk")),
         "{err}"

@@ -211,6 +211,60 @@ pub fn host_of(addr: &str) -> &str {
 }
 
 /// The error for a failed dial.
+/// Why a command failed, when it says more than "error" (the CLI's exit
+/// codes: refused 3, unreachable 4, a job that failed 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The controller refused: permission, role, TOTP, certificate.
+    Refused,
+    /// The controller could not be reached.
+    Unreachable,
+    /// A job (or restore test, or drill) the command ran or watched failed
+    /// or was cancelled.
+    JobFailed,
+}
+
+impl Failure {
+    /// The process exit code.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Failure::Refused => 3,
+            Failure::Unreachable => 4,
+            Failure::JobFailed => 5,
+        }
+    }
+
+    /// `error` (a message), marked as this kind of failure.
+    pub fn wrap(self, error: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(Marked {
+            kind: self,
+            message: format!("{error:#}"),
+        })
+    }
+
+    /// The kind `error` was marked with, if any.
+    pub fn of(error: &anyhow::Error) -> Option<Failure> {
+        error
+            .chain()
+            .find_map(|e| e.downcast_ref::<Marked>().map(|m| m.kind))
+    }
+}
+
+/// An error message marked with its [`Failure`]; prints just the message.
+#[derive(Debug)]
+struct Marked {
+    kind: Failure,
+    message: String,
+}
+
+impl std::fmt::Display for Marked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Marked {}
+
 fn connect_error(addr: &str, err: &str) -> anyhow::Error {
     // `connect` says "TLS: cannot connect to ADDR: <cause>".
     let cause = err
@@ -219,12 +273,14 @@ fn connect_error(addr: &str, err: &str) -> anyhow::Error {
         .strip_prefix(&format!("cannot connect to {addr}: "))
         .unwrap_or(err);
     if let Some(hint) = tls_hint(cause) {
-        return anyhow!("cannot connect securely to the controller at {addr}: {cause}; {hint}");
+        return Failure::Refused.wrap(anyhow!(
+            "cannot connect securely to the controller at {addr}: {cause}; {hint}"
+        ));
     }
-    anyhow!(
+    Failure::Unreachable.wrap(anyhow!(
         "cannot reach the controller at {addr}: {cause}; is trireme-controller running \
          and is --controller right?"
-    )
+    ))
 }
 
 /// A hint when a failure is about certificates rather than the network.
@@ -249,6 +305,20 @@ fn tls_hint(cause: &str) -> Option<&'static str> {
 /// the controller's message; for failures of the connection itself, what
 /// to check.
 pub fn status_error(addr: &str, status: &Status) -> anyhow::Error {
+    let e = status_message(addr, status);
+    let lower = format!("{e:#}").to_ascii_lowercase();
+    match status.code() {
+        // ResourceExhausted: TOTP guesses backed off.
+        Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
+            Failure::Refused.wrap(e)
+        }
+        _ if lower.contains("your certificate") => Failure::Refused.wrap(e),
+        _ if lower.contains("cannot reach the controller") => Failure::Unreachable.wrap(e),
+        _ => e,
+    }
+}
+
+fn status_message(addr: &str, status: &Status) -> anyhow::Error {
     let mut msg = status.message().to_string();
     // Transport errors carry their cause as the source, not in the message.
     let mut src = std::error::Error::source(status);

@@ -11,4 +11,4 @@
 pub mod connect;
 pub mod recovery_key;
 
-pub use connect::{with_totp, Controller, Settings, DEFAULT_CONTROLLER};
+pub use connect::{with_totp, Controller, Failure, Settings, DEFAULT_CONTROLLER};
