@@ -19,6 +19,14 @@ struct Cli {
     /// Log filter (e.g. `info`, `trireme_common=debug`); also RUST_LOG.
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "warn")]
     log: String,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "TRIREME_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: trireme_net::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,12 +108,7 @@ fn main() -> std::process::ExitCode {
         Command::Run { .. } if cli.log == "warn" => "info".to_string(),
         _ => cli.log.clone(),
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or(default_log);
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    trireme_net::logging::init(&default_log, cli.log_format);
     raise_open_files_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

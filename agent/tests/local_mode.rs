@@ -322,3 +322,59 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_works() {
     let out = env.run(&["check", "--deep"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
 }
+
+#[test]
+fn the_daemon_writes_json_log_lines_when_asked() {
+    use std::io::BufRead;
+    use trireme_net::tls::{ca, Role};
+    let env = Env::new();
+    let tls = env.path("tls");
+    ca::init_ca(&tls).unwrap();
+    ca::issue(&tls, Role::Agent, "web-1", 30, &tls).unwrap();
+    let port = trireme_testkit::ports::free_port();
+    let config = env.path("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"127.0.0.1:{port}\"\nserver_name = \"localhost\"\nstate_dir = {:?}\n[tls]\ndir = {tls:?}\nname = \"web-1\"\n",
+            env.path("state")
+        ),
+    )
+    .unwrap();
+    // Nothing listens there: the agent starts, logs, and keeps dialling.
+    let mut child = env
+        .cmd(&["run", "--config", config.to_str().unwrap()])
+        .env("TRIREME_LOG", "info")
+        .env("TRIREME_LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let started = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no \"trireme-agent started\" line in: {seen:#?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["message"] == "trireme-agent started" {
+            break v;
+        }
+        seen.push(line);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(started["level"], "INFO", "{started}");
+    assert_eq!(started["fields"]["agent"], "web-1", "{started}");
+    assert!(started["timestamp"].is_string(), "{started}");
+}

@@ -7,12 +7,7 @@ use trireme_cli as cli;
 
 fn main() -> ExitCode {
     let args = cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.global.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    trireme_net::logging::init(&args.global.log, trireme_net::logging::LogFormat::Text);
     // Multi-threaded: when the controller refuses this certificate, its TLS
     // alert reaches the failing RPC more often than on one thread.
     let rt = match tokio::runtime::Builder::new_multi_thread()

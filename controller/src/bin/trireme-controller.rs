@@ -14,6 +14,7 @@ use trireme_controller::config::ControllerConfig;
 use trireme_controller::recovery_key as recovery;
 use trireme_controller::server;
 use trireme_controller::Catalog;
+use trireme_net::logging::LogFormat;
 
 /// Trireme controller: schedules backups on the agents, keeps the catalog,
 /// and holds the key service's master key.
@@ -23,6 +24,14 @@ struct Cli {
     /// Log filter (e.g. `info`, `trireme_controller=debug`); also RUST_LOG.
     #[arg(long, global = true, env = "TRIREME_LOG", default_value = "info")]
     log: String,
+    /// Log lines as `text` or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        env = "TRIREME_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -168,12 +177,7 @@ enum AuditCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.log.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    trireme_net::logging::init(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Keygen { key_file } => LocalKeyFile::create(&key_file)
             .map(|k| {
