@@ -44,9 +44,11 @@ use trireme_net::tls::TlsFiles;
 use crate::error::{Error, Result};
 
 mod key_provider;
+mod notify;
 
 pub use key_provider::KeySource;
 use key_provider::RawKeyService;
+pub use notify::{EventKind, NotifyKind, NotifyTarget};
 
 /// A validated controller configuration.
 #[derive(Debug, Clone)]
@@ -77,6 +79,8 @@ pub struct ControllerConfig {
     /// `[retention] prune_every`: apply retention (`trireme prune`) this
     /// often on its own; unset: only when an operator runs it.
     pub prune_every: Option<Duration>,
+    /// `[[notify]]`: who is told about failures and results.
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// One location.
@@ -120,6 +124,8 @@ struct RawConfig {
     mfa: RawMfa,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default, rename = "notify")]
+    notify: Vec<notify::RawNotify>,
 }
 
 #[derive(Deserialize, Default)]
@@ -431,6 +437,17 @@ impl ControllerConfig {
                 limits: mfa_limits(&raw.mfa).map_err(bad)?,
             },
             prune_every,
+            notify: {
+                let mut targets: Vec<NotifyTarget> = Vec::new();
+                for t in raw.notify {
+                    let t = t.build(base)?;
+                    if targets.iter().any(|x| x.name == t.name) {
+                        return Err(bad(format!("[[notify]] {:?} is listed twice", t.name)));
+                    }
+                    targets.push(t);
+                }
+                targets
+            },
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod jobs;
 pub mod lifecycle;
 pub mod mfa;
+pub mod notify;
 pub mod policy;
 pub mod prune;
 pub mod rebuild;

@@ -20,6 +20,7 @@ pub mod convert;
 pub mod grants;
 pub mod keys;
 pub mod metrics;
+pub mod notices;
 pub mod operator;
 pub mod prune_rpc;
 pub mod recovery;
@@ -569,6 +570,13 @@ pub async fn run(
         tasks.push(tokio::spawn(prune_rpc::scheduled(
             shared.clone(),
             every,
+            stop_rx.clone(),
+        )));
+    }
+    if !config.notify.is_empty() {
+        tasks.push(tokio::spawn(notices::run(
+            shared.clone(),
+            config.notify.clone(),
             stop_rx.clone(),
         )));
     }

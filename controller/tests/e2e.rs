@@ -941,3 +941,162 @@ async fn standard_health_and_readiness() {
     f.wait_connected(&["web-1"]);
     assert_eq!(agent_ready(), "ready: connected to the controller\n");
 }
+
+/// A local HTTP receiver: records each request (path, headers, body) and
+/// answers with the next status of `statuses` (then 200).
+struct Receiver {
+    addr: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>, String)>>>,
+}
+
+impl Receiver {
+    fn start(statuses: Vec<u16>) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = got.clone();
+        std::thread::spawn(move || {
+            let mut statuses = statuses.into_iter();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut headers = Vec::new();
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    let h = h.trim_end().to_string();
+                    if h.is_empty() {
+                        break;
+                    }
+                    let (k, v) = h.split_once(':').unwrap();
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                }
+                let len: usize = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map_or(0, |(_, v)| v.parse().unwrap());
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                record
+                    .lock()
+                    .unwrap()
+                    .push((path, headers, String::from_utf8(body).unwrap()));
+                let status = statuses.next().unwrap_or(200);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { addr, got }
+    }
+
+    fn requests(&self) -> Vec<(String, Vec<(String, String)>, String)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_failed_job_is_told_signed_retried_and_recorded() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 2, 10_000, 13);
+    // The webhook answers 500 once: the delivery is retried.
+    let hook = Receiver::start(vec![500]);
+    let slack = Receiver::start(Vec::new());
+    let secret = f.dir.join("notify.secret");
+    std::fs::write(&secret, "s3cret-for-hmac\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    f.controller_extra = format!(
+        "[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nsecret_file = {secret:?}\nevents = [\"job_failed\"]\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://{}/services/T/B/X\"\n",
+        hook.addr, slack.addr
+    );
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "files", &data));
+    f.wait_connected(&["web-1"]);
+    let out = f.cli(&["backup", "run", "web-1/files", "--wait"]);
+    assert!(out.contains("succeeded"), "{out}");
+    let snap = f.cli_json(&["snapshots", "ls", "web-1/files"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A restore into the live, non-empty volume without --overwrite fails.
+    let out = f.cli_as(
+        "op",
+        &["restore", &snap, "--to", "web-1:source:files", "--wait"],
+    );
+    assert_eq!(out.status.code(), Some(5));
+
+    let (path, headers, body) = wait_for(
+        "the webhook to be delivered (after one 500)",
+        Duration::from_secs(30),
+        || {
+            let r = hook.requests();
+            (r.len() >= 2).then(|| r[1].clone())
+        },
+    );
+    assert_eq!(path, "/hook");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], "job_failed", "{v}");
+    assert_eq!(v["subject"], "web-1/files", "{v}");
+    assert!(
+        v["title"]
+            .as_str()
+            .unwrap()
+            .contains("restore of web-1/files")
+            && v["text"].as_str().unwrap().contains("not empty"),
+        "{v}"
+    );
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("x-trireme-event"), "job_failed");
+    // The signature, recomputed by openssl over the bytes received.
+    let body_file = f.dir.join("body.json");
+    std::fs::write(&body_file, &body).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", "s3cret-for-hmac", "-r"])
+        .arg(&body_file)
+        .output()
+        .unwrap();
+    let want = String::from_utf8(out.stdout).unwrap()[..64].to_string();
+    assert_eq!(header("x-trireme-signature"), format!("sha256={want}"));
+
+    // Slack got it too, as text; only the failure was told (the backup
+    // that succeeded was not).
+    let r = wait_for("the Slack message", Duration::from_secs(30), || {
+        let r = slack.requests();
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].0, "/services/T/B/X");
+    let v: Value = serde_json::from_str(&r[0].2).unwrap();
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("*[Trireme] restore of web-1/files"),
+        "{v}"
+    );
+    // Each delivery is in the audit log.
+    let audit = wait_for(
+        "both deliveries in the audit log",
+        Duration::from_secs(10),
+        || {
+            let a = f.cli(&["audit", "ls", "--actor", "notify"]);
+            (a.contains("job_failed web-1/files to oncall")
+                && a.contains("job_failed web-1/files to chat"))
+            .then_some(a)
+        },
+    );
+    assert!(!audit.contains("not delivered"), "{audit}");
+}

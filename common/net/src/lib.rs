@@ -11,6 +11,7 @@
 //!
 //! Errors are `trireme_common::Error` (its certificate, CA and TLS variants).
 
+pub mod http;
 pub mod logging;
 pub mod metrics_http;
 pub mod tls;

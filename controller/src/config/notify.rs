@@ -1,0 +1,266 @@
+//! `[[notify]]` targets: who is told what, and how.
+//!
+//! ```toml
+//! [[notify]]
+//! name = "oncall"
+//! kind = "webhook"                  # POST JSON, signed: X-Trireme-Signature: sha256=<HMAC>
+//! url = "https://hooks.example.com/trireme"
+//! secret_file = "/etc/trireme/notify.secret"   # mode 0600; the HMAC key
+//! events = ["job_failed", "recovery_red", "location_unreachable"]   # default: all
+//!
+//! [[notify]]
+//! name = "chat"
+//! kind = "slack"                    # a Slack incoming webhook: {"text": ...}
+//! url = "https://hooks.slack.com/services/T000/B000/XXXX"
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A job failed (each attempt; the text says whether a retry follows).
+    JobFailed,
+    /// A source's RPO or RTO turned red (as `trireme status` shows it).
+    RecoveryRed,
+    /// A restore test finished, passed or failed.
+    RestoreTest,
+    /// A DR drill finished.
+    Drill,
+    /// A location could not be listed by a replication pass.
+    LocationUnreachable,
+    /// Missing, truncated or corrupt copies were found at a location.
+    DamagedCopy,
+}
+
+impl EventKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [EventKind; 6] = [
+        EventKind::JobFailed,
+        EventKind::RecoveryRed,
+        EventKind::RestoreTest,
+        EventKind::Drill,
+        EventKind::LocationUnreachable,
+        EventKind::DamagedCopy,
+    ];
+
+    /// The name in configs and payloads.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::JobFailed => "job_failed",
+            EventKind::RecoveryRed => "recovery_red",
+            EventKind::RestoreTest => "restore_test",
+            EventKind::Drill => "drill",
+            EventKind::LocationUnreachable => "location_unreachable",
+            EventKind::DamagedCopy => "damaged_copy",
+        }
+    }
+}
+
+/// How a target is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A JSON POST, signed with HMAC-SHA256 under `secret` when given.
+    Webhook {
+        /// The HMAC key (the secret file's bytes, trimmed).
+        secret: Option<Vec<u8>>,
+    },
+    /// A Slack incoming webhook.
+    Slack,
+}
+
+/// One `[[notify]]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    /// Its name, in logs and the audit log.
+    pub name: String,
+    /// How.
+    pub kind: NotifyKind,
+    /// Where: `http://` or `https://`.
+    pub url: String,
+    /// What; empty: everything.
+    pub events: Vec<EventKind>,
+}
+
+impl NotifyTarget {
+    /// Whether this target wants `kind`.
+    pub fn wants(&self, kind: EventKind) -> bool {
+        self.events.is_empty() || self.events.contains(&kind)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    name: String,
+    kind: String,
+    url: String,
+    secret_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+impl RawNotify {
+    pub(super) fn build(self, base: &Path) -> Result<NotifyTarget> {
+        let bad = |field: &'static str, value: &str, why: String| Error::invalid(field, value, why);
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(bad(
+                "notify.url",
+                &self.url,
+                format!(
+                    "[[notify]] {:?}: write an http:// or https:// URL",
+                    self.name
+                ),
+            ));
+        }
+        let events = self
+            .events
+            .iter()
+            .map(|e| {
+                EventKind::ALL
+                    .into_iter()
+                    .find(|k| k.name() == e)
+                    .ok_or_else(|| {
+                        bad(
+                            "notify.events",
+                            e,
+                            format!(
+                                "the events are {}",
+                                EventKind::ALL.map(EventKind::name).join(", ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let kind = match self.kind.as_str() {
+            "webhook" => NotifyKind::Webhook {
+                secret: match &self.secret_file {
+                    None => None,
+                    Some(f) => {
+                        let f = if f.is_absolute() {
+                            f.clone()
+                        } else {
+                            base.join(f)
+                        };
+                        Some(read_secret(&f)?)
+                    }
+                },
+            },
+            "slack" => {
+                if self.secret_file.is_some() {
+                    return Err(bad(
+                        "notify.secret_file",
+                        &self.name,
+                        "a slack target has no secret_file: the URL is the secret".into(),
+                    ));
+                }
+                NotifyKind::Slack
+            }
+            other => {
+                return Err(bad(
+                    "notify.kind",
+                    other,
+                    "write \"webhook\" or \"slack\"".into(),
+                ))
+            }
+        };
+        Ok(NotifyTarget {
+            name: self.name,
+            kind,
+            url: self.url,
+            events,
+        })
+    }
+}
+
+/// A secret file: mode 0600 or 0400, not empty.
+fn read_secret(path: &Path) -> Result<Vec<u8>> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |e: std::io::Error| Error::Io {
+        context: format!("reading the notify secret_file {}", path.display()),
+        source: e,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(Error::invalid(
+            "notify.secret_file",
+            path.display().to_string(),
+            format!(
+                "it is readable by others (mode {:o}): run chmod 600 {}",
+                mode & 0o777,
+                path.display()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let text = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+    if text.is_empty() {
+        return Err(Error::invalid(
+            "notify.secret_file",
+            path.display().to_string(),
+            "it is empty: put a random secret in it (e.g. openssl rand -hex 32)",
+        ));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn build(text: &str, base: &Path) -> Result<NotifyTarget> {
+        toml::from_str::<RawNotify>(text).unwrap().build(base)
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "k\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let hook = "name = \"h\"\nkind = \"webhook\"\nurl = \"https://x/y\"\nsecret_file = \"s\"\n";
+        let e = build(hook, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = build(hook, dir.path()).unwrap();
+        assert_eq!(
+            t.kind,
+            NotifyKind::Webhook {
+                secret: Some(b"k".to_vec())
+            }
+        );
+        assert!(t.wants(EventKind::Drill), "no events: all of them");
+        let e = build(
+            "name = \"h\"\nkind = \"pager\"\nurl = \"https://x\"\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("\"webhook\" or \"slack\""), "{e}");
+        let e = build(
+            "name = \"h\"\nkind = \"slack\"\nurl = \"ftp://x\"\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("http:// or https://"), "{e}");
+        let e = build(
+            "name = \"h\"\nkind = \"slack\"\nurl = \"https://x\"\nevents = [\"everything\"]\n",
+            dir.path(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("job_failed, recovery_red"), "{e}");
+        let t = build(
+            "name = \"h\"\nkind = \"slack\"\nurl = \"https://x\"\nevents = [\"drill\"]\n",
+            dir.path(),
+        )
+        .unwrap();
+        assert!(t.wants(EventKind::Drill) && !t.wants(EventKind::JobFailed));
+    }
+}
