@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::fleet::{make_data, wait_for, AgentSpec, Fleet, Proxy};
+use support::receiver::Receiver;
 use trireme_net::tls::{ca, Role};
 use trireme_testkit::tree;
 
@@ -940,64 +941,6 @@ async fn standard_health_and_readiness() {
     f.start_controller();
     f.wait_connected(&["web-1"]);
     assert_eq!(agent_ready(), "ready: connected to the controller\n");
-}
-
-/// A local HTTP receiver: records each request (path, headers, body) and
-/// answers with the next status of `statuses` (then 200).
-struct Receiver {
-    addr: String,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>, String)>>>,
-}
-
-impl Receiver {
-    fn start(statuses: Vec<u16>) -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let record = got.clone();
-        std::thread::spawn(move || {
-            let mut statuses = statuses.into_iter();
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    let h = h.trim_end().to_string();
-                    if h.is_empty() {
-                        break;
-                    }
-                    let (k, v) = h.split_once(':').unwrap();
-                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .map_or(0, |(_, v)| v.parse().unwrap());
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body).unwrap();
-                record
-                    .lock()
-                    .unwrap()
-                    .push((path, headers, String::from_utf8(body).unwrap()));
-                let status = statuses.next().unwrap_or(200);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                );
-            }
-        });
-        Receiver { addr, got }
-    }
-
-    fn requests(&self) -> Vec<(String, Vec<(String, String)>, String)> {
-        self.got.lock().unwrap().clone()
-    }
 }
 
 #[test]

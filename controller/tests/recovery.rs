@@ -83,7 +83,12 @@ fn restore_tests_objectives_and_drills() {
     // Passes only after backups (and verify): corruption made below stays.
     f.replication = "every = \"1h\"\n".into();
     let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
-    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
+    // Told about restore tests, drills and sources turning red.
+    let told = support::receiver::Receiver::start(Vec::new());
+    f.controller_extra = format!(
+        "metrics_listen = \"{metrics}\"\n[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/t\"\nevents = [\"restore_test\", \"drill\", \"recovery_red\"]\n",
+        told.addr
+    );
     let redis = Redis::start(&f.dir.join("redis-main"));
     let staging = Redis::start(&f.dir.join("redis-staging"));
     for i in 0..300 {
@@ -198,6 +203,19 @@ fn restore_tests_objectives_and_drills() {
         1.0
     );
 
+    // The webhook was told the test passed; the controller then saw the
+    // source green (it looks at both in the same pass).
+    wait_for(
+        "the passed test to be told",
+        Duration::from_secs(30),
+        || {
+            told.requests()
+                .iter()
+                .any(|(_, _, b)| b.contains("\"title\":\"restore test of cache-1/redis passed\""))
+                .then_some(())
+        },
+    );
+
     // The RPO tightened below the snapshot's age: red in status and metrics.
     apply(&f, &POLICIES.replacen("rpo = \"1h\"", "rpo = \"2s\"", 1));
     let r = wait_for("cache-1/redis to turn red", Duration::from_secs(30), || {
@@ -219,6 +237,13 @@ fn restore_tests_objectives_and_drills() {
         ),
         0.0
     );
+    // And the webhook is told, once the controller looked (every 5 s).
+    wait_for("the red source to be told", Duration::from_secs(30), || {
+        told.requests()
+            .iter()
+            .any(|(_, _, body)| body.contains("\"title\":\"cache-1/redis is red\""))
+            .then_some(())
+    });
     apply(&f, POLICIES);
 
     // A drill from loc2 alone: TiDB, MongoDB, Kafka, Redis, then the rest.
@@ -308,5 +333,50 @@ fn restore_tests_objectives_and_drills() {
             "trireme_restore_test_success{source=\"cache-1/redis\"}"
         ),
         0.0
+    );
+
+    // What the webhook was told, in order: the tests and drills above, and
+    // cache-1/redis turning red (the RPO at 2 s). Its first red, before any
+    // restore test ("never tested"), was already so at start: not told.
+    let want = [
+        "restore test of cache-1/redis passed",
+        "cache-1/redis is red",
+        "DR drill",
+        "restore test of cache-1/files failed",
+        "DR drill",
+        "DR drill",
+        "restore test of cache-1/redis failed",
+    ];
+    let titles = || -> Vec<String> {
+        told.requests()
+            .iter()
+            .map(|(_, _, body)| {
+                serde_json::from_str::<serde_json::Value>(body).unwrap()["title"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while titles().len() < want.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let titles = titles();
+    for w in want {
+        assert!(
+            titles.iter().any(|t| t.starts_with(w)),
+            "{w:?} not told: {titles:#?}"
+        );
+    }
+    let drills: Vec<&String> = titles
+        .iter()
+        .filter(|t| t.starts_with("DR drill"))
+        .collect();
+    assert_eq!(drills.len(), 3, "{titles:#?}");
+    assert_eq!(
+        drills.iter().filter(|t| t.ends_with("failed")).count(),
+        1,
+        "{titles:#?}"
     );
 }

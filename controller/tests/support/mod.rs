@@ -6,6 +6,7 @@
 
 pub mod br;
 pub mod fleet;
+pub mod receiver;
 pub mod redis;
 pub mod session;
 
