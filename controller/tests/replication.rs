@@ -45,7 +45,11 @@ fn restore_from_location_alone(f: &Fleet, url: &str, snap: &str, want: &Path, ta
 fn file_locations_three_verified_copies_and_self_healing() {
     let mut f = Fleet::new();
     let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
-    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
+    let told = support::receiver::Receiver::start(Vec::new());
+    f.controller_extra = format!(
+        "metrics_listen = \"{metrics}\"\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://{}/t\"\nevents = [\"damaged_copy\"]\n",
+        told.addr
+    );
     let data = f.dir.join("data");
     make_data(&data, 6, 700_000, 11);
     f.start_controller();
@@ -159,6 +163,26 @@ fn file_locations_three_verified_copies_and_self_healing() {
         3.0
     );
     assert_eq!(sample(&text, "trireme_agents_connected"), 1.0);
+    // The webhook was told about the damaged copies at loc2.
+    let body = wait_for(
+        "damaged copies at loc2 told",
+        Duration::from_secs(30),
+        || {
+            told.requests()
+                .into_iter()
+                .map(|(_, _, b)| b)
+                .find(|b| b.contains("\"subject\":\"loc2\""))
+        },
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], "damaged_copy", "{v}");
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .contains("trireme verify --location loc2"),
+        "{v}"
+    );
 }
 
 /// Relative paths of the packs under a `file://` location.

@@ -16,8 +16,10 @@ use crate::config::{EventKind, NotifyTarget};
 use crate::jobs::{JobKind, JobState, RestorePurpose};
 use crate::notify::{deliver, Notice};
 
-/// How often the locations, objectives, tests and drills are looked at.
-const EVERY: Duration = Duration::from_secs(5);
+/// How often the locations (in memory) are looked at; the objectives,
+/// restore tests and drills (catalog reads) every [`SLOW`] of these.
+const EVERY: Duration = Duration::from_secs(1);
+const SLOW: u32 = 5;
 /// Deliveries in flight at once; notices beyond a full queue are dropped
 /// (and logged).
 const IN_FLIGHT: usize = 8;
@@ -33,6 +35,7 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<NotifyTarget>, mut stop: watc
     let mut watcher = Watcher::new(&shared, tx);
     let mut jobs = shared.job_events.subscribe();
     let mut tick = tokio::time::interval(EVERY);
+    let mut ticks = 0u32;
     loop {
         tokio::select! {
             _ = stop.wait_for(|v| *v) => break,
@@ -43,7 +46,13 @@ pub async fn run(shared: Arc<Shared>, targets: Vec<NotifyTarget>, mut stop: watc
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
-            _ = tick.tick() => watcher.look(&shared),
+            _ = tick.tick() => {
+                watcher.locations(&shared);
+                if ticks % SLOW == 0 {
+                    watcher.look(&shared);
+                }
+                ticks = ticks.wrapping_add(1);
+            }
         }
     }
     drop(watcher);
@@ -168,8 +177,8 @@ impl Watcher {
         );
     }
 
-    /// Locations, objectives, restore tests and drills.
-    fn look(&mut self, shared: &Shared) {
+    /// Locations that became unreachable or have new damaged copies.
+    fn locations(&mut self, shared: &Shared) {
         let now = shared.now();
         for (name, st) in shared.replicator.states() {
             let was = self.reachable.insert(name.clone(), st.reachable);
@@ -202,6 +211,11 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// Objectives, restore tests and drills.
+    fn look(&mut self, shared: &Shared) {
+        let now = shared.now();
         if let Ok(health) = crate::recovery::health(&shared.catalog, shared.locations.len(), now) {
             let red: BTreeMap<String, bool> = health
                 .iter()

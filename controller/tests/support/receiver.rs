@@ -1,10 +1,13 @@
 //! A local HTTP receiver for the notification tests.
 
+/// One request as received: path, headers (lower-case names), body.
+pub type Request = (String, Vec<(String, String)>, String);
+
 /// A local HTTP receiver (for notifications): records each request (path, headers, body) and
 /// answers with the next status of `statuses` (then 200).
 pub struct Receiver {
     pub addr: String,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<(String, String)>, String)>>>,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
 }
 
 impl Receiver {
@@ -53,7 +56,7 @@ impl Receiver {
         Receiver { addr, got }
     }
 
-    pub fn requests(&self) -> Vec<(String, Vec<(String, String)>, String)> {
+    pub fn requests(&self) -> Vec<Request> {
         self.got.lock().unwrap().clone()
     }
 }
