@@ -151,10 +151,20 @@ def structured():
     hello = (pbs(1, "web-1") + pbs(2, "0.1.0") + pbs(3, "host") + pbs(4, source)
              + pbs(5, job) + pbs(6, result) + pb(7, 0, 2))
     volume = pbs(1, "redis") + pbs(2, "/var") + pb(3, 0, 100) + pb(4, 0, 80)
-    seed("agent_message", "hello", pbs(1, hello))
-    seed("agent_message", "heartbeat", pbs(2, pb(1, 0, 1700000000) + pbs(2, job) + pbs(3, volume)))
-    seed("agent_message", "progress", pbs(3, pbs(1, job) + pb(2, 0, 10) + pb(3, 0, 5) + pb(6, 0, 100)))
-    seed("agent_message", "result", pbs(4, result))
+    # agent_message: a mode byte (1: an honest Hello first, 2: the queued
+    # job's id swapped in, 4: as web-2), then length-delimited messages.
+    def session(mode, *msgs):
+        return bytes([mode]) + b"".join(pb_varint(len(m)) + m for m in msgs)
+    m_hello = pbs(1, hello)
+    m_beat = pbs(2, pb(1, 0, 1700000000) + pbs(2, job) + pbs(3, volume))
+    m_progress = pbs(3, pbs(1, job) + pb(2, 0, 10) + pb(3, 0, 5) + pb(6, 0, 100))
+    m_result = pbs(4, result)
+    m_failed = pbs(4, pbs(1, job) + pbs(3, "disk full"))
+    seed("agent_message", "hello", session(0, m_hello))
+    seed("agent_message", "session", session(1, m_beat, m_progress, m_result))
+    seed("agent_message", "job-success", session(3, m_progress, m_result))
+    seed("agent_message", "job-failed", session(3, m_failed))
+    seed("agent_message", "other-agent", session(7, m_result))
 
 
 def from_repo(repo):

@@ -329,10 +329,13 @@ fn handshake_audit(shared: std::sync::Weak<Shared>) -> trireme_net::tls::Refusal
 /// # Errors
 /// Startup errors (configuration, key file, catalog, TLS files, listening
 /// socket, locations) with what to do about them.
-pub async fn run(
-    config: ControllerConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+/// The controller's state from its configuration, without serving: the
+/// key, the catalog, the locations (checked and repaired), the role checks.
+/// [`run`] serves it; tests and fuzzing drive its handlers in process.
+///
+/// # Errors
+/// As for [`run`], but for the listening socket.
+pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<ReloadingServerConfig>)> {
     let provider = config.key_source.build().await?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::Io {
         context: format!("creating data directory {}", config.data_dir.display()),
@@ -375,12 +378,6 @@ pub async fn run(
         config.replication,
         master_key.clone(),
     ));
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| Error::Io {
-            context: format!("listening on {}", config.listen),
-            source: e,
-        })?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (job_events, _) = broadcast::channel(4096);
     let authz = Authorizer::new(tls.clone());
@@ -397,7 +394,7 @@ pub async fn run(
         replicator,
         replicate_now: tokio::sync::Notify::new(),
         mfa: crate::mfa::Mfa::new(catalog.clone(), master_key.clone(), config.mfa),
-        audit_mirrors: mirrors.clone(),
+        audit_mirrors: mirrors,
         volumes: std::sync::Mutex::default(),
         prune_gate: tokio::sync::RwLock::new(()),
         key_source: config.key_source.clone(),
@@ -420,6 +417,21 @@ pub async fn run(
             .record(crate::audit::Event::controller("config repaired", r.location).problem(r.what));
     }
     tls.observe_refusals(handshake_audit(Arc::downgrade(&shared)));
+    Ok((shared, tls))
+}
+
+pub async fn run(
+    config: ControllerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| Error::Io {
+            context: format!("listening on {}", config.listen),
+            source: e,
+        })?;
+    let (shared, tls) = open(&config).await?;
+    let mirrors = shared.audit_mirrors.clone();
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
     for w in config.warnings() {
         tracing::warn!("{w}");
@@ -622,7 +634,7 @@ pub async fn run(
     let mut routes = tonic::service::Routes::builder();
     routes
         .add_service(standard_health)
-        .add_service(HealthServer::new(HealthService::new(authz.clone())))
+        .add_service(HealthServer::new(HealthService::new(shared.authz.clone())))
         .add_service(AgentServiceServer::new(agents::AgentApi::new(
             shared.clone(),
         )))

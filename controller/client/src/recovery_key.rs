@@ -63,14 +63,14 @@ pub enum RecoveryError {
     /// two entries differ.
     #[error("{0}")]
     NoPassphrase(String),
-    /// File system errors.
-    #[error("{context}: {source}")]
+    /// File system errors. The cause is part of the message, not a
+    /// separate source, so `{:#}` does not print it twice.
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -164,7 +164,7 @@ pub fn export(key_file: &Path, passphrase: &str) -> Result<(String, String)> {
     let key = LocalKeyFile::load(key_file)?;
     let text = std::fs::read(key_file).map_err(|e| RecoveryError::Io {
         context: format!("reading {}", key_file.display()),
-        source: e,
+        cause: e,
     })?;
     let salt: [u8; 16] = random_bytes();
     let mut doc = Export {
@@ -194,7 +194,7 @@ pub fn export(key_file: &Path, passphrase: &str) -> Result<(String, String)> {
 pub fn write_new(path: &Path, text: &[u8]) -> Result<()> {
     let io = |what: &str, e| RecoveryError::Io {
         context: format!("{what} {}", path.display()),
-        source: e,
+        cause: e,
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -240,7 +240,7 @@ pub fn import(file: &str, text: &str, passphrase: &str, key_file: &Path) -> Resu
     if key_file.exists() {
         return Err(RecoveryError::Io {
             context: format!("refusing to overwrite {}", key_file.display()),
-            source: std::io::Error::other(
+            cause: std::io::Error::other(
                 "a key file is already there; import to a new path, compare, then move it into place",
             ),
         });
@@ -281,7 +281,7 @@ pub fn import(file: &str, text: &str, passphrase: &str, key_file: &Path) -> Resu
 pub fn passphrase_from_file(path: &Path) -> Result<String> {
     let io = |e| RecoveryError::Io {
         context: format!("reading the passphrase file {}", path.display()),
-        source: e,
+        cause: e,
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.permissions().mode() & 0o007 != 0 {
@@ -329,7 +329,7 @@ fn prompt(text: &str) -> Result<String> {
     use std::io::{BufRead, Write};
     let io = |context: &str, e: std::io::Error| RecoveryError::Io {
         context: context.into(),
-        source: e,
+        cause: e,
     };
     let tty = std::fs::OpenOptions::new()
         .read(true)

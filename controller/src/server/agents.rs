@@ -17,7 +17,6 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use trireme_common::Id;
 use trireme_net::Role;
 use trireme_proto::v1::agent_message::Msg as AgentMsg;
 use trireme_proto::v1::agent_service_server::AgentService;
@@ -480,34 +479,10 @@ impl AgentService for AgentApi {
         check_claimed_name(&agent, &hello.agent_name)
             .inspect_err(|s| self.audit_claim(&id, peer, "agent session", s))?;
         let shared = self.shared.clone();
-        let now = shared.now();
-        let sources = convert::source_records(&hello.sources, now);
-        register(
-            &shared,
-            &agent,
-            &hello.hostname,
-            &hello.agent_version,
-            &sources,
-            now,
-        )?;
         let (tx, rx) = mpsc::unbounded_channel();
-        for r in &hello.pending_results {
-            match handle_result(&shared, &id, peer, &convert::job_report(r)).await {
-                Ok(()) => {
-                    let _ = tx.send(Ok(convert::ack(&r.job_id)));
-                }
-                Err(e) => {
-                    tracing::error!(%agent, job = %r.job_id, error = %e, "cannot store a result the agent kept while away");
-                }
-            }
-        }
-        let (running, settled) = settle(&shared, &agent, &hello.running_job_ids)?;
-
-        for id in &settled.stray {
-            let _ = tx.send(Ok(convert::message(convert::cancel(
-                id.to_string(),
-                "the controller has no such unfinished job for this agent".into(),
-            ))));
+        let welcome = welcome(&shared, &id, peer, &hello).await?;
+        for m in welcome.replies {
+            let _ = tx.send(Ok(m));
         }
         let stop = Arc::new(tokio::sync::Notify::new());
         let session = shared
@@ -520,14 +495,13 @@ impl AgentService for AgentApi {
             Some(hello.running_job_ids.clone()),
         );
         tracing::info!(%agent, host = %hello.hostname, version = %hello.agent_version,
-            sources = hello.sources.len(), running,
-            resumed = settled.resumed.len(), failed = settled.failed.len(),
+            sources = hello.sources.len(), running = welcome.running,
+            resumed = welcome.resumed, failed = welcome.failed,
             "agent connected");
         let liveness = shared.heartbeat_interval * 3;
         let s = shared.clone();
         let name = agent.clone();
         let ident = id.clone();
-        let serial = id.serial.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -550,41 +524,12 @@ impl AgentService for AgentApi {
                     Ok(Ok(Some(m))) => m,
                 };
                 // Nothing from a certificate revoked meanwhile is believed.
-                if s.authz.is_revoked(&serial) {
+                if s.authz.is_revoked(&ident.serial) {
                     close_revoked_sessions(&s);
                     break;
                 }
-                s.agents.touch(&name, session, s.now(), None);
-                match msg.msg {
-                    Some(AgentMsg::Heartbeat(h)) => {
-                        let now = s.now();
-                        let reported = convert::volumes(&name, &h.volumes, now);
-                        s.volumes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .extend(reported);
-                        s.agents.touch(&name, session, now, Some(h.running_job_ids));
-                    }
-                    Some(AgentMsg::Progress(p)) => {
-                        if let Err(e) = handle_progress(&s, &name, &p.job_id, convert::progress(&p))
-                        {
-                            tracing::warn!(agent = %name, job = %p.job_id, error = %e, "cannot record progress");
-                        }
-                    }
-                    Some(AgentMsg::Result(r)) => {
-                        match handle_result(&s, &ident, peer, &convert::job_report(&r)).await {
-                            Ok(()) => {
-                                let _ = tx.send(Ok(convert::ack(&r.job_id)));
-                            }
-                            Err(e) => {
-                                tracing::error!(agent = %name, job = %r.job_id, error = %e, "cannot store a job result; the agent keeps it and reports it again");
-                            }
-                        }
-                    }
-                    Some(AgentMsg::Hello(_)) => {
-                        tracing::warn!(agent = %name, "ignoring a second Hello in one session");
-                    }
-                    None => {}
+                if let Some(reply) = on_message(&s, &ident, peer, session, msg).await {
+                    let _ = tx.send(Ok(reply));
                 }
             }
             if s.agents.disconnect(&name, session) {
@@ -598,55 +543,154 @@ impl AgentService for AgentApi {
     }
 }
 
-/// Fuzzing entry point: given an `AgentMessage` as the `Session` stream
-/// decodes it (prost, in the fuzz target), run the checks the handlers above apply to its fields
-/// before anything reaches the catalog: the claimed name, agent and source
-/// names, job ids, snapshot ids, volumes, and the conversions of a result
-/// (summary, time, duration, position). Not part of the API.
-///
-/// # Errors
-/// What a handler would refuse, as text.
-#[doc(hidden)]
-pub fn fuzz_agent_message(agent: &str, msg: AgentMessage) -> std::result::Result<(), String> {
-    let result = |r: &trireme_proto::v1::JobResult| -> std::result::Result<(), String> {
-        let _: JobId = r.job_id.parse().map_err(|e: Error| e.to_string())?;
-        let _ = convert::ack(&r.job_id);
-        if r.ok {
-            Id::from_hex(&r.snapshot_id).ok_or("no valid snapshot id")?;
+/// What an agent's Hello led to.
+struct Welcome {
+    /// Acks for the results it kept while away, cancels for jobs it runs
+    /// that the controller does not know as its unfinished jobs.
+    replies: Vec<ControllerMessage>,
+    running: usize,
+    resumed: usize,
+    failed: usize,
+}
+
+/// Admit a session's Hello (its claimed name already checked): record the
+/// agent and its sources, take the results it kept while away, and settle
+/// the jobs it says it runs.
+async fn welcome(
+    shared: &Arc<Shared>,
+    id: &trireme_net::Identity,
+    peer: Option<std::net::SocketAddr>,
+    hello: &trireme_proto::v1::Hello,
+) -> Result<Welcome> {
+    let agent = id.name.as_str();
+    let now = shared.now();
+    let sources = convert::source_records(&hello.sources, now);
+    register(
+        shared,
+        agent,
+        &hello.hostname,
+        &hello.agent_version,
+        &sources,
+        now,
+    )?;
+    let mut replies = Vec::new();
+    for r in &hello.pending_results {
+        match handle_result(shared, id, peer, &convert::job_report(r)).await {
+            Ok(()) => replies.push(convert::ack(&r.job_id)),
+            Err(e) => {
+                tracing::error!(%agent, job = %r.job_id, error = %e, "cannot store a result the agent kept while away");
+            }
         }
-        let _ = convert::job_report(r);
-        let (summary, time, position) = convert::result_extras(r);
-        let _ = (summary.bytes, time, position);
-        Ok(())
-    };
+    }
+    let (running, settled) = settle(shared, agent, &hello.running_job_ids)?;
+    for id in &settled.stray {
+        replies.push(convert::message(convert::cancel(
+            id.to_string(),
+            "the controller has no such unfinished job for this agent".into(),
+        )));
+    }
+    Ok(Welcome {
+        replies,
+        running,
+        resumed: settled.resumed.len(),
+        failed: settled.failed.len(),
+    })
+}
+
+/// One message of an open session (after the Hello); the reply to send, if
+/// any (the ack of a stored result).
+async fn on_message(
+    s: &Arc<Shared>,
+    id: &trireme_net::Identity,
+    peer: Option<std::net::SocketAddr>,
+    session: u64,
+    msg: AgentMessage,
+) -> Option<ControllerMessage> {
+    let name = id.name.as_str();
+    s.agents.touch(name, session, s.now(), None);
     match msg.msg {
-        Some(AgentMsg::Hello(h)) => {
-            check_claimed_name(agent, &h.agent_name).map_err(|s| s.message().to_string())?;
-            crate::sources::validate_name("agent name", agent).map_err(|e| e.to_string())?;
-            for s in &h.sources {
-                crate::sources::SourceId::new(agent, s.name.clone()).map_err(|e| e.to_string())?;
-            }
-            for r in &h.pending_results {
-                let _ = result(r);
-            }
-            for j in &h.running_job_ids {
-                let _ = j.parse::<JobId>();
-            }
-            Ok(())
-        }
         Some(AgentMsg::Heartbeat(h)) => {
-            for v in convert::volumes(agent, &h.volumes, DateTime::UNIX_EPOCH) {
-                let _ = crate::status::volume_problems(&[v].into_iter().collect());
-            }
-            Ok(())
+            let now = s.now();
+            let reported = convert::volumes(name, &h.volumes, now);
+            s.volumes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(reported);
+            s.agents.touch(name, session, now, Some(h.running_job_ids));
+            None
         }
         Some(AgentMsg::Progress(p)) => {
-            let _: JobId = p.job_id.parse().map_err(|e: Error| e.to_string())?;
-            Ok(())
+            if let Err(e) = handle_progress(s, name, &p.job_id, convert::progress(&p)) {
+                tracing::warn!(agent = %name, job = %p.job_id, error = %e, "cannot record progress");
+            }
+            None
         }
-        Some(AgentMsg::Result(r)) => result(&r),
-        None => Ok(()),
+        Some(AgentMsg::Result(r)) => {
+            match handle_result(s, id, peer, &convert::job_report(&r)).await {
+                Ok(()) => Some(convert::ack(&r.job_id)),
+                Err(e) => {
+                    tracing::error!(agent = %name, job = %r.job_id, error = %e, "cannot store a job result; the agent keeps it and reports it again");
+                    None
+                }
+            }
+        }
+        Some(AgentMsg::Hello(_)) => {
+            tracing::warn!(agent = %name, "ignoring a second Hello in one session");
+            None
+        }
+        None => None,
     }
+}
+
+/// Fuzzing and regression entry point: one `Session` of agent `agent` (an
+/// agent certificate of that name) carrying `msgs`, through the same code
+/// as a real session after the TLS and role checks: the first message must
+/// be a Hello naming the agent, then each message goes through the
+/// session's own handler ([`handle_result`] for results). Returns what the
+/// controller sent back: acks and cancels, and the jobs dispatched to the
+/// agent when it connected (after the session's own replies). Not part of
+/// the API.
+///
+/// # Errors
+/// What the session would refuse, as its status.
+#[doc(hidden)]
+pub async fn fuzz_session(
+    shared: &Arc<Shared>,
+    agent: &str,
+    msgs: Vec<AgentMessage>,
+) -> std::result::Result<Vec<ControllerMessage>, Status> {
+    let id = trireme_net::Identity {
+        name: agent.to_string(),
+        role: Role::Agent,
+        serial: "f0220".into(),
+    };
+    let mut msgs = msgs.into_iter();
+    let Some(AgentMessage {
+        msg: Some(AgentMsg::Hello(hello)),
+    }) = msgs.next()
+    else {
+        return Err(Status::invalid_argument(
+            "the first message of a Session must be Hello",
+        ));
+    };
+    check_claimed_name(agent, &hello.agent_name)?;
+    let welcome = welcome(shared, &id, None, &hello).await?;
+    let mut replies = welcome.replies;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let session = shared.agents.connect(&id, None, tx, stop, shared.now());
+    // What a session start dispatches (in the background there).
+    if let Err(e) = dispatch(shared, agent) {
+        tracing::warn!(%agent, error = %e, "dispatch failed");
+    }
+    for msg in msgs {
+        replies.extend(on_message(shared, &id, None, session, msg).await);
+    }
+    shared.agents.disconnect(agent, session);
+    while let Ok(sent) = rx.try_recv() {
+        replies.extend(sent.ok());
+    }
+    Ok(replies)
 }
 
 /// An agent speaks for the name in its certificate only.

@@ -210,6 +210,14 @@ impl Fleet {
         std::fs::write(path, text).unwrap();
     }
 
+    /// The controller's state opened in this process (no listener, no
+    /// background tasks): its handlers driven directly.
+    pub async fn open_in_process(&self) -> std::sync::Arc<trireme_controller::server::Shared> {
+        let cfg = self.write_controller_config();
+        let config = trireme_controller::config::ControllerConfig::load(&cfg).unwrap();
+        trireme_controller::server::open(&config).await.unwrap().0
+    }
+
     pub fn start_controller(&mut self) {
         let cfg = self.write_controller_config();
         let log = Self::log_file(&self.controller_log());
