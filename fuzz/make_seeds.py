@@ -165,6 +165,12 @@ def structured():
     seed("agent_message", "job-success", session(3, m_progress, m_result))
     seed("agent_message", "job-failed", session(3, m_failed))
     seed("agent_message", "other-agent", session(7, m_result))
+    assign = (pbs(1, job) + pbs(2, "redis") + pb(3, 0, 1) + pbs(5, "ab" * 32)
+              + pbs(7, pbs(1, "loc1") + pbs(2, "file:///var/lib/trireme/repo")) + pb(8, 0, 1))
+    seed("controller_message", "assign", pbs(1, assign))
+    seed("controller_message", "assign-traversal", pbs(1, pbs(1, "../../etc") + pbs(2, "redis")))
+    seed("controller_message", "cancel", pbs(2, pbs(1, job) + pbs(2, "operator")))
+    seed("controller_message", "ack", pbs(3, pbs(1, job)))
 
 
 def from_repo(repo):

@@ -4,6 +4,7 @@
 //! backoff and full jitter, forever.
 
 pub mod config;
+pub mod inbound;
 mod keys;
 pub mod limits;
 pub mod metrics;
@@ -203,10 +204,13 @@ async fn session(config: &AgentConfig, tls: &ClientTls, runner: &Arc<Runner>) ->
                 let m = m.map_err(|s| anyhow::anyhow!("session broke ({:?}): {}", s.code(), s.message()))?;
                 let Some(m) = m else { return Ok(()) };
                 match m.msg {
-                    Some(CtlMsg::Assign(a)) => {
-                        tracing::info!(job = %a.job_id, source = %a.source_name, "job assigned");
-                        runner.start(a);
-                    }
+                    Some(CtlMsg::Assign(a)) => match inbound::check_assignment(&a) {
+                        Ok(()) => {
+                            tracing::info!(job = %a.job_id, source = %a.source_name, "job assigned");
+                            runner.start(a);
+                        }
+                        Err(why) => tracing::error!(source = %a.source_name, "{why}"),
+                    },
                     Some(CtlMsg::Cancel(c)) => runner.cancel(&c.job_id, &c.reason),
                     Some(CtlMsg::Ack(a)) => {
                         runner.spool().remove(&a.job_id);
