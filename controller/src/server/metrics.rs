@@ -116,11 +116,11 @@ pub fn render(shared: &Shared) -> Result<String> {
     )?;
     let last_quick = loc(
         "trireme_location_last_quick_verify_timestamp_seconds",
-        "When every object at the location was last HEAD-checked",
+        "When every object at the location was last HEAD-checked (absent: never)",
     )?;
     let last_deep = loc(
         "trireme_location_last_deep_round_timestamp_seconds",
-        "When the rolling deep verification last finished a round at the location",
+        "When the rolling deep verification last finished a round at the location (absent: never)",
     )?;
     let progress = GaugeVec::new(
         Opts::new(
@@ -138,12 +138,13 @@ pub fn render(shared: &Shared) -> Result<String> {
         bytes.with_label_values(&l).set(st.bytes as i64);
         found.with_label_values(&l).inc_by(st.problems_found);
         repaired.with_label_values(&l).inc_by(st.problems_repaired);
-        last_quick
-            .with_label_values(&l)
-            .set(st.last_quick_verify.map_or(0, |t| t.timestamp()));
-        last_deep
-            .with_label_values(&l)
-            .set(st.last_deep_round.map_or(0, |t| t.timestamp()));
+        // "Never" is an absent series, not a timestamp of 0.
+        if let Some(t) = st.last_quick_verify {
+            last_quick.with_label_values(&l).set(t.timestamp());
+        }
+        if let Some(t) = st.last_deep_round {
+            last_deep.with_label_values(&l).set(t.timestamp());
+        }
         progress.with_label_values(&l).set(st.deep_progress);
     }
 
@@ -152,7 +153,7 @@ pub fn render(shared: &Shared) -> Result<String> {
     let protected = gauge_vec(
         &reg,
         "trireme_source_last_fully_verified_snapshot_timestamp_seconds",
-        "Time of the source's newest snapshot verified at every location (0: none)",
+        "Time of the source's newest snapshot verified at every location (absent: none)",
         &["source"],
     )
     .map_err(m)?;
@@ -165,9 +166,9 @@ pub fn render(shared: &Shared) -> Result<String> {
     .map_err(m)?;
     for p in crate::replication::protection(&shared.catalog, want)? {
         let source = [p.source.to_string()];
-        protected
-            .with_label_values(&source)
-            .set(p.full.map_or(0, |s| s.time.timestamp()));
+        if let Some(s) = &p.full {
+            protected.with_label_values(&source).set(s.time.timestamp());
+        }
         newest_copies
             .with_label_values(&source)
             .set(p.newest_verified as i64);
@@ -234,9 +235,9 @@ pub fn render(shared: &Shared) -> Result<String> {
         healthy.with_label_values(&l).set(i64::from(!h.red()));
         if let Some(t) = &h.last_test {
             test_ok.with_label_values(&l).set(i64::from(t.ok));
-            test_time
-                .with_label_values(&l)
-                .set(t.finished.map_or(0, |f| f.timestamp()));
+            if let Some(f) = t.finished {
+                test_time.with_label_values(&l).set(f.timestamp());
+            }
             test_secs.with_label_values(&l).set(t.duration_secs);
         }
     }
