@@ -64,7 +64,9 @@ pub async fn run(
     let (_stop_metrics, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(addr) = config.metrics_listen {
         let m = runner.metrics.clone();
-        let metrics: trireme_net::metrics_http::Render = Arc::new(move || Ok(m.render()));
+        let files = config.tls.clone();
+        let metrics: trireme_net::metrics_http::Render =
+            Arc::new(move || Ok(m.render_with_certificates(&files)));
         // Ready while a session with the controller is open.
         let r = runner.clone();
         let ready: trireme_net::metrics_http::Render = Arc::new(move || {

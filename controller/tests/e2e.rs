@@ -890,10 +890,54 @@ async fn standard_health_and_readiness() {
     );
     assert!(text.contains("trireme_build_info{version=\""), "{text}");
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    // Certificate expiry as openssl and date(1) read it from the files.
+    let not_after = |name: &str| -> f64 {
+        let pem = f.ca.join(format!("{name}.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-enddate", "-noout", "-in"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let when = line.trim().strip_prefix("notAfter=").unwrap().to_string();
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &when, "+%s"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(
+        support::fleet::sample(
+            &text,
+            "trireme_tls_certificate_expiry_timestamp_seconds{kind=\"cert\",name=\"localhost\"}"
+        ),
+        not_after("localhost")
+    );
+    let ca_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "trireme_tls_certificate_expiry_timestamp_seconds{kind=\"ca\",name=\"Trireme CA ",
+            )
+        })
+        .unwrap_or_else(|| panic!("no CA expiry in {text}"));
+    let ca_value: f64 = ca_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(ca_value, not_after("ca"));
     let text = support::fleet::scrape(&agent_http);
     assert!(
         text.contains("trireme_agent_build_info{version=\""),
         "{text}"
+    );
+    assert_eq!(
+        support::fleet::sample(
+            &text,
+            "trireme_agent_tls_certificate_expiry_timestamp_seconds{kind=\"cert\",name=\"web-1\"}"
+        ),
+        not_after("web-1")
     );
 
     // grpc.health.v1 over mTLS, as a load balancer with a certificate asks.

@@ -191,6 +191,29 @@ impl AgentMetrics {
         out
     }
 
+    /// The metrics text, with when the agent's certificate and the CA
+    /// certificate expire (read from `files` now, so a renewed certificate
+    /// shows at the next scrape).
+    pub fn render_with_certificates(&self, files: &trireme_net::tls::TlsFiles) -> String {
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "trireme_agent_tls_certificate_expiry_timestamp_seconds",
+                "When the agent's own certificate (kind=cert) and the CA certificate (kind=ca) expire",
+            ),
+            &["kind", "name"],
+        )
+        .expect("valid");
+        for (kind, name, t) in files.expiry() {
+            expiry.with_label_values(&[kind, name.as_str()]).set(t);
+        }
+        let mut families = self.registry.gather();
+        families.extend(prometheus::core::Collector::collect(&expiry));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// The metrics text.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -51,6 +51,17 @@ pub fn render(shared: &Shared) -> Result<String> {
         &["agent"],
     )
     .map_err(m)?;
+    // Certificates: renew before this (alert: deploy/monitoring).
+    let expiry = gauge_vec(
+        &reg,
+        "trireme_tls_certificate_expiry_timestamp_seconds",
+        "When the controller's own certificate (kind=cert) and the CA certificate (kind=ca) expire, read from the files at each scrape",
+        &["kind", "name"],
+    )
+    .map_err(m)?;
+    for (kind, name, t) in shared.authz.files().expiry() {
+        expiry.with_label_values(&[kind, name.as_str()]).set(t);
+    }
     let now_connected: std::collections::HashSet<String> =
         shared.agents.connected().into_iter().collect();
     for name in shared.catalog.agents().keys()? {

@@ -42,6 +42,29 @@ impl TlsFiles {
         }
     }
 
+    /// When the own certificate and the CA certificate expire, as
+    /// `("cert" | "ca", subject CN, not-after in Unix seconds)`, read from
+    /// the files now (a renewed certificate shows at the next call). A file
+    /// that cannot be read or parsed is left out.
+    pub fn expiry(&self) -> Vec<(&'static str, String, i64)> {
+        let one = |path: &Path| -> Option<(String, i64)> {
+            let der = load_certs(path).ok()?.into_iter().next()?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+            let name = cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("")
+                .to_string();
+            Some((name, cert.validity().not_after.timestamp()))
+        };
+        [("cert", &self.cert), ("ca", &self.ca)]
+            .into_iter()
+            .filter_map(|(kind, p)| one(p).map(|(n, t)| (kind, n, t)))
+            .collect()
+    }
+
     /// Every file, for change detection.
     pub(crate) fn all(&self) -> Vec<&Path> {
         let mut v = vec![self.cert.as_path(), self.key.as_path(), self.ca.as_path()];

@@ -258,6 +258,11 @@ impl Authorizer {
         Self { tls }
     }
 
+    /// The server's TLS files.
+    pub fn files(&self) -> &super::TlsFiles {
+        self.tls.files()
+    }
+
     /// See [`authorize`]; a revoked certificate gets `Unauthenticated`.
     ///
     /// # Errors
