@@ -516,6 +516,7 @@ async fn manual_burst(
                             source: SOURCE.into(),
                         }),
                         full,
+                        tags: Vec::new(),
                     })
                     .await;
                 (i, t, t.elapsed(), r)

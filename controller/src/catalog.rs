@@ -34,6 +34,7 @@
 //! | `active`    | `agent/source`               | `JobId` of the source's one unfinished job | jobs |
 //! | `jobs`      | job id, 16 bytes (UUIDv7, so time-ordered) | `Job`        | jobs |
 //! | `snapshots` | snapshot id, 32 bytes        | `SnapshotRecord`           | snapshots |
+//! | `snapshot_marks` | snapshot id, 32 bytes   | `Marks`: hold and tags (controller state, not at the locations) | holds |
 //! | `locations` | location name                | `LocationState`            | replication |
 //! | `audit`     | sequence number, 8 bytes big-endian | `AuditEntry`        | audit |
 //! | `audit_mirror` | location name             | last sequence number mirrored there | audit |
@@ -97,6 +98,7 @@ pub const TABLES: &[(&str, bool)] = &[
     ("issued_keys", false),
     ("custody", false),
     ("index_objects", false),
+    ("snapshot_marks", true),
 ];
 
 /// The catalog's own table: its format version and one-time upgrade marks.

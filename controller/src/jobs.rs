@@ -432,6 +432,9 @@ pub struct Job {
     /// Restore: how long the agent took, as it measured (milliseconds).
     #[serde(default)]
     pub took_ms: Option<u64>,
+    /// Backup: tags for the snapshot it makes ([`crate::holds::Marks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl Job {
@@ -455,6 +458,7 @@ impl Job {
             state: JobState::Queued,
             checks: Vec::new(),
             took_ms: None,
+            tags: Vec::new(),
         }
     }
 
@@ -628,25 +632,33 @@ pub fn create_in(tx: &Tx<'_>, job: &Job) -> TxResult<()> {
     tx.jobs().insert(&job.id, job)
 }
 
-/// Queue a backup an operator asked for now.
+/// Queue a backup an operator asked for now; its snapshot gets `tags`.
 ///
 /// # Errors
 /// [`Error::SourceBusy`] when the source already has an unfinished job;
-/// [`Error::NotFound`] when no agent reported the source; catalog errors.
+/// [`Error::NotFound`] when no agent reported the source; an invalid tag;
+/// catalog errors.
 pub fn enqueue_manual(
     catalog: &Catalog,
     source: &SourceId,
     mode: BackupMode,
     by: &str,
+    tags: &[String],
     now: DateTime<Utc>,
 ) -> Result<Job> {
-    let job = Job::new(
+    for t in tags {
+        crate::holds::check_tag(t)?;
+    }
+    let mut job = Job::new(
         source.clone(),
         mode,
         Trigger::Manual { by: by.to_string() },
         1,
         now,
     );
+    job.tags = tags.to_vec();
+    job.tags.sort();
+    job.tags.dedup();
     catalog.transaction_durable(|tx| {
         if tx.sources().get(source)?.is_none() {
             return Err(abort(Error::not_found("source", source)));

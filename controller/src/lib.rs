@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod custody;
 pub mod error;
+pub mod holds;
 pub mod jobs;
 pub mod lifecycle;
 pub mod mfa;

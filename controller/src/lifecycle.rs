@@ -79,6 +79,11 @@ pub fn complete_job(
         record.job = Some(*id);
         record.derive_dependencies();
         record_snapshot_in(tx, &record)?;
+        if !updated.job.tags.is_empty() {
+            let mut marks = tx.marks().get(&record.id)?.unwrap_or_default();
+            marks.tags.extend(updated.job.tags.iter().cloned());
+            tx.marks().insert(&record.id, &marks)?;
+        }
         Ok(updated)
     })
 }

@@ -12,6 +12,8 @@
 //!   (a TiDB incremental keeps its full backup and the incrementals
 //!   between; [`crate::retention::needed`]), whatever their source; each
 //!   is reported as "needed by" the staying snapshot that needs it;
+//! - a snapshot with an active hold ([`crate::holds`]) stays, and so
+//!   does everything it depends on; it is reported as held;
 //! - a source without a policy, or whose class is not defined, keeps
 //!   everything;
 //! - nothing runs while a job is queued or running (the caller holds job
@@ -90,6 +92,8 @@ pub struct Verdict {
     /// For a snapshot that stays only because a staying snapshot depends on
     /// it: that snapshot and the chain.
     pub needed_by: Option<NeededBy>,
+    /// Whether it stays (also) because of an active hold.
+    pub held: bool,
 }
 
 /// What happened (or would happen) at one location.
@@ -187,7 +191,9 @@ pub fn decide(
         time: s.time,
         reason,
         needed_by: None,
+        held: false,
     };
+    let holds = catalog.active_holds(now)?;
     let (mut removed, mut kept, mut notes) = (Vec::new(), Vec::new(), Vec::new());
     for (source, mut snaps) in by_source {
         snaps.sort_by_key(|s| (s.time, s.id));
@@ -250,6 +256,8 @@ pub fn decide(
                     s,
                     "newest snapshot verified at any location".into(),
                 ));
+            } else if let Some(h) = holds.get(&id) {
+                kept.push(verdict(s, h.describe()));
             } else {
                 removed.push(verdict(s, why));
             }
@@ -298,6 +306,16 @@ pub fn decide(
                 d.snapshot.short(),
                 d.chain
             ));
+        }
+    }
+    // Held snapshots say so, whatever else keeps them.
+    for v in &mut kept {
+        if let Some(h) = holds.get(&v.id) {
+            v.held = true;
+            let text = h.describe();
+            if v.reason != text {
+                v.reason = format!("{}; {text}", v.reason);
+            }
         }
     }
     removed.sort_by(|a, b| (&a.source, a.time).cmp(&(&b.source, b.time)));
@@ -568,6 +586,7 @@ pub async fn prune(
         });
         catalog.transaction_durable(|tx| {
             tx.snapshots().remove(&v.id)?;
+            tx.marks().remove(&v.id)?;
             Ok(())
         })?;
         if let Some(p) = pending_entry {

@@ -175,24 +175,48 @@ pub fn jobs(catalog: &Catalog, filter: &JobFilter) -> Result<Vec<JobView>> {
     Ok(jobs.into_iter().map(|j| job_view(catalog, j)).collect())
 }
 
-/// Which snapshots to list; empty strings match all.
+/// Which snapshots to list; empty strings and `None` match all.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotFilter {
     /// The agent whose source it is.
     pub agent: String,
     /// The source's name.
     pub source: String,
+    /// Only snapshots carrying every one of these tags.
+    pub tags: Vec<String>,
+    /// Only snapshots taken at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only snapshots taken at or before this time.
+    pub until: Option<DateTime<Utc>>,
     /// At most this many, newest first.
     pub limit: usize,
 }
 
-/// The snapshots `filter` selects, newest first.
+/// A snapshot with its holds and tags.
+#[derive(Debug, Clone)]
+pub struct SnapshotView {
+    /// The record.
+    pub record: SnapshotRecord,
+    /// Its hold and tags.
+    pub marks: crate::holds::Marks,
+}
+
+/// Snapshot `record` with its marks.
+///
+/// # Errors
+/// Catalog errors.
+pub fn snapshot_view(catalog: &Catalog, record: SnapshotRecord) -> Result<SnapshotView> {
+    let marks = catalog.marks_of(&record.id)?;
+    Ok(SnapshotView { record, marks })
+}
+
+/// The snapshots `filter` selects, newest first, with their marks.
 ///
 /// # Errors
 /// An invalid source name (when both names are given), catalog errors.
-pub fn snapshots(catalog: &Catalog, filter: &SnapshotFilter) -> Result<Vec<SnapshotRecord>> {
+pub fn snapshots(catalog: &Catalog, filter: &SnapshotFilter) -> Result<Vec<SnapshotView>> {
     let f = filter;
-    let mut snaps = if f.agent.is_empty() && f.source.is_empty() {
+    let snaps = if f.agent.is_empty() && f.source.is_empty() {
         catalog.snapshots().values()?
     } else if !f.agent.is_empty() && !f.source.is_empty() {
         catalog.snapshots_of(&SourceId::new(f.agent.clone(), f.source.clone())?)?
@@ -207,9 +231,27 @@ pub fn snapshots(catalog: &Catalog, filter: &SnapshotFilter) -> Result<Vec<Snaps
             })
             .collect()
     };
-    snaps.sort_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
-    snaps.truncate(f.limit);
-    Ok(snaps)
+    let mut out = Vec::new();
+    for s in snaps {
+        // Whole seconds, as the filters are given.
+        let t = s.time.timestamp();
+        if f.since.is_some_and(|x| t < x.timestamp()) || f.until.is_some_and(|x| t > x.timestamp())
+        {
+            continue;
+        }
+        let v = snapshot_view(catalog, s)?;
+        if f.tags.iter().all(|t| v.marks.tags.contains(t)) {
+            out.push(v);
+        }
+    }
+    out.sort_by(|a, b| {
+        b.record
+            .time
+            .cmp(&a.record.time)
+            .then(b.record.id.cmp(&a.record.id))
+    });
+    out.truncate(f.limit);
+    Ok(out)
 }
 
 /// An agent as operators see it.

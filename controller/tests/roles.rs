@@ -63,6 +63,16 @@ fn every_change_needs_the_operator_role_and_every_read_is_open_to_viewers() {
         (vec!["verify"], "verify"),
         (vec!["prune"], "prune"),
         (vec!["prune", "--dry-run"], "prune"),
+        (
+            vec!["snapshots", "hold", "deadbeef", "--reason", "case 1"],
+            "snapshot hold",
+        ),
+        (vec!["snapshots", "unhold", "deadbeef"], "snapshot unhold"),
+        (
+            vec!["snapshots", "tag", "deadbeef", "--add", "x"],
+            "snapshot tag",
+        ),
+        (vec!["snapshots", "forget", "deadbeef"], "snapshot forget"),
         (vec!["mfa", "enroll"], "mfa enroll"),
         (vec!["mfa", "confirm", "123456"], "mfa confirm"),
         (
@@ -131,6 +141,16 @@ fn every_change_needs_the_operator_role_and_every_read_is_open_to_viewers() {
         &["policy", "ls"],
         &["jobs", "ls"],
         &["snapshots", "ls"],
+        &[
+            "snapshots",
+            "ls",
+            "--tag",
+            "x",
+            "--host",
+            "web-1",
+            "--since",
+            "7d",
+        ],
         &["locations", "ls"],
         &["restore-test", "ls"],
         &["drill", "ls"],

@@ -17,9 +17,58 @@ use trireme_proto::v1::{
 
 use crate::output::{list, one, print_json, println, Format};
 use crate::{
-    audit, prune, recovery, view, watch, AgentsCmd, BackupCmd, CatalogCmd, Command, GlobalArgs,
-    JobsCmd, KeyCmd, LocationsCmd, PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd, VerifyArgs,
+    audit, holds, prune, recovery, view, watch, AgentsCmd, BackupCmd, CatalogCmd, Command,
+    GlobalArgs, JobsCmd, KeyCmd, LocationsCmd, PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd,
+    VerifyArgs,
 };
+
+/// The `snapshots ls` request: the positional AGENT/SOURCE, `--host` and
+/// `--source` (a name, or AGENT/SOURCE) must agree.
+///
+/// # Errors
+/// Filters that contradict each other.
+pub fn snapshot_filter(
+    source: Option<crate::SourceArg>,
+    f: crate::SnapshotFilterArgs,
+    limit: u32,
+) -> anyhow::Result<ListSnapshotsRequest> {
+    let mut agent = source.as_ref().map(|s| s.agent.clone()).unwrap_or_default();
+    let mut name = source.map(|s| s.source).unwrap_or_default();
+    let set = |slot: &mut String, v: String, what: &str| -> anyhow::Result<()> {
+        if !slot.is_empty() && *slot != v {
+            bail!("two different {what}s asked for: {slot} and {v}");
+        }
+        *slot = v;
+        Ok(())
+    };
+    if let Some(h) = f.host {
+        set(&mut agent, h, "agent")?;
+    }
+    if let Some(s) = f.source_name {
+        match s.split_once('/') {
+            Some((a, n)) => {
+                set(&mut agent, a.to_string(), "agent")?;
+                set(&mut name, n.to_string(), "source")?;
+            }
+            None => set(&mut name, s, "source")?,
+        }
+    }
+    if let (Some(a), Some(b)) = (f.since, f.until) {
+        if a > b {
+            bail!("--since {a} is after --until {b}: nothing can match");
+        }
+    }
+    Ok(ListSnapshotsRequest {
+        source: (!agent.is_empty() || !name.is_empty()).then_some(SourceRef {
+            agent,
+            source: name,
+        }),
+        limit,
+        tags: f.tags,
+        since_unix: f.since.map_or(0, |t| t.timestamp()),
+        until_unix: f.until.map_or(0, |t| t.timestamp()),
+    })
+}
 
 /// Run a command that needs the controller.
 ///
@@ -107,12 +156,18 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 "no policies; add some with `trireme policy apply -f FILE`",
             )
         }
-        Command::Backup(BackupCmd::Run { source, full, wait }) => {
+        Command::Backup(BackupCmd::Run {
+            source,
+            full,
+            wait,
+            tags,
+        }) => {
             let job = c
                 .operator
                 .run_backup(RunBackupRequest {
                     source: Some(source.into()),
                     full,
+                    tags,
                 })
                 .await
                 .map_err(|s| c.error(s))?
@@ -195,13 +250,15 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Jobs(JobsCmd::Watch { id }) => watch::watch(&mut c, format, &id).await,
-        Command::Snapshots(SnapshotsCmd::Ls { source, limit }) => {
+        Command::Snapshots(SnapshotsCmd::Ls {
+            source,
+            filter,
+            limit,
+        }) => {
+            let req = snapshot_filter(source, filter, limit.unwrap_or(0))?;
             let r = c
                 .operator
-                .list_snapshots(ListSnapshotsRequest {
-                    source: source.map(SourceRef::from),
-                    limit: limit.unwrap_or(0),
-                })
+                .list_snapshots(req)
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
@@ -213,6 +270,12 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
                 "no snapshots",
             )
         }
+        Command::Snapshots(
+            cmd @ (SnapshotsCmd::Hold { .. }
+            | SnapshotsCmd::Unhold { .. }
+            | SnapshotsCmd::Tag { .. }
+            | SnapshotsCmd::Forget { .. }),
+        ) => holds::run(&mut c, format, cmd).await,
         Command::Snapshots(SnapshotsCmd::Show { id }) => {
             let s = c
                 .operator

@@ -21,6 +21,7 @@
 mod audit;
 pub mod cert;
 mod commands;
+mod holds;
 pub mod output;
 mod prune;
 mod recovery;
@@ -94,7 +95,7 @@ pub struct GlobalArgs {
     pub log: String,
     /// The current code from your authenticator, for sensitive actions
     /// (policy apply, restore, restore-test run, drill run, catalog rebuild,
-    /// key export, prune) once you enrolled with `trireme mfa enroll`.
+    /// key export, prune, snapshots forget and unhold) once you enrolled with `trireme mfa enroll`.
     #[arg(
         long,
         global = true,
@@ -336,6 +337,9 @@ pub enum BackupCmd {
         /// Follow the job until it ends; exit 1 if it fails.
         #[arg(long)]
         wait: bool,
+        /// Tag the snapshot it makes (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
     },
 }
 
@@ -466,21 +470,98 @@ impl From<JobStateArg> for v1::JobState {
 /// `trireme snapshots …`
 #[derive(Debug, Subcommand)]
 pub enum SnapshotsCmd {
-    /// List snapshots, newest first.
+    /// List snapshots, newest first (filters combine).
     #[command(visible_alias = "list")]
     Ls {
         /// Only this source's snapshots, as AGENT/SOURCE.
         #[arg(value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
         source: Option<SourceArg>,
+        #[command(flatten)]
+        filter: SnapshotFilterArgs,
         /// At most this many snapshots [default: the controller's, 50].
         #[arg(long)]
         limit: Option<u32>,
     },
-    /// Show one snapshot: counters, copies and their verification.
+    /// Show one snapshot: counters, copies and their verification, hold, tags.
     Show {
         /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
         id: String,
     },
+    /// Keep a snapshot, and every snapshot it depends on, out of every
+    /// prune (and refuse to forget it) until `unhold` or --until.
+    Hold {
+        /// Snapshot id, or a unique prefix of it.
+        id: String,
+        /// Why (required), e.g. a case number; shown in listings and prune.
+        #[arg(long)]
+        reason: String,
+        /// When the hold ends by itself: a time (RFC 3339) or a duration
+        /// from now (`90d`) [default: until unheld].
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_until)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Lift a snapshot's hold (a sensitive action: needs --totp once you
+    /// enrolled in MFA).
+    Unhold {
+        /// Snapshot id, or a unique prefix of it.
+        id: String,
+    },
+    /// Add or remove a snapshot's tags.
+    Tag {
+        /// Snapshot id, or a unique prefix of it.
+        id: String,
+        /// Add this tag (repeatable).
+        #[arg(long, value_name = "TAG")]
+        add: Vec<String>,
+        /// Remove this tag (repeatable).
+        #[arg(long, value_name = "TAG")]
+        remove: Vec<String>,
+    },
+    /// Remove one snapshot now: its manifest at every location and its
+    /// catalog record; the data only it used is reclaimed by the next
+    /// prune. Refused for a held snapshot, one another snapshot needs, and
+    /// its source's last verified snapshot. A sensitive action: needs
+    /// --totp once you enrolled in MFA.
+    Forget {
+        /// Snapshot id, or a unique prefix of it.
+        id: String,
+    },
+}
+
+/// Filters of snapshot listings.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SnapshotFilterArgs {
+    /// Only snapshots with this tag (repeatable: all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only this host's (agent's) snapshots.
+    #[arg(long, visible_alias = "agent", value_name = "AGENT")]
+    pub host: Option<String>,
+    /// Only this source: a source name (on any agent) or AGENT/SOURCE.
+    #[arg(long = "source", value_name = "[AGENT/]SOURCE")]
+    pub source_name: Option<String>,
+    /// Only snapshots taken since this time (RFC 3339) or this long ago (`24h`).
+    #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only snapshots taken until this time (RFC 3339) or this long ago.
+    #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A time (RFC 3339) or a duration from now.
+fn parse_until(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+            .ok_or_else(|| format!("{s:?} reaches too far ahead")),
+        Err(_) => Err(format!(
+            "{s:?} is neither a time nor a duration; write e.g. 2027-03-01T00:00:00Z or 90d"
+        )),
+    }
 }
 
 /// `trireme locations …`

@@ -128,6 +128,18 @@ pub fn prune_text(r: &PruneReply, show_kept: bool) -> String {
         out.push("kept:".into());
         out.push(snapshots_table(&r.kept, "WHY KEPT"));
     }
+    let held: Vec<&PruneSnapshot> = r.kept.iter().filter(|s| s.held).collect();
+    if !held.is_empty() && !show_kept {
+        out.push(String::new());
+        out.push(format!(
+            "held (kept whatever retention says): {}",
+            held.len()
+        ));
+        out.push(snapshots_table(
+            &held.into_iter().cloned().collect::<Vec<_>>(),
+            "HOLD",
+        ));
+    }
     out.push(String::new());
     out.push(locations_table(&r.locations));
     let unused: u64 = r
@@ -156,6 +168,7 @@ fn snapshot_json(s: &PruneSnapshot) -> Value {
         "reason": s.reason,
         "needed_by": json_str(&s.needed_by),
         "chain": json_str(&s.chain),
+        "held": s.held,
     })
 }
 
@@ -212,6 +225,7 @@ mod tests {
                     reason: "needed by cdcdcdcd (tidb chain)".into(),
                     needed_by: "cd".repeat(32),
                     chain: "tidb".into(),
+                    ..Default::default()
                 },
             ],
             locations: vec![

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 use trireme_proto::v1::{
     AgentInfo, JobInfo, JobKind, JobProgress, JobState, JobSummary, LocationInfo, PingReply,
-    PolicyInfo, SnapshotCopy, SnapshotInfo, SourceEntry, SourceProtection, SourceRef, StatusReply,
-    VerifyReply, VerifyRequest,
+    PolicyInfo, SnapshotCopy, SnapshotHold, SnapshotInfo, SourceEntry, SourceProtection, SourceRef,
+    StatusReply, VerifyReply, VerifyRequest,
 };
 
 use crate::output::{
@@ -81,7 +81,7 @@ pub fn source_text(s: Option<&SourceRef>) -> String {
     }
 }
 
-fn source_json(s: Option<&SourceRef>) -> Value {
+pub fn source_json(s: Option<&SourceRef>) -> Value {
     match s {
         Some(s) if !s.agent.is_empty() || !s.source.is_empty() => {
             json!({ "agent": s.agent, "name": s.source })
@@ -532,12 +532,46 @@ pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
                 // One copy per location once replication ran; before that
                 // the snapshot is at least due at the primary.
                 format!("{verified}/{}", s.copies.len().max(1)),
+                hold_cell(s.hold.as_ref()),
+                if s.tags.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.tags.join(",")
+                },
             ]
         })
         .collect();
     table(
-        &["ID", "SOURCE", "TIME", "SIZE", "FILES", "NEW", "VERIFIED"],
+        &[
+            "ID", "SOURCE", "TIME", "SIZE", "FILES", "NEW", "VERIFIED", "HELD", "TAGS",
+        ],
         rows,
+    )
+}
+
+/// The HELD column: `yes`, `until T`, `expired`, or `-`.
+fn hold_cell(h: Option<&SnapshotHold>) -> String {
+    match h {
+        None => "-".into(),
+        Some(h) if !h.active => "expired".into(),
+        Some(h) if h.until_unix != 0 => format!("until {}", time(h.until_unix)),
+        Some(_) => "yes".into(),
+    }
+}
+
+/// A hold in `snapshots show`.
+fn hold_text(h: &SnapshotHold) -> String {
+    format!(
+        "{} by {} since {}{}: {}",
+        if h.active { "held" } else { "expired hold" },
+        h.by,
+        time(h.since_unix),
+        if h.until_unix != 0 {
+            format!(" until {}", time(h.until_unix))
+        } else {
+            String::new()
+        },
+        h.reason
     )
 }
 
@@ -586,6 +620,15 @@ pub fn snapshot_fields(s: &SnapshotInfo) -> String {
             .join("\n")
     };
     rows.push(("copies", copies));
+    rows.push(("hold", s.hold.as_ref().map_or("-".into(), hold_text)));
+    rows.push((
+        "tags",
+        if s.tags.is_empty() {
+            "-".into()
+        } else {
+            s.tags.join(", ")
+        },
+    ));
     fields(&rows)
 }
 
@@ -611,6 +654,15 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
             "verified": c.verified,
             "verified_at": json_time(c.verified_unix),
         })).collect::<Vec<_>>(),
+        "hold": s.hold.as_ref().map_or(Value::Null, |h| json!({
+            "reason": h.reason,
+            "by": h.by,
+            "since": json_time(h.since_unix),
+            "until": json_time(h.until_unix),
+            "active": h.active,
+        })),
+        "held": s.hold.as_ref().is_some_and(|h| h.active),
+        "tags": s.tags,
     })
 }
 

@@ -197,6 +197,7 @@ struct Fake {
     totps: Mutex<Vec<Option<String>>>,
     audit_lists: Mutex<Vec<ListAuditRequest>>,
     prunes: Mutex<Vec<PruneRequest>>,
+    snapshot_lists: Mutex<Vec<ListSnapshotsRequest>>,
 }
 
 fn totp_of<T>(r: &Request<T>) -> Option<String> {
@@ -459,6 +460,7 @@ impl OperatorService for Fake {
     ) -> Result<Response<ListSnapshotsReply>, Status> {
         self.read(&r)?;
         let r = r.into_inner();
+        self.snapshot_lists.lock().unwrap().push(r.clone());
         let keep = r
             .source
             .is_none_or(|s| s.agent == "web-1" && s.source == "www");
@@ -683,6 +685,55 @@ impl OperatorService for Fake {
         self.operate(&r)?;
         // The real export is tested against the real controller (audit.rs).
         Err(Status::unimplemented("the fake controller holds no key"))
+    }
+
+    async fn hold_snapshot(
+        &self,
+        r: Request<HoldSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.operate(&r)?;
+        let req = r.into_inner();
+        let mut s = snapshot();
+        s.hold = Some(SnapshotHold {
+            reason: req.reason,
+            by: "op".into(),
+            since_unix: 1_764_052_020,
+            until_unix: req.until_unix,
+            active: true,
+        });
+        Ok(Response::new(s))
+    }
+    async fn unhold_snapshot(
+        &self,
+        r: Request<UnholdSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
+        Ok(Response::new(snapshot()))
+    }
+    async fn tag_snapshot(
+        &self,
+        r: Request<TagSnapshotRequest>,
+    ) -> Result<Response<SnapshotInfo>, Status> {
+        self.operate(&r)?;
+        let mut s = snapshot();
+        s.tags = r.into_inner().add;
+        Ok(Response::new(s))
+    }
+    async fn forget_snapshot(
+        &self,
+        r: Request<ForgetSnapshotRequest>,
+    ) -> Result<Response<ForgetSnapshotReply>, Status> {
+        self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
+        Ok(Response::new(ForgetSnapshotReply {
+            id: SNAP.into(),
+            source: src("web-1", "www"),
+            time_unix: 1_764_052_020,
+            removed_at: vec!["primary".into()],
+            pending: vec!["offsite: unreachable".into()],
+            note: "the next prune reclaims its data".into(),
+        }))
     }
 
     async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
@@ -1379,4 +1430,120 @@ async fn prune_shows_what_goes_per_location_and_needs_the_operator_role() {
         vec![None, Some("135790".to_string()), None],
         "dry run, prune with --totp, prune without"
     );
+}
+
+#[tokio::test]
+async fn snapshot_holds_tags_filters_and_forget() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    // Filters travel as asked.
+    ok(&s
+        .run(
+            &pki,
+            "eve",
+            &[
+                "snapshots",
+                "ls",
+                "--tag",
+                "weekly",
+                "--tag",
+                "pre-upgrade",
+                "--host",
+                "web-1",
+                "--source",
+                "www",
+                "--since",
+                "2026-01-01T00:00:00Z",
+                "--until",
+                "2026-02-01T00:00:00Z",
+            ],
+        )
+        .await);
+    let asked = s.fake.snapshot_lists.lock().unwrap().pop().unwrap();
+    assert_eq!(asked.tags, ["weekly", "pre-upgrade"]);
+    assert_eq!(asked.source, src("web-1", "www"));
+    assert_eq!(asked.since_unix, 1_767_225_600);
+    assert_eq!(asked.until_unix, 1_769_904_000);
+    let err = fails(
+        &s.run(
+            &pki,
+            "eve",
+            &["snapshots", "ls", "web-1/www", "--host", "db-1"],
+        )
+        .await,
+    );
+    assert!(err.contains("two different agents"), "{err}");
+
+    // Hold: shown in JSON and the listing; a viewer is refused.
+    let err = fails(
+        &s.run(&pki, "eve", &["snapshots", "hold", "5eed", "--reason", "x"])
+            .await,
+    );
+    assert!(err.contains("needs the operator role"), "{err}");
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &[
+                "-o",
+                "json",
+                "snapshots",
+                "hold",
+                "5eed",
+                "--reason",
+                "case 42",
+            ],
+        )
+        .await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["held"], true, "{v}");
+    assert_eq!(v["hold"]["reason"], "case 42", "{v}");
+    assert_eq!(v["hold"]["until"], Value::Null, "{v}");
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &["snapshots", "hold", "5eed", "--reason", "case 42"],
+        )
+        .await);
+    assert!(
+        out.contains("held by op") && out.contains("case 42"),
+        "{out}"
+    );
+
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &[
+                "-o",
+                "json",
+                "snapshots",
+                "tag",
+                "5eed",
+                "--add",
+                "keep",
+                "--add",
+                "q1",
+            ],
+        )
+        .await);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["keep", "q1"]), "{v}");
+
+    // Forget carries the code and says what happens to the data.
+    let out = ok(&s
+        .run(
+            &pki,
+            "op",
+            &["snapshots", "forget", "5eed", "--totp", "123456"],
+        )
+        .await);
+    assert_eq!(
+        s.fake.totps.lock().unwrap().pop().unwrap().as_deref(),
+        Some("123456")
+    );
+    assert!(out.contains("manifest deleted at primary"), "{out}");
+    assert!(out.contains("still at offsite: unreachable"), "{out}");
+    assert!(out.contains("next prune"), "{out}");
 }

@@ -25,6 +25,7 @@ use crate::status::{FleetStatus, Live};
 use crate::views::{self, AgentView};
 use crate::SourceId;
 
+pub mod holds;
 pub mod outcomes;
 pub use outcomes::{AuditCheck, MirrorCheck, PolicyApplied, RestoreAsk, Verified, VerifyAsk};
 
@@ -170,14 +171,21 @@ pub fn run_backup(
     caller: &Caller,
     source: &SourceId,
     mode: BackupMode,
+    tags: &[String],
 ) -> Result<Job> {
     let now = shared.now();
-    let job =
-        blocking(|| jobs::enqueue_manual(&shared.catalog, source, mode, &caller.id.name, now))?;
+    let job = blocking(|| {
+        jobs::enqueue_manual(&shared.catalog, source, mode, &caller.id.name, tags, now)
+    })?;
+    let tagged = if job.tags.is_empty() {
+        String::new()
+    } else {
+        format!(" tags {}", job.tags.join(","))
+    };
     caller.done(
         shared,
         "backup run",
-        format!("{source} {mode} job {}", job.id),
+        format!("{source} {mode} job {}{tagged}", job.id),
     );
     shared.job_changed(job.id);
     dispatch_soon(shared, job.agent().to_string());

@@ -15,16 +15,17 @@ use trireme_net::wire::{summary_from_wire, summary_to_wire};
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::{
     AgentInfo, ApplyPolicyReply, AuditEntry as WireAuditEntry, AuditMirrorCheck, CancelJob,
-    ControllerMessage, DrillInfo, ExportKeyReply, GenerateDataKeyReply, JobAssignment, JobInfo,
-    JobKeysReply, JobKind as WireJobKind, JobProgress, JobResult, JobState as WireJobState,
-    KeyPair, ListAgentsReply, ListAuditReply, ListAuditRequest, ListDrillsReply, ListJobsReply,
-    ListJobsRequest, ListLocationsReply, ListPoliciesReply, ListRestoreTestsReply,
-    ListRestoreTestsRequest, ListSnapshotsReply, ListSnapshotsRequest, ListSourcesReply,
-    LocationInfo, LocationRef, MfaConfirmReply, MfaEnrollReply, PolicyInfo, PruneLocation,
-    PruneReply, PruneRequest, PruneSnapshot, RebuildCatalogReply, RegisterReply, RestoreRequest,
-    RestoreTestInfo, ResultAck, RunDrillRequest, SnapshotCopy, SnapshotDependency, SnapshotInfo,
-    SourceEntry, SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply,
-    UnwrapDataKeysReply, VerifyAuditReply, VerifyReply, VerifyRequest, VolumeUsage,
+    ControllerMessage, DrillInfo, ExportKeyReply, ForgetSnapshotReply, GenerateDataKeyReply,
+    HoldSnapshotRequest, JobAssignment, JobInfo, JobKeysReply, JobKind as WireJobKind, JobProgress,
+    JobResult, JobState as WireJobState, KeyPair, ListAgentsReply, ListAuditReply,
+    ListAuditRequest, ListDrillsReply, ListJobsReply, ListJobsRequest, ListLocationsReply,
+    ListPoliciesReply, ListRestoreTestsReply, ListRestoreTestsRequest, ListSnapshotsReply,
+    ListSnapshotsRequest, ListSourcesReply, LocationInfo, LocationRef, MfaConfirmReply,
+    MfaEnrollReply, PolicyInfo, PruneLocation, PruneReply, PruneRequest, PruneSnapshot,
+    RebuildCatalogReply, RegisterReply, RestoreRequest, RestoreTestInfo, ResultAck,
+    RunDrillRequest, SnapshotCopy, SnapshotDependency, SnapshotHold, SnapshotInfo, SourceEntry,
+    SourceInfo, SourceProtection, SourceRecovery, SourceRef, StatusReply, UnwrapDataKeysReply,
+    VerifyAuditReply, VerifyReply, VerifyRequest, VolumeUsage,
 };
 
 use super::actions::outcomes::{AuditCheck, PolicyApplied, RestoreAsk, Verified, VerifyAsk};
@@ -44,7 +45,8 @@ use crate::snapshots::{CopyState, SnapshotRecord};
 use crate::sources::SourceRecord;
 use crate::status::{FleetStatus, Volume};
 use crate::views::{
-    self, AgentView, JobFilter, JobView, PolicyView, SnapshotFilter, SourceView, StateFilter,
+    self, AgentView, JobFilter, JobView, PolicyView, SnapshotFilter, SnapshotView, SourceView,
+    StateFilter,
 };
 use crate::SourceId;
 
@@ -99,10 +101,49 @@ pub fn job_filter(r: ListJobsRequest) -> JobFilter {
 /// Which snapshots `ListSnapshots` asks for.
 pub fn snapshot_filter(r: ListSnapshotsRequest) -> SnapshotFilter {
     let source = r.source.unwrap_or_default();
+    let time = |t: i64| (t != 0).then(|| DateTime::from_timestamp(t, 0)).flatten();
     SnapshotFilter {
         agent: source.agent,
         source: source.source,
+        tags: r.tags,
+        since: time(r.since_unix),
+        until: time(r.until_unix),
         limit: views::page(r.limit),
+    }
+}
+
+/// A hold as asked: the snapshot, the reason, and when it ends.
+pub fn hold_ask(r: HoldSnapshotRequest) -> (String, String, Option<DateTime<Utc>>) {
+    let until = (r.until_unix != 0)
+        .then(|| DateTime::from_timestamp(r.until_unix, 0))
+        .flatten();
+    (r.id, r.reason, until)
+}
+
+/// A snapshot with its hold and tags as the CLI shows it, at `now` (an
+/// expired hold shows as inactive).
+pub fn snapshot_view_info(v: &SnapshotView, now: DateTime<Utc>) -> SnapshotInfo {
+    let mut info = snapshot_info(&v.record);
+    info.hold = v.marks.hold.as_ref().map(|h| SnapshotHold {
+        reason: h.reason.clone(),
+        by: h.by.clone(),
+        since_unix: unix(h.since),
+        until_unix: h.until.map_or(0, unix),
+        active: h.active(now),
+    });
+    info.tags = v.marks.tags.iter().cloned().collect();
+    info
+}
+
+/// What a forget did.
+pub fn forget_reply(f: &crate::holds::Forgotten, note: &str) -> ForgetSnapshotReply {
+    ForgetSnapshotReply {
+        id: f.record.id.to_hex(),
+        source: Some(source_ref(&f.record.source)),
+        time_unix: unix(f.record.time),
+        removed_at: f.removed_at.clone(),
+        pending: f.pending.iter().map(|(l, e)| format!("{l}: {e}")).collect(),
+        note: note.to_string(),
     }
 }
 
@@ -308,6 +349,8 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
                 chain: d.chain.clone(),
             })
             .collect(),
+        hold: None,
+        tags: Vec::new(),
     }
 }
 
@@ -368,9 +411,12 @@ pub fn jobs_reply(jobs: &[JobView]) -> ListJobsReply {
 }
 
 /// Snapshots.
-pub fn snapshots_reply(snapshots: &[SnapshotRecord]) -> ListSnapshotsReply {
+pub fn snapshots_reply(snapshots: &[SnapshotView], now: DateTime<Utc>) -> ListSnapshotsReply {
     ListSnapshotsReply {
-        snapshots: snapshots.iter().map(snapshot_info).collect(),
+        snapshots: snapshots
+            .iter()
+            .map(|v| snapshot_view_info(v, now))
+            .collect(),
     }
 }
 
@@ -650,6 +696,7 @@ fn prune_snapshot(v: &Verdict) -> PruneSnapshot {
             .as_ref()
             .map(|n| n.chain.clone())
             .unwrap_or_default(),
+        held: v.held,
     }
 }
 

@@ -15,7 +15,7 @@ use trireme_net::Role;
 use trireme_proto::v1 as pb;
 use trireme_proto::v1::operator_service_server::OperatorService;
 
-use super::actions;
+use super::actions::{self, holds};
 use super::{blocking, convert, Shared};
 use crate::views;
 
@@ -90,8 +90,8 @@ impl OperatorService for OperatorApi {
         let caller = self.caller(&request, OPERATE, "backup run")?;
         let r = request.into_inner();
         let source = convert::source_id(r.source.as_ref())?;
-        let job =
-            actions::run_backup(&self.shared, &caller, &source, convert::backup_mode(r.full))?;
+        let mode = convert::backup_mode(r.full);
+        let job = actions::run_backup(&self.shared, &caller, &source, mode, &r.tags)?;
         Ok(Response::new(self.job_info(job)))
     }
 
@@ -142,7 +142,10 @@ impl OperatorService for OperatorApi {
         self.authorize(&request, READ, "snapshots ls")?;
         let filter = convert::snapshot_filter(request.into_inner());
         let snapshots = views::snapshots(&self.shared.catalog, &filter)?;
-        Ok(Response::new(convert::snapshots_reply(&snapshots)))
+        Ok(Response::new(convert::snapshots_reply(
+            &snapshots,
+            self.shared.now(),
+        )))
     }
 
     async fn get_snapshot(
@@ -151,7 +154,11 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<pb::SnapshotInfo>, Status> {
         self.authorize(&request, READ, "snapshots show")?;
         let s = views::find_snapshot(&self.shared.catalog, &request.get_ref().id)?;
-        Ok(Response::new(convert::snapshot_info(&s)))
+        let v = views::snapshot_view(&self.shared.catalog, s)?;
+        Ok(Response::new(convert::snapshot_view_info(
+            &v,
+            self.shared.now(),
+        )))
     }
 
     async fn restore(
@@ -334,5 +341,59 @@ impl OperatorService for OperatorApi {
         let (export, key_id) =
             actions::export_key(&self.shared, &caller, passed, passphrase).await?;
         Ok(Response::new(convert::export_key_reply(export, key_id)))
+    }
+
+    async fn hold_snapshot(
+        &self,
+        request: Request<pb::HoldSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let caller = self.caller(&request, OPERATE, holds::HOLD)?;
+        let (id, reason, until) = convert::hold_ask(request.into_inner());
+        let (s, marks) = holds::hold(&self.shared, &caller, &id, &reason, until)?;
+        Ok(Response::new(self.marked(s, marks)))
+    }
+
+    async fn unhold_snapshot(
+        &self,
+        request: Request<pb::UnholdSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        // Lifting a hold makes the snapshot deletable again: sensitive.
+        let (caller, passed) = self.sensitive(&request, holds::UNHOLD).await?;
+        let (s, marks) = holds::unhold(&self.shared, &caller, passed, &request.get_ref().id)?;
+        Ok(Response::new(self.marked(s, marks)))
+    }
+
+    async fn tag_snapshot(
+        &self,
+        request: Request<pb::TagSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let caller = self.caller(&request, OPERATE, holds::TAG)?;
+        let r = request.into_inner();
+        let (s, marks) = holds::tag(&self.shared, &caller, &r.id, &r.add, &r.remove)?;
+        Ok(Response::new(self.marked(s, marks)))
+    }
+
+    async fn forget_snapshot(
+        &self,
+        request: Request<pb::ForgetSnapshotRequest>,
+    ) -> Result<Response<pb::ForgetSnapshotReply>, Status> {
+        // Deleting a backup is as sensitive as a prune or a restore.
+        let (caller, passed) = self.sensitive(&request, holds::FORGET).await?;
+        let done = holds::forget(&self.shared, &caller, passed, &request.get_ref().id).await?;
+        Ok(Response::new(convert::forget_reply(
+            &done,
+            holds::FORGET_NOTE,
+        )))
+    }
+}
+
+impl OperatorApi {
+    /// Snapshot `s` with `marks`, as the CLI shows it.
+    fn marked(
+        &self,
+        s: crate::snapshots::SnapshotRecord,
+        marks: crate::holds::Marks,
+    ) -> pb::SnapshotInfo {
+        convert::snapshot_view_info(&views::SnapshotView { record: s, marks }, self.shared.now())
     }
 }
