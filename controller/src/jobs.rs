@@ -632,13 +632,26 @@ pub fn create_in(tx: &Tx<'_>, job: &Job) -> TxResult<()> {
     tx.jobs().insert(&job.id, job)
 }
 
-/// Queue a backup an operator asked for now; its snapshot gets `tags`.
+/// Queue a backup an operator asked for now.
 ///
 /// # Errors
 /// [`Error::SourceBusy`] when the source already has an unfinished job;
-/// [`Error::NotFound`] when no agent reported the source; an invalid tag;
-/// catalog errors.
+/// [`Error::NotFound`] when no agent reported the source; catalog errors.
 pub fn enqueue_manual(
+    catalog: &Catalog,
+    source: &SourceId,
+    mode: BackupMode,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Job> {
+    enqueue_manual_tagged(catalog, source, mode, by, &[], now)
+}
+
+/// Queue a backup an operator asked for now; its snapshot gets `tags`.
+///
+/// # Errors
+/// As [`enqueue_manual`]; an invalid tag.
+pub fn enqueue_manual_tagged(
     catalog: &Catalog,
     source: &SourceId,
     mode: BackupMode,

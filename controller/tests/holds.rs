@@ -2,7 +2,8 @@
 //! with three `file://` locations, a real agent and the `trireme` CLI. A
 //! held snapshot survives a prune whose policy would delete it (its
 //! manifest is still in every location's directory, looked at directly),
-//! holds and tags survive a controller restart, forget needs a TOTP code,
+//! holds and tags survive a controller restart and a catalog rebuild of
+//! the snapshots it knows, forget needs a TOTP code,
 //! deletes the snapshot's manifest from every location and is audited, and
 //! is refused for a held snapshot and for a source's last verified one.
 
@@ -202,6 +203,12 @@ fn holds_tags_filters_and_forget_on_a_real_fleet() {
     assert_eq!(shown_a["held"], true, "{shown_a}");
     assert_eq!(shown_a["hold"]["reason"], "case 42");
     assert_eq!(listed(&f, &["--tag", "nightly"]), set(&[c]));
+    // Rebuilding the catalog from a location leaves the known snapshots'
+    // holds and tags alone.
+    let rebuilt = f.cli_json(&["catalog", "rebuild", "--from", "loc2"]);
+    assert_eq!(rebuilt["known"], 3, "{rebuilt}");
+    assert_eq!(f.cli_json(&["snapshots", "show", a])["held"], true);
+    assert_eq!(listed(&f, &["--tag", "weekly"]), set(&[a, b]));
     let text_a = f.cli(&["snapshots", "show", a]);
     assert!(
         text_a.contains("held by op") && text_a.contains("case 42"),

@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use chrono::TimeZone;
 use trireme_common::backend::FileBackend;
-use trireme_common::{Backend, DynBackend, LocalKeyFile, Summary};
+use trireme_common::{DynBackend, LocalKeyFile, Summary};
 
 use super::*;
 use crate::replication::{ReplicationSettings, Site};

@@ -188,8 +188,8 @@ fn one_unfinished_job_per_source() {
     let dir = tempfile::tempdir().unwrap();
     let now = t("2025-03-01T10:00:00Z");
     let c = catalog_with_policy(dir.path(), now);
-    let j1 = enqueue_manual(&c, &src(), BackupMode::Full, "op", &[], now).unwrap();
-    let e = enqueue_manual(&c, &src(), BackupMode::Full, "op", &[], now).unwrap_err();
+    let j1 = enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap();
+    let e = enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap_err();
     assert!(matches!(e, Error::SourceBusy { .. }), "{e}");
     assert!(e.to_string().contains(&j1.id.to_string()), "{e}");
     assert_eq!(
@@ -206,9 +206,9 @@ fn one_unfinished_job_per_source() {
     )
     .unwrap();
     assert!(c.active().is_empty(), "a finished job frees its source");
-    enqueue_manual(&c, &src(), BackupMode::Full, "op", &[], now).unwrap();
+    enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap();
     let unknown = "host-z/x".parse().unwrap();
-    let e = enqueue_manual(&c, &unknown, BackupMode::Full, "op", &[], now).unwrap_err();
+    let e = enqueue_manual(&c, &unknown, BackupMode::Full, "op", now).unwrap_err();
     assert!(e.to_string().contains("no source host-z/x"), "{e}");
 }
 
@@ -346,7 +346,7 @@ fn completing_records_the_snapshot_with_the_job() {
     let dir = tempfile::tempdir().unwrap();
     let now = t("2025-03-01T10:00:00Z");
     let c = catalog_with_policy(dir.path(), now);
-    let j = enqueue_manual(&c, &src(), BackupMode::Full, "op", &[], now).unwrap();
+    let j = enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap();
     for e in [assign(), start()] {
         update_job(&c, &j.id, &e, now).unwrap();
     }

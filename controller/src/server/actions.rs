@@ -175,7 +175,7 @@ pub fn run_backup(
 ) -> Result<Job> {
     let now = shared.now();
     let job = blocking(|| {
-        jobs::enqueue_manual(&shared.catalog, source, mode, &caller.id.name, tags, now)
+        jobs::enqueue_manual_tagged(&shared.catalog, source, mode, &caller.id.name, tags, now)
     })?;
     let tagged = if job.tags.is_empty() {
         String::new()
