@@ -259,3 +259,97 @@ async fn forget_deletes_the_manifest_everywhere_and_the_record_and_tombstones_it
     assert!(c.pruning().get(&Id([2; 32])).unwrap().is_none());
     assert!(backends[0].head(&key).await.unwrap().is_none());
 }
+
+/// A file backend that refuses every delete (an outage).
+#[derive(Debug)]
+struct NoDeletes(FileBackend);
+
+#[async_trait::async_trait]
+impl trireme_common::Backend for NoDeletes {
+    fn location(&self) -> &str {
+        self.0.location()
+    }
+    async fn put(&self, k: &ObjectKey, d: bytes::Bytes, s: [u8; 32]) -> trireme_common::Result<()> {
+        self.0.put(k, d, s).await
+    }
+    async fn get(&self, k: &ObjectKey) -> trireme_common::Result<bytes::Bytes> {
+        self.0.get(k).await
+    }
+    async fn get_range(
+        &self,
+        k: &ObjectKey,
+        o: u64,
+        l: u64,
+    ) -> trireme_common::Result<bytes::Bytes> {
+        self.0.get_range(k, o, l).await
+    }
+    async fn head(
+        &self,
+        k: &ObjectKey,
+    ) -> trireme_common::Result<Option<trireme_common::ObjectMeta>> {
+        self.0.head(k).await
+    }
+    async fn list(
+        &self,
+        kind: ObjectKind,
+    ) -> trireme_common::Result<Vec<trireme_common::ListedObject>> {
+        self.0.list(kind).await
+    }
+    async fn delete(&self, k: &ObjectKey) -> trireme_common::Result<()> {
+        Err(trireme_common::Error::Storage {
+            location: self.location().into(),
+            key: k.path(),
+            message: "connection reset by peer".into(),
+            temporary: true,
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_that_refuses_the_delete_is_left_to_the_next_prune() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = Arc::new(LocalKeyFile::create(&dir.path().join("key")).unwrap());
+    let c = Catalog::open(dir.path().join("catalog")).unwrap();
+    let backends: Vec<DynBackend> = vec![
+        Arc::new(FileBackend::new(dir.path().join("loc1"))),
+        Arc::new(NoDeletes(FileBackend::new(dir.path().join("loc2")))),
+        Arc::new(FileBackend::new(dir.path().join("loc3"))),
+    ];
+    let sites = LOCS
+        .iter()
+        .zip(&backends)
+        .map(|(n, b)| Site {
+            name: n.to_string(),
+            backend: b.clone(),
+            pacer: None,
+        })
+        .collect();
+    let rep = Replicator::new(c.clone(), sites, ReplicationSettings::default(), key);
+    for s in [snap(1, "h/db", 3), snap(2, "h/db", 3)] {
+        c.record_snapshot(&s).unwrap();
+        for l in LOCS {
+            let d = dir.path().join(l).join("snapshots");
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join(s.id.to_hex()), b"manifest").unwrap();
+        }
+    }
+    let done = forget(&c, &rep, &Id([1; 32]), at(12)).await.unwrap();
+    assert_eq!(done.removed_at, ["loc1", "loc3"]);
+    assert_eq!(done.pending.len(), 1);
+    assert_eq!(done.pending[0].0, "loc2");
+    assert!(
+        done.pending[0].1.contains("connection reset"),
+        "{:?}",
+        done.pending
+    );
+    let name = Id([1; 32]).to_hex();
+    assert!(dir.path().join("loc2/snapshots").join(&name).exists());
+    assert!(!dir.path().join("loc1/snapshots").join(&name).exists());
+    // The catalog forgets it; the prune table remembers where it still is,
+    // and the tombstone keeps replication from copying it back.
+    assert!(c.snapshots().get(&Id([1; 32])).unwrap().is_none());
+    let pending = c.pruning().get(&Id([1; 32])).unwrap().unwrap();
+    assert_eq!(pending.locations.iter().collect::<Vec<_>>(), ["loc2"]);
+    let key = ObjectKey::new(ObjectKind::Snapshot, name);
+    assert!(c.tombstones().get(&key.path()).unwrap().is_some());
+}
