@@ -1,5 +1,8 @@
 //! Local mode: one-shot commands straight against a location.
 
+mod browse;
+pub use browse::{diff, find, ls, stats, DiffArgs, FindArgs, LsArgs, StatsArgs};
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -101,7 +104,7 @@ fn key_provider(path: &Path) -> Result<DynKeyProvider> {
     Ok(Arc::new(LocalKeyFile::load(path)?))
 }
 
-async fn open(args: &RepoArgs) -> Result<Arc<Repository>> {
+pub(crate) async fn open(args: &RepoArgs) -> Result<Arc<Repository>> {
     let location = Location::parse(&args.location)?;
     let keys = key_provider(&args.key_file)?;
     let backend = location.open().await?;
@@ -423,7 +426,7 @@ impl RepoArgs {
     }
 }
 
-fn to_system_time(ns: i64) -> std::time::SystemTime {
+pub(crate) fn to_system_time(ns: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
 }
 

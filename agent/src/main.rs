@@ -71,6 +71,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List a snapshot's files (`-l`: mode, owner, size, time; `-R`: below too).
+    Ls(local::LsArgs),
+    /// What changed between two snapshots: added, removed, modified paths.
+    Diff(local::DiffArgs),
+    /// Search file names (globs) across snapshots, newest first.
+    Find(local::FindArgs),
+    /// Sizes: logical, after deduplication, stored; the ratios.
+    Stats(local::StatsArgs),
     /// Check the repository: quick by default, `--deep` re-reads every pack.
     Check {
         #[command(flatten)]
@@ -149,6 +157,10 @@ fn main() -> std::process::ExitCode {
                 local::snapshots(&repo, source.as_deref(), json).await
             }
             Command::Check { repo, deep, json } => local::check(&repo, deep, json).await,
+            Command::Ls(args) => local::ls(args).await,
+            Command::Diff(args) => local::diff(args).await,
+            Command::Find(args) => local::find(args).await,
+            Command::Stats(args) => local::stats(args).await,
         }
     });
     match result {

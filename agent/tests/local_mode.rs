@@ -378,3 +378,128 @@ fn the_daemon_writes_json_log_lines_when_asked() {
     assert_eq!(started["fields"]["agent"], "web-1", "{started}");
     assert!(started["timestamp"].is_string(), "{started}");
 }
+
+/// `ls`, `diff`, `find` and `stats` through the binary, answers compared
+/// with the directory itself (std::fs, `stat`-like metadata) and with
+/// GNU `ls -l`'s mode string.
+#[test]
+fn ls_diff_find_stats_through_the_cli() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("exports")).unwrap();
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    std::fs::write(src.join("exports/monday.json"), noise(5, 200_000)).unwrap();
+    std::fs::write(src.join("conf/app.conf"), "a = 1\n").unwrap();
+    std::fs::set_permissions(
+        src.join("conf/app.conf"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    let backup = |env: &Env| -> String {
+        let out = env.run(&["backup", "--source", "vol", "--json", src.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["snapshot"].as_str().unwrap().to_string()
+    };
+    let first = backup(&env);
+
+    // ls -l: GNU ls's mode string and the file's size.
+    let out = env.run(&["ls", &first, "/conf", "-l"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let gnu = Command::new("ls")
+        .arg("-l")
+        .arg(src.join("conf/app.conf"))
+        .output()
+        .unwrap();
+    let gnu_mode = stdout(&gnu).split_whitespace().next().unwrap().to_string();
+    assert!(line.starts_with(&gnu_mode), "{line} vs {gnu_mode}");
+    assert!(
+        line.contains(" 6 ") && line.trim_end().ends_with("/conf/app.conf"),
+        "{line}"
+    );
+    // JSON ls -R of the root: every path the directory has.
+    let out = env.run(&["ls", &first, "-R", "--json"]);
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut got: Vec<String> = v
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = walkdir::WalkDir::new(&src)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            format!(
+                "/{}",
+                e.unwrap().path().strip_prefix(&src).unwrap().display()
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    // A path that is not there: an error naming it, exit 1.
+    let out = env.run(&["ls", &first, "/nope"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("/nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(src.join("exports/tuesday.json"), noise(6, 100_000)).unwrap();
+    std::fs::remove_file(src.join("exports/monday.json")).unwrap();
+    let second = backup(&env);
+
+    let out = env.run(&["diff", &first, &second]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("+ /exports/tuesday.json  (100000 bytes)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("- /exports/monday.json  (200000 bytes)"),
+        "{text}"
+    );
+    assert!(text.contains("1 added, 1 removed, 0 modified"), "{text}");
+
+    // find across both snapshots, newest first: monday only in the first.
+    let out = env.run(&["find", "*.json", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let holders = |path: &str| -> Vec<String> {
+        let row = v
+            .iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("{path}: {v:?}"));
+        row["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(holders("/exports/monday.json"), vec![first.clone()]);
+    assert_eq!(holders("/exports/tuesday.json"), vec![second.clone()]);
+    // A window holding no snapshot: none searched.
+    let out = env.run(&["find", "*.json", "--since", "1h", "--until", "2000-01-01"]);
+    assert!(
+        stdout(&out).contains("in 0 snapshot(s) searched"),
+        "{}",
+        stdout(&out)
+    );
+    let out = env.run(&["find", "*.json", "--since", "soon"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("--since \"soon\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // stats of the second: its files' bytes as the directory has them.
+    let out = env.run(&["stats", &second, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["files"], 2);
+    assert_eq!(st["logical_bytes"], 100_000 + 6);
+    assert!(st["stored_bytes"].as_u64().unwrap() > 0);
+}

@@ -84,6 +84,19 @@ impl PathGlobs {
         self.texts.is_empty()
     }
 
+    /// Whether `path` itself matches: its last name for a pattern without
+    /// `/`, the whole path for one with (what `find` reports).
+    pub fn matches(&self, path: &[u8]) -> bool {
+        let name = path.rsplit(|c| *c == b'/').next().unwrap_or(path);
+        self.names
+            .as_ref()
+            .is_some_and(|n| n.is_match_candidate(&candidate(name)))
+            || self
+                .paths
+                .as_ref()
+                .is_some_and(|p| p.is_match_candidate(&candidate(path)))
+    }
+
     /// Whether `path` (relative, canonical) or a directory above it matches.
     pub fn matches_or_inside(&self, path: &[u8]) -> bool {
         if let Some(names) = &self.names {
@@ -128,5 +141,8 @@ mod tests {
         assert!(g.matches_or_inside(b"a/b/x.tmp") && g.matches_or_inside(b"var/cache/y"));
         assert!(!g.matches_or_inside(b"srv/var/cache") && !g.matches_or_inside(b"a/x.tmpl"));
         assert!(PathGlobs::new("exclude", &[]).unwrap().is_empty());
+        // `matches`: the path itself, not what is inside a match.
+        assert!(g.matches(b"a/b/x.tmp") && g.matches(b"var/cache"));
+        assert!(!g.matches(b"var/cache/y") && !g.matches(b"x.tmp/inside"));
     }
 }

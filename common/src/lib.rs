@@ -13,6 +13,7 @@
 pub mod attribution;
 pub mod backend;
 pub mod backup;
+pub mod browse;
 pub mod check;
 pub mod crypto;
 pub mod error;
