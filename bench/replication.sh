@@ -73,7 +73,7 @@ controller_config() { # locations...
         printf 'listen = "127.0.0.1:%s"\ndata_dir = "%s/controller"\nkey_file = "%s/master.key"\n' "$port" "$run" "$run"
         printf '[tls]\ndir = "%s/tls"\nname = "localhost"\n[replication]\nevery = "1h"\n' "$run"
         local n=1
-        for u in "$@"; do printf '[[location]]\nname = "loc%s"\nurl = "%s"\n' "$n" "$u"; n=$((n + 1)); done
+        for u in "$@"; do printf '[[location]]\nname = "loc%s"\nurl = "%s"\nagent_url = "%s"\n' "$n" "$u" "$u"; n=$((n + 1)); done
     } > "$run/controller.toml"
 }
 start_controller() {

@@ -36,7 +36,7 @@ pub use crypto::Id;
 pub use error::{Error, Result};
 pub use format::ChunkerParams;
 pub use keys::{DynKeyProvider, KeyProvider, KeyTable, LocalKeyFile, Rewrapped, WrappedKey};
-pub use location::Location;
+pub use location::{CredentialSource, Location};
 pub use manifest::{ContentKind, Dependency, SnapshotManifest, Summary, TreeEntry};
 pub use repo::{IndexLimits, IndexedRepo, Repository, Snapshot};
 pub use restore::{Overwrite, RestoreLedger, RestoreOptions, RestoreSummary, Selection};

@@ -10,6 +10,11 @@
 //! | `path_style` | `true`: `endpoint/bucket/key`; `false`: `bucket.endpoint/key` | `true` with an endpoint, else `false` |
 //! | `allow_http` | `true` to accept a plain `http://` endpoint | `false` |
 //! | `credentials_file` | file (mode 600) with `access_key_id = …` and `secret_access_key = …` lines | `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` from the environment |
+//! | `credentials` | `env`: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`) of the process; `default`: the AWS SDK's default chain, tried in order: those variables, the shared profile files (`AWS_PROFILE`, `~/.aws/credentials`), web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`: EKS IRSA), ECS container credentials, the EC2 instance profile; temporary credentials are renewed before they expire | `env` (not with `credentials_file`) |
+//!
+//! The credentials are resolved where the URL is used: an agent resolves
+//! those of the `agent_url` it is sent on its own host (its file, its
+//! environment, its node's role), never the controller's.
 //!
 //! Example: `s3://trireme/hosts/web1?endpoint=http://127.0.0.1:3900&region=garage&allow_http=true&credentials_file=/etc/trireme/s3.creds`.
 
@@ -22,13 +27,30 @@ use crate::backend::{DynBackend, FileBackend, S3Backend, S3Settings};
 use crate::error::{Error, Result};
 
 /// The query parameters an `s3://` URL accepts.
-const S3_PARAMS: [&str; 5] = [
+const S3_PARAMS: [&str; 6] = [
     "endpoint",
     "region",
     "path_style",
     "allow_http",
     "credentials_file",
+    "credentials",
 ];
+
+/// Where an S3 location's credentials come from (URL parameters
+/// `credentials_file=` and `credentials=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CredentialSource {
+    /// A credentials file (`credentials_file=`), or static credentials set
+    /// in [`S3Settings::credentials`].
+    File,
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` of the process
+    /// (`credentials=env`, the default without a file).
+    #[default]
+    Env,
+    /// The AWS SDK's default chain (`credentials=default`): environment,
+    /// profile files, web identity (IRSA), ECS, instance profile.
+    DefaultChain,
+}
 
 /// Static S3 credentials: an access key and, for temporary credentials, a
 /// session token.
@@ -137,6 +159,21 @@ impl Location {
     /// # Errors
     /// [`Error::InvalidLocation`] naming what is wrong and how to fix it.
     pub fn parse(url: &str) -> Result<Self> {
+        Self::parse_with(url, true)
+    }
+
+    /// Parse a location URL that is used on another host (an agent's
+    /// `agent_url`, checked by the controller): everything is checked but
+    /// its `credentials_file`, which is a path on that other host and is
+    /// read there. The settings then carry no credentials.
+    ///
+    /// # Errors
+    /// As [`Location::parse`], but for the credentials file's contents.
+    pub fn parse_elsewhere(url: &str) -> Result<Self> {
+        Self::parse_with(url, false)
+    }
+
+    fn parse_with(url: &str, read_files: bool) -> Result<Self> {
         let bad = |reason: &str| Error::InvalidLocation {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -150,7 +187,7 @@ impl Location {
             return Ok(Location::File(PathBuf::from(path)));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
-            return parse_s3(rest)
+            return parse_s3(rest, read_files)
                 .map(Location::S3)
                 .map_err(|reason| bad(&reason));
         }
@@ -183,7 +220,7 @@ impl fmt::Display for Location {
 }
 
 /// Parse what follows `s3://`; the error is the reason, for `InvalidLocation`.
-fn parse_s3(rest: &str) -> std::result::Result<S3Settings, String> {
+fn parse_s3(rest: &str, read_files: bool) -> std::result::Result<S3Settings, String> {
     if rest.contains('#') {
         return Err("an s3:// location cannot contain '#'".into());
     }
@@ -230,11 +267,39 @@ fn parse_s3(rest: &str) -> std::result::Result<S3Settings, String> {
                     );
                 }
                 let path = PathBuf::from(&value);
-                settings.credentials = Some(read_credentials_file(&path)?);
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "credentials_file {value:?} is relative: give an absolute path"
+                    ));
+                }
+                if read_files {
+                    settings.credentials = Some(read_credentials_file(&path)?);
+                }
                 settings.credentials_file = Some(path);
+                settings.credential_source = CredentialSource::File;
+            }
+            "credentials" => {
+                settings.credential_source = match value.as_str() {
+                    "env" => CredentialSource::Env,
+                    "default" => CredentialSource::DefaultChain,
+                    _ => {
+                        return Err(format!(
+                            "credentials={value:?}: use credentials=env (AWS_ACCESS_KEY_ID / \
+                             AWS_SECRET_ACCESS_KEY of the process) or credentials=default (the AWS \
+                             SDK's chain: environment, profile, web identity / IRSA, ECS, instance \
+                             profile), or credentials_file=/path"
+                        ))
+                    }
+                }
             }
             _ => unreachable!("checked against S3_PARAMS"),
         }
+    }
+    if seen.iter().any(|s| s == "credentials") && seen.iter().any(|s| s == "credentials_file") {
+        return Err(
+            "both credentials= and credentials_file= are given: keep one (a file, or env / default)"
+                .into(),
+        );
     }
     settings.path_style = path_style.unwrap_or(settings.endpoint.is_some());
     if let Some(endpoint) = &settings.endpoint {
@@ -586,9 +651,59 @@ mod tests {
         let mut settings = S3Settings::new("bkt", "");
         settings.credentials = Some(read_credentials_file(&path).unwrap());
         settings.credentials_file = Some(path.clone());
+        settings.credential_source = CredentialSource::File;
         let loc = Location::S3(settings);
         let parsed = Location::parse(&loc.to_string()).unwrap();
         assert_eq!(parsed, loc, "{loc}");
+    }
+
+    #[test]
+    fn credential_sources() {
+        assert_eq!(s3("s3://bkt").credential_source, CredentialSource::Env);
+        assert_eq!(
+            s3("s3://bkt?credentials=env").credential_source,
+            CredentialSource::Env
+        );
+        let chain = s3("s3://bkt/p?region=eu-west-1&credentials=default");
+        assert_eq!(chain.credential_source, CredentialSource::DefaultChain);
+        assert!(chain.credentials.is_none());
+        // The URL names the chain, and parses back to it.
+        assert_eq!(
+            chain.url(),
+            "s3://bkt/p/?region=eu-west-1&credentials=default"
+        );
+        assert_eq!(s3(&chain.url()), chain);
+        let r = reason("s3://bkt?credentials=instance");
+        assert!(
+            r.contains("credentials=env") && r.contains("credentials=default"),
+            "{r}"
+        );
+        let f = creds_file("access_key_id = a\nsecret_access_key = b\n", 0o600);
+        let r = reason(&format!(
+            "s3://bkt?credentials=default&credentials_file={}",
+            f.path().display()
+        ));
+        assert!(r.contains("keep one"), "{r}");
+        assert!(reason("s3://bkt?credentials_file=relative/creds").contains("absolute"));
+    }
+
+    #[test]
+    fn a_url_for_another_host_does_not_read_its_credentials_file() {
+        // Not there, or not readable here: fine, it is the other host's file.
+        let loc =
+            Location::parse_elsewhere("s3://bkt?credentials_file=/nonexistent/creds").unwrap();
+        let Location::S3(s) = loc else { panic!() };
+        assert_eq!(
+            s.credentials_file.as_deref(),
+            Some(Path::new("/nonexistent/creds"))
+        );
+        assert!(s.credentials.is_none());
+        assert_eq!(s.credential_source, CredentialSource::File);
+        // Everything else is still checked.
+        assert!(Location::parse_elsewhere("s3://bkt?credentials=nope").is_err());
+        assert!(Location::parse_elsewhere("s3://b?endpoint=http://h:1").is_err());
+        // Parsed here, the same URL reads the file and says what is wrong.
+        assert!(Location::parse("s3://bkt?credentials_file=/nonexistent/creds").is_err());
     }
 
     #[test]

@@ -306,8 +306,24 @@ impl ControllerConfig {
             }
             let location =
                 Location::parse(&l.url).map_err(|e| bad(format!("location {:?}: {e}", l.name)))?;
+            // A credentials file named in `url` is a path on this host: it is
+            // never sent to agents unless the operator says the same path
+            // exists on their hosts too (agent_url = the same URL).
+            if l.agent_url.is_none() && credentials_file(&l.url).is_some() {
+                return Err(bad(format!(
+                    "location {:?}: url names credentials_file={}, a file on the controller's host, and there is no agent_url: \
+                     agents would be sent a path that does not exist on theirs. Add agent_url with the credentials agents \
+                     resolve themselves: their own credentials_file=, credentials=env, or credentials=default \
+                     (the AWS SDK's chain: web identity / IRSA, instance profile, environment); \
+                     or agent_url = the same URL if every agent has that file",
+                    l.name,
+                    credentials_file(&l.url).unwrap_or_default()
+                )));
+            }
+            // The agents' URL is used on their hosts: its credentials file
+            // (if any) is theirs, not read here.
             if let Some(a) = &l.agent_url {
-                Location::parse(a)
+                Location::parse_elsewhere(a)
                     .map_err(|e| bad(format!("location {:?} agent_url: {e}", l.name)))?;
             }
             if l.max_bytes_per_sec == Some(0) {
@@ -511,7 +527,22 @@ url = "file:///tmp/x"
             "s3://backups/p?endpoint=http://127.0.0.1:1&region=r&allow_http=true&credentials_file={}",
             creds.display()
         );
-        let shared = GOOD.replace("file:///tmp/x", &url);
+        // Without agent_url, the controller's own credentials file would be
+        // sent to agents as a path on their hosts: refused, naming the fix.
+        let e = ControllerConfig::parse(p, &GOOD.replace("file:///tmp/x", &url))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("a file on the controller's host")
+                && e.contains("no agent_url")
+                && e.contains("credentials=default"),
+            "{e}"
+        );
+        // The same URL for agents, said explicitly: accepted, with a warning.
+        let shared = format!(
+            "{}agent_url = \"{url}\"\n",
+            GOOD.replace("file:///tmp/x", &url)
+        );
         let w = ControllerConfig::parse(p, &shared).unwrap().warnings();
         assert!(
             w.len() == 1 && w[0].contains("write-only credentials"),
@@ -519,14 +550,41 @@ url = "file:///tmp/x"
         );
         let agent_creds = dir.path().join("agent.creds");
         std::fs::copy(&creds, &agent_creds).unwrap();
-        let own = format!(
-            "{shared}agent_url = \"{}\"\n",
-            url.replace("s3.creds", "agent.creds")
-        );
+        let own = shared
+            .replace("agent_url = \"", "agent_url = \"X")
+            .replace(&format!("X{url}"), &url.replace("s3.creds", "agent.creds"));
         assert!(ControllerConfig::parse(p, &own)
             .unwrap()
             .warnings()
             .is_empty());
+        // The agents' credentials file is on their hosts: not read here, so
+        // a path that does not exist on the controller is fine; and
+        // credentials the agents resolve themselves (their node's role).
+        for agent in [
+            "credentials_file=/run/secrets/agent-s3.creds",
+            "credentials=default",
+            "credentials=env",
+        ] {
+            let text = shared.replace(
+                &format!("agent_url = \"{url}\""),
+                &format!(
+                    "agent_url = \"s3://backups/p?endpoint=http://127.0.0.1:1&region=r&allow_http=true&{agent}\""
+                ),
+            );
+            let c = ControllerConfig::parse(p, &text).unwrap_or_else(|e| panic!("{agent}: {e}"));
+            assert!(c.locations[0].agent_url.ends_with(agent));
+            assert!(c.warnings().is_empty(), "{agent}: {:?}", c.warnings());
+        }
+        // Still checked: a bad agent_url is named.
+        let text = shared.replace(
+            &format!("agent_url = \"{url}\""),
+            "agent_url = \"s3://backups/p?credentials=instance\"",
+        );
+        let e = ControllerConfig::parse(p, &text).unwrap_err().to_string();
+        assert!(
+            e.contains("agent_url") && e.contains("credentials=\"instance\""),
+            "{e}"
+        );
     }
 
     #[test]

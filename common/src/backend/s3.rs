@@ -25,6 +25,7 @@ use aws_sdk_s3::config::retry::{ClassifyRetry, RetryAction, RetryConfig};
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    SharedCredentialsProvider,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -39,7 +40,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::{Backend, ListedObject, ObjectKey, ObjectKind, ObjectMeta};
 use crate::error::{Error, Result};
-use crate::location::S3Credentials;
+use crate::location::{CredentialSource, S3Credentials};
 
 /// One MiB.
 const MIB: u64 = 1024 * 1024;
@@ -84,6 +85,9 @@ pub struct S3Settings {
     /// The file the credentials were read from, if any (kept to name the
     /// location; the secret itself is never displayed).
     pub credentials_file: Option<PathBuf>,
+    /// Where credentials come from when [`S3Settings::credentials`] is
+    /// `None`: the environment, or the AWS SDK's default chain.
+    pub credential_source: CredentialSource,
     /// Objects larger than this many bytes are uploaded in parts.
     pub multipart_threshold: u64,
     /// Size of each part of a multipart upload (at least 5 MiB; raised when an
@@ -118,6 +122,7 @@ impl S3Settings {
             allow_http: false,
             credentials: None,
             credentials_file: None,
+            credential_source: CredentialSource::Env,
             multipart_threshold: 64 * MIB,
             part_size: 16 * MIB,
             max_attempts: 6,
@@ -148,6 +153,8 @@ impl S3Settings {
                 "credentials_file={}",
                 query_value(&path.to_string_lossy())
             ));
+        } else if self.credential_source == CredentialSource::DefaultChain {
+            params.push("credentials=default".into());
         }
         if !params.is_empty() {
             url.push('?');
@@ -396,6 +403,17 @@ fn stored_sha256(
     bytes.try_into().ok()
 }
 
+/// Static credentials for the SDK.
+fn static_credentials(c: S3Credentials) -> Credentials {
+    Credentials::new(
+        c.access_key_id,
+        c.secret_access_key,
+        c.session_token,
+        None,
+        "trireme",
+    )
+}
+
 impl S3Backend {
     /// Set up a client for the bucket described by `settings`. No request is
     /// sent: a wrong bucket or credentials show on first use.
@@ -444,17 +462,23 @@ impl S3Backend {
         if settings.max_attempts == 0 {
             return Err(bad("max_attempts must be at least 1".into()));
         }
-        let creds = match &settings.credentials {
-            Some(c) => c.clone(),
-            None => S3Credentials::from_env().map_err(bad)?,
-        };
-        let credentials = Credentials::new(
-            creds.access_key_id,
-            creds.secret_access_key,
-            creds.session_token,
-            None,
-            "trireme",
-        );
+        let credentials =
+            match (&settings.credentials, settings.credential_source) {
+                (Some(c), _) => SharedCredentialsProvider::new(static_credentials(c.clone())),
+                (None, CredentialSource::DefaultChain) => SharedCredentialsProvider::new(
+                    aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                        .region(Region::new(settings.region.clone()))
+                        .build()
+                        .await,
+                ),
+                (None, CredentialSource::File) => return Err(bad(
+                    "the credentials file was not read here (the URL was checked for another host)"
+                        .into(),
+                )),
+                (None, CredentialSource::Env) => SharedCredentialsProvider::new(
+                    static_credentials(S3Credentials::from_env().map_err(bad)?),
+                ),
+            };
         let mut config = aws_sdk_s3::config::Builder::new()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))

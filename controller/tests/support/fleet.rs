@@ -206,6 +206,10 @@ impl Fleet {
                 "[[location]]\nname = \"loc{}\"\nurl = \"{url}\"\n",
                 i + 1
             ));
+            // The agents run on this host: the same credentials file is theirs.
+            if url.contains("credentials_file=") {
+                text.push_str(&format!("agent_url = \"{url}\"\n"));
+            }
         }
         std::fs::write(path, text).unwrap();
     }
