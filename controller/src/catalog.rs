@@ -33,6 +33,7 @@
 //! | `schedule`  | `agent/source`               | `SourceSchedule`           | schedule |
 //! | `active`    | `agent/source`               | `JobId` of the source's one unfinished job | jobs |
 //! | `jobs`      | job id, 16 bytes (UUIDv7, so time-ordered) | `Job`        | jobs |
+//! | `job_counts` | job state name              | how many jobs are in that state (kept with every change) | jobs |
 //! | `snapshots` | snapshot id, 32 bytes        | `SnapshotRecord`           | snapshots |
 //! | `snapshot_marks` | snapshot id, 32 bytes   | `Marks`: hold and tags (controller state, not at the locations) | holds |
 //! | `locations` | location name                | `LocationState`            | replication |
@@ -99,6 +100,7 @@ pub const TABLES: &[(&str, bool)] = &[
     ("custody", false),
     ("index_objects", false),
     ("snapshot_marks", true),
+    ("job_counts", true),
 ];
 
 /// The catalog's own table: its format version and one-time upgrade marks.

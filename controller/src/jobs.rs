@@ -65,10 +65,22 @@ impl Key for JobId {
     }
 }
 
+/// How many jobs are in each state (the metrics' `trireme_jobs{state}`),
+/// kept with every state change so nothing scans the jobs to count them.
+pub const JOB_COUNTS: TableDef<String, u64> = TableDef::new("job_counts");
+
+/// The `meta` mark of [`count_jobs`].
+const JOBS_COUNTED: &str = "job_counts";
+
 impl Catalog {
     /// Jobs by id (oldest first when iterated).
     pub fn jobs(&self) -> Tree<JobId, Job> {
         self.table(&JOBS)
+    }
+
+    /// Jobs per state name (see [`JOB_COUNTS`]).
+    pub fn job_counts(&self) -> Tree<String, u64> {
+        self.table(&JOB_COUNTS)
     }
 
     /// The one unfinished job of each busy source.
@@ -87,6 +99,55 @@ impl<'a> Tx<'a> {
     pub fn active(&self) -> TxTree<'a, SourceId, JobId> {
         self.table(&ACTIVE)
     }
+
+    /// Jobs per state name, in this transaction.
+    pub fn job_counts(&self) -> TxTree<'a, String, u64> {
+        self.table(&JOB_COUNTS)
+    }
+
+    /// Count a job leaving state `from` (none: a new job) for `to`.
+    pub fn count_job_state(&self, from: Option<&JobState>, to: &JobState) -> TxResult<()> {
+        if from.map(JobState::name) == Some(to.name()) {
+            return Ok(());
+        }
+        let counts = self.job_counts();
+        if let Some(from) = from {
+            let k = from.name().to_string();
+            let n = counts.get(&k)?.unwrap_or(0);
+            counts.insert(&k, &n.saturating_sub(1))?;
+        }
+        let k = to.name().to_string();
+        let n = counts.get(&k)?.unwrap_or(0);
+        counts.insert(&k, &(n + 1))
+    }
+}
+
+/// Jobs recorded before [`JOB_COUNTS`] existed are counted once, when the
+/// controller opens its catalog (the `meta` key `job_counts` marks it
+/// done). Whether it counted (flushed if so).
+///
+/// # Errors
+/// Catalog errors.
+pub fn count_jobs(catalog: &Catalog) -> Result<bool> {
+    let meta = catalog.meta();
+    let done = JOBS_COUNTED.to_string();
+    if meta.get(&done)?.is_some() {
+        return Ok(false);
+    }
+    let mut counts: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    for j in catalog.jobs().values()? {
+        *counts.entry(j.state.name()).or_default() += 1;
+    }
+    let table = catalog.job_counts();
+    for stale in table.keys()? {
+        table.insert(&stale, &0)?;
+    }
+    for (state, n) in counts {
+        table.insert(&state.to_string(), &n)?;
+    }
+    meta.insert(&done, &1)?;
+    catalog.flush()?;
+    Ok(true)
 }
 
 /// A job id: a UUIDv7, so ids (and the `jobs` tree) sort by creation time.
@@ -629,6 +690,7 @@ pub fn create_in(tx: &Tx<'_>, job: &Job) -> TxResult<()> {
         }));
     }
     tx.active().insert(&key, &job.id)?;
+    tx.count_job_state(None, &job.state)?;
     tx.jobs().insert(&job.id, job)
 }
 

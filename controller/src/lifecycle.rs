@@ -93,7 +93,9 @@ fn update_in(tx: &Tx<'_>, id: &JobId, event: &JobEvent, now: DateTime<Utc>) -> T
         .jobs()
         .get(id)?
         .ok_or_else(|| abort(Error::not_found("job", id)))?;
+    let before = job.state.clone();
     job.apply(event, now).map_err(abort)?;
+    tx.count_job_state(Some(&before), &job.state)?;
     let follow_up = finish_in(tx, &job, now)?;
     tx.jobs().insert(id, &job)?;
     Ok(Updated { job, follow_up })

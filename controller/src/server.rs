@@ -16,6 +16,7 @@
 
 pub mod actions;
 pub mod agents;
+pub mod browse_rpc;
 pub mod convert;
 pub mod grants;
 pub mod keys;
@@ -343,6 +344,7 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
     })?;
     let catalog = Catalog::open(config.data_dir.join("catalog"))?;
     crate::snapshots::fill_dependencies(&catalog)?;
+    crate::jobs::count_jobs(&catalog)?;
     let tls = Arc::new(ReloadingServerConfig::new(config.tls.clone())?);
     // Keys wrapped under a retired master key open through its key table.
     let master_key = Arc::new(

@@ -406,6 +406,7 @@ fn open_offline(config: &ControllerConfig, what: &str) -> anyhow::Result<Catalog
     match Catalog::open(&path) {
         Ok(c) => {
             trireme_controller::snapshots::fill_dependencies(&c)?;
+            trireme_controller::jobs::count_jobs(&c)?;
             Ok(c)
         }
         Err(trireme_controller::Error::CatalogOpen {

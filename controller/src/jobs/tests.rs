@@ -378,3 +378,53 @@ fn completing_records_the_snapshot_with_the_job() {
     let state = c.schedule().get(&src()).unwrap().unwrap();
     assert_eq!(state.last_success, Some(now));
 }
+
+/// The per-state counts the metrics read follow every change, agree with
+/// a scan of the jobs, and are rebuilt from a scan once for a catalog that
+/// predates them.
+#[test]
+fn job_counts_follow_every_state_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = t("2025-03-01T10:00:00Z");
+    let c = catalog_with_policy(dir.path(), now);
+    let scanned = |c: &Catalog| -> std::collections::BTreeMap<String, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for j in c.jobs().values().unwrap() {
+            *m.entry(j.state.name().to_string()).or_default() += 1;
+        }
+        m
+    };
+    let kept = |c: &Catalog| -> std::collections::BTreeMap<String, u64> {
+        c.job_counts()
+            .entries()
+            .unwrap()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    let j1 = enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap();
+    assert_eq!(kept(&c), scanned(&c));
+    assert_eq!(kept(&c).get("queued"), Some(&1));
+    for e in [assign(), start(), succeed()] {
+        update_job(&c, &j1.id, &e, now).unwrap();
+        assert_eq!(kept(&c), scanned(&c), "after {e:?}");
+    }
+    let j2 = enqueue_manual(&c, &src(), BackupMode::Full, "op", now).unwrap();
+    update_job(&c, &j2.id, &assign(), now).unwrap();
+    update_job(&c, &j2.id, &fail("disk full"), now).unwrap();
+    // A refused transition changes no count.
+    assert!(update_job(&c, &j2.id, &start(), now).is_err());
+    assert_eq!(kept(&c), scanned(&c));
+    assert_eq!(kept(&c).get("succeeded"), Some(&1));
+    assert_eq!(kept(&c).get("failed"), Some(&1));
+
+    // At open the counts are checked once against a scan (a catalog from
+    // before the counts), then never again.
+    assert!(count_jobs(&c).unwrap());
+    assert_eq!(kept(&c), scanned(&c));
+    assert!(!count_jobs(&c).unwrap(), "already counted");
+    c.meta().remove(&JOBS_COUNTED.to_string()).unwrap();
+    c.job_counts().insert(&"queued".to_string(), &7).unwrap();
+    assert!(count_jobs(&c).unwrap());
+    assert_eq!(kept(&c), scanned(&c));
+}

@@ -13,7 +13,6 @@ use prometheus::{
 
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::jobs::JobState;
 
 fn gauge_vec(
     reg: &Registry,
@@ -90,12 +89,15 @@ pub fn render(shared: &Shared) -> Result<String> {
         &["state"],
     )
     .map_err(m)?;
-    for j in shared.catalog.jobs().values()? {
-        let s = match j.state {
-            JobState::Assigned { .. } => "running",
-            ref s => s.name(),
+    // Kept with every state change (catalog table job_counts): no scan.
+    for (state, n) in shared.catalog.job_counts().entries()? {
+        let s = if state == "assigned" {
+            "running"
+        } else {
+            state.as_str()
         };
-        jobs.with_label_values(&[s]).inc();
+        jobs.with_label_values(&[s])
+            .add(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     let loc = |n: &str, h: &str| gauge_vec(&reg, n, h, &["location"]).map_err(m);
