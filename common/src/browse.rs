@@ -148,6 +148,7 @@ fn depth(path: &[u8]) -> usize {
 struct ListState {
     found: Option<EntryKind>,
     out: Vec<TreeEntry>,
+    truncated: bool,
 }
 
 impl IndexedRepo {
@@ -193,6 +194,25 @@ impl IndexedRepo {
         path: &str,
         recursive: bool,
     ) -> Result<Vec<TreeEntry>> {
+        Ok(self
+            .list_at_most(snap, path, recursive, usize::MAX)
+            .await?
+            .0)
+    }
+
+    /// As [`IndexedRepo::list`], keeping at most `max` entries: the walk
+    /// stops there, and the flag says whether entries were left out (so a
+    /// huge tree cannot fill the memory of whoever lists it).
+    ///
+    /// # Errors
+    /// As [`IndexedRepo::list`].
+    pub async fn list_at_most(
+        &self,
+        snap: &Snapshot,
+        path: &str,
+        recursive: bool,
+        max: usize,
+    ) -> Result<(Vec<TreeEntry>, bool)> {
         let dir = tree_path(path);
         let want_depth = depth(&dir) + 1;
         let prefix = dir.clone();
@@ -209,6 +229,10 @@ impl IndexedRepo {
                 }
                 if s.found.is_some() && under(&e.path, &prefix) {
                     if recursive || depth(&e.path) == want_depth {
+                        if s.out.len() >= max {
+                            s.truncated = true;
+                            return Ok(false);
+                        }
                         e.chunks = Vec::new();
                         s.out.push(e);
                     }
@@ -226,7 +250,7 @@ impl IndexedRepo {
                 snap.id.short()
             )));
         }
-        Ok(s.out)
+        Ok((s.out, s.truncated))
     }
 
     /// The differences between snapshots `a` and `b`, in path order, and

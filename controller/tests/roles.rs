@@ -157,6 +157,15 @@ fn every_change_needs_the_operator_role_and_every_read_is_open_to_viewers() {
         &["status"],
         &["audit", "ls"],
         &["audit", "verify"],
+        &["find", "*.json"],
+        &[
+            "find",
+            "/srv/**",
+            "--source",
+            "web-1/files",
+            "--since",
+            "7d",
+        ],
     ] {
         let out = f.cli_as("viewer", args);
         assert!(out.status.success(), "viewer {args:?}: {}", text(&out));
@@ -166,10 +175,40 @@ fn every_change_needs_the_operator_role_and_every_read_is_open_to_viewers() {
     assert!(!out.status.success());
     assert_ne!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("not found"), "{}", text(&out));
+    // The looks inside snapshots are reads too: an unknown snapshot is "not
+    // found" to a viewer, not a refusal.
+    for args in [
+        &["ls", "deadbeef"][..],
+        &["ls", "deadbeef", "/etc", "-R", "-l"],
+        &["diff", "deadbeef", "cafebabe"],
+        &["stats", "deadbeef"],
+        &["stats", "--source", "web-1/files"],
+    ] {
+        let out = f.cli_as("viewer", args);
+        assert!(!out.status.success(), "viewer {args:?}: {}", text(&out));
+        assert_ne!(
+            out.status.code(),
+            Some(3),
+            "viewer {args:?}: {}",
+            text(&out)
+        );
+        assert!(
+            text(&out).contains("not found") || text(&out).contains("no snapshot"),
+            "viewer {args:?}: {}",
+            text(&out)
+        );
+    }
 
     // An agent's certificate opens nothing on the operator service, not even
     // a read.
-    for args in [&["jobs", "ls"][..], &["backup", "run", "web-1/files"]] {
+    for args in [
+        &["jobs", "ls"][..],
+        &["backup", "run", "web-1/files"],
+        &["ls", "deadbeef"],
+        &["diff", "deadbeef", "cafebabe"],
+        &["find", "*.json"],
+        &["stats"],
+    ] {
         let out = f.cli_as("web-1", args);
         assert_eq!(out.status.code(), Some(3), "agent {args:?}: {}", text(&out));
         assert!(

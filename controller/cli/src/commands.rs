@@ -17,7 +17,7 @@ use trireme_proto::v1::{
 
 use crate::output::{list, one, print_json, println, Format};
 use crate::{
-    audit, holds, prune, recovery, view, watch, AgentsCmd, BackupCmd, CatalogCmd, Command,
+    audit, browse, holds, prune, recovery, view, watch, AgentsCmd, BackupCmd, CatalogCmd, Command,
     GlobalArgs, JobsCmd, KeyCmd, LocationsCmd, PolicyCmd, RestoreArgs, SnapshotsCmd, SourcesCmd,
     VerifyArgs,
 };
@@ -412,6 +412,10 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             )
         }
         Command::Prune(args) => prune::run(&mut c, format, args).await,
+        Command::Ls(a) => browse::ls(&mut c, format, a).await,
+        Command::Diff(a) => browse::diff(&mut c, format, a).await,
+        Command::Find(a) => browse::find(&mut c, format, a).await,
+        Command::Stats(a) => browse::stats(&mut c, format, a).await,
         Command::Cert(_) | Command::Completions { .. } => {
             unreachable!("handled without a controller")
         }

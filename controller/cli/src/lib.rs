@@ -19,6 +19,7 @@
 //! was cancelled, and a `verify` that left copies it could not repair.
 
 mod audit;
+mod browse;
 pub mod cert;
 mod commands;
 mod holds;
@@ -205,6 +206,74 @@ pub enum Command {
     /// (`--dry-run` first to see what would go). A sensitive action: once
     /// you enrolled in MFA it needs --totp <code> (a dry run does not).
     Prune(PruneArgs),
+    /// List a directory (or one file) inside a snapshot, without restoring it.
+    Ls(LsArgs),
+    /// What differs between two snapshots: `+` added, `-` removed, `M`
+    /// content or type changed, `m` metadata only.
+    Diff(DiffArgs),
+    /// Find paths matching globs across snapshots: one line per version,
+    /// with the snapshots holding it, newest first.
+    Find(FindArgs),
+    /// Files, bytes, deduplication and compression of one snapshot, or of
+    /// every snapshot (of a source).
+    Stats(StatsArgs),
+}
+
+/// `trireme ls …`
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
+    pub snapshot: String,
+    /// The directory (or file) to list, from the snapshot's root.
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Everything below PATH, not only its children.
+    #[arg(long, short = 'R')]
+    pub recursive: bool,
+    /// Mode, owner, size and modification time, like `ls -l`.
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    /// At most this many entries [default and most: 100000].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+/// `trireme diff …`
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The older snapshot (id or unique prefix).
+    pub from: String,
+    /// The newer snapshot.
+    pub to: String,
+}
+
+/// `trireme find …`
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Glob(s): without `/` matched against names (`*.json`), with `/`
+    /// against paths from the root (`/srv/**/export-*.json`).
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+    /// Only this source's snapshots.
+    #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+    pub source: Option<SourceArg>,
+    /// Only snapshots taken since this time (RFC 3339) or this long ago (`24h`).
+    #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only snapshots taken until this time (RFC 3339) or this long ago.
+    #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// `trireme stats …`
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// One snapshot; without it, every snapshot (of --source, if given).
+    #[arg(conflicts_with = "source")]
+    pub snapshot: Option<String>,
+    /// Only this source's snapshots.
+    #[arg(long, value_name = "AGENT/SOURCE", value_parser = parse_source_ref)]
+    pub source: Option<SourceArg>,
 }
 
 /// `trireme audit …`

@@ -736,6 +736,111 @@ impl OperatorService for Fake {
         }))
     }
 
+    async fn list_tree(
+        &self,
+        r: Request<ListTreeRequest>,
+    ) -> Result<Response<ListTreeReply>, Status> {
+        self.read(&r)?;
+        if r.get_ref().path == "/nope" {
+            return Err(Status::not_found("snapshot 8f3a2c1d has no path /nope"));
+        }
+        let e = |path: &str, kind: &str, mode: u32, size: u64, target: &str| TreeEntryInfo {
+            path: path.into(),
+            r#type: kind.into(),
+            mode,
+            uid: 1000,
+            gid: 1000,
+            size,
+            mtime_ns: 1_764_052_020_000_000_000,
+            target: target.into(),
+        };
+        Ok(Response::new(ListTreeReply {
+            snapshot: SNAP.into(),
+            location: "primary".into(),
+            entries: vec![
+                e("/etc", "dir", 0o755, 0, ""),
+                e("/run.sh", "file", 0o4750, 42, ""),
+                e("/latest", "symlink", 0o777, 7, "run.sh"),
+            ],
+            truncated: r.get_ref().limit == 3,
+            note: "truncated at 3 entries: narrow PATH".into(),
+        }))
+    }
+
+    async fn diff_snapshots(
+        &self,
+        r: Request<DiffSnapshotsRequest>,
+    ) -> Result<Response<DiffSnapshotsReply>, Status> {
+        self.read(&r)?;
+        let c = |path: &str, what: &str, old_size, new_size| ChangeInfo {
+            path: path.into(),
+            what: what.into(),
+            old_size,
+            new_size,
+        };
+        Ok(Response::new(DiffSnapshotsReply {
+            from: SNAP.into(),
+            to: SNAP.into(),
+            location: "primary".into(),
+            changes: vec![
+                c("/a", "added", 0, 10),
+                c("/b", "removed", 5, 0),
+                c("/c", "modified", 3, 4),
+                c("/d", "metadata", 2, 2),
+            ],
+            added: 1,
+            removed: 1,
+            modified: 1,
+            metadata: 1,
+            added_bytes: 14,
+            removed_bytes: 8,
+            truncated: false,
+            note: String::new(),
+        }))
+    }
+
+    async fn find_files(
+        &self,
+        r: Request<FindFilesRequest>,
+    ) -> Result<Response<FindFilesReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(FindFilesReply {
+            versions: vec![FoundVersion {
+                path: "/etc/app.json".into(),
+                r#type: "file".into(),
+                size: 12,
+                mtime_ns: 1_764_052_020_000_000_000,
+                snapshots: vec![FoundSnapshot {
+                    id: SNAP.into(),
+                    source: src("web-1", "www"),
+                    time_unix: 1_764_052_020,
+                }],
+            }],
+            snapshots_searched: 2,
+            location: "primary".into(),
+            truncated: false,
+            note: String::new(),
+        }))
+    }
+
+    async fn snapshot_stats(
+        &self,
+        r: Request<SnapshotStatsRequest>,
+    ) -> Result<Response<SnapshotStatsReply>, Status> {
+        self.read(&r)?;
+        Ok(Response::new(SnapshotStatsReply {
+            snapshots: 1,
+            files: 3,
+            dirs: 1,
+            symlinks: 0,
+            logical_bytes: 4096,
+            unique_chunks: 2,
+            unique_bytes: 2048,
+            stored_bytes: 1024,
+            location: "primary".into(),
+        }))
+    }
+
     async fn prune(&self, r: Request<PruneRequest>) -> Result<Response<PruneReply>, Status> {
         self.operate(&r)?;
         self.totps.lock().unwrap().push(totp_of(&r));

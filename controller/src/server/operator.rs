@@ -16,7 +16,7 @@ use trireme_proto::v1 as pb;
 use trireme_proto::v1::operator_service_server::OperatorService;
 
 use super::actions::{self, holds};
-use super::{blocking, convert, Shared};
+use super::{blocking, browse_rpc, convert, Shared};
 use crate::views;
 
 mod security;
@@ -384,6 +384,42 @@ impl OperatorService for OperatorApi {
             &done,
             holds::FORGET_NOTE,
         )))
+    }
+
+    async fn list_tree(
+        &self,
+        request: Request<pb::ListTreeRequest>,
+    ) -> Result<Response<pb::ListTreeReply>, Status> {
+        let caller = self.caller(&request, READ, browse_rpc::LS)?;
+        let r = browse_rpc::list(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn diff_snapshots(
+        &self,
+        request: Request<pb::DiffSnapshotsRequest>,
+    ) -> Result<Response<pb::DiffSnapshotsReply>, Status> {
+        let caller = self.caller(&request, READ, browse_rpc::DIFF)?;
+        let r = browse_rpc::diff(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn find_files(
+        &self,
+        request: Request<pb::FindFilesRequest>,
+    ) -> Result<Response<pb::FindFilesReply>, Status> {
+        let caller = self.caller(&request, READ, browse_rpc::FIND)?;
+        let r = browse_rpc::find(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn snapshot_stats(
+        &self,
+        request: Request<pb::SnapshotStatsRequest>,
+    ) -> Result<Response<pb::SnapshotStatsReply>, Status> {
+        let caller = self.caller(&request, READ, browse_rpc::STATS)?;
+        let r = browse_rpc::stats(&self.shared, &caller, request.into_inner()).await?;
+        Ok(Response::new(r))
     }
 }
 
