@@ -306,6 +306,11 @@ fn garage_three_locations_outage_delays_copies_only() {
     let garage = Garage::start(3);
     let mut f = Fleet::new();
     f.locations = (1..=3).map(|i| garage.location_url(i, "trireme")).collect();
+    let told = support::receiver::Receiver::start(Vec::new());
+    f.controller_extra = format!(
+        "[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"http://{}/t\"\nevents = [\"location_unreachable\"]\n",
+        told.addr
+    );
     let data = f.dir.join("data");
     make_data(&data, 5, 600_000, 12);
     f.start_controller();
@@ -381,6 +386,31 @@ fn garage_three_locations_outage_delays_copies_only() {
     assert!(
         status.to_string().contains("loc3"),
         "the outage shows in status: {status}"
+    );
+    // The on-call webhook is told, once, naming the location.
+    let body = wait_for(
+        "the location_unreachable notification",
+        Duration::from_secs(60),
+        || {
+            told.requests()
+                .into_iter()
+                .map(|(_, _, b)| b)
+                .find(|b| b.contains("location_unreachable"))
+        },
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["subject"], "loc3", "{v}");
+    assert!(
+        v["text"].as_str().unwrap().contains("trireme locations ls"),
+        "{v}"
+    );
+    assert_eq!(
+        told.requests()
+            .iter()
+            .filter(|(_, _, b)| b.contains("location_unreachable"))
+            .count(),
+        1,
+        "told once per outage"
     );
 
     // The location comes back: the copy catches up without operator action.
