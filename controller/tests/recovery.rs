@@ -165,13 +165,16 @@ fn restore_tests_objectives_and_drills() {
         ),
         1.0
     );
-    let dedup = sample(&text, "trireme_agent_backup_dedup_ratio{source=\"files\"}");
+    let dedup = sample(
+        &text,
+        "trireme_agent_backup_dedup_ratio{source=\"cache-1/files\"}",
+    );
     // Its one backup was of random data new to the repository: almost
     // nothing was already there.
     assert!((0.0..0.05).contains(&dedup), "{dedup}");
     let used = sample(
         &text,
-        "trireme_agent_source_volume_used_ratio{source=\"files\"}",
+        "trireme_agent_source_volume_used_ratio{source=\"cache-1/files\"}",
     );
     assert!(used > 0.0 && used <= 1.0, "{used}");
     let text = scrape(&metrics);

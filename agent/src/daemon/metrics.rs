@@ -30,6 +30,9 @@ pub struct AgentMetrics {
     volume_bytes: IntGaugeVec,
     /// Sources over the warning level (to warn once per crossing).
     full: Mutex<BTreeSet<String>>,
+    /// This agent's name: the `source` label is `agent/name`, as on the
+    /// controller, so one query matches both.
+    agent: String,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -97,6 +100,7 @@ impl Default for AgentMetrics {
                 &["source", "kind"],
             ),
             full: Mutex::default(),
+            agent: String::new(),
             registry: {
                 let build = igv(
                     "trireme_agent_build_info",
@@ -116,6 +120,23 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Metrics of the agent called `agent`.
+    pub fn for_agent(agent: &str) -> Self {
+        AgentMetrics {
+            agent: agent.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The `source` label of a source of this agent: `agent/name`.
+    fn source_label(&self, name: &str) -> String {
+        if self.agent.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}/{name}", self.agent)
+        }
+    }
+
     /// Count a finished job.
     pub fn job_finished(&self, kind: &str, source: &str, r: &JobResult) {
         let outcome = if r.ok { "succeeded" } else { "failed" };
@@ -126,7 +147,8 @@ impl AgentMetrics {
     }
 
     fn backup_done(&self, source: &str, s: &JobSummary) {
-        let l = [source];
+        let label = self.source_label(source);
+        let l = [label.as_str()];
         self.bytes_read.with_label_values(&l).inc_by(s.bytes_read);
         self.bytes_uploaded
             .with_label_values(&l)
@@ -165,13 +187,14 @@ impl AgentMetrics {
                 continue;
             }
             let ratio = used as f64 / total as f64;
-            let l = [s.name.as_str()];
+            let label = self.source_label(&s.name);
+            let l = [label.as_str()];
             self.volume_ratio.with_label_values(&l).set(ratio);
             self.volume_bytes
-                .with_label_values(&[s.name.as_str(), "total"])
+                .with_label_values(&[label.as_str(), "total"])
                 .set(total as i64);
             self.volume_bytes
-                .with_label_values(&[s.name.as_str(), "used"])
+                .with_label_values(&[label.as_str(), "used"])
                 .set(used as i64);
             if ratio >= VOLUME_WARN_RATIO {
                 if full.insert(s.name.clone()) {

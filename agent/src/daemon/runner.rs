@@ -62,6 +62,7 @@ impl Runner {
     /// A runner for `config`.
     pub fn new(config: AgentConfig, tls: ClientTls, spool: Spool) -> Self {
         Runner {
+            metrics: Arc::new(super::metrics::AgentMetrics::for_agent(&config.name)),
             budget: config.upload_bytes_per_sec.map(UploadBudget::new),
             connected: std::sync::atomic::AtomicBool::new(false),
             slots: Arc::new(Semaphore::new(config.max_concurrent_jobs)),
@@ -71,7 +72,6 @@ impl Runner {
             running: Mutex::default(),
             results_ready: Notify::new(),
             progress_now: Notify::new(),
-            metrics: Arc::default(),
         }
     }
 
