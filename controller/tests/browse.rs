@@ -11,10 +11,11 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::fleet::{wait_for, AgentSpec, Fleet};
+use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
 
 fn text(out: &Output) -> String {
     format!(
@@ -22,6 +23,32 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// TOTP codes for one account, each for a later step than the last (the
+/// controller takes no step twice), sent while the controller accepts it.
+struct Codes {
+    secret: Vec<u8>,
+    last: u64,
+}
+
+impl Codes {
+    fn next(&mut self) -> String {
+        loop {
+            let unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let now = unix / STEP_SECS;
+            let left = STEP_SECS - unix % STEP_SECS;
+            let step = (self.last + 1).max(now - 1);
+            if step <= now + 1 && (step >= now || left >= 8) {
+                self.last = step;
+                return code_at(&self.secret, step * STEP_SECS);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
 }
 
 /// Run a backup of web-1/files and wait for it; its snapshot id.
@@ -307,6 +334,32 @@ fn ls_diff_find_stats_through_the_controller() {
         text(&out)
     );
 
+    // dump: one file's bytes through the controller (a sensitive action:
+    // operator role; no code needed here, op never enrolled).
+    let out = f.cli_as("op", &["dump", &first, "/exports/monday.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == vec![7u8; 200_000],
+        "{} bytes",
+        out.stdout.len()
+    );
+    let out = f.cli_as("op", &["dump", &second[..12], "conf/app.conf"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, b"a = 22\n");
+    let out = f.cli_as("op", &["dump", &first, "/exports"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("dump takes one file"), "{}", text(&out));
+    let out = f.cli_as("op", &["dump", &first, "/exports/nope.json"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("/exports/nope.json"), "{}", text(&out));
+    let out = f.cli_as("viewer", &["dump", &first, "/run.sh"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+
     // Every look is audited: who, what, on which snapshot; the failed one too.
     let out = f.cli_as("viewer", &["audit", "ls", "--json", "--limit", "1000"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -359,5 +412,36 @@ fn ls_diff_find_stats_through_the_controller() {
             &["every snapshot of web-1/files", "2 snapshots"]
         ),
         "{audit:#?}"
+    );
+
+    // Once op enrolled, a dump needs a code (as a restore does).
+    let enrolled = f.cli_json(&["mfa", "enroll"]);
+    let mut codes = Codes {
+        secret: secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap(),
+        last: 0,
+    };
+    f.cli(&["mfa", "confirm", &codes.next()]);
+    let out = f.cli_as("op", &["dump", &first, "/run.sh"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+    assert!(text(&out).to_lowercase().contains("totp"), "{}", text(&out));
+    let out = f.cli_as("op", &["dump", &first, "/run.sh", "--totp", &codes.next()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, b"#!/bin/sh\necho hi\n");
+    let out = f.cli_as("viewer", &["audit", "ls", "--json", "--limit", "1000"]);
+    let audit: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "dump"
+                && e["outcome"] == "ok"
+                && e["target"].as_str().unwrap_or("").contains("/run.sh")
+                && e["target"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("with a TOTP code")),
+        "{audit:#}"
     );
 }

@@ -56,6 +56,7 @@ fn every_change_needs_the_operator_role_and_every_read_is_open_to_viewers() {
             "restore-test run",
         ),
         (vec!["drill", "run"], "drill run"),
+        (vec!["dump", "deadbeef", "/etc/hosts"], "dump"),
         (
             vec!["catalog", "rebuild", "--from", "loc2"],
             "catalog rebuild",

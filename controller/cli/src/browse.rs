@@ -5,14 +5,14 @@
 //! per version of a path, `stats` with its ratios.
 
 use serde_json::{json, Value};
-use trireme_client::Controller;
+use trireme_client::{with_totp, Controller};
 use trireme_proto::v1::{
-    DiffSnapshotsReply, DiffSnapshotsRequest, FindFilesReply, FindFilesRequest, ListTreeRequest,
-    SnapshotStatsReply, SnapshotStatsRequest, TreeEntryInfo,
+    DiffSnapshotsReply, DiffSnapshotsRequest, DumpFileRequest, FindFilesReply, FindFilesRequest,
+    ListTreeRequest, SnapshotStatsReply, SnapshotStatsRequest, TreeEntryInfo,
 };
 
 use crate::output::{one, print_json, println, size, Format};
-use crate::{DiffArgs, FindArgs, LsArgs, StatsArgs};
+use crate::{DiffArgs, DumpArgs, FindArgs, LsArgs, StatsArgs};
 
 /// `-rw-r--r--` for an entry of type `kind` with permission bits `m`.
 pub fn mode_string(kind: &str, m: u32) -> String {
@@ -325,6 +325,38 @@ pub async fn stats(c: &mut Controller, format: Format, a: StatsArgs) -> anyhow::
         "location": st.location,
     });
     one(format, v, || stats_text(&st))
+}
+
+/// `trireme dump`: the file's bytes to stdout as they arrive.
+///
+/// # Errors
+/// RPC errors (not found, a directory, refusals, no or a wrong TOTP code),
+/// a stream that stops early, stdout closed.
+pub async fn dump(c: &mut Controller, a: DumpArgs, totp: Option<&str>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stream = c
+        .operator
+        .dump_file(with_totp(
+            DumpFileRequest {
+                snapshot: a.snapshot,
+                path: a.path,
+            },
+            totp,
+        )?)
+        .await
+        .map_err(|s| c.error(s))?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(block) = stream.message().await.map_err(|s| c.error(s))? {
+        match out.write_all(&block.data) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Err(crate::output::BrokenPipe.into())
+            }
+            r => r?,
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

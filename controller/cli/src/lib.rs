@@ -217,6 +217,19 @@ pub enum Command {
     /// Files, bytes, deduplication and compression of one snapshot, or of
     /// every snapshot (of a source).
     Stats(StatsArgs),
+    /// Write one file of a snapshot to standard output, read through the
+    /// controller. A sensitive action (it reads backed-up data back, as a
+    /// restore does): once you enrolled in MFA it needs --totp <code>.
+    Dump(DumpArgs),
+}
+
+/// `trireme dump …`
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
+    pub snapshot: String,
+    /// The file, from the snapshot's root.
+    pub path: String,
 }
 
 /// `trireme ls …`

@@ -823,6 +823,25 @@ impl OperatorService for Fake {
         }))
     }
 
+    type DumpFileStream = Pin<Box<dyn Stream<Item = Result<DumpChunk, Status>> + Send>>;
+
+    async fn dump_file(
+        &self,
+        r: Request<DumpFileRequest>,
+    ) -> Result<Response<Self::DumpFileStream>, Status> {
+        self.operate(&r)?;
+        self.totps.lock().unwrap().push(totp_of(&r));
+        let blocks = vec![
+            Ok(DumpChunk {
+                data: b"hello ".to_vec(),
+            }),
+            Ok(DumpChunk {
+                data: b"world\n".to_vec(),
+            }),
+        ];
+        Ok(Response::new(Box::pin(tokio_stream::iter(blocks))))
+    }
+
     async fn snapshot_stats(
         &self,
         r: Request<SnapshotStatsRequest>,
@@ -1651,4 +1670,76 @@ async fn snapshot_holds_tags_filters_and_forget() {
     assert!(out.contains("manifest deleted at primary"), "{out}");
     assert!(out.contains("still at offsite: unreachable"), "{out}");
     assert!(out.contains("next prune"), "{out}");
+}
+
+/// `ls`, `diff`, `find`, `stats` and `dump` print what the agent's local
+/// mode prints (`ls -l` mode strings, `+ - M m`, one line per version, the
+/// ratios), and `dump` writes the bytes as they arrive, with the code.
+#[tokio::test]
+async fn browse_commands_print_like_local_mode() {
+    let pki = Pki::new();
+    let s = Server::start(&pki).await;
+    let out = ok(&s.run(&pki, "eve", &["ls", SNAP, "-l"]).await);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("drwxr-xr-x   1000   1000"), "{out}");
+    assert!(lines[0].ends_with("2025-11-25T06:27:00Z /etc/"), "{out}");
+    assert!(lines[1].starts_with("-rwsr-x---"), "{out}");
+    assert!(
+        lines[1].contains(" 42 ") && lines[1].ends_with("/run.sh"),
+        "{out}"
+    );
+    assert!(lines[2].starts_with("lrwxrwxrwx") && lines[2].ends_with("/latest -> run.sh"));
+    let short = ok(&s.run(&pki, "eve", &["ls", SNAP]).await);
+    assert_eq!(short, "/etc/\n/run.sh\n/latest\n");
+    let capped = ok(&s.run(&pki, "eve", &["ls", SNAP, "--limit", "3"]).await);
+    assert!(capped.contains("note: truncated at 3 entries"), "{capped}");
+    let v = json(&s.run(&pki, "eve", &["ls", SNAP, "-o", "json"]).await);
+    assert_eq!(v["entries"][1]["mode"], "4750");
+    assert_eq!(v["entries"][2]["target"], "run.sh");
+    assert_eq!(v["entries"][0]["target"], Value::Null);
+    let err = fails(&s.run(&pki, "eve", &["ls", SNAP, "/nope"]).await);
+    assert!(err.contains("/nope"), "{err}");
+
+    let d = ok(&s.run(&pki, "eve", &["diff", SNAP, SNAP]).await);
+    for want in [
+        "+ /a  (10 bytes)",
+        "- /b  (5 bytes)",
+        "M /c  (3 -> 4 bytes)",
+        "m /d  (2 bytes)",
+        "1 added, 1 removed, 1 modified, 1 metadata only; +14 B -8 B",
+    ] {
+        assert!(d.contains(want), "{want}: {d}");
+    }
+    let f = ok(&s.run(&pki, "eve", &["find", "*.json"]).await);
+    assert!(
+        f.contains("/etc/app.json  12 bytes, modified 2025-11-25T06:27:00Z  in 1 snapshot(s): ")
+            && f.contains("1 version(s) of 1 path(s) in 2 snapshot(s) searched"),
+        "{f}"
+    );
+    let st = ok(&s.run(&pki, "eve", &["stats", SNAP]).await);
+    assert!(
+        st.contains("deduplication      2.00x") && st.contains("compression        2.00x"),
+        "{st}"
+    );
+    let v = json(&s.run(&pki, "eve", &["stats", "-o", "json"]).await);
+    assert_eq!(v["dedup_ratio"], 2.0);
+
+    let out = s
+        .run(&pki, "op", &["dump", SNAP, "/x", "--totp", "123456"])
+        .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"hello world\n");
+    assert_eq!(
+        s.fake
+            .totps
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("123456")
+    );
+    // Viewers may not dump.
+    fails_with(&s.run(&pki, "eve", &["dump", SNAP, "/x"]).await, 3);
 }

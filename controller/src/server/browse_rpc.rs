@@ -423,3 +423,124 @@ pub async fn stats(
     })
     .await
 }
+
+/// The audit log's action name of `trireme dump`.
+pub const DUMP: &str = "dump";
+
+/// Bytes of one streamed message of a dump.
+const DUMP_BLOCK: usize = 1 << 20;
+
+/// The stream of a dump: the file's bytes in order, or the error that
+/// stopped it.
+pub type DumpStream =
+    tokio::sync::mpsc::Receiver<std::result::Result<pb::DumpChunk, tonic::Status>>;
+
+/// `trireme dump`: the data of file `path` of snapshot `snapshot`, read at
+/// the first location that answers and streamed in blocks. Audited when
+/// it ends, with the bytes sent (and why it stopped early, if it did);
+/// `mfa` says how the second factor was passed. A path that is not there,
+/// or is no file, is refused (audited as a problem).
+///
+/// # Errors
+/// An unknown snapshot or path (not found), a directory or link (bad
+/// request), no location readable.
+pub async fn dump(
+    shared: std::sync::Arc<Shared>,
+    caller: Caller,
+    mfa: &'static str,
+    req: pb::DumpFileRequest,
+) -> Result<DumpStream> {
+    let target = format!("snapshot {} path {}", req.snapshot, req.path);
+    let found = async {
+        let rec = blocking(|| views::find_snapshot(&shared.catalog, &req.snapshot))?;
+        let (location, ix, snaps) = open(&shared, std::slice::from_ref(&rec)).await?;
+        let want = trireme_common::browse::tree_path(&req.path);
+        let wanted = want.clone();
+        let entry = ix
+            .walk_tree(&snaps[0], None, move |s: &mut Option<TreeEntry>, e| {
+                if e.path == wanted {
+                    *s = Some(e);
+                    return Ok(false);
+                }
+                Ok(trireme_common::manifest::path_cmp(&e.path, &wanted)
+                    == std::cmp::Ordering::Less)
+            })
+            .await?;
+        let shown = format!("/{}", String::from_utf8_lossy(&want));
+        match entry {
+            None => Err(Error::Missing(format!(
+                "snapshot {} has no path {shown}: see `trireme ls {}`",
+                rec.id.short(),
+                rec.id.short()
+            ))),
+            Some(e) if e.kind != EntryKind::File => Err(Error::BadRequest(format!(
+                "{shown} is a {} in snapshot {}: dump takes one file (restore --path for a subtree)",
+                kind_name(e.kind),
+                rec.id.short()
+            ))),
+            Some(e) => Ok((rec, location, ix, e)),
+        }
+    }
+    .await;
+    let (rec, location, ix, entry) = match found {
+        Ok(x) => x,
+        Err(e) => {
+            shared.audit(
+                Event::by(&caller.id, DUMP, target)
+                    .problem(e.to_string())
+                    .from_peer(caller.peer),
+            );
+            return Err(e);
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let reader = ix.chunk_reader(tokio::runtime::Handle::current(), entry.chunks.clone());
+    let size = entry.size;
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut reader = reader;
+        let mut buf = vec![0u8; DUMP_BLOCK];
+        let mut sent = 0u64;
+        let mut stopped: Option<String> = None;
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let block = pb::DumpChunk {
+                        data: buf[..n].to_vec(),
+                    };
+                    if tx.blocking_send(Ok(block)).is_err() {
+                        stopped = Some("the client went away".into());
+                        break;
+                    }
+                    sent += n as u64;
+                }
+                Err(e) => {
+                    let why = format!("reading the file's data at {location}: {e}");
+                    let _ = tx.blocking_send(Err(tonic::Status::internal(why.clone())));
+                    stopped = Some(why);
+                    break;
+                }
+            }
+        }
+        if stopped.is_none() && sent != size {
+            let why = format!("the data read is {sent} bytes, the snapshot records {size}");
+            let _ = tx.blocking_send(Err(tonic::Status::data_loss(why.clone())));
+            stopped = Some(why);
+        }
+        let detail = format!(
+            "snapshot {} path {} at {location}: {sent} of {size} bytes sent{mfa}",
+            rec.id.short(),
+            display_path(&entry)
+        );
+        let event = Event::by(&caller.id, DUMP, detail);
+        shared.audit(
+            match stopped {
+                Some(why) => event.problem(why),
+                None => event,
+            }
+            .from_peer(caller.peer),
+        );
+    });
+    Ok(rx)
+}

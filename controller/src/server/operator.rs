@@ -413,6 +413,26 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(r))
     }
 
+    type DumpFileStream = Pin<Box<dyn Stream<Item = Result<pb::DumpChunk, Status>> + Send>>;
+
+    async fn dump_file(
+        &self,
+        request: Request<pb::DumpFileRequest>,
+    ) -> Result<Response<Self::DumpFileStream>, Status> {
+        // Reading backed-up data back is as sensitive as a restore.
+        let (caller, passed) = self.sensitive(&request, browse_rpc::DUMP).await?;
+        let rx = browse_rpc::dump(
+            self.shared.clone(),
+            caller,
+            actions::mfa_note(passed),
+            request.into_inner(),
+        )
+        .await?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn snapshot_stats(
         &self,
         request: Request<pb::SnapshotStatsRequest>,
