@@ -15,25 +15,13 @@ use trireme_common::manifest::EntryKind;
 use trireme_common::{
     BackupInput, BackupOptions, ChunkerParams, IndexedRepo, LocalKeyFile, Repository, Snapshot,
 };
+use trireme_testkit::noise;
 
 const SMALL: ChunkerParams = ChunkerParams {
     min: 4 * 1024,
     avg: 16 * 1024,
     max: 64 * 1024,
 };
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 async fn backup(repo: &Arc<Repository>, src: &Path) -> (IndexedRepo, Snapshot) {
     let mut o = BackupOptions::new("src", "volume", "test-host");

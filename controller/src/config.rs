@@ -7,6 +7,7 @@
 //! data_dir = "/var/lib/trireme-controller"   # the catalog lives in data_dir/catalog
 //! key_file = "/etc/trireme/master.key"        # `trireme-controller keygen`, or a [key_service]
 //! heartbeat_interval = "10s"
+//! key_check_interval = "60s"                  # how often the master key's service is probed (metrics)
 //! agent_timeout = "5m"
 //!
 //! [tls]
@@ -66,6 +67,9 @@ pub struct ControllerConfig {
     /// How often agents send heartbeats; a session silent for three of these
     /// is considered dead.
     pub heartbeat_interval: Duration,
+    /// How often the master key's service is checked (a data key generated
+    /// and unwrapped), for `trireme_key_service_up`.
+    pub key_check_interval: Duration,
     /// Replication and verification timing.
     pub replication: crate::replication::ReplicationSettings,
     /// Where to serve Prometheus metrics (plain HTTP `/metrics`); off when unset.
@@ -116,6 +120,7 @@ struct RawConfig {
     #[serde(default, rename = "location")]
     locations: Vec<RawLocation>,
     heartbeat_interval: Option<String>,
+    key_check_interval: Option<String>,
     agent_timeout: Option<String>,
     metrics_listen: Option<String>,
     #[serde(default)]
@@ -366,6 +371,16 @@ impl ControllerConfig {
             &raw.heartbeat_interval,
             Duration::from_secs(10),
         )?;
+        let key_check_interval = duration(
+            "key_check_interval",
+            &raw.key_check_interval,
+            Duration::from_secs(60),
+        )?;
+        if key_check_interval < Duration::from_secs(1) {
+            return Err(bad(
+                "key_check_interval must be at least 1s (default \"60s\")".into(),
+            ));
+        }
         let agent_timeout = duration(
             "agent_timeout",
             &raw.agent_timeout,
@@ -445,6 +460,7 @@ impl ControllerConfig {
             tls,
             locations,
             heartbeat_interval,
+            key_check_interval,
             agent_timeout,
             replication,
             metrics_listen,

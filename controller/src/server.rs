@@ -19,6 +19,7 @@ pub mod agents;
 pub mod browse_rpc;
 pub mod convert;
 pub mod grants;
+pub mod key_health;
 pub mod keys;
 pub mod metrics;
 pub mod notices;
@@ -91,6 +92,8 @@ pub struct Shared {
     >,
     /// The controller key and the authentic repository config.
     pub custody: Arc<crate::custody::Custody>,
+    /// Whether the master key's service answered the last probe.
+    pub key_health: Arc<key_health::KeyHealth>,
 }
 
 impl Shared {
@@ -402,6 +405,7 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         key_source: config.key_source.clone(),
         indexes: tokio::sync::Mutex::default(),
         custody: Arc::new(custody),
+        key_health: Arc::new(key_health::KeyHealth::new(config.key_source.provider())),
     });
     // A key table at a location that does not open (planted by an agent:
     // its MAC key is no controller key; or damaged) is never used: say so.
@@ -587,6 +591,12 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(key_health::run(
+        shared.key_health.clone(),
+        shared.master_key.clone(),
+        config.key_check_interval,
+        stop_rx.clone(),
+    )));
     if !config.notify.is_empty() {
         tasks.push(tokio::spawn(notices::run(
             shared.clone(),

@@ -118,6 +118,8 @@ fn backup_and_restore_with_the_master_key_in_aws_kms() {
 
     let data = f.dir.join("data");
     make_data(&data, 8, 200_000, 7);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\nkey_check_interval = \"1s\"\n");
     f.start_controller();
     f.start_agent(&AgentSpec::volume("web-1", "files", &data));
     f.wait_connected(&["web-1"]);
@@ -169,6 +171,39 @@ fn backup_and_restore_with_the_master_key_in_aws_kms() {
     assert!(
         err.contains("key scheme 3") && err.contains("AWS KMS"),
         "{err}"
+    );
+
+    // The key service is probed: up while moto answers, down (and named
+    // in the log) within seconds of it going away.
+    let up = |text: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.starts_with("trireme_key_service_up{provider=\"aws-kms\"}"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    let text = support::fleet::scrape(&metrics);
+    assert_eq!(up(&text).as_deref(), Some("1"), "{text}");
+    assert!(
+        text.contains("trireme_key_service_last_success_timestamp_seconds{provider=\"aws-kms\"}"),
+        "{text}"
+    );
+    drop(moto);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = support::fleet::scrape(&metrics);
+        if up(&text).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trireme_key_service_up still not 0 a minute after KMS went away: {:?}",
+            up(&text)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = Fleet::log_text(&f.controller_log());
+    assert!(
+        log.contains("the master key's service does not answer"),
+        "{log}"
     );
 }
 

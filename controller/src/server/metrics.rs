@@ -68,6 +68,27 @@ pub fn render(shared: &Shared) -> Result<String> {
             .with_label_values(&[name.as_str()])
             .set(i64::from(now_connected.contains(&name)));
     }
+    let key_up = gauge_vec(
+        &reg,
+        "trireme_key_service_up",
+        "1 when the master key's service generated and unwrapped a data key at the last probe (key_check_interval), 0 when it failed; absent before the first probe",
+        &["provider"],
+    )
+    .map_err(m)?;
+    let key_ok = gauge_vec(
+        &reg,
+        "trireme_key_service_last_success_timestamp_seconds",
+        "When the master key's service last answered a probe (absent: not yet)",
+        &["provider"],
+    )
+    .map_err(m)?;
+    let kh = &shared.key_health;
+    if let Some(up) = kh.up() {
+        key_up.with_label_values(&[kh.provider]).set(up);
+    }
+    if let Some(t) = kh.last_success() {
+        key_ok.with_label_values(&[kh.provider]).set(t);
+    }
     let build = gauge_vec(
         &reg,
         "trireme_build_info",
