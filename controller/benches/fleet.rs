@@ -684,7 +684,7 @@ async fn open_session(sim: &Sim, agent: usize) -> Result<(ConnectTimes, Session)
     let reply = client
         .register(RegisterRequest {
             agent_name: name.clone(),
-            agent_version: "fleet-bench".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
             hostname: name.clone(),
             sources: sources(),
         })
@@ -695,7 +695,7 @@ async fn open_session(sim: &Sim, agent: usize) -> Result<(ConnectTimes, Session)
     let (outbound, rx) = mpsc::channel(16);
     let hello = Hello {
         agent_name: name.clone(),
-        agent_version: "fleet-bench".into(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
         hostname: name,
         sources: sources(),
         max_concurrent_jobs: 1,

@@ -35,3 +35,8 @@ pub use jobs::{Job, JobEvent, JobId, JobState};
 pub use policy::Policy;
 pub use scheduler::{Clock, Scheduler, SystemClock};
 pub use sources::SourceId;
+
+/// This controller's version; agents of another major version, a newer
+/// one, or more than one minor version older are refused at session start
+/// ([`server::agents::check_agent_version`]).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -27,7 +27,7 @@ fn hello_running(name: &str, running: &[&str]) -> AgentMessage {
     AgentMessage {
         msg: Some(AgentMsg::Hello(Hello {
             agent_name: name.into(),
-            agent_version: "0.0.0".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
             hostname: "h".into(),
             sources: vec![SourceInfo {
                 name: "files".into(),
@@ -175,4 +175,37 @@ async fn lies_in_a_session_are_refused_or_acknowledged_never_believed() {
     let again = shared.catalog.jobs().get(&job.id).unwrap().unwrap();
     assert_eq!(format!("{:?}", again.state), format!("{:?}", j.state));
     assert!(shared.catalog.snapshots().is_empty());
+}
+
+/// An agent of a version the controller does not work with is refused at
+/// session start, saying which side to upgrade; nothing is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_of_an_incompatible_version_is_refused_at_session_start() {
+    let f = Fleet::new();
+    let shared = f.open_in_process().await;
+    for (version, says) in [
+        ("99.0.0", "upgrade the controller first"),
+        ("dev", "no version this controller can read"),
+    ] {
+        let mut h = hello("web-1");
+        if let Some(AgentMsg::Hello(x)) = &mut h.msg {
+            x.agent_version = version.into();
+        }
+        let e = fuzz_session(&shared, "web-1", vec![h]).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{version}");
+        assert!(e.message().contains(says), "{version}: {}", e.message());
+    }
+    assert!(
+        shared
+            .catalog
+            .agents()
+            .get(&"web-1".to_string())
+            .unwrap()
+            .is_none(),
+        "a refused agent is not registered"
+    );
+    // Its own version: welcome.
+    fuzz_session(&shared, "web-1", vec![hello("web-1")])
+        .await
+        .unwrap();
 }

@@ -87,6 +87,7 @@ fn hello(name: &str, running: Vec<String>) -> AgentMessage {
     AgentMessage {
         msg: Some(Msg::Hello(Hello {
             agent_name: name.into(),
+            agent_version: trireme_controller::VERSION.into(),
             sources: vec![SourceInfo {
                 name: "files".into(),
                 kind: "volume".into(),

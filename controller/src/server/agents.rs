@@ -430,6 +430,7 @@ impl AgentService for AgentApi {
         let peer = request.remote_addr();
         let r = request.into_inner();
         check_claimed_name(&id.name, &r.agent_name)
+            .and_then(|()| check_agent_version(&r.agent_version))
             .inspect_err(|s| self.audit_claim(&id, peer, "agent register", s))?;
         let now = self.shared.now();
         let sources = convert::source_records(&r.sources, now);
@@ -477,6 +478,7 @@ impl AgentService for AgentApi {
             ));
         };
         check_claimed_name(&agent, &hello.agent_name)
+            .and_then(|()| check_agent_version(&hello.agent_version))
             .inspect_err(|s| self.audit_claim(&id, peer, "agent session", s))?;
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -674,6 +676,7 @@ pub async fn fuzz_session(
         ));
     };
     check_claimed_name(agent, &hello.agent_name)?;
+    check_agent_version(&hello.agent_version)?;
     let welcome = welcome(shared, &id, None, &hello).await?;
     let mut replies = welcome.replies;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -693,6 +696,44 @@ pub async fn fuzz_session(
     Ok(replies)
 }
 
+/// `major.minor` of a version string (`0.1.0`, `1.2.3-rc1`).
+fn major_minor(v: &str) -> Option<(u64, u64)> {
+    let mut parts = v.split(['.', '-', '+']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// The version skew the controller accepts at session start: an agent of
+/// the same major version, not newer than the controller (upgrade the
+/// controller first) and at most one minor version older (an older agent
+/// would ignore fields newer jobs carry, e.g. a partial restore's paths).
+pub fn check_agent_version(agent_version: &str) -> Result<(), Status> {
+    check_version_against(agent_version, crate::VERSION)
+}
+
+fn check_version_against(agent_version: &str, ours: &str) -> Result<(), Status> {
+    let (cm, cn) = major_minor(ours).expect("the crate version is semver");
+    let refuse = |why: String| {
+        Err(Status::failed_precondition(format!(
+            "agent version {agent_version:?} and controller version {ours} do not work together: {why}"
+        )))
+    };
+    match major_minor(agent_version) {
+        None => refuse(
+            "the agent sent no version this controller can read; run a trireme-agent release"
+                .into(),
+        ),
+        Some(v) if v > (cm, cn) => {
+            refuse("the agent is newer; upgrade the controller first, then the agents".into())
+        }
+        Some((am, an)) if am < cm || an + 1 < cn => refuse(format!(
+            "the agent is more than one minor version older; upgrade it to {cm}.{cn}"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 /// An agent speaks for the name in its certificate only.
 fn check_claimed_name(cert_name: &str, claimed: &str) -> Result<(), Status> {
     if claimed.is_empty() || claimed == cert_name {
@@ -702,5 +743,30 @@ fn check_claimed_name(cert_name: &str, claimed: &str) -> Result<(), Status> {
         Err(Status::permission_denied(format!(
             "this certificate belongs to agent {cert_name:?} but the agent calls itself {claimed:?}: set `name` in the agent config to the certificate's name, or issue a certificate for {claimed:?}"
         )))
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::check_version_against as check;
+
+    #[test]
+    fn version_skew_rules() {
+        for ok in ["1.4.0", "1.4.9", "1.3.2", "1.4.0-rc1"] {
+            assert!(check(ok, "1.4.2").is_ok(), "{ok}");
+        }
+        for (agent, says) in [
+            ("1.5.0", "upgrade the controller first"),
+            ("2.0.0", "upgrade the controller first"),
+            ("1.2.9", "upgrade it to 1.4"),
+            ("0.9.0", "upgrade it to 1.4"),
+            ("test", "no version this controller can read"),
+            ("", "no version this controller can read"),
+        ] {
+            let e = check(agent, "1.4.2").unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert!(e.message().contains(says), "{agent}: {}", e.message());
+            assert!(e.message().contains("1.4.2"), "{}", e.message());
+        }
     }
 }

@@ -53,7 +53,7 @@ impl Session {
         tx.send(AgentMessage {
             msg: Some(AgentMsg::Hello(Hello {
                 agent_name: name.into(),
-                agent_version: "test".into(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
                 hostname: name.into(),
                 sources: vec![SourceInfo {
                     name: source.into(),
