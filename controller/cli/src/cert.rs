@@ -20,6 +20,11 @@ pub enum CertCommand {
     },
     /// Issue a certificate: <out>/<name>.pem and <out>/<name>.key (0600).
     Issue(IssueArgs),
+    /// Renew a certificate before it expires: a new key and certificate with
+    /// the same name and role, written over <out>/<name>.pem and .key (the
+    /// controller reloads its own within 5 s, agents at their next
+    /// connection). The old one stays valid until it expires or is revoked.
+    Renew(RenewArgs),
     /// Revoke certificates and sign a new crl.pem (servers pick it up without a restart).
     Revoke(RevokeArgs),
     /// List the certificates this CA issued.
@@ -51,6 +56,23 @@ pub struct IssueArgs {
     #[arg(long, default_value_t = 365)]
     days: u32,
     /// Directory for the certificate and key (default: the CA directory).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Arguments of `trireme cert renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// CA directory.
+    #[arg(long, env = "TRIREME_CA_DIR")]
+    dir: PathBuf,
+    /// The certificate's name (as in `trireme cert ls`).
+    #[arg(long)]
+    name: String,
+    /// Validity of the new certificate in days from now.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// Directory holding <name>.pem and <name>.key (default: the CA directory).
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -114,6 +136,24 @@ pub fn run(cmd: CertCommand) -> anyhow::Result<()> {
                 date(&issued.cert.not_after),
                 issued.cert_path.display(),
                 issued.key_path.display()
+            )?;
+        }
+        CertCommand::Renew(a) => {
+            let out_dir = a.out.unwrap_or_else(|| a.dir.clone());
+            let r = ca::renew(&a.dir, &a.name, a.days, &out_dir)?;
+            writeln!(
+                out,
+                "renewed {} certificate {:?}: serial {}, valid until {}\n  certificate: {}\n  key:         {}\n  replaced serial {} (valid until {}; once every holder uses the new files: trireme cert revoke --dir {} --serial {})",
+                r.issued.cert.role,
+                r.issued.cert.name,
+                r.issued.cert.serial,
+                date(&r.issued.cert.not_after),
+                r.issued.cert_path.display(),
+                r.issued.key_path.display(),
+                r.replaced.serial,
+                date(&r.replaced.not_after),
+                a.dir.display(),
+                r.replaced.serial
             )?;
         }
         CertCommand::Revoke(a) => {

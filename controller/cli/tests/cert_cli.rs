@@ -129,3 +129,108 @@ fn cert_cli_round_trip() {
     let err = fails(&["cert", "ls", "--dir", empty.to_str().unwrap()]);
     assert!(err.contains("trireme cert init-ca"), "{err}");
 }
+
+/// `trireme cert renew`: a new key and certificate over the old files, same
+/// name and role (as openssl reads them), a later expiry; the old serial
+/// stays valid in the index; refusals name what is wrong and replace nothing.
+#[test]
+fn cert_renew_replaces_the_files_keeps_name_and_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let ca_s = ca.to_str().unwrap();
+    let out = tmp.path().join("agent-files");
+    std::fs::create_dir_all(&out).unwrap();
+    let out_s = out.to_str().unwrap();
+    ok(&["cert", "init-ca", "--dir", ca_s]);
+    ok(&[
+        "cert", "issue", "--dir", ca_s, "--role", "agent", "--name", "web-1", "--days", "10",
+        "--out", out_s,
+    ]);
+    let openssl = |args: &[&str]| -> String {
+        let o = Command::new("openssl").args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let pem = out.join("web-1.pem");
+    let key = out.join("web-1.key");
+    let old_key = std::fs::read(&key).unwrap();
+    let old_serial = openssl(&["x509", "-serial", "-noout", "-in", pem.to_str().unwrap()]);
+    let old_end = openssl(&["x509", "-enddate", "-noout", "-in", pem.to_str().unwrap()]);
+
+    let text = ok(&[
+        "cert", "renew", "--dir", ca_s, "--name", "web-1", "--days", "400", "--out", out_s,
+    ]);
+    assert!(
+        text.contains("renewed agent certificate \"web-1\""),
+        "{text}"
+    );
+    assert!(text.contains("trireme cert revoke"), "{text}");
+    let new_serial = openssl(&["x509", "-serial", "-noout", "-in", pem.to_str().unwrap()]);
+    assert_ne!(new_serial, old_serial);
+    assert_ne!(
+        openssl(&["x509", "-enddate", "-noout", "-in", pem.to_str().unwrap()]),
+        old_end
+    );
+    assert_ne!(std::fs::read(&key).unwrap(), old_key, "a new key");
+    assert_eq!(mode(&key), 0o600);
+    // Same name and role, as openssl reads them; the key matches the certificate.
+    let text_form = openssl(&["x509", "-text", "-noout", "-in", pem.to_str().unwrap()]);
+    assert!(
+        text_form.contains("CN=web-1") || text_form.contains("CN = web-1"),
+        "{text_form}"
+    );
+    assert!(text_form.contains("urn:trireme:role:agent"), "{text_form}");
+    let pubkey_cert = openssl(&["x509", "-pubkey", "-noout", "-in", pem.to_str().unwrap()]);
+    let pubkey_key = openssl(&["pkey", "-pubout", "-in", key.to_str().unwrap()]);
+    assert_eq!(pubkey_cert, pubkey_key);
+    // Both are in the index, both valid: the old one until it is revoked.
+    let rows = ls_json(ca_s);
+    let web: Vec<_> = rows.iter().filter(|r| r["name"] == "web-1").collect();
+    assert_eq!(web.len(), 2, "{rows:?}");
+    assert!(web.iter().all(|r| r["status"] == "valid"), "{rows:?}");
+    // No staging directory left behind.
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+
+    // Refusals: no such certificate; a file that is not this CA's.
+    let e = fails(&[
+        "cert", "renew", "--dir", ca_s, "--name", "web-2", "--out", out_s,
+    ]);
+    assert!(e.contains("no valid certificate named \"web-2\""), "{e}");
+    let other = tmp.path().join("other-ca");
+    ok(&["cert", "init-ca", "--dir", other.to_str().unwrap()]);
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        other.to_str().unwrap(),
+        "--role",
+        "agent",
+        "--name",
+        "web-1",
+        "--out",
+        foreign.to_str().unwrap(),
+    ]);
+    let before = std::fs::read(foreign.join("web-1.pem")).unwrap();
+    let e = fails(&[
+        "cert",
+        "renew",
+        "--dir",
+        ca_s,
+        "--name",
+        "web-1",
+        "--out",
+        foreign.to_str().unwrap(),
+    ]);
+    assert!(e.contains("is not a certificate this CA issued"), "{e}");
+    assert_eq!(
+        std::fs::read(foreign.join("web-1.pem")).unwrap(),
+        before,
+        "nothing replaced"
+    );
+}

@@ -371,6 +371,92 @@ pub fn revoke(ca_dir: &Path, target: &RevokeTarget) -> Result<Vec<IssuedCert>> {
     Ok(revoked)
 }
 
+/// A renewed certificate and the one it replaces.
+#[derive(Debug)]
+pub struct Renewed {
+    /// The new certificate, written over the old files.
+    pub issued: Issued,
+    /// The certificate it replaces (still valid until it expires or is revoked).
+    pub replaced: IssuedCert,
+}
+
+/// Renew the certificate called `name`: a new key and certificate with the
+/// same name and role as its newest valid one, valid `days` from now,
+/// replacing `<out_dir>/<name>.pem` and `.key`. The new pair is written
+/// beside them first and renamed over them (key, then certificate), so a
+/// server that reloads its files on change never reads half a file. The
+/// old certificate stays valid until it expires; revoke it by serial once
+/// every holder uses the new one.
+///
+/// # Errors
+/// [`Error::CertRequest`] when the CA issued no valid certificate of that
+/// name, or `<out_dir>/<name>.pem` is not that certificate's file (another
+/// name's or a foreign one: nothing is replaced then); CA and I/O errors.
+pub fn renew(ca_dir: &Path, name: &str, days: u32, out_dir: &Path) -> Result<Renewed> {
+    let replaced = list(ca_dir)?
+        .into_iter()
+        .filter(|c| c.name == name && c.status() == "valid")
+        .max_by_key(|c| c.not_after)
+        .ok_or_else(|| {
+            Error::CertRequest(format!(
+                "this CA has no valid certificate named {name:?} to renew (see `trireme cert ls`); issue one with `trireme cert issue`"
+            ))
+        })?;
+    let cert_path = out_dir.join(format!("{name}.pem"));
+    let key_path = out_dir.join(format!("{name}.key"));
+    // Replace only a certificate this CA issued under that name.
+    let current = super::config::load_certs(&cert_path).map_err(|e| {
+        Error::CertRequest(format!(
+            "{}: {e}; give --out the directory holding {name}.pem and {name}.key",
+            cert_path.display()
+        ))
+    })?;
+    let serial = current
+        .first()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, c)| super::serial_hex(c.raw_serial()));
+    let known = list(ca_dir)?;
+    if !serial
+        .as_ref()
+        .is_some_and(|s| known.iter().any(|c| &c.serial == s && c.name == name))
+    {
+        return Err(Error::CertRequest(format!(
+            "{} is not a certificate this CA issued for {name:?}: nothing replaced",
+            cert_path.display()
+        )));
+    }
+    let staging = out_dir.join(format!(".renew-{name}"));
+    if staging.exists() {
+        return Err(Error::CertRequest(format!(
+            "{} exists (an interrupted renewal?): look at it, remove it, and run renew again",
+            staging.display()
+        )));
+    }
+    std::fs::create_dir(&staging)
+        .map_err(|e| Error::CertRequest(format!("{}: {e}", staging.display())))?;
+    let issued = issue(ca_dir, replaced.role, name, days, &staging);
+    let moved = issued.and_then(|mut i| {
+        for (from, to) in [(&i.key_path, &key_path), (&i.cert_path, &cert_path)] {
+            std::fs::rename(from, to).map_err(|e| {
+                Error::CertRequest(format!(
+                    "moving {} to {}: {e}",
+                    from.display(),
+                    to.display()
+                ))
+            })?;
+        }
+        i.key_path = key_path.clone();
+        i.cert_path = cert_path.clone();
+        Ok(i)
+    });
+    // The staging directory is ours and empty once both files moved.
+    let _ = std::fs::remove_dir(&staging);
+    Ok(Renewed {
+        issued: moved?,
+        replaced,
+    })
+}
+
 /// Every certificate this CA issued, oldest first.
 ///
 /// # Errors
