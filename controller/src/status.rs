@@ -72,6 +72,51 @@ pub struct Live<'a> {
     pub volumes: &'a BTreeMap<SourceId, Volume>,
     /// Each location's state after the last replication pass.
     pub location_states: &'a BTreeMap<String, LocationState>,
+    /// The controller's own certificate and the CA's: `(kind, name,
+    /// not-after Unix seconds)`, as [`trireme_net::tls::TlsFiles::expiry`].
+    pub certificates: &'a [(&'static str, String, i64)],
+}
+
+/// Certificates within this many days of expiry are a status problem (the
+/// TriremeCertificateExpiringSoon alert's threshold).
+pub const CERT_WARN_DAYS: i64 = 30;
+
+/// Status problems for the controller's certificates that expire within
+/// [`CERT_WARN_DAYS`] (or have).
+pub fn certificate_problems(
+    certs: &[(&'static str, String, i64)],
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (kind, name, not_after) in certs {
+        let left = not_after - now.timestamp();
+        if left >= CERT_WARN_DAYS * 86_400 {
+            continue;
+        }
+        let what = if *kind == "ca" {
+            format!("the CA certificate {name:?}")
+        } else {
+            format!("the controller's certificate {name:?}")
+        };
+        let when = DateTime::<Utc>::from_timestamp(*not_after, 0).map_or_else(
+            || not_after.to_string(),
+            |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+        );
+        let fix = if *kind == "ca" {
+            "make a new CA and reissue every certificate from it before then (docs/operations.md A1)"
+        } else {
+            "renew it with `trireme cert renew --name` and that name; the controller reloads it within 5 s"
+        };
+        out.push(if left <= 0 {
+            format!("{what} expired on {when}: {fix}")
+        } else {
+            format!(
+                "{what} expires on {when} (in {} days): {fix}",
+                left / 86_400
+            )
+        });
+    }
+    out
 }
 
 /// The fleet's state.
@@ -147,6 +192,9 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
         status.protection.push(p);
     }
     status.problems.extend(volume_problems(live.volumes));
+    status
+        .problems
+        .extend(certificate_problems(live.certificates, now));
     for h in crate::recovery::health(catalog, want, now)? {
         for p in &h.problems {
             status.problems.push(format!("{}: {p}", h.source));
@@ -203,5 +251,39 @@ mod tests {
             "{p:?}"
         );
         assert!(p[1].contains("99% full"), "{p:?}");
+    }
+}
+
+#[cfg(test)]
+mod cert_tests {
+    use super::*;
+
+    #[test]
+    fn certificates_near_or_past_expiry_are_problems() {
+        let now: DateTime<Utc> = "2026-12-04T12:00:00Z".parse().unwrap();
+        let day = 86_400;
+        let t = now.timestamp();
+        let certs = [
+            ("cert", "ctl.example.com".to_string(), t + 10 * day),
+            ("ca", "Trireme CA 1".to_string(), t + 400 * day),
+            ("cert", "old".to_string(), t - day),
+            ("ca", "Trireme CA 0".to_string(), t + 29 * day),
+        ];
+        let p = certificate_problems(&certs, now);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(
+            p[0].contains("\"ctl.example.com\" expires on 2026-12-14")
+                && p[0].contains("in 10 days")
+                && p[0].contains("trireme cert renew"),
+            "{}",
+            p[0]
+        );
+        assert!(p[1].contains("\"old\" expired on"), "{}", p[1]);
+        assert!(
+            p[2].contains("CA certificate") && p[2].contains("new CA"),
+            "{}",
+            p[2]
+        );
+        assert!(certificate_problems(&certs[1..2], now).is_empty());
     }
 }

@@ -940,6 +940,51 @@ async fn standard_health_and_readiness() {
         not_after("web-1")
     );
 
+    // Renewed with 10 days left (`trireme cert renew`): the controller
+    // reloads the files, exports the new end, and `status` says to renew.
+    assert!(f.cli_json(&["status"])["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| !p.as_str().unwrap().contains("certificate")));
+    let out = std::process::Command::new(support::fleet::bin("trireme"))
+        .args(["cert", "renew", "--dir"])
+        .arg(&f.ca)
+        .args(["--name", "localhost", "--days", "10", "--out"])
+        .arg(&f.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problem = wait_for(
+        "status to warn about the renewed certificate",
+        Duration::from_secs(30),
+        || {
+            f.cli_json(&["status"])["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p.as_str())
+                .find(|p| p.contains("certificate \"localhost\" expires on"))
+                .map(str::to_string)
+        },
+    );
+    assert!(
+        (problem.contains("in 9 days") || problem.contains("in 10 days"))
+            && problem.contains("trireme cert renew"),
+        "{problem}"
+    );
+    assert_eq!(
+        support::fleet::sample(
+            &support::fleet::scrape(&ctl_http),
+            "trireme_tls_certificate_expiry_timestamp_seconds{kind=\"cert\",name=\"localhost\"}"
+        ),
+        not_after("localhost")
+    );
+
     // grpc.health.v1 over mTLS, as a load balancer with a certificate asks.
     let channel = {
         let files = trireme_net::tls::TlsFiles::in_dir(&f.ca, "op");

@@ -108,6 +108,7 @@ pub fn status(shared: &Shared) -> Result<FleetStatus> {
             connected: &|name| shared.agents.is_connected(name),
             volumes: &volumes,
             location_states: &shared.replicator.states(),
+            certificates: &shared.authz.files().expiry(),
         },
     )
 }

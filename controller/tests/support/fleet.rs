@@ -105,7 +105,8 @@ impl Fleet {
         let dir = tmp.path().to_path_buf();
         let ca = dir.join("ca");
         ca::init_ca(&ca).unwrap();
-        ca::issue(&ca, Role::Controller, "localhost", 30, &ca).unwrap();
+        // A year, as `trireme cert issue` gives: under 30 days is a status problem.
+        ca::issue(&ca, Role::Controller, "localhost", 365, &ca).unwrap();
         ca::issue(&ca, Role::Operator, "op", 30, &ca).unwrap();
         ca::issue(&ca, Role::Viewer, "viewer", 30, &ca).unwrap();
         let out = Command::new(bin("trireme-controller"))
