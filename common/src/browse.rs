@@ -259,6 +259,22 @@ impl IndexedRepo {
     /// # Errors
     /// As [`IndexedRepo::walk_tree`].
     pub async fn diff(&self, a: &Snapshot, b: &Snapshot) -> Result<(Vec<Change>, DiffSummary)> {
+        let (changes, sum, _) = self.diff_at_most(a, b, usize::MAX).await?;
+        Ok((changes, sum))
+    }
+
+    /// As [`IndexedRepo::diff`], keeping at most `max` changes (the
+    /// summary still counts them all); the flag says whether some were
+    /// left out.
+    ///
+    /// # Errors
+    /// As [`IndexedRepo::walk_tree`].
+    pub async fn diff_at_most(
+        &self,
+        a: &Snapshot,
+        b: &Snapshot,
+        max: usize,
+    ) -> Result<(Vec<Change>, DiffSummary, bool)> {
         let this = self.clone();
         let (a, b) = (a.clone(), b.clone());
         let handle = tokio::runtime::Handle::current();
@@ -272,6 +288,14 @@ impl IndexedRepo {
             let (mut ra, mut rb) = (reader(&a), reader(&b));
             let (mut ea, mut eb) = (ra.next_entry()?, rb.next_entry()?);
             let mut changes = Vec::new();
+            let mut truncated = false;
+            let mut keep = |changes: &mut Vec<Change>, c: Change| {
+                if changes.len() < max {
+                    changes.push(c);
+                } else {
+                    truncated = true;
+                }
+            };
             let mut sum = DiffSummary::default();
             loop {
                 let order = match (&ea, &eb) {
@@ -285,14 +309,14 @@ impl IndexedRepo {
                         let x = ea.take().expect("some");
                         sum.removed += 1;
                         sum.removed_bytes += x.size;
-                        changes.push(change(&x, ChangeKind::Removed, x.size, 0));
+                        keep(&mut changes, change(&x, ChangeKind::Removed, x.size, 0));
                         ea = ra.next_entry()?;
                     }
                     std::cmp::Ordering::Greater => {
                         let y = eb.take().expect("some");
                         sum.added += 1;
                         sum.added_bytes += y.size;
-                        changes.push(change(&y, ChangeKind::Added, 0, y.size));
+                        keep(&mut changes, change(&y, ChangeKind::Added, 0, y.size));
                         eb = rb.next_entry()?;
                     }
                     std::cmp::Ordering::Equal => {
@@ -305,21 +329,27 @@ impl IndexedRepo {
                             sum.modified += 1;
                             sum.removed_bytes += x.size;
                             sum.added_bytes += y.size;
-                            changes.push(change(&y, ChangeKind::Modified, x.size, y.size));
+                            keep(
+                                &mut changes,
+                                change(&y, ChangeKind::Modified, x.size, y.size),
+                            );
                         } else if x.mode != y.mode
                             || x.uid != y.uid
                             || x.gid != y.gid
                             || (x.kind != EntryKind::Dir && x.mtime_ns != y.mtime_ns)
                         {
                             sum.metadata += 1;
-                            changes.push(change(&y, ChangeKind::Metadata, x.size, y.size));
+                            keep(
+                                &mut changes,
+                                change(&y, ChangeKind::Metadata, x.size, y.size),
+                            );
                         }
                         ea = ra.next_entry()?;
                         eb = rb.next_entry()?;
                     }
                 }
             }
-            Ok((changes, sum))
+            Ok((changes, sum, truncated))
         })
         .await
         .map_err(|e| Error::Pipeline(format!("tree reader: {e}")))?
@@ -331,9 +361,27 @@ impl IndexedRepo {
     /// # Errors
     /// As [`IndexedRepo::walk_tree`].
     pub async fn find(&self, snap: &Snapshot, globs: &PathGlobs) -> Result<Vec<TreeEntry>> {
+        Ok(self.find_at_most(snap, globs, usize::MAX).await?.0)
+    }
+
+    /// As [`IndexedRepo::find`], keeping at most `max` entries: the walk
+    /// stops there, and the flag says whether entries were left out.
+    ///
+    /// # Errors
+    /// As [`IndexedRepo::walk_tree`].
+    pub async fn find_at_most(
+        &self,
+        snap: &Snapshot,
+        globs: &PathGlobs,
+        max: usize,
+    ) -> Result<(Vec<TreeEntry>, bool)> {
         let globs = globs.clone();
-        self.walk_tree(snap, Vec::new(), move |out, mut e| {
+        self.walk_tree(snap, (Vec::new(), false), move |(out, truncated), mut e| {
             if !e.path.is_empty() && globs.matches(&e.path) {
+                if out.len() >= max {
+                    *truncated = true;
+                    return Ok(false);
+                }
                 e.chunks = Vec::new();
                 out.push(e);
             }

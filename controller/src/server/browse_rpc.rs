@@ -193,9 +193,7 @@ pub async fn diff(
             ))
         })?;
         let (location, ix, snaps) = open(shared, &[a.clone(), b.clone()]).await?;
-        let (mut changes, sum) = ix.diff(&snaps[0], &snaps[1]).await?;
-        let truncated = changes.len() > MAX_ENTRIES;
-        changes.truncate(MAX_ENTRIES);
+        let (changes, sum, truncated) = ix.diff_at_most(&snaps[0], &snaps[1], MAX_ENTRIES).await?;
         let DiffSummary {
             added,
             removed,
@@ -314,7 +312,9 @@ pub async fn find(
         let mut truncated = false;
         if let Some(ix) = &ix {
             'snaps: for (rec, snap) in records.iter().zip(&snaps) {
-                for e in ix.find(snap, &globs).await? {
+                let (found, cut) = ix.find_at_most(snap, &globs, MAX_ENTRIES).await?;
+                truncated |= cut;
+                for e in found {
                     let key = (display_path(&e), kind_name(e.kind), e.size, e.mtime_ns);
                     if !versions.contains_key(&key) && versions.len() >= MAX_ENTRIES {
                         truncated = true;
