@@ -45,7 +45,7 @@ use trireme_net::tls::TlsFiles;
 use crate::error::{Error, Result};
 
 mod key_provider;
-mod notify;
+pub mod notify;
 
 pub use key_provider::KeySource;
 use key_provider::RawKeyService;

@@ -1,5 +1,5 @@
 //! Telling people: each `[[notify]]` target gets the events it asked for,
-//! as a signed JSON webhook or a Slack message. Delivery is retried with
+//! as a signed JSON webhook, a Slack message or an email (SMTP). Delivery is retried with
 //! backoff (a slow or broken receiver never holds up a job: it runs in its
 //! own task), and its outcome is recorded in the audit log.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use crate::config::notify::{smtp_endpoint, SmtpSecurity};
 use crate::config::{EventKind, NotifyKind, NotifyTarget};
 
 /// Something to tell.
@@ -66,8 +67,91 @@ pub fn request(target: &NotifyTarget, n: &Notice) -> (Bytes, Vec<(&'static str, 
             "text": format!("*[Trireme] {}*\n{}", n.title, n.text),
         })
         .to_string(),
+        NotifyKind::Email { .. } => {
+            headers[0].1 = "text/plain; charset=utf-8".into();
+            email_text(n)
+        }
     };
     (Bytes::from(body), headers)
+}
+
+/// An email's body: the text, then what it is about.
+pub fn email_text(n: &Notice) -> String {
+    format!(
+        "{}\n\nevent:   {}\nsubject: {}\nat:      {}\n",
+        n.text,
+        n.kind.name(),
+        n.subject,
+        n.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
+/// Send `n` as an email: `Ok(SMTP reply code)`, or why not and whether the
+/// server refused for good (a 5xx reply).
+async fn send_email(target: &NotifyTarget, n: &Notice) -> Result<u16, (String, bool)> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let NotifyKind::Email {
+        from,
+        to,
+        security,
+        credentials,
+    } = &target.kind
+    else {
+        return Err(("not an email target".into(), true));
+    };
+    let permanent = |e: String| (e, true);
+    let (host, port, _) = smtp_endpoint(&target.url)
+        .ok_or_else(|| permanent(format!("{} is not an SMTP URL", target.url)))?;
+    let mut b = Message::builder()
+        .from(
+            from.parse()
+                .map_err(|e| permanent(format!("from {from}: {e}")))?,
+        )
+        .subject(format!("[Trireme] {}", n.title))
+        .header(ContentType::TEXT_PLAIN);
+    for a in to {
+        b = b.to(a.parse().map_err(|e| permanent(format!("to {a}: {e}")))?);
+    }
+    let message = b
+        .body(email_text(n))
+        .map_err(|e| permanent(e.to_string()))?;
+    let relay = match security {
+        SmtpSecurity::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host),
+        SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&host),
+        SmtpSecurity::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
+            &host,
+        )),
+    }
+    .map_err(|e| permanent(format!("{}: {e}", target.url)))?;
+    let mut relay = relay.port(port).timeout(Some(DEADLINE));
+    if let Some((user, password)) = credentials {
+        relay = relay.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    match relay.build().send(message).await {
+        Ok(reply) => Ok(reply.code().to_string().parse().unwrap_or(250)),
+        Err(e) => Err((format!("SMTP {}: {e}", target.url), e.is_permanent())),
+    }
+}
+
+/// One attempt: the receiver's status, or why not and whether to give up.
+async fn attempt(target: &NotifyTarget, n: &Notice) -> Result<u16, (String, bool)> {
+    if matches!(target.kind, NotifyKind::Email { .. }) {
+        return send_email(target, n).await;
+    }
+    let (body, headers) = request(target, n);
+    match trireme_net::http::post(&target.url, &headers, body, DEADLINE).await {
+        Ok((status, _)) if (200..300).contains(&status) => Ok(status),
+        Ok((status, text)) => Err((
+            format!(
+                "HTTP {status}: {}",
+                text.trim().chars().take(200).collect::<String>()
+            ),
+            (400..500).contains(&status) && status != 408 && status != 429,
+        )),
+        Err(e) => Err((e, false)),
+    }
 }
 
 /// Hex HMAC-SHA256 of `body` under `key`: what a receiver recomputes to
@@ -78,35 +162,30 @@ pub fn sign(key: &[u8], body: &[u8]) -> String {
 }
 
 /// Deliver `n` to `target`: up to [`ATTEMPTS`] tries, waiting 1, 2, 4, 8 s
-/// between them; a 4xx answer other than 408 and 429 is not retried (the
-/// receiver refuses the request itself).
+/// between them; a 4xx answer other than 408 and 429, or a permanent (5xx)
+/// SMTP reply, is not retried (the receiver refuses the request itself).
 pub async fn deliver(target: &NotifyTarget, n: &Notice) -> Delivery {
-    let (body, headers) = request(target, n);
     let mut wait = FIRST_WAIT;
     let mut last = String::new();
-    for attempt in 1..=ATTEMPTS {
-        match trireme_net::http::post(&target.url, &headers, body.clone(), DEADLINE).await {
-            Ok((status, _)) if (200..300).contains(&status) => {
+    for n_attempt in 1..=ATTEMPTS {
+        match attempt(target, n).await {
+            Ok(status) => {
                 return Delivery {
-                    attempts: attempt,
+                    attempts: n_attempt,
                     outcome: Ok(status),
                 }
             }
-            Ok((status, text)) => {
-                last = format!(
-                    "HTTP {status}: {}",
-                    text.trim().chars().take(200).collect::<String>()
-                );
-                if (400..500).contains(&status) && status != 408 && status != 429 {
+            Err((why, give_up)) => {
+                last = why;
+                if give_up {
                     return Delivery {
-                        attempts: attempt,
+                        attempts: n_attempt,
                         outcome: Err(last),
                     };
                 }
             }
-            Err(e) => last = e,
         }
-        if attempt < ATTEMPTS {
+        if n_attempt < ATTEMPTS {
             tokio::time::sleep(wait).await;
             wait *= 2;
         }

@@ -1044,8 +1044,30 @@ fn a_failed_job_is_told_signed_retried_and_recorded() {
     let secret = f.dir.join("notify.secret");
     std::fs::write(&secret, "s3cret-for-hmac\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A real SMTP server: Python's smtpd printing every message it accepts.
+    let smtp_port = trireme_testkit::ports::free_port();
+    let smtp_log = f.dir.join("smtp.log");
+    let mut smtpd = std::process::Command::new("python3")
+        .args([
+            "-u",
+            "-W",
+            "ignore",
+            "-m",
+            "smtpd",
+            "-n",
+            "-c",
+            "DebuggingServer",
+        ])
+        .arg(format!("127.0.0.1:{smtp_port}"))
+        .stdout(std::fs::File::create(&smtp_log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 -m smtpd (Python 3.11's standard library)");
+    wait_for("the SMTP server to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", smtp_port)).ok()
+    });
     f.controller_extra = format!(
-        "[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nsecret_file = {secret:?}\nevents = [\"job_failed\"]\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://{}/services/T/B/X\"\n",
+        "[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nsecret_file = {secret:?}\nevents = [\"job_failed\"]\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://{}/services/T/B/X\"\n\n[[notify]]\nname = \"mail\"\nkind = \"email\"\nurl = \"smtp+insecure://127.0.0.1:{smtp_port}\"\nfrom = \"trireme@example.com\"\nto = [\"oncall@example.com\", \"backup-team@example.com\"]\nevents = [\"job_failed\"]\n",
         hook.addr, slack.addr
     );
     f.start_controller();
@@ -1119,14 +1141,41 @@ fn a_failed_job_is_told_signed_retried_and_recorded() {
             .starts_with("*[Trireme] restore of web-1/files"),
         "{v}"
     );
+    // The email, as the SMTP server received it: both recipients, the
+    // subject, the text and what it is about.
+    let mail = wait_for("the email", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&smtp_log).unwrap_or_default();
+        text.contains("END MESSAGE").then_some(text)
+    });
+    let _ = smtpd.kill();
+    let _ = smtpd.wait();
+    assert!(mail.contains("From: trireme@example.com"), "{mail}");
+    assert!(
+        mail.contains("To: oncall@example.com, backup-team@example.com"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("Subject: [Trireme] restore of web-1/files"),
+        "{mail}"
+    );
+    assert!(
+        mail.contains("event:   job_failed") && mail.contains("subject: web-1/files"),
+        "{mail}"
+    );
+    assert_eq!(
+        mail.matches("END MESSAGE").count(),
+        1,
+        "only the failure: {mail}"
+    );
     // Each delivery is in the audit log.
     let audit = wait_for(
-        "both deliveries in the audit log",
+        "the deliveries in the audit log",
         Duration::from_secs(10),
         || {
             let a = f.cli(&["audit", "ls", "--actor", "notify"]);
             (a.contains("job_failed web-1/files to oncall")
-                && a.contains("job_failed web-1/files to chat"))
+                && a.contains("job_failed web-1/files to chat")
+                && a.contains("job_failed web-1/files to mail"))
             .then_some(a)
         },
     );

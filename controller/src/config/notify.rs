@@ -12,6 +12,15 @@
 //! name = "chat"
 //! kind = "slack"                    # a Slack incoming webhook: {"text": ...}
 //! url = "https://hooks.slack.com/services/T000/B000/XXXX"
+//!
+//! [[notify]]
+//! name = "mail"
+//! kind = "email"                    # SMTP
+//! url = "smtp://mail.example.com:587"  # STARTTLS required; smtps://host:465 (TLS); smtp+insecure://127.0.0.1:25 (none)
+//! from = "trireme@example.com"
+//! to = ["oncall@example.com"]
+//! username = "trireme"               # optional, with password_file (mode 0600)
+//! password_file = "/etc/trireme/smtp.password"
 //! ```
 
 use std::path::Path;
@@ -71,6 +80,49 @@ pub enum NotifyKind {
     },
     /// A Slack incoming webhook.
     Slack,
+    /// An email through an SMTP server (`url` = `smtp://`, `smtps://` or
+    /// `smtp+insecure://` `host:port`).
+    Email {
+        /// The sender address.
+        from: String,
+        /// The recipients.
+        to: Vec<String>,
+        /// How the connection is protected.
+        security: SmtpSecurity,
+        /// SMTP AUTH user name and password, if any.
+        credentials: Option<(String, String)>,
+    },
+}
+
+/// How an SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// `smtp://`: STARTTLS, required (default port 587).
+    StartTls,
+    /// `smtps://`: TLS from the first byte (default port 465).
+    Tls,
+    /// `smtp+insecure://`: no encryption (a relay on the same host only).
+    None,
+}
+
+/// `host` and `port` of an SMTP URL, and its security.
+pub fn smtp_endpoint(url: &str) -> Option<(String, u16, SmtpSecurity)> {
+    let (security, rest, port) = if let Some(r) = url.strip_prefix("smtps://") {
+        (SmtpSecurity::Tls, r, 465)
+    } else if let Some(r) = url.strip_prefix("smtp+insecure://") {
+        (SmtpSecurity::None, r, 25)
+    } else {
+        (SmtpSecurity::StartTls, url.strip_prefix("smtp://")?, 587)
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None => (rest, port),
+    };
+    if host.is_empty() || host.contains(['/', '@', '?']) {
+        return None;
+    }
+    Some((host.to_string(), port, security))
 }
 
 /// One `[[notify]]` table.
@@ -80,7 +132,7 @@ pub struct NotifyTarget {
     pub name: String,
     /// How.
     pub kind: NotifyKind,
-    /// Where: `http://` or `https://`.
+    /// Where: `http://` or `https://`; for email the SMTP server's URL.
     pub url: String,
     /// What; empty: everything.
     pub events: Vec<EventKind>,
@@ -102,12 +154,41 @@ pub(super) struct RawNotify {
     secret_file: Option<std::path::PathBuf>,
     #[serde(default)]
     events: Vec<String>,
+    from: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
 }
 
 impl RawNotify {
     pub(super) fn build(self, base: &Path) -> Result<NotifyTarget> {
         let bad = |field: &'static str, value: &str, why: String| Error::invalid(field, value, why);
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+        let email = self.kind == "email";
+        if !email
+            && (self.from.is_some()
+                || !self.to.is_empty()
+                || self.username.is_some()
+                || self.password_file.is_some())
+        {
+            return Err(bad(
+                "notify.kind",
+                &self.kind,
+                format!("[[notify]] {:?}: from, to, username and password_file are for kind = \"email\"", self.name),
+            ));
+        }
+        if email {
+            if smtp_endpoint(&self.url).is_none() {
+                return Err(bad(
+                    "notify.url",
+                    &self.url,
+                    format!(
+                        "[[notify]] {:?}: write smtp://HOST[:587] (STARTTLS), smtps://HOST[:465] (TLS) or smtp+insecure://HOST[:25] (no encryption: a relay on this host only)",
+                        self.name
+                    ),
+                ));
+            }
+        } else if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
             return Err(bad(
                 "notify.url",
                 &self.url,
@@ -160,11 +241,81 @@ impl RawNotify {
                 }
                 NotifyKind::Slack
             }
+            "email" => {
+                let address = |field: &'static str, a: &str| -> Result<String> {
+                    a.parse::<lettre::message::Mailbox>()
+                        .map(|_| a.to_string())
+                        .map_err(|e| {
+                            bad(
+                                field,
+                                a,
+                                format!("[[notify]] {:?}: not an email address ({e})", self.name),
+                            )
+                        })
+                };
+                let from = address(
+                    "notify.from",
+                    self.from.as_deref().ok_or_else(|| {
+                        bad(
+                            "notify.from",
+                            &self.name,
+                            "an email target needs from = \"trireme@example.com\"".into(),
+                        )
+                    })?,
+                )?;
+                if self.to.is_empty() {
+                    return Err(bad(
+                        "notify.to",
+                        &self.name,
+                        "an email target needs to = [\"oncall@example.com\"]".into(),
+                    ));
+                }
+                let to = self
+                    .to
+                    .iter()
+                    .map(|a| address("notify.to", a))
+                    .collect::<Result<Vec<_>>>()?;
+                let credentials = match (&self.username, &self.password_file) {
+                    (None, None) => None,
+                    (Some(u), Some(f)) => {
+                        let f = if f.is_absolute() {
+                            f.clone()
+                        } else {
+                            base.join(f)
+                        };
+                        Some((
+                            u.clone(),
+                            String::from_utf8_lossy(&read_secret(&f)?).into_owned(),
+                        ))
+                    }
+                    _ => {
+                        return Err(bad(
+                            "notify.username",
+                            &self.name,
+                            "give both username and password_file, or neither".into(),
+                        ))
+                    }
+                };
+                if self.secret_file.is_some() {
+                    return Err(bad(
+                        "notify.secret_file",
+                        &self.name,
+                        "an email target has no secret_file (that signs webhooks)".into(),
+                    ));
+                }
+                let (_, _, security) = smtp_endpoint(&self.url).expect("checked above");
+                NotifyKind::Email {
+                    from,
+                    to,
+                    security,
+                    credentials,
+                }
+            }
             other => {
                 return Err(bad(
                     "notify.kind",
                     other,
-                    "write \"webhook\" or \"slack\"".into(),
+                    "write \"webhook\", \"slack\" or \"email\"".into(),
                 ))
             }
         };
@@ -241,7 +392,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("\"webhook\" or \"slack\""), "{e}");
+        assert!(e.contains("\"webhook\", \"slack\" or \"email\""), "{e}");
         let e = build(
             "name = \"h\"\nkind = \"slack\"\nurl = \"ftp://x\"\n",
             dir.path(),
@@ -262,5 +413,71 @@ mod tests {
         )
         .unwrap();
         assert!(t.wants(EventKind::Drill) && !t.wants(EventKind::JobFailed));
+    }
+
+    #[test]
+    fn email_targets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mail = "name = \"m\"\nkind = \"email\"\nurl = \"smtp://mail.example.com\"\nfrom = \"t@example.com\"\nto = [\"a@example.com\"]\n";
+        let t = build(mail, dir.path()).unwrap();
+        assert_eq!(
+            t.kind,
+            NotifyKind::Email {
+                from: "t@example.com".into(),
+                to: vec!["a@example.com".into()],
+                security: SmtpSecurity::StartTls,
+                credentials: None
+            }
+        );
+        assert_eq!(
+            smtp_endpoint("smtp://mail.example.com"),
+            Some(("mail.example.com".into(), 587, SmtpSecurity::StartTls))
+        );
+        assert_eq!(
+            smtp_endpoint("smtps://mail.example.com:2465"),
+            Some(("mail.example.com".into(), 2465, SmtpSecurity::Tls))
+        );
+        assert_eq!(
+            smtp_endpoint("smtp+insecure://127.0.0.1"),
+            Some(("127.0.0.1".into(), 25, SmtpSecurity::None))
+        );
+        for (text, says) in [
+            (
+                mail.replace("smtp://mail.example.com", "https://x"),
+                "smtp://HOST",
+            ),
+            (
+                mail.replace("t@example.com", "not an address"),
+                "not an email address",
+            ),
+            (mail.replace("to = [\"a@example.com\"]\n", ""), "needs to ="),
+            (
+                mail.replace("from = \"t@example.com\"\n", ""),
+                "needs from =",
+            ),
+            (
+                format!("{mail}username = \"u\"\n"),
+                "both username and password_file",
+            ),
+            (
+                "name = \"h\"\nkind = \"slack\"\nurl = \"https://x\"\nto = [\"a@example.com\"]\n"
+                    .to_string(),
+                "are for kind = \"email\"",
+            ),
+        ] {
+            let e = build(&text, dir.path()).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = build(
+            &format!("{mail}username = \"u\"\npassword_file = \"pw\"\n"),
+            dir.path(),
+        )
+        .unwrap();
+        assert!(
+            matches!(t.kind, NotifyKind::Email { credentials: Some((ref u, ref p)), .. } if u == "u" && p == "hunter2")
+        );
     }
 }
