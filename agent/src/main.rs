@@ -45,6 +45,11 @@ enum Command {
         #[arg(long, short, env = "TRIREME_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Write man pages (trireme-agent.1 and one per subcommand) into DIR.
+    Man {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
     /// Create a new master key file (mode 0600). Keep it apart from the backups.
     Keygen {
         /// Where to write the key; an existing file is never overwritten.
@@ -150,6 +155,13 @@ fn main() -> std::process::ExitCode {
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::Keygen { key_file } => local::keygen(&key_file),
+            Command::Man { dir } => {
+                use clap::CommandFactory;
+                std::fs::create_dir_all(&dir)?;
+                clap_mangen::generate_to(Cli::command(), &dir)?;
+                println!("wrote the man pages to {}", dir.display());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
             Command::Init { repo } => local::init(&repo).await,
             Command::Backup(args) => local::backup(args).await,
             Command::Restore(args) => local::restore(args).await,

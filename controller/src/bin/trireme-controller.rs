@@ -50,6 +50,11 @@ enum Command {
         #[arg(long, short, env = "TRIREME_CONTROLLER_CONFIG")]
         config: PathBuf,
     },
+    /// Write man pages (trireme-controller.1 and one per subcommand) into DIR.
+    Man {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
     /// Create the master key file (mode 0600). Keep it apart from the backups
     /// and keep a copy: without it no backup can be read.
     Keygen {
@@ -179,6 +184,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     trireme_net::logging::init(&cli.log, cli.log_format);
     let result = match cli.command {
+        Command::Man { dir } => std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                use clap::CommandFactory;
+                clap_mangen::generate_to(Cli::command(), &dir)
+            })
+            .map(|()| println!("wrote the man pages to {}", dir.display()))
+            .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", dir.display())),
         Command::Keygen { key_file } => LocalKeyFile::create(&key_file)
             .map(|k| {
                 println!(
