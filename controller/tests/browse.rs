@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::fleet::{wait_for, AgentSpec, Fleet};
-use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
+use support::totp::Codes;
 
 fn text(out: &Output) -> String {
     format!(
@@ -23,32 +23,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// TOTP codes for one account, each for a later step than the last (the
-/// controller takes no step twice), sent while the controller accepts it.
-struct Codes {
-    secret: Vec<u8>,
-    last: u64,
-}
-
-impl Codes {
-    fn next(&mut self) -> String {
-        loop {
-            let unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let now = unix / STEP_SECS;
-            let left = STEP_SECS - unix % STEP_SECS;
-            let step = (self.last + 1).max(now - 1);
-            if step <= now + 1 && (step >= now || left >= 8) {
-                self.last = step;
-                return code_at(&self.secret, step * STEP_SECS);
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
 }
 
 /// Run a backup of web-1/files and wait for it; its snapshot id.
@@ -416,10 +390,7 @@ fn ls_diff_find_stats_through_the_controller() {
 
     // Once op enrolled, a dump needs a code (as a restore does).
     let enrolled = f.cli_json(&["mfa", "enroll"]);
-    let mut codes = Codes {
-        secret: secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap(),
-        last: 0,
-    };
+    let mut codes = Codes::for_secret(enrolled["secret"].as_str().unwrap());
     f.cli(&["mfa", "confirm", &codes.next()]);
     let out = f.cli_as("op", &["dump", &first, "/run.sh"]);
     assert!(!out.status.success(), "{}", text(&out));

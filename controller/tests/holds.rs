@@ -12,11 +12,11 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::fleet::{make_data, wait_for, wait_verified, AgentSpec, Fleet};
-use trireme_controller::mfa::{code_at, secret_from_base32, STEP_SECS};
+use support::totp::Codes;
 
 fn text(out: &Output) -> String {
     format!(
@@ -24,34 +24,6 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// TOTP codes for one account, each for a later step than the last (the
-/// controller takes no step twice), sent while the controller accepts it.
-struct Codes {
-    secret: Vec<u8>,
-    last: u64,
-}
-
-impl Codes {
-    fn next(&mut self) -> String {
-        loop {
-            let unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_secs();
-            let now = unix / STEP_SECS;
-            let left = STEP_SECS - unix % STEP_SECS;
-            let step = (self.last + 1).max(now - 1);
-            // Accepted one step either side of now; keep a margin for the
-            // call itself.
-            if step <= now + 1 && (step >= now || left >= 8) {
-                self.last = step;
-                return code_at(&self.secret, step * STEP_SECS);
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
 }
 
 /// Wait for job `id` to end; its snapshot id.
@@ -241,10 +213,7 @@ fn holds_tags_filters_and_forget_on_a_real_fleet() {
 
     // Enroll: from now on op's sensitive actions need a code.
     let enrolled = f.cli_json(&["mfa", "enroll"]);
-    let mut codes = Codes {
-        secret: secret_from_base32(enrolled["secret"].as_str().unwrap()).unwrap(),
-        last: 0,
-    };
+    let mut codes = Codes::for_secret(enrolled["secret"].as_str().unwrap());
     f.cli(&["mfa", "confirm", &codes.next()]);
 
     let done = f.cli_json(&["prune", "--totp", &codes.next()]);

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod receiver;
 pub mod redis;
 pub mod session;
+pub mod totp;
 
 use std::net::SocketAddr;
 use std::path::Path;
