@@ -739,4 +739,4 @@ impl crate::catalog::Catalog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,49 +1,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::TimeZone;
 use trireme_common::backend::FileBackend;
-use trireme_common::{DynBackend, LocalKeyFile, Summary};
+use trireme_common::{DynBackend, LocalKeyFile};
 
 use super::*;
+use crate::prune::tests::{at, snap, LOCS};
 use crate::replication::{ReplicationSettings, Site};
-use crate::snapshots::CopyState;
-use crate::sources::SourceId;
-
-const LOCS: [&str; 3] = ["loc1", "loc2", "loc3"];
-
-fn at(h: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 1, h, 0, 0).unwrap()
-}
-
-/// Snapshot `n` of `source` at hour `n`, verified at the first `verified`
-/// locations.
-fn snap(n: u8, source: &str, verified: usize) -> SnapshotRecord {
-    let source: SourceId = source.parse().unwrap();
-    SnapshotRecord {
-        id: Id([n; 32]),
-        agent: source.agent.clone(),
-        source,
-        time: at(u32::from(n)),
-        size: 1,
-        summary: Summary::default(),
-        job: None,
-        copies: LOCS
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let state = if i < verified {
-                    CopyState::Verified { at: at(0) }
-                } else {
-                    CopyState::Pending
-                };
-                (l.to_string(), state)
-            })
-            .collect(),
-        position: BTreeMap::new(),
-        depends_on: Vec::new(),
-    }
-}
 
 /// A TiDB incremental resting on snapshot `previous`.
 fn incremental(n: u8, source: &str, previous: u8) -> SnapshotRecord {

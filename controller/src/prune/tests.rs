@@ -7,14 +7,17 @@ use super::*;
 use crate::jobs::JobId;
 use crate::policy::{apply_policy_file, parse_policy_file};
 
-const LOCS: [&str; 3] = ["loc1", "loc2", "loc3"];
+/// The three locations of these tests' snapshots (also used by `holds`'s tests).
+pub(crate) const LOCS: [&str; 3] = ["loc1", "loc2", "loc3"];
 
-fn at(h: u32) -> DateTime<Utc> {
+/// Hour `h` of a fixed day.
+pub(crate) fn at(h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, h, 0, 0).unwrap()
 }
 
-/// A snapshot verified at the first `verified` locations.
-fn snap(n: u8, source: &str, verified: usize) -> SnapshotRecord {
+/// Snapshot `n` of `source` at hour `n`, verified at the first `verified`
+/// locations.
+pub(crate) fn snap(n: u8, source: &str, verified: usize) -> SnapshotRecord {
     let source: SourceId = source.parse().unwrap();
     SnapshotRecord {
         id: Id([n; 32]),
