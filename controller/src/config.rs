@@ -22,6 +22,12 @@
 //! [[location]]
 //! name = "primary"
 //! url = "s3://trireme/prod?endpoint=https://s3.eu-west-1.amazonaws.com&region=eu-west-1"
+//! region = "eu-west-1"     # labels the protection rule counts
+//! provider = "aws"
+//!
+//! [protection]
+//! min_locations = 3                   # verified copies a protected snapshot needs
+//! distinct = ["region", "provider"]   # copies span 2+ of each (default ["region"])
 //! ```
 //!
 //! Instead of `key_file`, the master key can live in an external KMS:
@@ -85,6 +91,8 @@ pub struct ControllerConfig {
     pub prune_every: Option<Duration>,
     /// `[[notify]]`: who is told about failures and results.
     pub notify: Vec<NotifyTarget>,
+    /// `[protection]`: when a snapshot's copies count as protected.
+    pub protection: crate::protection::ProtectionRule,
 }
 
 /// One location.
@@ -131,6 +139,56 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default, rename = "notify")]
     notify: Vec<notify::RawNotify>,
+    #[serde(default)]
+    protection: RawProtection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProtection {
+    /// Verified copies a protected snapshot needs (default 3).
+    min_locations: Option<usize>,
+    /// Labels the copies must span 2+ values of (default `["region"]`).
+    distinct: Option<Vec<String>>,
+}
+
+impl RawProtection {
+    fn build(
+        &self,
+        locations: &[LocationConfig],
+    ) -> std::result::Result<crate::protection::ProtectionRule, String> {
+        use crate::protection::{Labels, ProtectionRule, Spread, DEFAULT_MIN_LOCATIONS};
+        let min = self.min_locations.unwrap_or(DEFAULT_MIN_LOCATIONS);
+        if min == 0 {
+            return Err(format!(
+                "[protection] min_locations must be at least 1 (default {DEFAULT_MIN_LOCATIONS})"
+            ));
+        }
+        let distinct = match &self.distinct {
+            None => vec![Spread::Region],
+            Some(words) => words
+                .iter()
+                .map(|w| {
+                    Spread::parse(w).ok_or_else(|| {
+                        format!("[protection] distinct = {words:?}: {w:?} is not a location label; use \"region\" and/or \"provider\" (or [] for none)")
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()?,
+        };
+        Ok(ProtectionRule::new(
+            min,
+            distinct,
+            locations.iter().map(|l| {
+                (
+                    l.name.clone(),
+                    Labels {
+                        region: l.region.clone(),
+                        provider: l.provider.clone(),
+                    },
+                )
+            }),
+        ))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -205,7 +263,12 @@ impl ControllerConfig {
     /// sends credentials, only URLs; a `credentials_file` is a path on the
     /// agent's host.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
+        let mut w: Vec<String> = self
+            .protection
+            .config_problems()
+            .into_iter()
+            .map(|p| format!("PROTECTION: {p}"))
+            .collect();
         for l in &self.locations {
             if !matches!(l.location, Location::S3(_)) {
                 continue;
@@ -453,7 +516,9 @@ impl ControllerConfig {
                 Some(d)
             }
         };
+        let protection = raw.protection.build(&locations).map_err(bad)?;
         Ok(ControllerConfig {
+            protection,
             listen,
             data_dir: abs(&raw.data_dir),
             key_source,
@@ -512,6 +577,9 @@ mod tests {
 listen = "127.0.0.1:7443"
 data_dir = "data"
 key_file = "master.key"
+[protection]
+min_locations = 1
+distinct = []
 [tls]
 dir = "tls"
 name = "localhost"
@@ -519,6 +587,36 @@ name = "localhost"
 name = "primary"
 url = "file:///tmp/x"
 "#;
+
+    #[test]
+    fn the_protection_rule_defaults_to_three_locations_in_two_regions() {
+        let p = Path::new("/etc/trireme/controller.toml");
+        let text = GOOD.replace("[protection]\nmin_locations = 1\ndistinct = []\n", "");
+        let c = ControllerConfig::parse(p, &text).unwrap();
+        assert_eq!(c.protection.min_locations(), 3);
+        assert_eq!(
+            c.protection.distinct(),
+            &[crate::protection::Spread::Region]
+        );
+        // One unlabelled location cannot meet it: a loud warning.
+        let w = c.warnings();
+        assert!(
+            w[0].starts_with("PROTECTION: the protection rule (verified at 3 locations, in 2 or more regions) cannot be met")
+                && w.iter().any(|l| l.contains("location primary has no region label")),
+            "{w:?}"
+        );
+        for (bad, says) in [
+            ("min_locations = 0", "min_locations must be at least 1"),
+            ("distinct = [\"zone\"]", "\"zone\" is not a location label"),
+            ("min = 2", "unknown field `min`"),
+        ] {
+            let e =
+                ControllerConfig::parse(p, &GOOD.replace("min_locations = 1\ndistinct = []", bad))
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn least_privilege_is_checked() {

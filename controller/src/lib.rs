@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod mfa;
 pub mod notify;
 pub mod policy;
+pub mod protection;
 pub mod prune;
 pub mod rebuild;
 pub mod recovery;

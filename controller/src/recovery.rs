@@ -1,9 +1,10 @@
 //! Proving recoverability: restore tests (scheduled and on demand), DR
 //! drills from one location, and each source's RPO and RTO state.
 //!
-//! A restore test restores the newest snapshot verified at every location
-//! to the staging target its policy names, where the agent runs the
-//! source's integrity checks and smoke test, then cleans up; its duration is
+//! A restore test restores the newest protected snapshot (its verified
+//! copies meet the `[protection]` rule) to the staging target its policy
+//! names, where the agent runs the source's integrity checks and smoke
+//! test, then cleans up; its duration is
 //! measured against the source's RTO. A drill does the same for every
 //! source with a staging target, in dependency order (TiDB, MongoDB,
 //! Kafka, Redis, then the rest), reading from one chosen location only, and
@@ -21,7 +22,6 @@ use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::jobs::{self, Job, JobId, JobKind, JobState, RestorePurpose};
 use crate::policy::Policy;
-use crate::replication::verified_copies;
 use crate::snapshots::{CopyState, SnapshotRecord};
 use crate::sources::{SourceId, SourceRecord};
 
@@ -75,7 +75,7 @@ pub struct SourceHealth {
     pub source: SourceId,
     /// Its RPO.
     pub rpo: Option<Duration>,
-    /// The newest snapshot verified at every location.
+    /// The newest protected snapshot.
     pub newest_full: Option<SnapshotRecord>,
     /// Age of `newest_full`.
     pub age: Option<Duration>,
@@ -102,7 +102,11 @@ impl SourceHealth {
 ///
 /// # Errors
 /// Catalog errors.
-pub fn health(catalog: &Catalog, want: usize, now: DateTime<Utc>) -> Result<Vec<SourceHealth>> {
+pub fn health(
+    catalog: &Catalog,
+    rule: &crate::protection::ProtectionRule,
+    now: DateTime<Utc>,
+) -> Result<Vec<SourceHealth>> {
     let policies: BTreeMap<SourceId, Policy> = catalog
         .policies()
         .values()?
@@ -111,7 +115,7 @@ pub fn health(catalog: &Catalog, want: usize, now: DateTime<Utc>) -> Result<Vec<
         .collect();
     let mut full: BTreeMap<SourceId, Option<SnapshotRecord>> =
         policies.keys().map(|s| (s.clone(), None)).collect();
-    for p in crate::replication::protection(catalog, want)? {
+    for p in crate::replication::protection(catalog, rule)? {
         full.insert(p.source, p.full);
     }
     let mut last_test: BTreeMap<SourceId, RestoreTestRecord> = BTreeMap::new();
@@ -133,7 +137,7 @@ pub fn health(catalog: &Catalog, want: usize, now: DateTime<Utc>) -> Result<Vec<
             Some(a) if a <= rpo => true,
             Some(a) => {
                 problems.push(format!(
-                    "RPO missed: the newest snapshot verified at all {want} locations is {} old (RPO {})",
+                    "RPO missed: the newest protected snapshot ({rule}) is {} old (RPO {})",
                     human(a),
                     human(rpo)
                 ));
@@ -141,7 +145,7 @@ pub fn health(catalog: &Catalog, want: usize, now: DateTime<Utc>) -> Result<Vec<
             }
             None => {
                 problems.push(format!(
-                    "RPO missed: no snapshot is verified at all {want} locations (RPO {})",
+                    "RPO missed: no snapshot is protected ({rule}) (RPO {})",
                     human(rpo)
                 ));
                 false
@@ -189,22 +193,22 @@ pub fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
-/// The snapshot a test or drill restores: the newest verified at every
-/// location, or, with `location`, the newest verified there.
+/// The snapshot a test or drill restores: the newest protected one, or,
+/// with `location`, the newest verified there.
 ///
 /// # Errors
 /// Catalog errors.
 pub fn pick_snapshot(
     catalog: &Catalog,
     source: &SourceId,
-    want: usize,
+    rule: &crate::protection::ProtectionRule,
     location: Option<&str>,
 ) -> Result<Option<SnapshotRecord>> {
     let mut snaps = catalog.snapshots_of(source)?;
     snaps.sort_by_key(|s| (s.time, s.id));
     Ok(snaps.into_iter().rev().find(|s| match location {
         Some(l) => matches!(s.copies.get(l), Some(CopyState::Verified { .. })),
-        None => verified_copies(s) >= want,
+        None => rule.protects(s),
     }))
 }
 
@@ -217,7 +221,7 @@ pub fn pick_snapshot(
 pub fn start_test(
     catalog: &Catalog,
     policy: &Policy,
-    want: usize,
+    rule: &crate::protection::ProtectionRule,
     drill: Option<&str>,
     location: Option<&str>,
     by: &str,
@@ -230,13 +234,13 @@ pub fn start_test(
             "the source's policy has no restore_test = { target = \"AGENT:source:NAME\" }; add one and `trireme policy apply` it",
         )
     })?;
-    let snap = pick_snapshot(catalog, &policy.source, want, location)?.ok_or_else(|| {
+    let snap = pick_snapshot(catalog, &policy.source, rule, location)?.ok_or_else(|| {
         Error::invalid(
             "restore test",
             policy.source.to_string(),
             match location {
                 Some(l) => format!("no snapshot of it is verified at location {l}"),
-                None => format!("no snapshot of it is verified at all {want} locations yet"),
+                None => format!("no snapshot of it is protected yet ({rule})"),
             },
         )
     })?;

@@ -1016,7 +1016,9 @@ pub struct Protection {
     pub newest: crate::snapshots::SnapshotRecord,
     /// At how many locations the newest snapshot is verified.
     pub newest_verified: usize,
-    /// The newest snapshot verified at `want` locations or more, if any.
+    /// What keeps the newest snapshot from being protected (empty: it is).
+    pub newest_shortfall: Vec<String>,
+    /// The newest snapshot whose verified copies meet the protection rule.
     pub full: Option<crate::snapshots::SnapshotRecord>,
 }
 
@@ -1028,12 +1030,15 @@ pub fn verified_copies(s: &crate::snapshots::SnapshotRecord) -> usize {
         .count()
 }
 
-/// The 3-2-1 state of every source with snapshots, `want` being the number
-/// of locations.
+/// The 3-2-1 state of every source with snapshots under the protection
+/// rule.
 ///
 /// # Errors
 /// Catalog errors.
-pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
+pub fn protection(
+    catalog: &Catalog,
+    rule: &crate::protection::ProtectionRule,
+) -> Result<Vec<Protection>> {
     let mut by_source: BTreeMap<crate::sources::SourceId, Vec<crate::snapshots::SnapshotRecord>> =
         BTreeMap::new();
     for snap in catalog.snapshots().values()? {
@@ -1043,15 +1048,12 @@ pub fn protection(catalog: &Catalog, want: usize) -> Result<Vec<Protection>> {
         .into_iter()
         .filter_map(|(source, mut snaps)| {
             snaps.sort_by_key(|s| (s.time, s.id));
-            let full = snaps
-                .iter()
-                .rev()
-                .find(|s| verified_copies(s) >= want)
-                .cloned();
+            let full = snaps.iter().rev().find(|s| rule.protects(s)).cloned();
             let newest = snaps.pop()?;
             Some(Protection {
                 source,
                 newest_verified: verified_copies(&newest),
+                newest_shortfall: rule.snapshot_shortfall(&newest),
                 newest,
                 full,
             })

@@ -59,6 +59,8 @@ pub struct Shared {
     pub master_key: Arc<trireme_common::Rewrapped>,
     /// Locations, primary first.
     pub locations: Vec<LocationConfig>,
+    /// When a snapshot's copies count as protected (`[protection]`).
+    pub protection: crate::protection::ProtectionRule,
     /// Connected agents.
     pub agents: agents::Registry,
     /// "This job changed": wakes `WatchJob` streams.
@@ -391,6 +393,7 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         scheduler: Scheduler::new(catalog.clone(), clock),
         master_key: master_key.clone(),
         locations: config.locations.clone(),
+        protection: config.protection.clone(),
         agents: agents::Registry::default(),
         job_events,
         heartbeat_interval: config.heartbeat_interval,

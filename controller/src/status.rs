@@ -66,6 +66,8 @@ pub struct Live<'a> {
     pub now: DateTime<Utc>,
     /// How many locations it writes to.
     pub locations: usize,
+    /// When a snapshot's copies count as protected.
+    pub protection: &'a crate::protection::ProtectionRule,
     /// Whether an agent has a session now.
     pub connected: &'a dyn Fn(&str) -> bool,
     /// The sources' data volumes as their agents last reported.
@@ -136,6 +138,13 @@ pub struct FleetStatus {
     pub jobs_failed_24h: usize,
     /// Locations configured.
     pub locations_total: usize,
+    /// The protection rule in words.
+    pub protection_rule: String,
+    /// Why the configured locations can never meet the rule (empty: they can).
+    pub rule_problems: Vec<String>,
+    /// `RED` (the rule cannot be met, a source is not protected, or an
+    /// objective is missed), `AMBER` (other problems), or `GREEN`.
+    pub state: String,
     /// Each source's 3-2-1 state.
     pub protection: Vec<Protection>,
     /// Each source's recovery objectives.
@@ -178,15 +187,22 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
             _ => {}
         }
     }
-    let want = live.locations;
-    status.locations_total = want;
-    for p in crate::replication::protection(catalog, want)? {
+    let rule = live.protection;
+    status.locations_total = live.locations;
+    status.protection_rule = rule.describe();
+    status.rule_problems = rule.config_problems();
+    let mut red = !status.rule_problems.is_empty();
+    for p in &status.rule_problems {
+        status.problems.push(p.clone());
+    }
+    for p in crate::replication::protection(catalog, rule)? {
         if p.full.is_none() {
+            red = true;
             status.problems.push(format!(
-                "{}: no snapshot is verified at all {want} locations yet (newest {}: {}/{want})",
+                "{}: no snapshot is protected yet ({rule}); newest {}: {}",
                 p.source,
                 p.newest.id.short(),
-                p.newest_verified
+                p.newest_shortfall.join("; ")
             ));
         }
         status.protection.push(p);
@@ -195,7 +211,8 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
     status
         .problems
         .extend(certificate_problems(live.certificates, now));
-    for h in crate::recovery::health(catalog, want, now)? {
+    for h in crate::recovery::health(catalog, rule, now)? {
+        red |= h.red();
         for p in &h.problems {
             status.problems.push(format!("{}: {p}", h.source));
         }
@@ -224,6 +241,14 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
             }
         }
     }
+    status.state = if red {
+        "RED"
+    } else if status.problems.is_empty() {
+        "GREEN"
+    } else {
+        "AMBER"
+    }
+    .into();
     Ok(status)
 }
 

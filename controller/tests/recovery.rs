@@ -121,7 +121,7 @@ fn restore_tests_objectives_and_drills() {
     assert!(
         r["problems"]
             .to_string()
-            .contains("no snapshot is verified at all 3 locations"),
+            .contains("no snapshot is protected (verified at 3 locations, in 2 or more regions)"),
         "{r}"
     );
 
@@ -381,5 +381,144 @@ fn restore_tests_objectives_and_drills() {
         drills.iter().filter(|t| t.ends_with("failed")).count(),
         1,
         "{titles:#?}"
+    );
+}
+
+/// The `[protection]` rule: three copies in one region are not protected.
+/// `status` is RED and names what is missing, `check-config` and the log
+/// warn, `snapshots ls` and the metrics say "not protected"; once the
+/// locations are labelled with two regions (and `provider` asked for too,
+/// then dropped) the same verified copies count.
+#[test]
+fn protection_rule_counts_only_spread_copies() {
+    let mut f = Fleet::new();
+    f.regions = vec!["eu-west-1".into(); 3];
+    let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
+    let data = f.dir.join("data");
+    make_data(&data, 3, 50_000, 11);
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("web-1", "www", &data));
+    f.wait_connected(&["web-1"]);
+
+    // The config cannot meet the rule: said at start and by check-config.
+    let cfg = f.write_controller_config();
+    let out = std::process::Command::new(support::fleet::bin("trireme-controller"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning       PROTECTION: the protection rule (verified at 3 locations, in 2 or more regions) cannot be met")
+            && text.contains("every verified copy is in region \"eu-west-1\""),
+        "{text}"
+    );
+    wait_for("the start-up warning", Duration::from_secs(10), || {
+        std::fs::read_to_string(f.controller_log())
+            .unwrap_or_default()
+            .contains("PROTECTION: the protection rule")
+            .then_some(())
+    });
+
+    f.cli(&["backup", "run", "web-1/www", "--wait"]);
+    let id = f.cli_json(&["snapshots", "ls"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_verified(&f, &id, 3, Duration::from_secs(60));
+    let snap = f.cli_json(&["snapshots", "show", &id]);
+    assert_eq!(snap["protected"], false, "{snap}");
+    let table = f.cli(&["snapshots", "ls"]);
+    assert!(
+        table.contains("PROTECTED") && table.contains(" 3/3 ") && table.contains(" no "),
+        "{table}"
+    );
+    let st = f.cli_json(&["status"]);
+    assert_eq!(st["state"], "RED", "{st}");
+    assert_eq!(
+        st["protection_rule"],
+        "verified at 3 locations, in 2 or more regions"
+    );
+    assert!(
+        st["rule_problems"].to_string().contains("cannot be met"),
+        "{st}"
+    );
+    let p = &st["protection"][0];
+    assert_eq!(p["newest_verified_copies"], 3, "{st}");
+    assert_eq!(p["snapshot_id"], Value::Null, "{st}");
+    assert!(
+        p["newest_shortfall"]
+            .to_string()
+            .contains("every verified copy is in region \\\"eu-west-1\\\""),
+        "{st}"
+    );
+    let text = f.cli(&["status"]);
+    assert!(
+        text.contains("state") && text.contains("RED") && text.contains("not protected"),
+        "{text}"
+    );
+    let m = scrape(&metrics);
+    assert_eq!(sample(&m, "trireme_protection_rule_satisfiable"), 0.0);
+    assert_eq!(
+        sample(
+            &m,
+            "trireme_source_newest_snapshot_protected{source=\"web-1/www\"}"
+        ),
+        0.0
+    );
+
+    // Two regions, and providers asked for too: still short (no provider
+    // labels), and status names them.
+    f.stop_controller();
+    f.regions = vec!["eu-west-1".into(), "eu-west-1".into(), "us-east-1".into()];
+    f.controller_extra = format!(
+        "metrics_listen = \"{metrics}\"\n[protection]\ndistinct = [\"region\", \"provider\"]\n"
+    );
+    f.start_controller();
+    let st = f.cli_json(&["status"]);
+    assert_eq!(st["state"], "RED", "{st}");
+    assert!(
+        st["rule_problems"]
+            .to_string()
+            .contains("locations loc1, loc2, loc3 have no provider label"),
+        "{st}"
+    );
+
+    // Regions only: the same three verified copies are protected now.
+    f.stop_controller();
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\n");
+    f.start_controller();
+    let snap = f.cli_json(&["snapshots", "show", &id]);
+    assert_eq!(snap["protected"], true, "{snap}");
+    let st = f.cli_json(&["status"]);
+    assert_ne!(st["state"], "RED", "{st}");
+    assert_eq!(st["protection"][0]["snapshot_id"], id.as_str(), "{st}");
+    assert_eq!(st["rule_problems"], serde_json::json!([]), "{st}");
+    let m = scrape(&metrics);
+    assert_eq!(sample(&m, "trireme_protection_rule_satisfiable"), 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            "trireme_source_newest_snapshot_protected{source=\"web-1/www\"}"
+        ),
+        1.0
+    );
+
+    // A bad rule is refused with what to write.
+    f.stop_controller();
+    f.controller_extra = "[protection]\ndistinct = [\"zone\"]\n".into();
+    let cfg = f.write_controller_config();
+    let out = std::process::Command::new(support::fleet::bin("trireme-controller"))
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("\"zone\" is not a location label; use \"region\" and/or \"provider\""),
+        "{err}"
     );
 }

@@ -532,6 +532,7 @@ pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
                 // One copy per location once replication ran; before that
                 // the snapshot is at least due at the primary.
                 format!("{verified}/{}", s.copies.len().max(1)),
+                if s.protected { "yes" } else { "no" }.to_string(),
                 hold_cell(s.hold.as_ref()),
                 if s.tags.is_empty() {
                     "-".to_string()
@@ -543,7 +544,16 @@ pub fn snapshots_table(snapshots: &[SnapshotInfo]) -> String {
         .collect();
     table(
         &[
-            "ID", "SOURCE", "TIME", "SIZE", "FILES", "NEW", "VERIFIED", "HELD", "TAGS",
+            "ID",
+            "SOURCE",
+            "TIME",
+            "SIZE",
+            "FILES",
+            "NEW",
+            "VERIFIED",
+            "PROTECTED",
+            "HELD",
+            "TAGS",
         ],
         rows,
     )
@@ -620,6 +630,15 @@ pub fn snapshot_fields(s: &SnapshotInfo) -> String {
             .join("\n")
     };
     rows.push(("copies", copies));
+    rows.push((
+        "protected",
+        if s.protected {
+            "yes (its verified copies meet the controller's protection rule)"
+        } else {
+            "no (its verified copies do not meet the controller's protection rule yet)"
+        }
+        .into(),
+    ));
     rows.push(("hold", s.hold.as_ref().map_or("-".into(), hold_text)));
     rows.push((
         "tags",
@@ -663,6 +682,7 @@ pub fn snapshot_json(s: &SnapshotInfo) -> Value {
         })),
         "held": s.hold.as_ref().is_some_and(|h| h.active),
         "tags": s.tags,
+        "protected": s.protected,
     })
 }
 
@@ -896,6 +916,7 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
         st.problems.join("\n")
     };
     fields(&[
+        ("state", or_dash(&st.state)),
         (
             "controller",
             format!("{addr} (version {})", or_dash(&st.version)),
@@ -915,6 +936,7 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
                 st.jobs_running, st.jobs_queued, st.jobs_failed_24h
             ),
         ),
+        ("rule", or_dash(&st.protection_rule)),
         ("protection", protection_text(st, now())),
         ("recovery", recovery_text(st)),
         ("problems", problems),
@@ -922,7 +944,7 @@ pub fn status_fields(addr: &str, ping: &PingReply, st: &StatusReply) -> String {
 }
 
 /// The `protection` lines of `status`, one per source:
-/// `web-1/www  newest 5eedc0ff 2/3 verified; last 3/3: 4a1b2c3d at TIME (2h 5m ago)`.
+/// `web-1/www  newest 5eedc0ff 2/3 verified, not protected; last protected: 4a1b2c3d at TIME (2h 5m ago)`.
 fn protection_text(st: &StatusReply, now: i64) -> String {
     if st.protection.is_empty() {
         return "no snapshots yet".into();
@@ -943,9 +965,14 @@ fn protection_text(st: &StatusReply, now: i64) -> String {
                 "no snapshots yet".to_string()
             } else {
                 format!(
-                    "newest {} {}/{total} verified",
+                    "newest {} {}/{total} verified{}",
                     short(&p.newest_snapshot_id, SHORT_SNAPSHOT),
-                    p.newest_verified_copies
+                    p.newest_verified_copies,
+                    if p.newest_shortfall.is_empty() {
+                        ", protected"
+                    } else {
+                        ", not protected"
+                    }
                 )
             };
             let last = if p.snapshot_id.is_empty() {
@@ -962,7 +989,7 @@ fn protection_text(st: &StatusReply, now: i64) -> String {
                     time(p.snapshot_time_unix)
                 )
             };
-            format!("{name:<w$}  {newest}; last {total}/{total}: {last}")
+            format!("{name:<w$}  {newest}; last protected: {last}")
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -975,6 +1002,7 @@ fn protection_json(p: &SourceProtection) -> Value {
         "snapshot_time": json_time(p.snapshot_time_unix),
         "newest_snapshot_id": json_str(&p.newest_snapshot_id),
         "newest_verified_copies": p.newest_verified_copies,
+        "newest_shortfall": p.newest_shortfall,
     })
 }
 
@@ -990,6 +1018,9 @@ pub fn status_json(addr: &str, ping: &PingReply, st: &StatusReply) -> Value {
             "queued": st.jobs_queued,
             "failed_24h": st.jobs_failed_24h,
         },
+        "state": json_str(&st.state),
+        "protection_rule": json_str(&st.protection_rule),
+        "rule_problems": st.rule_problems,
         "locations_total": st.locations_total,
         "protection": st.protection.iter().map(protection_json).collect::<Vec<_>>(),
         "recovery": recovery_json(st),
@@ -1170,6 +1201,7 @@ mod tests {
                     snapshot_time_unix: 1_764_052_020,
                     newest_snapshot_id: "5eedc0ffee".into(),
                     newest_verified_copies: 2,
+                    newest_shortfall: vec!["verified at 2 of the 3 locations".into()],
                 },
                 SourceProtection {
                     source: Some(SourceRef {
@@ -1185,8 +1217,8 @@ mod tests {
         };
         assert_eq!(
             protection_text(&st, now),
-            "web-1/www  newest 5eedc0ff 2/3 verified; last 3/3: 4a1b2c3d at 2025-11-25T06:27:00Z (2h 5m ago)\n\
-             db-1/pg    newest 77777777 1/3 verified; last 3/3: none yet"
+            "web-1/www  newest 5eedc0ff 2/3 verified, not protected; last protected: 4a1b2c3d at 2025-11-25T06:27:00Z (2h 5m ago)\n\
+             db-1/pg    newest 77777777 1/3 verified, protected; last protected: none yet"
         );
         let v = status_json("ctl:7443", &PingReply::default(), &st);
         assert_eq!(v["locations_total"], 3);

@@ -6,6 +6,7 @@ use trireme_common::{Id, Summary};
 use super::*;
 use crate::jobs::JobEvent;
 use crate::policy::{apply_policies, parse_policies};
+use crate::protection::ProtectionRule;
 
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
@@ -55,10 +56,10 @@ fn rpo_turns_red_when_the_newest_full_copy_is_too_old() {
     let (_d, c) = catalog();
     let now = t("2026-01-10T12:00:00Z");
     apply(&c, POLICY, now);
-    let h = &health(&c, 3, now).unwrap()[0];
+    let h = &health(&c, &ProtectionRule::count(3), now).unwrap()[0];
     assert_eq!(h.rpo_ok, Some(false));
     assert!(
-        h.problems[0].contains("no snapshot is verified at all 3 locations"),
+        h.problems[0].contains("no snapshot is protected (verified at 3 locations)"),
         "{:?}",
         h.problems
     );
@@ -67,7 +68,7 @@ fn rpo_turns_red_when_the_newest_full_copy_is_too_old() {
     snapshot(&c, 1, t("2026-01-10T11:00:00Z"), &["a", "b", "c"]);
     // A newer one only at two locations does not count.
     snapshot(&c, 2, t("2026-01-10T11:50:00Z"), &["a", "b"]);
-    let h = &health(&c, 3, now).unwrap()[0];
+    let h = &health(&c, &ProtectionRule::count(3), now).unwrap()[0];
     assert_eq!(h.rpo_ok, Some(true));
     assert_eq!(h.newest_full.as_ref().unwrap().id, Id([1; 32]));
     assert_eq!(h.age, Some(Duration::from_secs(3600)));
@@ -75,7 +76,7 @@ fn rpo_turns_red_when_the_newest_full_copy_is_too_old() {
 
     // Two hours and a minute later the RPO is missed.
     let later = t("2026-01-10T13:01:00Z");
-    let h = &health(&c, 3, later).unwrap()[0];
+    let h = &health(&c, &ProtectionRule::count(3), later).unwrap()[0];
     assert_eq!(h.rpo_ok, Some(false));
     assert!(
         h.problems[0].contains("is 2h 1m old (RPO 2h)"),
@@ -90,15 +91,33 @@ fn restore_tests_are_settled_against_the_rto() {
     let now = t("2026-01-10T12:00:00Z");
     apply(&c, POLICY, now);
     let policy = c.policies().values().unwrap().remove(0).policy;
-    let e = start_test(&c, &policy, 3, None, None, "alice", now).unwrap_err();
+    let e = start_test(
+        &c,
+        &policy,
+        &ProtectionRule::count(3),
+        None,
+        None,
+        "alice",
+        now,
+    )
+    .unwrap_err();
     assert!(
         e.to_string()
-            .contains("no snapshot of it is verified at all 3 locations"),
+            .contains("no snapshot of it is protected yet (verified at 3 locations)"),
         "{e}"
     );
     snapshot(&c, 1, t("2026-01-10T11:00:00Z"), &["a", "b", "c"]);
     snapshot(&c, 2, t("2026-01-10T11:30:00Z"), &["a"]);
-    let job = start_test(&c, &policy, 3, None, None, "alice", now).unwrap();
+    let job = start_test(
+        &c,
+        &policy,
+        &ProtectionRule::count(3),
+        None,
+        None,
+        "alice",
+        now,
+    )
+    .unwrap();
     assert!(
         matches!(&job.kind, JobKind::Restore { snapshot, purpose: RestorePurpose::Test, target, .. }
         if *snapshot == Id([1; 32]) && target == "source:redis-staging")
@@ -108,7 +127,16 @@ fn restore_tests_are_settled_against_the_rto() {
     apply(&c2, POLICY, now);
     snapshot(&c2, 1, t("2026-01-10T11:00:00Z"), &["a", "b", "c"]);
     snapshot(&c2, 2, t("2026-01-10T11:30:00Z"), &["a"]);
-    let drill = start_test(&c2, &policy, 3, Some("d1"), Some("a"), "alice", now).unwrap();
+    let drill = start_test(
+        &c2,
+        &policy,
+        &ProtectionRule::count(3),
+        Some("d1"),
+        Some("a"),
+        "alice",
+        now,
+    )
+    .unwrap();
     assert!(
         matches!(&drill.kind, JobKind::Restore { snapshot, only_location: Some(l), .. } if *snapshot == Id([2; 32]) && l == "a")
     );
@@ -138,12 +166,21 @@ fn restore_tests_are_settled_against_the_rto() {
     let done = settle(&c).unwrap();
     assert_eq!(done.len(), 1);
     assert!(done[0].ok && done[0].duration_secs == 42.0, "{:?}", done[0]);
-    let h = &health(&c, 3, now).unwrap()[0];
+    let h = &health(&c, &ProtectionRule::count(3), now).unwrap()[0];
     assert_eq!(h.rto_ok, Some(true));
     assert!(h.problems.is_empty(), "{:?}", h.problems);
 
     // Over the RTO: failed, and red.
-    let job = start_test(&c, &policy, 3, None, None, "alice", now).unwrap();
+    let job = start_test(
+        &c,
+        &policy,
+        &ProtectionRule::count(3),
+        None,
+        None,
+        "alice",
+        now,
+    )
+    .unwrap();
     finish(&c, job.id, 700.0, "2026-01-10T12:20:00Z");
     let done = settle(&c).unwrap();
     assert!(
@@ -151,7 +188,7 @@ fn restore_tests_are_settled_against_the_rto() {
         "{:?}",
         done[0]
     );
-    let h = &health(&c, 3, now).unwrap()[0];
+    let h = &health(&c, &ProtectionRule::count(3), now).unwrap()[0];
     assert_eq!(h.rto_ok, Some(false));
     assert!(h.red());
 }

@@ -105,6 +105,7 @@ pub fn status(shared: &Shared) -> Result<FleetStatus> {
         &Live {
             now: shared.now(),
             locations: shared.locations.len(),
+            protection: &shared.protection,
             connected: &|name| shared.agents.is_connected(name),
             volumes: &volumes,
             location_states: &shared.replicator.states(),

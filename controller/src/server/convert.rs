@@ -121,9 +121,14 @@ pub fn hold_ask(r: HoldSnapshotRequest) -> (String, String, Option<DateTime<Utc>
 }
 
 /// A snapshot with its hold and tags as the CLI shows it, at `now` (an
-/// expired hold shows as inactive).
-pub fn snapshot_view_info(v: &SnapshotView, now: DateTime<Utc>) -> SnapshotInfo {
+/// expired hold shows as inactive), and whether `rule` counts it protected.
+pub fn snapshot_view_info(
+    v: &SnapshotView,
+    now: DateTime<Utc>,
+    rule: &crate::protection::ProtectionRule,
+) -> SnapshotInfo {
     let mut info = snapshot_info(&v.record);
+    info.protected = rule.protects(&v.record);
     info.hold = v.marks.hold.as_ref().map(|h| SnapshotHold {
         reason: h.reason.clone(),
         by: h.by.clone(),
@@ -351,6 +356,8 @@ pub fn snapshot_info(s: &SnapshotRecord) -> SnapshotInfo {
             .collect(),
         hold: None,
         tags: Vec::new(),
+        // Set by the caller that knows the rule.
+        protected: false,
     }
 }
 
@@ -411,11 +418,15 @@ pub fn jobs_reply(jobs: &[JobView]) -> ListJobsReply {
 }
 
 /// Snapshots.
-pub fn snapshots_reply(snapshots: &[SnapshotView], now: DateTime<Utc>) -> ListSnapshotsReply {
+pub fn snapshots_reply(
+    snapshots: &[SnapshotView],
+    now: DateTime<Utc>,
+    rule: &crate::protection::ProtectionRule,
+) -> ListSnapshotsReply {
     ListSnapshotsReply {
         snapshots: snapshots
             .iter()
-            .map(|v| snapshot_view_info(v, now))
+            .map(|v| snapshot_view_info(v, now, rule))
             .collect(),
     }
 }
@@ -540,6 +551,7 @@ pub fn status_reply(s: FleetStatus) -> StatusReply {
                 snapshot_time_unix: p.full.as_ref().map_or(0, |s| unix(s.time)),
                 newest_snapshot_id: p.newest.id.to_hex(),
                 newest_verified_copies: p.newest_verified as u32,
+                newest_shortfall: p.newest_shortfall.clone(),
             })
             .collect(),
         recovery: s
@@ -561,6 +573,9 @@ pub fn status_reply(s: FleetStatus) -> StatusReply {
             })
             .collect(),
         problems: s.problems,
+        protection_rule: s.protection_rule,
+        rule_problems: s.rule_problems,
+        state: s.state,
     }
 }
 

@@ -182,12 +182,25 @@ pub fn render(shared: &Shared) -> Result<String> {
         progress.with_label_values(&l).set(st.deep_progress);
     }
 
-    // Per source: the newest snapshot verified at every location (3-2-1).
-    let want = shared.locations.len();
+    // Per source: the newest protected snapshot ([protection] rule).
+    let satisfiable = IntGauge::new(
+        "trireme_protection_rule_satisfiable",
+        "1 when copies at the configured locations can meet the [protection] rule, 0 when no snapshot ever can",
+    )
+    .map_err(m)?;
+    reg.register(Box::new(satisfiable.clone())).map_err(m)?;
+    satisfiable.set(i64::from(shared.protection.config_problems().is_empty()));
     let protected = gauge_vec(
         &reg,
         "trireme_source_last_fully_verified_snapshot_timestamp_seconds",
-        "Time of the source's newest snapshot verified at every location (absent: none)",
+        "Time of the source's newest protected snapshot: verified copies meeting the [protection] rule (absent: none)",
+        &["source"],
+    )
+    .map_err(m)?;
+    let newest_protected = gauge_vec(
+        &reg,
+        "trireme_source_newest_snapshot_protected",
+        "1 when the source's newest snapshot's verified copies meet the [protection] rule, 0 when not",
         &["source"],
     )
     .map_err(m)?;
@@ -198,7 +211,7 @@ pub fn render(shared: &Shared) -> Result<String> {
         &["source"],
     )
     .map_err(m)?;
-    for p in crate::replication::protection(&shared.catalog, want)? {
+    for p in crate::replication::protection(&shared.catalog, &shared.protection)? {
         let source = [p.source.to_string()];
         if let Some(s) = &p.full {
             protected.with_label_values(&source).set(s.time.timestamp());
@@ -206,6 +219,9 @@ pub fn render(shared: &Shared) -> Result<String> {
         newest_copies
             .with_label_values(&source)
             .set(p.newest_verified as i64);
+        newest_protected
+            .with_label_values(&source)
+            .set(i64::from(p.newest_shortfall.is_empty()));
     }
 
     // Recovery objectives and restore tests.
@@ -216,14 +232,14 @@ pub fn render(shared: &Shared) -> Result<String> {
     };
     let rpo_age = fgauge(
         "trireme_source_rpo_age_seconds",
-        "Age of the source's newest snapshot verified at every location (absent: none)",
+        "Age of the source's newest protected snapshot (absent: none)",
     )?;
     let rpo = fgauge("trireme_source_rpo_seconds", "The source's RPO")?;
     let rto = fgauge("trireme_source_rto_seconds", "The source's RTO")?;
     let rpo_met = gauge_vec(
         &reg,
         "trireme_source_rpo_met",
-        "1 when the source's newest fully verified snapshot is within its RPO, 0 when not",
+        "1 when the source's newest protected snapshot is within its RPO, 0 when not",
         &["source"],
     )
     .map_err(m)?;
@@ -252,7 +268,7 @@ pub fn render(shared: &Shared) -> Result<String> {
         "trireme_restore_test_duration_seconds",
         "How long the source's last restore test took",
     )?;
-    for h in crate::recovery::health(&shared.catalog, want, shared.now())? {
+    for h in crate::recovery::health(&shared.catalog, &shared.protection, shared.now())? {
         let l = [h.source.to_string()];
         if let Some(a) = h.age {
             rpo_age.with_label_values(&l).set(a.as_secs_f64());

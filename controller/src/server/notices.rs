@@ -216,7 +216,7 @@ impl Watcher {
     /// Objectives, restore tests and drills.
     fn look(&mut self, shared: &Shared) {
         let now = shared.now();
-        if let Ok(health) = crate::recovery::health(&shared.catalog, shared.locations.len(), now) {
+        if let Ok(health) = crate::recovery::health(&shared.catalog, &shared.protection, now) {
             let red: BTreeMap<String, bool> = health
                 .iter()
                 .map(|h| (h.source.to_string(), h.red()))

@@ -145,6 +145,7 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(convert::snapshots_reply(
             &snapshots,
             self.shared.now(),
+            &self.shared.protection,
         )))
     }
 
@@ -158,6 +159,7 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(convert::snapshot_view_info(
             &v,
             self.shared.now(),
+            &self.shared.protection,
         )))
     }
 
@@ -450,6 +452,10 @@ impl OperatorApi {
         s: crate::snapshots::SnapshotRecord,
         marks: crate::holds::Marks,
     ) -> pb::SnapshotInfo {
-        convert::snapshot_view_info(&views::SnapshotView { record: s, marks }, self.shared.now())
+        convert::snapshot_view_info(
+            &views::SnapshotView { record: s, marks },
+            self.shared.now(),
+            &self.shared.protection,
+        )
     }
 }

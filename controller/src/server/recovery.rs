@@ -41,12 +41,11 @@ fn tick(shared: &Arc<Shared>) -> Result<()> {
     }
     let now = shared.now();
     for policy in blocking(|| recovery::due_tests(&shared.catalog, now))? {
-        let want = shared.locations.len();
         match blocking(|| {
             recovery::start_test(
                 &shared.catalog,
                 &policy,
-                want,
+                &shared.protection,
                 None,
                 None,
                 "restore-test schedule",
@@ -111,9 +110,16 @@ pub fn run_test_now(
         .get(source)?
         .ok_or_else(|| Error::not_found("policy", source.to_string()))?
         .policy;
-    let want = shared.locations.len();
     let job = blocking(|| {
-        recovery::start_test(&shared.catalog, &policy, want, None, None, by, shared.now())
+        recovery::start_test(
+            &shared.catalog,
+            &policy,
+            &shared.protection,
+            None,
+            None,
+            by,
+            shared.now(),
+        )
     })?;
     launch(shared, &job);
     Ok(job)
@@ -216,7 +222,6 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
         .get(&id.to_string())?
         .ok_or_else(|| Error::not_found("drill", id.to_string()))?;
     tracing::info!(target: "trireme::audit", drill = %id, by = %drill.by, location = ?drill.location, sources = drill.steps.len(), "drill started");
-    let want = shared.locations.len();
     for i in 0..drill.steps.len() {
         let source = drill.steps[i].source.clone();
         let started = shared
@@ -229,7 +234,7 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
                     recovery::start_test(
                         &shared.catalog,
                         &rec.policy,
-                        want,
+                        &shared.protection,
                         Some(id),
                         drill.location.as_deref(),
                         &drill.by,

@@ -66,6 +66,9 @@ pub struct Fleet {
     pub controller_extra: String,
     /// Location URLs, primary first (default: three `file://` directories).
     pub locations: Vec<String>,
+    /// Each location's `region` label, by position (default `region-1`,
+    /// `region-2`…; empty: none).
+    pub regions: Vec<String>,
     /// Lines of the `[replication]` table.
     pub replication: String,
     /// The master key's settings in controller.toml: the top-level
@@ -131,6 +134,7 @@ impl Fleet {
             controller: None,
             agents: BTreeMap::new(),
             controller_extra: String::new(),
+            regions: (1..=3).map(|i| format!("region-{i}")).collect(),
             replication: "every = \"2s\"\n".into(),
             dir,
         }
@@ -203,10 +207,17 @@ impl Fleet {
             rep = self.replication,
         );
         for (i, url) in self.locations.iter().enumerate() {
+            // Each in its own region by default: the default protection
+            // rule (3 locations, 2+ regions) is met once all three are
+            // verified.
             text.push_str(&format!(
                 "[[location]]\nname = \"loc{}\"\nurl = \"{url}\"\n",
                 i + 1
             ));
+            match self.regions.get(i) {
+                Some(r) if !r.is_empty() => text.push_str(&format!("region = \"{r}\"\n")),
+                _ => {}
+            }
             // The agents run on this host: the same credentials file is theirs.
             if url.contains("credentials_file=") {
                 text.push_str(&format!("agent_url = \"{url}\"\n"));
