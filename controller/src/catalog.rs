@@ -43,6 +43,7 @@
 //! | `restore_tests` | job id                   | `RestoreTestRecord`        | recovery |
 //! | `restore_test_slots` | `agent/source`      | last restore-test slot handled | recovery |
 //! | `drills`    | drill id                     | `DrillRecord`              | recovery |
+//! | `drill_slots` | `schedule`                 | last drill-schedule slot handled | drills |
 //! | `retention` | class name                   | `RetentionClass`           | retention |
 //! | `pruning`   | snapshot id, 32 bytes        | `PendingPrune`: removed, still at skipped locations | prune |
 //! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) | prune |
@@ -92,6 +93,7 @@ pub const TABLES: &[(&str, bool)] = &[
     ("restore_tests", false),
     ("restore_test_slots", false),
     ("drills", false),
+    ("drill_slots", false),
     ("retention", true),
     ("pruning", false),
     ("tombstones", false),

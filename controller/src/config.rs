@@ -93,6 +93,8 @@ pub struct ControllerConfig {
     pub notify: Vec<NotifyTarget>,
     /// `[protection]`: when a snapshot's copies count as protected.
     pub protection: crate::protection::ProtectionRule,
+    /// `[drills]`: DR drills on a schedule, and who takes part.
+    pub drills: crate::drills::DrillSettings,
 }
 
 /// One location.
@@ -141,6 +143,52 @@ struct RawConfig {
     notify: Vec<notify::RawNotify>,
     #[serde(default)]
     protection: RawProtection,
+    #[serde(default)]
+    drills: RawDrills,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDrills {
+    schedule: Option<String>,
+    stale_after: Option<String>,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    participants: Vec<String>,
+    #[serde(default)]
+    roles: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    failover: Vec<String>,
+    #[serde(default)]
+    rollback: Vec<String>,
+}
+
+impl RawDrills {
+    fn build(self) -> std::result::Result<crate::drills::DrillSettings, String> {
+        let schedule = match &self.schedule {
+            None => None,
+            Some(s) => Some(crate::drills::parse_schedule(s).map_err(|e| {
+                format!("[drills] schedule: {e} (or \"monthly\", \"quarterly\", \"yearly\")")
+            })?),
+        };
+        let stale_after = match &self.stale_after {
+            None => crate::drills::DEFAULT_STALE_AFTER,
+            Some(s) => humantime::parse_duration(s)
+                .map_err(|e| format!("[drills] stale_after = {s:?}: {e}; write e.g. \"92d\""))?,
+        };
+        Ok(crate::drills::DrillSettings {
+            schedule,
+            stale_after,
+            people: crate::drills::DrillPeople {
+                roles: self.roles,
+                channel: self.channel,
+                participants: self.participants,
+                failover: self.failover,
+                rollback: self.rollback,
+            },
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -517,8 +565,10 @@ impl ControllerConfig {
             }
         };
         let protection = raw.protection.build(&locations).map_err(bad)?;
+        let drills = raw.drills.build().map_err(bad)?;
         Ok(ControllerConfig {
             protection,
+            drills,
             listen,
             data_dir: abs(&raw.data_dir),
             key_source,

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod catalog;
 pub mod config;
 pub mod custody;
+pub mod drills;
 pub mod error;
 pub mod holds;
 pub mod jobs;

@@ -416,6 +416,15 @@ pub struct DrillRecord {
     pub locations: Vec<LocationCheck>,
     /// The sources, in the order restored.
     pub steps: Vec<DrillStep>,
+    /// Started by the `[drills] schedule`.
+    #[serde(default)]
+    pub scheduled: bool,
+    /// Roles, channel, participants, failover and rollback steps.
+    #[serde(default)]
+    pub people: crate::drills::DrillPeople,
+    /// Lessons learned, recorded after it (`trireme drill annotate`).
+    #[serde(default)]
+    pub lessons: Vec<crate::drills::Lesson>,
 }
 
 impl DrillRecord {
@@ -522,9 +531,77 @@ pub fn report_markdown(d: &DrillRecord) -> String {
         d.steps.len()
     );
     let _ = writeln!(m, "- {} Data integrity validated", mark(checked));
+    let _ = writeln!(
+        m,
+        "- {} Application verified (smoke tests passed)",
+        mark(checked)
+    );
     let _ = writeln!(m, "- {} Restore times within RTO", mark(in_rto));
     let failed: Vec<&DrillStep> = d.steps.iter().filter(|s| !s.ok()).collect();
     let _ = writeln!(m, "- {} Nothing failed", mark(failed.is_empty() && reach));
+    let p = &d.people;
+    let _ = writeln!(
+        m,
+        "- {} Roles and communication channel known",
+        mark(!p.roles.is_empty() && !p.channel.is_empty())
+    );
+    let _ = writeln!(
+        m,
+        "- {} Failover and rollback steps written down",
+        mark(!p.failover.is_empty() && !p.rollback.is_empty())
+    );
+    let _ = writeln!(
+        m,
+        "- {} Lessons learned recorded",
+        mark(!d.lessons.is_empty())
+    );
+    let _ = writeln!(m);
+    let _ = writeln!(m, "## People");
+    let _ = writeln!(m);
+    let _ = writeln!(
+        m,
+        "Started {}; communication channel: {}; participants: {}.",
+        if d.scheduled {
+            "by the drill schedule"
+        } else {
+            "by hand"
+        },
+        if p.channel.is_empty() {
+            "**not set**"
+        } else {
+            p.channel.as_str()
+        },
+        if p.participants.is_empty() {
+            "**none recorded**".to_string()
+        } else {
+            p.participants.join(", ")
+        }
+    );
+    if !p.roles.is_empty() {
+        let _ = writeln!(m);
+        let _ = writeln!(m, "| role | who |");
+        let _ = writeln!(m, "|---|---|");
+        for (role, who) in &p.roles {
+            let _ = writeln!(m, "| {} | {} |", cell(&role.replace('_', " ")), cell(who));
+        }
+    }
+    for (title, steps) in [
+        ("Failover steps", &p.failover),
+        ("Rollback steps", &p.rollback),
+    ] {
+        let _ = writeln!(m);
+        let _ = writeln!(m, "## {title}");
+        let _ = writeln!(m);
+        if steps.is_empty() {
+            let _ = writeln!(
+                m,
+                "None written down: set them in [drills] of the controller's config."
+            );
+        }
+        for (i, s) in steps.iter().enumerate() {
+            let _ = writeln!(m, "- {}. {}", i + 1, s);
+        }
+    }
     let _ = writeln!(m);
     let _ = writeln!(m, "## Locations");
     let _ = writeln!(m);
@@ -618,6 +695,25 @@ pub fn report_markdown(d: &DrillRecord) -> String {
             let _ = writeln!(m, "- {}: {why}", s.source);
         }
     }
+    let _ = writeln!(m);
+    let _ = writeln!(m, "## Lessons learned");
+    let _ = writeln!(m);
+    if d.lessons.is_empty() {
+        let _ = writeln!(
+            m,
+            "None recorded yet: `trireme drill annotate {} --lessons TEXT`.",
+            d.id
+        );
+    }
+    for l in &d.lessons {
+        let _ = writeln!(
+            m,
+            "- {} ({}, {})",
+            l.text,
+            l.by,
+            l.at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
     m
 }
 
@@ -633,9 +729,18 @@ pub fn report_html(d: &DrillRecord) -> String {
     let mut in_table = false;
     for line in md.lines() {
         let esc = html_escape(line);
+        // `code` and **bold**, the only inline marks the report uses.
         let bold = |s: &str| -> String {
+            let mut code = String::new();
+            for (i, part) in s.split('`').enumerate() {
+                if i % 2 == 1 {
+                    let _ = write!(code, "<code>{part}</code>");
+                } else {
+                    code.push_str(part);
+                }
+            }
             let mut out = String::new();
-            for (i, part) in s.split("**").enumerate() {
+            for (i, part) in code.split("**").enumerate() {
                 if i % 2 == 1 {
                     let _ = write!(out, "<strong>{part}</strong>");
                 } else {

@@ -61,6 +61,8 @@ pub struct Shared {
     pub locations: Vec<LocationConfig>,
     /// When a snapshot's copies count as protected (`[protection]`).
     pub protection: crate::protection::ProtectionRule,
+    /// `[drills]`: the schedule and who takes part.
+    pub drills: crate::drills::DrillSettings,
     /// Connected agents.
     pub agents: agents::Registry,
     /// "This job changed": wakes `WatchJob` streams.
@@ -394,6 +396,7 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         master_key: master_key.clone(),
         locations: config.locations.clone(),
         protection: config.protection.clone(),
+        drills: config.drills.clone(),
         agents: agents::Registry::default(),
         job_events,
         heartbeat_interval: config.heartbeat_interval,

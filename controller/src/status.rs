@@ -68,6 +68,10 @@ pub struct Live<'a> {
     pub locations: usize,
     /// When a snapshot's copies count as protected.
     pub protection: &'a crate::protection::ProtectionRule,
+    /// `[drills]`, and the locations' names (each must be drilled).
+    pub drills: &'a crate::drills::DrillSettings,
+    /// The locations' names, in config order.
+    pub location_names: &'a [String],
     /// Whether an agent has a session now.
     pub connected: &'a dyn Fn(&str) -> bool,
     /// The sources' data volumes as their agents last reported.
@@ -240,6 +244,21 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
                 ));
             }
         }
+    }
+    // DR drills, once there is something to drill (a staging target).
+    let drillable = catalog
+        .policies()
+        .values()?
+        .iter()
+        .any(|p| p.policy.restore_test.is_some());
+    if drillable {
+        let drills = catalog.drills().values()?;
+        status.problems.extend(crate::drills::problems(
+            &drills,
+            live.drills,
+            live.location_names,
+            now,
+        ));
     }
     status.state = if red {
         "RED"

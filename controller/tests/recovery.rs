@@ -522,3 +522,171 @@ fn protection_rule_counts_only_spread_copies() {
         "{err}"
     );
 }
+
+/// `[drills] schedule`: drills start on their own, each from the next
+/// location in turn, with the configured roles, channel, participants and
+/// failover/rollback steps; `status` and the metrics say which location has
+/// not been drilled; lessons are recorded with `drill annotate`; the HTML
+/// report carries no raw Markdown.
+#[test]
+fn scheduled_drills_rotate_over_the_locations() {
+    let mut f = Fleet::new();
+    let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    f.controller_extra = format!(
+        "metrics_listen = \"{metrics}\"\n[drills]\nschedule = \"* * * * *\"\nchannel = \"#dr-war-room\"\nparticipants = [\"alice\", \"bob\"]\nroles = {{ incident_commander = \"alice\", restore_lead = \"bob\" }}\nfailover = [\"Point chat at the staging stores\"]\nrollback = [\"Point chat back at production\"]\n"
+    );
+    let files = f.dir.join("files");
+    make_data(&files, 3, 100_000, 5);
+    let staging = f.dir.join("files-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    f.start_controller();
+    let mut spec = AgentSpec::volume("app-1", "files", &files);
+    spec.extra = format!(
+        "[[source]]\nname = \"files-staging\"\nkind = \"volume\"\npath = \"{}\"\n",
+        staging.display()
+    );
+    f.start_agent(&spec);
+    f.wait_connected(&["app-1"]);
+    apply(
+        &f,
+        "[[policy]]\nsource = \"app-1/files\"\nschedule = \"0 0 1 1 *\"\nretention = \"r\"\nrestore_test = { target = \"app-1:source:files-staging\" }\n",
+    );
+    let st = f.cli_json(&["status"]);
+    assert!(
+        st["problems"]
+            .to_string()
+            .contains("no DR drill has passed yet: run one (the next scheduled one"),
+        "{st}"
+    );
+    assert_eq!(sample(&scrape(&metrics), "trireme_drill_stale"), 1.0);
+    f.cli(&["backup", "run", "app-1/files", "--wait"]);
+    let id = f.cli_json(&["snapshots", "ls"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_verified(&f, &id, 3, Duration::from_secs(60));
+
+    // Two scheduled drills, one a minute: loc1, then loc2.
+    let finished = |n: usize| {
+        let d = f.cli_json(&["drill", "ls"]);
+        let done: Vec<Value> = d
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["result"] != "running")
+            .cloned()
+            .collect();
+        (done.len() >= n).then_some(done)
+    };
+    wait_for("a scheduled drill", Duration::from_secs(150), || {
+        finished(1)
+    });
+    let drills = wait_for("a second scheduled drill", Duration::from_secs(90), || {
+        finished(2)
+    });
+    let mut by_loc: Vec<(String, String)> = drills
+        .iter()
+        .map(|d| {
+            assert_eq!(d["scheduled"], true, "{d}");
+            assert_eq!(d["result"], "passed", "{d}");
+            assert_eq!(d["by"], "drill schedule", "{d}");
+            assert_eq!(d["channel"], "#dr-war-room", "{d}");
+            assert_eq!(d["roles"]["incident_commander"], "alice", "{d}");
+            (
+                d["started"].as_str().unwrap().to_string(),
+                d["location"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_loc.sort();
+    assert_eq!(
+        by_loc.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>()[..2],
+        ["loc1", "loc2"],
+        "{drills:?}"
+    );
+    let first = drills.iter().find(|d| d["location"] == "loc1").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // loc3 has not been drilled yet: status and the metrics say so.
+    let st = f.cli_json(&["status"]);
+    assert!(
+        st["problems"]
+            .to_string()
+            .contains("no passed DR drill read from loc3 in the last year"),
+        "{st}"
+    );
+    let m = scrape(&metrics);
+    assert!(sample(&m, "trireme_drill_last_success_timestamp_seconds") > 0.0);
+    assert!(
+        sample(
+            &m,
+            "trireme_drill_location_last_success_timestamp_seconds{location=\"loc1\"}"
+        ) > 0.0
+    );
+    assert!(!m.contains("trireme_drill_location_last_success_timestamp_seconds{location=\"loc3\"}"));
+
+    // Lessons learned: the last checklist item.
+    let report = f.cli(&["drill", "show", &first]);
+    assert!(report.contains("[ ] Lessons learned recorded"), "{report}");
+    let a = f.cli_json(&[
+        "drill",
+        "annotate",
+        &first,
+        "--lessons",
+        "Staging Redis needs more memory",
+        "--participant",
+        "carol",
+    ]);
+    assert_eq!(
+        a["lessons"][0]["text"], "Staging Redis needs more memory",
+        "{a}"
+    );
+    assert_eq!(a["lessons"][0]["by"], "op", "{a}");
+    assert_eq!(
+        a["participants"],
+        serde_json::json!(["alice", "bob", "carol"]),
+        "{a}"
+    );
+    let out = f.cli_as("op", &["drill", "annotate", &first]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing to record"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = f.cli(&["drill", "show", &first]);
+    for item in [
+        "[x] Lessons learned recorded",
+        "[x] Roles and communication channel known",
+        "[x] Failover and rollback steps written down",
+        "[x] Application verified",
+        "Started by the drill schedule; communication channel: #dr-war-room; participants: alice, bob, carol.",
+        "| incident commander | alice |",
+        "- 1. Point chat at the staging stores",
+        "- 1. Point chat back at production",
+        "- Staging Redis needs more memory (op, ",
+    ] {
+        assert!(report.contains(item), "{item}: {report}");
+    }
+    let html = f.cli(&["drill", "show", &first, "--html"]);
+    for raw in ["**", "`", "[x]", "[ ]", "|---", "## "] {
+        assert!(
+            !html.contains(raw),
+            "raw Markdown {raw:?} in the HTML: {html}"
+        );
+    }
+    assert!(
+        html.contains("<h2>Lessons learned</h2>")
+            && html.contains("<td>incident commander</td><td>alice</td>")
+            && html.contains("Staging Redis needs more memory"),
+        "{html}"
+    );
+    // Audited: the schedule's runs and the annotation.
+    let audit = f.cli(&["audit", "ls", "--limit", "1000"]);
+    assert!(
+        audit.contains("drill schedule") && audit.contains("drill annotate"),
+        "{audit}"
+    );
+}

@@ -478,6 +478,28 @@ pub enum DrillCmd {
         /// Follow it to the end and print the report; exit 1 if it failed.
         #[arg(long)]
         wait: bool,
+        /// Who does what, e.g. `--role incident_commander=alice` (repeat;
+        /// merged over the controller's [drills] roles).
+        #[arg(long = "role", value_name = "ROLE=NAME")]
+        roles: Vec<String>,
+        /// Where the team talks during the drill (default: [drills] channel).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Who takes part (repeat; default: [drills] participants).
+        #[arg(long = "participant", value_name = "NAME")]
+        participants: Vec<String>,
+    },
+    /// Record lessons learned (and participants) on a drill: the report's
+    /// last checklist item.
+    Annotate {
+        /// The drill id.
+        id: String,
+        /// What was learned (repeat for several).
+        #[arg(long = "lessons", value_name = "TEXT")]
+        lessons: Vec<String>,
+        /// Someone else who took part (repeat).
+        #[arg(long = "participant", value_name = "NAME")]
+        participants: Vec<String>,
     },
     /// Past drills, newest first.
     #[command(visible_alias = "list")]

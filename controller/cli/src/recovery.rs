@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::{json, Value};
 use trireme_proto::v1::{
-    DrillInfo, GetDrillRequest, ListDrillsRequest, ListRestoreTestsRequest, RestoreTestInfo,
-    RunDrillRequest, RunRestoreTestRequest, SourceRef,
+    AnnotateDrillRequest, DrillInfo, GetDrillRequest, ListDrillsRequest, ListRestoreTestsRequest,
+    RestoreTestInfo, RunDrillRequest, RunRestoreTestRequest, SourceRef,
 };
 
 use trireme_client::{with_totp, Controller};
@@ -105,12 +105,33 @@ pub async fn restore_test(
 /// `trireme drill …`
 pub async fn drill(c: &mut Controller, format: Format, cmd: DrillCmd) -> anyhow::Result<()> {
     match cmd {
-        DrillCmd::Run { location, wait } => {
+        DrillCmd::Run {
+            location,
+            wait,
+            roles,
+            channel,
+            participants,
+        } => {
+            let mut role_map = std::collections::HashMap::new();
+            for r in roles {
+                let (role, who) = r
+                    .split_once('=')
+                    .filter(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--role {r:?}: write ROLE=NAME, e.g. --role incident_commander=alice"
+                        )
+                    })?;
+                role_map.insert(role.trim().to_string(), who.trim().to_string());
+            }
             let d = c
                 .operator
                 .run_drill(with_totp(
                     RunDrillRequest {
                         location: location.unwrap_or_default(),
+                        roles: role_map,
+                        channel: channel.unwrap_or_default(),
+                        participants,
                     },
                     c.totp.as_deref(),
                 )?)
@@ -150,6 +171,34 @@ pub async fn drill(c: &mut Controller, format: Format, cmd: DrillCmd) -> anyhow:
                 );
             }
             Ok(())
+        }
+        DrillCmd::Annotate {
+            id,
+            lessons,
+            participants,
+        } => {
+            let d = c
+                .operator
+                .annotate_drill(AnnotateDrillRequest {
+                    id,
+                    lessons,
+                    participants,
+                })
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            one(format, drill_json(&d), || {
+                format!(
+                    "{}: {} lesson(s) recorded, participants: {}",
+                    d.id,
+                    d.lessons.len(),
+                    if d.participants.is_empty() {
+                        "-".to_string()
+                    } else {
+                        d.participants.join(", ")
+                    }
+                )
+            })
         }
         DrillCmd::Ls => {
             let drills = c
@@ -278,6 +327,15 @@ fn drill_json(d: &DrillInfo) -> Value {
         "sources": d.steps_total,
         "failed": d.steps_failed,
         "markdown": json_str(&d.markdown),
+        "scheduled": d.scheduled,
+        "roles": d.roles.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        "channel": json_str(&d.channel),
+        "participants": d.participants,
+        "lessons": d.lessons.iter().map(|l| json!({
+            "at": json_time(l.at_unix),
+            "by": l.by,
+            "text": l.text,
+        })).collect::<Vec<_>>(),
     })
 }
 

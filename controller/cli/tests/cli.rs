@@ -505,8 +505,14 @@ impl OperatorService for Fake {
                 snapshot_time_unix: 1_764_000_000,
                 newest_snapshot_id: SNAP.into(),
                 newest_verified_copies: 1,
+                newest_shortfall: vec![
+                    "verified at 1 of the 3 locations the protection rule needs".into(),
+                ],
             }],
             locations_total: 3,
+            protection_rule: "verified at 3 locations, in 2 or more regions".into(),
+            rule_problems: Vec::new(),
+            state: "RED".into(),
             recovery: vec![SourceRecovery {
                 source: src("web-1", "www"),
                 state: "red".into(),
@@ -579,6 +585,12 @@ impl OperatorService for Fake {
         Err(Status::unimplemented("not in the fake"))
     }
     async fn get_drill(&self, _: Request<GetDrillRequest>) -> Result<Response<DrillInfo>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn annotate_drill(
+        &self,
+        _: Request<AnnotateDrillRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
         Err(Status::unimplemented("not in the fake"))
     }
     async fn rebuild_catalog(
@@ -970,12 +982,19 @@ async fn reads_as_tables_and_json() {
     assert!(out.contains("1 connected of 2"), "{out}");
     assert!(out.contains("agent db-1 is not connected"), "{out}");
     assert!(
+        out.contains("state:")
+            && out.contains("RED")
+            && out.contains("rule:")
+            && out.contains("verified at 3 locations, in 2 or more regions"),
+        "{out}"
+    );
+    assert!(
         out.contains("web-1/www  RED    RPO 1h (2h old); RTO 10m (last test 2025-11-24T16:00:00Z FAILED, took 30s)"),
         "{out}"
     );
     assert!(
         out.contains(
-            "web-1/www  newest 5eedc0ff 1/3 verified; last 3/3: 4a1b2c3d at 2025-11-24T16:00:00Z ("
+            "web-1/www  newest 5eedc0ff 1/3 verified, not protected; last protected: 4a1b2c3d at 2025-11-24T16:00:00Z ("
         ),
         "{out}"
     );
@@ -986,6 +1005,15 @@ async fn reads_as_tables_and_json() {
     assert_eq!(v["protection"][0]["source"]["agent"], "web-1");
     assert_eq!(v["protection"][0]["snapshot_id"], "4a1b2c3d00000000");
     assert_eq!(v["protection"][0]["newest_verified_copies"], 1);
+    assert_eq!(v["state"], "RED");
+    assert_eq!(
+        v["protection_rule"],
+        "verified at 3 locations, in 2 or more regions"
+    );
+    assert!(v["protection"][0]["newest_shortfall"][0]
+        .as_str()
+        .unwrap()
+        .contains("verified at 1 of the 3"));
     assert_eq!(v["recovery"][0]["state"], "red");
     assert_eq!(v["recovery"][0]["age_secs"], 7200.0);
     assert_eq!(v["recovery"][0]["last_test_ok"], false);

@@ -240,6 +240,9 @@ fn drill_report_walks_the_checklist_and_names_failures() {
             verified: 2,
             of: 2,
         }],
+        scheduled: false,
+        people: crate::drills::DrillPeople::default(),
+        lessons: Vec::new(),
         steps: vec![
             DrillStep {
                 source: "db-1/tidb".parse().unwrap(),

@@ -106,6 +106,12 @@ pub fn status(shared: &Shared) -> Result<FleetStatus> {
             now: shared.now(),
             locations: shared.locations.len(),
             protection: &shared.protection,
+            drills: &shared.drills,
+            location_names: &shared
+                .locations
+                .iter()
+                .map(|l| l.name.clone())
+                .collect::<Vec<_>>(),
             connected: &|name| shared.agents.is_connected(name),
             volumes: &volumes,
             location_states: &shared.replicator.states(),
@@ -373,8 +379,10 @@ pub fn run_drill(
     caller: &Caller,
     passed: Passed,
     location: Option<String>,
+    people: &crate::drills::DrillPeople,
 ) -> Result<DrillRecord> {
-    let drill = super::recovery::start_drill(shared, location.clone(), &caller.id.name)?;
+    let drill =
+        super::recovery::start_drill(shared, location.clone(), &caller.id.name, people, false)?;
     caller.done(
         shared,
         "drill run",
@@ -387,6 +395,40 @@ pub fn run_drill(
         ),
     );
     Ok(drill)
+}
+
+/// Record lessons learned (and participants) on a drill; audited.
+///
+/// # Errors
+/// An unknown drill; nothing to record; catalog errors.
+pub fn annotate_drill(
+    shared: &Shared,
+    caller: &Caller,
+    id: &str,
+    lessons: &[String],
+    participants: &[String],
+) -> Result<DrillRecord> {
+    let d = blocking(|| {
+        crate::drills::annotate(
+            &shared.catalog,
+            id,
+            &caller.id.name,
+            lessons,
+            participants,
+            shared.now(),
+        )
+    })?;
+    caller.done(
+        shared,
+        "drill annotate",
+        format!(
+            "{}: {} lesson(s), {} participant(s) added",
+            d.id,
+            lessons.len(),
+            participants.len()
+        ),
+    );
+    Ok(d)
 }
 
 /// Verify the locations now (and repair what can be), then report.

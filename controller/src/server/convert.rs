@@ -203,8 +203,17 @@ pub fn audit_filter(r: &ListAuditRequest) -> (Option<DateTime<Utc>>, Option<&str
 }
 
 /// A drill's location: empty for the usual ones.
-pub fn drill_location(r: RunDrillRequest) -> Option<String> {
-    (!r.location.is_empty()).then_some(r.location)
+pub fn drill_location(r: RunDrillRequest) -> (Option<String>, crate::drills::DrillPeople) {
+    (
+        (!r.location.is_empty()).then_some(r.location),
+        crate::drills::DrillPeople {
+            roles: r.roles.into_iter().collect(),
+            channel: r.channel,
+            participants: r.participants,
+            failover: Vec::new(),
+            rollback: Vec::new(),
+        },
+    )
 }
 
 /// A manual backup's mode.
@@ -643,6 +652,24 @@ pub fn drill_info(d: &DrillRecord, report: bool) -> DrillInfo {
         } else {
             String::new()
         },
+        scheduled: d.scheduled,
+        roles: d
+            .people
+            .roles
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        channel: d.people.channel.clone(),
+        participants: d.people.participants.clone(),
+        lessons: d
+            .lessons
+            .iter()
+            .map(|l| trireme_proto::v1::DrillLesson {
+                at_unix: unix(l.at),
+                by: l.by.clone(),
+                text: l.text.clone(),
+            })
+            .collect(),
     }
 }
 

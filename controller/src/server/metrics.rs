@@ -224,6 +224,66 @@ pub fn render(shared: &Shared) -> Result<String> {
             .set(i64::from(p.newest_shortfall.is_empty()));
     }
 
+    // DR drills: the newest passed one, per location, and whether stale.
+    let drill_last = IntGauge::new(
+        "trireme_drill_last_success_timestamp_seconds",
+        "When the newest passed DR drill finished (absent: none)",
+    )
+    .map_err(m)?;
+    let drill_location = gauge_vec(
+        &reg,
+        "trireme_drill_location_last_success_timestamp_seconds",
+        "When the newest passed DR drill reading from this location finished (absent: none)",
+        &["location"],
+    )
+    .map_err(m)?;
+    let drill_stale = IntGauge::new(
+        "trireme_drill_stale",
+        "1 when sources can be drilled and no drill passed within [drills] stale_after, or a location had no passed drill in a year; 0 otherwise",
+    )
+    .map_err(m)?;
+    let drill_stale_after = IntGauge::new(
+        "trireme_drill_stale_after_seconds",
+        "The [drills] stale_after setting",
+    )
+    .map_err(m)?;
+    for g in [&drill_last, &drill_stale, &drill_stale_after] {
+        reg.register(Box::new(g.clone())).map_err(m)?;
+    }
+    let drills = shared.catalog.drills().values()?;
+    if let Some(t) = drills
+        .iter()
+        .filter(|d| d.ok())
+        .filter_map(|d| d.finished)
+        .max()
+    {
+        drill_last.set(t.timestamp());
+    }
+    for l in &shared.locations {
+        if let Some(t) = drills
+            .iter()
+            .filter(|d| d.ok() && d.location.as_deref() == Some(l.name.as_str()))
+            .filter_map(|d| d.finished)
+            .max()
+        {
+            drill_location
+                .with_label_values(&[l.name.as_str()])
+                .set(t.timestamp());
+        }
+    }
+    let drillable = shared
+        .catalog
+        .policies()
+        .values()?
+        .iter()
+        .any(|p| p.policy.restore_test.is_some());
+    let names: Vec<String> = shared.locations.iter().map(|l| l.name.clone()).collect();
+    drill_stale.set(i64::from(
+        drillable
+            && !crate::drills::problems(&drills, &shared.drills, &names, shared.now()).is_empty(),
+    ));
+    drill_stale_after.set(shared.drills.stale_after.as_secs() as i64);
+
     // Recovery objectives and restore tests.
     let fgauge = |n: &str, h: &str| -> Result<GaugeVec> {
         let g = GaugeVec::new(Opts::new(n, h), &["source"]).map_err(m)?;

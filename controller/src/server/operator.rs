@@ -223,9 +223,19 @@ impl OperatorService for OperatorApi {
         request: Request<pb::RunDrillRequest>,
     ) -> Result<Response<pb::DrillInfo>, Status> {
         let (caller, passed) = self.sensitive(&request, "drill run").await?;
-        let location = convert::drill_location(request.into_inner());
-        let drill = actions::run_drill(&self.shared, &caller, passed, location)?;
+        let (location, people) = convert::drill_location(request.into_inner());
+        let drill = actions::run_drill(&self.shared, &caller, passed, location, &people)?;
         Ok(Response::new(convert::drill_info(&drill, false)))
+    }
+
+    async fn annotate_drill(
+        &self,
+        request: Request<pb::AnnotateDrillRequest>,
+    ) -> Result<Response<pb::DrillInfo>, Status> {
+        let caller = self.caller(&request, OPERATE, "drill annotate")?;
+        let r = request.into_inner();
+        let d = actions::annotate_drill(&self.shared, &caller, &r.id, &r.lessons, &r.participants)?;
+        Ok(Response::new(convert::drill_info(&d, false)))
     }
 
     async fn list_drills(

@@ -40,6 +40,45 @@ fn tick(shared: &Arc<Shared>) -> Result<()> {
         log_result(&r);
     }
     let now = shared.now();
+    if blocking(|| crate::drills::due(&shared.catalog, &shared.drills, now))? {
+        let drills = shared.catalog.drills().values()?;
+        let names: Vec<String> = shared.locations.iter().map(|l| l.name.clone()).collect();
+        let location = crate::drills::next_location(&drills, &names);
+        match start_drill(
+            shared,
+            location.clone(),
+            "drill schedule",
+            &crate::drills::DrillPeople::default(),
+            true,
+        ) {
+            Ok(d) => {
+                tracing::info!(target: "trireme::audit", drill = %d.id, location = ?location, "scheduled drill started");
+                shared.record(crate::audit::Event::actor(
+                    "drill schedule",
+                    "controller",
+                    "drill run",
+                    format!(
+                        "{} from {} ({} sources)",
+                        d.id,
+                        location.as_deref().unwrap_or("the usual locations"),
+                        d.steps.len()
+                    ),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, location = ?location, "scheduled drill not started");
+                shared.record(
+                    crate::audit::Event::actor(
+                        "drill schedule",
+                        "controller",
+                        "drill run",
+                        location.unwrap_or_default(),
+                    )
+                    .problem(e.to_string()),
+                );
+            }
+        }
+    }
     for policy in blocking(|| recovery::due_tests(&shared.catalog, now))? {
         match blocking(|| {
             recovery::start_test(
@@ -134,6 +173,8 @@ pub fn start_drill(
     shared: &Arc<Shared>,
     location: Option<String>,
     by: &str,
+    people: &crate::drills::DrillPeople,
+    scheduled: bool,
 ) -> Result<DrillRecord> {
     if let Some(l) = &location {
         if !shared.locations.iter().any(|x| &x.name == l) {
@@ -203,6 +244,9 @@ pub fn start_drill(
         finished: None,
         locations,
         steps,
+        scheduled,
+        people: shared.drills.people.overridden_by(people),
+        lessons: Vec::new(),
     };
     blocking(|| shared.catalog.drills().insert(&drill.id, &drill))?;
     let s = shared.clone();
