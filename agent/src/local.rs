@@ -1,7 +1,13 @@
 //! Local mode: one-shot commands straight against a location.
 
 mod browse;
+mod dump;
+#[cfg(feature = "mount")]
+mod mount;
 pub use browse::{diff, find, ls, stats, DiffArgs, FindArgs, LsArgs, StatsArgs};
+pub use dump::{dump, DumpArgs};
+#[cfg(feature = "mount")]
+pub use mount::{mount, MountArgs};
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -84,6 +84,13 @@ enum Command {
     Find(local::FindArgs),
     /// Sizes: logical, after deduplication, stored; the ratios.
     Stats(local::StatsArgs),
+    /// Write one file of a snapshot to stdout, or a directory as a tar archive.
+    Dump(local::DumpArgs),
+    /// Serve the repository read-only through FUSE at MOUNTPOINT
+    /// (snapshots/<time>-<id>/…, by-source/<source>/latest/…) until
+    /// unmounted, Ctrl-C or SIGTERM.
+    #[cfg(feature = "mount")]
+    Mount(local::MountArgs),
     /// Check the repository: quick by default, `--deep` re-reads every pack.
     Check {
         #[command(flatten)]
@@ -173,6 +180,9 @@ fn main() -> std::process::ExitCode {
             Command::Diff(args) => local::diff(args).await,
             Command::Find(args) => local::find(args).await,
             Command::Stats(args) => local::stats(args).await,
+            Command::Dump(args) => local::dump(args).await,
+            #[cfg(feature = "mount")]
+            Command::Mount(args) => local::mount(args).await,
         }
     });
     match result {

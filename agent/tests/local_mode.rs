@@ -503,3 +503,165 @@ fn ls_diff_find_stats_through_the_cli() {
     assert_eq!(st["logical_bytes"], 100_000 + 6);
     assert!(st["stored_bytes"].as_u64().unwrap() > 0);
 }
+
+/// `trireme-agent dump`: a file's bytes, or a directory as a tar archive
+/// that GNU tar lists and extracts into the same tree (diff -r, sha256sum,
+/// modes with setuid, numeric owners, mtimes, links, long names).
+#[test]
+fn dump_writes_a_file_or_a_tar_archive_gnu_tar_reads() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("src");
+    let long_dir = "d".repeat(120);
+    let long_target = format!("/nowhere/{}", "t".repeat(150));
+    std::fs::create_dir_all(src.join("sub/empty")).unwrap();
+    std::fs::create_dir_all(src.join(&long_dir)).unwrap();
+    std::fs::write(src.join("big.bin"), noise(7, 3_000_000)).unwrap();
+    std::fs::write(src.join("sub/a b.txt"), "hi\n").unwrap();
+    std::fs::write(src.join(&long_dir).join("f".repeat(120)), "long\n").unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"odd-\xff-name");
+    std::fs::write(src.join("sub").join(odd), "bytes\n").unwrap();
+    std::os::unix::fs::symlink("../big.bin", src.join("sub/link")).unwrap();
+    std::os::unix::fs::symlink(&long_target, src.join("sub/long-link")).unwrap();
+    let chown = |uid: &str, p: &str| {
+        Command::new("chown")
+            .args(["-h", uid])
+            .arg(src.join(p))
+            .status()
+            .unwrap()
+            .success()
+    };
+    let as_root = is_root();
+    if as_root {
+        assert!(chown("1234:5678", "sub/empty") && chown("42:43", "sub/a b.txt"));
+    }
+    // After chown, which clears setuid.
+    std::fs::set_permissions(src.join("sub/a b.txt"), PermissionsExt::from_mode(0o4750)).unwrap();
+    let touched = Command::new("touch")
+        .args(["-h", "-d", "2020-01-02 03:04:05"])
+        .arg(src.join("sub/a b.txt"))
+        .arg(src.join("sub/empty"))
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = env.run(&["backup", "--source", "vol", src.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A directory: GNU tar lists what the snapshot holds below it.
+    let out = env.run(&["dump", "latest", "--source", "vol", "/sub"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("as a tar archive: 6 entries"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(env.path("sub.tar"), &out.stdout).unwrap();
+    let list = Command::new("tar")
+        .args(["--numeric-owner", "-tvf"])
+        .arg(env.path("sub.tar"))
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", stderr(&list));
+    let listing = stdout(&list);
+    assert_eq!(listing.lines().count(), 6, "{listing}");
+    assert!(
+        listing
+            .lines()
+            .all(|l| l.contains(" sub/") || l.ends_with(" sub")),
+        "{listing}"
+    );
+    assert!(listing.contains("sub/link -> ../big.bin"), "{listing}");
+    assert!(
+        listing.contains(&format!("sub/long-link -> {long_target}")),
+        "{listing}"
+    );
+    let a = listing
+        .lines()
+        .find(|l| l.ends_with("sub/a b.txt"))
+        .unwrap();
+    assert!(a.starts_with("-rwsr-x--- "), "{a}");
+    assert!(a.contains(" 3 2020-01-02 03:04"), "{a}");
+    if as_root {
+        assert!(a.contains(" 42/43 "), "{a}");
+        let e = listing.lines().find(|l| l.ends_with("sub/empty")).unwrap();
+        assert!(e.starts_with("drwxr-xr-x 1234/5678 "), "{e}");
+    }
+
+    // The whole snapshot, extracted by GNU tar: the same tree.
+    let out = env
+        .cmd(&["dump", "latest", "--source", "vol", "/"])
+        .stdout(std::fs::File::create(env.path("all.tar")).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let x = env.path("extracted");
+    std::fs::create_dir_all(&x).unwrap();
+    let ex = Command::new("tar")
+        .args(["--numeric-owner", "-xpf"])
+        .arg(env.path("all.tar"))
+        .arg("-C")
+        .arg(&x)
+        .output()
+        .unwrap();
+    assert!(ex.status.success(), "{}", stderr(&ex));
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&src)
+        .arg(&x)
+        .output()
+        .unwrap();
+    assert!(diff.status.success(), "{}{}", stdout(&diff), stderr(&diff));
+    assert_eq!(
+        trireme_testkit::sha256sums(&x),
+        trireme_testkit::sha256sums(&src)
+    );
+    assert_eq!(
+        trireme_testkit::metadata(&x),
+        trireme_testkit::metadata(&src)
+    );
+
+    // A file: its bytes, as sha256sum sees them.
+    let mut dump = env
+        .cmd(&["dump", "latest", "--source", "vol", "big.bin"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sum = Command::new("sha256sum")
+        .stdin(dump.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(dump.wait().unwrap().success());
+    let want = Command::new("sha256sum")
+        .arg(src.join("big.bin"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&sum).split_whitespace().next(),
+        stdout(&want).split_whitespace().next()
+    );
+
+    // A link, or a path that is not there: refused, naming it.
+    let out = env.run(&["dump", "latest", "--source", "vol", "/sub/link"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/sub/link is a symbolic link to ../big.bin"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+    let out = env.run(&["dump", "latest", "--source", "vol", "/sub/nope"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no path /sub/nope"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

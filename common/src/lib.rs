@@ -16,6 +16,7 @@ pub mod backup;
 pub mod browse;
 pub mod check;
 pub mod crypto;
+pub mod dump;
 pub mod error;
 pub mod format;
 pub mod glob;

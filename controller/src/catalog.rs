@@ -44,6 +44,7 @@
 //! | `restore_test_slots` | `agent/source`      | last restore-test slot handled | recovery |
 //! | `drills`    | drill id                     | `DrillRecord`              | recovery |
 //! | `drill_slots` | `schedule`                 | last drill-schedule slot handled | drills |
+//! | `volume_samples` | `agent/source`          | `Samples`: the data volume's usage, one per `volume_sample_every` | growth |
 //! | `retention` | class name                   | `RetentionClass`           | retention |
 //! | `pruning`   | snapshot id, 32 bytes        | `PendingPrune`: removed, still at skipped locations | prune |
 //! | `tombstones`| object path                  | when prune deleted it (replication must not copy it back) | prune |
@@ -94,6 +95,7 @@ pub const TABLES: &[(&str, bool)] = &[
     ("restore_test_slots", false),
     ("drills", false),
     ("drill_slots", false),
+    ("volume_samples", false),
     ("retention", true),
     ("pruning", false),
     ("tombstones", false),

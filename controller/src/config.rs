@@ -95,6 +95,9 @@ pub struct ControllerConfig {
     pub protection: crate::protection::ProtectionRule,
     /// `[drills]`: DR drills on a schedule, and who takes part.
     pub drills: crate::drills::DrillSettings,
+    /// How often a sample of each source's data volume is kept for its
+    /// growth projection (days until 75% full).
+    pub volume_sample_every: Duration,
 }
 
 /// One location.
@@ -145,6 +148,7 @@ struct RawConfig {
     protection: RawProtection,
     #[serde(default)]
     drills: RawDrills,
+    volume_sample_every: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -566,7 +570,18 @@ impl ControllerConfig {
         };
         let protection = raw.protection.build(&locations).map_err(bad)?;
         let drills = raw.drills.build().map_err(bad)?;
+        let volume_sample_every = duration(
+            "volume_sample_every",
+            &raw.volume_sample_every,
+            crate::growth::DEFAULT_SAMPLE_EVERY,
+        )?;
+        if volume_sample_every < Duration::from_secs(1) {
+            return Err(bad(
+                "volume_sample_every must be at least 1s (default \"1h\")".into(),
+            ));
+        }
         Ok(ControllerConfig {
+            volume_sample_every,
             protection,
             drills,
             listen,

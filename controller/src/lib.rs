@@ -8,6 +8,7 @@ pub mod config;
 pub mod custody;
 pub mod drills;
 pub mod error;
+pub mod growth;
 pub mod holds;
 pub mod jobs;
 pub mod lifecycle;

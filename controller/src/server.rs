@@ -63,6 +63,8 @@ pub struct Shared {
     pub protection: crate::protection::ProtectionRule,
     /// `[drills]`: the schedule and who takes part.
     pub drills: crate::drills::DrillSettings,
+    /// See [`ControllerConfig::volume_sample_every`].
+    pub volume_sample_every: Duration,
     /// Connected agents.
     pub agents: agents::Registry,
     /// "This job changed": wakes `WatchJob` streams.
@@ -397,6 +399,7 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         locations: config.locations.clone(),
         protection: config.protection.clone(),
         drills: config.drills.clone(),
+        volume_sample_every: config.volume_sample_every,
         agents: agents::Registry::default(),
         job_events,
         heartbeat_interval: config.heartbeat_interval,

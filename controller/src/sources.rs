@@ -124,6 +124,11 @@ pub struct AgentRecord {
     /// Names of the sources it reported at its last registration.
     #[serde(default)]
     pub sources: Vec<String>,
+    /// When the client certificate of its last registration or session
+    /// expires (its notAfter); None before an agent first connected with
+    /// this field's controller.
+    #[serde(default)]
+    pub certificate_not_after: Option<DateTime<Utc>>,
 }
 
 /// A source an agent reported.
@@ -181,6 +186,24 @@ impl Catalog {
         sources: &[(String, SourceRecord)],
         now: DateTime<Utc>,
     ) -> Result<AgentRecord> {
+        self.register_agent_with_certificate(name, hostname, version, sources, None, now)
+    }
+
+    /// As [`Catalog::register_agent`], also recording when the client
+    /// certificate the agent connected with expires (`None` keeps what was
+    /// recorded before).
+    ///
+    /// # Errors
+    /// As [`Catalog::register_agent`].
+    pub fn register_agent_with_certificate(
+        &self,
+        name: &str,
+        hostname: &str,
+        version: &str,
+        sources: &[(String, SourceRecord)],
+        certificate_not_after: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<AgentRecord> {
         validate_name("agent name", name)?;
         let ids = sources
             .iter()
@@ -188,13 +211,15 @@ impl Catalog {
             .collect::<Result<Vec<_>>>()?;
         let key = name.to_string();
         self.transaction_durable(|tx| {
-            let first_seen = tx.agents().get(&key)?.map_or(now, |a| a.first_seen);
+            let old = tx.agents().get(&key)?;
             let record = AgentRecord {
                 hostname: hostname.to_string(),
                 version: version.to_string(),
-                first_seen,
+                first_seen: old.as_ref().map_or(now, |a| a.first_seen),
                 last_seen: now,
                 sources: sources.iter().map(|(n, _)| n.clone()).collect(),
+                certificate_not_after: certificate_not_after
+                    .or(old.and_then(|a| a.certificate_not_after)),
             };
             tx.agents().insert(&key, &record)?;
             for (id, (_, src)) in ids.iter().zip(sources) {

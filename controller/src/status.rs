@@ -125,6 +125,32 @@ pub fn certificate_problems(
     out
 }
 
+/// A status problem for agent `name`'s client certificate (as it last
+/// connected with it) when it expires within [`CERT_WARN_DAYS`] of `now`
+/// or has expired.
+pub fn agent_certificate_problem(
+    name: &str,
+    not_after: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let left = (not_after - now).num_seconds();
+    if left >= CERT_WARN_DAYS * 86_400 {
+        return None;
+    }
+    let when = not_after.format("%Y-%m-%d %H:%M UTC");
+    let fix = format!(
+        "renew it with `trireme cert renew --name {name}`, put the new files on its host and restart the agent (it reads them when it connects)"
+    );
+    Some(if left <= 0 {
+        format!("agent {name}: its certificate expired on {when}: {fix}")
+    } else {
+        format!(
+            "agent {name}: its certificate expires on {when} (in {} days): {fix}",
+            left / 86_400
+        )
+    })
+}
+
 /// The fleet's state.
 #[derive(Debug, Clone, Default)]
 pub struct FleetStatus {
@@ -179,6 +205,12 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
                 a.last_seen.format("%Y-%m-%d %H:%M:%S UTC")
             ));
         }
+        if let Some(p) = a
+            .certificate_not_after
+            .and_then(|t| agent_certificate_problem(name, t, now))
+        {
+            status.problems.push(p);
+        }
     }
     let day_ago = now - ChronoDuration::hours(24);
     for j in catalog.jobs().values()? {
@@ -212,6 +244,7 @@ pub fn fleet(catalog: &Catalog, live: &Live<'_>) -> Result<FleetStatus> {
         status.protection.push(p);
     }
     status.problems.extend(volume_problems(live.volumes));
+    status.problems.extend(crate::growth::problems(catalog)?);
     status
         .problems
         .extend(certificate_problems(live.certificates, now));
@@ -331,3 +364,29 @@ mod cert_tests {
         assert!(certificate_problems(&certs[1..2], now).is_empty());
     }
 }
+
+    #[test]
+    fn agent_certificates_warn_from_thirty_days() {
+        let now = DateTime::parse_from_rfc3339("2026-12-04T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = ChronoDuration::days(1);
+        assert_eq!(
+            agent_certificate_problem("web-1", now + day * 30, now),
+            None
+        );
+        let p =
+            agent_certificate_problem("web-1", now + day * 30 - ChronoDuration::seconds(1), now)
+                .unwrap();
+        assert!(
+            p.starts_with(
+                "agent web-1: its certificate expires on 2027-01-03 11:59 UTC (in 29 days)"
+            ) && p.contains("trireme cert renew --name web-1"),
+            "{p}"
+        );
+        let p = agent_certificate_problem("db-1", now - day, now).unwrap();
+        assert!(
+            p.starts_with("agent db-1: its certificate expired on 2026-12-03 12:00 UTC"),
+            "{p}"
+        );
+    }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::fleet::{wait_for, AgentSpec, Fleet};
 use support::totp::Codes;
+use trireme_testkit::{metadata, sha256sums};
 
 fn text(out: &Output) -> String {
     format!(
@@ -67,6 +68,13 @@ fn gnu_mode(path: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
+}
+
+/// GNU tar with `args`, then `path`; its stdout (panics if it fails).
+fn gnu_tar(args: &[&str], path: &Path) -> String {
+    let out = Command::new("tar").args(args).arg(path).output().unwrap();
+    assert!(out.status.success(), "tar {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -324,9 +332,75 @@ fn ls_diff_find_stats_through_the_controller() {
     let out = f.cli_as("op", &["dump", &second[..12], "conf/app.conf"]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, b"a = 22\n");
+    // A directory comes as a tar archive, read back by GNU tar: the
+    // subtree's names, types, modes, owners and sizes; extracted, it is the
+    // directory (diff -r, sha256sum of every file, modes, owners, mtimes).
     let out = f.cli_as("op", &["dump", &first, "/exports"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let archive = f.dir.join("exports.tar");
+    std::fs::write(&archive, &out.stdout).unwrap();
+    let listing = gnu_tar(&["--numeric-owner", "-tvf"], &archive);
+    let names: BTreeSet<&str> = listing
+        .lines()
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["exports", "exports/keep.json", "exports/monday.json"]),
+        "{listing}"
+    );
+    let monday = listing
+        .lines()
+        .find(|l| l.ends_with("exports/monday.json"))
+        .unwrap();
+    assert!(monday.starts_with("-rw-r--r-- "), "{monday}");
+    assert!(monday.contains(" 200000 "), "{monday}");
+    let out = f.cli_as("op", &["dump", &second[..12], "/"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::write(&archive, &out.stdout).unwrap();
+    let listing = gnu_tar(&["--numeric-owner", "-tvf"], &archive);
+    let run = listing
+        .lines()
+        .find(|l| l.ends_with(" run.sh") && !l.contains(" -> "))
+        .unwrap();
+    let meta = std::fs::metadata(data.join("run.sh")).unwrap();
+    assert!(
+        run.starts_with(&format!(
+            "{} {}/{} ",
+            gnu_mode(&data.join("run.sh")),
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        )),
+        "{run}"
+    );
+    assert!(
+        listing.lines().any(|l| l.ends_with("latest -> run.sh")),
+        "{listing}"
+    );
+    let extracted = f.dir.join("extracted");
+    std::fs::create_dir_all(&extracted).unwrap();
+    gnu_tar(
+        &["--numeric-owner", "-xpf", archive.to_str().unwrap(), "-C"],
+        &extracted,
+    );
+    let same = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&data)
+        .arg(&extracted)
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{}", text(&same));
+    assert_eq!(sha256sums(&extracted), sha256sums(&data));
+    assert_eq!(metadata(&extracted), metadata(&data));
+    // A link is refused, naming its target.
+    let out = f.cli_as("op", &["dump", &first, "/latest"]);
     assert!(!out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("dump takes one file"), "{}", text(&out));
+    assert!(
+        text(&out).contains("symlink to run.sh")
+            && text(&out).contains("dump takes a file or a directory"),
+        "{}",
+        text(&out)
+    );
     let out = f.cli_as("op", &["dump", &first, "/exports/nope.json"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("/exports/nope.json"), "{}", text(&out));
@@ -354,6 +428,26 @@ fn ls_diff_find_stats_through_the_controller() {
     };
     assert!(
         has("op", "ls", "ok", &[&first, "path / (recursive)"]),
+        "{audit:#?}"
+    );
+    // The tar dump, with its counts and the bytes sent.
+    let tar_bytes = std::fs::metadata(&archive).unwrap().len();
+    assert!(
+        has(
+            "op",
+            "dump",
+            "ok",
+            &[
+                &second[..8],
+                "path / at ",
+                "a tar archive of ",
+                &format!("{tar_bytes} bytes sent"),
+            ]
+        ),
+        "{audit:#?}"
+    );
+    assert!(
+        has("op", "dump", "problem", &[&first, "path /latest"]),
         "{audit:#?}"
     );
     assert!(has("op", "ls", "problem", &[&first, "/nope"]), "{audit:#?}");

@@ -33,7 +33,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn alert_rules_load_and_their_unit_tests_pass() {
     let text = promtool(&["check", "rules", "trireme-alerts.yml"]);
-    assert!(text.contains("SUCCESS: 26 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 30 rules found"), "{text}");
     let text = promtool(&["test", "rules", "trireme-alerts.test.yml"]);
     assert!(text.contains("SUCCESS"), "{text}");
 }
@@ -138,10 +138,12 @@ fn kubernetes_package_renders_validates_and_its_configs_load() {
     };
     secret(&t.join("secrets/redis-password"), "pw\n");
     secret(&t.join("secrets/mongo-backup.yaml"), "password: pw\n");
-    secret(
-        &t.join("keys/s3-primary.credentials"),
-        "access_key_id = a\nsecret_access_key = b\n",
-    );
+    for loc in ["primary", "other-region", "other-provider"] {
+        secret(
+            &t.join(format!("keys/s3-{loc}.credentials")),
+            "access_key_id = a\nsecret_access_key = b\n",
+        );
+    }
     for d in ["mnt/redis", "mnt/kafka", "state", "data"] {
         std::fs::create_dir_all(t.join(d)).unwrap();
     }

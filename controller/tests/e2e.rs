@@ -1181,3 +1181,150 @@ fn a_failed_job_is_told_signed_retried_and_recorded() {
     );
     assert!(!audit.contains("not delivered"), "{audit}");
 }
+    // Each delivery's time, in the controller's histogram: the webhook's
+    // includes its retry after the 500 (a wait of 1 s).
+    let text = support::fleet::scrape(&ctl_http);
+    for kind in ["webhook", "slack", "email"] {
+        let series = format!(
+            "trireme_notification_delivery_duration_seconds_count{{kind=\"{kind}\",outcome=\"delivered\"}}"
+        );
+        assert_eq!(support::fleet::sample(&text, &series), 1.0, "{kind}");
+        let buckets = text
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "trireme_notification_delivery_duration_seconds_bucket{{kind=\"{kind}\",outcome=\"delivered\",le="
+                ))
+            })
+            .count();
+        assert_eq!(buckets, 13, "{kind}: 12 bounds and +Inf");
+    }
+    let webhook_secs = support::fleet::sample(
+        &text,
+        "trireme_notification_delivery_duration_seconds_sum{kind=\"webhook\",outcome=\"delivered\"}",
+    );
+    assert!(webhook_secs >= 1.0, "{webhook_secs}");
+}
+
+/// A certificate's notAfter in Unix seconds as openssl and date(1) read it.
+fn openssl_not_after(pem: &Path) -> i64 {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-enddate", "-noout", "-in"])
+        .arg(pem)
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let when = line.trim().strip_prefix("notAfter=").unwrap().to_string();
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &when, "+%s"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn an_agents_certificate_expiry_reaches_status_metrics_and_agents_ls() {
+    use support::fleet::{sample, scrape};
+    let mut f = Fleet::new();
+    let data = f.dir.join("data");
+    make_data(&data, 1, 1000, 21);
+    let ctl_http = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    f.controller_extra = format!("metrics_listen = \"{ctl_http}\"\n");
+    f.start_controller();
+    let spec = AgentSpec::volume("web-1", "files", &data);
+    f.start_agent(&spec);
+    f.wait_connected(&["web-1"]);
+    let pem = f.ca.join("web-1.pem");
+    let series = "trireme_agent_certificate_expiry_timestamp_seconds{agent=\"web-1\"}";
+
+    // A year left: exported as openssl reads it, nothing in status.
+    let year = openssl_not_after(&pem);
+    assert_eq!(sample(&scrape(&ctl_http), series) as i64, year);
+    let cert_problems = |f: &Fleet| -> Vec<String> {
+        f.cli_json(&["status"])["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.as_str())
+            .filter(|p| p.contains("certificate"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(cert_problems(&f), Vec::<String>::new());
+
+    // Renewed with 10 days left (`trireme cert renew`) and the agent
+    // restarted: the controller reads the new end from its session.
+    let out = std::process::Command::new(support::fleet::bin("trireme"))
+        .args(["cert", "renew", "--dir"])
+        .arg(&f.ca)
+        .args(["--name", "web-1", "--days", "10", "--out"])
+        .arg(&f.ca)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short = openssl_not_after(&pem);
+    assert!(short < year - 300 * 86_400, "{short} vs {year}");
+    f.kill_agent("web-1");
+    f.start_agent(&spec);
+    wait_for(
+        "the controller to export the renewed certificate's end",
+        Duration::from_secs(30),
+        || (sample(&scrape(&ctl_http), series) as i64 == short).then_some(()),
+    );
+    let problems = cert_problems(&f);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("agent web-1: its certificate expires on ")
+            && (problems[0].contains("(in 9 days)") || problems[0].contains("(in 10 days)"))
+            && problems[0].contains("trireme cert renew --name web-1"),
+        "{}",
+        problems[0]
+    );
+    let when = chrono::DateTime::from_timestamp(short, 0)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let agents = f.cli_json(&["agents", "ls"]);
+    let web = agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "web-1")
+        .unwrap_or_else(|| panic!("no web-1 in {agents}"));
+    assert_eq!(web["certificate_not_after"], when.as_str(), "{web}");
+    let table = f.cli(&["agents", "ls"]);
+    let header = table.lines().next().unwrap();
+    assert!(header.contains("CERT EXPIRES"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("web-1")).unwrap();
+    assert!(row.contains(&when), "{table}");
+
+    // Kept in the catalog: a restarted controller knows it while the agent
+    // is away.
+    f.kill_agent("web-1");
+    f.stop_controller();
+    f.start_controller();
+    wait_for(
+        "the restarted controller's metrics",
+        Duration::from_secs(30),
+        || {
+            let (s, text) = support::fleet::http_get(&ctl_http, "/metrics");
+            (s == 200).then_some(text)
+        },
+    );
+    let text = scrape(&ctl_http);
+    assert_eq!(
+        sample(&text, "trireme_agent_connected{agent=\"web-1\"}"),
+        0.0
+    );
+    assert_eq!(sample(&text, series) as i64, short);
+    assert!(cert_problems(&f)
+        .iter()
+        .any(|p| p.starts_with("agent web-1: its certificate expires on ")));

@@ -690,3 +690,53 @@ fn scheduled_drills_rotate_over_the_locations() {
         "{audit}"
     );
 }
+
+/// The growth projection: with a sample kept every second, a data volume
+/// that grows by 256 MiB a second shows its rate and the days until 75%
+/// full in the metrics, and `status` warns (under 30 days at that rate).
+#[test]
+fn volume_growth_is_projected() {
+    use std::io::Write as _;
+    let mut f = Fleet::new();
+    let metrics = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
+    f.controller_extra = format!("metrics_listen = \"{metrics}\"\nvolume_sample_every = \"1s\"\n");
+    let data = f.dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    f.start_controller();
+    f.start_agent(&AgentSpec::volume("db-1", "files", &data));
+    f.wait_connected(&["db-1"]);
+    let chunk = vec![0x5au8; 1 << 20];
+    for i in 0..5 {
+        let mut file = std::fs::File::create(data.join(format!("grow-{i}"))).unwrap();
+        for _ in 0..256 {
+            file.write_all(&chunk).unwrap();
+        }
+        file.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let series = "trireme_source_volume_growth_bytes_per_day{source=\"db-1/files\"}";
+    let m = wait_for("a growth rate", Duration::from_secs(30), || {
+        let m = scrape(&metrics);
+        m.lines().any(|l| l.starts_with(series)).then_some(m)
+    });
+    let rate = sample(&m, series);
+    assert!(
+        rate > 10.0 * (1u64 << 30) as f64,
+        "about 256 MiB/s is more than 10 GiB a day: {rate}"
+    );
+    let days = sample(
+        &m,
+        "trireme_source_volume_days_until_warning{source=\"db-1/files\"}",
+    );
+    assert!((0.0..30.0).contains(&days), "{days}");
+    let st = f.cli_json(&["status"]);
+    let problems = st["problems"].to_string();
+    assert!(
+        problems.contains("db-1/files: its data volume grows")
+            || (days == 0.0 && problems.contains("db-1/files: its data volume")),
+        "{st}"
+    );
+    for i in 0..5 {
+        std::fs::remove_file(data.join(format!("grow-{i}"))).unwrap();
+    }
+}

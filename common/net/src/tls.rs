@@ -229,6 +229,22 @@ pub fn identity_from_cert(der: &[u8]) -> Result<Identity> {
     })
 }
 
+/// When a DER certificate expires (its notAfter, Unix seconds); `None`
+/// when it cannot be parsed. Like [`identity_from_cert`], this does not
+/// verify it: the controller reads it from a session's client certificate
+/// after the handshake checked it.
+pub fn not_after_from_cert(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The notAfter (Unix seconds) of the client certificate `request` came
+/// with, when it came with one.
+pub fn peer_not_after<T>(request: &tonic::Request<T>) -> Option<i64> {
+    let certs = request.peer_certs()?;
+    not_after_from_cert(certs.first()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,4 +20,4 @@ pub mod pki;
 pub mod ports;
 pub mod vault;
 
-pub use data::{noise, tree};
+pub use data::{metadata, noise, sha256sums, tree, Meta};

@@ -327,10 +327,11 @@ pub async fn stats(c: &mut Controller, format: Format, a: StatsArgs) -> anyhow::
     one(format, v, || stats_text(&st))
 }
 
-/// `trireme dump`: the file's bytes to stdout as they arrive.
+/// `trireme dump`: the file's bytes (or a directory's tar archive, built by
+/// the controller) to stdout as they arrive.
 ///
 /// # Errors
-/// RPC errors (not found, a directory, refusals, no or a wrong TOTP code),
+/// RPC errors (not found, a link, refusals, no or a wrong TOTP code),
 /// a stream that stops early, stdout closed.
 pub async fn dump(c: &mut Controller, a: DumpArgs, totp: Option<&str>) -> anyhow::Result<()> {
     use std::io::Write as _;

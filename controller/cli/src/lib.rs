@@ -223,9 +223,10 @@ pub enum Command {
     /// Files, bytes, deduplication and compression of one snapshot, or of
     /// every snapshot (of a source).
     Stats(StatsArgs),
-    /// Write one file of a snapshot to standard output, read through the
-    /// controller. A sensitive action (it reads backed-up data back, as a
-    /// restore does): once you enrolled in MFA it needs --totp <code>.
+    /// Write one file of a snapshot to standard output, or a directory's
+    /// subtree as a tar archive (`trireme dump ID /etc > etc.tar`), read
+    /// through the controller. A sensitive action (it reads backed-up data
+    /// back, as a restore does): once you enrolled in MFA it needs --totp <code>.
     Dump(DumpArgs),
 }
 
@@ -234,7 +235,9 @@ pub enum Command {
 pub struct DumpArgs {
     /// Snapshot id, or a unique prefix of it (at least 4 hex digits).
     pub snapshot: String,
-    /// The file, from the snapshot's root.
+    /// The file or directory, from the snapshot's root. A directory comes
+    /// as a tar archive whose entries are named from the snapshot's root
+    /// (`etc/app/x`), with modes, numeric owners, mtimes and links.
     pub path: String,
 }
 

@@ -124,6 +124,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
                 or_dash(&a.hostname),
                 or_dash(&a.version),
                 time(a.last_seen_unix),
+                time(a.certificate_not_after_unix),
                 if sources.is_empty() {
                     "-".into()
                 } else {
@@ -139,6 +140,7 @@ pub fn agents_table(agents: &[AgentInfo]) -> String {
             "HOSTNAME",
             "VERSION",
             "LAST SEEN",
+            "CERT EXPIRES",
             "SOURCES",
         ],
         rows,
@@ -153,6 +155,7 @@ pub fn agent_json(a: &AgentInfo) -> Value {
         "hostname": json_str(&a.hostname),
         "version": json_str(&a.version),
         "last_seen": json_time(a.last_seen_unix),
+        "certificate_not_after": json_time(a.certificate_not_after_unix),
         "sources": a.sources.iter().map(|s| json!({
             "name": s.name,
             "kind": json_str(&s.kind),

@@ -338,6 +338,7 @@ impl OperatorService for Fake {
                     hostname: "web-1.example".into(),
                     connected: true,
                     last_seen_unix: 1_764_052_020,
+                    certificate_not_after_unix: 1_795_588_020,
                     sources: vec![SourceInfo {
                         name: "www".into(),
                         kind: "volume".into(),
@@ -1020,11 +1021,15 @@ async fn reads_as_tables_and_json() {
 
     let out = ok(&s.run(&pki, "op", &["agents", "ls"]).await);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("NAME"), "{out}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("CERT EXPIRES"),
+        "{out}"
+    );
     assert!(
         lines[1].starts_with("web-1")
             && lines[1].contains("connected")
-            && lines[1].contains("2025-11-25T06:27:00Z"),
+            && lines[1].contains("2025-11-25T06:27:00Z")
+            && lines[1].contains("2026-11-25T06:27:00Z"),
         "{out}"
     );
     assert!(
@@ -1034,6 +1039,8 @@ async fn reads_as_tables_and_json() {
     let v = json(&s.run(&pki, "op", &["agents", "ls", "-o", "json"]).await);
     assert_eq!(v[0]["sources"][0]["details"]["path"], "/srv/www");
     assert_eq!(v[1]["last_seen"], Value::Null);
+    assert_eq!(v[0]["certificate_not_after"], "2026-11-25T06:27:00Z");
+    assert_eq!(v[1]["certificate_not_after"], Value::Null);
 
     let out = ok(&s
         .run(&pki, "op", &["sources", "ls", "--agent", "web-1"])

@@ -23,7 +23,9 @@ use trireme_proto::v1::agent_service_server::AgentService;
 use trireme_proto::v1::controller_message::Msg as CtlMsg;
 use trireme_proto::v1::{AgentMessage, ControllerMessage, RegisterReply, RegisterRequest};
 
-use super::reports::{backup_parent, handle_progress, handle_result, register, settle};
+use super::reports::{
+    backup_parent, handle_progress, handle_result, register, settle, AgentReport,
+};
 use super::{blocking, convert, Shared};
 use crate::error::{Error, Result};
 use crate::jobs::{self, JobEvent, JobId, JobState};
@@ -428,6 +430,7 @@ impl AgentService for AgentApi {
             "AgentService.Register",
         )?;
         let peer = request.remote_addr();
+        let certificate_not_after = trireme_net::tls::peer_not_after(&request);
         let r = request.into_inner();
         check_claimed_name(&id.name, &r.agent_name)
             .and_then(|()| check_agent_version(&r.agent_version))
@@ -437,9 +440,12 @@ impl AgentService for AgentApi {
         register(
             &self.shared,
             &id.name,
-            &r.hostname,
-            &r.agent_version,
-            &sources,
+            &AgentReport {
+                hostname: &r.hostname,
+                version: &r.agent_version,
+                sources: &sources,
+                certificate_not_after,
+            },
             now,
         )?;
         tracing::info!(agent = %id.name, host = %r.hostname, sources = r.sources.len(), "agent registered");
@@ -462,6 +468,7 @@ impl AgentService for AgentApi {
             "AgentService.Session",
         )?;
         let peer = request.remote_addr();
+        let certificate_not_after = trireme_net::tls::peer_not_after(&request);
         let agent = id.name.clone();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
@@ -482,7 +489,7 @@ impl AgentService for AgentApi {
             .inspect_err(|s| self.audit_claim(&id, peer, "agent session", s))?;
         let shared = self.shared.clone();
         let (tx, rx) = mpsc::unbounded_channel();
-        let welcome = welcome(&shared, &id, peer, &hello).await?;
+        let welcome = welcome(&shared, &id, peer, &hello, certificate_not_after).await?;
         for m in welcome.replies {
             let _ = tx.send(Ok(m));
         }
@@ -557,12 +564,14 @@ struct Welcome {
 
 /// Admit a session's Hello (its claimed name already checked): record the
 /// agent and its sources, take the results it kept while away, and settle
-/// the jobs it says it runs.
+/// the jobs it says it runs. `certificate_not_after`: when the session's
+/// client certificate expires.
 async fn welcome(
     shared: &Arc<Shared>,
     id: &trireme_net::Identity,
     peer: Option<std::net::SocketAddr>,
     hello: &trireme_proto::v1::Hello,
+    certificate_not_after: Option<i64>,
 ) -> Result<Welcome> {
     let agent = id.name.as_str();
     let now = shared.now();
@@ -570,9 +579,12 @@ async fn welcome(
     register(
         shared,
         agent,
-        &hello.hostname,
-        &hello.agent_version,
-        &sources,
+        &AgentReport {
+            hostname: &hello.hostname,
+            version: &hello.agent_version,
+            sources: &sources,
+            certificate_not_after,
+        },
         now,
     )?;
     let mut replies = Vec::new();
@@ -614,6 +626,12 @@ async fn on_message(
         Some(AgentMsg::Heartbeat(h)) => {
             let now = s.now();
             let reported = convert::volumes(name, &h.volumes, now);
+            for (source, v) in &reported {
+                if let Err(e) = crate::growth::record(&s.catalog, source, v, s.volume_sample_every)
+                {
+                    tracing::warn!(source = %source, error = %e, "cannot keep a volume sample");
+                }
+            }
             s.volumes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -677,7 +695,7 @@ pub async fn fuzz_session(
     };
     check_claimed_name(agent, &hello.agent_name)?;
     check_agent_version(&hello.agent_version)?;
-    let welcome = welcome(shared, &id, None, &hello).await?;
+    let welcome = welcome(shared, &id, None, &hello, None).await?;
     let mut replies = welcome.replies;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -430,20 +430,63 @@ pub const DUMP: &str = "dump";
 /// Bytes of one streamed message of a dump.
 const DUMP_BLOCK: usize = 1 << 20;
 
-/// The stream of a dump: the file's bytes in order, or the error that
-/// stopped it.
+/// The stream of a dump: the file's bytes (or the tar archive's) in
+/// order, or the error that stopped it.
 pub type DumpStream =
     tokio::sync::mpsc::Receiver<std::result::Result<pb::DumpChunk, tonic::Status>>;
 
-/// `trireme dump`: the data of file `path` of snapshot `snapshot`, read at
-/// the first location that answers and streamed in blocks. Audited when
-/// it ends, with the bytes sent (and why it stopped early, if it did);
-/// `mfa` says how the second factor was passed. A path that is not there,
-/// or is no file, is refused (audited as a problem).
+/// Writes a dump into the stream in blocks of [`DUMP_BLOCK`] bytes; fails
+/// once the client is gone. Memory: one block here and the channel's few.
+struct Blocks {
+    tx: tokio::sync::mpsc::Sender<std::result::Result<pb::DumpChunk, tonic::Status>>,
+    buf: Vec<u8>,
+    /// Bytes handed to the stream so far.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Blocks {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(DUMP_BLOCK));
+        let n = data.len() as u64;
+        self.tx
+            .blocking_send(Ok(pb::DumpChunk { data }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+            })?;
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl std::io::Write for Blocks {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(DUMP_BLOCK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == DUMP_BLOCK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// `trireme dump`: the data of file `path` of snapshot `snapshot`, or the
+/// subtree of directory `path` as a tar archive
+/// ([`trireme_common::dump`]), read at the first location that answers
+/// and streamed in blocks. Audited when it ends, with the bytes sent (and
+/// why it stopped early, if it did); `mfa` says how the second factor was
+/// passed. A path that is not there, or is a link, is refused (audited as
+/// a problem).
 ///
 /// # Errors
-/// An unknown snapshot or path (not found), a directory or link (bad
-/// request), no location readable.
+/// An unknown snapshot or path (not found), a link (bad request), no
+/// location readable.
 pub async fn dump(
     shared: std::sync::Arc<Shared>,
     caller: Caller,
@@ -454,35 +497,20 @@ pub async fn dump(
     let found = async {
         let rec = blocking(|| views::find_snapshot(&shared.catalog, &req.snapshot))?;
         let (location, ix, snaps) = open(&shared, std::slice::from_ref(&rec)).await?;
-        let want = trireme_common::browse::tree_path(&req.path);
-        let wanted = want.clone();
-        let entry = ix
-            .walk_tree(&snaps[0], None, move |s: &mut Option<TreeEntry>, e| {
-                if e.path == wanted {
-                    *s = Some(e);
-                    return Ok(false);
-                }
-                Ok(trireme_common::manifest::path_cmp(&e.path, &wanted)
-                    == std::cmp::Ordering::Less)
-            })
-            .await?;
-        let shown = format!("/{}", String::from_utf8_lossy(&want));
-        match entry {
-            None => Err(Error::Missing(format!(
-                "snapshot {} has no path {shown}: see `trireme ls {}`",
-                rec.id.short(),
+        let entry = ix.entry_at(&snaps[0], &req.path).await.map_err(missing)?;
+        if entry.kind == EntryKind::Symlink {
+            return Err(Error::BadRequest(format!(
+                "{} is a symlink to {} in snapshot {}: dump takes a file or a directory (dump the target)",
+                display_path(&entry),
+                String::from_utf8_lossy(&entry.target),
                 rec.id.short()
-            ))),
-            Some(e) if e.kind != EntryKind::File => Err(Error::BadRequest(format!(
-                "{shown} is a {} in snapshot {}: dump takes one file (restore --path for a subtree)",
-                kind_name(e.kind),
-                rec.id.short()
-            ))),
-            Some(e) => Ok((rec, location, ix, e)),
+            )));
         }
+        let snap = snaps.into_iter().next().expect("one snapshot");
+        Ok((rec, location, ix, snap, entry))
     }
     .await;
-    let (rec, location, ix, entry) = match found {
+    let (rec, location, ix, snap, entry) = match found {
         Ok(x) => x,
         Err(e) => {
             shared.audit(
@@ -494,53 +522,58 @@ pub async fn dump(
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let reader = ix.chunk_reader(tokio::runtime::Handle::current(), entry.chunks.clone());
-    let size = entry.size;
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read as _;
-        let mut reader = reader;
-        let mut buf = vec![0u8; DUMP_BLOCK];
-        let mut sent = 0u64;
-        let mut stopped: Option<String> = None;
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let block = pb::DumpChunk {
-                        data: buf[..n].to_vec(),
-                    };
-                    if tx.blocking_send(Ok(block)).is_err() {
-                        stopped = Some("the client went away".into());
-                        break;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let out = Blocks {
+        tx: tx.clone(),
+        buf: Vec::with_capacity(DUMP_BLOCK),
+        sent: sent.clone(),
+    };
+    let shown = display_path(&entry);
+    let what = if entry.kind == EntryKind::Dir {
+        "a tar archive of "
+    } else {
+        ""
+    };
+    tokio::spawn(async move {
+        let result = ix.dump(&snap, entry, out).await;
+        let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+        let detail = |counts: String| {
+            format!(
+                "snapshot {} path {shown} at {location}: {what}{counts}{sent} bytes sent{mfa}",
+                rec.id.short()
+            )
+        };
+        let event = match result {
+            Ok(s) if s.tar => Event::by(
+                &caller.id,
+                DUMP,
+                detail(format!(
+                    "{} entries, {} bytes of file data, ",
+                    s.entries, s.file_bytes
+                )),
+            ),
+            Ok(_) => Event::by(&caller.id, DUMP, detail(String::new())),
+            Err(e) => {
+                let why = match &e {
+                    trireme_common::Error::Io { error, .. }
+                        if error.kind() == std::io::ErrorKind::BrokenPipe =>
+                    {
+                        "the client went away".to_string()
                     }
-                    sent += n as u64;
-                }
-                Err(e) => {
-                    let why = format!("reading the file's data at {location}: {e}");
-                    let _ = tx.blocking_send(Err(tonic::Status::internal(why.clone())));
-                    stopped = Some(why);
-                    break;
-                }
+                    _ => {
+                        let why = format!("reading the data at {location}: {e}");
+                        let status = match e {
+                            trireme_common::Error::Corrupt { .. } => tonic::Status::data_loss(&why),
+                            _ => tonic::Status::internal(&why),
+                        };
+                        let _ = tx.send(Err(status)).await;
+                        why
+                    }
+                };
+                Event::by(&caller.id, DUMP, detail("stopped after ".into())).problem(why)
             }
-        }
-        if stopped.is_none() && sent != size {
-            let why = format!("the data read is {sent} bytes, the snapshot records {size}");
-            let _ = tx.blocking_send(Err(tonic::Status::data_loss(why.clone())));
-            stopped = Some(why);
-        }
-        let detail = format!(
-            "snapshot {} path {} at {location}: {sent} of {size} bytes sent{mfa}",
-            rec.id.short(),
-            display_path(&entry)
-        );
-        let event = Event::by(&caller.id, DUMP, detail);
-        shared.audit(
-            match stopped {
-                Some(why) => event.problem(why),
-                None => event,
-            }
-            .from_peer(caller.peer),
-        );
+        };
+        shared.audit(event.from_peer(caller.peer));
     });
     Ok(rx)
 }

@@ -387,6 +387,7 @@ fn agent_info(a: AgentView) -> AgentInfo {
     AgentInfo {
         connected: a.connected,
         last_seen_unix: unix(a.last_seen),
+        certificate_not_after_unix: a.record.certificate_not_after.map_or(0, unix),
         name: a.name,
         version: a.record.version,
         hostname: a.record.hostname,

@@ -61,12 +61,25 @@ pub fn render(shared: &Shared) -> Result<String> {
     for (kind, name, t) in shared.authz.files().expiry() {
         expiry.with_label_values(&[kind, name.as_str()]).set(t);
     }
+    let agent_expiry = gauge_vec(
+        &reg,
+        "trireme_agent_certificate_expiry_timestamp_seconds",
+        "When the client certificate each agent last connected with expires (absent: not yet seen by this controller)",
+        &["agent"],
+    )
+    .map_err(m)?;
     let now_connected: std::collections::HashSet<String> =
         shared.agents.connected().into_iter().collect();
-    for name in shared.catalog.agents().keys()? {
+    for (name, a) in shared.catalog.agents().entries()? {
+        let name: String = name;
         connected
             .with_label_values(&[name.as_str()])
             .set(i64::from(now_connected.contains(&name)));
+        if let Some(t) = a.certificate_not_after {
+            agent_expiry
+                .with_label_values(&[name.as_str()])
+                .set(t.timestamp());
+        }
     }
     let key_up = gauge_vec(
         &reg,
@@ -365,6 +378,23 @@ pub fn render(shared: &Shared) -> Result<String> {
         vol_ratio
             .with_label_values(&[source.to_string()])
             .set(v.ratio());
+    }
+    let vol_growth = fgauge(
+        "trireme_source_volume_growth_bytes_per_day",
+        "How fast the source's data volume fills (least squares over the kept samples; absent: too few)",
+    )?;
+    let vol_days = fgauge(
+        "trireme_source_volume_days_until_warning",
+        "Days until the source's data volume is 75% full at its growth rate (0: already; absent: not growing)",
+    )?;
+    for (source, samples) in shared.catalog.volume_samples().entries()? {
+        if let Some(g) = crate::growth::growth(&samples.samples) {
+            let l = [source.to_string()];
+            vol_growth.with_label_values(&l).set(g.bytes_per_day);
+            if let Some(d) = g.days_to_warn {
+                vol_days.with_label_values(&l).set(d);
+            }
+        }
     }
 
     // Replication lag: per location, snapshots not yet verified there and

@@ -53,23 +53,37 @@ pub fn backup_parent(shared: &Shared, job: &Job) -> Result<Option<trireme_common
         .map(|(_, id)| id))
 }
 
-/// Record what an agent reports about itself and its sources (`sources`
-/// as seen at `now`).
+/// What an agent reports about itself when it registers or opens a
+/// session.
+pub struct AgentReport<'a> {
+    /// The host name it reports.
+    pub hostname: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Its sources, as seen at the registration.
+    pub sources: &'a [(String, SourceRecord)],
+    /// When the client certificate it connected with expires (Unix
+    /// seconds), read from the mTLS session.
+    pub certificate_not_after: Option<i64>,
+}
+
+/// Record what an agent reports about itself and its sources at `now`.
 ///
 /// # Errors
 /// Invalid agent or source names; catalog errors.
 pub fn register(
     shared: &Shared,
     agent: &str,
-    hostname: &str,
-    version: &str,
-    sources: &[(String, SourceRecord)],
+    r: &AgentReport<'_>,
     now: DateTime<Utc>,
 ) -> Result<()> {
+    let not_after = r
+        .certificate_not_after
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0));
     blocking(|| {
-        shared
-            .catalog
-            .register_agent(agent, hostname, version, sources, now)
+        shared.catalog.register_agent_with_certificate(
+            agent, r.hostname, r.version, r.sources, not_after, now,
+        )
     })?;
     Ok(())
 }

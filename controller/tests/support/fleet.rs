@@ -280,7 +280,8 @@ impl Fleet {
     pub fn start_agent(&mut self, spec: &AgentSpec) {
         let name = &spec.name;
         if !self.ca.join(format!("{name}.pem")).exists() {
-            ca::issue(&self.ca, Role::Agent, name, 30, &self.ca).unwrap();
+            // A year: under 30 days is a status problem.
+            ca::issue(&self.ca, Role::Agent, name, 365, &self.ca).unwrap();
         }
         let via = spec.via.unwrap_or_else(|| self.addr());
         let mut text = format!(

@@ -41,7 +41,7 @@ impl Session {
     /// the Hello.
     pub async fn open(f: &Fleet, name: &str, source: &str, pending: Vec<JobResult>) -> Session {
         if !f.ca.join(format!("{name}.pem")).exists() {
-            trireme_net::tls::ca::issue(&f.ca, Role::Agent, name, 30, &f.ca).unwrap();
+            trireme_net::tls::ca::issue(&f.ca, Role::Agent, name, 365, &f.ca).unwrap();
         }
         let tls = ClientTls {
             config: Arc::new(client_config(&TlsFiles::in_dir(&f.ca, name)).unwrap()),
