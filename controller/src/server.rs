@@ -16,6 +16,7 @@
 
 pub mod actions;
 pub mod agents;
+pub mod audit_check;
 pub mod browse_rpc;
 pub mod convert;
 pub mod grants;
@@ -28,6 +29,7 @@ pub mod prune_rpc;
 pub mod recovery;
 pub mod reports;
 
+pub mod timing;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +105,10 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Whether the audit chain verified at the last check.
+    pub audit_chain: audit_check::ChainHealth,
+    /// RPC and notification latencies (`/metrics`).
+    pub histograms: timing::Histograms,
     /// The index of location `name`, brought up to date (only index
     /// objects written since the last read are fetched).
     ///
@@ -417,6 +423,8 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         key_health: Arc::new(key_health::KeyHealth::new(config.key_source.provider())),
     });
     // A key table at a location that does not open (planted by an agent:
+        audit_chain: audit_check::ChainHealth::default(),
+        histograms: timing::Histograms::default(),
     // its MAC key is no controller key; or damaged) is never used: say so.
     for (name, b) in &shared.audit_mirrors {
         if let Err(e) = crate::rotation::table_at(b, shared.master_key.current().as_ref()).await {
@@ -618,6 +626,11 @@ pub async fn run(
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr, s, stop).await {
+    tasks.push(tokio::spawn(audit_check::run(
+        shared.clone(),
+        audit_check::EVERY,
+        stop_rx.clone(),
+    )));
                 tracing::error!(error = %e, "metrics endpoint stopped");
             }
         }));
@@ -656,13 +669,18 @@ pub async fn run(
     routes
         .add_service(standard_health)
         .add_service(HealthServer::new(HealthService::new(shared.authz.clone())))
-        .add_service(AgentServiceServer::new(agents::AgentApi::new(
-            shared.clone(),
-        )))
-        .add_service(OperatorServiceServer::new(operator::OperatorApi::new(
-            shared.clone(),
-        )))
-        .add_service(KeyServiceServer::new(keys::KeyApi::new(shared.clone())));
+        .add_service(timing::Timed::new(
+            AgentServiceServer::new(agents::AgentApi::new(shared.clone())),
+            &shared.histograms,
+        ))
+        .add_service(timing::Timed::new(
+            OperatorServiceServer::new(operator::OperatorApi::new(shared.clone())),
+            &shared.histograms,
+        ))
+        .add_service(timing::Timed::new(
+            KeyServiceServer::new(keys::KeyApi::new(shared.clone())),
+            &shared.histograms,
+        ));
     let mut stop = stop_rx.clone();
     let served = trireme_net::tls::serve(routes.routes(), listener, tls, async move {
         let _ = stop.wait_for(|v| *v).await;

@@ -341,6 +341,90 @@ fn an_edited_or_removed_entry_is_named_by_audit_verify() {
 }
 
 #[test]
+fn a_chain_broken_while_the_controller_was_stopped_is_told_at_start() {
+    let hook = support::receiver::Receiver::start(Vec::new());
+    let mut f = Fleet::new();
+    f.controller_extra = format!(
+        "[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nevents = [\"audit_chain_broken\"]\n",
+        hook.addr
+    );
+    f.start_controller();
+    some_entries(&f);
+    let log = f.controller_log();
+    // The check at start has run (intact: nothing told) once the
+    // notification watcher looked twice; stop cleanly.
+    std::thread::sleep(Duration::from_secs(6));
+    f.stop_controller();
+    assert!(hook.requests().is_empty(), "{:?}", hook.requests());
+
+    // An attacker with the catalog's files and the controller stopped
+    // rewrites who applied policy 2 (entry 3).
+    let catalog_dir = f.dir.join("controller").join("catalog");
+    {
+        let c = Catalog::open(&catalog_dir).unwrap();
+        let mut e = c.audit().entries().get(&3).unwrap().unwrap();
+        assert_eq!(e.actor, "op");
+        e.actor = "someone-else".into();
+        c.audit().entries().insert(&3, &e).unwrap();
+        c.flush().unwrap();
+    }
+    f.start_controller();
+    let (path, headers, body) = wait_for(
+        "the webhook to be told of the break",
+        Duration::from_secs(30),
+        || hook.requests().first().cloned(),
+    );
+    assert_eq!(path, "/hook");
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "x-trireme-event" && v == "audit_chain_broken"),
+        "{headers:?}"
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["event"], "audit_chain_broken", "{v}");
+    assert_eq!(v["subject"], "audit", "{v}");
+    assert_eq!(
+        v["title"], "the audit log's hash chain is broken at entry 3",
+        "{v}"
+    );
+    assert!(
+        v["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("entry 3 does not match its hash")
+            && v["text"].as_str().unwrap().contains("trireme audit verify"),
+        "{v}"
+    );
+    // Logged, and recorded in the (broken) chain with the delivery.
+    assert!(
+        Fleet::log_text(&log).contains("the audit log's hash chain is broken"),
+        "{}",
+        Fleet::log_text(&log)
+    );
+    let entries = audit_entries(&f, "op", &[]);
+    let found = entries.iter().any(|e| {
+        e["action"] == "audit chain check"
+            && e["target"] == "entry 3"
+            && e.to_string().contains("does not match its hash")
+    });
+    assert!(found, "{entries:?}");
+    wait_for(
+        "the delivery to be audited",
+        Duration::from_secs(20),
+        || {
+            audit_entries(&f, "op", &["--actor", "notify"])
+                .iter()
+                .any(|e| e["target"] == "audit_chain_broken audit to oncall")
+                .then_some(())
+        },
+    );
+    // Told once, not at every look.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(hook.requests().len(), 1, "{:?}", hook.requests());
+}
+
+#[test]
 fn the_recovery_key_round_trips_and_a_wrong_passphrase_fails() {
     let mut f = Fleet::new();
     // Start and stop the controller once so its config and catalog exist.

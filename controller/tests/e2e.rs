@@ -888,6 +888,53 @@ async fn standard_health_and_readiness() {
         support::fleet::sample(&text, "trireme_agent_connected{agent=\"web-1\"}"),
         1.0
     );
+    // Histograms with their buckets: RPC latency per method on the
+    // controller; job duration and bytes per backup on the agent.
+    let buckets = |text: &str, prefix: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let session =
+        "trireme_rpc_duration_seconds_bucket{method=\"/trireme.v1.AgentService/Session\",le=";
+    let b = buckets(&text, session);
+    assert_eq!(b.len(), 15, "14 bounds and +Inf: {b:?}");
+    assert!(
+        b[14].contains("le=\"+Inf\"") && !b[14].ends_with(" 0"),
+        "{b:?}"
+    );
+    assert!(
+        support::fleet::sample(
+            &text,
+            "trireme_rpc_duration_seconds_count{method=\"/trireme.v1.OperatorService/RunBackup\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    let agent_text = support::fleet::scrape(&agent_http);
+    let b = buckets(
+        &agent_text,
+        "trireme_agent_job_duration_seconds_bucket{kind=\"backup\",outcome=\"succeeded\",le=",
+    );
+    assert_eq!(b.len(), 13, "12 bounds and +Inf: {b:?}");
+    assert_eq!(
+        support::fleet::sample(
+            &agent_text,
+            "trireme_agent_job_duration_seconds_count{kind=\"backup\",outcome=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        buckets(&agent_text, "trireme_agent_backup_read_bytes_bucket{le=").len(),
+        13
+    );
+    assert_eq!(
+        support::fleet::sample(&agent_text, "trireme_agent_backup_read_bytes_sum"),
+        support::fleet::sample(
+            &agent_text,
+            "trireme_agent_backup_bytes_read_total{source=\"web-1/files\"}"
+        )
+    );
     assert!(text.contains("trireme_build_info{version=\""), "{text}");
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
     // Certificate expiry as openssl and date(1) read it from the files.
@@ -1066,8 +1113,9 @@ fn a_failed_job_is_told_signed_retried_and_recorded() {
     wait_for("the SMTP server to listen", Duration::from_secs(20), || {
         std::net::TcpStream::connect(("127.0.0.1", smtp_port)).ok()
     });
+    let ctl_http = format!("127.0.0.1:{}", trireme_testkit::ports::free_port());
     f.controller_extra = format!(
-        "[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nsecret_file = {secret:?}\nevents = [\"job_failed\"]\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://{}/services/T/B/X\"\n\n[[notify]]\nname = \"mail\"\nkind = \"email\"\nurl = \"smtp+insecure://127.0.0.1:{smtp_port}\"\nfrom = \"trireme@example.com\"\nto = [\"oncall@example.com\", \"backup-team@example.com\"]\nevents = [\"job_failed\"]\n",
+        "metrics_listen = \"{ctl_http}\"\n[[notify]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nsecret_file = {secret:?}\nevents = [\"job_failed\"]\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"http://{}/services/T/B/X\"\n\n[[notify]]\nname = \"mail\"\nkind = \"email\"\nurl = \"smtp+insecure://127.0.0.1:{smtp_port}\"\nfrom = \"trireme@example.com\"\nto = [\"oncall@example.com\", \"backup-team@example.com\"]\nevents = [\"job_failed\"]\n",
         hook.addr, slack.addr
     );
     f.start_controller();
@@ -1180,7 +1228,6 @@ fn a_failed_job_is_told_signed_retried_and_recorded() {
         },
     );
     assert!(!audit.contains("not delivered"), "{audit}");
-}
     // Each delivery's time, in the controller's histogram: the webhook's
     // includes its retry after the 500 (a wait of 1 s).
     let text = support::fleet::scrape(&ctl_http);
@@ -1328,3 +1375,4 @@ fn an_agents_certificate_expiry_reaches_status_metrics_and_agents_ls() {
     assert!(cert_problems(&f)
         .iter()
         .any(|p| p.starts_with("agent web-1: its certificate expires on ")));
+}

@@ -5,13 +5,25 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use trireme_proto::v1::{JobResult, JobSummary, VolumeUsage};
 
 use crate::sources::SourceConfig;
+
+/// Buckets of `trireme_agent_job_duration_seconds`: 1 s to 12 h.
+pub const JOB_SECONDS_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+];
+
+/// Buckets of `trireme_agent_backup_read_bytes`: 1 MiB to 4 TiB, ×4.
+pub fn backup_bytes_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1_048_576.0, 4.0, 12).expect("valid buckets")
+}
 
 /// Used share of a filesystem at which the agent warns.
 pub const VOLUME_WARN_RATIO: f64 = 0.75;
@@ -28,6 +40,8 @@ pub struct AgentMetrics {
     last_success: IntGaugeVec,
     volume_ratio: GaugeVec,
     volume_bytes: IntGaugeVec,
+    job_seconds: HistogramVec,
+    backup_read_bytes: Histogram,
     /// Sources over the warning level (to warn once per crossing).
     full: Mutex<BTreeSet<String>>,
     /// This agent's name: the `source` label is `agent/name`, as on the
@@ -99,6 +113,29 @@ impl Default for AgentMetrics {
                 "Size and use of the filesystem holding the source's data",
                 &["source", "kind"],
             ),
+            job_seconds: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "trireme_agent_job_duration_seconds",
+                        "How long this agent's jobs took, from assignment (a wait for a free job slot included) to result, by kind and outcome",
+                    )
+                    .buckets(JOB_SECONDS_BUCKETS.to_vec()),
+                    &["kind", "outcome"],
+                )
+                .expect("valid"),
+            ),
+            backup_read_bytes: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "trireme_agent_backup_read_bytes",
+                        "Bytes each successful backup read from its source",
+                    )
+                    .buckets(backup_bytes_buckets()),
+                )
+                .expect("valid"),
+            ),
             full: Mutex::default(),
             agent: String::new(),
             registry: {
@@ -137,10 +174,13 @@ impl AgentMetrics {
         }
     }
 
-    /// Count a finished job.
-    pub fn job_finished(&self, kind: &str, source: &str, r: &JobResult) {
+    /// Count a finished job that took `took`.
+    pub fn job_finished(&self, kind: &str, source: &str, r: &JobResult, took: Duration) {
         let outcome = if r.ok { "succeeded" } else { "failed" };
         self.jobs.with_label_values(&[kind, outcome]).inc();
+        self.job_seconds
+            .with_label_values(&[kind, outcome])
+            .observe(took.as_secs_f64());
         if let (true, "backup", Some(s)) = (r.ok, kind, r.summary.as_ref()) {
             self.backup_done(source, s);
         }
@@ -150,6 +190,7 @@ impl AgentMetrics {
         let label = self.source_label(source);
         let l = [label.as_str()];
         self.bytes_read.with_label_values(&l).inc_by(s.bytes_read);
+        self.backup_read_bytes.observe(s.bytes_read as f64);
         self.bytes_uploaded
             .with_label_values(&l)
             .inc_by(s.uploaded_bytes);

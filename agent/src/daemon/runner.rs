@@ -189,7 +189,8 @@ impl Runner {
             } else {
                 "backup"
             };
-            this.metrics.job_finished(kind, &a.source_name, &result);
+            this.metrics
+                .job_finished(kind, &a.source_name, &result, started.elapsed());
             // Spool first: the result must survive anything from here on.
             if let Err(e) = this.spool.put(&result) {
                 tracing::error!(job = %id, error = %format!("{e:#}"), "cannot store the job result durably; it will be sent once and lost if that fails");

@@ -6,7 +6,7 @@
 //! kind = "webhook"                  # POST JSON, signed: X-Trireme-Signature: sha256=<HMAC>
 //! url = "https://hooks.example.com/trireme"
 //! secret_file = "/etc/trireme/notify.secret"   # mode 0600; the HMAC key
-//! events = ["job_failed", "recovery_red", "location_unreachable"]   # default: all
+//! events = ["job_failed", "recovery_red", "location_unreachable", "audit_chain_broken"]   # default: all
 //!
 //! [[notify]]
 //! name = "chat"
@@ -44,17 +44,21 @@ pub enum EventKind {
     LocationUnreachable,
     /// Missing, truncated or corrupt copies were found at a location.
     DamagedCopy,
+    /// The audit log's hash chain does not verify (checked at start and
+    /// every hour): an entry was edited, removed or replaced.
+    AuditChainBroken,
 }
 
 impl EventKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::JobFailed,
         EventKind::RecoveryRed,
         EventKind::RestoreTest,
         EventKind::Drill,
         EventKind::LocationUnreachable,
         EventKind::DamagedCopy,
+        EventKind::AuditChainBroken,
     ];
 
     /// The name in configs and payloads.
@@ -66,6 +70,7 @@ impl EventKind {
             EventKind::Drill => "drill",
             EventKind::LocationUnreachable => "location_unreachable",
             EventKind::DamagedCopy => "damaged_copy",
+            EventKind::AuditChainBroken => "audit_chain_broken",
         }
     }
 }
@@ -92,6 +97,17 @@ pub enum NotifyKind {
         /// SMTP AUTH user name and password, if any.
         credentials: Option<(String, String)>,
     },
+}
+
+impl NotifyKind {
+    /// `webhook`, `slack` or `email`, as in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotifyKind::Webhook { .. } => "webhook",
+            NotifyKind::Slack => "slack",
+            NotifyKind::Email { .. } => "email",
+        }
+    }
 }
 
 /// How an SMTP connection is protected.

@@ -110,6 +110,8 @@ pub fn render(shared: &Shared) -> Result<String> {
     )
     .map_err(m)?;
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    // Kept between scrapes: RPC and notification latencies.
+    shared.histograms.register(&reg).map_err(m)?;
     #[cfg(target_os = "linux")]
     reg.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),

@@ -75,7 +75,20 @@ async fn send_all(shared: Arc<Shared>, targets: Vec<NotifyTarget>, mut rx: mpsc:
             let (shared, targets, n) = (shared.clone(), targets.clone(), n.clone());
             tokio::spawn(async move {
                 let t = &targets[i];
+                let start = std::time::Instant::now();
                 let d = deliver(t, &n).await;
+                shared
+                    .histograms
+                    .notify
+                    .with_label_values(&[
+                        t.kind.name(),
+                        if d.outcome.is_ok() {
+                            "delivered"
+                        } else {
+                            "failed"
+                        },
+                    ])
+                    .observe(start.elapsed().as_secs_f64());
                 let what = format!("{} {} to {}", n.kind.name(), n.subject, t.name);
                 let event =
                     crate::audit::Event::actor("notify", "controller", "notification", what);
@@ -119,6 +132,8 @@ impl Watcher {
             reachable: BTreeMap::new(),
             found: BTreeMap::new(),
             red: None,
+    /// The audit chain break last told.
+    told_break: Option<crate::audit::Broken>,
         }
     }
 
@@ -132,6 +147,7 @@ impl Watcher {
     ) {
         let n = Notice {
             kind,
+            told_break: None,
             subject,
             title,
             text,
@@ -226,9 +242,31 @@ impl Watcher {
                     let source = h.source.to_string();
                     if h.red() && before.get(&source) == Some(&false) {
                         self.tell(
+    /// A break in the audit chain (told also when it was there at start:
+    /// it is checked at each start, and a break is never expected).
+    fn audit_chain(&mut self, shared: &Shared) {
+        let broken = shared.audit_chain.broken();
+        if broken.is_some() && broken != self.told_break {
+            if let Some(b) = &broken {
+                self.tell(
+                    EventKind::AuditChainBroken,
+                    "audit".into(),
+                    format!("the audit log's hash chain is broken at entry {}", b.seq),
+                    format!(
+                        "{}. The catalog's audit log was changed outside the controller. `trireme audit verify` compares it with the mirrors at the locations (docs/operations.md A11); keep the catalog as it is for the investigation.",
+                        b.problem
+                    ),
+                    shared.now(),
+                );
+            }
+        }
+        self.told_break = broken;
+    }
+
                             EventKind::RecoveryRed,
                             source.clone(),
                             format!("{source} is red"),
+        self.audit_chain(shared);
                             format!(
                                 "{}. `trireme status` shows every source's RPO and RTO.",
                                 h.problems.join("; ")
