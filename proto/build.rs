@@ -6,6 +6,8 @@ const PROTOS: &[&str] = &[
     "proto/trireme/v1/operator.proto",
     "proto/trireme/v1/health.proto",
     "proto/trireme/v1/keys.proto",
+    "proto/trireme/v1/enroll.proto",
+    "proto/trireme/v1/tokens.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

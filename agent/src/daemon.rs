@@ -4,6 +4,7 @@
 //! backoff and full jitter, forever.
 
 pub mod config;
+pub mod enroll;
 pub mod inbound;
 mod keys;
 pub mod limits;
@@ -37,6 +38,39 @@ const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How often running jobs report progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
+/// Enroll with the bootstrap token; a controller that cannot be reached is
+/// tried again (with backoff up to `max_backoff`), a refusal is returned.
+async fn enroll_until_done(e: &enroll::Enrollment, max_backoff: Duration) -> Result<()> {
+    let mut wait = BASE_BACKOFF;
+    loop {
+        match enroll::enroll(e).await {
+            Ok(got) => {
+                tracing::info!(
+                    name = %e.name,
+                    serial = %got.serial,
+                    not_after = got.not_after_unix,
+                    cert = %e.tls.cert.display(),
+                    "enrolled with the bootstrap token: certificate issued by the controller"
+                );
+                return Ok(());
+            }
+            Err(err) if err.downcast_ref::<enroll::Refused>().is_some() => return Err(err),
+            Err(err)
+                if err.to_string().contains("readable by group")
+                    || err.to_string().contains("CA certificate")
+                    || err.to_string().contains("token file") =>
+            {
+                return Err(err)
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), retry_in = ?wait, "cannot enroll yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
 /// Run the agent until `shutdown` completes.
 ///
 /// # Errors
@@ -46,6 +80,24 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    tokio::pin!(shutdown);
+    if let Some(token_file) = &config.bootstrap_token_file {
+        if enroll::needed(&config.tls)? {
+            let e = enroll::Enrollment {
+                address: config.enroll_controller.clone().unwrap_or_default(),
+                server_name: config.server_name.clone(),
+                name: config.name.clone(),
+                tls: config.tls.clone(),
+                token_file: token_file.clone(),
+            };
+            tokio::select! {
+                r = enroll_until_done(&e, config.max_backoff) => r?,
+                () = &mut shutdown => return Ok(()),
+            }
+        } else {
+            tracing::info!(cert = %config.tls.cert.display(), "certificate present: not enrolling (bootstrap_token_file is not used)");
+        }
+    }
     let tls = ClientTls {
         config: Arc::new(client_config(&config.tls).with_context(|| {
             format!(
@@ -88,7 +140,6 @@ pub async fn run(
     tracing::info!(agent = %config.name, controller = %config.controller, sources = config.sources.len(),
         max_jobs = config.max_concurrent_jobs, upload_bytes_per_sec = ?config.upload_bytes_per_sec,
         cpu_nice = ?config.cpu_nice, io_priority = ?config.io_priority, "trireme-agent started");
-    tokio::pin!(shutdown);
     let mut failures = 0u32;
     loop {
         let began = Instant::now();

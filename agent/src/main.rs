@@ -39,6 +39,29 @@ enum Command {
         #[arg(long, short, env = "TRIREME_AGENT_CONFIG")]
         config: PathBuf,
     },
+    /// Get this agent's certificate from the controller with a bootstrap
+    /// token (`trireme agents token create`): a new key made here (0600,
+    /// never sent), NAME.pem and NAME.key written into --out.
+    Enroll {
+        /// The controller's enrollment listener (its `enroll_listen`), host:port.
+        #[arg(long, env = "TRIREME_ENROLL_CONTROLLER")]
+        controller: String,
+        /// The CA certificate (`ca.pem`) that vouches for the controller.
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// The file holding the bootstrap token (mode 0600).
+        #[arg(long, env = "TRIREME_BOOTSTRAP_TOKEN_FILE")]
+        token_file: PathBuf,
+        /// This agent's name: the certificate's name, and `[tls] name`.
+        #[arg(long)]
+        name: String,
+        /// Where NAME.pem and NAME.key go (default: the directory of --ca-file).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The name on the controller's certificate (default: the host of --controller).
+        #[arg(long)]
+        server_name: Option<String>,
+    },
     /// Check a configuration file and print what it says.
     CheckConfig {
         /// The configuration file.
@@ -159,6 +182,53 @@ fn main() -> std::process::ExitCode {
                 for s in &c.sources {
                     println!("source        {} ({}) {:?}", s.name, s.kind(), s.details());
                 }
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Command::Enroll {
+                controller,
+                ca_file,
+                token_file,
+                name,
+                out,
+                server_name,
+            } => {
+                let dir = out.unwrap_or_else(|| {
+                    ca_file
+                        .parent()
+                        .map(std::path::Path::to_path_buf)
+                        .unwrap_or_default()
+                });
+                let host = controller
+                    .rsplit_once(':')
+                    .map_or(controller.as_str(), |(h, _)| h)
+                    .trim_matches(['[', ']'])
+                    .to_string();
+                let e = daemon::enroll::Enrollment {
+                    address: controller,
+                    server_name: server_name.unwrap_or(host),
+                    tls: trireme_net::tls::TlsFiles {
+                        cert: dir.join(format!("{name}.pem")),
+                        key: dir.join(format!("{name}.key")),
+                        ca: ca_file,
+                        crl: None,
+                    },
+                    name,
+                    token_file,
+                };
+                let got = daemon::enroll::enroll(&e).await?;
+                println!(
+                    "enrolled {}: certificate {} (serial {}, until {}), key {}",
+                    e.name,
+                    e.tls.cert.display(),
+                    got.serial,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_secs(
+                                u64::try_from(got.not_after_unix).unwrap_or(0)
+                            )
+                    ),
+                    e.tls.key.display()
+                );
                 Ok(std::process::ExitCode::SUCCESS)
             }
             Command::Keygen { key_file } => local::keygen(&key_file),

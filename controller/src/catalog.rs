@@ -52,6 +52,7 @@
 //! | `index_objects` | index object name (64 hex) | `IndexRecord`: the checked job (or the controller) that wrote it; only these are believed | attribution |
 //! | `custody`   | `controller_key`, `config`, `held/<location>` | hex of the wrapped controller key and of the authentic repository config; when a location was last seen holding it | custody |
 //! | `key_tables`| key table name (`table-<key id>`) | `StoredKeyTable`: a master-key rotation's table, as at the locations | rotation |
+//! | `bootstrap_tokens` | token id (16 hex digits) | `BootstrapToken`: BLAKE3 of the token (never the token), scope, expiry, uses left, names enrolled | bootstrap |
 //!
 //! A table must be listed in [`TABLES`] to be opened; [`Catalog::table`]
 //! panics on a table that is not (a programming error every test of the
@@ -105,6 +106,7 @@ pub const TABLES: &[(&str, bool)] = &[
     ("index_objects", false),
     ("snapshot_marks", true),
     ("job_counts", true),
+    ("bootstrap_tokens", true),
 ];
 
 /// The catalog's own table: its format version and one-time upgrade marks.

@@ -50,6 +50,7 @@ use trireme_net::tls::TlsFiles;
 
 use crate::error::{Error, Result};
 
+pub mod enroll;
 mod key_provider;
 pub mod notify;
 
@@ -80,6 +81,8 @@ pub struct ControllerConfig {
     pub replication: crate::replication::ReplicationSettings,
     /// Where to serve Prometheus metrics (plain HTTP `/metrics`); off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// The enrollment listener (`enroll_listen`); off when unset.
+    pub enroll: Option<enroll::EnrollSettings>,
     /// How long an agent may stay disconnected before its assigned and
     /// running jobs are failed (and retried per policy). Also how long after
     /// a restart the controller waits for agents to confirm their jobs.
@@ -136,6 +139,9 @@ struct RawConfig {
     key_check_interval: Option<String>,
     agent_timeout: Option<String>,
     metrics_listen: Option<String>,
+    enroll_listen: Option<String>,
+    enroll_ca_dir: Option<PathBuf>,
+    enroll_cert_days: Option<u32>,
     #[serde(default)]
     replication: RawReplication,
     #[serde(default)]
@@ -532,6 +538,14 @@ impl ControllerConfig {
         if heartbeat_interval < Duration::from_secs(1) {
             return Err(bad("heartbeat_interval must be at least 1s".into()));
         }
+        let enroll = enroll::build(
+            raw.enroll_listen.as_deref(),
+            raw.enroll_ca_dir.as_deref(),
+            raw.enroll_cert_days,
+            listen,
+            abs,
+        )
+        .map_err(bad)?;
         let key_file = raw.key_file.as_deref().map(abs);
         let key_source = match raw.key_service {
             Some(ks) => ks.resolve(key_file, abs).map_err(bad)?,
@@ -594,6 +608,7 @@ impl ControllerConfig {
             agent_timeout,
             replication,
             metrics_listen,
+            enroll,
             mfa: crate::mfa::MfaSettings {
                 required: raw.mfa.required,
                 limits: mfa_limits(&raw.mfa).map_err(bad)?,

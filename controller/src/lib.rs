@@ -3,6 +3,7 @@
 
 pub mod attribution;
 pub mod audit;
+pub mod bootstrap;
 pub mod catalog;
 pub mod config;
 pub mod custody;

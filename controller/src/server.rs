@@ -19,6 +19,7 @@ pub mod agents;
 pub mod audit_check;
 pub mod browse_rpc;
 pub mod convert;
+pub mod enroll;
 pub mod grants;
 pub mod key_health;
 pub mod keys;
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use trireme_net::tls::{Authorizer, HealthService, ReloadingServerConfig};
 use trireme_proto::v1::agent_service_server::AgentServiceServer;
+use trireme_proto::v1::bootstrap_token_service_server::BootstrapTokenServiceServer;
 use trireme_proto::v1::health_server::HealthServer;
 use trireme_proto::v1::key_service_server::KeyServiceServer;
 use trireme_proto::v1::operator_service_server::OperatorServiceServer;
@@ -453,6 +455,15 @@ pub async fn run(
             context: format!("listening on {}", config.listen),
             source: e,
         })?;
+    // The enrollment listener (no client certificates; its own port and
+    // routes: `EnrollService` only).
+    let enroll_listener = match &config.enroll {
+        Some(e) => Some(TcpListener::bind(e.listen).await.map_err(|err| Error::Io {
+            context: format!("listening on {} (enroll_listen)", e.listen),
+            source: err,
+        })?),
+        None => None,
+    };
     let (shared, tls) = open(&config).await?;
     let mirrors = shared.audit_mirrors.clone();
     tracing::info!(listen = %config.listen, locations = config.locations.len(), "trireme-controller started");
@@ -621,6 +632,20 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    if let (Some(settings), Some(listener)) = (config.enroll.clone(), enroll_listener) {
+        tracing::info!(listen = %settings.listen, ca_dir = %settings.ca_dir.display(), "enrollment listener started (bootstrap tokens; no client certificates)");
+        let s = shared.clone();
+        let tls = tls.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let done = async move {
+                let _ = stop.wait_for(|v| *v).await;
+            };
+            if let Err(e) = enroll::serve(s, settings, listener, tls, done).await {
+                tracing::error!(error = %e, "enrollment listener stopped");
+            }
+        }));
+    }
     if let Some(addr) = config.metrics_listen {
         let s = shared.clone();
         let stop = stop_rx.clone();
@@ -681,6 +706,10 @@ pub async fn run(
             KeyServiceServer::new(keys::KeyApi::new(shared.clone())),
             &shared.histograms,
         ));
+    // Operators' bootstrap tokens (the enrollment itself is on its own listener).
+    routes.add_service(BootstrapTokenServiceServer::new(enroll::TokenApi::new(
+        shared.clone(),
+    )));
     let mut stop = stop_rx.clone();
     let served = trireme_net::tls::serve(routes.routes(), listener, tls, async move {
         let _ = stop.wait_for(|v| *v).await;

@@ -1,5 +1,6 @@
 //! Trireme's gRPC API, generated from `proto/trireme/v1/*.proto` (one file
-//! per service: `AgentService`, `OperatorService`, `KeyService`, `Health`). Generated code
+//! per service: `AgentService`, `OperatorService`, `KeyService`, `Health`,
+//! `EnrollService`, `BootstrapTokenService`). Generated code
 //! only, and the one metadata key the API uses besides its messages
 //! ([`TOTP_HEADER`]): the logic lives in `trireme-common`, the agent and the
 //! controller.

@@ -9,6 +9,12 @@
 //! dir = "/etc/trireme/tls"               # ca.pem, <name>.pem, <name>.key
 //! name = "web-1"                         # the agent's name = its certificate's
 //!
+//! # Optional: without a certificate and key yet, enroll at start with a
+//! # bootstrap token (`trireme agents token create`); env
+//! # TRIREME_BOOTSTRAP_TOKEN_FILE and TRIREME_ENROLL_CONTROLLER override.
+//! # bootstrap_token_file = "/etc/trireme/bootstrap-token"
+//! # enroll_controller = "controller.example.com:7444"   # the controller's enroll_listen
+//!
 //! [[source]]
 //! name = "uploads"
 //! kind = "volume"
@@ -57,6 +63,14 @@ pub struct AgentConfig {
     pub cpu_nice: Option<i32>,
     /// I/O class for the agent and everything it runs.
     pub io_priority: super::limits::IoPriority,
+    /// Enroll at start with this bootstrap token when the certificate and
+    /// key are missing (`bootstrap_token_file`, or env
+    /// `TRIREME_BOOTSTRAP_TOKEN_FILE`).
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// The controller's enrollment listener, `host:port`
+    /// (`enroll_controller`, or env `TRIREME_ENROLL_CONTROLLER`); needed
+    /// with a bootstrap token.
+    pub enroll_controller: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +87,8 @@ struct Raw {
     upload_bytes_per_sec: Option<toml::Value>,
     cpu_nice: Option<i32>,
     io_priority: Option<String>,
+    bootstrap_token_file: Option<PathBuf>,
+    enroll_controller: Option<String>,
     tls: RawTls,
     #[serde(default, rename = "source")]
     sources: Vec<toml::Table>,
@@ -178,6 +194,23 @@ impl AgentConfig {
                     .with_context(|| format!("{field} = {s:?}: write e.g. \"30s\" or \"5m\""))
             })
         };
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let bootstrap_token_file = env("TRIREME_BOOTSTRAP_TOKEN_FILE")
+            .map(PathBuf::from)
+            .or(raw.bootstrap_token_file.as_deref().map(abs));
+        let enroll_controller = env("TRIREME_ENROLL_CONTROLLER")
+            .map(|v| v.to_string_lossy().into_owned())
+            .or(raw.enroll_controller);
+        if bootstrap_token_file.is_some() && enroll_controller.is_none() {
+            bail!("bootstrap_token_file needs enroll_controller = \"controller.example.com:7444\" (the controller's enroll_listen address; env TRIREME_ENROLL_CONTROLLER)");
+        }
+        if let Some(a) = &enroll_controller {
+            if a.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                bail!("enroll_controller = {a:?} is not host:port, e.g. \"controller.example.com:7444\"");
+            }
+        }
         let max_concurrent_jobs = raw.max_concurrent_jobs.unwrap_or(2);
         if max_concurrent_jobs == 0 {
             bail!("max_concurrent_jobs must be at least 1");
@@ -221,6 +254,8 @@ impl AgentConfig {
                 .map(str::parse)
                 .transpose()?
                 .unwrap_or_default(),
+            bootstrap_token_file,
+            enroll_controller,
         })
     }
 

@@ -84,6 +84,7 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
     let totp = global.totp.as_deref();
     let mut c = Controller::connect(&global.settings()).await?;
     match command {
+        Command::Agents(AgentsCmd::Token(cmd)) => crate::tokens::run(&mut c, format, cmd).await,
         Command::Agents(AgentsCmd::Ls) => {
             let r = c
                 .operator

@@ -26,6 +26,7 @@ mod holds;
 pub mod output;
 mod prune;
 mod recovery;
+mod tokens;
 mod view;
 mod watch;
 
@@ -386,6 +387,45 @@ pub enum AgentsCmd {
     /// List agents: connected or not, version, sources.
     #[command(visible_alias = "list")]
     Ls,
+    /// Bootstrap tokens: an agent without a certificate enrolls with one
+    /// and gets its certificate from the controller's enrollment listener.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `trireme agents token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token (printed once; the controller keeps only its hash). A
+    /// sensitive action: once you enrolled in MFA it needs --totp <code>.
+    Create {
+        /// The one agent name it may enroll (may replace that agent's certificate).
+        #[arg(
+            long,
+            conflicts_with = "name_glob",
+            required_unless_present = "name_glob"
+        )]
+        agent: Option<String>,
+        /// Agent names it may enroll, e.g. `node-*` for a DaemonSet (never a
+        /// name that is registered or was enrolled before).
+        #[arg(long)]
+        name_glob: Option<String>,
+        /// How long it is valid (at most 30 days).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// How many enrollments it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List tokens: scope, state, uses left, expiry, who enrolled.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revoke a token by id (certificates it got stay valid). Needs --totp
+    /// once you enrolled in MFA.
+    Revoke {
+        /// The token's id (`trireme agents token ls`).
+        id: String,
+    },
 }
 
 /// `trireme sources …`

@@ -13,6 +13,7 @@ use tonic::{Code, Status};
 use trireme_net::tls::ca::CA_CERT_FILE;
 use trireme_net::tls::{client_config, connect, ClientTls, TlsFiles};
 use trireme_net::Role;
+use trireme_proto::v1::bootstrap_token_service_client::BootstrapTokenServiceClient;
 use trireme_proto::v1::health_client::HealthClient;
 use trireme_proto::v1::operator_service_client::OperatorServiceClient;
 use trireme_proto::TOTP_HEADER;
@@ -59,6 +60,8 @@ pub struct Controller {
     pub operator: OperatorServiceClient<Channel>,
     /// `trireme.v1.Health`.
     pub health: HealthClient<Channel>,
+    /// `trireme.v1.BootstrapTokenService`.
+    pub tokens: BootstrapTokenServiceClient<Channel>,
     /// `--totp` / `TRIREME_TOTP`, for the sensitive RPCs.
     pub totp: Option<String>,
 }
@@ -87,6 +90,7 @@ impl Controller {
             .map_err(|e| connect_error(&addr, &e.to_string()))?;
         Ok(Self {
             operator: OperatorServiceClient::new(channel.clone()),
+            tokens: BootstrapTokenServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
             addr,
             totp: global.totp.clone(),

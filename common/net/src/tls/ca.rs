@@ -254,30 +254,7 @@ pub fn issue_between(
     }
 
     let serial = random_serial();
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.subject_alt_names = vec![
-        SanType::DnsName(
-            name.try_into()
-                .map_err(|e| Error::CertRequest(format!("name {name:?}: {e}")))?,
-        ),
-        SanType::URI(
-            role.uri()
-                .try_into()
-                .map_err(|e| Error::CertRequest(format!("role URI: {e}")))?,
-        ),
-    ];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.use_authority_key_identifier_extension = true;
-    params.serial_number = Some(serial.clone());
-    // X.509 times have whole seconds: keep the index equal to the certificate.
-    params.not_before = whole_seconds(OffsetDateTime::from(not_before));
-    params.not_after = whole_seconds(OffsetDateTime::from(not_after));
+    let params = leaf_params(role, name, not_before, not_after, &serial)?;
     let key = KeyPair::generate().map_err(|e| rcgen_err(ca_dir, "generating a key", e))?;
     let cert = params
         .signed_by(&key, &issuer)
@@ -308,6 +285,136 @@ pub fn issue_between(
         cert: entry,
         cert_path,
         key_path,
+    })
+}
+
+/// The profile of every certificate this CA issues to an agent, operator,
+/// viewer or controller: CN and DNS SAN `name`, the role URI SAN, digital
+/// signature, both `serverAuth` and `clientAuth`, whole-second validity.
+fn leaf_params(
+    role: Role,
+    name: &str,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    serial: &SerialNumber,
+) -> Result<CertificateParams> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names = vec![
+        SanType::DnsName(
+            name.try_into()
+                .map_err(|e| Error::CertRequest(format!("name {name:?}: {e}")))?,
+        ),
+        SanType::URI(
+            role.uri()
+                .try_into()
+                .map_err(|e| Error::CertRequest(format!("role URI: {e}")))?,
+        ),
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(serial.clone());
+    // X.509 times have whole seconds: keep the index equal to the certificate.
+    params.not_before = whole_seconds(OffsetDateTime::from(not_before));
+    params.not_after = whole_seconds(OffsetDateTime::from(not_after));
+    Ok(params)
+}
+
+/// A new private key (PEM, PKCS #8) and a certificate signing request for
+/// `name` signed with it (PEM), for an agent that enrolls: the key stays
+/// on the agent's host, the request goes to the controller
+/// ([`sign_request`]).
+///
+/// # Errors
+/// [`Error::CertRequest`] for an invalid name or when the key or request
+/// cannot be made.
+pub fn new_key_and_request(name: &str) -> Result<(String, String)> {
+    check_name(name)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.subject_alt_names =
+        vec![SanType::DnsName(name.try_into().map_err(|e| {
+            Error::CertRequest(format!("name {name:?}: {e}"))
+        })?)];
+    let key =
+        KeyPair::generate().map_err(|e| Error::CertRequest(format!("generating a key: {e}")))?;
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| Error::CertRequest(format!("making the signing request: {e}")))?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// What [`sign_request`] made: the index entry and the certificate (PEM).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The index entry (in `issued.json`).
+    pub cert: IssuedCert,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+/// Sign a certificate for `name` with `role`, valid from now for `days`
+/// days, over the public key of `csr_pem` (a PKCS #10 request whose
+/// signature proves its sender holds the private key; the key never comes
+/// here). The request's own subject and extensions are ignored: the
+/// certificate has the same profile as [`issue`]'s. It is recorded in
+/// `issued.json` (so `trireme cert ls` and `revoke` know it); nothing is
+/// written besides the index.
+///
+/// # Errors
+/// [`Error::CertRequest`] for an invalid name, `days == 0`, or a request
+/// that does not parse or whose signature does not verify; [`Error::Ca`]
+/// when the CA is missing or its key is readable by others.
+pub fn sign_request(
+    ca_dir: &Path,
+    role: Role,
+    name: &str,
+    days: u32,
+    csr_pem: &str,
+) -> Result<Signed> {
+    check_name(name)?;
+    if days == 0 {
+        return Err(Error::CertRequest("days must be at least 1".to_string()));
+    }
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        Error::CertRequest(format!(
+            "the certificate signing request is not a valid, self-signed PKCS #10 request in PEM: {e}"
+        ))
+    })?;
+    let (issuer, mut index) = open_ca(ca_dir)?;
+    let now = SystemTime::now();
+    let serial = random_serial();
+    let params = leaf_params(
+        role,
+        name,
+        now - BACKDATE,
+        now + Duration::from_secs(u64::from(days) * 86_400),
+        &serial,
+    )?;
+    let cert = params
+        .signed_by(&csr.public_key, &issuer)
+        .map_err(|e| rcgen_err(ca_dir, "signing the certificate", e))?;
+    let entry = IssuedCert {
+        serial: super::serial_hex(serial.as_ref()),
+        name: name.to_string(),
+        role,
+        not_before: params.not_before,
+        not_after: params.not_after,
+        revoked: false,
+        revoked_at: None,
+    };
+    index.certs.push(entry.clone());
+    write_index(ca_dir, &index)?;
+    Ok(Signed {
+        cert: entry,
+        pem: cert.pem(),
     })
 }
 
@@ -497,7 +604,10 @@ fn random_serial() -> SerialNumber {
 }
 
 /// Names become a CN, a DNS SAN and file names: DNS characters only.
-fn check_name(name: &str) -> Result<()> {
+///
+/// # Errors
+/// [`Error::CertRequest`] saying what is wrong with `name`.
+pub fn check_name(name: &str) -> Result<()> {
     let bad = |why: &str| {
         Err(Error::CertRequest(format!(
             "invalid name {name:?}: {why} (use a host name such as `db-1` or `controller.example.net`)"

@@ -135,6 +135,58 @@ pub fn client_config(files: &TlsFiles) -> Result<ClientConfig> {
     Ok(cfg)
 }
 
+/// A server configuration that asks for no client certificate: TLS 1.3
+/// only, the server's own certificate. Only for the controller's enrollment
+/// listener, where agents without a certificate ask for one; every other
+/// Trireme server uses [`server_config`].
+///
+/// # Errors
+/// As [`server_config`].
+pub fn server_config_without_client_auth(files: &TlsFiles) -> Result<ServerConfig> {
+    let (chain, key) = identity(files)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(format!("TLS 1.3 unavailable: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            cert_err(
+                &files.cert,
+                format!("unusable with {}: {e}", files.key.display()),
+            )
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+/// A client configuration without a client certificate: TLS 1.3 only, the
+/// CA certificate `ca` as the only root. For an agent that has no
+/// certificate yet and enrolls for one.
+///
+/// # Errors
+/// [`Error::Certificate`] when `ca` is missing, unreadable or no CA
+/// certificate.
+pub fn client_config_without_identity(ca: &Path) -> Result<ClientConfig> {
+    let files = TlsFiles {
+        cert: PathBuf::new(),
+        key: PathBuf::new(),
+        ca: ca.to_path_buf(),
+        crl: None,
+    };
+    let (roots, _) = trust(&files)?;
+    let provider = provider();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| cert_err(ca, format!("cannot verify servers with it: {e}")))?;
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(format!("TLS 1.3 unavailable: {e}")))?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
 /// The CA root store and the CRLs.
 fn trust(
     files: &TlsFiles,

@@ -49,8 +49,61 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()>,
 {
+    let incoming = tls_incoming(listener, tls.clone(), move || tls.current());
+    serve_incoming(routes, incoming, shutdown).await
+}
+
+/// Serve `routes` on `listener` over TLS *without* asking clients for a
+/// certificate, with the server certificate of `tls` (followed on disk like
+/// [`serve`]'s). Only for the controller's enrollment listener: whatever
+/// `routes` holds is open to anyone who can connect, so it must hold
+/// nothing but the enrollment service.
+///
+/// # Errors
+/// [`Error::Tls`] when the server stops on a transport error, or the
+/// certificate files do not make a server configuration.
+pub async fn serve_without_client_auth<F>(
+    routes: Routes,
+    listener: TcpListener,
+    tls: Arc<ReloadingServerConfig>,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let first = super::config::server_config_without_client_auth(tls.files())?;
+    let cached = std::sync::Mutex::new((tls.generation(), Arc::new(first)));
+    let source = tls.clone();
+    let current = move || {
+        let mut c = cached
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let generation = source.generation();
+        if generation != c.0 {
+            match super::config::server_config_without_client_auth(source.files()) {
+                Ok(cfg) => *c = (generation, Arc::new(cfg)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload the enrollment listener's certificate; keeping the previous one");
+                }
+            }
+        }
+        c.1.clone()
+    };
+    let incoming = tls_incoming(listener, tls, current);
+    serve_incoming(routes, incoming, shutdown).await
+}
+
+async fn serve_incoming<F>(
+    routes: Routes,
+    incoming: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>,
+    >,
+    shutdown: F,
+) -> Result<()>
+where
+    F: Future<Output = ()>,
+{
     let tag: fn(http::Request<Body>) -> http::Request<Body> = tag_rpc_method;
-    let incoming = tls_incoming(listener, tls);
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -72,10 +125,12 @@ fn tag_rpc_method(mut req: http::Request<Body>) -> http::Request<Body> {
 fn tls_incoming(
     listener: TcpListener,
     tls: Arc<ReloadingServerConfig>,
+    config: impl Fn() -> Arc<rustls::ServerConfig> + Send + Sync + 'static,
 ) -> tokio_stream::wrappers::ReceiverStream<
     std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>,
 > {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let config = Arc::new(config);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -94,8 +149,8 @@ fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let tx = tx.clone();
             let tls = tls.clone();
+            let acceptor = TlsAcceptor::from(config());
             tokio::spawn(async move {
-                let acceptor = TlsAcceptor::from(tls.current());
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
