@@ -29,8 +29,8 @@ pub mod operator;
 pub mod prune_rpc;
 pub mod recovery;
 pub mod reports;
-
 pub mod timing;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,13 +104,13 @@ pub struct Shared {
     pub custody: Arc<crate::custody::Custody>,
     /// Whether the master key's service answered the last probe.
     pub key_health: Arc<key_health::KeyHealth>,
-}
-
-impl Shared {
     /// Whether the audit chain verified at the last check.
     pub audit_chain: audit_check::ChainHealth,
     /// RPC and notification latencies (`/metrics`).
     pub histograms: timing::Histograms,
+}
+
+impl Shared {
     /// The index of location `name`, brought up to date (only index
     /// objects written since the last read are fetched).
     ///
@@ -423,10 +423,10 @@ pub async fn open(config: &ControllerConfig) -> Result<(Arc<Shared>, Arc<Reloadi
         indexes: tokio::sync::Mutex::default(),
         custody: Arc::new(custody),
         key_health: Arc::new(key_health::KeyHealth::new(config.key_source.provider())),
-    });
-    // A key table at a location that does not open (planted by an agent:
         audit_chain: audit_check::ChainHealth::default(),
         histograms: timing::Histograms::default(),
+    });
+    // A key table at a location that does not open (planted by an agent:
     // its MAC key is no controller key; or damaged) is never used: say so.
     for (name, b) in &shared.audit_mirrors {
         if let Err(e) = crate::rotation::table_at(b, shared.master_key.current().as_ref()).await {
@@ -625,6 +625,11 @@ pub async fn run(
         config.key_check_interval,
         stop_rx.clone(),
     )));
+    tasks.push(tokio::spawn(audit_check::run(
+        shared.clone(),
+        audit_check::EVERY,
+        stop_rx.clone(),
+    )));
     if !config.notify.is_empty() {
         tasks.push(tokio::spawn(notices::run(
             shared.clone(),
@@ -651,11 +656,6 @@ pub async fn run(
         let stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = metrics::serve(addr, s, stop).await {
-    tasks.push(tokio::spawn(audit_check::run(
-        shared.clone(),
-        audit_check::EVERY,
-        stop_rx.clone(),
-    )));
                 tracing::error!(error = %e, "metrics endpoint stopped");
             }
         }));
