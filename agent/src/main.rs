@@ -10,7 +10,7 @@ use trireme_agent::{daemon, local};
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Trireme agent: encrypted, deduplicated backups of this host's data.
 #[derive(Parser)]
@@ -145,8 +145,16 @@ fn raise_open_files_limit() {
     }
 }
 
+/// The command line with every command's examples at the end of its help.
+fn command() -> clap::Command {
+    trireme_net::cli_examples::with_examples(Cli::command(), trireme_agent::cli_examples::EXAMPLES)
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit());
     let default_log = match cli.command {
         Command::Run { .. } if cli.log == "warn" => "info".to_string(),
         _ => cli.log.clone(),
@@ -233,9 +241,12 @@ fn main() -> std::process::ExitCode {
             }
             Command::Keygen { key_file } => local::keygen(&key_file),
             Command::Man { dir } => {
-                use clap::CommandFactory;
                 std::fs::create_dir_all(&dir)?;
-                clap_mangen::generate_to(Cli::command(), &dir)?;
+                trireme_net::cli_examples::write_man_pages(
+                    Cli::command(),
+                    &dir,
+                    trireme_agent::cli_examples::EXAMPLES,
+                )?;
                 println!("wrote the man pages to {}", dir.display());
                 Ok(std::process::ExitCode::SUCCESS)
             }
@@ -277,5 +288,20 @@ async fn shutdown_signal() {
             tracing::error!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_has_an_example_that_parses() {
+        command().debug_assert();
+        let problems = trireme_net::cli_examples::check(
+            &Cli::command(),
+            trireme_agent::cli_examples::EXAMPLES,
+        );
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

@@ -22,6 +22,7 @@ mod audit;
 mod browse;
 pub mod cert;
 mod commands;
+pub mod examples;
 mod holds;
 pub mod output;
 mod prune;
@@ -34,7 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use trireme_client::{recovery_key, Settings, DEFAULT_CONTROLLER};
 use trireme_proto::v1;
 
@@ -869,21 +870,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output::println(String::from_utf8_lossy(&script).trim_end())
         }
         Command::Man { dir } => {
-            let n = write_man_pages(Cli::command(), &dir)?;
+            let n = write_man_pages(crate::command(), &dir)?;
             output::println(&format!("wrote {n} man pages to {}", dir.display()))
         }
         command => commands::run(&global, command).await,
     }
 }
 
+/// The command line's definition with every command's examples
+/// ([`examples::EXAMPLES`]) at the end of its help and man page.
+pub fn command() -> clap::Command {
+    trireme_net::cli_examples::with_examples(Cli::command(), examples::EXAMPLES)
+}
+
 /// Parse the command line. Help and version exit 0; mistakes are printed
 /// (`error: …`, with usage) and exit 1, like every other error.
 pub fn parse() -> Cli {
-    Cli::try_parse().unwrap_or_else(|e| {
-        let code = if e.use_stderr() { 1 } else { 0 };
-        let _ = e.print();
-        std::process::exit(code)
-    })
+    command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code)
+        })
 }
 
 /// Print an error as `error: …` on stderr and turn the result into the exit code.
@@ -909,7 +919,7 @@ pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
 pub fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<usize> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    clap_mangen::generate_to(cmd, dir)
+    trireme_net::cli_examples::write_man_pages(cmd, dir, examples::EXAMPLES)
         .with_context(|| format!("writing man pages to {}", dir.display()))?;
     Ok(std::fs::read_dir(dir)?
         .filter(|e| {
@@ -969,6 +979,13 @@ mod tests {
     fn command_line_definition_is_consistent() {
         // clap's own checks, including the ids shared with `trireme cert`.
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_has_an_example_that_parses() {
+        let problems = trireme_net::cli_examples::check(&Cli::command(), examples::EXAMPLES);
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use trireme_common::LocalKeyFile;
 use trireme_controller::audit::{self, Event};
 use trireme_controller::config::ControllerConfig;
@@ -180,16 +180,91 @@ enum AuditCmd {
     },
 }
 
+/// The examples at the end of every command's `--help` and man page; the
+/// unit test below parses each line with the real flags.
+const EXAMPLES: &[(&str, &str)] = &[
+    (
+        "",
+        "trireme-controller keygen --key-file /etc/trireme/master.key
+trireme-controller check-config --config /etc/trireme/controller.toml
+trireme-controller run --config /etc/trireme/controller.toml",
+    ),
+    (
+        "run",
+        "trireme-controller run --config /etc/trireme/controller.toml
+trireme-controller run -c /etc/trireme/controller.toml --log-format json",
+    ),
+    (
+        "check-config",
+        "trireme-controller check-config --config /etc/trireme/controller.toml",
+    ),
+    ("man", "trireme-controller man /usr/local/share/man/man1"),
+    (
+        "keygen",
+        "trireme-controller keygen --key-file /etc/trireme/master.key    # once; back it up apart from the backups",
+    ),
+    (
+        "key",
+        "trireme-controller key export --config /etc/trireme/controller.toml --out /root/trireme-recovery.json",
+    ),
+    (
+        "key export",
+        "trireme-controller key export --config /etc/trireme/controller.toml --out /root/trireme-recovery.json
+trireme-controller key export --key-file /etc/trireme/master.key --out /root/trireme-recovery.json --passphrase-file /root/recovery.pass",
+    ),
+    (
+        "key import",
+        "# a new controller host, after losing the old one:
+trireme-controller key import --in trireme-recovery.json --key-file /etc/trireme/master.key",
+    ),
+    (
+        "key rotate",
+        "# controller stopped; controller-2027.toml names the new key:
+trireme-controller key rotate --config /etc/trireme/controller.toml --new-config /etc/trireme/controller-2027.toml
+trireme-controller key rotate --config /etc/trireme/controller.toml --new-config /etc/trireme/controller-2027.toml --skip-location offsite",
+    ),
+    (
+        "key verify",
+        "trireme-controller key verify --config /etc/trireme/controller-2027.toml",
+    ),
+    (
+        "audit",
+        "trireme-controller audit verify --config /etc/trireme/controller.toml",
+    ),
+    (
+        "audit verify",
+        "# controller stopped:
+trireme-controller audit verify --config /etc/trireme/controller.toml    # the chain and every location's mirror
+trireme-controller audit verify --data-dir /var/lib/trireme    # the chain only",
+    ),
+    (
+        "mfa",
+        "trireme-controller mfa reset --name alice --config /etc/trireme/controller.toml",
+    ),
+    (
+        "mfa reset",
+        "# controller stopped; alice lost her authenticator:
+trireme-controller mfa reset --name alice --config /etc/trireme/controller.toml",
+    ),
+];
+
+/// The command line with every command's examples at the end of its help.
+fn command() -> clap::Command {
+    trireme_net::cli_examples::with_examples(Cli::command(), EXAMPLES)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .unwrap_or_else(|e| e.exit());
     trireme_net::logging::init(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Man { dir } => std::fs::create_dir_all(&dir)
             .and_then(|()| {
-                use clap::CommandFactory;
-                clap_mangen::generate_to(Cli::command(), &dir)
+                trireme_net::cli_examples::write_man_pages(Cli::command(), &dir, EXAMPLES)
             })
-            .map(|()| println!("wrote the man pages to {}", dir.display()))
+            .map(|_| println!("wrote the man pages to {}", dir.display()))
             .map_err(|e| anyhow::anyhow!("writing man pages to {}: {e}", dir.display())),
         Command::Keygen { key_file } => LocalKeyFile::create(&key_file)
             .map(|k| {
@@ -608,4 +683,16 @@ fn mfa_reset(name: &str, config: &Path) -> anyhow::Result<()> {
     catalog.flush()?;
     println!("removed the MFA enrollment of {name}; they enroll again with `trireme mfa enroll`");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_has_an_example_that_parses() {
+        command().debug_assert();
+        let problems = trireme_net::cli_examples::check(&Cli::command(), EXAMPLES);
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }
