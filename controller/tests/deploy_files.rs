@@ -235,3 +235,334 @@ fn swarm_stack_loads_and_agents_get_what_they_need() {
         );
     }
 }
+
+/// `deploy/compose/docker-compose.yml` (Trireme's own layout on one host)
+/// without Docker: valid against the Compose Specification's JSON schema
+/// (deploy/compose/compose-spec.json, validated with python3's jsonschema),
+/// every volume, config and dependency a service names exists; its `init`
+/// script run with the real binaries (paths moved to a temp dir) writes
+/// configurations both `check-config`s accept; and its `garage-init.sh`
+/// run against three fresh Garage servers started from the file's own
+/// Garage configuration gives each the layout, the bucket and both keys,
+/// after which the agent's key writes a repository there.
+#[test]
+fn compose_file_is_valid_and_its_init_scripts_work() {
+    let compose = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose");
+    let check = r#"
+import json, sys, yaml, jsonschema
+d = sys.argv[1]
+schema = json.load(open(d + "/compose-spec.json"))
+doc = yaml.safe_load(open(d + "/docker-compose.yml"))
+errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+services = {}
+for name, s in doc["services"].items():
+    vols = []
+    for v in s.get("volumes", []):
+        src = v.split(":")[0] if isinstance(v, str) else v.get("source", "")
+        vols.append(src)
+    deps = s.get("depends_on", {})
+    services[name] = {
+        "image": s.get("image", ""),
+        "volumes": vols,
+        "configs": [c if isinstance(c, str) else c["source"] for c in s.get("configs", [])],
+        "depends_on": list(deps) if isinstance(deps, (list, dict)) else [],
+        "command": s.get("command", []),
+        "environment": s.get("environment", {}),
+    }
+print(json.dumps({
+    "errors": errors,
+    "services": services,
+    "volumes": list(doc.get("volumes", {})),
+    "configs": doc.get("configs", {}),
+}))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", check])
+        .arg(&compose)
+        .output()
+        .expect("python3 with PyYAML and jsonschema");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["errors"], serde_json::json!([]), "compose-spec schema");
+    let services = v["services"].as_object().unwrap();
+    let declared: Vec<&str> = v["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap())
+        .collect();
+    let configs = v["configs"].as_object().unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for (name, s) in services {
+        let image = s["image"].as_str().unwrap();
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+            "{name}: pin the image ({image})"
+        );
+        for vol in s["volumes"].as_array().unwrap() {
+            let vol = vol.as_str().unwrap();
+            assert!(
+                declared.contains(&vol),
+                "{name}: volume {vol} is not a declared named volume"
+            );
+            used.insert(vol.to_string());
+        }
+        for c in s["configs"].as_array().unwrap() {
+            let c = c.as_str().unwrap();
+            let def = &configs[c];
+            assert!(def.is_object(), "{name}: config {c} is not declared");
+            if let Some(file) = def["file"].as_str() {
+                assert!(compose.join(file).is_file(), "{c}: {file} is missing");
+            }
+        }
+        for d in s["depends_on"].as_array().unwrap() {
+            assert!(
+                services.contains_key(d.as_str().unwrap()),
+                "{name} depends on {d}"
+            );
+        }
+    }
+    for vol in &declared {
+        assert!(used.contains(*vol), "volume {vol} is declared but unused");
+    }
+    // The layout: the datastores keep their data in named volumes, the
+    // agent reads Redis's, and three Garage servers each have their own.
+    let vols = |s: &str| services[s]["volumes"].to_string();
+    assert!(vols("redis").contains("redis-data"));
+    assert!(vols("postgres").contains("postgres-data"));
+    assert!(vols("trireme-agent").contains("redis-data"));
+    for n in 1..=3 {
+        assert!(vols(&format!("garage-{n}")).contains(&format!("\"garage-{n}\"")));
+    }
+    assert!(!vols("trireme-agent").contains("docker.sock"));
+
+    // The init script, outside Docker: compose's `$$` is `$`; every path
+    // under this test's temp dir; ownership changes left out (they need
+    // root and the images' users).
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    for d in ["etc", "mnt/redis", "controller", "agent"] {
+        std::fs::create_dir_all(t.join(d)).unwrap();
+    }
+    let script = services["init"]["command"][0]
+        .as_str()
+        .unwrap()
+        .replace("$$", "$")
+        .replace("/etc/trireme", &t.join("etc").display().to_string())
+        .replace(
+            "/var/lib/trireme-controller",
+            &t.join("controller").display().to_string(),
+        )
+        .replace(
+            "/var/lib/trireme-agent",
+            &t.join("agent").display().to_string(),
+        )
+        .replace("/mnt/redis", &t.join("mnt/redis").display().to_string())
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("chown ") {
+                ":"
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bin_dir = support::fleet::bin("trireme");
+    let path = format!(
+        "{}:{}",
+        bin_dir.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run_init = || {
+        let out = Command::new("sh")
+            .args(["-euc", &script])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "init: {text}");
+        text
+    };
+    let text = run_init();
+    let etc = t.join("etc");
+    assert!(
+        text.contains("agent         agent-1 (host agent-1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("source        redis (redis)")
+            && text.contains("source        postgres (command)"),
+        "{text}"
+    );
+    // Three locations on one host meet the configured protection rule.
+    assert!(!text.contains("warning"), "{text}");
+    let controller_toml = std::fs::read_to_string(etc.join("controller/controller.toml")).unwrap();
+    assert_eq!(controller_toml.matches("[[location]]").count(), 3);
+    for f in [
+        "controller/s3.credentials",
+        "agent/s3.credentials",
+        "garage/rpc_secret",
+        "garage/admin_token",
+        "agent/pg.env",
+        "controller/master.key",
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(etc.join(f)).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{f}: mode {mode:o}");
+    }
+    // A second start changes nothing it made.
+    let key = std::fs::read(etc.join("agent/s3.credentials")).unwrap();
+    run_init();
+    assert_eq!(
+        std::fs::read(etc.join("agent/s3.credentials")).unwrap(),
+        key
+    );
+
+    // Three fresh Garage servers from the file's own configuration (ports
+    // and paths moved), then garage-init.sh as the compose file runs it.
+    let garage = trireme_testkit::garage::garage_binary();
+    let template = configs["garage-toml"]["content"].as_str().unwrap();
+    let mut servers = Vec::new();
+    let mut admins = Vec::new();
+    let mut s3_ports = Vec::new();
+    for n in 1..=3 {
+        let dir = t.join(format!("garage-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let [s3, rpc, admin] = [0; 3].map(|_| trireme_testkit::ports::free_port());
+        let toml = template
+            .replace("/var/lib/garage", &dir.display().to_string())
+            .replace("/etc/trireme", &etc.display().to_string())
+            .replace("[::]:3900", &format!("127.0.0.1:{s3}"))
+            .replace("[::]:3901", &format!("127.0.0.1:{rpc}"))
+            .replace("127.0.0.1:3901", &format!("127.0.0.1:{rpc}"))
+            .replace("[::]:3903", &format!("127.0.0.1:{admin}"));
+        std::fs::write(dir.join("garage.toml"), toml).unwrap();
+        let log = std::fs::File::create(dir.join("garage.log")).unwrap();
+        let child = Command::new(&garage)
+            .arg("-c")
+            .arg(dir.join("garage.toml"))
+            .arg("server")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        servers.push(KillOnDrop(child));
+        admins.push(format!("http://127.0.0.1:{admin}"));
+        s3_ports.push(s3);
+    }
+    let env = &services["garage-init"]["environment"];
+    let key_files = env["KEY_FILES"]
+        .as_str()
+        .unwrap()
+        .replace("/etc/trireme", &etc.display().to_string());
+    let token = env["ADMIN_TOKEN_FILE"]
+        .as_str()
+        .unwrap()
+        .replace("/etc/trireme", &etc.display().to_string());
+    let garage_init = || {
+        let out = Command::new("sh")
+            .arg(compose.join("garage-init.sh"))
+            .env("GARAGE_ADMINS", admins.join(" "))
+            .env("ADMIN_TOKEN_FILE", &token)
+            .env("KEY_FILES", &key_files)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "garage-init.sh: {text}");
+        text
+    };
+    let text = garage_init();
+    assert_eq!(text.matches("layout applied").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("key for the agent imported").count(),
+        3,
+        "{text}"
+    );
+    // Run again: nothing to do.
+    let again = garage_init();
+    assert_eq!(again.matches("layout already set").count(), 3, "{again}");
+    assert!(!again.contains("imported"), "{again}");
+    // Garage's own CLI agrees: both keys may read and write the bucket.
+    for n in 1..=3 {
+        let cfg = t.join(format!("garage-{n}/garage.toml"));
+        let out = Command::new(&garage)
+            .arg("-c")
+            .arg(&cfg)
+            .args(["bucket", "info", "trireme"])
+            .output()
+            .unwrap();
+        let info = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{info}");
+        for who in ["trireme-agent", "trireme-controller"] {
+            assert!(
+                info.lines().any(|l| l.starts_with("RW") && l.contains(who)),
+                "garage-{n}: {info}"
+            );
+        }
+    }
+    // The agent's own location URL (garage-1, moved to this host) with its
+    // key: a repository is created there, and the controller's key reads it.
+    let agent_url = |who: &str, port: u16| {
+        format!(
+            "s3://trireme/?endpoint=http://127.0.0.1:{port}&region=garage&allow_http=true&credentials_file={}",
+            etc.join(format!("{who}/s3.credentials")).display()
+        )
+    };
+    let agent = support::fleet::bin("trireme-agent");
+    let out = Command::new(&agent)
+        .args(["keygen", "--key-file"])
+        .arg(t.join("local.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new(&agent)
+        .args([
+            "init",
+            "--location",
+            &agent_url("agent", s3_ports[0]),
+            "--key-file",
+        ])
+        .arg(t.join("local.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(&agent)
+        .args([
+            "snapshots",
+            "--location",
+            &agent_url("controller", s3_ports[0]),
+            "--key-file",
+        ])
+        .arg(t.join("local.key"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(servers);
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
