@@ -107,7 +107,12 @@ fn kubernetes_package_renders_validates_and_its_configs_load() {
         out.status.success(),
         "deploy/kubernetes/check.py (needs kubectl and kubernetes-validate: deploy/dev/prereqs.sh): {text}"
     );
-    for overlay in ["base", "overlays/example", "overlays/cert-manager"] {
+    for overlay in [
+        "base",
+        "overlays/example",
+        "overlays/cert-manager",
+        "overlays/bootstrap-token",
+    ] {
         assert!(
             text.contains(&format!("{overlay}: rendered, validated")),
             "{text}"
@@ -206,6 +211,32 @@ fn kubernetes_package_renders_validates_and_its_configs_load() {
     // Agents resolve their own credentials (the SDK's chain on their
     // node): no warning that they share the controller's.
     assert!(!text.contains("warning"), "{text}");
+
+    // overlays/bootstrap-token: the agent's config (enrolls with the token
+    // when its node has no certificate yet) and the controller's (with
+    // enroll_listen) load too.
+    let out = Command::new(&agent)
+        .args(["check-config", "--config"])
+        .arg(moved("agent.bt-node-1.toml"))
+        .env_remove("TRIREME_BOOTSTRAP_TOKEN_FILE")
+        .env_remove("TRIREME_ENROLL_CONTROLLER")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent.bt-node-1.toml: {text}");
+    assert!(
+        text.contains("agent         bt-node-1 (host bt-node-1)"),
+        "{text}"
+    );
+    let out = Command::new(support::fleet::bin("trireme-controller"))
+        .args(["check-config", "--config"])
+        .arg(moved("controller.bootstrap.toml"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "controller.bootstrap.toml: {text}");
 }
 
 /// The Swarm stack as Docker's own Compose loader reads it (`docker stack

@@ -140,6 +140,45 @@ def run_init_script(ds, configmaps, node, out_dir):
     return text
 
 
+def check_bootstrap(docs, ds, cms, out_dir):
+    """overlays/bootstrap-token: the enrollment port on the controller and
+    its Service, the CA copied onto the controller's volume, the token
+    Secret mounted 0400 in agent pods, the node's own files on a hostPath,
+    and the configurations (written to out_dir for check-config)."""
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = sts["spec"]["template"]["spec"]
+    if not any(p.get("containerPort") == 7444 for p in pod["containers"][0]["ports"]):
+        fail("bootstrap-token: the controller does not expose port 7444")
+    svc = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "trireme-controller"][0]
+    if not any(p["port"] == 7444 for p in svc["spec"]["ports"]):
+        fail("bootstrap-token: the Service has no enroll port")
+    if not any(c["name"] == "ca" for c in pod["initContainers"]):
+        fail("bootstrap-token: no init container copies the CA onto the controller's volume")
+    agent = ds["spec"]["template"]["spec"]
+    vols = {v["name"]: v for v in agent["volumes"]}
+    tok = vols.get("bootstrap-token", {}).get("secret", {})
+    if tok.get("secretName") != "trireme-bootstrap-token" or tok.get("defaultMode") != 0o400:
+        fail(f"bootstrap-token: the token Secret must be mounted mode 0400: {tok}")
+    if vols["tls"].get("hostPath", {}).get("type") != "DirectoryOrCreate":
+        fail(f"bootstrap-token: the node's certificate directory must be made when missing: {vols['tls']}")
+    mounts = {m["name"]: m for m in agent["containers"][0]["volumeMounts"]}
+    if mounts["tls"].get("readOnly"):
+        fail("bootstrap-token: the agent must be able to write its key and certificate")
+    (ctl,) = [c for c in cms if c["metadata"]["name"].startswith("trireme-controller-config")]
+    text = ctl["data"]["controller.toml"]
+    base = (HERE / "base/controller/controller.toml").read_text().splitlines()[2:]
+    extra = [l for l in text.splitlines()[2:] if l not in base]
+    if [l.split("=")[0].strip() for l in extra if l.strip()] != ["enroll_listen", "enroll_ca_dir"] or \
+            any(l not in text.splitlines() for l in base):
+        fail(f"bootstrap-token: controller.toml must be the base file plus enroll_listen and enroll_ca_dir: {extra}")
+    own = run_init_script(ds, cms, "bt-node-1", out_dir)
+    for want in ("bootstrap_token_file", "enroll_controller", 'cert = "/etc/trireme/tls/bt-node-1.pem"'):
+        if want not in own:
+            fail(f"bootstrap-token: the agent's config has no {want}:\n{own}")
+    if out_dir:
+        (out_dir / "controller.bootstrap.toml").write_text(text)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=pathlib.Path)
@@ -164,6 +203,8 @@ def main():
             (ctl,) = [c for c in cms if c["metadata"]["name"].startswith("trireme-controller-config")]
             if args.out:
                 (args.out / "controller.toml").write_text(ctl["data"]["controller.toml"])
+        if name == "overlays/bootstrap-token":
+            check_bootstrap(docs, ds, cms, args.out)
         print(f"{name}: rendered, validated ({len(docs)} objects), checked")
 
 
