@@ -384,6 +384,16 @@ fn restore_tests_objectives_and_drills() {
     );
 }
 
+/// `trireme-controller check-config` on the fleet's controller config as it
+/// would be written now.
+fn check_config(f: &Fleet) -> std::process::Output {
+    std::process::Command::new(support::fleet::bin("trireme-controller"))
+        .args(["check-config", "--config"])
+        .arg(f.write_controller_config())
+        .output()
+        .unwrap()
+}
+
 /// The `[protection]` rule: three copies in one region are not protected.
 /// `status` is RED and names what is missing, `check-config` and the log
 /// warn, `snapshots ls` and the metrics say "not protected"; once the
@@ -402,12 +412,7 @@ fn protection_rule_counts_only_spread_copies() {
     f.wait_connected(&["web-1"]);
 
     // The config cannot meet the rule: said at start and by check-config.
-    let cfg = f.write_controller_config();
-    let out = std::process::Command::new(support::fleet::bin("trireme-controller"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check_config(&f);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(
@@ -509,12 +514,7 @@ fn protection_rule_counts_only_spread_copies() {
     // A bad rule is refused with what to write.
     f.stop_controller();
     f.controller_extra = "[protection]\ndistinct = [\"zone\"]\n".into();
-    let cfg = f.write_controller_config();
-    let out = std::process::Command::new(support::fleet::bin("trireme-controller"))
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = check_config(&f);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
