@@ -363,7 +363,6 @@ mod cert_tests {
         );
         assert!(certificate_problems(&certs[1..2], now).is_empty());
     }
-}
 
     #[test]
     fn agent_certificates_warn_from_thirty_days() {
@@ -390,3 +389,4 @@ mod cert_tests {
             "{p}"
         );
     }
+}

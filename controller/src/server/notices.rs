@@ -119,6 +119,8 @@ struct Watcher {
     reachable: BTreeMap<String, bool>,
     found: BTreeMap<String, u64>,
     red: Option<BTreeMap<String, bool>>,
+    /// The audit chain break last told.
+    told_break: Option<crate::audit::Broken>,
 }
 
 impl Watcher {
@@ -132,8 +134,7 @@ impl Watcher {
             reachable: BTreeMap::new(),
             found: BTreeMap::new(),
             red: None,
-    /// The audit chain break last told.
-    told_break: Option<crate::audit::Broken>,
+            told_break: None,
         }
     }
 
@@ -147,7 +148,6 @@ impl Watcher {
     ) {
         let n = Notice {
             kind,
-            told_break: None,
             subject,
             title,
             text,
@@ -229,19 +229,6 @@ impl Watcher {
         }
     }
 
-    /// Objectives, restore tests and drills.
-    fn look(&mut self, shared: &Shared) {
-        let now = shared.now();
-        if let Ok(health) = crate::recovery::health(&shared.catalog, &shared.protection, now) {
-            let red: BTreeMap<String, bool> = health
-                .iter()
-                .map(|h| (h.source.to_string(), h.red()))
-                .collect();
-            if let Some(before) = &self.red {
-                for h in &health {
-                    let source = h.source.to_string();
-                    if h.red() && before.get(&source) == Some(&false) {
-                        self.tell(
     /// A break in the audit chain (told also when it was there at start:
     /// it is checked at each start, and a break is never expected).
     fn audit_chain(&mut self, shared: &Shared) {
@@ -263,10 +250,23 @@ impl Watcher {
         self.told_break = broken;
     }
 
+    /// Objectives, restore tests and drills.
+    fn look(&mut self, shared: &Shared) {
+        let now = shared.now();
+        self.audit_chain(shared);
+        if let Ok(health) = crate::recovery::health(&shared.catalog, &shared.protection, now) {
+            let red: BTreeMap<String, bool> = health
+                .iter()
+                .map(|h| (h.source.to_string(), h.red()))
+                .collect();
+            if let Some(before) = &self.red {
+                for h in &health {
+                    let source = h.source.to_string();
+                    if h.red() && before.get(&source) == Some(&false) {
+                        self.tell(
                             EventKind::RecoveryRed,
                             source.clone(),
                             format!("{source} is red"),
-        self.audit_chain(shared);
                             format!(
                                 "{}. `trireme status` shows every source's RPO and RTO.",
                                 h.problems.join("; ")
