@@ -303,6 +303,8 @@ mod tests {
             scheduled: false,
             people: DrillPeople::default(),
             lessons: Vec::new(),
+            platform: None,
+            at: None,
         }
     }
 

@@ -194,7 +194,8 @@ pub fn human(d: Duration) -> String {
 }
 
 /// The snapshot a test or drill restores: the newest protected one, or,
-/// with `location`, the newest verified there.
+/// with `location`, the newest verified there; with `before`, the newest
+/// such taken at or before it.
 ///
 /// # Errors
 /// Catalog errors.
@@ -203,13 +204,81 @@ pub fn pick_snapshot(
     source: &SourceId,
     rule: &crate::protection::ProtectionRule,
     location: Option<&str>,
+    before: Option<DateTime<Utc>>,
 ) -> Result<Option<SnapshotRecord>> {
     let mut snaps = catalog.snapshots_of(source)?;
     snaps.sort_by_key(|s| (s.time, s.id));
-    Ok(snaps.into_iter().rev().find(|s| match location {
-        Some(l) => matches!(s.copies.get(l), Some(CopyState::Verified { .. })),
-        None => rule.protects(s),
+    Ok(snaps.into_iter().rev().find(|s| {
+        before.is_none_or(|b| s.time <= b)
+            && match location {
+                Some(l) => matches!(s.copies.get(l), Some(CopyState::Verified { .. })),
+                None => rule.protects(s),
+            }
     }))
+}
+
+/// Where a platform restore writes each source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlatformTarget {
+    /// Each source's staging target (its policy's `restore_test` target);
+    /// the data stays there.
+    Staging,
+    /// Each source itself (`AGENT:source:NAME`): a production restore.
+    InPlace,
+}
+
+impl PlatformTarget {
+    /// `staging` or `in-place`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PlatformTarget::Staging => "staging",
+            PlatformTarget::InPlace => "in-place",
+        }
+    }
+
+    /// Parse `staging` or `in-place`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidValue`] for anything else.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "staging" => Ok(PlatformTarget::Staging),
+            "in-place" => Ok(PlatformTarget::InPlace),
+            _ => Err(Error::invalid(
+                "platform restore target",
+                s,
+                "write --to staging (every source's staging target) or --to in-place (every source itself)",
+            )),
+        }
+    }
+
+    /// The agent and target `policy`'s source is restored to, if it has one.
+    pub fn of(self, policy: &Policy) -> Option<(String, String)> {
+        match self {
+            PlatformTarget::Staging => policy
+                .restore_test
+                .as_ref()
+                .map(|t| (t.agent.clone(), t.target.clone())),
+            PlatformTarget::InPlace => Some((
+                policy.source.agent.clone(),
+                format!("source:{}", policy.source.name),
+            )),
+        }
+    }
+}
+
+/// One restore step: what it restores, from where, and why.
+pub struct Step<'a> {
+    /// The drill (or platform restore) it belongs to.
+    pub drill: Option<&'a str>,
+    /// The only location read.
+    pub location: Option<&'a str>,
+    /// The newest snapshot at or before this time.
+    pub before: Option<DateTime<Utc>>,
+    /// Agent and target (none: the policy's staging target).
+    pub to: Option<(String, String)>,
+    /// Test or drill (restore, check, clean up) or a plain restore.
+    pub purpose: RestorePurpose,
 }
 
 /// Create (and record as pending) a restore-test or drill restore job for
@@ -227,28 +296,77 @@ pub fn start_test(
     by: &str,
     now: DateTime<Utc>,
 ) -> Result<Job> {
-    let t = policy.restore_test.as_ref().ok_or_else(|| {
-        Error::invalid(
-            "restore test",
-            policy.source.to_string(),
-            "the source's policy has no restore_test = { target = \"AGENT:source:NAME\" }; add one and `trireme policy apply` it",
-        )
-    })?;
-    let snap = pick_snapshot(catalog, &policy.source, rule, location)?.ok_or_else(|| {
-        Error::invalid(
-            "restore test",
-            policy.source.to_string(),
-            match location {
-                Some(l) => format!("no snapshot of it is verified at location {l}"),
-                None => format!("no snapshot of it is protected yet ({rule})"),
-            },
-        )
-    })?;
+    let purpose = match drill {
+        Some(d) => RestorePurpose::Drill {
+            drill: d.to_string(),
+        },
+        None => RestorePurpose::Test,
+    };
+    start_step(
+        catalog,
+        policy,
+        rule,
+        &Step {
+            drill,
+            location,
+            before: None,
+            to: None,
+            purpose,
+        },
+        by,
+        now,
+    )
+}
+
+/// Create (and record as pending) the restore job of one step: a restore
+/// test, a drill's, or a platform restore's. Its record is settled like a
+/// restore test's (checks, duration against the RTO).
+///
+/// # Errors
+/// [`Error::InvalidValue`] when there is no target, or no snapshot
+/// qualifies; [`Error::SourceBusy`] when the target is busy.
+pub fn start_step(
+    catalog: &Catalog,
+    policy: &Policy,
+    rule: &crate::protection::ProtectionRule,
+    step: &Step<'_>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<Job> {
+    let (agent, target) = match &step.to {
+        Some(t) => t.clone(),
+        None => {
+            let t = policy.restore_test.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    "restore test",
+                    policy.source.to_string(),
+                    "the source's policy has no restore_test = { target = \"AGENT:source:NAME\" }; add one and `trireme policy apply` it",
+                )
+            })?;
+            (t.agent.clone(), t.target.clone())
+        }
+    };
+    let location = step.location;
+    let snap =
+        pick_snapshot(catalog, &policy.source, rule, location, step.before)?.ok_or_else(|| {
+            let when = step
+                .before
+                .map(|b| format!(" taken at or before {}", b.to_rfc3339()))
+                .unwrap_or_default();
+            Error::invalid(
+                "restore",
+                policy.source.to_string(),
+                match location {
+                    Some(l) => format!("no snapshot of it{when} is verified at location {l}"),
+                    None => format!("no snapshot of it{when} is protected yet ({rule})"),
+                },
+            )
+        })?;
     let mut job = Job::restore(
         policy.source.clone(),
         snap.id,
-        t.agent.clone(),
-        t.target.clone(),
+        agent.clone(),
+        target.clone(),
         by,
         now,
     );
@@ -258,20 +376,15 @@ pub fn start_test(
         ..
     } = &mut job.kind
     {
-        *purpose = match drill {
-            Some(d) => RestorePurpose::Drill {
-                drill: d.to_string(),
-            },
-            None => RestorePurpose::Test,
-        };
+        *purpose = step.purpose.clone();
         *only_location = location.map(str::to_string);
     }
     let record = RestoreTestRecord {
         job: job.id,
         source: policy.source.clone(),
         snapshot: snap.id,
-        target: format!("{}:{}", t.agent, t.target),
-        drill: drill.map(str::to_string),
+        target: format!("{agent}:{target}"),
+        drill: step.drill.map(str::to_string),
         location: location.map(str::to_string),
         started: now,
         finished: None,
@@ -425,6 +538,14 @@ pub struct DrillRecord {
     /// Lessons learned, recorded after it (`trireme drill annotate`).
     #[serde(default)]
     pub lessons: Vec<crate::drills::Lesson>,
+    /// A platform restore (`trireme restore --platform`), not a drill:
+    /// where it wrote; it stops at the first failure and cleans nothing up.
+    #[serde(default)]
+    pub platform: Option<PlatformTarget>,
+    /// The point in time asked for: each source's newest snapshot at or
+    /// before it.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl DrillRecord {
@@ -461,7 +582,22 @@ fn mark(ok: bool) -> &'static str {
 /// The report as Markdown: the DR checklist, then the details.
 pub fn report_markdown(d: &DrillRecord) -> String {
     let mut m = String::new();
-    let _ = writeln!(m, "# DR drill {}", d.id);
+    match d.platform {
+        Some(p) => {
+            let _ = writeln!(m, "# Platform restore {} ({})", d.id, p.name());
+        }
+        None => {
+            let _ = writeln!(m, "# DR drill {}", d.id);
+        }
+    }
+    if let Some(at) = d.at {
+        let _ = writeln!(m);
+        let _ = writeln!(
+            m,
+            "Each source's newest snapshot taken at or before {}.",
+            at.to_rfc3339()
+        );
+    }
     let _ = writeln!(m);
     let _ = writeln!(
         m,
@@ -802,7 +938,12 @@ pub fn report_html(d: &DrillRecord) -> String {
         body.push_str("</table>\n");
     }
     format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>DR drill {}</title>\n<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.ok{{color:#080}}.bad{{color:#c00}}</style></head><body>\n{body}</body></html>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{} {}</title>\n<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.ok{{color:#080}}.bad{{color:#c00}}</style></head><body>\n{body}</body></html>\n",
+        if d.platform.is_some() {
+            "Platform restore"
+        } else {
+            "DR drill"
+        },
         html_escape(&d.id)
     )
 }

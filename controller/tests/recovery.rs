@@ -740,3 +740,123 @@ fn volume_growth_is_projected() {
         std::fs::remove_file(data.join(format!("grow-{i}"))).unwrap();
     }
 }
+
+/// `trireme restore --platform`: every source with a staging target, in
+/// dependency order (Redis before plain volumes), from one location; the
+/// data stays at the targets; a report like a drill's. With `--at` before
+/// any snapshot the first source cannot start, and the rest are not run.
+#[test]
+fn platform_restore_in_order_stopping_at_the_first_failure() {
+    let mut f = Fleet::new();
+    let redis = Redis::start(&f.dir.join("redis-main"));
+    let staging = Redis::start(&f.dir.join("redis-staging"));
+    for i in 0..200 {
+        redis.cli(&["SET", &format!("msg:{i}"), &format!("hello {i}")]);
+    }
+    let (a, b) = (f.dir.join("a"), f.dir.join("b"));
+    make_data(&a, 3, 50_000, 21);
+    make_data(&b, 3, 50_000, 22);
+    let (a_st, b_st) = (f.dir.join("a-staging"), f.dir.join("b-staging"));
+    std::fs::create_dir_all(&a_st).unwrap();
+    std::fs::create_dir_all(&b_st).unwrap();
+    f.start_controller();
+    let mut spec = AgentSpec::volume("app-1", "a", &a);
+    spec.extra = redis.source("redis", &f.dir.join("redis-main"))
+        + &staging.source("redis-staging", &f.dir.join("redis-staging"))
+        + &format!(
+            "[[source]]\nname = \"b\"\nkind = \"volume\"\npath = \"{}\"\n[[source]]\nname = \"a-staging\"\nkind = \"volume\"\npath = \"{}\"\n[[source]]\nname = \"b-staging\"\nkind = \"volume\"\npath = \"{}\"\n",
+            b.display(),
+            a_st.display(),
+            b_st.display()
+        );
+    f.start_agent(&spec);
+    f.wait_connected(&["app-1"]);
+    let mut policies = String::new();
+    for (s, t) in [
+        ("redis", "redis-staging"),
+        ("a", "a-staging"),
+        ("b", "b-staging"),
+    ] {
+        policies.push_str(&format!(
+            "[[policy]]\nsource = \"app-1/{s}\"\nschedule = \"0 0 1 1 *\"\nretention = \"r\"\nrestore_test = {{ target = \"app-1:source:{t}\" }}\n"
+        ));
+    }
+    apply(&f, &policies);
+    let before_any = chrono::Utc::now() - chrono::Duration::hours(1);
+    for s in ["app-1/redis", "app-1/a", "app-1/b"] {
+        f.cli(&["backup", "run", s, "--wait"]);
+        let snaps = f.cli_json(&["snapshots", "ls", s]);
+        wait_verified(
+            &f,
+            snaps[0]["id"].as_str().unwrap(),
+            3,
+            Duration::from_secs(60),
+        );
+    }
+
+    let out = f.cli(&[
+        "restore",
+        "--platform",
+        "--to",
+        "staging",
+        "--from",
+        "loc2",
+        "--wait",
+    ]);
+    assert!(
+        out.contains("# Platform restore platform-") && out.contains("(staging)"),
+        "{out}"
+    );
+    assert!(out.contains("**Result: PASSED**"), "{out}");
+    let (r, x, y) = (
+        out.find("| app-1/redis |").unwrap(),
+        out.find("| app-1/a |").unwrap(),
+        out.find("| app-1/b |").unwrap(),
+    );
+    assert!(r < x && x < y, "redis first, then by name: {out}");
+    // The data stays at the targets, checked with redis-cli and the tree.
+    assert_eq!(staging.cli(&["DBSIZE"]).trim(), "200");
+    assert_eq!(staging.cli(&["GET", "msg:7"]).trim(), "hello 7");
+    assert_eq!(tree(&a_st), tree(&a));
+    assert_eq!(tree(&b_st), tree(&b));
+
+    // Before every snapshot: the first source cannot start, nothing else runs.
+    for d in [&a_st, &b_st] {
+        std::fs::remove_dir_all(d).unwrap();
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let at = before_any.to_rfc3339();
+    let text = run_fails(
+        &f,
+        &[
+            "restore",
+            "--platform",
+            "--to",
+            "staging",
+            "--at",
+            &at,
+            "--wait",
+        ],
+    );
+    assert!(
+        text.contains("platform restore platform-") && text.contains("failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("taken at or before")
+            && text.contains("not run: the platform restore stopped after app-1/redis failed"),
+        "{text}"
+    );
+    assert!(tree(&a_st).is_empty() && tree(&b_st).is_empty());
+    // Both are in the drill list, and audited as restores of the platform.
+    let drills = f.cli_json(&["drill", "ls"]);
+    assert_eq!(drills[0]["platform"], "staging", "{drills}");
+    let audit = f.cli(&["audit", "ls", "--limit", "1000"]);
+    assert!(audit.contains("restore platform"), "{audit}");
+    // A bad target is refused with what to write.
+    let text = run_fails(&f, &["restore", "--platform", "--to", "prod"]);
+    assert!(
+        text.contains("--to staging") && text.contains("--to in-place"),
+        "{text}"
+    );
+}

@@ -176,11 +176,37 @@ pub async fn run(global: &GlobalArgs, command: Command) -> anyhow::Result<()> {
             started(&mut c, format, job, wait).await
         }
         Command::Restore(RestoreArgs {
+            platform: true,
+            to,
+            wait,
+            from,
+            at,
+            ..
+        }) => {
+            let d = c
+                .operator
+                .restore_platform(with_totp(
+                    trireme_proto::v1::RestorePlatformRequest {
+                        to,
+                        from_location: from.unwrap_or_default(),
+                        at_unix: at.map_or(0, |t| t.timestamp()),
+                    },
+                    totp,
+                )?)
+                .await
+                .map_err(|s| c.error(s))?
+                .into_inner();
+            recovery::follow_drill(&mut c, format, d, wait).await
+        }
+        Command::Restore(RestoreArgs {
             snapshot,
             to,
             wait,
             part,
+            ..
         }) => {
+            let snapshot = snapshot.unwrap_or_default();
+            let to = crate::parse_restore_to(&to).map_err(|e| anyhow::anyhow!("--to {e}"))?;
             let job = c
                 .operator
                 .restore(with_totp(

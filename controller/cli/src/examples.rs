@@ -173,7 +173,8 @@ trireme -o json prune --show-kept --totp 123456",
         "trireme restore 3090544c --to web-2:/srv/restore/uploads --wait
 trireme restore 3090544c --to web-1:source:uploads --overwrite if-changed --wait --totp 123456
 trireme restore 3090544c --to web-1:/srv/restore/etc --include '/etc/**/*.conf' --wait
-trireme restore 3090544c --to web-2:/srv/restore/app --path /srv/app --exclude cache --exclude '*.tmp'",
+trireme restore 3090544c --to web-2:/srv/restore/app --path /srv/app --exclude cache --exclude '*.tmp'
+trireme restore --platform --to staging --from other-region --at 2026-12-04T10:40:00Z --wait --totp 123456",
     ),
     ("restore-test", "trireme restore-test run cache-1/redis --wait"),
     (

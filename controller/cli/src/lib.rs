@@ -745,18 +745,35 @@ pub struct VerifyArgs {
 /// `trireme restore …`
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Snapshot id, or a unique prefix of it.
-    pub snapshot: String,
+    /// Snapshot id, or a unique prefix of it (not with --platform).
+    #[arg(required_unless_present = "platform", conflicts_with = "platform")]
+    pub snapshot: Option<String>,
     /// Where to restore, AGENT:TARGET: `web-2:/srv/restore` (an empty or
     /// new directory, or a new file for a dump), or
     /// `web-2:source:redis-staging` (into the datastore of that agent's
     /// source, which is then checked against the backup). `:TARGET`
-    /// restores on the agent that made the snapshot.
-    #[arg(long, value_name = "AGENT:TARGET", value_parser = parse_restore_to)]
-    pub to: RestoreTo,
-    /// Follow the job until it ends; exit 1 if it fails.
+    /// restores on the agent that made the snapshot. With --platform:
+    /// `staging` (each source's restore_test target) or `in-place` (each
+    /// source itself).
+    #[arg(long, value_name = "AGENT:TARGET")]
+    pub to: String,
+    /// Follow the job (or the platform restore) until it ends; exit 1 if it
+    /// fails.
     #[arg(long)]
     pub wait: bool,
+    /// Restore the whole platform: every source with a target, one after
+    /// the other in dependency order (TiDB, MongoDB, Kafka, Redis, the
+    /// rest), stopping at the first failure; writes a report like a drill's
+    /// (`trireme drill show ID`).
+    #[arg(long, conflicts_with_all = ["path", "include", "exclude", "overwrite"])]
+    pub platform: bool,
+    /// With --platform: read only from this location.
+    #[arg(long = "from", value_name = "LOCATION", requires = "platform")]
+    pub from: Option<String>,
+    /// With --platform: each source's newest snapshot taken at or before
+    /// this time (RFC 3339) or this long ago (`2h`).
+    #[arg(long, value_name = "TIME|DURATION", value_parser = audit::parse_since, requires = "platform")]
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     #[command(flatten)]
     pub part: RestorePart,
 }
@@ -827,7 +844,10 @@ pub struct RestoreTo {
 }
 
 /// `AGENT:TARGET`, split at the first `:` (so the target may hold colons).
-fn parse_restore_to(s: &str) -> Result<RestoreTo, String> {
+///
+/// # Errors
+/// No `:`, or nothing after it, with what to write.
+pub fn parse_restore_to(s: &str) -> Result<RestoreTo, String> {
     let hint = "write the agent, a colon and the target on that agent, e.g. \
                 --to web-2:/srv/restore (or --to :/srv/restore for the snapshot's own agent)";
     match s.split_once(':') {

@@ -138,39 +138,7 @@ pub async fn drill(c: &mut Controller, format: Format, cmd: DrillCmd) -> anyhow:
                 .await
                 .map_err(|s| c.error(s))?
                 .into_inner();
-            if !wait {
-                return one(format, drill_json(&d), || {
-                    format!(
-                        "started {} ({} sources); see `trireme drill show {}`",
-                        d.id, d.steps_total, d.id
-                    )
-                });
-            }
-            if format == Format::Table {
-                println(&format!("started {} ({} sources)", d.id, d.steps_total))?;
-            }
-            let done = loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let d = c
-                    .operator
-                    .get_drill(GetDrillRequest { id: d.id.clone() })
-                    .await
-                    .map_err(|s| c.error(s))?
-                    .into_inner();
-                if d.finished_unix != 0 {
-                    break d;
-                }
-            };
-            one(format, drill_json(&done), || done.markdown.clone())?;
-            if !done.ok {
-                bail!(
-                    "drill {} failed ({} of {} sources); the report above says what",
-                    done.id,
-                    done.steps_failed,
-                    done.steps_total
-                );
-            }
-            Ok(())
+            follow_drill(c, format, d, wait).await
         }
         DrillCmd::Annotate {
             id,
@@ -316,6 +284,60 @@ fn test_fields(t: &RestoreTestInfo) -> String {
     crate::output::fields(&rows)
 }
 
+/// A drill or platform restore just started: say so, or with `wait`
+/// follow it to the end and print its report (an error if it failed).
+///
+/// # Errors
+/// The controller's errors; a drill or platform restore that failed.
+pub async fn follow_drill(
+    c: &mut Controller,
+    format: Format,
+    d: DrillInfo,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let what = if d.platform.is_empty() {
+        "drill"
+    } else {
+        "platform restore"
+    };
+    if !wait {
+        return one(format, drill_json(&d), || {
+            format!(
+                "started {what} {} ({} sources); see `trireme drill show {}`",
+                d.id, d.steps_total, d.id
+            )
+        });
+    }
+    if format == Format::Table {
+        println(&format!(
+            "started {what} {} ({} sources)",
+            d.id, d.steps_total
+        ))?;
+    }
+    let done = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let d = c
+            .operator
+            .get_drill(GetDrillRequest { id: d.id.clone() })
+            .await
+            .map_err(|s| c.error(s))?
+            .into_inner();
+        if d.finished_unix != 0 {
+            break d;
+        }
+    };
+    one(format, drill_json(&done), || done.markdown.clone())?;
+    if !done.ok {
+        bail!(
+            "{what} {} failed ({} of {} sources); the report above says what",
+            done.id,
+            done.steps_failed,
+            done.steps_total
+        );
+    }
+    Ok(())
+}
+
 fn drill_json(d: &DrillInfo) -> Value {
     json!({
         "id": d.id,
@@ -328,6 +350,8 @@ fn drill_json(d: &DrillInfo) -> Value {
         "failed": d.steps_failed,
         "markdown": json_str(&d.markdown),
         "scheduled": d.scheduled,
+        "platform": json_str(&d.platform),
+        "at": json_time(d.at_unix),
         "roles": d.roles.iter().collect::<std::collections::BTreeMap<_, _>>(),
         "channel": json_str(&d.channel),
         "participants": d.participants,

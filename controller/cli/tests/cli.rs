@@ -594,6 +594,12 @@ impl OperatorService for Fake {
     ) -> Result<Response<DrillInfo>, Status> {
         Err(Status::unimplemented("not in the fake"))
     }
+    async fn restore_platform(
+        &self,
+        _: Request<RestorePlatformRequest>,
+    ) -> Result<Response<DrillInfo>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
     async fn rebuild_catalog(
         &self,
         _: Request<RebuildCatalogRequest>,

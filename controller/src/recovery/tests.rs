@@ -243,6 +243,8 @@ fn drill_report_walks_the_checklist_and_names_failures() {
         scheduled: false,
         people: crate::drills::DrillPeople::default(),
         lessons: Vec::new(),
+        platform: None,
+        at: None,
         steps: vec![
             DrillStep {
                 source: "db-1/tidb".parse().unwrap(),

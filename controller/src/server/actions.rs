@@ -397,6 +397,45 @@ pub fn run_drill(
     Ok(drill)
 }
 
+/// Start a platform restore (every source with a target, in dependency
+/// order, stopping at the first failure); audited like a restore.
+///
+/// # Errors
+/// A bad target or time, an unknown location, no source with a target;
+/// catalog errors.
+pub fn restore_platform(
+    shared: &Arc<Shared>,
+    caller: &Caller,
+    passed: Passed,
+    r: &trireme_proto::v1::RestorePlatformRequest,
+) -> Result<DrillRecord> {
+    let to = crate::recovery::PlatformTarget::parse(&r.to)?;
+    let location = (!r.from_location.is_empty()).then(|| r.from_location.clone());
+    let at = match r.at_unix {
+        0 => None,
+        t => Some(
+            chrono::DateTime::from_timestamp(t, 0)
+                .ok_or_else(|| Error::BadRequest(format!("--at: {t} is not a time")))?,
+        ),
+    };
+    let d = super::recovery::start_platform(shared, to, location.clone(), at, &caller.id.name)?;
+    caller.done(
+        shared,
+        "restore platform",
+        format!(
+            "{} to {} from {}{} ({} sources){}",
+            d.id,
+            to.name(),
+            location.as_deref().unwrap_or("the usual locations"),
+            at.map(|t| format!(" at {}", t.to_rfc3339()))
+                .unwrap_or_default(),
+            d.steps.len(),
+            mfa_note(passed)
+        ),
+    );
+    Ok(d)
+}
+
 /// Record lessons learned (and participants) on a drill; audited.
 ///
 /// # Errors

@@ -654,6 +654,8 @@ pub fn drill_info(d: &DrillRecord, report: bool) -> DrillInfo {
             String::new()
         },
         scheduled: d.scheduled,
+        platform: d.platform.map(|p| p.name().to_string()).unwrap_or_default(),
+        at_unix: d.at.map_or(0, unix),
         roles: d
             .people
             .roles

@@ -228,6 +228,16 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(convert::drill_info(&drill, false)))
     }
 
+    async fn restore_platform(
+        &self,
+        request: Request<pb::RestorePlatformRequest>,
+    ) -> Result<Response<pb::DrillInfo>, Status> {
+        let (caller, passed) = self.sensitive(&request, "restore platform").await?;
+        let r = request.into_inner();
+        let d = actions::restore_platform(&self.shared, &caller, passed, &r)?;
+        Ok(Response::new(convert::drill_info(&d, false)))
+    }
+
     async fn annotate_drill(
         &self,
         request: Request<pb::AnnotateDrillRequest>,

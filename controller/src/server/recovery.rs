@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use crate::error::{Error, Result};
 use crate::jobs::{Job, JobId};
 use crate::recovery::{self, DrillRecord, DrillStep, LocationCheck, RestoreTestRecord};
@@ -176,6 +178,42 @@ pub fn start_drill(
     people: &crate::drills::DrillPeople,
     scheduled: bool,
 ) -> Result<DrillRecord> {
+    start(shared, location, by, people, scheduled, None, None)
+}
+
+/// Plan a platform restore (every source with a target `to`, in
+/// dependency order; the newest snapshot at or before `at`), store it, and
+/// run it in the background: it stops at the first failure.
+///
+/// # Errors
+/// An unknown location; no source with a target; catalog errors.
+pub fn start_platform(
+    shared: &Arc<Shared>,
+    to: recovery::PlatformTarget,
+    location: Option<String>,
+    at: Option<DateTime<Utc>>,
+    by: &str,
+) -> Result<DrillRecord> {
+    start(
+        shared,
+        location,
+        by,
+        &crate::drills::DrillPeople::default(),
+        false,
+        Some(to),
+        at,
+    )
+}
+
+fn start(
+    shared: &Arc<Shared>,
+    location: Option<String>,
+    by: &str,
+    people: &crate::drills::DrillPeople,
+    scheduled: bool,
+    platform: Option<recovery::PlatformTarget>,
+    at: Option<DateTime<Utc>>,
+) -> Result<DrillRecord> {
     if let Some(l) = &location {
         if !shared.locations.iter().any(|x| &x.name == l) {
             return Err(Error::not_found("location", l.clone()));
@@ -184,7 +222,11 @@ pub fn start_drill(
     let now = shared.now();
     let mut steps = Vec::new();
     for rec in shared.catalog.policies().values()? {
-        if rec.policy.restore_test.is_none() {
+        let has_target = match platform {
+            Some(to) => to.of(&rec.policy).is_some(),
+            None => rec.policy.restore_test.is_some(),
+        };
+        if !has_target {
             continue;
         }
         let source = shared.catalog.sources().get(&rec.policy.source)?;
@@ -237,7 +279,15 @@ pub fn start_drill(
         })
         .collect();
     let drill = DrillRecord {
-        id: format!("drill-{}", JobId::new(now)),
+        id: format!(
+            "{}-{}",
+            if platform.is_some() {
+                "platform"
+            } else {
+                "drill"
+            },
+            JobId::new(now)
+        ),
         location,
         by: by.to_string(),
         started: now,
@@ -247,6 +297,8 @@ pub fn start_drill(
         scheduled,
         people: shared.drills.people.overridden_by(people),
         lessons: Vec::new(),
+        platform,
+        at,
     };
     blocking(|| shared.catalog.drills().insert(&drill.id, &drill))?;
     let s = shared.clone();
@@ -257,6 +309,14 @@ pub fn start_drill(
         }
     });
     Ok(drill)
+}
+
+/// Mark every step after `i` as not run, naming the step that failed.
+fn stop_after(drill: &mut DrillRecord, i: usize) {
+    let failed = drill.steps[i].source.to_string();
+    for s in &mut drill.steps[i + 1..] {
+        s.error = format!("not run: the platform restore stopped after {failed} failed");
+    }
 }
 
 async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
@@ -274,8 +334,8 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
             .get(&source)?
             .ok_or_else(|| Error::not_found("policy", source.to_string()))
             .and_then(|rec| {
-                blocking(|| {
-                    recovery::start_test(
+                blocking(|| match drill.platform {
+                    None => recovery::start_test(
                         &shared.catalog,
                         &rec.policy,
                         &shared.protection,
@@ -283,7 +343,21 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
                         drill.location.as_deref(),
                         &drill.by,
                         shared.now(),
-                    )
+                    ),
+                    Some(to) => recovery::start_step(
+                        &shared.catalog,
+                        &rec.policy,
+                        &shared.protection,
+                        &recovery::Step {
+                            drill: Some(id),
+                            location: drill.location.as_deref(),
+                            before: drill.at,
+                            to: to.of(&rec.policy),
+                            purpose: crate::jobs::RestorePurpose::Restore,
+                        },
+                        &drill.by,
+                        shared.now(),
+                    ),
                 })
             });
         let job = match started {
@@ -291,6 +365,10 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
             Err(e) => {
                 drill.steps[i].error = format!("could not start: {e}");
                 shared.catalog.drills().insert(&id.to_string(), &drill)?;
+                if drill.platform.is_some() {
+                    stop_after(&mut drill, i);
+                    break;
+                }
                 continue;
             }
         };
@@ -315,8 +393,15 @@ async fn run_drill(shared: &Arc<Shared>, id: &str) -> Result<()> {
                 _ => {}
             }
         };
+        let failed = !result.ok;
         drill.steps[i].result = Some(result);
         shared.catalog.drills().insert(&id.to_string(), &drill)?;
+        // A platform restore stops at the first failure: what depends on
+        // it is not restored over a broken base.
+        if failed && drill.platform.is_some() {
+            stop_after(&mut drill, i);
+            break;
+        }
     }
     drill.finished = Some(shared.now());
     shared.catalog.drills().insert(&id.to_string(), &drill)?;
