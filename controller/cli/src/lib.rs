@@ -755,7 +755,7 @@ pub struct RestoreArgs {
     /// restores on the agent that made the snapshot. With --platform:
     /// `staging` (each source's restore_test target) or `in-place` (each
     /// source itself).
-    #[arg(long, value_name = "AGENT:TARGET")]
+    #[arg(long, value_name = "AGENT:TARGET", value_parser = parse_to_arg)]
     pub to: String,
     /// Follow the job (or the platform restore) until it ends; exit 1 if it
     /// fails.
@@ -841,6 +841,15 @@ pub struct RestoreTo {
     pub agent: String,
     /// The directory or datastore target on that agent.
     pub target: String,
+}
+
+/// `--to` as typed: `AGENT:TARGET`, or `staging` / `in-place` (for
+/// `--platform`), checked before anything connects.
+fn parse_to_arg(s: &str) -> Result<String, String> {
+    if s == "staging" || s == "in-place" {
+        return Ok(s.to_string());
+    }
+    parse_restore_to(s).map(|_| s.to_string())
 }
 
 /// `AGENT:TARGET`, split at the first `:` (so the target may hold colons).
