@@ -14,75 +14,21 @@
 //! rollback = ["Point them back at production", "…"]
 //! ```
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::policy::CronExpr;
 use crate::recovery::DrillRecord;
+pub use crate::recovery::{DrillPeople, Lesson};
 
 /// Default `stale_after`: a quarter, and a little.
 pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(92 * 86_400);
 
 /// Every location should have a passed drill from it within this long.
 pub const LOCATION_STALE_AFTER: Duration = Duration::from_secs(366 * 86_400);
-
-/// Who runs a drill and how they talk: recorded with it, in its report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrillPeople {
-    /// Role → who (e.g. `incident_commander` → `alice`).
-    #[serde(default)]
-    pub roles: BTreeMap<String, String>,
-    /// Where the team talks during the drill.
-    #[serde(default)]
-    pub channel: String,
-    /// Who took part.
-    #[serde(default)]
-    pub participants: Vec<String>,
-    /// The failover steps the checklist lists.
-    #[serde(default)]
-    pub failover: Vec<String>,
-    /// The rollback steps the checklist lists.
-    #[serde(default)]
-    pub rollback: Vec<String>,
-}
-
-impl DrillPeople {
-    /// `self`, with what `over` sets replacing it (roles merge).
-    pub fn overridden_by(&self, over: &DrillPeople) -> DrillPeople {
-        let mut out = self.clone();
-        out.roles
-            .extend(over.roles.iter().map(|(k, v)| (k.clone(), v.clone())));
-        if !over.channel.is_empty() {
-            out.channel.clone_from(&over.channel);
-        }
-        if !over.participants.is_empty() {
-            out.participants.clone_from(&over.participants);
-        }
-        if !over.failover.is_empty() {
-            out.failover.clone_from(&over.failover);
-        }
-        if !over.rollback.is_empty() {
-            out.rollback.clone_from(&over.rollback);
-        }
-        out
-    }
-}
-
-/// A lesson recorded after a drill (`trireme drill annotate`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lesson {
-    /// When.
-    pub at: DateTime<Utc>,
-    /// Who.
-    pub by: String,
-    /// What was learned.
-    pub text: String,
-}
 
 /// `[drills]`.
 #[derive(Debug, Clone)]

@@ -11,8 +11,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::error::Result;
-use crate::status::{Volume, VOLUME_WARN_RATIO};
 use crate::SourceId;
+
+/// A source's data filesystem as its agent reported it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// The path on the agent's host.
+    pub path: String,
+    /// Filesystem size.
+    pub total_bytes: u64,
+    /// Used bytes.
+    pub used_bytes: u64,
+    /// When reported.
+    pub at: DateTime<Utc>,
+}
+
+impl Volume {
+    /// Used share, 0..1.
+    pub fn ratio(&self) -> f64 {
+        if self.total_bytes == 0 {
+            0.0
+        } else {
+            self.used_bytes as f64 / self.total_bytes as f64
+        }
+    }
+}
+
+/// Used share at which `status` warns about a source's volume.
+pub const VOLUME_WARN_RATIO: f64 = 0.75;
 
 /// Default `volume_sample_every`.
 pub const DEFAULT_SAMPLE_EVERY: Duration = Duration::from_secs(3600);
@@ -128,7 +154,7 @@ pub fn growth(samples: &[Sample]) -> Option<Growth> {
 }
 
 /// Status problems: volumes that reach 75% within [`WARN_DAYS`] at their
-/// growth rate (those already there are [`crate::status::volume_problems`]).
+/// growth rate (those already there are `status::volume_problems`).
 ///
 /// # Errors
 /// Catalog errors.

@@ -16,8 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::snapshots::{CopyState, SnapshotRecord};
-
 /// A location label the rule can ask copies to spread over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Spread {
@@ -170,16 +168,6 @@ impl ProtectionRule {
         self.shortfall(verified).is_empty()
     }
 
-    /// Whether the snapshot's verified copies meet the rule.
-    pub fn protects(&self, s: &SnapshotRecord) -> bool {
-        self.met_by(verified_at(s))
-    }
-
-    /// What a snapshot lacks (empty: it is protected).
-    pub fn snapshot_shortfall(&self, s: &SnapshotRecord) -> Vec<String> {
-        self.shortfall(verified_at(s))
-    }
-
     /// Why no snapshot can ever be protected with the configured locations,
     /// each with what to change; empty when copies at every location would
     /// meet the rule.
@@ -223,14 +211,6 @@ impl fmt::Display for ProtectionRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
     }
-}
-
-/// The locations where the snapshot's copy is verified.
-pub fn verified_at(s: &SnapshotRecord) -> impl Iterator<Item = &str> {
-    s.copies
-        .iter()
-        .filter(|(_, c)| matches!(c, CopyState::Verified { .. }))
-        .map(|(l, _)| l.as_str())
 }
 
 #[cfg(test)]

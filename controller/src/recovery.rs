@@ -212,7 +212,7 @@ pub fn pick_snapshot(
         before.is_none_or(|b| s.time <= b)
             && match location {
                 Some(l) => matches!(s.copies.get(l), Some(CopyState::Verified { .. })),
-                None => rule.protects(s),
+                None => rule.met_by(s.verified_locations()),
             }
     }))
 }
@@ -512,6 +512,59 @@ pub struct LocationCheck {
     pub of: usize,
 }
 
+/// Who runs a drill and how they talk: recorded with it, in its report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillPeople {
+    /// Role → who (e.g. `incident_commander` → `alice`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, String>,
+    /// Where the team talks during the drill.
+    #[serde(default)]
+    pub channel: String,
+    /// Who took part.
+    #[serde(default)]
+    pub participants: Vec<String>,
+    /// The failover steps the checklist lists.
+    #[serde(default)]
+    pub failover: Vec<String>,
+    /// The rollback steps the checklist lists.
+    #[serde(default)]
+    pub rollback: Vec<String>,
+}
+
+impl DrillPeople {
+    /// `self`, with what `over` sets replacing it (roles merge).
+    pub fn overridden_by(&self, over: &DrillPeople) -> DrillPeople {
+        let mut out = self.clone();
+        out.roles
+            .extend(over.roles.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !over.channel.is_empty() {
+            out.channel.clone_from(&over.channel);
+        }
+        if !over.participants.is_empty() {
+            out.participants.clone_from(&over.participants);
+        }
+        if !over.failover.is_empty() {
+            out.failover.clone_from(&over.failover);
+        }
+        if !over.rollback.is_empty() {
+            out.rollback.clone_from(&over.rollback);
+        }
+        out
+    }
+}
+
+/// A lesson recorded after a drill (`trireme drill annotate`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lesson {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub by: String,
+    /// What was learned.
+    pub text: String,
+}
+
 /// A DR drill and its report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillRecord {
@@ -534,10 +587,10 @@ pub struct DrillRecord {
     pub scheduled: bool,
     /// Roles, channel, participants, failover and rollback steps.
     #[serde(default)]
-    pub people: crate::drills::DrillPeople,
+    pub people: DrillPeople,
     /// Lessons learned, recorded after it (`trireme drill annotate`).
     #[serde(default)]
-    pub lessons: Vec<crate::drills::Lesson>,
+    pub lessons: Vec<Lesson>,
     /// A platform restore (`trireme restore --platform`), not a drill:
     /// where it wrote; it stops at the first failure and cleans nothing up.
     #[serde(default)]

@@ -1048,12 +1048,16 @@ pub fn protection(
         .into_iter()
         .filter_map(|(source, mut snaps)| {
             snaps.sort_by_key(|s| (s.time, s.id));
-            let full = snaps.iter().rev().find(|s| rule.protects(s)).cloned();
+            let full = snaps
+                .iter()
+                .rev()
+                .find(|s| rule.met_by(s.verified_locations()))
+                .cloned();
             let newest = snaps.pop()?;
             Some(Protection {
                 source,
                 newest_verified: verified_copies(&newest),
-                newest_shortfall: rule.snapshot_shortfall(&newest),
+                newest_shortfall: rule.shortfall(newest.verified_locations()),
                 newest,
                 full,
             })

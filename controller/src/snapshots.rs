@@ -93,6 +93,14 @@ pub struct SnapshotRecord {
 }
 
 impl SnapshotRecord {
+    /// The locations where its copy is verified.
+    pub fn verified_locations(&self) -> impl Iterator<Item = &str> {
+        self.copies
+            .iter()
+            .filter(|(_, c)| matches!(c, CopyState::Verified { .. }))
+            .map(|(l, _)| l.as_str())
+    }
+
     /// Set [`SnapshotRecord::depends_on`] from the position.
     pub fn derive_dependencies(&mut self) {
         self.depends_on = trireme_common::manifest::dependencies(&self.position);

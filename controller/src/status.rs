@@ -16,32 +16,7 @@ use crate::recovery::SourceHealth;
 use crate::replication::{LocationState, Protection};
 use crate::SourceId;
 
-/// A source's data filesystem as its agent reported it.
-#[derive(Debug, Clone)]
-pub struct Volume {
-    /// The path on the agent's host.
-    pub path: String,
-    /// Filesystem size.
-    pub total_bytes: u64,
-    /// Used bytes.
-    pub used_bytes: u64,
-    /// When reported.
-    pub at: DateTime<Utc>,
-}
-
-impl Volume {
-    /// Used share, 0..1.
-    pub fn ratio(&self) -> f64 {
-        if self.total_bytes == 0 {
-            0.0
-        } else {
-            self.used_bytes as f64 / self.total_bytes as f64
-        }
-    }
-}
-
-/// Used share at which `status` warns about a source's volume.
-pub const VOLUME_WARN_RATIO: f64 = 0.75;
+pub use crate::growth::{Volume, VOLUME_WARN_RATIO};
 
 /// Status problems for volumes at or over [`VOLUME_WARN_RATIO`].
 pub fn volume_problems(volumes: &BTreeMap<SourceId, Volume>) -> Vec<String> {

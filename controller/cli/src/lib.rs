@@ -849,7 +849,9 @@ fn parse_to_arg(s: &str) -> Result<String, String> {
     if s == "staging" || s == "in-place" {
         return Ok(s.to_string());
     }
-    parse_restore_to(s).map(|_| s.to_string())
+    parse_restore_to(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e}; with --platform: --to staging or --to in-place"))
 }
 
 /// `AGENT:TARGET`, split at the first `:` (so the target may hold colons).

@@ -128,7 +128,7 @@ pub fn snapshot_view_info(
     rule: &crate::protection::ProtectionRule,
 ) -> SnapshotInfo {
     let mut info = snapshot_info(&v.record);
-    info.protected = rule.protects(&v.record);
+    info.protected = rule.met_by(v.record.verified_locations());
     info.hold = v.marks.hold.as_ref().map(|h| SnapshotHold {
         reason: h.reason.clone(),
         by: h.by.clone(),
