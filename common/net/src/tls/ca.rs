@@ -266,15 +266,7 @@ pub fn issue_between(
         let _ = std::fs::remove_file(&key_path);
         return Err(e);
     }
-    let entry = IssuedCert {
-        serial: super::serial_hex(serial.as_ref()),
-        name: name.to_string(),
-        role,
-        not_before: params.not_before,
-        not_after: params.not_after,
-        revoked: false,
-        revoked_at: None,
-    };
+    let entry = issued_entry(&serial, name, role, &params);
     index.certs.push(entry.clone());
     if let Err(e) = write_index(ca_dir, &index) {
         let _ = std::fs::remove_file(&key_path);
@@ -286,6 +278,24 @@ pub fn issue_between(
         cert_path,
         key_path,
     })
+}
+
+/// The index entry of a certificate just signed with `params`.
+fn issued_entry(
+    serial: &SerialNumber,
+    name: &str,
+    role: Role,
+    params: &CertificateParams,
+) -> IssuedCert {
+    IssuedCert {
+        serial: super::serial_hex(serial.as_ref()),
+        name: name.to_string(),
+        role,
+        not_before: params.not_before,
+        not_after: params.not_after,
+        revoked: false,
+        revoked_at: None,
+    }
 }
 
 /// The profile of every certificate this CA issues to an agent, operator,
@@ -401,15 +411,7 @@ pub fn sign_request(
     let cert = params
         .signed_by(&csr.public_key, &issuer)
         .map_err(|e| rcgen_err(ca_dir, "signing the certificate", e))?;
-    let entry = IssuedCert {
-        serial: super::serial_hex(serial.as_ref()),
-        name: name.to_string(),
-        role,
-        not_before: params.not_before,
-        not_after: params.not_after,
-        revoked: false,
-        revoked_at: None,
-    };
+    let entry = issued_entry(&serial, name, role, &params);
     index.certs.push(entry.clone());
     write_index(ca_dir, &index)?;
     Ok(Signed {
