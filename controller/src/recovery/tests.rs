@@ -12,6 +12,19 @@ fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
 
+/// An on-demand restore test by alice, the rule "verified at 3 locations".
+fn test_now(c: &Catalog, policy: &Policy, now: DateTime<Utc>) -> Result<Job> {
+    start_test(
+        c,
+        policy,
+        &ProtectionRule::count(3),
+        None,
+        None,
+        "alice",
+        now,
+    )
+}
+
 fn catalog() -> (tempfile::TempDir, Catalog) {
     let d = tempfile::tempdir().unwrap();
     let c = Catalog::open(d.path().join("catalog")).unwrap();
@@ -91,16 +104,7 @@ fn restore_tests_are_settled_against_the_rto() {
     let now = t("2026-01-10T12:00:00Z");
     apply(&c, POLICY, now);
     let policy = c.policies().values().unwrap().remove(0).policy;
-    let e = start_test(
-        &c,
-        &policy,
-        &ProtectionRule::count(3),
-        None,
-        None,
-        "alice",
-        now,
-    )
-    .unwrap_err();
+    let e = test_now(&c, &policy, now).unwrap_err();
     assert!(
         e.to_string()
             .contains("no snapshot of it is protected yet (verified at 3 locations)"),
@@ -108,16 +112,7 @@ fn restore_tests_are_settled_against_the_rto() {
     );
     snapshot(&c, 1, t("2026-01-10T11:00:00Z"), &["a", "b", "c"]);
     snapshot(&c, 2, t("2026-01-10T11:30:00Z"), &["a"]);
-    let job = start_test(
-        &c,
-        &policy,
-        &ProtectionRule::count(3),
-        None,
-        None,
-        "alice",
-        now,
-    )
-    .unwrap();
+    let job = test_now(&c, &policy, now).unwrap();
     assert!(
         matches!(&job.kind, JobKind::Restore { snapshot, purpose: RestorePurpose::Test, target, .. }
         if *snapshot == Id([1; 32]) && target == "source:redis-staging")
@@ -171,16 +166,7 @@ fn restore_tests_are_settled_against_the_rto() {
     assert!(h.problems.is_empty(), "{:?}", h.problems);
 
     // Over the RTO: failed, and red.
-    let job = start_test(
-        &c,
-        &policy,
-        &ProtectionRule::count(3),
-        None,
-        None,
-        "alice",
-        now,
-    )
-    .unwrap();
+    let job = test_now(&c, &policy, now).unwrap();
     finish(&c, job.id, 700.0, "2026-01-10T12:20:00Z");
     let done = settle(&c).unwrap();
     assert!(
